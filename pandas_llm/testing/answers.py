@@ -1,0 +1,161 @@
+"""Deterministic answers and token estimates for the loopback server.
+
+Every distinct prompt gets a distinct, predictable answer, so a test can compute the
+expected value of each row without the server::
+
+    >>> from pandas_llm.testing import answer_for
+    >>> answer_for([{"role": "user", "content": "Translate to French: cat"}], "gpt-4o-mini")
+    'echo: Translate to French: cat'
+
+Token counts are a cheap estimate (``len(text) // 4 + 1`` per message), not tiktoken:
+the server must stay fast, and tests only need the numbers to be deterministic.
+
+:func:`complete` is the single entry point the server calls with the whole request
+body; request features that change the answer (``response_format`` / JSON schemas,
+say) belong there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CONTENT_FILTER_MARKER",
+    "AnswerFn",
+    "Completion",
+    "InvalidRequest",
+    "answer_for",
+    "complete",
+    "estimate_tokens",
+    "last_user_content",
+    "message_text",
+    "prompt_tokens",
+]
+
+#: A last user message containing this marker is "refused": ``finish_reason`` is
+#: ``"content_filter"`` and the content is ``null``.
+CONTENT_FILTER_MARKER = "[[content_filter]]"
+
+#: ``answer(messages, model) -> str``: the signature of ``LLMServer(answer=...)``.
+AnswerFn = Callable[[list[dict[str, Any]], str], str]
+
+
+class InvalidRequest(ValueError):
+    """The request body is not a valid chat completion request (the server sends 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def message_text(content: Any) -> str:
+    """The text of a message's ``content``: a string, or the ``text`` parts of a list.
+
+    >>> message_text([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])
+    'ab'
+    """
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+    return str(content)
+
+
+def last_user_content(messages: list[dict[str, Any]]) -> str:
+    """The text of the last ``role == "user"`` message ("" if there is none).
+
+    This is the key of ``LLMServer.prompt_counts``.
+    """
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return message_text(message.get("content"))
+    return ""
+
+
+def answer_for(messages: list[dict[str, Any]], model: str) -> str:
+    """The server's default answer: ``"echo: "`` + the last user message's text.
+
+    ``model`` is accepted so a custom ``answer=`` callable can use it; the default
+    answer does not depend on it.
+
+    >>> answer_for([{"role": "system", "content": "Be brief."},
+    ...             {"role": "user", "content": "Label: great movie"}], "gpt-4o")
+    'echo: Label: great movie'
+    """
+    return "echo: " + last_user_content(messages)
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap deterministic token estimate: ``len(text) // 4 + 1``.
+
+    >>> estimate_tokens("abcdefgh")
+    3
+    """
+    return len(text) // 4 + 1
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """The prompt token estimate: :func:`estimate_tokens` of each message, summed."""
+    return sum(estimate_tokens(message_text(m.get("content"))) for m in messages)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What :func:`complete` decided for one request."""
+
+    content: str | None
+    finish_reason: str  # "stop" | "length" | "content_filter"
+    prompt: str  # the last user message's text
+    prompt_tokens: int
+    completion_tokens: int
+    #: tokens the rate limiter charges: prompt + max_tokens (or the completion estimate)
+    rate_tokens: int
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidRequest(f"Invalid '{name}': expected an integer >= 1, got {value!r}.", name)
+        return value
+    return None
+
+
+def complete(body: Mapping[str, Any], answer: AnswerFn = answer_for) -> Completion:
+    """Validate a chat completion request body and compute its (non-streamed) answer.
+
+    - the answer is ``answer(messages, model)``;
+    - a last user message containing :data:`CONTENT_FILTER_MARKER` gives
+      ``finish_reason="content_filter"`` and ``content=None``;
+    - ``max_completion_tokens`` / ``max_tokens`` below the answer's estimate cut the
+      answer to ``4 * max_tokens`` characters with ``finish_reason="length"`` and
+      ``completion_tokens == max_tokens``.
+
+    >>> c = complete({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    >>> (c.content, c.finish_reason, c.prompt_tokens, c.completion_tokens)
+    ('echo: hi', 'stop', 1, 3)
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("you must provide a model parameter", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequest("'messages' must be a non-empty array of message objects.", "messages")
+    limit = _max_tokens(body)
+    prompt = last_user_content(messages)
+    n_prompt = prompt_tokens(messages)
+    if CONTENT_FILTER_MARKER in prompt:
+        content, reason, n_completion = None, "content_filter", 0
+    else:
+        content = answer(messages, model)
+        reason, n_completion = "stop", estimate_tokens(content)
+        if limit is not None and limit < n_completion:
+            content, reason, n_completion = content[: 4 * limit], "length", limit
+    reserved = limit if limit is not None else n_completion
+    return Completion(content, reason, prompt, n_prompt, n_completion, n_prompt + reserved)

@@ -1,0 +1,28 @@
+"""pytest plugin (entry point ``pytest11``): the ``llm_server`` fixture.
+
+Imports only pytest at collection time; the server is imported when a test asks for it.
+
+    def test_it(llm_server):
+        client = openai.OpenAI(base_url=llm_server.base_url, api_key="x", max_retries=0)
+        ...
+        assert llm_server.completed == 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pandas_llm.testing.server import LLMServer
+
+
+@pytest.fixture
+def llm_server() -> Iterator[LLMServer]:
+    """A started ``LLMServer()`` with default options, stopped after the test."""
+    from pandas_llm.testing.server import LLMServer
+
+    with LLMServer() as srv:
+        yield srv
