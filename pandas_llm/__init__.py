@@ -1,0 +1,46 @@
+"""pandas-llm: an LLM over every row of a DataFrame, resumable, rate-limit aware and cheap.
+
+    import pandas_llm  # registers the .llm accessor on DataFrame and Series
+    df["fr"] = df.llm.map("Translate to French: {text}", model="gpt-4o-mini")
+
+Importing registers the accessors and does nothing else: no logging set-up, no I/O.
+"""
+
+from __future__ import annotations
+
+from .accessor import LLMAccessor, register
+from .config import Settings, configure, current_settings, settings
+from .errors import (
+    APIError,
+    ConfigError,
+    FatalAPIError,
+    PandasLLMError,
+    RateLimitError,
+    RequestError,
+    RetryableError,
+    TemplateError,
+)
+from .pipeline import RunReport, RunWarning, last_run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIError",
+    "ConfigError",
+    "FatalAPIError",
+    "LLMAccessor",
+    "PandasLLMError",
+    "RateLimitError",
+    "RequestError",
+    "RetryableError",
+    "RunReport",
+    "RunWarning",
+    "Settings",
+    "TemplateError",
+    "configure",
+    "current_settings",
+    "last_run",
+    "settings",
+]
+
+register()

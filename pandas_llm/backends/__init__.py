@@ -1,0 +1,74 @@
+"""Backends: where a prepared request goes. One small async protocol, several transports.
+
+- ``HTTPBackend`` (http.py): the lean default; aiohttp posting the prepared JSON body.
+- ``OpenAIClientBackend`` (openai_client.py): a user's own ``openai.AsyncOpenAI``/``OpenAI`` client.
+- ``FunctionBackend`` (function.py): any ``(messages, **params) -> str`` function, sync or async.
+
+Each maps its foreign errors to pandas_llm.errors at this boundary and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple, Protocol
+
+__all__ = ["Backend", "Completion", "make_backend"]
+
+
+class Completion(NamedTuple):
+    """One answer, with what billing and rate limiting need to know."""
+
+    text: str | None
+    finish_reason: str | None = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    headers: Mapping[str, str] | None = None
+    refusal: str | None = None
+
+
+class Backend(Protocol):
+    """Sends one canonical request body (JSON bytes) and returns its completion."""
+
+    async def complete(self, body: bytes) -> Completion: ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_backend(settings: Any) -> Backend:
+    """The backend for ``settings.client`` (None: HTTP to ``settings.endpoint``)."""
+    client = settings.client
+    if client is None:
+        from .http import HTTPBackend
+
+        return HTTPBackend(settings)
+    if hasattr(client, "chat") and hasattr(client, "base_url"):
+        from .openai_client import OpenAIClientBackend
+
+        return OpenAIClientBackend(client, timeout=settings.timeout)
+    if callable(client):
+        from .function import FunctionBackend
+
+        return FunctionBackend(client, concurrency=settings.concurrency, timeout=settings.timeout)
+    from ..errors import ConfigError
+
+    raise ConfigError(
+        "client= must be an openai.AsyncOpenAI / openai.OpenAI client or a function "
+        f"(messages, **params) -> str, got {type(client).__name__}"
+    )
+
+
+def parse_completion(data: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Completion:
+    """Read an OpenAI-shaped chat.completion body."""
+    choice = data["choices"][0]
+    message = choice.get("message") or {}
+    usage = data.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return Completion(
+        message.get("content"),
+        choice.get("finish_reason"),
+        usage.get("prompt_tokens") or 0,
+        usage.get("completion_tokens") or 0,
+        details.get("cached_tokens") or 0,
+        headers,
+        message.get("refusal"),
+    )

@@ -1,0 +1,56 @@
+"""Any function as the backend: ``client=lambda messages, **params: "..."``.
+
+For providers without an OpenAI-compatible endpoint. An async function runs on the
+event loop; a sync one in a pool of ``concurrency`` threads. It returns the answer text
+(or a Completion, to report usage). Caching, dedup, retries and progress work the same.
+Exceptions it raises are that row's error, except pandas_llm's RetryableError / FatalAPIError
+and the usual transient ones (TimeoutError, ConnectionError), which are retried or stop the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import orjson
+
+from ..errors import APIError, RequestError, RetryableError
+from . import Completion
+
+__all__ = ["FunctionBackend"]
+
+
+class FunctionBackend:
+    def __init__(self, fn: Callable[..., Any], *, concurrency: int, timeout: float):
+        self._fn = fn
+        self._async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        self._pool = None if self._async else ThreadPoolExecutor(concurrency, thread_name_prefix="pandas-llm-fn")
+        self._timeout = timeout
+
+    async def complete(self, body: bytes) -> Completion:
+        params = orjson.loads(body)
+        messages = params.pop("messages")
+        try:
+            async with asyncio.timeout(self._timeout):
+                if self._async:
+                    out = await self._fn(messages, **params)
+                else:
+                    loop = asyncio.get_running_loop()
+                    out = await loop.run_in_executor(self._pool, lambda: self._fn(messages, **params))
+        except APIError:
+            raise
+        except (TimeoutError, ConnectionError) as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__) from exc
+        except Exception as exc:
+            raise RequestError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__) from exc
+        if isinstance(out, Completion):
+            return out
+        if out is not None and not isinstance(out, str):
+            raise RequestError(f"the client function returned {type(out).__name__}, expected str", code="bad_return")
+        return Completion(out, "stop")
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,84 @@
+"""The lean default backend: aiohttp posting the prepared JSON body.
+
+The per-request path does one POST of bytes that were serialised once (they are also
+what the cache key hashes), one orjson parse, and nothing else: no per-request
+object models, no second retry layer (the scheduler owns retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..errors import ConfigError, RetryableError
+from . import Completion, parse_completion
+from .errors import error_for_status
+
+__all__ = ["HTTPBackend"]
+
+_OPENAI_HOST = "api.openai.com"
+
+
+class HTTPBackend:
+    """POST /chat/completions on an OpenAI-compatible endpoint."""
+
+    def __init__(self, settings: Any):
+        self.endpoint = settings.endpoint
+        self.model = settings.model
+        api_key = settings.api_key or os.environ.get("OPENAI_API_KEY")
+        if not api_key and _OPENAI_HOST in self.endpoint:
+            raise ConfigError(
+                "no API key: pass api_key='sk-...' or set OPENAI_API_KEY "
+                f"(requests would go to {self.endpoint}); for a local server pass base_url="
+            )
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._url = self.endpoint + "/chat/completions"
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
+        self._limit = settings.concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Created lazily so it binds to the loop the engine runs on.
+        connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300, enable_cleanup_closed=False)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            timeout=self._timeout,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+        return self._session
+
+    async def complete(self, body: bytes) -> Completion:
+        session = self._session or self._open()
+        try:
+            async with session.post(self._url, data=body) as resp:
+                raw = await resp.read()
+                status = resp.status
+                headers = resp.headers
+        except asyncio.TimeoutError as exc:
+            raise RetryableError(f"no answer within the timeout from {self.endpoint}", code="timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
+        if status == 200:
+            try:
+                return parse_completion(orjson.loads(raw), headers)
+            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+                raise RetryableError(
+                    f"unreadable answer from {self.endpoint}: {raw[:200]!r}", code="bad_response"
+                ) from exc
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = raw
+        raise error_for_status(status, data, headers, endpoint=self.endpoint, model=self.model)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,68 @@
+"""A user's own openai client as the backend (``client=openai.AsyncOpenAI(...)``).
+
+The client's own retries are not used (the scheduler owns retries): each call passes
+``max_retries=0`` through ``with_options``. Sync ``openai.OpenAI`` clients run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import orjson
+
+from ..errors import RetryableError
+from . import Completion, parse_completion
+from .errors import error_for_status
+
+__all__ = ["OpenAIClientBackend"]
+
+_KNOWN = {
+    "model", "messages", "temperature", "max_tokens", "max_completion_tokens", "top_p", "seed", "stop",
+    "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "response_format",
+    "reasoning_effort", "verbosity", "service_tier", "tools", "tool_choice", "parallel_tool_calls",
+    "modalities", "prediction", "user", "store", "metadata", "n",
+}
+
+
+class OpenAIClientBackend:
+    def __init__(self, client: Any, *, timeout: float):
+        import openai
+
+        self._openai = openai
+        self.endpoint = str(client.base_url).rstrip("/")
+        self._client = client.with_options(max_retries=0, timeout=timeout)
+        create = self._client.chat.completions.with_raw_response.create
+        self._async = inspect.iscoroutinefunction(create)
+        self._create = create
+
+    async def complete(self, body: bytes) -> Completion:
+        params = orjson.loads(body)
+        extra = {k: params.pop(k) for k in list(params) if k not in _KNOWN}
+        if extra:
+            params["extra_body"] = extra
+        openai = self._openai
+        try:
+            if self._async:
+                raw = await self._create(**params)
+            else:
+                raw = await asyncio.to_thread(self._create, **params)
+            data = orjson.loads(raw.content)
+            headers = raw.headers
+        except openai.APIStatusError as exc:
+            try:
+                err_body: Any = exc.response.json()
+            except Exception:
+                err_body = exc.message
+            raise error_for_status(
+                exc.status_code, err_body, exc.response.headers, endpoint=self.endpoint, model=params.get("model")
+            ) from exc
+        except openai.APITimeoutError as exc:
+            raise RetryableError(f"no answer within the timeout from {self.endpoint}", code="timeout") from exc
+        except openai.APIConnectionError as exc:
+            raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
+        return parse_completion(data, headers)
+
+    async def aclose(self) -> None:
+        return None  # the client is the user's; they close it

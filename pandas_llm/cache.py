@@ -1,0 +1,171 @@
+"""Cache: the SQLite sidecar where every answer is committed as it arrives.
+
+One row per request key (see requests.py) with the answer, its status and usage. The
+file is opened in WAL mode so a reader never blocks the writer and two processes can
+share it; an answer that is already ``ok`` is never overwritten by a later failure.
+Failed requests are stored too (status + error) and retried on the next run.
+Schema changes are an append-only list of named migrations.
+
+    >>> s = Store(None)             # in memory, as with cache=False
+    >>> s.write([Record(b"k" * 32, "ok", "bonjour")])
+    >>> [r.output for r in s.lookup([b"k" * 32])]
+    ['bonjour']
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+from .errors import ConfigError
+
+__all__ = ["Store", "Record", "MIGRATIONS"]
+
+
+class Record(NamedTuple):
+    """One request's outcome, as stored."""
+
+    key: bytes
+    status: str
+    output: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float | None = None
+    error: str | None = None
+    attempts: int = 1
+    model: str | None = None
+
+
+_COLUMNS = Record._fields
+
+#: Append-only: never edit or reorder an applied migration, add a new one.
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_results",
+        """
+        CREATE TABLE results (
+            key BLOB PRIMARY KEY,
+            status TEXT NOT NULL,
+            output TEXT,
+            finish_reason TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            cost REAL,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 1,
+            model TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
+]
+
+_UPSERT = f"""
+INSERT INTO results ({", ".join(_COLUMNS)}, created_at, updated_at)
+VALUES ({", ".join("?" * len(_COLUMNS))}, ?, ?)
+ON CONFLICT(key) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])},
+    attempts = results.attempts + excluded.attempts,
+    updated_at = excluded.updated_at
+WHERE results.status != 'ok'
+"""
+
+
+class Store:
+    """The sidecar file (or an in-memory database when ``path`` is None)."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = None if path is None else os.fspath(path)
+        target = ":memory:" if self.path is None else self.path
+        if self.path is not None:
+            _create_private(self.path)
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per write batch.
+            self.conn = sqlite3.connect(
+                target, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self.conn.execute("PRAGMA busy_timeout = 30000")
+            if self.path is not None:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode: a committed transaction survives a killed process.
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"cannot use {target!r} as the pandas-llm cache ({exc}). Pass cache='other/path.sqlite' "
+                "or cache=False."
+            ) from exc
+        self._chunk = max(1, min(self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1, 30000))
+
+    def _migrate(self) -> None:
+        conn = self.conn
+        conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        done = {name for (name,) in conn.execute("SELECT name FROM migrations")}
+        if all(name in done for name, _ in MIGRATIONS):
+            return
+        conn.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
+        try:
+            done = {name for (name,) in conn.execute("SELECT name FROM migrations")}
+            for name, sql in MIGRATIONS:
+                if name not in done:
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def lookup(self, keys: Sequence[bytes]) -> Iterator[Record]:
+        """Yield the stored records among ``keys`` (any order; missing keys are skipped)."""
+        sql_head = f"SELECT {', '.join(_COLUMNS)} FROM results WHERE key IN "
+        step = self._chunk
+        for start in range(0, len(keys), step):
+            chunk = keys[start : start + step]
+            sql = sql_head + "(" + ",".join("?" * len(chunk)) + ")"
+            for row in self.conn.execute(sql, chunk):
+                yield Record._make(row)
+
+    def write(self, records: Iterable[Record]) -> None:
+        """Commit ``records`` in one transaction; an ``ok`` row is never overwritten."""
+        now = time.time()
+        rows = [(*r, now, now) for r in records]
+        if not rows:
+            return
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_UPSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def count(self, status: str | None = None) -> int:
+        if status is None:
+            return self.conn.execute("SELECT count(*) FROM results").fetchone()[0]
+        return self.conn.execute("SELECT count(*) FROM results WHERE status = ?", (status,)).fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _create_private(path: str) -> None:
+    """Create the file readable by its owner only (answers can be sensitive)."""
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)

@@ -1,0 +1,191 @@
+"""Settings: frozen, keyword-only value objects with session and ``with``-block defaults.
+
+Every verb (``map``, ``classify``, ...) takes the same keywords; whatever a call does not
+pass comes from the current defaults, which can be set once for the session or for a block:
+
+    >>> import pandas_llm
+    >>> with pandas_llm.settings(model="gpt-4.1-mini", concurrency=4):
+    ...     pandas_llm.current_settings().concurrency
+    4
+    >>> pandas_llm.current_settings().concurrency
+    16
+
+Scoping uses a ContextVar, so a ``with`` block in one thread or task never leaks into another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import os
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "settings", "configure", "current_settings", "GENERATION_PARAMS"]
+
+DEFAULT_CACHE = os.path.join(".pandas_llm", "cache.sqlite")
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+#: Chat-completions parameters that change the answer; passed through by their API names.
+GENERATION_PARAMS = frozenset(
+    {
+        "temperature",
+        "max_tokens",
+        "max_completion_tokens",
+        "top_p",
+        "seed",
+        "stop",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "reasoning_effort",
+        "verbosity",
+        "service_tier",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "modalities",
+        "prediction",
+        "user",
+        "store",
+        "metadata",
+    }
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a run needs besides the frame and the template.
+
+    ``params`` holds the generation parameters (temperature, max_tokens, seed, ...);
+    ``extra_body`` holds anything else the endpoint accepts. Both are part of the cache key.
+    """
+
+    model: str = "gpt-4o-mini"
+    system: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+    concurrency: int = 16
+    cache: str | os.PathLike | bool = True
+    progress: bool = True
+    timeout: float = 60.0
+    max_attempts: int = 6
+    base_url: str | None = None
+    api_key: str | None = None
+    client: Any = None
+    na: str = "skip"
+    rpm: float | None = None
+    tpm: float | None = None
+    max_cost: float | None = None
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ConfigError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
+        if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be a whole number >= 1, got {self.max_attempts!r}")
+        if self.na not in ("skip", "empty"):
+            raise ConfigError(
+                f"na must be 'skip' (NA cells give NA without a call) or 'empty' "
+                f"(NA cells render as ''), got {self.na!r}"
+            )
+        for name in ("rpm", "tpm", "max_cost", "deadline"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
+        if self.system is not None and not isinstance(self.system, str):
+            raise ConfigError("system must be a string (the system message) or None")
+        unknown = set(self.params) - GENERATION_PARAMS
+        if unknown:
+            raise ConfigError(_unknown_message(sorted(unknown)))
+
+    @property
+    def cache_path(self) -> str | None:
+        """The sidecar file, or None when caching is off (an in-memory store is used)."""
+        if self.cache is False or self.cache is None:
+            return None
+        if self.cache is True:
+            return DEFAULT_CACHE
+        return os.fspath(self.cache)
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL requests go to; part of the cache key (never the API key)."""
+        if self.client is not None and hasattr(self.client, "base_url"):
+            return str(self.client.base_url).rstrip("/")
+        if self.client is not None:
+            fn = self.client
+            return f"callable:{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        return (self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+
+    def merged(self, **overrides: Any) -> "Settings":
+        """A copy with ``overrides`` applied; generation parameters go into ``params``."""
+        own = {f.name for f in dataclasses.fields(self)}
+        params = dict(self.params)
+        direct: dict[str, Any] = {}
+        unknown = []
+        for key, value in overrides.items():
+            if key in own and key != "params":
+                direct[key] = value
+            elif key == "params":
+                params.update(value or {})
+            elif key in GENERATION_PARAMS:
+                if value is None:
+                    params.pop(key, None)
+                else:
+                    params[key] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            raise ConfigError(_unknown_message(unknown))
+        return dataclasses.replace(self, params=params, **direct)
+
+
+def _unknown_message(names: list[str]) -> str:
+    known = sorted(GENERATION_PARAMS | {f.name for f in dataclasses.fields(Settings)})
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (
+        f"unknown keyword {', '.join(hints)}. Generation parameters use their API names "
+        f"(temperature, max_tokens, top_p, seed, stop, ...); pass anything else the "
+        f"endpoint accepts as extra_body={{...}}."
+    )
+
+
+_defaults: ContextVar[Settings] = ContextVar("pandas_llm_settings")
+_session = Settings()
+
+
+def current_settings() -> Settings:
+    """The defaults in force here: the innermost ``settings()`` block, else the session's."""
+    return _defaults.get(_session)
+
+
+def configure(**overrides: Any) -> Settings:
+    """Set session-wide defaults, e.g. ``pandas_llm.configure(model="gpt-4.1-mini")``."""
+    global _session
+    _session = _session.merged(**overrides)
+    return _session
+
+
+@contextlib.contextmanager
+def settings(**overrides: Any) -> Iterator[Settings]:
+    """Defaults for a ``with`` block only."""
+    token = _defaults.set(current_settings().merged(**overrides))
+    try:
+        yield _defaults.get()
+    finally:
+        _defaults.reset(token)

@@ -1,0 +1,87 @@
+"""One exception tree for pandas-llm.
+
+Foreign exceptions (aiohttp, openai, sqlite3) are mapped to these at the backend
+or cache boundary only, with ``raise ... from exc`` so the original stays visible.
+
+    PandasLLMError
+    ├── ConfigError            bad arguments; raised before any request is sent
+    │   └── TemplateError      a template names an unknown column, or uses a forbidden field
+    └── APIError               a request failed (``status`` holds the HTTP status, if any)
+        ├── RetryableError     408 / 409 / 429 / 5xx, timeouts, connection errors
+        │   └── RateLimitError 429: every worker pauses, not only the one that got it
+        ├── RequestError       400 and other answers that are that row's own fault
+        └── FatalAPIError      401 / 403 / 404 / no quota: the whole run stops at once
+
+Example:
+    >>> from pandas_llm.errors import RateLimitError, RetryableError
+    >>> issubclass(RateLimitError, RetryableError)
+    True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PandasLLMError",
+    "ConfigError",
+    "TemplateError",
+    "APIError",
+    "RetryableError",
+    "RateLimitError",
+    "RequestError",
+    "FatalAPIError",
+]
+
+
+class PandasLLMError(Exception):
+    """Base of every error pandas-llm raises on purpose."""
+
+
+class ConfigError(PandasLLMError, ValueError):
+    """An argument is wrong; nothing has been sent or paid for."""
+
+
+class TemplateError(ConfigError):
+    """A prompt template cannot be rendered against this frame."""
+
+
+class APIError(PandasLLMError):
+    """A request to the model endpoint failed."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    @property
+    def kind(self) -> str:
+        """Short label used to count failures by kind ('http_500', 'timeout', ...)."""
+        if self.status is not None:
+            return f"http_{self.status}"
+        return self.code or type(self).__name__
+
+
+class RetryableError(APIError):
+    """A transient failure: the request may succeed if sent again later."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class RateLimitError(RetryableError):
+    """HTTP 429: the account's rate limit was hit."""
+
+
+class RequestError(APIError):
+    """The endpoint refused this one request (HTTP 400 and the like); not retried."""
+
+
+class FatalAPIError(APIError):
+    """Authentication, permission, wrong URL or model, or no quota: nothing else can succeed."""

@@ -1,0 +1,173 @@
+"""One run, end to end: plan (no spending), execute (the engine), assemble (the result).
+
+The accessor builds a ``Run``; the sync API drives ``execute`` on the background loop,
+the async API awaits it on the caller's loop. Either way the same code runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .backends import make_backend
+from .cache import Store
+from .config import Settings
+from .errors import FatalAPIError
+from .planner import Plan, make_plan
+from .progress import make_observer
+from .ratelimit import Limiter
+from .results import STATUS_MEANING
+from .scheduler import Engine, RetryPolicy, RunStats
+
+__all__ = ["Run", "RunReport", "RunWarning", "last_run"]
+
+
+class RunWarning(UserWarning):
+    """Some rows of a run did not get an answer; the warning says how many and why."""
+
+
+@dataclass
+class RunReport:
+    """What the last run did: its figures, and per-row details on demand."""
+
+    stats: RunStats
+    plan: Plan
+
+    @property
+    def details(self) -> pd.DataFrame:
+        """Per row: output, status, error, finish_reason, tokens, cost, attempts, from_cache."""
+        return self.plan.outcomes.details(self.plan.codes, self.plan.index)
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        """The rows without an answer, with their status and error."""
+        d = self.details
+        return d[d["status"] != "ok"]
+
+    def summary(self) -> str:
+        s = self.stats
+        cost = f"${s.cost:.4f}" if s.cost_known else "price unknown"
+        return (
+            f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "
+            f"{s.sent_done} requests sent ({s.ok} ok), {s.prompt_tokens} prompt + "
+            f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"
+        )
+
+    def __repr__(self) -> str:
+        return f"<RunReport {self.stats.outcome}: {self.summary()}>"
+
+
+_last: RunReport | None = None
+
+
+def last_run() -> RunReport | None:
+    """The report of the most recent run in this process (``None`` before the first)."""
+    return _last
+
+
+class Run:
+    """Plan at construction (raises on bad input before any request), then execute."""
+
+    def __init__(self, data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None):
+        self.settings = settings
+        self.name = data.name if isinstance(data, pd.Series) else None
+        self.store = Store(settings.cache_path)
+        try:
+            self.plan = plan = make_plan(data, template, settings, self.store, extra=extra)
+            self.backend = make_backend(settings) if len(plan.todo) else None
+        except BaseException:
+            self.store.close()
+            raise
+        codes = plan.codes
+        sent = codes >= 0
+        cached_rows = int(plan.outcomes.from_cache[codes[sent]].sum()) if len(plan.keys) else 0
+        self.stats = RunStats(
+            total=len(codes),
+            unique=len(plan.keys),
+            skipped=int((~sent).sum()),
+            cached=cached_rows,
+            cached_unique=int(plan.outcomes.from_cache.sum()),
+            to_send=len(plan.todo),
+            saved_cost=float(np.nansum(plan.outcomes.cost)),
+        )
+
+    async def execute(self, *, on_update: Callable[[RunStats], None] | None = None) -> None:
+        stats = self.stats
+        stats.started = time.monotonic()
+        observer = make_observer(self.settings.progress)
+        observer.start(stats)
+        updates = [observer.update] + ([on_update] if on_update else [])
+        global _last
+        _last = RunReport(stats, self.plan)
+        try:
+            if self.backend is not None:
+                engine = self._engine(lambda s: [f(s) for f in updates])
+                ticker = asyncio.ensure_future(_tick(observer, stats))
+                try:
+                    await engine.run(self.plan.jobs())
+                finally:
+                    ticker.cancel()
+            stats.outcome = "done"
+        except asyncio.CancelledError:
+            stats.outcome = "interrupted"
+            raise
+        except FatalAPIError:
+            stats.outcome = "failed"
+            raise
+        finally:
+            stats.finished = time.monotonic()
+            self.plan.outcomes.mark_unsent("stopped")
+            if self.backend is not None:
+                await self.backend.aclose()
+            observer.close(stats)
+            self.store.close()
+
+    def _engine(self, on_update: Callable[[RunStats], None]) -> Engine:
+        s = self.settings
+        outcomes = self.plan.outcomes
+        return Engine(
+            backend=self.backend,
+            store=self.store,
+            stats=self.stats,
+            concurrency=s.concurrency,
+            retry=RetryPolicy(max_attempts=s.max_attempts, deadline=s.deadline),
+            limiter=Limiter(rpm=s.rpm, tpm=s.tpm),
+            on_result=outcomes.fill,
+            on_update=on_update,
+            model=s.model,
+        )
+
+    def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
+        plan = self.plan
+        self._warn_failures()
+        if details:
+            return plan.outcomes.details(plan.codes, plan.index)
+        return plan.outcomes.series(plan.codes, plan.index, name=self.name)
+
+    def _warn_failures(self) -> None:
+        counts = self.plan.outcomes.row_status_counts(self.plan.codes)
+        bad = {k: v for k, v in counts.items() if k not in ("ok", "skipped")}
+        if not bad:
+            return
+        total = sum(bad.values())
+        kinds = ", ".join(f"{n} {k} ({STATUS_MEANING.get(k, k)})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1]))
+        warnings.warn(
+            f"{total} of {self.stats.total} rows have no answer: {kinds}. Their values are NA; "
+            "see pandas_llm.last_run().failures (or pass details=True). Running the same call "
+            "again retries only these rows; answered rows come from the cache.",
+            RunWarning,
+            stacklevel=4,
+        )
+
+
+async def _tick(observer: Any, stats: RunStats, every: float = 0.25) -> None:
+    """Keep the display moving (ETA, in-flight, pauses) when no answer arrives for a while."""
+    while True:
+        await asyncio.sleep(every)
+        observer.update(stats)

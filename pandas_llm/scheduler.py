@@ -1,0 +1,256 @@
+"""The async engine: a fixed pool of workers, the limiter, retries, commits, events.
+
+Workers pull jobs from one shared lazy iterator (never one task per row), so in-flight
+state is O(concurrency) whatever the frame's size. Each answer is committed to the
+store in small batches (at most ``flush_interval`` seconds old) and only then counted
+as done, so a killed process loses at most the requests in flight.
+
+Retries: 408/409/5xx, timeouts and connection errors up to ``max_attempts`` with
+exponential backoff and jitter (tenacity's strategy), honouring ``retry-after``. A 429
+pauses every worker through the limiter and is retried until the run's deadline, not
+a fixed small count. A 400 is that row's error. 401/403/404 stop the whole run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from tenacity import RetryCallState, wait_exponential_jitter
+
+from .backends import Backend, Completion
+from .cache import Record, Store
+from .errors import APIError, FatalAPIError, RateLimitError, RequestError, RetryableError
+from .ratelimit import Limiter
+
+__all__ = ["Engine", "RunStats", "Job"]
+
+Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
+
+#: finish_reason values that are failures with a status of their own, never a value.
+_FAILED_FINISH = {"length": "length", "content_filter": "content_filter"}
+
+
+@dataclass
+class RunStats:
+    """Live counters of one run; observers read them, the engine writes them."""
+
+    total: int = 0  # rows in the frame
+    unique: int = 0  # distinct requests among them
+    skipped: int = 0  # rows not sent (NA cells)
+    cached: int = 0  # rows answered from the cache
+    cached_unique: int = 0  # distinct requests answered from the cache
+    to_send: int = 0  # distinct requests that need the endpoint
+    sent_done: int = 0  # of those, finished (ok or failed), committed
+    ok: int = 0  # of those, succeeded
+    failed: Counter = field(default_factory=Counter)  # by status / error kind
+    in_flight: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float = 0.0
+    cost_known: bool = True
+    saved_cost: float = 0.0  # what the cached rows cost when they were paid for
+    paused_until: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    outcome: str = "running"  # running | done | interrupted | stopped | failed
+
+    @property
+    def done_rows(self) -> int:
+        """Distinct requests settled: from cache plus finished sends."""
+        return self.cached_unique + self.sent_done
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    wait: Callable[[RetryCallState], float] = wait_exponential_jitter(initial=0.5, max=30.0, jitter=0.5)
+    deadline: float | None = None  # seconds from start; bounds rate-limit retries
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return self.wait(state)
+
+
+class Engine:
+    """Runs jobs through a backend with bounded concurrency and commits each result."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        store: Store,
+        stats: RunStats,
+        concurrency: int,
+        retry: RetryPolicy = RetryPolicy(),
+        limiter: Limiter | None = None,
+        cost: Callable[[Completion], float | None] = lambda c: None,
+        reserve_tokens: Callable[[bytes], int] = lambda body: 0,
+        on_result: Callable[[int, Record], None] = lambda u, r: None,
+        on_update: Callable[[RunStats], None] = lambda s: None,
+        model: str | None = None,
+        flush_interval: float = 0.005,
+        flush_size: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ):
+        self.backend = backend
+        self.store = store
+        self.stats = stats
+        self.concurrency = concurrency
+        self.retry = retry
+        self.limiter = limiter or Limiter(clock=clock, sleep=sleep)
+        self.cost = cost
+        self.reserve_tokens = reserve_tokens
+        self.on_result = on_result
+        self.on_update = on_update
+        self.model = model
+        self.flush_interval = flush_interval
+        self.flush_size = flush_size
+        self.clock = clock
+        self.sleep = sleep
+        self._buffer: list[tuple[int, Record]] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._fatal: FatalAPIError | None = None
+        self._stop = False
+
+    async def run(self, jobs: Iterable[Job]) -> None:
+        """Send every job; return when all are settled. Raises FatalAPIError if the run had to stop."""
+        it = iter(jobs)
+        workers = [asyncio.ensure_future(self._worker(it)) for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        except FatalAPIError:
+            pass  # recorded in self._fatal; siblings cancelled below
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self.flush()
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _worker(self, jobs: Iterator[Job]) -> None:
+        for job in jobs:
+            if self._stop:
+                return
+            record = await self._process(job)
+            self._buffer.append((job[0], record))
+            if len(self._buffer) >= self.flush_size:
+                self.flush()
+            elif self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
+
+    def flush(self) -> None:
+        """Commit buffered results, then count them as done (never the other way round)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        self.store.write(r for _, r in batch)
+        stats = self.stats
+        for u, record in batch:
+            stats.sent_done += 1
+            if record.status == "ok":
+                stats.ok += 1
+            else:
+                stats.failed[record.status] += 1
+            self.on_result(u, record)
+        self.on_update(stats)
+
+    async def _process(self, job: Job) -> Record:
+        _, key, body = job
+        stats = self.stats
+        limiter = self.limiter
+        reserved = self.reserve_tokens(body)
+        attempts = 0
+        failures = 0
+        while True:
+            await limiter.acquire(reserved)
+            attempts += 1
+            stats.in_flight += 1
+            try:
+                completion = await self.backend.complete(body)
+            except RateLimitError as exc:
+                limiter.settle(reserved, 0)
+                stats.rate_limited += 1
+                wait = self.retry.backoff(max(1, failures), exc.retry_after)
+                limiter.pause(wait)
+                if self._past_deadline(wait):
+                    return Record(key, "failed", error=str(exc), attempts=attempts, model=self.model)
+                stats.retries += 1
+                continue
+            except RetryableError as exc:
+                limiter.settle(reserved, 0)
+                failures += 1
+                if failures >= self.retry.max_attempts or self._past_deadline(0):
+                    return Record(key, "failed", error=f"{exc} (after {attempts} attempts)", attempts=attempts, model=self.model)
+                stats.retries += 1
+                await self.sleep(self.retry.backoff(failures, exc.retry_after))
+                continue
+            except RequestError as exc:
+                limiter.settle(reserved, 0)
+                return Record(key, "error", error=str(exc), attempts=attempts, model=self.model)
+            except FatalAPIError as exc:
+                self._fatal = self._fatal or exc
+                self._stop = True
+                raise
+            finally:
+                stats.in_flight -= 1
+            return self._record(key, completion, reserved, attempts)
+
+    def _record(self, key: bytes, c: Completion, reserved: int, attempts: int) -> Record:
+        stats = self.stats
+        self.limiter.settle(reserved, c.prompt_tokens + c.completion_tokens)
+        if c.headers is not None:
+            self.limiter.observe(c.headers)
+        cost = self.cost(c)
+        stats.prompt_tokens += c.prompt_tokens
+        stats.completion_tokens += c.completion_tokens
+        stats.cached_tokens += c.cached_tokens
+        if cost is None:
+            stats.cost_known = False
+        else:
+            stats.cost += cost
+        status = _FAILED_FINISH.get(c.finish_reason or "stop")
+        error = None
+        if status is not None:
+            error = f"finish_reason={c.finish_reason}: the answer was cut off or withheld"
+            if c.finish_reason == "length":
+                error = "finish_reason=length: the answer hit max_tokens and was cut off; raise max_tokens"
+        elif c.refusal:
+            status, error = "refused", f"the model refused: {c.refusal}"
+        elif c.text is None:
+            status, error = "error", "the answer had no content"
+        return Record(
+            key,
+            status or "ok",
+            c.text,
+            c.finish_reason,
+            c.prompt_tokens,
+            c.completion_tokens,
+            c.cached_tokens,
+            cost,
+            error,
+            attempts,
+            self.model,
+        )
+
+    def _past_deadline(self, wait: float) -> bool:
+        deadline = self.retry.deadline
+        return deadline is not None and (self.clock() + wait - self.stats.started) > deadline
