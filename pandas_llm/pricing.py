@@ -1,0 +1,213 @@
+"""Dollars per request: realtime, Batch API and cached-input prices.
+
+Table prices come from the ``genai-prices`` package's bundled data (no network). It is
+imported on the first look-up, not with pandas_llm, because importing it takes
+~0.15 s: the first ``price_for`` costs ~0.15 s, each new model after it ~0.3 ms, and a
+repeated model ~0.05 µs (lru_cache). Per-row arithmetic is ``cost`` (~0.2 µs).
+
+>>> price = price_for("gpt-4o-mini")
+>>> round(price.input * 1_000_000, 6), round(price.batch_output * 1_000_000, 6)
+(0.15, 0.3)
+>>> round(cost(price, prompt_tokens=1_000, completion_tokens=200, cached_tokens=400), 8)
+0.00024
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["Price", "cost", "price_for", "resolve_price"]
+
+_PER_MILLION = 1_000_000
+_BATCH_CONTEXT = {"processing": "batch"}
+# Providers whose Batch API is documented as half the realtime price for every model,
+# so a missing batch row in the table can safely be filled in as half.
+_HALF_PRICE_BATCH_PROVIDERS = frozenset({"openai"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Price:
+    """Prices of one model in USD **per token**.
+
+    ``cached_input`` is the rate for prompt tokens served from the provider's prompt
+    cache; the ``batch_*`` rates apply to requests sent through the Batch API.
+    Build one from the per-million figures that price pages publish:
+
+    >>> p = Price.per_million(input=0.15, output=0.60)
+    >>> p.input, p.cached_input, p.batch_output
+    (1.5e-07, 1.5e-07, 3e-07)
+    """
+
+    input: float
+    output: float
+    cached_input: float
+    batch_input: float
+    batch_output: float
+    batch_cached_input: float
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"Price.{field.name} must be a number, not {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"Price.{field.name} must be finite and >= 0, not {value!r}")
+
+    @classmethod
+    def per_million(
+        cls,
+        *,
+        input: float,
+        output: float,
+        cached_input: float | None = None,
+        batch_discount: float = 0.5,
+    ) -> Price:
+        """A price from USD per million tokens.
+
+        ``cached_input`` defaults to ``input`` (no caching discount known).
+        ``batch_discount`` is the fraction taken off every rate for the Batch API:
+        0.5 (the default, OpenAI's) means batch costs half; 0 means no discount.
+
+        >>> Price.per_million(input=2.0, output=8.0, cached_input=0.5, batch_discount=0.5).batch_cached_input
+        2.5e-07
+        """
+        if isinstance(batch_discount, bool) or not 0 <= batch_discount <= 1:
+            raise ValueError(f"batch_discount must be between 0 and 1, not {batch_discount!r}")
+        if cached_input is None:
+            cached_input = input
+        factor = 1 - batch_discount
+        return cls(
+            input=input / _PER_MILLION,
+            output=output / _PER_MILLION,
+            cached_input=cached_input / _PER_MILLION,
+            batch_input=input * factor / _PER_MILLION,
+            batch_output=output * factor / _PER_MILLION,
+            batch_cached_input=cached_input * factor / _PER_MILLION,
+        )
+
+
+def cost(
+    price: Price,
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    batch: bool = False,
+) -> float:
+    """USD for one request.
+
+    OpenAI's usage convention: ``cached_tokens`` (``prompt_tokens_details.cached_tokens``)
+    are part of ``prompt_tokens`` and billed at the cached rate, the rest at the input
+    rate; reasoning tokens are part of ``completion_tokens``.
+
+    >>> p = Price.per_million(input=0.15, output=0.60, cached_input=0.075)
+    >>> round(cost(p, prompt_tokens=1_000_000, completion_tokens=0, cached_tokens=500_000), 6)
+    0.1125
+    >>> round(cost(p, prompt_tokens=1_000_000, completion_tokens=1_000_000, batch=True), 6)
+    0.375
+    """
+    if prompt_tokens < 0 or completion_tokens < 0 or cached_tokens < 0:
+        raise ValueError("token counts must be >= 0")
+    if cached_tokens > prompt_tokens:
+        raise ValueError(f"cached_tokens ({cached_tokens}) exceed prompt_tokens ({prompt_tokens})")
+    if batch:
+        rates = price.batch_input, price.batch_cached_input, price.batch_output
+    else:
+        rates = price.input, price.cached_input, price.output
+    uncached = prompt_tokens - cached_tokens
+    return uncached * rates[0] + cached_tokens * rates[1] + completion_tokens * rates[2]
+
+
+@functools.lru_cache(maxsize=512)
+def price_for(model: str, *, provider: str | None = None) -> Price | None:
+    """The table price of ``model``, or None if genai-prices does not know it.
+
+    ``provider`` is a genai-prices provider id (``"openai"``, ``"azure"``,
+    ``"anthropic"``, ...); by default the provider is guessed from the model name, and
+    ``ft:`` fine-tunes are looked up under OpenAI. Prices are today's (the table is
+    dated), and tiered models (cheaper below a context length) get their base tier.
+
+    Batch prices are the table's where it has them. Where it has none, OpenAI models
+    are *assumed* to cost half the realtime price on the Batch API (OpenAI's published
+    rule), and other providers' models are charged the realtime price, so a budget is
+    never under-estimated.
+
+    >>> price_for("gpt-4o-mini").cached_input * 1_000_000
+    0.075
+    >>> price_for("no-such-model") is None
+    True
+    """
+    from genai_prices import Usage, calc_price  # ~0.15 s to import, so only when needed
+
+    if provider is None and model.lower().startswith("ft:"):
+        provider = "openai"  # genai-prices matches fine-tunes only within a provider
+    try:
+        realtime = calc_price(Usage(), model, provider_id=provider)
+        batch = calc_price(Usage(), model, provider_id=provider, price_context=_BATCH_CONTEXT)
+    except LookupError:
+        return None
+    rates = _rates(realtime.model_price)
+    if rates is None:
+        return None
+    input_, output, cached = rates
+    batch_rates = _rates(batch.model_price)
+    if batch_rates is not None and batch_rates != rates:
+        batch_input, batch_output, batch_cached = batch_rates
+    elif realtime.provider.id in _HALF_PRICE_BATCH_PROVIDERS:
+        batch_input, batch_output, batch_cached = input_ / 2, output / 2, cached / 2
+    else:
+        batch_input, batch_output, batch_cached = input_, output, cached
+    return Price(
+        input=input_,
+        output=output,
+        cached_input=cached,
+        batch_input=batch_input,
+        batch_output=batch_output,
+        batch_cached_input=batch_cached,
+    )
+
+
+def resolve_price(
+    model: str,
+    prices: Price | Mapping[str, Price] | None = None,
+    *,
+    provider: str | None = None,
+) -> Price | None:
+    """The price to charge ``model`` at: the caller's if given, else the table's.
+
+    ``prices`` is one Price for every model, or a mapping from model name to Price
+    (models missing from it fall back to the table). None means "price unknown".
+
+    >>> mine = Price.per_million(input=1.0, output=2.0)
+    >>> resolve_price("my-local-model", {"my-local-model": mine}) is mine
+    True
+    >>> resolve_price("my-local-model") is None
+    True
+    """
+    if isinstance(prices, Price):
+        return prices
+    if prices is not None and model in prices:
+        return prices[model]
+    return price_for(model, provider=provider)
+
+
+def _rates(model_price: Any) -> tuple[float, float, float] | None:
+    """(input, output, cached input) in USD per token from a genai-prices ModelPrice."""
+    input_ = _per_token(model_price.input_mtok)
+    output = _per_token(model_price.output_mtok)
+    if input_ is None and output is None:
+        return None  # priced by something other than tokens (requests, images, ...)
+    input_ = input_ or 0.0
+    cached = _per_token(model_price.cache_read_mtok)
+    return input_, output or 0.0, input_ if cached is None else cached
+
+
+def _per_token(per_mtok: Any) -> float | None:
+    if per_mtok is None:
+        return None
+    base = getattr(per_mtok, "base", per_mtok)  # TieredPrices: the rate below the first tier
+    return float(base / _PER_MILLION)  # divided as a Decimal: 0.8/M is 8e-07, not 8.000000000000001e-07

@@ -1,0 +1,188 @@
+"""Prices from genai-prices' bundled table, explicit prices, and per-request cost."""
+
+from __future__ import annotations
+
+import math
+import socket
+from decimal import Decimal
+
+import genai_prices
+import pytest
+from genai_prices.types import Tier, TieredPrices
+
+from pandas_llm import pricing
+from pandas_llm.pricing import Price, cost, price_for, resolve_price
+
+M = 1_000_000
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No network, and every look-up done afresh under that condition."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    price_for.cache_clear()
+    yield
+    price_for.cache_clear()
+
+
+def per_million(price: Price) -> dict[str, float]:
+    return {name: round(getattr(price, name) * M, 9) for name in Price.__dataclass_fields__}
+
+
+def test_gpt_4o_mini_table_price():
+    assert per_million(price_for("gpt-4o-mini")) == {
+        "input": 0.15,
+        "output": 0.60,
+        "cached_input": 0.075,
+        "batch_input": 0.075,
+        "batch_output": 0.30,
+        # OpenAI's batch table lists no cached rate for gpt-4o-mini; genai-prices keeps
+        # the standard cached rate, which equals the batch input rate.
+        "batch_cached_input": 0.075,
+    }
+    assert price_for("gpt-4o-mini-2024-07-18") == price_for("gpt-4o-mini")
+
+
+def test_batch_is_half_of_realtime():
+    price = price_for("gpt-4o-mini")
+    realtime = cost(price, prompt_tokens=M, completion_tokens=M)
+    assert realtime == pytest.approx(0.75)
+    assert cost(price, prompt_tokens=M, completion_tokens=M, batch=True) == pytest.approx(realtime / 2)
+
+
+def test_cached_tokens_are_part_of_prompt_tokens():
+    price = price_for("gpt-4o-mini")
+    # 1M prompt tokens, 400k of them cached: 600k at $0.15/M + 400k at $0.075/M.
+    assert cost(price, prompt_tokens=M, completion_tokens=0, cached_tokens=400_000) == pytest.approx(0.09 + 0.03)
+    assert cost(price, prompt_tokens=1_000, completion_tokens=200, cached_tokens=400) == pytest.approx(
+        (600 * 0.15 + 400 * 0.075 + 200 * 0.60) / M
+    )
+    assert cost(price, prompt_tokens=0, completion_tokens=0) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompt_tokens": 10, "completion_tokens": 0, "cached_tokens": 11}, "exceed"),
+        ({"prompt_tokens": -1, "completion_tokens": 0}, ">= 0"),
+        ({"prompt_tokens": 1, "completion_tokens": -1}, ">= 0"),
+        ({"prompt_tokens": 1, "completion_tokens": 0, "cached_tokens": -1}, ">= 0"),
+    ],
+)
+def test_cost_rejects_impossible_usage(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cost(Price.per_million(input=1, output=1), **kwargs)
+
+
+@pytest.mark.parametrize("model", ["no-such-model-xyz", "Qwen/Qwen2.5-0.5B-Instruct"])
+def test_unknown_model_has_no_price(model):
+    assert price_for(model) is None
+    assert resolve_price(model) is None
+
+
+def test_unknown_provider_has_no_price():
+    assert price_for("gpt-4o-mini", provider="no-such-provider") is None
+
+
+def test_explicit_provider_and_fine_tunes():
+    assert price_for("gpt-4o-mini", provider="openai") == price_for("gpt-4o-mini")
+    fine_tune = price_for("ft:gpt-4o-mini-2024-07-18:acme::abc123")
+    assert fine_tune is not None
+    assert fine_tune.input > price_for("gpt-4o-mini").input
+
+
+def test_lookups_are_cached():
+    assert price_for("gpt-4o-mini") is price_for("gpt-4o-mini")
+    assert price_for.cache_info().hits >= 1
+
+
+def _table_without_batch_prices(monkeypatch):
+    real = genai_prices.calc_price
+
+    def calc_price(usage, model_ref, **kwargs):
+        kwargs.pop("price_context", None)
+        return real(usage, model_ref, **kwargs)
+
+    monkeypatch.setattr(genai_prices, "calc_price", calc_price)
+
+
+def test_missing_batch_price_is_assumed_half_for_openai(monkeypatch):
+    _table_without_batch_prices(monkeypatch)
+    price = price_for("gpt-5")
+    assert price.batch_input == pytest.approx(price.input / 2)
+    assert price.batch_output == pytest.approx(price.output / 2)
+    assert price.batch_cached_input == pytest.approx(price.cached_input / 2)
+
+
+def test_missing_batch_price_is_realtime_for_other_providers(monkeypatch):
+    _table_without_batch_prices(monkeypatch)
+    price = price_for("claude-3-5-haiku-latest")
+    assert price is not None
+    assert (price.batch_input, price.batch_output, price.batch_cached_input) == (
+        price.input,
+        price.output,
+        price.cached_input,
+    )
+
+
+def test_tiered_prices_use_the_base_tier():
+    tiered = TieredPrices(base=Decimal("1.25"), tiers=[Tier(start=200_000, price=Decimal("2.5"))])
+    assert pricing._per_token(tiered) == 1.25e-06
+    assert pricing._per_token(Decimal("0.8")) == 8e-07
+
+
+def test_per_million_defaults():
+    price = Price.per_million(input=0.15, output=0.60)
+    assert per_million(price) == {
+        "input": 0.15,
+        "output": 0.60,
+        "cached_input": 0.15,  # unknown cached rate: charged as input
+        "batch_input": 0.075,
+        "batch_output": 0.30,
+        "batch_cached_input": 0.075,
+    }
+
+
+def test_per_million_cached_and_discount():
+    price = Price.per_million(input=2.0, output=8.0, cached_input=0.5, batch_discount=0.25)
+    assert per_million(price)["cached_input"] == 0.5
+    assert per_million(price)["batch_input"] == 1.5
+    assert per_million(price)["batch_cached_input"] == 0.375
+    no_discount = Price.per_million(input=2.0, output=8.0, batch_discount=0)
+    assert no_discount.batch_output == no_discount.output
+
+
+@pytest.mark.parametrize("bad", [-0.5, 1.5, True])
+def test_per_million_rejects_bad_discounts(bad):
+    with pytest.raises(ValueError, match="batch_discount"):
+        Price.per_million(input=1, output=1, batch_discount=bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(-1e-7, ValueError), (math.nan, ValueError), (math.inf, ValueError), ("0.1", TypeError), (True, TypeError)]
+)
+def test_price_rejects_bad_values(value, error):
+    with pytest.raises(error, match="output"):
+        Price(input=0, output=value, cached_input=0, batch_input=0, batch_output=0, batch_cached_input=0)
+
+
+def test_price_is_frozen_and_keyword_only():
+    price = Price.per_million(input=1, output=1)
+    with pytest.raises(AttributeError):
+        price.input = 0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Price(1, 1, 1, 1, 1, 1)  # type: ignore[misc]
+
+
+def test_resolve_price_prefers_the_callers_price():
+    mine = Price.per_million(input=1.0, output=2.0)
+    assert resolve_price("gpt-4o-mini", mine) is mine
+    assert resolve_price("my-local-model", {"my-local-model": mine}) is mine
+    # A mapping that does not name the model falls back to the table.
+    assert resolve_price("gpt-4o-mini", {"my-local-model": mine}) == price_for("gpt-4o-mini")
+    assert resolve_price("gpt-4o-mini") == price_for("gpt-4o-mini")
