@@ -74,7 +74,7 @@ class RunStats:
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 6
-    wait: Callable[[RetryCallState], float] = wait_exponential_jitter(initial=0.5, max=30.0, jitter=0.5)
+    wait: Callable[[RetryCallState], float] = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)
     deadline: float | None = None  # seconds from start; bounds rate-limit retries
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
