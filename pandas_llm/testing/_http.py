@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Request", "Response", "Handler", "HTTPProtocol", "error_response", "json_response"]
+__all__ = ["Request", "Response", "Handler", "HTTPProtocol", "default_error", "error_response", "json_response"]
 
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -100,6 +100,28 @@ def error_response(
     """An OpenAI-shaped error: ``{"error": {"message", "type", "param", "code"}}``."""
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return json_response(status, body, headers)
+
+
+_DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to access this resource.", "invalid_request_error", "permission_denied"),
+    404: ("The model does not exist or you do not have access to it.", "invalid_request_error", "model_not_found"),
+    408: ("Request timed out.", "timeout", None),
+    409: ("Conflict.", "invalid_request_error", None),
+    429: ("Rate limit reached. Please try again later.", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request. Sorry about that!", "server_error", None),
+    502: ("Bad gateway.", "server_error", None),
+    503: ("The engine is currently overloaded, please try again later.", "server_error", None),
+}
+
+
+def default_error(status: int, headers: list[tuple[str, str]] | None = None) -> Response:
+    """The OpenAI-style error the real API sends for ``status`` (a generic one otherwise)."""
+    message, type_, code = _DEFAULT_ERRORS.get(
+        status, (f"Injected error {status}.", "server_error" if status >= 500 else "invalid_request_error", None)
+    )
+    return error_response(status, message, type_, code, headers=headers)
 
 
 _error = error_response

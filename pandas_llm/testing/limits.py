@@ -33,7 +33,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["RateLimiter", "Decision", "format_duration", "UNLIMITED_RPM", "UNLIMITED_TPM"]
+from ._http import Response, error_response
+
+__all__ = ["RateLimiter", "Decision", "format_duration", "rate_limit_response", "UNLIMITED_RPM", "UNLIMITED_TPM"]
 
 #: What the headers report when no limit is set: large enough that no client throttles.
 UNLIMITED_RPM = 10_000_000
@@ -175,3 +177,19 @@ def _headers(lim_r: int, lim_t: int, rem_r: int, rem_t: int, reset_r: str, reset
         ("x-ratelimit-reset-requests", reset_r),
         ("x-ratelimit-reset-tokens", reset_t),
     ]
+
+
+def rate_limit_response(model: str, d: Decision) -> Response:
+    """The 429 the real API sends for a refused ``Decision``, with ``retry-after(-ms)``."""
+    unit = "requests per min (RPM)" if d.kind == "requests" else "tokens per min (TPM)"
+    headers = d.headers
+    if d.retry_after is None:  # larger than the whole window: retrying cannot help
+        message = f"Request too large for {model} on {unit}: Limit {d.limit}, Requested {d.requested}."
+    else:
+        message = (
+            f"Rate limit reached for {model} on {unit}: Limit {d.limit}, Used {d.used}, "
+            f"Requested {d.requested}. Please try again in {d.retry_after * 1000:.0f}ms."
+        )
+        headers.append(("retry-after", str(max(1, math.ceil(d.retry_after)))))
+        headers.append(("retry-after-ms", str(max(1, math.ceil(d.retry_after * 1000)))))
+    return error_response(429, message, d.kind or "requests", "rate_limit_exceeded", headers=headers)
