@@ -6,9 +6,8 @@
 Importing registers the accessors and does nothing else: no logging set-up, no I/O.
 """
 
-from __future__ import annotations
-
-from .accessor import LLMAccessor, register
+from .accessor import LLMAccessor
+from .accessor import register as _register
 from .config import Settings, configure, current_settings, settings
 from .errors import (
     APIError,
@@ -43,4 +42,4 @@ __all__ = [
     "settings",
 ]
 
-register()
+_register()

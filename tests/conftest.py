@@ -1,0 +1,31 @@
+"""Shared fixtures: a loopback server per test and a private working directory.
+
+Every test runs in its own temporary directory, so the default sidecar
+(.pandas_llm/cache.sqlite) never leaks between tests or into the checkout.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pandas_llm.testing import LLMServer
+
+
+@pytest.fixture(autouse=True)
+def _private_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    yield tmp_path
+
+
+@pytest.fixture
+def server():
+    with LLMServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def opts(server):
+    """Keywords pointing a verb at the loopback server, quietly."""
+    return {"base_url": server.base_url, "api_key": "sk-test", "progress": False}
