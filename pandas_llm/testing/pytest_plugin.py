@@ -1,6 +1,9 @@
-"""pytest plugin (entry point ``pytest11``): the ``llm_server`` fixture.
+"""pytest plugin: the ``llm_server`` fixture. Opt in from your conftest.py with
 
-Imports only pytest at collection time; the server is imported when a test asks for it.
+    pytest_plugins = ["pandas_llm.testing.pytest_plugin"]
+
+(opt-in rather than an automatic ``pytest11`` entry point, so installing pandas-llm never
+changes anyone else's test sessions). The server is imported when a test asks for it.
 
     def test_it(llm_server):
         client = openai.OpenAI(base_url=llm_server.base_url, api_key="x", max_retries=0)
