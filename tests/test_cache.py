@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import closing
 import stat
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def test_api_key_is_never_stored(opts, tmp_path):
 
 def test_stores_everything_about_an_answer(opts):
     pd.DataFrame({"text": ["a"]}).llm.map("{text}", max_tokens=50, **opts)
-    with sqlite3.connect(".pandas_llm/cache.sqlite") as conn:
+    with closing(sqlite3.connect(".pandas_llm/cache.sqlite")) as conn:
         conn.row_factory = sqlite3.Row
         row = dict(conn.execute("SELECT * FROM results").fetchone())
     assert row["status"] == "ok" and row["output"] == "echo: a"
@@ -56,7 +57,7 @@ def test_migrations_are_recorded_once(tmp_path):
     path = tmp_path / "c.sqlite"
     Store(path).close()
     Store(path).close()
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         names = [n for (n,) in conn.execute("SELECT name FROM migrations")]
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert names == [name for name, _ in MIGRATIONS]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+from contextlib import closing
 import subprocess
 import sys
 import textwrap
@@ -30,8 +31,11 @@ SCRIPT = textwrap.dedent(
 
 
 def committed_keys(path: str) -> set[bytes]:
-    with sqlite3.connect(path) as conn:
-        return {k for (k,) in conn.execute("SELECT key FROM results WHERE status = 'ok'")}
+    try:
+        with closing(sqlite3.connect(path)) as conn:
+            return {k for (k,) in conn.execute("SELECT key FROM results WHERE status = 'ok'")}
+    except sqlite3.OperationalError:  # the child has created the file but not the table yet
+        return set()
 
 
 def test_sigkill_mid_run_then_rerun_pays_only_the_rest(tmp_path):
