@@ -10,6 +10,8 @@ import pytest
 
 from pandas_llm.testing import LLMServer
 
+pytest_plugins = ["pandas_llm.testing.pytest_plugin"]  # the fixture users opt in to, tested as they use it
+
 
 @pytest.fixture(autouse=True)
 def _private_cwd(tmp_path, monkeypatch):
