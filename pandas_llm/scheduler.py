@@ -9,6 +9,13 @@ Retries: 408/409/5xx, timeouts and connection errors up to ``max_attempts`` with
 exponential backoff and jitter (tenacity's strategy), honouring ``retry-after``. A 429
 pauses every worker through the limiter and is retried until the run's deadline, not
 a fixed small count. A 400 is that row's error. 401/403/404 stop the whole run at once.
+
+Validation (``validate=``, used when a schema is set): an answer the hook rejects is
+asked again up to ``invalid_retries`` times, then stored as ``invalid`` with the hook's
+error. A resend is a fresh request with ``seed`` moved on by the resend number (so a
+seeded or temperature>0 model can answer differently, and a rerun resends the same
+sequence); the tokens and cost of the rejected answers are added to the row's record.
+Without ``validate`` the workers never enter that path.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+import orjson
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from .backends import Backend, Completion
@@ -102,6 +110,8 @@ class Engine:
         on_result: Callable[[int, Record], None] = lambda u, r: None,
         on_update: Callable[[RunStats], None] = lambda s: None,
         model: str | None = None,
+        validate: Callable[[str | None], str | None] | None = None,
+        invalid_retries: int = 2,
         flush_interval: float = 0.005,
         flush_size: int = 256,
         clock: Callable[[], float] = time.monotonic,
@@ -118,6 +128,8 @@ class Engine:
         self.on_result = on_result
         self.on_update = on_update
         self.model = model
+        self.validate = validate
+        self.invalid_retries = invalid_retries
         self.flush_interval = flush_interval
         self.flush_size = flush_size
         self.clock = clock
@@ -144,10 +156,11 @@ class Engine:
             raise self._fatal
 
     async def _worker(self, jobs: Iterator[Job]) -> None:
+        process = self._process if self.validate is None else self._process_validated
         for job in jobs:
             if self._stop:
                 return
-            record = await self._process(job)
+            record = await process(job)
             self._buffer.append((job[0], record))
             if len(self._buffer) >= self.flush_size:
                 self.flush()
@@ -214,6 +227,22 @@ class Engine:
                 stats.in_flight -= 1
             return self._record(key, completion, reserved, attempts)
 
+    async def _process_validated(self, job: Job) -> Record:
+        """``_process``, then resend while the answer fails ``validate`` (bounded)."""
+        record = await self._process(job)
+        rejected: list[Record] = []
+        while record.status == "ok":
+            error = self.validate(record.output)  # type: ignore[misc]
+            if error is None:
+                break
+            if len(rejected) >= self.invalid_retries:
+                record = record._replace(status="invalid", error=error)
+                break
+            rejected.append(record)
+            self.stats.retries += 1
+            record = await self._process((job[0], job[1], _reseeded(job[2], len(rejected))))
+        return _with_spent(record, rejected) if rejected else record
+
     def _record(self, key: bytes, c: Completion, reserved: int, attempts: int) -> Record:
         stats = self.stats
         self.limiter.settle(reserved, c.prompt_tokens + c.completion_tokens)
@@ -254,3 +283,23 @@ class Engine:
     def _past_deadline(self, wait: float) -> bool:
         deadline = self.retry.deadline
         return deadline is not None and (self.clock() + wait - self.stats.started) > deadline
+
+
+def _reseeded(body: bytes, n: int) -> bytes:
+    """The same request with ``seed`` moved on by ``n`` (key order kept: schemas stay ordered)."""
+    data = orjson.loads(body)
+    seed = data.get("seed")
+    data["seed"] = (seed if isinstance(seed, int) else 0) + n
+    return orjson.dumps(data)
+
+
+def _with_spent(record: Record, rejected: list[Record]) -> Record:
+    """``record`` charged with what the rejected answers before it cost (nothing paid is lost)."""
+    costs = [r.cost for r in (*rejected, record)]
+    return record._replace(
+        prompt_tokens=record.prompt_tokens + sum(r.prompt_tokens for r in rejected),
+        completion_tokens=record.completion_tokens + sum(r.completion_tokens for r in rejected),
+        cached_tokens=record.cached_tokens + sum(r.cached_tokens for r in rejected),
+        cost=None if any(c is None for c in costs) else sum(costs),
+        attempts=record.attempts + sum(r.attempts for r in rejected),
+    )
