@@ -85,6 +85,9 @@ class Settings:
     tpm: float | None = None
     max_cost: float | None = None
     deadline: float | None = None
+    structured: str = "json_schema"
+    rows_per_request: int = 1
+    invalid_retries: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -104,6 +107,15 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
+        if self.structured not in ("json_schema", "json_object"):
+            raise ConfigError(
+                "structured must be 'json_schema' (the standard structured-output request) or "
+                f"'json_object' (for servers with JSON mode only, e.g. llama.cpp), got {self.structured!r}"
+            )
+        for name in ("rows_per_request", "invalid_retries"):
+            value, low = getattr(self, name), 1 if name == "rows_per_request" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
         if self.system is not None and not isinstance(self.system, str):
             raise ConfigError("system must be a string (the system message) or None")
         unknown = set(self.params) - GENERATION_PARAMS

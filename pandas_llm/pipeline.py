@@ -38,6 +38,7 @@ class RunReport:
 
     stats: RunStats
     plan: Plan
+    packing: Any = None  # packing.PackingReport when rows_per_request > 1
 
     @property
     def details(self) -> pd.DataFrame:
@@ -57,7 +58,7 @@ class RunReport:
             f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "
             f"{s.sent_done} requests sent ({s.ok} ok), {s.prompt_tokens} prompt + "
             f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"
-        )
+        ) + (f"; {self.packing}" if self.packing is not None else "")
 
     def __repr__(self) -> str:
         return f"<RunReport {self.stats.outcome}: {self.summary()}>"
@@ -74,12 +75,20 @@ def last_run() -> RunReport | None:
 class Run:
     """Plan at construction (raises on bad input before any request), then execute."""
 
-    def __init__(self, data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None):
+    def __init__(
+        self, data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None, validate=None, packing=None
+    ):
+        """``validate``: answer text -> error or None (see Engine); ``packing``: a packing.Packer."""
         self.settings = settings
+        self.validate = validate
+        self.packing = packing
+        self._limiter: Limiter | None = None  # one per run, shared by every engine of the run
         self.name = data.name if isinstance(data, pd.Series) else None
         self.store = Store(settings.cache_path)
         try:
             self.plan = plan = make_plan(data, template, settings, self.store, extra=extra)
+            if packing is not None:
+                packing.prepare(plan, self.store)  # packed answers from the cache; narrows plan.todo
             self.backend = make_backend(settings) if len(plan.todo) else None
         except BaseException:
             self.store.close()
@@ -104,13 +113,18 @@ class Run:
         observer.start(stats)
         updates = [observer.update] + ([on_update] if on_update else [])
         global _last
-        _last = RunReport(stats, self.plan)
+        _last = RunReport(stats, self.plan, self.packing and self.packing.report)
         try:
             if self.backend is not None:
-                engine = self._engine(lambda s: [f(s) for f in updates])
+                def engine(**kw: Any) -> Engine:
+                    return self._engine(lambda s: [f(s) for f in updates], **kw)
+
                 ticker = asyncio.ensure_future(_tick(observer, stats))
                 try:
-                    await engine.run(self.plan.jobs())
+                    if self.packing is None:
+                        await engine().run(self.plan.jobs())
+                    else:
+                        await self.packing.send(self.plan, engine)
                 finally:
                     ticker.cancel()
             stats.outcome = "done"
@@ -128,19 +142,23 @@ class Run:
             observer.close(stats)
             self.store.close()
 
-    def _engine(self, on_update: Callable[[RunStats], None]) -> Engine:
+    def _engine(self, on_update: Callable[[RunStats], None], **overrides: Any) -> Engine:
         s = self.settings
         outcomes = self.plan.outcomes
+        options: dict[str, Any] = dict(on_result=outcomes.fill, validate=self.validate, invalid_retries=s.invalid_retries)
+        options.update(overrides)
+        if self._limiter is None:
+            self._limiter = Limiter(rpm=s.rpm, tpm=s.tpm)
         return Engine(
             backend=self.backend,
             store=self.store,
             stats=self.stats,
             concurrency=s.concurrency,
             retry=RetryPolicy(max_attempts=s.max_attempts, deadline=s.deadline),
-            limiter=Limiter(rpm=s.rpm, tpm=s.tpm),
-            on_result=outcomes.fill,
+            limiter=self._limiter,
             on_update=on_update,
             model=s.model,
+            **options,
         )
 
     def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:

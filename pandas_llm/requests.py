@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from .config import Settings
+from .schema import response_format_fragment
 
 __all__ = ["RequestBuilder", "KEY_VERSION"]
 
@@ -38,6 +39,9 @@ class RequestBuilder:
         base.update(settings.extra_body)
         if extra:
             base.update(extra)
+        if isinstance(base.get("response_format"), dict):
+            # sorted keywords but schema properties in declared order (the model writes them in it)
+            base["response_format"] = response_format_fragment(base["response_format"])
         self.base = base
         self._prefix = KEY_VERSION + settings.endpoint.encode() + b"\n"
 
