@@ -127,10 +127,12 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
     return None
 
 
-def complete(body: Mapping[str, Any], answer: AnswerFn = answer_for) -> Completion:
+def complete(body: Mapping[str, Any], answer: AnswerFn = answer_for, structured: Any = None) -> Completion:
     """Validate a chat completion request body and compute its (non-streamed) answer.
 
-    - the answer is ``answer(messages, model)``;
+    - the answer is ``answer(messages, model)``; with the default ``answer`` and a JSON
+      ``response_format``, ``structured.answer(body, messages)`` (see structured.py), and
+      the schema counts as prompt tokens, as providers bill it;
     - a last user message containing :data:`CONTENT_FILTER_MARKER` gives
       ``finish_reason="content_filter"`` and ``content=None``;
     - ``max_completion_tokens`` / ``max_tokens`` below the answer's estimate cut the
@@ -153,7 +155,11 @@ def complete(body: Mapping[str, Any], answer: AnswerFn = answer_for) -> Completi
     if CONTENT_FILTER_MARKER in prompt:
         content, reason, n_completion = None, "content_filter", 0
     else:
-        content = answer(messages, model)
+        if structured is not None and answer is answer_for and structured.handles(body):
+            content = structured.answer(body, messages)
+            n_prompt += estimate_tokens(str(body["response_format"]))
+        else:
+            content = answer(messages, model)
         reason, n_completion = "stop", estimate_tokens(content)
         if limit is not None and limit < n_completion:
             content, reason, n_completion = content[: 4 * limit], "length", limit

@@ -47,6 +47,7 @@ import orjson
 from ._http import HTTPProtocol, Request, Response, default_error, error_response, json_response
 from .answers import AnswerFn, Completion, InvalidRequest, answer_for, complete
 from .limits import RateLimiter, rate_limit_response
+from .structured import StructuredAnswers
 
 __all__ = ["LLMServer", "DEFAULT_MODELS"]
 
@@ -101,6 +102,8 @@ class LLMServer:
         self.host, self.port, self.latency, self.api_key = host, port, latency, api_key
         self.limiter = RateLimiter(rpm, tpm, window)
         self.answer: AnswerFn = answer or answer_for
+        #: JSON answers for ``response_format`` requests, their faults and item counters.
+        self.structured = StructuredAnswers()
         self.strict_models = models is not None
         self.models = tuple(models) if models is not None else DEFAULT_MODELS
         self._rng = random.Random(seed)
@@ -234,6 +237,7 @@ class LLMServer:
         with self._lock:
             self._counts.clear()
             self.requests = self.completed = self.rate_limited = self.injected = 0
+        self.structured.reset()
 
     # -- faults -------------------------------------------------------------------------
     def inject(
@@ -323,7 +327,7 @@ class LLMServer:
                     404, f"The model `{body.get('model')}` does not exist or you do not have access to it.",
                     "invalid_request_error", "model_not_found", "model", self.limiter.headers(),
                 )  # fmt: skip
-            done = complete(body, self.answer)
+            done = complete(body, self.answer, self.structured)
         except orjson.JSONDecodeError as exc:
             return error_response(400, f"Invalid JSON body: {exc}", headers=self.limiter.headers())
         except InvalidRequest as exc:
@@ -350,7 +354,7 @@ class LLMServer:
     def chat_body(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The 200 response body for one chat request body, counted as a successful answer
         (no limits, faults or latency): the seam for a Batch API. Raises ``InvalidRequest``."""
-        done = complete(body, self.answer)
+        done = complete(body, self.answer, self.structured)
         return self._record(body["model"], done)
 
     def _record(self, model: str, done: Completion) -> dict[str, Any]:
