@@ -19,7 +19,9 @@ from .errors import (
     RetryableError,
     TemplateError,
 )
+from .packing import PackingReport
 from .pipeline import RunReport, RunWarning, last_run
+from .structured import PromptOrderWarning
 
 __version__ = "0.1.0"
 
@@ -28,7 +30,9 @@ __all__ = [
     "ConfigError",
     "FatalAPIError",
     "LLMAccessor",
+    "PackingReport",
     "PandasLLMError",
+    "PromptOrderWarning",
     "RateLimitError",
     "RequestError",
     "RetryableError",

@@ -19,8 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import _runner
-from .config import current_settings
-from .pipeline import Run
+from .structured import check_prompt_order, prepare
 
 __all__ = ["LLMAccessor"]
 
@@ -31,11 +30,26 @@ class LLMAccessor:
     def __init__(self, obj: pd.DataFrame | pd.Series):
         self._obj = obj
 
-    def _run(self, template: Any, options: dict[str, Any]) -> Run:
-        settings = current_settings().merged(**options)
-        return Run(self._obj, template, settings)
+    def _run(self, template: Any, options: dict[str, Any], **structured: Any) -> Any:
+        return prepare(self._obj, template, options, **structured)
 
-    def map(self, template: Any, *, details: bool = False, **options: Any) -> pd.Series | pd.DataFrame:
+    def _sync(self, template: Any, options: dict[str, Any], details: bool, **structured: Any) -> Any:
+        check_prompt_order(template, stacklevel=4)
+        run = self._run(template, options, **structured)
+        _runner.run_sync(run.execute)
+        return run.result(details=details)
+
+    async def _async(self, template: Any, options: dict[str, Any], details: bool, **structured: Any) -> Any:
+        import asyncio
+        import contextvars
+
+        check_prompt_order(template, stacklevel=4)
+        ctx = contextvars.copy_context()
+        run = await asyncio.to_thread(ctx.run, self._run, template, options, **structured)
+        await run.execute()
+        return run.result(details=details)
+
+    def map(self, template: Any, *, schema: Any = None, details: bool = False, **options: Any) -> pd.Series | pd.DataFrame:
         """Send one prompt per row; return the answers as a string Series aligned to the index.
 
         ``template`` is a ``str.format`` template naming columns (``"Translate: {text}"``;
@@ -44,21 +58,81 @@ class LLMAccessor:
         parameters by their API names, ``concurrency``, ``cache`` (a path, or False),
         ``progress``, ``timeout``, ``base_url``, ``api_key``, ``client``. Rows already
         answered come from the cache; failed rows are NA (``details=True`` shows why).
+
+        ``schema=`` (a pydantic model or JSON schema dict) asks for JSON and returns one
+        validated dict per row (see :meth:`extract` for columns); ``rows_per_request=k``
+        packs k rows per request. ``response_format=`` alone is sent as is, unvalidated.
         """
-        run = self._run(template, options)
-        _runner.run_sync(run.execute)
-        return run.result(details=details)
+        return self._sync(template, options, details, verb="map", schema=schema)
 
-    async def amap(self, template: Any, *, details: bool = False, **options: Any) -> pd.Series | pd.DataFrame:
+    async def amap(self, template: Any, *, schema: Any = None, details: bool = False, **options: Any) -> Any:
         """The coroutine twin of :meth:`map`, for code already inside an event loop."""
-        import asyncio
+        return await self._async(template, options, details, verb="map", schema=schema)
 
-        import contextvars
+    def extract(
+        self, template: Any, schema: Any, *, flatten: bool | str = False, details: bool = False, **options: Any
+    ) -> pd.DataFrame:
+        """One typed column per field of ``schema``, one row per input row (same index).
 
-        ctx = contextvars.copy_context()
-        run = await asyncio.to_thread(ctx.run, self._run, template, options)
-        await run.execute()
-        return run.result(details=details)
+        ``schema``: a pydantic model, a JSON schema dict, or ``"json_object"``. Integers
+        are ``Int64``, numbers ``Float64``, booleans ``boolean``, enums and ``Literal``
+        ``category``, strings ``string``; nested objects and lists stay Python objects, or
+        become ``parent.child`` columns with ``flatten=True``. Every answer is validated;
+        an invalid one is asked again (``invalid_retries=``, default 2) and then is NA
+        with status ``invalid`` (``details=True`` or ``pandas_llm.last_run().failures``).
+        ``structured="json_object"`` for servers without ``json_schema`` (llama.cpp);
+        ``rows_per_request=k`` packs k rows into one request.
+
+            >>> from pandas_llm.testing import LLMServer
+            >>> Review = {"type": "object", "required": ["sentiment", "stars"], "properties": {
+            ...     "sentiment": {"enum": ["positive", "negative"]}, "stars": {"type": "integer"}}}
+            >>> with LLMServer() as srv:
+            ...     df = pd.DataFrame({"text": ["great", "awful"]})
+            ...     out = df.llm.extract("Review: {text}", schema=Review, base_url=srv.base_url,
+            ...                          api_key="x", cache=False, progress=False)
+            >>> out.dtypes.astype(str).tolist()
+            ['category', 'Int64']
+        """
+        return self._sync(template, options, details, verb="extract", schema=schema, flatten=flatten)
+
+    async def aextract(self, template: Any, schema: Any, *, flatten: bool | str = False, details: bool = False,
+                       **options: Any) -> pd.DataFrame:  # fmt: skip
+        """The coroutine twin of :meth:`extract`."""
+        return await self._async(template, options, details, verb="extract", schema=schema, flatten=flatten)
+
+    def classify(
+        self,
+        template: Any,
+        labels: Any,
+        *,
+        multi: bool = False,
+        reasons: bool = False,
+        details: bool = False,
+        **options: Any,
+    ) -> pd.Series | pd.DataFrame:
+        """One label per row from ``labels`` (a categorical Series aligned to the index).
+
+        ``labels``: a list of strings (or integers), ``{label: description}``, or
+        ``[True, False]`` (a ``boolean`` Series, for yes/no questions). ``multi=True``: a
+        list of labels per row. ``reasons=True``: a DataFrame with ``label`` (or ``labels``)
+        and a short ``reason``. A label outside the set cannot be chosen (an enum in the
+        schema) and is rejected as ``invalid`` if a server lets one through.
+
+            >>> from pandas_llm.testing import LLMServer
+            >>> with LLMServer() as srv:
+            ...     df = pd.DataFrame({"text": ["refund please", "app crashes"]})
+            ...     out = df.llm.classify("{text}", labels=["billing", "bug"], base_url=srv.base_url,
+            ...                           api_key="x", cache=False, progress=False)
+            >>> str(out.dtype), set(out) <= {"billing", "bug"}
+            ('category', True)
+        """
+        return self._sync(template, options, details, verb="classify", labels=labels, multi=multi, reasons=reasons)
+
+    async def aclassify(self, template: Any, labels: Any, *, multi: bool = False, reasons: bool = False,
+                        details: bool = False, **options: Any) -> pd.Series | pd.DataFrame:  # fmt: skip
+        """The coroutine twin of :meth:`classify`."""
+        return await self._async(template, options, details, verb="classify", labels=labels, multi=multi,
+                                 reasons=reasons)  # fmt: skip
 
 
 def register() -> None:

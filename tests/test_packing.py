@@ -1,0 +1,200 @@
+"""Packing: rows_per_request=k gives the same values, falls back row by row, caches per row."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from typing import Literal, Optional
+
+import pandas as pd
+import pytest
+from pydantic import BaseModel
+
+import pandas_llm
+from pandas_llm import ConfigError, RunWarning
+from pandas_llm.packing import packed_key
+
+
+class Ticket(BaseModel):
+    topic: Literal["billing", "bug", "feature", "other"]
+    urgency: int
+    summary: str
+    refund: bool
+    amount: Optional[float] = None
+    tags: list[str]
+
+
+LABELS = ["billing", "bug", "feature", "other"]
+N = 47  # not a multiple of any k
+
+
+def frame(n: int = N) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"ticket number {i:03d}" for i in range(n)]}, index=range(100, 100 + n))
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_packing_gives_exactly_the_values_of_single_requests(server, opts, k):
+    df, opts = frame(), {**opts, "cache": False}  # (with a cache, a packed run reuses single answers)
+    single = df.llm.extract("Triage this ticket: {text}", schema=Ticket, **opts)
+    server.reset_counters()
+    packed = df.llm.extract("Triage this ticket: {text}", schema=Ticket, rows_per_request=k, **opts)
+    pd.testing.assert_frame_equal(packed, single)
+    assert server.requests == (N if k == 1 else math.ceil(N / k))
+    if k > 1:
+        report = pandas_llm.last_run().packing
+        assert (report.packs, report.rows_packed, report.fallback_rows) == (math.ceil(N / k), N, 0)
+        assert sum(server.structured.item_counts.values()) == N
+
+
+@pytest.mark.parametrize("k", [5, 20])
+def test_packing_classify_and_map_give_the_same_values(server, opts, k):
+    df, opts = frame(), {**opts, "cache": False}
+    for verb, kw in (("classify", {"labels": LABELS}), ("classify", {"labels": LABELS, "multi": True,
+                                                                       "reasons": True}),
+                     ("classify", {"labels": [True, False]}), ("map", {})):  # fmt: skip
+        single = getattr(df.llm, verb)("{text}", **kw, **opts)
+        packed = getattr(df.llm, verb)("{text}", rows_per_request=k, **kw, **opts)
+        assert pandas_llm.last_run().packing.rows_packed == N
+        if isinstance(single, pd.Series):
+            pd.testing.assert_series_equal(packed, single)
+        else:
+            pd.testing.assert_frame_equal(packed, single)
+
+
+def test_dropped_duplicated_and_corrupted_items_fall_back_for_exactly_those_rows(server, opts):
+    df = frame(40)
+    bad = {"drop": 3, "duplicate": 14, "corrupt": 22, "bad_id": 31}
+    for kind, i in bad.items():
+        server.structured.inject(kind, match=f"ticket number {i:03d}")
+    packed = df.llm.extract("{text}", schema=Ticket, rows_per_request=10, **opts)
+    counts = server.prompt_counts  # single-row requests, by prompt
+    sent_alone = {p for p, n in counts.items() if "<item" not in p}
+    assert sent_alone == {f"ticket number {i:03d}" for i in bad.values()}
+    assert all(counts[p] == 1 for p in sent_alone)
+    assert server.structured.packed_requests == 4
+    assert set(server.structured.item_counts.values()) == {1}
+    report = pandas_llm.last_run().packing
+    assert report.fallback_rows == 4 and report.rows_packed == 36
+    assert report.fallback_reasons == {"missing": 2, "duplicated": 1, "invalid": 1}
+    stats = pandas_llm.last_run().stats
+    assert (stats.to_send, stats.sent_done, stats.ok, sum(stats.failed.values())) == (40, 40, 40, 0)
+    server.clear_faults()
+    single = df.llm.extract("{text}", schema=Ticket, cache=False, **opts)
+    pd.testing.assert_frame_equal(packed, single)
+
+
+def test_a_pack_whose_answer_stays_invalid_falls_back_whole(server, opts):
+    # 3 broken answers: the pack's first answer and its two resends; the rows then go alone
+    server.structured.inject("invalid_json", match="ticket number 007", times=3)
+    out = frame(12).llm.extract("{text}", schema=Ticket, rows_per_request=6, **opts)
+    assert out["summary"].notna().all()
+    report = pandas_llm.last_run().packing
+    assert report.fallback_rows == 6 and report.fallback_reasons == {"pack invalid": 6}
+    assert server.structured.packed_requests == 2 + 2 and server.requests == 4 + 6
+
+
+def test_a_row_that_stays_invalid_alone_is_invalid(server, opts):
+    server.structured.inject("corrupt", match="ticket number 002")
+    server.structured.inject("violate", match="ticket number 002", times=None)
+    with pytest.warns(RunWarning, match="1 invalid"):
+        out = frame(5).llm.extract("{text}", schema=Ticket, rows_per_request=5, **opts)
+    assert out["summary"].isna().tolist() == [False, False, True, False, False]
+    assert pandas_llm.last_run().details["status"].iloc[2] == "invalid"
+
+
+def test_each_row_is_cached_under_its_own_key_whatever_k(server, opts):
+    opts = {**opts, "cache": "c.sqlite"}
+    df = frame()
+    first = df.llm.extract("{text}", schema=Ticket, rows_per_request=5, **opts)
+    server.reset_counters()
+    again = df.llm.extract("{text}", schema=Ticket, rows_per_request=8, **opts)  # other k: all reused
+    pd.testing.assert_frame_equal(again, first)
+    assert server.requests == 0 and pandas_llm.last_run().packing.reused == N
+    more = pd.concat([df, pd.DataFrame({"text": ["a new ticket"]}, index=[999])])
+    more.llm.extract("{text}", schema=Ticket, rows_per_request=5, **opts)
+    assert server.requests == 1 and server.structured.item_counts == {"a new ticket": 1}
+
+
+def test_rows_that_fell_back_are_reused_by_a_run_without_packing(server, opts):
+    opts = {**opts, "cache": "c.sqlite"}
+    df = frame(10)
+    server.structured.inject("drop", match="ticket number 004")
+    df.llm.extract("{text}", schema=Ticket, rows_per_request=5, **opts)
+    server.reset_counters()
+    df.llm.extract("{text}", schema=Ticket, **opts)  # unpacked: packed answers answered another request
+    assert server.requests == 9 and server.count("ticket number 004") == 0
+
+
+def test_a_packed_answer_committed_before_a_crash_is_not_paid_again(server, opts):
+    opts = {**opts, "cache": "c.sqlite"}
+    df = frame(10)
+    first = df.llm.extract("{text}", schema=Ticket, rows_per_request=5, **opts)
+    keys = pandas_llm.last_run().plan.keys
+    with sqlite3.connect("c.sqlite") as db:  # as if killed between the pack's commit and its rows'
+        db.executemany("DELETE FROM results WHERE key = ?", [(packed_key(k),) for k in keys])
+    db.close()
+    server.reset_counters()
+    again = df.llm.extract("{text}", schema=Ticket, rows_per_request=5, **opts)
+    pd.testing.assert_frame_equal(again, first)
+    assert server.requests == 0
+
+
+def test_packed_requests_put_fixed_text_first_and_rows_last(opts):
+    bodies = []
+
+    def fn(messages, **params):
+        bodies.append((messages, params))
+        import re
+
+        ids = re.findall(r'<item id="(\d+)">', messages[-1]["content"])
+        return '{"items": [' + ",".join(f'{{"id": {i}, "label": "bug"}}' for i in ids) + "]}"
+
+    out = frame(7).llm.classify("{text}", labels=LABELS, system="You triage.", rows_per_request=4,
+                                client=fn, progress=False, max_tokens=10)  # fmt: skip
+    assert out.tolist() == ["bug"] * 7 and len(bodies) == 2
+    messages, params = bodies[0]
+    assert [m["role"] for m in messages] == ["system", "user"]
+    system, user = messages[0]["content"], messages[1]["content"]
+    assert system.startswith("You triage.\n\nClassify the input") and "<item id" in system
+    assert user.startswith('<item id="1">\nticket number 000\n</item>') and "ticket number" not in system
+    assert bodies[0][0][0] == bodies[1][0][0]  # the same system message for every pack: a cacheable prefix
+    item = params["response_format"]["json_schema"]["schema"]["properties"]["items"]["items"]
+    assert list(item["properties"]) == ["id", "label"] and params["response_format"]["json_schema"]["strict"]
+    assert params["max_tokens"] == 4 * 10 + 16 * 4  # a pack answers k rows
+
+
+def test_rows_a_template_function_renders_differently_are_sent_alone(server, opts):
+    def template(row):
+        if row["text"].endswith("1"):
+            return [{"role": "system", "content": "special"}, {"role": "user", "content": row["text"]}]
+        return row["text"]
+
+    out = frame(4).llm.classify(template, labels=LABELS, rows_per_request=4, **opts)
+    assert out.notna().all()
+    report = pandas_llm.last_run().packing
+    assert report.fallback_reasons == {"not packable": 1} and report.rows_packed == 3
+
+
+def test_packing_reports_the_tokens_it_saved(server, opts):
+    out = frame(100).llm.extract("{text}", schema=Ticket, rows_per_request=20, **opts)
+    assert out["summary"].notna().all()
+    run = pandas_llm.last_run()
+    report = run.packing
+    assert report.saved_prompt_tokens > 0 and 0.5 < report.saved_fraction < 1
+    assert "saved ~" in str(report) and "packing 20 rows/request" in run.summary()
+
+
+def test_packing_needs_a_schema_with_fields(server, opts):
+    with pytest.raises(ConfigError):
+        frame(3).llm.extract("{text} in JSON", schema="json_object", rows_per_request=2, **opts)
+    with pytest.raises(ConfigError, match="schema="):
+        frame(3).llm.map("{text}", response_format={"type": "json_object"}, rows_per_request=2, **opts)
+    assert server.requests == 0
+
+
+def test_packing_with_json_object_fallback(server, opts):
+    df, opts = frame(20), {**opts, "cache": False}
+    single = df.llm.extract("{text}", schema=Ticket, **opts)
+    packed = df.llm.extract("{text}", schema=Ticket, structured="json_object", rows_per_request=10, **opts)
+    pd.testing.assert_frame_equal(packed, single)
+    assert pandas_llm.last_run().packing.rows_packed == 20 and server.structured.packed_requests == 2
