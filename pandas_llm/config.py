@@ -66,6 +66,8 @@ class Settings:
 
     ``params`` holds the generation parameters (temperature, max_tokens, seed, ...);
     ``extra_body`` holds anything else the endpoint accepts. Both are part of the cache key.
+    ``structured`` ("json_schema" | "json_object"), ``rows_per_request`` (packing) and
+    ``invalid_retries`` (resends of an answer that fails its schema) serve the schema verbs.
     """
 
     model: str = "gpt-4o-mini"

@@ -198,3 +198,13 @@ def test_packing_with_json_object_fallback(server, opts):
     packed = df.llm.extract("{text}", schema=Ticket, structured="json_object", rows_per_request=10, **opts)
     pd.testing.assert_frame_equal(packed, single)
     assert pandas_llm.last_run().packing.rows_packed == 20 and server.structured.packed_requests == 2
+
+
+def test_a_row_schema_with_its_own_id_field_packs_too(server, opts):
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"}},
+              "required": ["id", "name"]}  # fmt: skip
+    df, opts = frame(9), {**opts, "cache": False}
+    single = df.llm.extract("{text}", schema=schema, **opts)
+    packed = df.llm.extract("{text}", schema=schema, rows_per_request=4, **opts)
+    pd.testing.assert_frame_equal(packed, single)
+    assert pandas_llm.last_run().packing.rows_packed == 9

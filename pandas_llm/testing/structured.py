@@ -121,7 +121,7 @@ class StructuredAnswers:
             self.packed_requests += 1
             self.item_counts.update(text for _, text in items)
         for raw_id, text in items:
-            fields = _fields(item_schema, text, root)
+            fields = _fields(item_schema, text, root, id_key)
             fields.pop(id_key, None)
             entry = {id_key: int(raw_id), **fields}
             fault = self._take(text, ("drop", "duplicate", "corrupt", "bad_id"))
@@ -155,10 +155,10 @@ def value_for(schema: Any, prompt: str, root: Any = None) -> Any:
     return _gen(schema, schema if root is None else root, prompt, "")
 
 
-def _fields(schema: Mapping, prompt: str, root: Mapping) -> Any:
+def _fields(schema: Mapping, prompt: str, root: Mapping, id_key: str | None = None) -> Any:
     """A row's value; a text answer asked as JSON (``{"answer": string}``, as packed
     ``map`` does) is the plain answer's ``"echo: " + prompt``, so packing changes nothing."""
-    props = {k: v for k, v in (schema.get("properties") or {}).items() if k not in ("id", "item_id", "_item_id")}
+    props = {k: v for k, v in (schema.get("properties") or {}).items() if k != id_key}
     if list(props) == ["answer"] and props["answer"].get("type") == "string":
         return {"answer": answer_for([{"role": "user", "content": prompt}], "")}
     return value_for(schema, prompt, root)
@@ -232,9 +232,9 @@ def _envelope(schema: Mapping) -> tuple[str | None, Mapping]:
     item = items.get("items") if isinstance(items, Mapping) and items.get("type") == "array" else None
     if not isinstance(item, Mapping):
         return None, {}
-    for key in ("id", "item_id", "_item_id"):
-        if (item.get("properties") or {}).get(key, {}).get("type") == "integer":
-            return key, item
+    first = next(iter(item.get("properties") or {}), None)  # the packer puts its id first
+    if first in ("id", "item_id", "_item_id") and item["properties"][first].get("type") == "integer":
+        return first, item
     return None, {}
 
 
