@@ -30,24 +30,17 @@ class LLMAccessor:
     def __init__(self, obj: pd.DataFrame | pd.Series):
         self._obj = obj
 
-    def _run(self, template: Any, options: dict[str, Any], **structured: Any) -> Any:
+    # Each public verb calls check_prompt_order and run.result itself, so that warnings point
+    # at the user's line (a notebook then shows them for every cell, not once per session).
+    def _prepare(self, template: Any, options: dict[str, Any], **structured: Any) -> Any:
         return prepare(self._obj, template, options, **structured)
 
-    def _sync(self, template: Any, options: dict[str, Any], details: bool, **structured: Any) -> Any:
-        check_prompt_order(template, stacklevel=4)
-        run = self._run(template, options, **structured)
-        _runner.run_sync(run.execute)
-        return run.result(details=details)
-
-    async def _async(self, template: Any, options: dict[str, Any], details: bool, **structured: Any) -> Any:
+    async def _aprepare(self, template: Any, options: dict[str, Any], **structured: Any) -> Any:
         import asyncio
         import contextvars
 
-        check_prompt_order(template, stacklevel=4)
-        ctx = contextvars.copy_context()
-        run = await asyncio.to_thread(ctx.run, self._run, template, options, **structured)
-        await run.execute()
-        return run.result(details=details)
+        ctx = contextvars.copy_context()  # planning renders every row: off the caller's loop
+        return await asyncio.to_thread(ctx.run, prepare, self._obj, template, options, **structured)
 
     def map(self, template: Any, *, schema: Any = None, details: bool = False, **options: Any) -> pd.Series | pd.DataFrame:
         """Send one prompt per row; return the answers as a string Series aligned to the index.
@@ -63,11 +56,17 @@ class LLMAccessor:
         validated dict per row (see :meth:`extract` for columns); ``rows_per_request=k``
         packs k rows per request. ``response_format=`` alone is sent as is, unvalidated.
         """
-        return self._sync(template, options, details, verb="map", schema=schema)
+        check_prompt_order(template)
+        run = self._prepare(template, options, verb="map", schema=schema)
+        _runner.run_sync(run.execute)
+        return run.result(details=details)
 
     async def amap(self, template: Any, *, schema: Any = None, details: bool = False, **options: Any) -> Any:
         """The coroutine twin of :meth:`map`, for code already inside an event loop."""
-        return await self._async(template, options, details, verb="map", schema=schema)
+        check_prompt_order(template)
+        run = await self._aprepare(template, options, verb="map", schema=schema)
+        await run.execute()
+        return run.result(details=details)
 
     def extract(
         self, template: Any, schema: Any, *, flatten: bool | str = False, details: bool = False, **options: Any
@@ -93,12 +92,18 @@ class LLMAccessor:
             >>> out.dtypes.astype(str).tolist()
             ['category', 'Int64']
         """
-        return self._sync(template, options, details, verb="extract", schema=schema, flatten=flatten)
+        check_prompt_order(template)
+        run = self._prepare(template, options, verb="extract", schema=schema, flatten=flatten)
+        _runner.run_sync(run.execute)
+        return run.result(details=details)
 
     async def aextract(self, template: Any, schema: Any, *, flatten: bool | str = False, details: bool = False,
                        **options: Any) -> pd.DataFrame:  # fmt: skip
         """The coroutine twin of :meth:`extract`."""
-        return await self._async(template, options, details, verb="extract", schema=schema, flatten=flatten)
+        check_prompt_order(template)
+        run = await self._aprepare(template, options, verb="extract", schema=schema, flatten=flatten)
+        await run.execute()
+        return run.result(details=details)
 
     def classify(
         self,
@@ -126,13 +131,18 @@ class LLMAccessor:
             >>> str(out.dtype), set(out) <= {"billing", "bug"}
             ('category', True)
         """
-        return self._sync(template, options, details, verb="classify", labels=labels, multi=multi, reasons=reasons)
+        check_prompt_order(template)
+        run = self._prepare(template, options, verb="classify", labels=labels, multi=multi, reasons=reasons)
+        _runner.run_sync(run.execute)
+        return run.result(details=details)
 
     async def aclassify(self, template: Any, labels: Any, *, multi: bool = False, reasons: bool = False,
                         details: bool = False, **options: Any) -> pd.Series | pd.DataFrame:  # fmt: skip
         """The coroutine twin of :meth:`classify`."""
-        return await self._async(template, options, details, verb="classify", labels=labels, multi=multi,
-                                 reasons=reasons)  # fmt: skip
+        check_prompt_order(template)
+        run = await self._aprepare(template, options, verb="classify", labels=labels, multi=multi, reasons=reasons)
+        await run.execute()
+        return run.result(details=details)
 
 
 def register() -> None:

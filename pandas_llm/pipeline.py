@@ -75,6 +75,9 @@ def last_run() -> RunReport | None:
 class Run:
     """Plan at construction (raises on bad input before any request), then execute."""
 
+    #: Frames from the failure warning up to the user's line (user -> verb -> result -> warn).
+    warn_stacklevel = 4
+
     def __init__(
         self, data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None, validate=None, packing=None
     ):
@@ -180,7 +183,7 @@ class Run:
             "see pandas_llm.last_run().failures (or pass details=True). Running the same call "
             "again retries only these rows; answered rows come from the cache.",
             RunWarning,
-            stacklevel=4,
+            stacklevel=self.warn_stacklevel,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from enum import Enum
 from typing import Literal, Optional
 
@@ -429,3 +430,17 @@ def test_the_readme_structured_example_runs(server, opts):
     assert namespace["out"].dtypes.astype(str).tolist() == ["category", "Int64", "string"]
     assert df["topic"].dtype == "category" and df["gift"].dtype == "boolean"
     assert list(namespace["tags"].columns) == ["labels", "reason"]
+
+
+@pytest.mark.parametrize("verb", ["map", "extract", "classify"])
+def test_warnings_point_at_the_callers_line(server, opts, verb):
+    """So that a notebook shows them for every cell, not once per session."""
+    server.structured.inject("invalid_json", times=None)
+    server.inject(400, times=1)
+    kw = {"map": {}, "extract": {"schema": Everything}, "classify": {"labels": ["a", "b"]}}[verb]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        getattr(frame(2).llm, verb)("{text}", **kw, **opts)
+        getattr(frame(1).llm, verb)("{text}" + "x" * 2000, **kw, **opts)
+    assert {w.category for w in caught} == {RunWarning, PromptOrderWarning}
+    assert {w.filename for w in caught} == {__file__}
