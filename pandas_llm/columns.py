@@ -8,7 +8,7 @@ JSON schema                                 column dtype
 ``integer``                                 ``Int64``
 ``number``                                  ``Float64``
 ``boolean`` (or an enum of booleans)        ``boolean``
-``string``                                  ``string``
+``string`` (dates and times too: ISO text)  ``string``
 ``enum`` / ``const`` / ``Literal[...]``     ``category`` (categories in the schema's order)
 object, array, anything else                ``object`` (Python dicts / lists)
 ==========================================  ==============================================

@@ -96,6 +96,8 @@ class Parser:
             parts = [f"{'.'.join(map(str, e.get('loc', ()))) or '(root)'}: {e.get('msg')}" for e in errors[:3]]
             more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
             return None, "; ".join(parts) + more
+        except Exception as exc:  # a model's own validator may raise anything: still data, not a crash
+            return None, f"the model's validation raised {type(exc).__name__}: {exc}"
         return obj.model_dump(mode="json", by_alias=True), None
 
 

@@ -133,3 +133,17 @@ def test_dtype_mapping():
                    "d": object, "u": object, "n": "Int64"}  # fmt: skip
     assert dtype_for({"type": ["integer", "null"]}, {}) == "Int64"
     assert dtype_for({"enum": [1, 2, None]}, {}) == pd.CategoricalDtype([1, 2])
+
+
+def test_a_validator_that_raises_anything_is_an_error_not_a_crash():
+    from pydantic import field_validator
+
+    class Touchy(BaseModel):
+        a: int
+
+        @field_validator("a")
+        @classmethod
+        def boom(cls, v):
+            raise RuntimeError("validator bug")
+
+    assert Parser(as_schema(Touchy)).parse('{"a": 1}') == (None, "the model's validation raised RuntimeError: validator bug")
