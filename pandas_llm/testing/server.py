@@ -27,7 +27,8 @@ bytes reach the client.
 
 Extension seams: ``srv.routes[("POST", "/v1/files")] = handler`` adds an endpoint (see
 ``_http`` for ``Request``/``Response`` and ``/*`` prefix routes); ``srv.chat_body(body)``
-answers one chat request body as the realtime endpoint would (for a Batch API).
+answers one chat request body as the realtime endpoint would; ``srv.batches`` (batches.py)
+serves the Batch API through both.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import orjson
 
 from ._http import HTTPProtocol, Request, Response, default_error, error_response, json_response
 from .answers import AnswerFn, Completion, InvalidRequest, answer_for, complete
+from .batches import BatchEndpoints
 from .limits import RateLimiter, rate_limit_response
 from .structured import StructuredAnswers
 
@@ -118,6 +120,8 @@ class LLMServer:
             ("GET", "/v1/models"): self._list_models,
             ("GET", "/_testing/stats"): self._stats,
         }
+        #: The Batch API (``/v1/files``, ``/v1/batches``); its options and counters (testing/batches.py).
+        self.batches = BatchEndpoints(self)
         self._conns: set[HTTPProtocol] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

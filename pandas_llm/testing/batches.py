@@ -1,0 +1,567 @@
+"""The Batch API on the loopback server: ``/v1/files`` and ``/v1/batches``.
+
+Every ``LLMServer`` serves it as ``srv.batches``; each line of a batch is answered by
+``srv.chat_body`` and so equals what ``POST /v1/chat/completions`` gives for the same
+body (and counts in ``srv.prompt_counts``)::
+
+    >>> import io, json, openai
+    >>> from pandas_llm.testing import LLMServer
+    >>> line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+    ...         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}
+    >>> with LLMServer() as srv:
+    ...     client = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
+    ...     f = client.files.create(file=("in.jsonl", json.dumps(line).encode()), purpose="batch")
+    ...     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    ...     b = client.batches.retrieve(b.id)          # delay=0: done at the first look
+    ...     out = client.files.content(b.output_file_id).text
+    ...     client.close()
+    >>> b.status, json.loads(out)["response"]["body"]["choices"][0]["message"]["content"]
+    ('completed', 'echo: hi')
+    >>> srv.batches.files_uploaded, srv.batches.batches_created, srv.batches.lines_answered
+    (1, 1, 1)
+
+States: ``validating`` -> ``in_progress`` -> ``finalizing`` -> ``completed`` over ``delay``
+seconds (10% / 80% / 10%); ``hold()`` freezes progress until ``release()``. A batch that
+fails validation (bad lines, duplicate ``custom_id``, several models, over ``max_requests``
+or ``max_bytes``, over the ``enqueued_tokens`` budget) is ``failed`` with ``errors``.
+``expire_next(fraction=)`` makes the next batch ``expired`` having answered only that
+fraction of its lines; ``cancel`` gives ``cancelling`` then ``cancelled`` with the lines
+answered so far. Unanswered lines of expired / cancelled batches go to the error file
+with ``batch_expired`` / ``batch_cancelled``, as the real API does. ``fail_lines(match)``
+sends matching lines to the error file with an HTTP error. Output order is shuffled
+(``shuffle=False`` keeps the input order).
+
+Counters (``files_uploaded``, ``batches_created``, ``lines_answered``, ...) let a test
+prove nothing was submitted twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ._http import Request, Response, error_response, json_response
+from .answers import InvalidRequest, last_user_content, prompt_tokens
+
+if TYPE_CHECKING:
+    from .server import LLMServer
+
+__all__ = ["BatchEndpoints"]
+
+ENDPOINT = "/v1/chat/completions"
+_ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+_TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass
+class _File:
+    id: str
+    filename: str
+    purpose: str
+    data: bytes
+    created_at: int
+
+    def obj(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "file", "bytes": len(self.data), "created_at": self.created_at,
+            "filename": self.filename, "purpose": self.purpose, "status": "processed",
+            "expires_at": None, "status_details": None,
+        }  # fmt: skip
+
+
+@dataclass
+class _LineFault:
+    match: str | None
+    status: int
+    message: str
+    times: int | None
+
+
+@dataclass
+class _Batch:
+    id: str
+    input_file_id: str
+    metadata: dict[str, Any] | None
+    created_at: int
+    t0: float
+    lines: list[tuple[str, Any]] = field(default_factory=list)
+    model: str | None = None
+    tokens: int = 0
+    status: str = "validating"
+    errors: list[dict[str, Any]] | None = None
+    expire_fraction: float | None = None
+    progress: float = 0.0  # 0..1: the share of lines answered so far
+    held_since: float | None = None
+    cancel_at: float | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    completed: int = 0
+    failed: int = 0
+    times: dict[str, int] = field(default_factory=dict)
+    fault_after_create: bool = False
+
+
+class BatchEndpoints:
+    """Files and batches for one ``LLMServer`` (its ``srv.batches``). See the module docstring.
+
+    Options: ``delay`` seconds from creation to completion; ``shuffle`` the output order;
+    ``max_requests`` / ``max_bytes`` per batch file (the API's 50,000 and 200 MB);
+    ``enqueued_tokens``: a budget of prompt tokens (the server's estimate) in batches not
+    finished yet, above which a new batch fails with ``token_limit_exceeded``.
+    """
+
+    def __init__(
+        self,
+        server: LLMServer,
+        *,
+        delay: float = 0.0,
+        shuffle: bool = True,
+        seed: int | None = 0,
+        max_requests: int = 50_000,
+        max_bytes: int = 200 * 1024 * 1024,
+        enqueued_tokens: int | None = None,
+    ) -> None:
+        self.server = server
+        self.delay, self.shuffle = delay, shuffle
+        self.max_requests, self.max_bytes, self.enqueued_tokens = max_requests, max_bytes, enqueued_tokens
+        self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self.files: dict[str, _File] = {}
+        self.batches: dict[str, _Batch] = {}
+        self._line_faults: list[_LineFault] = []
+        self._expire: list[float] = []
+        self._create_faults = 0
+        self._held = False
+        self.reset_counters()
+        server.routes.update(
+            {
+                ("POST", "/v1/files"): self._upload,
+                ("GET", "/v1/files"): self._list_files,
+                ("GET", "/v1/files/*"): self._get_file,
+                ("DELETE", "/v1/files/*"): self._delete_file,
+                ("POST", "/v1/batches"): self._create,
+                ("GET", "/v1/batches"): self._list,
+                ("GET", "/v1/batches/*"): self._retrieve,
+                ("POST", "/v1/batches/*"): self._cancel,
+            }
+        )
+
+    # -- knobs for tests ----------------------------------------------------------------
+    def reset_counters(self) -> None:
+        """Zero the counters (not the stored files and batches)."""
+        with self._lock:
+            self.files_uploaded = self.files_deleted = 0
+            self.batches_created = self.batches_cancelled = self.batches_listed = self.batches_retrieved = 0
+            self.lines_answered = self.lines_failed = 0
+            self.peak_active = 0
+
+    def hold(self) -> None:
+        """Freeze every batch's progress (they stay ``in_progress``) until :meth:`release`."""
+        with self._lock:
+            now = time.monotonic()
+            self._held = True
+            for b in self.batches.values():
+                if b.held_since is None:
+                    b.held_since = now
+
+    def release(self) -> None:
+        """Resume progress; the time spent held does not count towards ``delay``."""
+        with self._lock:
+            now = time.monotonic()
+            self._held = False
+            for b in self.batches.values():
+                if b.held_since is not None:
+                    b.t0 += now - b.held_since
+                    b.held_since = None
+
+    def fail_lines(self, match: str | None = None, *, status: int = 500, message: str | None = None,
+                   times: int | None = None) -> None:  # fmt: skip
+        """Lines whose last user message contains ``match`` (every line if None) go to the
+        error file with HTTP ``status`` instead of an answer; ``times`` bounds how many."""
+        with self._lock:
+            self._line_faults.append(_LineFault(match, status, message or f"Injected error {status}.", times))
+
+    def expire_next(self, fraction: float = 0.0, *, count: int = 1) -> None:
+        """The next ``count`` batches created expire after answering ``fraction`` of their lines."""
+        if not 0 <= fraction < 1:
+            raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
+        with self._lock:
+            self._expire.extend([fraction] * count)
+
+    def fail_next_create(self, count: int = 1) -> None:
+        """The next ``count`` ``POST /v1/batches`` create the batch, then answer 500 as if the
+        connection broke after the server acted (a client must not create it twice)."""
+        with self._lock:
+            self._create_faults += count
+
+    def active(self) -> int:
+        """Batches not finished yet."""
+        with self._lock:
+            return sum(1 for b in self.batches.values() if self._advance(b) in _ACTIVE)
+
+    # -- files --------------------------------------------------------------------------
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids):08d}"
+
+    def _add_file(self, filename: str, purpose: str, data: bytes) -> _File:
+        f = _File(self._new_id("file"), filename, purpose, data, int(time.time()))
+        self.files[f.id] = f
+        return f
+
+    def _upload(self, request: Request) -> Response:
+        denied = self.server.check_auth(request)
+        if denied is not None:
+            return denied
+        try:
+            fields = _multipart(request)
+        except ValueError as exc:
+            return error_response(400, f"Could not parse the multipart upload: {exc}")
+        purpose = fields.get("purpose", (None, b""))[1].decode()
+        if "file" not in fields:
+            return error_response(400, "Missing file.", param="file")
+        if purpose not in ("batch", "fine-tune", "assistants", "vision", "user_data", "evals"):
+            return error_response(400, f"Invalid purpose {purpose!r}.", param="purpose")
+        filename, data = fields["file"]
+        with self._lock:
+            f = self._add_file(filename or "upload", purpose, data)
+            self.files_uploaded += 1
+        return json_response(200, f.obj())
+
+    def _list_files(self, request: Request) -> Response:
+        with self._lock:
+            data = [f.obj() for f in self.files.values()]
+        return json_response(200, {"object": "list", "data": data, "has_more": False})
+
+    def _get_file(self, request: Request) -> Response:
+        denied = self.server.check_auth(request)
+        if denied is not None:
+            return denied
+        rest = request.path[len("/v1/files/") :]
+        file_id, _, what = rest.partition("/")
+        with self._lock:
+            f = self.files.get(file_id)
+        if f is None or what not in ("", "content"):
+            return error_response(404, f"No such File object: {file_id}", code="not_found")
+        if what == "content":
+            return Response(200, f.data, content_type="application/octet-stream")
+        return json_response(200, f.obj())
+
+    def _delete_file(self, request: Request) -> Response:
+        file_id = request.path[len("/v1/files/") :]
+        with self._lock:
+            f = self.files.pop(file_id, None)
+            if f is not None:
+                self.files_deleted += 1
+        if f is None:
+            return error_response(404, f"No such File object: {file_id}", code="not_found")
+        return json_response(200, {"id": file_id, "object": "file", "deleted": True})
+
+    # -- batches ------------------------------------------------------------------------
+    def _create(self, request: Request) -> Response:
+        denied = self.server.check_auth(request)
+        if denied is not None:
+            return denied
+        try:
+            body = request.json()
+        except orjson.JSONDecodeError as exc:
+            return error_response(400, f"Invalid JSON body: {exc}")
+        if body.get("endpoint") != ENDPOINT:
+            return error_response(400, f"Unsupported endpoint {body.get('endpoint')!r}; use {ENDPOINT}.", param="endpoint")
+        if body.get("completion_window") != "24h":
+            return error_response(400, "completion_window must be '24h'.", param="completion_window")
+        metadata = body.get("metadata")
+        if metadata is not None and (
+            not isinstance(metadata, dict) or len(metadata) > 16
+            or any(len(str(k)) > 64 or not isinstance(v, str) or len(v) > 512 for k, v in metadata.items())
+        ):  # fmt: skip
+            return error_response(400, "metadata: at most 16 string pairs, keys <= 64 and values <= 512 chars.",
+                                  param="metadata")  # fmt: skip
+        with self._lock:
+            f = self.files.get(body.get("input_file_id"))
+            if f is None:
+                return error_response(400, f"Invalid input_file_id {body.get('input_file_id')!r}.", param="input_file_id")
+            if f.purpose != "batch":
+                return error_response(400, "The input file must be uploaded with purpose 'batch'.", param="input_file_id")
+            b = _Batch(self._new_id("batch"), f.id, metadata, int(time.time()), time.monotonic())
+            b.times["created_at"] = b.created_at
+            if self._held:
+                b.held_since = b.t0
+            for other in self.batches.values():
+                self._advance(other)
+            b.errors = self._validate(b, f.data)
+            if self._expire:
+                b.expire_fraction = self._expire.pop(0)
+            self.batches[b.id] = b
+            self.batches_created += 1
+            active = sum(1 for x in self.batches.values() if x.status in _ACTIVE)
+            self.peak_active = max(self.peak_active, active)
+            if self._create_faults:
+                self._create_faults -= 1
+                return error_response(500, "The server had an error processing your request.", "server_error")
+            return json_response(200, self._obj(b))
+
+    def _validate(self, b: _Batch, data: bytes) -> list[dict[str, Any]] | None:
+        if len(data) > self.max_bytes:
+            return [_err("file_too_large", f"The input file is larger than {self.max_bytes} bytes.")]
+        seen: set[str] = set()
+        models: set[str] = set()
+        for n, raw in enumerate(data.splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = orjson.loads(raw)
+                custom_id, body = line["custom_id"], line["body"]
+                ok = line.get("method") == "POST" and line.get("url") == ENDPOINT and isinstance(body, dict)
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                return [_err("invalid_json_line", "This line is not valid JSON or lacks custom_id / body.", n)]
+            if not ok:
+                return [_err("invalid_request", f"Each line needs method POST, url {ENDPOINT} and a body.", n)]
+            if custom_id in seen:
+                return [_err("duplicate_custom_id", f"The custom_id {custom_id!r} is used more than once.", n)]
+            seen.add(custom_id)
+            models.add(str(body.get("model")))
+            b.lines.append((custom_id, body))
+            if isinstance(body.get("messages"), list):
+                b.tokens += prompt_tokens([m for m in body["messages"] if isinstance(m, dict)])
+        if not b.lines:
+            return [_err("empty_file", "The input file has no requests.")]
+        if len(b.lines) > self.max_requests:
+            return [_err("too_many_requests", f"A batch holds at most {self.max_requests} requests, got {len(b.lines)}.")]
+        if len(models) > 1:
+            return [_err("mixed_models", f"All requests of a batch must use one model, got {sorted(models)}.")]
+        b.model = models.pop()
+        if self.enqueued_tokens is not None:
+            queued = sum(x.tokens for x in self.batches.values() if x.status in _ACTIVE)
+            if queued + b.tokens > self.enqueued_tokens:
+                return [_err("token_limit_exceeded",
+                             f"Enqueued token limit reached for {b.model}: Limit {self.enqueued_tokens}, "
+                             f"enqueued {queued}, this batch {b.tokens}.")]  # fmt: skip
+        return None
+
+    def _retrieve(self, request: Request) -> Response:
+        denied = self.server.check_auth(request)
+        if denied is not None:
+            return denied
+        batch_id = request.path[len("/v1/batches/") :]
+        with self._lock:
+            self.batches_retrieved += 1
+            b = self.batches.get(batch_id)
+            if b is None:
+                return error_response(404, f"No batch found with id {batch_id!r}.", code="not_found")
+            self._advance(b)
+            return json_response(200, self._obj(b))
+
+    def _cancel(self, request: Request) -> Response:
+        denied = self.server.check_auth(request)
+        if denied is not None:
+            return denied
+        batch_id, _, action = request.path[len("/v1/batches/") :].partition("/")
+        if action != "cancel":
+            return error_response(404, f"Unknown request URL: POST {request.path}", code="unknown_url")
+        with self._lock:
+            b = self.batches.get(batch_id)
+            if b is None:
+                return error_response(404, f"No batch found with id {batch_id!r}.", code="not_found")
+            status = self._advance(b)
+            if status not in ("validating", "in_progress", "finalizing"):
+                return error_response(400, f"Cannot cancel a batch with status {status!r}.")
+            b.cancel_at = time.monotonic()
+            b.status = "cancelling"
+            b.times["cancelling_at"] = int(time.time())
+            self.batches_cancelled += 1
+            return json_response(200, self._obj(b))
+
+    def _list(self, request: Request) -> Response:
+        denied = self.server.check_auth(request)
+        if denied is not None:
+            return denied
+        query = dict(p.partition("=")[::2] for p in request.query.split("&") if p)
+        limit = max(1, min(100, int(query.get("limit") or 20)))
+        with self._lock:
+            self.batches_listed += 1
+            ordered = sorted(self.batches.values(), key=lambda b: b.id, reverse=True)  # newest first
+            if query.get("after"):
+                ordered = [b for b in ordered if b.id < query["after"]]
+            page = ordered[:limit]
+            for b in page:
+                self._advance(b)
+            data = [self._obj(b) for b in page]
+        return json_response(
+            200,
+            {
+                "object": "list", "data": data, "has_more": len(ordered) > limit,
+                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None,
+            },
+        )  # fmt: skip
+
+    # -- progress -----------------------------------------------------------------------
+    def _advance(self, b: _Batch) -> str:
+        """Move ``b`` along its timeline; returns its status."""
+        if b.status in _TERMINAL:
+            return b.status
+        now = time.monotonic()
+        if b.status == "validating" and b.errors is not None:
+            self._finish_failed(b)
+            return b.status
+        if b.status == "cancelling":
+            self._finish(b, "cancelled")
+            return b.status
+        elapsed = (b.held_since if b.held_since is not None else now) - b.t0
+        progress = 1.0 if self.delay <= 0 else elapsed / self.delay
+        if b.held_since is not None:
+            progress = min(progress, 0.5)
+        stamp = int(time.time())
+        if progress >= 0.1 and "in_progress_at" not in b.times:
+            b.times["in_progress_at"] = stamp
+        b.progress = min(1.0, max(0.0, (progress - 0.1) / 0.8))
+        if progress >= 1.0 and b.expire_fraction is not None:
+            b.progress = b.expire_fraction
+            self._finish(b, "expired")
+        elif progress >= 1.0:
+            b.times.setdefault("finalizing_at", stamp)
+            self._finish(b, "completed")
+        elif progress >= 0.9:
+            b.status = "finalizing"
+            b.times.setdefault("finalizing_at", stamp)
+        elif progress >= 0.1 or b.held_since is not None:
+            b.status = "in_progress"
+            b.times.setdefault("in_progress_at", stamp)
+        if b.status in ("in_progress", "finalizing"):
+            b.completed = int(len(b.lines) * b.progress)
+        return b.status
+
+    def _finish_failed(self, b: _Batch) -> None:
+        b.status = "failed"
+        b.times["failed_at"] = int(time.time())
+
+    def _finish(self, b: _Batch, status: str) -> None:
+        """Answer the lines (all, or the share reached), write the output and error files."""
+        n_answer = len(b.lines) if status == "completed" else int(len(b.lines) * b.progress)
+        order = list(range(len(b.lines)))
+        if self.shuffle:
+            self._rng.shuffle(order)
+        answered = set(order[:n_answer]) if status != "completed" else None
+        out, err = [], []
+        unanswered_code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(status)
+        for i in order:
+            custom_id, body = b.lines[i]
+            if answered is not None and i not in answered:
+                message = ("This request could not be executed before the completion window expired."
+                           if status == "expired" else "This request was not executed because the batch was cancelled.")  # fmt: skip
+                err.append(_line(b, custom_id, None, {"code": unanswered_code, "message": message}))
+                continue
+            fault = self._take_line_fault(body)
+            if fault is not None:
+                err.append(_line(b, custom_id, _error_body(fault.status, fault.message), None))
+                continue
+            try:
+                answer = self.server.chat_body(body)
+            except InvalidRequest as exc:
+                err.append(_line(b, custom_id, _error_body(400, str(exc), exc.param), None))
+                continue
+            out.append(_line(b, custom_id, {"status_code": 200, "request_id": f"req_{b.id}_{i}", "body": answer}, None))
+        b.completed, b.failed = len(out), len(err) - (len(b.lines) - n_answer if answered is not None else 0)
+        self.lines_answered += len(out)
+        self.lines_failed += b.failed
+        if out:
+            b.output_file_id = self._add_file(f"{b.id}_output.jsonl", "batch_output", b"".join(out)).id
+        if err:
+            b.error_file_id = self._add_file(f"{b.id}_error.jsonl", "batch_output", b"".join(err)).id
+        b.status = status
+        b.times[f"{status}_at"] = int(time.time())
+
+    def _take_line_fault(self, body: Mapping[str, Any]) -> _LineFault | None:
+        if not self._line_faults:
+            return None
+        messages = body.get("messages")
+        prompt = last_user_content(messages) if isinstance(messages, list) else ""
+        for fault in self._line_faults:
+            if fault.match is None or fault.match in prompt:
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times == 0:
+                        self._line_faults.remove(fault)
+                return fault
+        return None
+
+    def _obj(self, b: _Batch) -> dict[str, Any]:
+        total = len(b.lines) if b.errors is None else 0
+        return {
+            "id": b.id,
+            "object": "batch",
+            "endpoint": ENDPOINT,
+            "errors": {"object": "list", "data": b.errors} if b.errors and b.status == "failed" else None,
+            "input_file_id": b.input_file_id,
+            "completion_window": "24h",
+            "status": b.status,
+            "output_file_id": b.output_file_id,
+            "error_file_id": b.error_file_id,
+            "created_at": b.created_at,
+            "in_progress_at": b.times.get("in_progress_at"),
+            "expires_at": b.created_at + 86400,
+            "finalizing_at": b.times.get("finalizing_at"),
+            "completed_at": b.times.get("completed_at"),
+            "failed_at": b.times.get("failed_at"),
+            "expired_at": b.times.get("expired_at"),
+            "cancelling_at": b.times.get("cancelling_at"),
+            "cancelled_at": b.times.get("cancelled_at"),
+            "request_counts": {"total": total, "completed": b.completed, "failed": b.failed},
+            "metadata": b.metadata,
+            "model": b.model,
+        }
+
+
+def _err(code: str, message: str, line: int | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": None, "line": line}
+
+
+def _error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"status_code": status, "request_id": "req_error",
+            "body": {"error": {"message": message, "type": kind, "param": param, "code": None}}}  # fmt: skip
+
+
+def _line(b: _Batch, custom_id: str, response: Any, error: Any) -> bytes:
+    return orjson.dumps({"id": f"batch_req_{b.id}_{custom_id}", "custom_id": custom_id, "response": response,
+                         "error": error}) + b"\n"  # fmt: skip
+
+
+def _multipart(request: Request) -> dict[str, tuple[str | None, bytes]]:
+    """``{field name: (filename, data)}`` from a ``multipart/form-data`` body."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise ValueError(f"content-type is {ctype!r}, expected multipart/form-data")
+    params = dict(p.strip().partition("=")[::2] for p in ctype.split(";")[1:])
+    boundary = params.get("boundary", "").strip('"')
+    if not boundary:
+        raise ValueError("no boundary")
+    delim = b"--" + boundary.encode()
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in request.body.split(delim)[1:]:
+        if part.startswith(b"--"):
+            break
+        head, sep, data = part.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("a part has no header block")
+        if data.endswith(b"\r\n"):
+            data = data[:-2]
+        name = filename = None
+        for line in head.decode("utf-8", "replace").split("\r\n"):
+            if line.lower().startswith("content-disposition:"):
+                for item in line.split(";")[1:]:
+                    key, _, value = item.strip().partition("=")
+                    if key == "name":
+                        name = value.strip('"')
+                    elif key == "filename":
+                        filename = value.strip('"')
+        if name is not None:
+            fields[name] = (filename, data)
+    return fields
