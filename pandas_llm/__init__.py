@@ -8,7 +8,8 @@ Importing registers the accessors and does nothing else: no logging set-up, no I
 
 from .accessor import LLMAccessor
 from .accessor import register as _register
-from .config import Settings, configure, current_settings, settings
+from .batch_view import BatchStatus
+from .config import BatchLimits, Settings, configure, current_settings, settings
 from .errors import (
     APIError,
     ConfigError,
@@ -20,6 +21,7 @@ from .errors import (
     TemplateError,
 )
 from .packing import PackingReport
+from .jobs import BatchJob, list_batches
 from .pipeline import RunReport, RunWarning, last_run
 from .structured import PromptOrderWarning
 
@@ -27,6 +29,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
+    "BatchJob",
+    "BatchLimits",
+    "BatchStatus",
     "ConfigError",
     "FatalAPIError",
     "LLMAccessor",
@@ -43,6 +48,7 @@ __all__ = [
     "configure",
     "current_settings",
     "last_run",
+    "list_batches",
     "settings",
 ]
 

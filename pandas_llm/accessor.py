@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import _runner
+from .jobs import BatchJob
 from .structured import check_prompt_order, prepare
 
 __all__ = ["LLMAccessor"]
@@ -55,16 +56,41 @@ class LLMAccessor:
         ``schema=`` (a pydantic model or JSON schema dict) asks for JSON and returns one
         validated dict per row (see :meth:`extract` for columns); ``rows_per_request=k``
         packs k rows per request. ``response_format=`` alone is sent as is, unvalidated.
+
+        ``mode="batch"`` goes through the Batch API (half price; waits until done, see
+        :meth:`submit`); ``mode="auto"`` does so from ``batch_threshold`` requests to send.
         """
         check_prompt_order(template)
         run = self._prepare(template, options, verb="map", schema=schema)
+        if isinstance(run, BatchJob):
+            return run.result(details=details)
         _runner.run_sync(run.execute)
         return run.result(details=details)
+
+    def submit(self, template: Any, **options: Any) -> Any:
+        """Send the rows to the Batch API and return a ``BatchJob`` at once.
+
+        Same template and keywords as :meth:`map`, plus ``poll_interval`` and
+        ``batch_limits``. Only rows not in the cache are sent, and the batch ids are kept in
+        the sidecar: after a kernel restart, running the same call again re-attaches to
+        the batches in flight instead of submitting them twice. ``job.status()`` shows each
+        batch, ``job.result()`` waits and returns the Series, ``job.cancel()`` cancels.
+        """
+        check_prompt_order(template)
+        return self._prepare(template, {**options, "mode": "batch"}, verb="map").submit()
+
+    async def asubmit(self, template: Any, **options: Any) -> Any:
+        """The coroutine twin of :meth:`submit`."""
+        check_prompt_order(template)
+        job = await self._aprepare(template, {**options, "mode": "batch"}, verb="map")
+        return await job.asubmit()
 
     async def amap(self, template: Any, *, schema: Any = None, details: bool = False, **options: Any) -> Any:
         """The coroutine twin of :meth:`map`, for code already inside an event loop."""
         check_prompt_order(template)
         run = await self._aprepare(template, options, verb="map", schema=schema)
+        if isinstance(run, BatchJob):
+            return await run.aresult(details=details)
         await run.execute()
         return run.result(details=details)
 

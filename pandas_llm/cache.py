@@ -64,6 +64,52 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID
         """,
     ),
+    # Batch API jobs (ledger.py): one row per submit, one per uploaded batch ("part"), and the
+    # request keys each open part covers (deleted when the part is collected).
+    (
+        "002_batch_jobs",
+        """
+        CREATE TABLE batch_jobs (
+            job TEXT PRIMARY KEY,
+            endpoint TEXT NOT NULL,
+            model TEXT,
+            rows INTEGER NOT NULL DEFAULT 0,
+            requests INTEGER NOT NULL DEFAULT 0,
+            meta TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+    ),
+    (
+        "003_batch_parts",
+        """
+        CREATE TABLE batch_parts (
+            part TEXT PRIMARY KEY,
+            job TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            batch_id TEXT UNIQUE,
+            input_file_id TEXT,
+            output_file_id TEXT,
+            error_file_id TEXT,
+            state TEXT NOT NULL,
+            open INTEGER NOT NULL DEFAULT 1,
+            requests INTEGER NOT NULL,
+            tokens INTEGER NOT NULL DEFAULT 0,
+            bytes INTEGER NOT NULL DEFAULT 0,
+            completed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+    ),
+    (
+        "004_batch_keys",
+        "CREATE TABLE batch_keys (part TEXT NOT NULL, key BLOB NOT NULL, PRIMARY KEY (part, key)) WITHOUT ROWID",
+    ),
+    ("005_batch_keys_by_key", "CREATE INDEX batch_keys_by_key ON batch_keys (key)"),
 ]
 
 _UPSERT = f"""

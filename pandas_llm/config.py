@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "settings", "configure", "current_settings", "GENERATION_PARAMS"]
+__all__ = ["Settings", "BatchLimits", "settings", "configure", "current_settings", "GENERATION_PARAMS"]
 
 DEFAULT_CACHE = os.path.join(".pandas_llm", "cache.sqlite")
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -61,6 +61,29 @@ GENERATION_PARAMS = frozenset(
 
 
 @dataclass(frozen=True, kw_only=True)
+class BatchLimits:
+    """How a Batch API job is split: requests and bytes per batch file (the API's limits),
+    and an optional budget of prompt tokens enqueued at once (the account's enqueued-token
+    limit for the model); parts over the budget wait until earlier batches finish.
+
+        >>> BatchLimits(requests=1000).file_bytes
+        200000000
+    """
+
+    requests: int = 50_000
+    file_bytes: int = 200_000_000
+    enqueued_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("requests", "file_bytes", "enqueued_tokens"):
+            value = getattr(self, name)
+            if value is None and name == "enqueued_tokens":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"BatchLimits.{name} must be a whole number >= 1, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything a run needs besides the frame and the template.
 
@@ -90,8 +113,32 @@ class Settings:
     structured: str = "json_schema"
     rows_per_request: int = 1
     invalid_retries: int = 2
+    mode: str = "realtime"  # realtime | batch | auto (batch from batch_threshold requests to send)
+    batch_threshold: int = 5000
+    poll_interval: float = 5.0  # first wait between Batch API polls; grows to 12x while nothing changes
+    batch_limits: BatchLimits = field(default_factory=BatchLimits)
 
     def __post_init__(self) -> None:
+        if self.mode not in ("realtime", "batch", "auto"):
+            raise ConfigError(
+                f"mode must be 'realtime', 'batch' (the Batch API: half price, results within 24h) "
+                f"or 'auto' (batch from batch_threshold requests), got {self.mode!r}"
+            )
+        if isinstance(self.batch_threshold, bool) or not isinstance(self.batch_threshold, int) or self.batch_threshold < 1:
+            raise ConfigError(f"batch_threshold must be a whole number >= 1, got {self.batch_threshold!r}")
+        if not (isinstance(self.poll_interval, (int, float)) and self.poll_interval > 0):
+            raise ConfigError(f"poll_interval must be a positive number of seconds, got {self.poll_interval!r}")
+        if isinstance(self.batch_limits, Mapping):
+            unknown = set(self.batch_limits) - {"requests", "file_bytes", "enqueued_tokens"}
+            if unknown:
+                raise ConfigError(
+                    f"unknown batch_limits key(s) {sorted(unknown)}; use requests, file_bytes, enqueued_tokens"
+                )
+            object.__setattr__(self, "batch_limits", BatchLimits(**self.batch_limits))
+        elif not isinstance(self.batch_limits, BatchLimits):
+            raise ConfigError(
+                "batch_limits must be a BatchLimits or a dict such as {'requests': 10000, 'enqueued_tokens': 2_000_000}"
+            )
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
         if not isinstance(self.concurrency, int) or self.concurrency < 1:

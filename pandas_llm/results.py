@@ -28,6 +28,8 @@ STATUS_MEANING = {
     "invalid": "the answer did not match the schema",
     "budget": "not sent: it could have taken the run over max_cost",
     "stopped": "not sent: the run was stopped (interrupt or fatal error)",
+    "expired": "its batch expired before answering it; a rerun submits it again",
+    "cancelled": "its batch was cancelled before answering it; a rerun submits it again",
 }
 
 

@@ -34,7 +34,7 @@ from .cache import Record, Store
 from .errors import APIError, FatalAPIError, RateLimitError, RequestError, RetryableError
 from .ratelimit import Limiter
 
-__all__ = ["Engine", "RunStats", "Job"]
+__all__ = ["Engine", "RunStats", "Job", "RetryPolicy", "completion_record"]
 
 Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
 
@@ -256,29 +256,7 @@ class Engine:
             stats.cost_known = False
         else:
             stats.cost += cost
-        status = _FAILED_FINISH.get(c.finish_reason or "stop")
-        error = None
-        if status is not None:
-            error = f"finish_reason={c.finish_reason}: the answer was cut off or withheld"
-            if c.finish_reason == "length":
-                error = "finish_reason=length: the answer hit max_tokens and was cut off; raise max_tokens"
-        elif c.refusal:
-            status, error = "refused", f"the model refused: {c.refusal}"
-        elif c.text is None:
-            status, error = "error", "the answer had no content"
-        return Record(
-            key,
-            status or "ok",
-            c.text,
-            c.finish_reason,
-            c.prompt_tokens,
-            c.completion_tokens,
-            c.cached_tokens,
-            cost,
-            error,
-            attempts,
-            self.model,
-        )
+        return completion_record(key, c, cost, attempts, self.model)
 
     def _past_deadline(self, wait: float) -> bool:
         deadline = self.retry.deadline
@@ -303,3 +281,21 @@ def _with_spent(record: Record, rejected: list[Record]) -> Record:
         cost=None if any(c is None for c in costs) else sum(costs),
         attempts=record.attempts + sum(r.attempts for r in rejected),
     )
+
+def completion_record(key: bytes, c: Completion, cost: float | None, attempts: int, model: str | None) -> Record:
+    """The Record for an answer; a cut-off, filtered, refused or empty answer is a failure
+    with its own status, never a value. Shared by the realtime engine and the Batch API."""
+    status = _FAILED_FINISH.get(c.finish_reason or "stop")
+    error = None
+    if status is not None:
+        error = f"finish_reason={c.finish_reason}: the answer was cut off or withheld"
+        if c.finish_reason == "length":
+            error = "finish_reason=length: the answer hit max_tokens and was cut off; raise max_tokens"
+    elif c.refusal:
+        status, error = "refused", f"the model refused: {c.refusal}"
+    elif c.text is None:
+        status, error = "error", "the answer had no content"
+    return Record(
+        key, status or "ok", c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.cached_tokens,
+        cost, error, attempts, model,
+    )  # fmt: skip

@@ -111,6 +111,15 @@ def prepare(
         schema, task, labels = classify_schema(labels, multi=multi, reasons=reasons)
     elif verb == "extract" and schema is None:
         raise ConfigError("extract needs schema=: a pydantic model, a JSON schema dict, or 'json_object'")
+    if settings.mode != "realtime":
+        if schema is not None or settings.rows_per_request != 1:
+            raise ConfigError(
+                f"mode={settings.mode!r} does not validate schemas or pack rows yet: use "
+                "mode='realtime' for extract, classify, schema= and rows_per_request="
+            )
+        from .jobs import start
+
+        return start(data, template, settings)  # a BatchJob, or a Run for mode="auto" when small
     if schema is None and settings.rows_per_request == 1:
         return Run(data, template, settings)  # plain map: the core path, untouched
     spec = as_schema(schema) if schema is not None else None

@@ -37,6 +37,7 @@ prove nothing was submitted twice.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import threading
@@ -139,6 +140,7 @@ class BatchEndpoints:
         self._line_faults: list[_LineFault] = []
         self._expire: list[float] = []
         self._create_faults = 0
+        self._stall_after: int | None = None
         self._held = False
         self.reset_counters()
         server.routes.update(
@@ -188,6 +190,20 @@ class BatchEndpoints:
         error file with HTTP ``status`` instead of an answer; ``times`` bounds how many."""
         with self._lock:
             self._line_faults.append(_LineFault(match, status, message or f"Injected error {status}.", times))
+
+    def stall_creates_after(self, count: int) -> None:
+        """Every ``POST /v1/batches`` after the next ``count`` creates its batch and then never
+        answers (as if the client died while waiting), until :meth:`clear_faults`."""
+        with self._lock:
+            self._stall_after = self.batches_created + count
+
+    def clear_faults(self) -> None:
+        """Drop the line faults, expiries, create faults and stalls not consumed yet."""
+        with self._lock:
+            self._line_faults.clear()
+            self._expire.clear()
+            self._create_faults = 0
+            self._stall_after = None
 
     def expire_next(self, fraction: float = 0.0, *, count: int = 1) -> None:
         """The next ``count`` batches created expire after answering ``fraction`` of their lines."""
@@ -265,7 +281,7 @@ class BatchEndpoints:
         return json_response(200, {"id": file_id, "object": "file", "deleted": True})
 
     # -- batches ------------------------------------------------------------------------
-    def _create(self, request: Request) -> Response:
+    def _create(self, request: Request) -> Response | asyncio.Future[Response]:
         denied = self.server.check_auth(request)
         if denied is not None:
             return denied
@@ -306,6 +322,8 @@ class BatchEndpoints:
             if self._create_faults:
                 self._create_faults -= 1
                 return error_response(500, "The server had an error processing your request.", "server_error")
+            if self._stall_after is not None and self.batches_created > self._stall_after:
+                return asyncio.get_running_loop().create_future()  # never answered
             return json_response(200, self._obj(b))
 
     def _validate(self, b: _Batch, data: bytes) -> list[dict[str, Any]] | None:

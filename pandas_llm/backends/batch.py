@@ -1,0 +1,237 @@
+"""The Batch API as four verbs over the openai SDK: submit, retrieve, cancel, download.
+
+``BatchAPI`` is an async context manager that holds one SDK client for one operation
+(it is closed at the end, so a job can be driven from any event loop). The client is
+built with ``max_retries=0``; transient failures (408/409/429/5xx, timeouts, connection
+errors) are retried here with the scheduler's backoff, honouring ``retry-after``.
+Errors are mapped to pandas_llm.errors at this boundary, as for the realtime backends.
+
+Creating a batch is not idempotent, so ``submit`` never blindly retries it: after a
+transient failure it first looks for a batch carrying the part's id in its metadata
+(the server may have created it before the connection broke).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, TypeVar
+
+from ..errors import APIError, ConfigError, RetryableError
+from ..scheduler import RetryPolicy
+from .errors import error_for_status
+
+__all__ = ["BatchAPI", "BatchInfo", "ENDPOINT", "PART_KEY", "JOB_KEY"]
+
+T = TypeVar("T")
+
+ENDPOINT = "/v1/chat/completions"
+#: Metadata keys pandas-llm puts on every batch it creates.
+JOB_KEY, PART_KEY = "pandas_llm_job", "pandas_llm_part"
+#: How many of the most recent batches ``find`` looks through.
+FIND_WINDOW = 1000
+_OPENAI_HOST = "api.openai.com"
+_TRANSFER_TIMEOUT = 600.0  # uploads and downloads of files up to 200 MB
+
+
+class BatchInfo(NamedTuple):
+    """What the API says about one batch."""
+
+    id: str
+    status: str
+    input_file_id: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    total: int
+    completed: int
+    failed: int
+    errors: str | None  # the batch's own errors (validation), joined
+    metadata: dict[str, str]
+
+
+def _info(batch: Any) -> BatchInfo:
+    counts = batch.request_counts
+    errors = None
+    if batch.errors is not None and batch.errors.data:
+        errors = "; ".join(
+            f"{e.code}: {e.message}" + (f" (line {e.line})" if getattr(e, "line", None) else "") for e in batch.errors.data
+        )
+    return BatchInfo(
+        batch.id,
+        batch.status,
+        batch.input_file_id,
+        batch.output_file_id,
+        batch.error_file_id,
+        counts.total if counts else 0,
+        counts.completed if counts else 0,
+        counts.failed if counts else 0,
+        errors,
+        dict(batch.metadata or {}),
+    )
+
+
+class BatchAPI:
+    """``async with BatchAPI(settings) as api:`` upload / create / retrieve / cancel / lines."""
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ):
+        self.settings = settings
+        self.endpoint = settings.endpoint
+        self.model = settings.model
+        self.retry = retry or RetryPolicy(max_attempts=settings.max_attempts)
+        self.sleep = sleep
+        self._client: Any = None
+        self._own = False
+        self._async = True
+        client = settings.client
+        if client is not None and not (hasattr(client, "batches") and hasattr(client, "files")):
+            raise ConfigError(
+                "mode='batch' needs the OpenAI Batch API: use base_url=/api_key= or client=openai.OpenAI(...) / "
+                "openai.AsyncOpenAI(...), not a plain function client"
+            )
+        api_key = settings.api_key or os.environ.get("OPENAI_API_KEY")
+        if client is None and not api_key and _OPENAI_HOST in self.endpoint:
+            raise ConfigError(
+                "no API key: pass api_key='sk-...' or set OPENAI_API_KEY "
+                f"(batches would go to {self.endpoint}); for a local server pass base_url="
+            )
+        self._api_key = api_key or "unused"
+
+    async def __aenter__(self) -> "BatchAPI":
+        import openai
+
+        self._openai = openai
+        client = self.settings.client
+        if client is None:
+            self._client = openai.AsyncOpenAI(
+                base_url=self.endpoint, api_key=self._api_key, max_retries=0, timeout=self.settings.timeout
+            )
+            self._own = True
+        else:
+            self._client = client.with_options(max_retries=0, timeout=self.settings.timeout)
+            self._async = inspect.iscoroutinefunction(self._client.batches.retrieve)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._own and self._client is not None:
+            await self._client.close()
+        self._client = None
+
+    # -- plumbing -------------------------------------------------------------------------
+    async def _sdk(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One SDK call, its foreign errors mapped to ours (no retry)."""
+        openai = self._openai
+        try:
+            if self._async:
+                return await fn(*args, **kwargs)
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except openai.APIStatusError as exc:
+            try:
+                body: Any = exc.response.json()
+            except Exception:
+                body = exc.message
+            raise error_for_status(
+                exc.status_code, body, exc.response.headers, endpoint=self.endpoint, model=self.model
+            ) from exc
+        except openai.APITimeoutError as exc:
+            raise RetryableError(f"no answer within the timeout from {self.endpoint}", code="timeout") from exc
+        except openai.APIConnectionError as exc:
+            raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except RetryableError as exc:
+                failures += 1
+                if failures >= self.retry.max_attempts:
+                    raise
+                await self.sleep(self.retry.backoff(failures, exc.retry_after))
+
+    # -- the verbs ------------------------------------------------------------------------
+    async def upload(self, filename: str, data: bytes) -> str:
+        """Upload a JSONL batch input file; returns its file id."""
+        files = self._client.files
+        f = await self._retrying(
+            lambda: self._sdk(files.create, file=(filename, data, "application/jsonl"), purpose="batch",
+                              timeout=max(self.settings.timeout, _TRANSFER_TIMEOUT))  # fmt: skip
+        )
+        return f.id
+
+    async def create(self, file_id: str, metadata: dict[str, str]) -> BatchInfo:
+        """Create the batch for ``file_id`` exactly once, even when the answer to the create is lost."""
+        batches = self._client.batches
+        failures = 0
+        while True:
+            try:
+                batch = await self._sdk(
+                    batches.create, input_file_id=file_id, endpoint=ENDPOINT, completion_window="24h", metadata=metadata
+                )
+                return _info(batch)
+            except RetryableError as exc:
+                failures += 1
+                found = await self.find(part=metadata.get(PART_KEY), file_id=file_id)
+                if found is not None:
+                    return found
+                if failures >= self.retry.max_attempts:
+                    raise
+                await self.sleep(self.retry.backoff(failures, exc.retry_after))
+
+    async def retrieve(self, batch_id: str) -> BatchInfo:
+        batches = self._client.batches
+        return _info(await self._retrying(lambda: self._sdk(batches.retrieve, batch_id)))
+
+    async def cancel(self, batch_id: str) -> BatchInfo:
+        """Ask the API to cancel; a batch that already finished is returned as it is."""
+        batches = self._client.batches
+        try:
+            return _info(await self._retrying(lambda: self._sdk(batches.cancel, batch_id)))
+        except APIError as exc:
+            if exc.status != 400:
+                raise
+            return await self.retrieve(batch_id)  # not cancellable any more: it finished meanwhile
+
+    async def find(self, *, part: str | None, file_id: str | None) -> BatchInfo | None:
+        """The batch created for ``part`` (by metadata) or from ``file_id``, among the recent ones."""
+        batches = self._client.batches
+        after: str | None = None
+        seen = 0
+        while seen < FIND_WINDOW:
+            kwargs: dict[str, Any] = {"limit": 100}
+            if after:
+                kwargs["after"] = after
+            page = await self._retrying(lambda: self._sdk(batches.list, **kwargs))
+            data = list(page.data)
+            for batch in data:
+                meta = batch.metadata or {}
+                if (part is not None and meta.get(PART_KEY) == part) or (file_id and batch.input_file_id == file_id):
+                    return _info(batch)
+            seen += len(data)
+            if not data or not getattr(page, "has_more", False):
+                return None
+            after = data[-1].id
+        return None
+
+    async def lines(self, file_id: str) -> AsyncIterator[bytes]:
+        """The non-empty lines of an output or error file (downloaded whole, then split;
+        a broken download is retried before any line is given out)."""
+        files = self._client.files
+        data: bytes = await self._retrying(lambda: self._read(files, file_id))
+        for line in data.splitlines():
+            if line.strip():
+                yield line
+
+    async def _read(self, files: Any, file_id: str) -> bytes:
+        content = await self._sdk(files.content, file_id, timeout=max(self.settings.timeout, _TRANSFER_TIMEOUT))
+        return content.content
+
+    async def delete_file(self, file_id: str) -> None:
+        files = self._client.files
+        await self._retrying(lambda: self._sdk(files.delete, file_id))

@@ -1,0 +1,124 @@
+"""Batch files: requests -> JSONL parts within the API's limits, and result lines -> Records.
+
+Each line's ``custom_id`` is the request's cache key in hex, so a result is matched to
+its request whatever order the API returns them in, and lands in the cache under the
+same key a realtime answer would have.
+
+    >>> from pandas_llm.config import BatchLimits
+    >>> jobs = [(u, bytes([u]) * 32, b'{"model":"m","messages":[]}') for u in range(5)]
+    >>> [len(p.keys) for p in split_parts(jobs, BatchLimits(requests=2))]
+    [2, 2, 1]
+    >>> split_parts(jobs[:1], BatchLimits()).__next__().data[:30]
+    b'{"custom_id":"0000000000000000'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+import orjson
+
+from .backends import parse_completion
+from .backends.batch import ENDPOINT
+from .backends.errors import error_for_status
+from .cache import Record
+from .config import BatchLimits
+from .errors import RetryableError
+from .scheduler import completion_record
+
+__all__ = ["PartData", "split_parts", "parse_line", "UNANSWERED_CODES"]
+
+#: Error codes of lines the API never ran (the batch expired or was cancelled): not failures,
+#: just not answered yet; the next run sends them again.
+UNANSWERED_CODES = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
+
+_HEAD = b'{"custom_id":"'
+_MID = b'","method":"POST","url":"' + ENDPOINT.encode() + b'","body":'
+
+
+@dataclass
+class PartData:
+    """One batch input file: its bytes, the keys it covers (and their plan slots), its tokens."""
+
+    data: bytes
+    keys: list[bytes]
+    slots: list[int]
+    tokens: int
+
+
+def jsonl_line(key: bytes, body: bytes) -> bytes:
+    """One input line; ``body`` is the canonical request JSON, embedded as is."""
+    return b"".join((_HEAD, key.hex().encode(), _MID, body, b"}\n"))
+
+
+def split_parts(
+    jobs: Iterable[tuple[int, bytes, bytes]],
+    limits: BatchLimits,
+    tokens_of: Callable[[bytes], int] | None = None,
+) -> Iterator[PartData]:
+    """Group ``(slot, key, body)`` jobs into parts within ``limits``, lazily.
+
+    A part holds at most ``limits.requests`` lines and ``limits.file_bytes`` bytes, and at
+    most ``limits.enqueued_tokens`` prompt tokens (counted with ``tokens_of``) when set.
+    A single request over a limit goes alone in its part (the API then says why).
+    """
+    max_tokens = limits.enqueued_tokens
+    lines: list[bytes] = []
+    keys: list[bytes] = []
+    slots: list[int] = []
+    size = tokens = 0
+    for slot, key, body in jobs:
+        line = jsonl_line(key, body)
+        n_tokens = tokens_of(body) if (tokens_of is not None and max_tokens is not None) else 0
+        full = lines and (
+            len(lines) >= limits.requests
+            or size + len(line) > limits.file_bytes
+            or (max_tokens is not None and tokens + n_tokens > max_tokens)
+        )
+        if full:
+            yield PartData(b"".join(lines), keys, slots, tokens)
+            lines, keys, slots, size, tokens = [], [], [], 0, 0
+        lines.append(line)
+        keys.append(key)
+        slots.append(slot)
+        size += len(line)
+        tokens += n_tokens
+    if lines:
+        yield PartData(b"".join(lines), keys, slots, tokens)
+
+
+def parse_line(
+    raw: bytes, *, cost: Callable[[Any], float | None], model: str | None, endpoint: str
+) -> tuple[bytes | None, Record | None, str | None]:
+    """``(key, record, unanswered)`` for one output / error line.
+
+    ``record`` is what to write to the cache (an answer, or a failed request with its
+    error); ``unanswered`` is ``"expired"`` / ``"cancelled"`` for a line the API never ran
+    (no record then). ``key`` is None for a line that is not ours.
+    """
+    try:
+        line = orjson.loads(raw)
+        key = bytes.fromhex(line["custom_id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None, None, None
+    if len(key) != 32:
+        return None, None, None
+    response = line.get("response") or None
+    error = line.get("error") or None
+    if response is not None and response.get("status_code") == 200:
+        try:
+            c = parse_completion(response["body"])
+        except (KeyError, IndexError, TypeError) as exc:
+            return key, Record(key, "failed", error=f"unreadable batch answer: {exc!r}", model=model), None
+        return key, completion_record(key, c, cost(c), 1, model), None
+    if error is not None and response is None:
+        code = error.get("code") if isinstance(error, dict) else None
+        if code in UNANSWERED_CODES:
+            return key, None, UNANSWERED_CODES[code]
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        return key, Record(key, "failed", error=f"batch error {code}: {message}", model=model), None
+    status = (response or {}).get("status_code") or 500
+    exc = error_for_status(status, (response or {}).get("body"), None, endpoint=endpoint, model=model)
+    kind = "failed" if isinstance(exc, RetryableError) else "error"
+    return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None

@@ -1,0 +1,520 @@
+"""Batch API jobs: submit, poll, collect, resumable across kernel restarts.
+
+``df.llm.submit(...)`` returns a ``BatchJob`` at once; ``df.llm.map(..., mode="batch")``
+submits and waits with progress. A job sends only the requests not in the cache
+(identical prompts once), split into batches by ``batch_limits``, and records every
+batch in the sidecar (ledger.py) before anything else can fail. Running the same call
+again, in this process or after a restart, finds the batches still in flight through
+the sidecar by request key, re-attaches to them instead of submitting them again, and
+collects their results::
+
+    >>> import pandas as pd, pandas_llm, tempfile, os
+    >>> from pandas_llm.testing import LLMServer
+    >>> df = pd.DataFrame({"text": ["cat", "dog", "cat"]})
+    >>> with LLMServer() as srv, tempfile.TemporaryDirectory() as tmp:
+    ...     opts = dict(base_url=srv.base_url, api_key="x", cache=os.path.join(tmp, "c.sqlite"),
+    ...                 progress=False, poll_interval=0.01)
+    ...     job = df.llm.submit("Say: {text}", **opts)
+    ...     out = job.result()
+    ...     again = df.llm.map("Say: {text}", mode="batch", **opts)   # all from the cache now
+    >>> out.tolist(), srv.batches.batches_created, srv.batches.lines_answered
+    (['echo: Say: cat', 'echo: Say: dog', 'echo: Say: cat'], 1, 2)
+
+Results are written to the cache as each output file is parsed; lines in the error file
+and failed requests become failed rows with their error (a rerun sends them again);
+expired or cancelled batches keep what they answered and leave the rest for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+import uuid
+import warnings
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from . import _runner
+from . import pipeline as _pipeline
+from .backends import Completion
+from .backends.batch import JOB_KEY, PART_KEY, BatchAPI, BatchInfo
+from .batch_view import ACTIVE, BatchProgress, BatchStats, BatchStatus
+from .batching import PartData, parse_line, split_parts
+from .cache import Record, Store
+from .config import Settings
+from .errors import ConfigError, RequestError, FatalAPIError
+from .ledger import Ledger, Part
+from .planner import Plan, make_plan
+from .pricing import cost as price_cost
+from .pricing import resolve_price
+from .progress import make_observer
+from .results import STATUS_MEANING
+
+__all__ = ["BatchJob", "list_batches", "start"]
+
+log = logging.getLogger("pandas_llm")
+
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+_WRITE_EVERY = 5000  # results per cache transaction while an output file is parsed (a commit costs ~10 ms)
+_BACKOFF, _CAP = 1.5, 12  # poll waits grow 1.5x while nothing changes, up to 12x poll_interval
+
+
+def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None) -> Any:
+    """The run this call means: a ``BatchJob`` (mode batch, or auto at ``batch_threshold``
+    requests to send and more) or a realtime ``pipeline.Run``. Plans (and so raises on bad
+    input) before anything is sent."""
+    if settings.mode == "auto":
+        run = _pipeline.Run(data, template, settings, extra=extra)
+        if len(run.plan.todo) < settings.batch_threshold or not _batch_possible(settings):
+            return run
+        run.store.close()
+        return BatchJob(run.plan, settings, name=run.name)
+    BatchAPI(settings)  # raises ConfigError (function client, no API key) before planning
+    store = Store(settings.cache_path)
+    try:
+        plan = make_plan(data, template, settings, store, extra=extra)
+    finally:
+        store.close()
+    return BatchJob(plan, settings, name=data.name if isinstance(data, pd.Series) else None)
+
+
+def _batch_possible(settings: Settings) -> bool:
+    try:
+        BatchAPI(settings)
+    except ConfigError:
+        return False
+    return True
+
+
+class BatchJob:
+    """A Batch API job over one frame: ``status()``, ``result()``, ``cancel()`` (and ``a*`` twins).
+
+    Hold on to it, or run the same ``submit`` / ``map(mode="batch")`` call again later:
+    the sidecar knows the batches in flight. Methods are not meant to be called
+    concurrently on one job.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        settings: Settings,
+        *,
+        name: Any = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ):
+        self.plan = plan
+        self.settings = settings
+        self.name = name
+        self.id = uuid.uuid4().hex[:16]
+        self.sleep = sleep
+        codes = plan.codes
+        sent = codes >= 0
+        self.stats = BatchStats(
+            total=len(codes),
+            unique=len(plan.keys),
+            skipped=int((~sent).sum()),
+            cached=int(plan.outcomes.from_cache[codes[sent]].sum()) if len(plan.keys) else 0,
+            cached_unique=int(plan.outcomes.from_cache.sum()),
+            to_send=len(plan.todo),
+            saved_cost=float(np.nansum(plan.outcomes.cost)),
+        )
+        self._parts: list[str] = []
+        self._pending: Iterator[PartData] | None = None
+        self._next: PartData | None = None
+        self._slot_of: dict[bytes, int] = {}
+        self._unanswered: dict[int, str] = {}
+        self._submitted = False
+        self._cancelled = False
+        self._finished = False
+        self._mem_store: Store | None = None  # cache=False: one in-memory sidecar for the job's life
+        self._price = resolve_price(settings.model)
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return f"<BatchJob {self.id}: {s.phase}, {s.to_send} of {s.unique} requests to send, {len(self._parts)} batches>"
+
+    # -- the sync API -------------------------------------------------------------------------
+    def submit(self) -> "BatchJob":
+        """Send the requests not cached and not already in flight; returns at once."""
+        _runner.run_sync(self.asubmit)
+        return self
+
+    def status(self) -> BatchStatus:
+        """Poll every batch once, collect the finished ones into the cache, return a snapshot."""
+        return _runner.run_sync(self.astatus)
+
+    def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
+        """Wait (with progress) until every batch is finished and collected; the answers as a
+        Series aligned to the frame (``details=True``: per-row status, error, tokens, cost)."""
+        _runner.run_sync(self.await_done)
+        return self._result(details)
+
+    def cancel(self) -> BatchStatus:
+        """Cancel the batches in flight and drop the ones not sent yet. ``result()`` then
+        collects what they answered; a rerun sends the rest."""
+        return _runner.run_sync(self.acancel)
+
+    # -- the async API --------------------------------------------------------------------------
+    async def asubmit(self) -> "BatchJob":
+        async with self._session() as (ledger, api):
+            await self._submit(ledger, api)
+        return self
+
+    async def astatus(self) -> BatchStatus:
+        async with self._session() as (ledger, api):
+            await self._submit(ledger, api)
+            await self._refresh(ledger, api)
+        return self._snapshot()
+
+    async def aresult(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
+        await self.await_done()
+        return self._result(details)
+
+    async def acancel(self) -> BatchStatus:
+        async with self._session() as (ledger, api):
+            self._cancelled = True
+            self._pending, self._next = None, None
+            self.stats.queued = 0
+            for pid in list(self._parts):
+                p = ledger.part(pid)
+                if p is None or not p.open:
+                    continue
+                if p.batch_id is None:
+                    p = await self._resume(ledger, api, p)
+                    if p is None or p.batch_id is None:
+                        continue
+                if p.state in ("validating", "in_progress", "finalizing"):
+                    info = await api.cancel(p.batch_id)
+                    ledger.update(pid, info)
+                    log.info("pandas-llm: cancelling batch %s", p.batch_id)
+            await self._refresh(ledger, api)
+        return self._snapshot()
+
+    async def await_done(self) -> None:
+        """Submit if needed, then poll with backoff until every batch is collected."""
+        if self._finished:
+            return
+        settings = self.settings
+        observer = BatchProgress() if settings.progress is True else make_observer(settings.progress)
+        stats = self.stats
+        _pipeline._last = _pipeline.RunReport(stats, self.plan)
+        observer.start(stats)
+        interval = settings.poll_interval
+        try:
+            async with self._session() as (ledger, api):
+                await self._submit(ledger, api)
+                while True:
+                    before = self._fingerprint()
+                    await self._refresh(ledger, api)
+                    observer.update(stats)
+                    if self._finished:
+                        break
+                    changed = self._fingerprint() != before
+                    interval = settings.poll_interval if changed else min(interval * _BACKOFF, _CAP * settings.poll_interval)
+                    await self.sleep(interval)
+            stats.outcome = "done"
+        except asyncio.CancelledError:
+            stats.outcome = "interrupted"
+            raise
+        except FatalAPIError:
+            stats.outcome = "failed"
+            raise
+        finally:
+            stats.finished = time.monotonic()
+            observer.close(stats)
+
+    # -- internals ------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[tuple[Ledger, BatchAPI]]:
+        path = self.settings.cache_path
+        if path is None:
+            self._mem_store = self._mem_store or Store(None)
+            store = self._mem_store
+        else:
+            store = Store(path)
+        try:
+            async with BatchAPI(self.settings, sleep=self.sleep) as api:
+                yield Ledger(store), api
+        finally:
+            if path is not None:
+                store.close()
+            elif self._finished and self._mem_store is not None:
+                self._mem_store.close()
+                self._mem_store = None
+
+    def _fingerprint(self) -> tuple:
+        return tuple((p.part, p.state, p.completed, p.failed) for p in self.stats.parts), self._next is None
+
+    async def _submit(self, ledger: Ledger, api: BatchAPI) -> None:
+        if self._submitted:
+            return
+        plan, stats = self.plan, self.stats
+        stats.phase = "submitting"
+        self._slot_of = {plan.keys[u]: u for u in plan.todo.tolist()}
+        todo_keys = list(self._slot_of)
+        covering = ledger.covering(todo_keys)
+        if covering:
+            for pid in dict.fromkeys(covering.values()):
+                p = ledger.part(pid)
+                if p is not None and p.batch_id is None:
+                    await self._resume(ledger, api, p)  # a crash left it without a batch
+            covering = ledger.covering(todo_keys)
+            self._parts.extend(dict.fromkeys(covering.values()))
+            stats.attached = len(covering)
+            log.info(
+                "pandas-llm: re-attached to %d batch(es) in flight with %d of this job's requests",
+                len(self._parts), len(covering),
+            )  # fmt: skip
+        self._submitted = True  # from here on, parts are recorded in the ledger as they go
+        limits = self.settings.batch_limits
+        tokens_of = self._tokens_of() if limits.enqueued_tokens is not None else None
+        jobs = (j for j in plan.jobs() if j[1] not in covering)
+        self._pending = split_parts(jobs, limits, tokens_of)
+        await self._send_more(ledger, api)
+
+    def _tokens_of(self) -> Callable[[bytes], int]:
+        from .tokens import count_message_tokens
+
+        model = self.settings.model
+        return lambda body: count_message_tokens(orjson.loads(body)["messages"], model)
+
+    async def _send_more(self, ledger: Ledger, api: BatchAPI) -> None:
+        budget = self.settings.batch_limits.enqueued_tokens
+        while self._pending is not None:
+            if self._next is None:
+                self._next = next(self._pending, None)
+                if self._next is None:
+                    self._pending = None
+                    break
+            part = self._next
+            if budget is not None:
+                in_flight = sum(p.tokens for p in (ledger.part(pid) for pid in self._parts) if p and p.open)
+                if in_flight and in_flight + part.tokens > budget:
+                    break  # wait for earlier batches to finish
+            self._next = None
+            await self._send(ledger, api, part)
+        s = self.stats
+        s.queued = max(0, s.to_send - s.attached - s.submitted) if self._pending is not None else 0
+        s.phase = "waiting"
+
+    async def _send(self, ledger: Ledger, api: BatchAPI, part: PartData) -> None:
+        s = self.stats
+        ledger.add_job(self.id, endpoint=self.settings.endpoint, model=self.settings.model, rows=s.total,
+                       requests=s.to_send - s.attached)  # fmt: skip  (once; later calls are no-ops)
+        pid = uuid.uuid4().hex
+        ledger.add_part(pid, job=self.id, endpoint=self.settings.endpoint, keys=part.keys, tokens=part.tokens,
+                        nbytes=len(part.data))  # fmt: skip
+        self._parts.append(pid)
+        try:
+            file_id = await api.upload(f"pandas-llm-{pid}.jsonl", part.data)
+        except BaseException as exc:
+            ledger.close(pid, "abandoned", f"upload failed: {exc!r}")  # no batch can exist without the file id
+            self._parts.remove(pid)
+            raise
+        ledger.set_file(pid, file_id)
+        try:
+            info = await api.create(file_id, self._metadata(pid, len(part.keys)))
+        except (RequestError, FatalAPIError) as exc:
+            ledger.close(pid, "abandoned", str(exc))  # refused: nothing was created
+            self._parts.remove(pid)
+            raise
+        # Any other failure leaves the part 'uploaded': a later poll or rerun finds or creates its batch.
+        ledger.update(pid, info)
+        self.stats.submitted += len(part.keys)
+        log.info("pandas-llm: submitted batch %s with %d requests", info.id, len(part.keys))
+
+    def _metadata(self, pid: str, n: int) -> dict[str, str]:
+        return {JOB_KEY: self.id, PART_KEY: pid, "pandas_llm_requests": str(n)}
+
+    async def _resume(self, ledger: Ledger, api: BatchAPI, p: Part) -> Part | None:
+        """A part recorded without a batch id: find its batch, or create it from its file."""
+        if p.input_file_id is None:
+            ledger.close(p.part, "abandoned", "the process stopped before the upload finished")
+            return ledger.part(p.part)
+        info = await api.find(part=p.part, file_id=p.input_file_id)
+        if info is None:
+            try:
+                info = await api.create(p.input_file_id, self._metadata(p.part, p.requests))
+            except (RequestError, FatalAPIError) as exc:
+                ledger.close(p.part, "abandoned", f"could not create the batch: {exc}")
+                return ledger.part(p.part)
+        ledger.update(p.part, info)
+        return ledger.part(p.part)
+
+    async def _refresh(self, ledger: Ledger, api: BatchAPI) -> None:
+        """Poll each open part once, collect the finished ones, send what the budget now allows."""
+        for pid in list(self._parts):
+            p = ledger.part(pid)
+            if p is None or not p.open:
+                continue
+            if p.batch_id is None:
+                p = await self._resume(ledger, api, p)
+                if p is None or p.batch_id is None:
+                    continue
+            info = await api.retrieve(p.batch_id)
+            if (info.status, info.completed, info.failed) != (p.state, p.completed, p.failed):
+                ledger.update(pid, info)
+            if info.status in TERMINAL:
+                await self._collect(ledger, api, pid, info)
+        if not self._cancelled:
+            await self._send_more(ledger, api)
+        self.stats.parts = [p for p in (ledger.part(pid) for pid in self._parts) if p is not None]
+        if self._pending is None and not any(p.open for p in self.stats.parts):
+            self._finish(ledger)
+
+    async def _collect(self, ledger: Ledger, api: BatchAPI, pid: str, info: BatchInfo) -> None:
+        """Write every line of the output and error files to the cache, then close the part."""
+        keys = set(ledger.keys_of(pid))
+        seen: set[bytes] = set()
+        buffer: list[Record] = []
+        store = ledger.store
+        model, endpoint = self.settings.model, self.settings.endpoint
+        for file_id in (info.output_file_id, info.error_file_id):
+            if not file_id:
+                continue
+            async for raw in api.lines(file_id):
+                key, record, unanswered = parse_line(raw, cost=self._cost, model=model, endpoint=endpoint)
+                if key is None or key not in keys or key in seen:
+                    continue
+                seen.add(key)
+                if record is not None:
+                    buffer.append(record)
+                    if len(buffer) >= _WRITE_EVERY:
+                        self._write(store, buffer)
+                        buffer = []
+                elif key in self._slot_of:
+                    self._unanswered[self._slot_of[key]] = unanswered
+        missing = keys - seen
+        if missing and info.status == "completed":
+            error = f"batch {info.id} completed without a result for this request"
+            buffer.extend(Record(k, "failed", error=error, model=model) for k in missing)
+        elif missing and info.status == "failed":
+            error = f"batch {info.id} failed: {info.errors or 'no reason given'}"
+            buffer.extend(Record(k, "failed", error=error, model=model) for k in missing)
+        else:
+            for k in missing:
+                if k in self._slot_of:
+                    self._unanswered[self._slot_of[k]] = info.status
+        self._write(store, buffer)
+        ledger.close(pid, info.status, info.errors)
+        log.info("pandas-llm: collected batch %s (%s): %d results", info.id, info.status, len(seen))
+
+    def _cost(self, c: Completion) -> float | None:
+        price = self._price
+        if price is None:
+            return None
+        try:
+            realtime = price_cost(price, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                                  cached_tokens=c.cached_tokens)  # fmt: skip
+            batch = price_cost(price, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                               cached_tokens=c.cached_tokens, batch=True)  # fmt: skip
+        except ValueError:
+            return None
+        self.stats.realtime_cost += realtime
+        return batch
+
+    def _write(self, store: Store, records: list[Record]) -> None:
+        """Commit, then count (never the other way round)."""
+        if not records:
+            return
+        store.write(records)
+        stats, outcomes, slot_of = self.stats, self.plan.outcomes, self._slot_of
+        for r in records:
+            stats.prompt_tokens += r.prompt_tokens
+            stats.completion_tokens += r.completion_tokens
+            stats.cached_tokens += r.cached_tokens
+            if r.cost is not None:
+                stats.cost += r.cost
+            elif r.prompt_tokens or r.completion_tokens:
+                stats.cost_known = False  # paid for, price unknown
+            u = slot_of.get(r.key)
+            if u is None:
+                continue  # another job's request in a batch we re-attached to: cached, not ours
+            outcomes.fill(u, r)
+            stats.sent_done += 1
+            if r.status == "ok":
+                stats.ok += 1
+            else:
+                stats.failed[r.status] += 1
+
+    def _finish(self, ledger: Ledger) -> None:
+        """Every batch is collected: fill what other processes collected, label the rest."""
+        plan, outcomes = self.plan, self.plan.outcomes
+        empty = [u for u in plan.todo.tolist() if outcomes.status[u] is None]
+        if empty:
+            slot_of = self._slot_of
+            for record in ledger.store.lookup([plan.keys[u] for u in empty]):
+                outcomes.fill(slot_of[record.key], record)
+        for u in empty:
+            if outcomes.status[u] is None:
+                outcomes.status[u] = self._unanswered.get(u, "cancelled" if self._cancelled else "stopped")
+        self._finished = True
+        self.stats.phase = "cancelled" if self._cancelled else "done"
+
+    def _snapshot(self) -> BatchStatus:
+        s = self.stats
+        if not self._finished:
+            state = "submitting" if not self._submitted else "in_progress"
+        elif self._cancelled:
+            state = "cancelled"
+        else:
+            state = "done" if s.ok == s.to_send else "partial"
+        return BatchStatus(self.id, state, s)
+
+    def _result(self, details: bool) -> pd.Series | pd.DataFrame:
+        plan = self.plan
+        _pipeline._last = _pipeline.RunReport(self.stats, plan)
+        self._warn_failures()
+        if details:
+            return plan.outcomes.details(plan.codes, plan.index)
+        return plan.outcomes.series(plan.codes, plan.index, name=self.name)
+
+    def _warn_failures(self) -> None:
+        counts = self.plan.outcomes.row_status_counts(self.plan.codes)
+        bad = {k: v for k, v in counts.items() if k not in ("ok", "skipped")}
+        if not bad:
+            return
+        kinds = ", ".join(f"{n} {k} ({STATUS_MEANING.get(k, k)})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1]))
+        warnings.warn(
+            f"{sum(bad.values())} of {self.stats.total} rows have no answer: {kinds}. Their values are NA; "
+            "see pandas_llm.last_run().failures (or pass details=True). Running the same call again "
+            "submits only these rows; answered rows come from the cache.",
+            _pipeline.RunWarning,
+            stacklevel=_caller_level(),
+        )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside pandas_llm."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def list_batches(cache: str | os.PathLike | bool = True) -> pd.DataFrame:
+    """Every batch the sidecar knows, newest last: job, batch and file ids, state, counts, times.
+
+    For finding batches after a restart without re-running the cell; ``open`` marks the
+    ones whose results are not collected yet (re-running the same call collects them).
+    """
+    from .config import DEFAULT_CACHE
+
+    path = DEFAULT_CACHE if cache is True else None if cache is False else os.fspath(cache)
+    if path is None or not os.path.exists(path):
+        return pd.DataFrame(columns=list(Part._fields))
+    with Store(path) as store:
+        parts = Ledger(store).parts()
+    frame = pd.DataFrame(parts, columns=list(Part._fields))
+    for col in ("created_at", "updated_at"):
+        frame[col] = pd.to_datetime(frame[col], unit="s")
+    frame["open"] = frame["open"].astype(bool)
+    return frame

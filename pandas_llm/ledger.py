@@ -1,0 +1,169 @@
+"""The ledger: what the sidecar knows about Batch API jobs, so a kernel restart loses nothing.
+
+A *job* is one ``submit`` (or ``map(mode="batch")``); it is split into *parts*, one
+uploaded file and one batch each. A part is written here, with the request keys it
+covers, **before** its file is uploaded; its file id is written as soon as the upload
+returns, its batch id as soon as the batch exists. So after a crash at any point a
+rerun finds, by request key, every part that may be in flight and never submits those
+keys again (a part whose batch id was lost is found again through the batch metadata).
+
+A part stays *open* until its results are written to the results table; closing it
+drops its key list (the results table is the record from then on).
+
+    >>> from pandas_llm.cache import Store
+    >>> led = Ledger(Store(None))
+    >>> led.add_job("j1", endpoint="http://x/v1", model="m", rows=2, requests=2)
+    >>> led.add_part("p1", job="j1", endpoint="http://x/v1", keys=[b"a" * 32, b"b" * 32], tokens=10, nbytes=99)
+    >>> led.covering([b"a" * 32, b"c" * 32])
+    {b'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa': 'p1'}
+    >>> led.close("p1", "completed")
+    >>> led.covering([b"a" * 32])
+    {}
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, NamedTuple, Sequence
+
+import orjson
+
+from .cache import Store
+
+__all__ = ["Ledger", "Part"]
+
+
+class Part(NamedTuple):
+    """One batch of a job, as the sidecar knows it."""
+
+    part: str
+    job: str
+    endpoint: str
+    batch_id: str | None
+    input_file_id: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    state: str  # new | uploaded | a Batch API status | abandoned
+    open: int
+    requests: int
+    tokens: int
+    bytes: int
+    completed: int
+    failed: int
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+_PART_COLUMNS = ", ".join(Part._fields)
+
+
+class Ledger:
+    """Batch jobs, parts and covered keys in the sidecar's tables (migrations 002-005)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.conn = store.conn
+
+    def _tx(self, statements: Iterable[tuple[str, Sequence[Any]]], many: tuple[str, Iterable] | None = None) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in statements:
+                conn.execute(sql, args)
+            if many is not None:
+                conn.executemany(*many)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def add_job(self, job: str, *, endpoint: str, model: str | None, rows: int, requests: int,
+                meta: dict[str, Any] | None = None) -> None:  # fmt: skip
+        now = time.time()
+        self._tx(
+            [(
+                "INSERT OR IGNORE INTO batch_jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job, endpoint, model, rows, requests, orjson.dumps(meta or {}).decode(), now, now),
+            )]
+        )  # fmt: skip
+
+    def add_part(self, part: str, *, job: str, endpoint: str, keys: Sequence[bytes], tokens: int, nbytes: int) -> None:
+        """Record a part and its keys in one transaction, before anything is uploaded."""
+        now = time.time()
+        self._tx(
+            [(
+                "INSERT INTO batch_parts (part, job, endpoint, state, requests, tokens, bytes, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'new', ?, ?, ?, ?, ?)",
+                (part, job, endpoint, len(keys), tokens, nbytes, now, now),
+            )],
+            ("INSERT OR IGNORE INTO batch_keys VALUES (?, ?)", ((part, k) for k in keys)),
+        )  # fmt: skip
+
+    def set_file(self, part: str, file_id: str) -> None:
+        self._tx(
+            [(
+                "UPDATE batch_parts SET input_file_id = ?, state = 'uploaded', updated_at = ? WHERE part = ?",
+                (file_id, time.time(), part),
+            )]
+        )  # fmt: skip
+
+    def update(self, part: str, info: Any) -> None:
+        """Store what the API says about the part's batch (a ``backends.batch.BatchInfo``)."""
+        self._tx(
+            [(
+                "UPDATE batch_parts SET batch_id = ?, input_file_id = coalesce(?, input_file_id),"
+                " output_file_id = ?, error_file_id = ?, state = ?, completed = ?, failed = ?,"
+                " error = coalesce(?, error), updated_at = ? WHERE part = ?",
+                (info.id, info.input_file_id, info.output_file_id, info.error_file_id, info.status,
+                 info.completed, info.failed, info.errors, time.time(), part),
+            )]
+        )  # fmt: skip
+
+    def close(self, part: str, state: str, error: str | None = None) -> None:
+        """The part's results are in the results table (or it was never sent): forget its keys."""
+        self._tx(
+            [
+                (
+                    "UPDATE batch_parts SET open = 0, state = ?, error = coalesce(?, error), updated_at = ?"
+                    " WHERE part = ?",
+                    (state, error, time.time(), part),
+                ),
+                ("DELETE FROM batch_keys WHERE part = ?", (part,)),
+            ]
+        )
+
+    def covering(self, keys: Sequence[bytes]) -> dict[bytes, str]:
+        """``{key: part}`` for the keys among ``keys`` that an open part covers."""
+        out: dict[bytes, str] = {}
+        if not keys or not self._any_open():
+            return out
+        step = self.store._chunk
+        for start in range(0, len(keys), step):
+            chunk = keys[start : start + step]
+            sql = "SELECT key, part FROM batch_keys WHERE key IN (" + ",".join("?" * len(chunk)) + ")"
+            for key, part in self.conn.execute(sql, chunk):
+                out[bytes(key)] = part
+        return out
+
+    def _any_open(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM batch_parts WHERE open = 1 LIMIT 1").fetchone() is not None
+
+    def keys_of(self, part: str) -> list[bytes]:
+        return [bytes(k) for (k,) in self.conn.execute("SELECT key FROM batch_keys WHERE part = ?", (part,))]
+
+    def part(self, part: str) -> Part | None:
+        row = self.conn.execute(f"SELECT {_PART_COLUMNS} FROM batch_parts WHERE part = ?", (part,)).fetchone()
+        return None if row is None else Part._make(row)
+
+    def parts(self, *, job: str | None = None, open_only: bool = False) -> list[Part]:
+        sql = f"SELECT {_PART_COLUMNS} FROM batch_parts"
+        where, args = [], []
+        if job is not None:
+            where.append("job = ?")
+            args.append(job)
+        if open_only:
+            where.append("open = 1")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [Part._make(r) for r in self.conn.execute(sql + " ORDER BY created_at, part", args)]

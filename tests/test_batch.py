@@ -1,0 +1,406 @@
+"""The Batch API end to end against the loopback server: submit / poll / collect, resume, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pandas_llm
+from pandas_llm import ConfigError, RunWarning
+from pandas_llm.backends.batch import BatchAPI
+from pandas_llm.errors import RetryableError
+from pandas_llm.testing import LLMServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def srv():
+    with LLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def opts(srv, tmp_path):
+    return dict(base_url=srv.base_url, api_key="x", cache=str(tmp_path / "cache.sqlite"), progress=False,
+                poll_interval=0.005)  # fmt: skip
+
+
+def frame(n: int, start: int = 0) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"row {i}" for i in range(start, start + n)]})
+
+
+def expected(df: pd.DataFrame) -> list[str]:
+    return [f"echo: Say: {t}" for t in df["text"]]
+
+
+def test_round_trip_10k_rows_in_several_batches(srv, opts):
+    df = frame(10_000)
+    df.index = np.random.default_rng(0).permutation(10_000) * 3  # any index
+    srv.batches.max_requests = 3000  # the server refuses a batch over the limit
+    out = df.llm.map("Say: {text}", mode="batch", batch_limits={"requests": 3000}, **opts)
+    assert out.tolist() == expected(df)
+    assert out.index.equals(df.index) and out.dtype == "string"
+    assert (srv.batches.files_uploaded, srv.batches.batches_created) == (4, 4)
+    assert srv.batches.lines_answered == 10_000 and srv.completed == 10_000
+    assert set(srv.prompt_counts.values()) == {1}
+    report = pandas_llm.last_run()
+    assert report.stats.ok == 10_000 and report.stats.cost > 0
+    assert (report.details["status"] == "ok").all()
+
+
+def test_identical_prompts_are_sent_once_and_reruns_come_from_cache(srv, opts):
+    df = pd.DataFrame({"text": [f"t{i % 10}" for i in range(1000)]})
+    out = df.llm.map("Say: {text}", mode="batch", **opts)
+    assert out.tolist() == expected(df)
+    assert srv.batches.lines_answered == 10
+    again = df.llm.map("Say: {text}", mode="batch", **opts)
+    assert again.tolist() == expected(df)
+    assert (srv.batches.batches_created, srv.batches.lines_answered) == (1, 10)
+    # realtime and batch share the cache: the same requests are not paid again
+    assert df.llm.map("Say: {text}", **opts).tolist() == expected(df)
+    assert srv.requests == 0
+
+
+def test_split_by_file_size_and_each_file_within_the_limit(srv, opts):
+    df = frame(200)
+    out = df.llm.map("Say: {text}", mode="batch", batch_limits={"file_bytes": 5_000}, **opts)
+    assert out.tolist() == expected(df)
+    inputs = [f for f in srv.batches.files.values() if f.purpose == "batch"]
+    assert len(inputs) == srv.batches.batches_created > 1
+    assert all(len(f.data) <= 5_000 for f in inputs)
+    assert sum(len(f.data.splitlines()) for f in inputs) == 200
+
+
+def test_enqueued_token_budget_keeps_one_batch_in_flight_at_a_time(srv, opts):
+    df = frame(60)
+    out = df.llm.map("Say: {text}", mode="batch", batch_limits={"enqueued_tokens": 300}, **opts)
+    assert out.tolist() == expected(df)
+    assert srv.batches.batches_created >= 3
+    assert srv.batches.peak_active == 1
+
+
+def test_submit_returns_at_once_and_ids_are_in_the_sidecar(srv, opts):
+    srv.batches.hold()
+    df = frame(30)
+    job = df.llm.submit("Say: {text}", batch_limits={"requests": 10}, **opts)
+    assert srv.batches.batches_created == 3 and srv.batches.lines_answered == 0
+    with sqlite3.connect(opts["cache"]) as conn:
+        rows = conn.execute("SELECT batch_id, input_file_id, state, requests, open FROM batch_parts").fetchall()
+        n_keys = conn.execute("SELECT count(*) FROM batch_keys").fetchone()[0]
+    assert sorted(r[0] for r in rows) == sorted(srv.batches.batches)
+    assert all(r[1] and r[2] == "validating" and r[3] == 10 and r[4] == 1 for r in rows)
+    assert n_keys == 30
+    status = job.status()
+    assert status.state == "in_progress" and not status.done
+    assert {p.state for p in status.parts} == {"in_progress"}
+    assert "in_progress" in repr(status) and "<table>" in status._repr_html_()
+    srv.batches.release()
+    assert job.result().tolist() == expected(df)
+    status = job.status()
+    assert status.state == "done" and {p.state for p in status.parts} == {"completed"}
+    assert status.counts()["ok"] == 30
+    with sqlite3.connect(opts["cache"]) as conn:
+        assert conn.execute("SELECT count(*) FROM batch_keys").fetchone()[0] == 0  # closed parts drop keys
+        assert conn.execute("SELECT count(*) FROM batch_parts WHERE open = 1").fetchone()[0] == 0
+
+
+def test_rerun_reattaches_to_batches_in_flight(srv, opts):
+    srv.batches.hold()
+    df = frame(40)
+    first = df.llm.submit("Say: {text}", batch_limits={"requests": 15}, **opts)
+    assert srv.batches.batches_created == 3
+    del first  # as after a kernel restart: only the sidecar remembers
+    srv.batches.release()
+    again = df.llm.submit("Say: {text}", batch_limits={"requests": 15}, **opts)
+    assert again.stats.attached == 40 and again.stats.submitted == 0
+    assert again.result().tolist() == expected(df)
+    assert (srv.batches.files_uploaded, srv.batches.batches_created, srv.batches.lines_answered) == (3, 3, 40)
+
+
+def test_a_cached_row_is_never_in_a_batch(srv, opts):
+    df = frame(100)
+    df.iloc[:40].llm.map("Say: {text}", **opts)  # realtime, cached
+    assert srv.completed == 40
+    out = df.llm.map("Say: {text}", mode="batch", **opts)
+    assert out.tolist() == expected(df)
+    sent = b"".join(f.data for f in srv.batches.files.values() if f.purpose == "batch")
+    assert len(sent.splitlines()) == 60
+    assert all(f"row {i}\"".encode() not in sent for i in range(40))
+    assert set(srv.prompt_counts.values()) == {1}
+
+
+def test_killed_after_submission_the_rerun_reattaches_and_submits_nothing(srv, opts):
+    srv.batches.hold()
+    script = textwrap.dedent(
+        f"""
+        import pandas as pd, pandas_llm
+        df = pd.DataFrame({{"text": [f"row {{i}}" for i in range(500)]}})
+        df.llm.map("Say: {{text}}", mode="batch", base_url={srv.base_url!r}, api_key="x",
+                   cache={opts["cache"]!r}, progress=False, poll_interval=0.01, batch_limits={{"requests": 100}})
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while srv.batches.batches_retrieved == 0:  # polling: every batch was submitted and recorded
+            assert proc.poll() is None, "the child exited early"
+            assert time.monotonic() < deadline, "the child never submitted"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (srv.batches.files_uploaded, srv.batches.batches_created) == (5, 5)
+    srv.batches.release()
+    df = frame(500)
+    out = df.llm.map("Say: {text}", mode="batch", batch_limits={"requests": 100}, **opts)
+    assert out.tolist() == expected(df)
+    assert (srv.batches.files_uploaded, srv.batches.batches_created, srv.batches.lines_answered) == (5, 5, 500)
+
+
+def test_killed_during_submission_no_request_is_sent_twice(srv, opts):
+    srv.batches.hold()
+    srv.batches.stall_creates_after(10)  # the 11th batch is created, its id never reaches the client
+    script = textwrap.dedent(
+        f"""
+        import pandas as pd, pandas_llm
+        df = pd.DataFrame({{"text": [f"row {{i}}" for i in range(2000)]}})
+        df.llm.submit("Say: {{text}}", base_url={srv.base_url!r}, api_key="x",
+                      cache={opts["cache"]!r}, progress=False, batch_limits={{"requests": 50}})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        deadline = time.monotonic() + 60
+        while srv.batches.batches_created < 11:
+            assert proc.poll() is None, "the child finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert (srv.batches.files_uploaded, srv.batches.batches_created) == (11, 11)
+    with sqlite3.connect(opts["cache"]) as conn:
+        states = Counter(s for (s,) in conn.execute("SELECT state FROM batch_parts"))
+    assert states == {"validating": 10, "uploaded": 1}  # the last id was lost with the process
+    srv.batches.clear_faults()
+    srv.batches.release()
+    df = frame(2000)
+    out = df.llm.map("Say: {text}", mode="batch", batch_limits={"requests": 50}, **opts)
+    assert out.tolist() == expected(df)
+    # the lost batch was found by its metadata, not created again; nothing was sent twice
+    assert (srv.batches.files_uploaded, srv.batches.batches_created) == (40, 40)
+    assert srv.batches.lines_answered == 2000 and set(srv.prompt_counts.values()) == {1}
+
+
+def test_per_line_failures_leave_exactly_those_rows_to_retry(srv, opts):
+    df = frame(50)
+    srv.batches.fail_lines("row 1", status=500)  # row 1, row 10..19
+    with pytest.warns(RunWarning, match="11 of 50 rows have no answer: 11 failed"):
+        out = df.llm.map("Say: {text}", mode="batch", **opts)
+    failed = {"row 1"} | {f"row {i}" for i in range(10, 20)}
+    assert set(df["text"][out.isna()]) == failed
+    details = pandas_llm.last_run().failures
+    assert set(details["status"]) == {"failed"} and details["error"].str.contains("HTTP 500").all()
+    srv.batches.clear_faults()
+    before = srv.batches.lines_answered
+    out = df.llm.map("Say: {text}", mode="batch", **opts)
+    assert out.tolist() == expected(df)
+    assert srv.batches.lines_answered - before == 11 and srv.batches.batches_created == 2
+    assert set(srv.prompt_counts.values()) == {1}
+
+
+def test_a_400_line_is_that_rows_error_and_a_cut_answer_is_length(srv, opts):
+    df = pd.DataFrame({"text": ["short", "a much longer prompt that gets cut"]})
+    with pytest.warns(RunWarning):
+        d = df.llm.map("{text}", mode="batch", max_tokens=3, details=True, **opts)
+    assert d["status"].tolist() == ["ok", "length"]
+    srv.batches.fail_lines("short", status=400)
+    with pytest.warns(RunWarning):
+        d = pd.DataFrame({"text": ["short!"]}).llm.map("{text}", mode="batch", details=True, **opts)
+    assert d["status"].tolist() == ["error"] and "HTTP 400" in d["error"].iloc[0]
+
+
+def test_expired_batch_keeps_its_answers_and_leaves_the_rest(srv, opts):
+    df = frame(40)
+    srv.batches.expire_next(fraction=0.25)
+    with pytest.warns(RunWarning, match="30 expired"):
+        d = df.llm.map("Say: {text}", mode="batch", details=True, **opts)
+    assert (d["status"] == "ok").sum() == 10 and (d["status"] == "expired").sum() == 30
+    with sqlite3.connect(opts["cache"]) as conn:  # expired rows are not failures in the cache
+        assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 10
+    out = df.llm.map("Say: {text}", mode="batch", **opts)
+    assert out.tolist() == expected(df)
+    assert srv.batches.lines_answered == 40 and set(srv.prompt_counts.values()) == {1}
+
+
+def test_failed_batch_rows_carry_the_batch_error(srv, opts):
+    srv.batches.max_requests = 5
+    with pytest.warns(RunWarning, match="10 failed"):
+        d = frame(10).llm.map("Say: {text}", mode="batch", details=True, **opts)
+    assert d["error"].str.contains("too_many_requests").all()
+
+
+def test_cancel(srv, opts):
+    srv.batches.hold()
+    df = frame(40)
+    job = df.llm.submit("Say: {text}", batch_limits={"requests": 20, "enqueued_tokens": 200}, **opts)
+    assert srv.batches.batches_created == 1  # the second part waits for the token budget
+    status = job.cancel()
+    assert srv.batches.batches_cancelled == 1
+    assert status.state == "cancelled" and status.parts[0].state == "cancelled"
+    with pytest.warns(RunWarning, match="cancelled"):
+        d = job.result(details=True)
+    answered = (d["status"] == "ok").sum()
+    assert 0 < answered < 20 and (d["status"] == "cancelled").sum() == 40 - answered
+    assert srv.batches.batches_created == 1
+    srv.batches.release()
+    out = df.llm.map("Say: {text}", mode="batch", **opts)
+    assert out.tolist() == expected(df)
+    assert srv.batches.lines_answered == 40
+
+
+def test_lost_create_answer_does_not_create_twice(srv, opts):
+    srv.batches.fail_next_create()
+    out = frame(10).llm.map("Say: {text}", mode="batch", **opts)
+    assert out.tolist() == expected(frame(10))
+    assert srv.batches.batches_created == 1 and srv.batches.batches_listed >= 1
+
+
+def test_part_left_without_a_batch_is_created_from_its_file(srv, opts, monkeypatch):
+    async def broken(self, file_id, metadata):
+        raise RetryableError("connection reset", code="connection")
+
+    with monkeypatch.context() as m:
+        m.setattr(BatchAPI, "create", broken)
+        with pytest.raises(RetryableError):
+            frame(10).llm.submit("Say: {text}", **opts)
+    assert (srv.batches.files_uploaded, srv.batches.batches_created) == (1, 0)
+    out = frame(10).llm.map("Say: {text}", mode="batch", **opts)
+    assert out.tolist() == expected(frame(10))
+    assert (srv.batches.files_uploaded, srv.batches.batches_created) == (1, 1)
+
+
+def test_auto_mode_switches_at_the_threshold(srv, opts):
+    small = frame(5)
+    assert small.llm.map("Say: {text}", mode="auto", batch_threshold=10, **opts).tolist() == expected(small)
+    assert srv.completed == 5 and srv.batches.batches_created == 0
+    big = frame(20, start=100)
+    assert big.llm.map("Say: {text}", mode="auto", batch_threshold=10, **opts).tolist() == expected(big)
+    assert srv.batches.batches_created == 1 and srv.requests == 5
+    # the threshold counts requests still to send: a mostly cached frame goes realtime
+    mixed = pd.concat([big, frame(3, start=500)], ignore_index=True)
+    mixed.llm.map("Say: {text}", mode="auto", batch_threshold=10, **opts)
+    assert srv.batches.batches_created == 1 and srv.requests == 8
+
+
+def test_series_accessor_and_async_twins(srv, opts):
+    s = pd.Series(["a", "b", None, "a"], name="t")
+    out = s.llm.map("Say: {}", mode="batch", **opts)
+    assert out.tolist()[:2] == ["echo: Say: a", "echo: Say: b"] and out.isna().tolist() == [False, False, True, False]
+    assert out.name == "t"
+
+    async def go():
+        job = await s.llm.asubmit("Again: {}", **opts)
+        return await job.aresult(), await s.llm.amap("Again: {}", mode="batch", **opts)
+
+    import asyncio
+
+    first, second = asyncio.run(go())
+    assert first.tolist()[:2] == ["echo: Again: a", "echo: Again: b"] and first.equals(second)
+
+
+def test_cache_false_still_works_within_the_process(srv, opts):
+    opts = dict(opts, cache=False)
+    assert frame(5).llm.map("Say: {text}", mode="batch", **opts).tolist() == expected(frame(5))
+
+
+def test_bad_arguments_fail_before_anything_is_sent(srv, opts):
+    with pytest.raises(ConfigError, match="mode must be"):
+        frame(3).llm.map("{text}", mode="bulk", **opts)
+    with pytest.raises(ConfigError, match="batch_limits"):
+        frame(3).llm.map("{text}", mode="batch", batch_limits={"rows": 3}, **opts)
+    with pytest.raises(ConfigError, match="requests must be"):
+        frame(3).llm.map("{text}", mode="batch", batch_limits={"requests": 0}, **opts)
+    with pytest.raises(ConfigError, match="poll_interval"):
+        frame(3).llm.map("{text}", mode="batch", **dict(opts, poll_interval=0))
+    with pytest.raises(ConfigError, match="not a plain function"):
+        frame(3).llm.submit("{text}", client=lambda messages, **kw: "x", cache=opts["cache"])
+    with pytest.raises(pandas_llm.TemplateError, match="nope"):
+        frame(3).llm.submit("{nope}", **opts)
+    assert srv.batches.files_uploaded == 0 and srv.requests == 0
+    # with a plain function client, auto mode stays realtime
+    out = frame(3).llm.map("{text}", mode="auto", batch_threshold=1, client=lambda messages, **kw: "x",
+                           cache=False, progress=False)  # fmt: skip
+    assert out.tolist() == ["x"] * 3
+
+
+def test_user_openai_clients_work(srv, opts):
+    import openai
+
+    opts = {k: v for k, v in opts.items() if k not in ("base_url", "api_key")}
+    sync = openai.OpenAI(base_url=srv.base_url, api_key="x")
+    aclient = openai.AsyncOpenAI(base_url=srv.base_url, api_key="x")
+    try:
+        assert frame(5).llm.map("Say: {text}", mode="batch", client=sync, **opts).tolist() == expected(frame(5))
+        df = frame(5, start=50)
+        assert df.llm.map("Say: {text}", mode="batch", client=aclient, **opts).tolist() == expected(df)
+    finally:
+        sync.close()
+        import asyncio
+
+        asyncio.run(aclient.close())
+    assert srv.batches.batches_created == 2
+
+
+def test_progress_bar_shows_batch_states_and_cost(srv, opts, capsys):
+    frame(20).llm.map("Say: {text}", mode="batch", **dict(opts, progress=True))
+    err = capsys.readouterr().err
+    assert "pandas-llm batch" in err and "completed=1" in err and "cost=$" in err
+
+
+def test_status_counts_by_state(srv, opts):
+    srv.batches.hold()
+    job = frame(12).llm.submit("Say: {text}", batch_limits={"requests": 5}, **opts)
+    st = job.status()
+    assert Counter(p.requests for p in st.parts) == Counter({5: 2, 2: 1})
+    assert st.counts()["submitted"] == 12 and st.stats.done_rows == sum(p.completed for p in st.parts)
+    srv.batches.release()
+    job.result()
+
+
+def test_failure_warning_points_at_the_callers_line(srv, opts):
+    srv.batches.fail_lines("row 3")
+    with pytest.warns(RunWarning) as caught:
+        frame(5).llm.map("Say: {text}", mode="batch", **opts)
+    assert caught[0].filename == __file__
+    srv.batches.fail_lines("row 3")
+    job = frame(5).llm.submit("Say: {text}", **opts)
+    with pytest.warns(RunWarning) as caught:
+        job.result()
+    assert caught[0].filename == __file__
+
+
+def test_list_batches_reads_the_sidecar(srv, opts, tmp_path):
+    assert pandas_llm.list_batches(tmp_path / "none.sqlite").empty
+    srv.batches.hold()
+    job = frame(12).llm.submit("Say: {text}", batch_limits={"requests": 5}, **opts)
+    listed = pandas_llm.list_batches(opts["cache"])
+    assert len(listed) == 3 and listed["open"].all() and set(listed["batch_id"]) == set(srv.batches.batches)
+    assert (listed["job"] == job.id).all() and listed["requests"].sum() == 12
+    srv.batches.release()
+    job.result()
+    listed = pandas_llm.list_batches(opts["cache"])
+    assert not listed["open"].any() and set(listed["state"]) == {"completed"}
