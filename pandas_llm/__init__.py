@@ -21,7 +21,8 @@ from .errors import (
     TemplateError,
 )
 from .packing import PackingReport
-from .jobs import BatchJob, list_batches
+from .jobs import BatchJob
+from .ledger import list_batches
 from .pipeline import RunReport, RunWarning, last_run
 from .structured import PromptOrderWarning
 

@@ -20,7 +20,6 @@ from .scheduler import RunStats
 
 __all__ = ["BatchStats", "BatchStatus", "BatchProgress"]
 
-ACTIVE = ("new", "uploaded", "validating", "in_progress", "finalizing", "cancelling")
 
 
 @dataclass

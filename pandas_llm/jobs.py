@@ -43,26 +43,24 @@ import pandas as pd
 
 from . import _runner
 from . import pipeline as _pipeline
-from .backends import Completion
-from .backends.batch import JOB_KEY, PART_KEY, BatchAPI, BatchInfo
-from .batch_view import ACTIVE, BatchProgress, BatchStats, BatchStatus
-from .batching import PartData, parse_line, split_parts
-from .cache import Record, Store
+from .backends.batch import JOB_KEY, PART_KEY, BatchAPI
+from .batch_view import BatchProgress, BatchStats, BatchStatus
+from .batching import PartData, split_parts
+from .cache import Store
+from .collect import Collector
 from .config import Settings
-from .errors import ConfigError, RequestError, FatalAPIError
+from .errors import ConfigError, FatalAPIError, RequestError
 from .ledger import Ledger, Part
 from .planner import Plan, make_plan
-from .pricing import cost as price_cost
 from .pricing import resolve_price
 from .progress import make_observer
 from .results import STATUS_MEANING
 
-__all__ = ["BatchJob", "list_batches", "start"]
+__all__ = ["BatchJob", "start"]
 
 log = logging.getLogger("pandas_llm")
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-_WRITE_EVERY = 5000  # results per cache transaction while an output file is parsed (a commit costs ~10 ms)
 _BACKOFF, _CAP = 1.5, 12  # poll waits grow 1.5x while nothing changes, up to 12x poll_interval
 
 
@@ -128,13 +126,12 @@ class BatchJob:
         self._parts: list[str] = []
         self._pending: Iterator[PartData] | None = None
         self._next: PartData | None = None
-        self._slot_of: dict[bytes, int] = {}
-        self._unanswered: dict[int, str] = {}
         self._submitted = False
         self._cancelled = False
         self._finished = False
         self._mem_store: Store | None = None  # cache=False: one in-memory sidecar for the job's life
-        self._price = resolve_price(settings.model)
+        self._collector = Collector(plan, self.stats, model=settings.model, endpoint=settings.endpoint,
+                                    price=resolve_price(settings.model))  # fmt: skip
 
     def __repr__(self) -> str:
         s = self.stats
@@ -257,8 +254,8 @@ class BatchJob:
             return
         plan, stats = self.plan, self.stats
         stats.phase = "submitting"
-        self._slot_of = {plan.keys[u]: u for u in plan.todo.tolist()}
-        todo_keys = list(self._slot_of)
+        slot_of = self._collector.slot_of = {plan.keys[u]: u for u in plan.todo.tolist()}
+        todo_keys = list(slot_of)
         covering = ledger.covering(todo_keys)
         if covering:
             for pid in dict.fromkeys(covering.values()):
@@ -362,99 +359,16 @@ class BatchJob:
             if (info.status, info.completed, info.failed) != (p.state, p.completed, p.failed):
                 ledger.update(pid, info)
             if info.status in TERMINAL:
-                await self._collect(ledger, api, pid, info)
+                await self._collector.collect(ledger, api, pid, info)
         if not self._cancelled:
             await self._send_more(ledger, api)
         self.stats.parts = [p for p in (ledger.part(pid) for pid in self._parts) if p is not None]
         if self._pending is None and not any(p.open for p in self.stats.parts):
             self._finish(ledger)
 
-    async def _collect(self, ledger: Ledger, api: BatchAPI, pid: str, info: BatchInfo) -> None:
-        """Write every line of the output and error files to the cache, then close the part."""
-        keys = set(ledger.keys_of(pid))
-        seen: set[bytes] = set()
-        buffer: list[Record] = []
-        store = ledger.store
-        model, endpoint = self.settings.model, self.settings.endpoint
-        for file_id in (info.output_file_id, info.error_file_id):
-            if not file_id:
-                continue
-            async for raw in api.lines(file_id):
-                key, record, unanswered = parse_line(raw, cost=self._cost, model=model, endpoint=endpoint)
-                if key is None or key not in keys or key in seen:
-                    continue
-                seen.add(key)
-                if record is not None:
-                    buffer.append(record)
-                    if len(buffer) >= _WRITE_EVERY:
-                        self._write(store, buffer)
-                        buffer = []
-                elif key in self._slot_of:
-                    self._unanswered[self._slot_of[key]] = unanswered
-        missing = keys - seen
-        if missing and info.status == "completed":
-            error = f"batch {info.id} completed without a result for this request"
-            buffer.extend(Record(k, "failed", error=error, model=model) for k in missing)
-        elif missing and info.status == "failed":
-            error = f"batch {info.id} failed: {info.errors or 'no reason given'}"
-            buffer.extend(Record(k, "failed", error=error, model=model) for k in missing)
-        else:
-            for k in missing:
-                if k in self._slot_of:
-                    self._unanswered[self._slot_of[k]] = info.status
-        self._write(store, buffer)
-        ledger.close(pid, info.status, info.errors)
-        log.info("pandas-llm: collected batch %s (%s): %d results", info.id, info.status, len(seen))
-
-    def _cost(self, c: Completion) -> float | None:
-        price = self._price
-        if price is None:
-            return None
-        try:
-            realtime = price_cost(price, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                                  cached_tokens=c.cached_tokens)  # fmt: skip
-            batch = price_cost(price, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                               cached_tokens=c.cached_tokens, batch=True)  # fmt: skip
-        except ValueError:
-            return None
-        self.stats.realtime_cost += realtime
-        return batch
-
-    def _write(self, store: Store, records: list[Record]) -> None:
-        """Commit, then count (never the other way round)."""
-        if not records:
-            return
-        store.write(records)
-        stats, outcomes, slot_of = self.stats, self.plan.outcomes, self._slot_of
-        for r in records:
-            stats.prompt_tokens += r.prompt_tokens
-            stats.completion_tokens += r.completion_tokens
-            stats.cached_tokens += r.cached_tokens
-            if r.cost is not None:
-                stats.cost += r.cost
-            elif r.prompt_tokens or r.completion_tokens:
-                stats.cost_known = False  # paid for, price unknown
-            u = slot_of.get(r.key)
-            if u is None:
-                continue  # another job's request in a batch we re-attached to: cached, not ours
-            outcomes.fill(u, r)
-            stats.sent_done += 1
-            if r.status == "ok":
-                stats.ok += 1
-            else:
-                stats.failed[r.status] += 1
-
     def _finish(self, ledger: Ledger) -> None:
         """Every batch is collected: fill what other processes collected, label the rest."""
-        plan, outcomes = self.plan, self.plan.outcomes
-        empty = [u for u in plan.todo.tolist() if outcomes.status[u] is None]
-        if empty:
-            slot_of = self._slot_of
-            for record in ledger.store.lookup([plan.keys[u] for u in empty]):
-                outcomes.fill(slot_of[record.key], record)
-        for u in empty:
-            if outcomes.status[u] is None:
-                outcomes.status[u] = self._unanswered.get(u, "cancelled" if self._cancelled else "stopped")
+        self._collector.finish(ledger.store, unsent="cancelled" if self._cancelled else "stopped")
         self._finished = True
         self.stats.phase = "cancelled" if self._cancelled else "done"
 
@@ -498,23 +412,3 @@ def _caller_level() -> int:
     while frame is not None and frame.f_code.co_filename.startswith(package):
         frame, level = frame.f_back, level + 1
     return level
-
-
-def list_batches(cache: str | os.PathLike | bool = True) -> pd.DataFrame:
-    """Every batch the sidecar knows, newest last: job, batch and file ids, state, counts, times.
-
-    For finding batches after a restart without re-running the cell; ``open`` marks the
-    ones whose results are not collected yet (re-running the same call collects them).
-    """
-    from .config import DEFAULT_CACHE
-
-    path = DEFAULT_CACHE if cache is True else None if cache is False else os.fspath(cache)
-    if path is None or not os.path.exists(path):
-        return pd.DataFrame(columns=list(Part._fields))
-    with Store(path) as store:
-        parts = Ledger(store).parts()
-    frame = pd.DataFrame(parts, columns=list(Part._fields))
-    for col in ("created_at", "updated_at"):
-        frame[col] = pd.to_datetime(frame[col], unit="s")
-    frame["open"] = frame["open"].astype(bool)
-    return frame

@@ -23,14 +23,16 @@ drops its key list (the results table is the record from then on).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import orjson
+import pandas as pd
 
 from .cache import Store
 
-__all__ = ["Ledger", "Part"]
+__all__ = ["Ledger", "Part", "list_batches"]
 
 
 class Part(NamedTuple):
@@ -167,3 +169,23 @@ class Ledger:
         if where:
             sql += " WHERE " + " AND ".join(where)
         return [Part._make(r) for r in self.conn.execute(sql + " ORDER BY created_at, part", args)]
+
+
+def list_batches(cache: str | os.PathLike | bool = True) -> pd.DataFrame:
+    """Every batch the sidecar knows, newest last: job, batch and file ids, state, counts, times.
+
+    For finding batches after a restart without re-running the cell; ``open`` marks the
+    ones whose results are not collected yet (re-running the same call collects them).
+    """
+    from .config import DEFAULT_CACHE
+
+    path = DEFAULT_CACHE if cache is True else None if cache is False else os.fspath(cache)
+    if path is None or not os.path.exists(path):
+        return pd.DataFrame(columns=list(Part._fields))
+    with Store(path) as store:
+        parts = Ledger(store).parts()
+    frame = pd.DataFrame(parts, columns=list(Part._fields))
+    for col in ("created_at", "updated_at"):
+        frame[col] = pd.to_datetime(frame[col], unit="s")
+    frame["open"] = frame["open"].astype(bool)
+    return frame

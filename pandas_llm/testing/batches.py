@@ -50,6 +50,7 @@ import orjson
 
 from ._http import Request, Response, error_response, json_response
 from .answers import InvalidRequest, last_user_content, prompt_tokens
+from .files import FileStore
 
 if TYPE_CHECKING:
     from .server import LLMServer
@@ -59,22 +60,6 @@ __all__ = ["BatchEndpoints"]
 ENDPOINT = "/v1/chat/completions"
 _ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 _TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
-@dataclass
-class _File:
-    id: str
-    filename: str
-    purpose: str
-    data: bytes
-    created_at: int
-
-    def obj(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "object": "file", "bytes": len(self.data), "created_at": self.created_at,
-            "filename": self.filename, "purpose": self.purpose, "status": "processed",
-            "expires_at": None, "status_details": None,
-        }  # fmt: skip
 
 
 @dataclass
@@ -135,7 +120,9 @@ class BatchEndpoints:
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
-        self.files: dict[str, _File] = {}
+        self.file_store = FileStore(server.check_auth, self._lock, self._ids)
+        #: Every file by id (uploads, outputs and error files).
+        self.files = self.file_store.files
         self.batches: dict[str, _Batch] = {}
         self._line_faults: list[_LineFault] = []
         self._expire: list[float] = []
@@ -143,12 +130,9 @@ class BatchEndpoints:
         self._stall_after: int | None = None
         self._held = False
         self.reset_counters()
+        server.routes.update(self.file_store.routes())
         server.routes.update(
             {
-                ("POST", "/v1/files"): self._upload,
-                ("GET", "/v1/files"): self._list_files,
-                ("GET", "/v1/files/*"): self._get_file,
-                ("DELETE", "/v1/files/*"): self._delete_file,
                 ("POST", "/v1/batches"): self._create,
                 ("GET", "/v1/batches"): self._list,
                 ("GET", "/v1/batches/*"): self._retrieve,
@@ -160,10 +144,18 @@ class BatchEndpoints:
     def reset_counters(self) -> None:
         """Zero the counters (not the stored files and batches)."""
         with self._lock:
-            self.files_uploaded = self.files_deleted = 0
+            self.file_store.uploaded = self.file_store.deleted = 0
             self.batches_created = self.batches_cancelled = self.batches_listed = self.batches_retrieved = 0
             self.lines_answered = self.lines_failed = 0
             self.peak_active = 0
+
+    @property
+    def files_uploaded(self) -> int:
+        return self.file_store.uploaded
+
+    @property
+    def files_deleted(self) -> int:
+        return self.file_store.deleted
 
     def hold(self) -> None:
         """Freeze every batch's progress (they stay ``in_progress``) until :meth:`release`."""
@@ -223,62 +215,8 @@ class BatchEndpoints:
         with self._lock:
             return sum(1 for b in self.batches.values() if self._advance(b) in _ACTIVE)
 
-    # -- files --------------------------------------------------------------------------
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids):08d}"
-
-    def _add_file(self, filename: str, purpose: str, data: bytes) -> _File:
-        f = _File(self._new_id("file"), filename, purpose, data, int(time.time()))
-        self.files[f.id] = f
-        return f
-
-    def _upload(self, request: Request) -> Response:
-        denied = self.server.check_auth(request)
-        if denied is not None:
-            return denied
-        try:
-            fields = _multipart(request)
-        except ValueError as exc:
-            return error_response(400, f"Could not parse the multipart upload: {exc}")
-        purpose = fields.get("purpose", (None, b""))[1].decode()
-        if "file" not in fields:
-            return error_response(400, "Missing file.", param="file")
-        if purpose not in ("batch", "fine-tune", "assistants", "vision", "user_data", "evals"):
-            return error_response(400, f"Invalid purpose {purpose!r}.", param="purpose")
-        filename, data = fields["file"]
-        with self._lock:
-            f = self._add_file(filename or "upload", purpose, data)
-            self.files_uploaded += 1
-        return json_response(200, f.obj())
-
-    def _list_files(self, request: Request) -> Response:
-        with self._lock:
-            data = [f.obj() for f in self.files.values()]
-        return json_response(200, {"object": "list", "data": data, "has_more": False})
-
-    def _get_file(self, request: Request) -> Response:
-        denied = self.server.check_auth(request)
-        if denied is not None:
-            return denied
-        rest = request.path[len("/v1/files/") :]
-        file_id, _, what = rest.partition("/")
-        with self._lock:
-            f = self.files.get(file_id)
-        if f is None or what not in ("", "content"):
-            return error_response(404, f"No such File object: {file_id}", code="not_found")
-        if what == "content":
-            return Response(200, f.data, content_type="application/octet-stream")
-        return json_response(200, f.obj())
-
-    def _delete_file(self, request: Request) -> Response:
-        file_id = request.path[len("/v1/files/") :]
-        with self._lock:
-            f = self.files.pop(file_id, None)
-            if f is not None:
-                self.files_deleted += 1
-        if f is None:
-            return error_response(404, f"No such File object: {file_id}", code="not_found")
-        return json_response(200, {"id": file_id, "object": "file", "deleted": True})
 
     # -- batches ------------------------------------------------------------------------
     def _create(self, request: Request) -> Response | asyncio.Future[Response]:
@@ -301,7 +239,7 @@ class BatchEndpoints:
             return error_response(400, "metadata: at most 16 string pairs, keys <= 64 and values <= 512 chars.",
                                   param="metadata")  # fmt: skip
         with self._lock:
-            f = self.files.get(body.get("input_file_id"))
+            f = self.file_store.get(body.get("input_file_id"))
             if f is None:
                 return error_response(400, f"Invalid input_file_id {body.get('input_file_id')!r}.", param="input_file_id")
             if f.purpose != "batch":
@@ -490,9 +428,9 @@ class BatchEndpoints:
         self.lines_answered += len(out)
         self.lines_failed += b.failed
         if out:
-            b.output_file_id = self._add_file(f"{b.id}_output.jsonl", "batch_output", b"".join(out)).id
+            b.output_file_id = self.file_store.add(f"{b.id}_output.jsonl", "batch_output", b"".join(out)).id
         if err:
-            b.error_file_id = self._add_file(f"{b.id}_error.jsonl", "batch_output", b"".join(err)).id
+            b.error_file_id = self.file_store.add(f"{b.id}_error.jsonl", "batch_output", b"".join(err)).id
         b.status = status
         b.times[f"{status}_at"] = int(time.time())
 
@@ -550,36 +488,3 @@ def _error_body(status: int, message: str, param: str | None = None) -> dict[str
 def _line(b: _Batch, custom_id: str, response: Any, error: Any) -> bytes:
     return orjson.dumps({"id": f"batch_req_{b.id}_{custom_id}", "custom_id": custom_id, "response": response,
                          "error": error}) + b"\n"  # fmt: skip
-
-
-def _multipart(request: Request) -> dict[str, tuple[str | None, bytes]]:
-    """``{field name: (filename, data)}`` from a ``multipart/form-data`` body."""
-    ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("multipart/form-data"):
-        raise ValueError(f"content-type is {ctype!r}, expected multipart/form-data")
-    params = dict(p.strip().partition("=")[::2] for p in ctype.split(";")[1:])
-    boundary = params.get("boundary", "").strip('"')
-    if not boundary:
-        raise ValueError("no boundary")
-    delim = b"--" + boundary.encode()
-    fields: dict[str, tuple[str | None, bytes]] = {}
-    for part in request.body.split(delim)[1:]:
-        if part.startswith(b"--"):
-            break
-        head, sep, data = part.partition(b"\r\n\r\n")
-        if not sep:
-            raise ValueError("a part has no header block")
-        if data.endswith(b"\r\n"):
-            data = data[:-2]
-        name = filename = None
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            if line.lower().startswith("content-disposition:"):
-                for item in line.split(";")[1:]:
-                    key, _, value = item.strip().partition("=")
-                    if key == "name":
-                        name = value.strip('"')
-                    elif key == "filename":
-                        filename = value.strip('"')
-        if name is not None:
-            fields[name] = (filename, data)
-    return fields

@@ -1,0 +1,127 @@
+"""Collecting: a finished batch's output and error files -> the cache, the outcomes, the figures.
+
+Each line is matched to its request by ``custom_id`` (the API does not keep order) and
+written to the cache as the file is parsed, in transactions of a few thousand, before
+it is counted. A failed request (error-file line, non-200 status, a batch that failed
+validation, a line the API never returned) becomes a failed row with its error, retried
+by the next run. A request an expired or cancelled batch never ran is not a failure:
+nothing is written, and the next run sends it again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .backends import Completion
+from .backends.batch import BatchAPI, BatchInfo
+from .batch_view import BatchStats
+from .batching import parse_line
+from .cache import Record, Store
+from .ledger import Ledger
+from .planner import Plan
+from .pricing import Price
+from .pricing import cost as price_cost
+
+__all__ = ["Collector"]
+
+log = logging.getLogger("pandas_llm")
+
+_WRITE_EVERY = 5000  # results per cache transaction while a file is parsed (a commit costs ~10 ms)
+
+
+class Collector:
+    """Writes results for one job: ``slot_of`` maps this job's request keys to plan slots;
+    results for other keys (a re-attached batch of another job) are cached, not counted."""
+
+    def __init__(self, plan: Plan, stats: BatchStats, *, model: str, endpoint: str, price: Price | None):
+        self.plan, self.stats = plan, stats
+        self.model, self.endpoint, self.price = model, endpoint, price
+        self.slot_of: dict[bytes, int] = {}
+        self.unanswered: dict[int, str] = {}  # slot -> "expired" | "cancelled"
+
+    async def collect(self, ledger: Ledger, api: BatchAPI, pid: str, info: BatchInfo) -> None:
+        """Write every line of the output and error files to the cache, then close the part."""
+        keys = set(ledger.keys_of(pid))
+        seen: set[bytes] = set()
+        buffer: list[Record] = []
+        store = ledger.store
+        model, endpoint = self.model, self.endpoint
+        for file_id in (info.output_file_id, info.error_file_id):
+            if not file_id:
+                continue
+            async for raw in api.lines(file_id):
+                key, record, unanswered = parse_line(raw, cost=self.cost, model=model, endpoint=endpoint)
+                if key is None or key not in keys or key in seen:
+                    continue
+                seen.add(key)
+                if record is not None:
+                    buffer.append(record)
+                    if len(buffer) >= _WRITE_EVERY:
+                        self.write(store, buffer)
+                        buffer = []
+                elif key in self.slot_of:
+                    self.unanswered[self.slot_of[key]] = unanswered
+        missing = keys - seen
+        if missing and info.status == "completed":
+            error = f"batch {info.id} completed without a result for this request"
+            buffer.extend(Record(k, "failed", error=error, model=model) for k in missing)
+        elif missing and info.status == "failed":
+            error = f"batch {info.id} failed: {info.errors or 'no reason given'}"
+            buffer.extend(Record(k, "failed", error=error, model=model) for k in missing)
+        else:
+            for k in missing:
+                if k in self.slot_of:
+                    self.unanswered[self.slot_of[k]] = info.status
+        self.write(store, buffer)
+        ledger.close(pid, info.status, info.errors)
+        log.info("pandas-llm: collected batch %s (%s): %d results", info.id, info.status, len(seen))
+
+    def cost(self, c: Completion) -> float | None:
+        price = self.price
+        if price is None:
+            return None
+        try:
+            realtime = price_cost(price, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                                  cached_tokens=c.cached_tokens)  # fmt: skip
+            batch = price_cost(price, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                               cached_tokens=c.cached_tokens, batch=True)  # fmt: skip
+        except ValueError:
+            return None
+        self.stats.realtime_cost += realtime
+        return batch
+
+    def write(self, store: Store, records: list[Record]) -> None:
+        """Commit, then count (never the other way round)."""
+        if not records:
+            return
+        store.write(records)
+        stats, outcomes, slot_of = self.stats, self.plan.outcomes, self.slot_of
+        for r in records:
+            stats.prompt_tokens += r.prompt_tokens
+            stats.completion_tokens += r.completion_tokens
+            stats.cached_tokens += r.cached_tokens
+            if r.cost is not None:
+                stats.cost += r.cost
+            elif r.prompt_tokens or r.completion_tokens:
+                stats.cost_known = False  # paid for, price unknown
+            u = slot_of.get(r.key)
+            if u is None:
+                continue  # another job's request in a batch we re-attached to: cached, not ours
+            outcomes.fill(u, r)
+            stats.sent_done += 1
+            if r.status == "ok":
+                stats.ok += 1
+            else:
+                stats.failed[r.status] += 1
+
+    def finish(self, store: Store, *, unsent: str) -> None:
+        """Fill the slots other processes collected (from the cache); label the rest
+        ``expired`` / ``cancelled`` (their batch never ran them) or ``unsent``."""
+        plan, outcomes = self.plan, self.plan.outcomes
+        empty = [u for u in plan.todo.tolist() if outcomes.status[u] is None]
+        if empty:
+            for record in store.lookup([plan.keys[u] for u in empty]):
+                outcomes.fill(self.slot_of[record.key], record)
+        for u in empty:
+            if outcomes.status[u] is None:
+                outcomes.status[u] = self.unanswered.get(u, unsent)
