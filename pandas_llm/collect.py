@@ -120,8 +120,9 @@ class Collector:
         plan, outcomes = self.plan, self.plan.outcomes
         empty = [u for u in plan.todo.tolist() if outcomes.status[u] is None]
         if empty:
-            for record in store.lookup([plan.keys[u] for u in empty]):
-                outcomes.fill(self.slot_of[record.key], record)
+            slot_of = {plan.keys[u]: u for u in empty}
+            for record in store.lookup(list(slot_of)):
+                outcomes.fill(slot_of[record.key], record)
         for u in empty:
             if outcomes.status[u] is None:
                 outcomes.status[u] = self.unanswered.get(u, unsent)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -137,6 +138,9 @@ class BatchJob:
         s = self.stats
         return f"<BatchJob {self.id}: {s.phase}, {s.to_send} of {s.unique} requests to send, {len(self._parts)} batches>"
 
+    def _repr_html_(self) -> str:
+        return self._snapshot()._repr_html_()  # as of the last call; status() polls
+
     # -- the sync API -------------------------------------------------------------------------
     def submit(self) -> "BatchJob":
         """Send the requests not cached and not already in flight; returns at once."""
@@ -144,7 +148,8 @@ class BatchJob:
         return self
 
     def status(self) -> BatchStatus:
-        """Poll every batch once, collect the finished ones into the cache, return a snapshot."""
+        """Poll every batch once, collect the finished ones into the cache (and send parts
+        the token budget now allows), return a snapshot. Renders as a table in a notebook."""
         return _runner.run_sync(self.astatus)
 
     def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
@@ -219,6 +224,8 @@ class BatchJob:
             stats.outcome = "done"
         except asyncio.CancelledError:
             stats.outcome = "interrupted"
+            log.info("pandas-llm: stopped waiting; the batches keep running at the API and are recorded in the "
+                     "sidecar: run the same call again to collect them (or job.cancel())")  # fmt: skip
             raise
         except FatalAPIError:
             stats.outcome = "failed"
@@ -314,6 +321,7 @@ class BatchJob:
         except BaseException as exc:
             ledger.close(pid, "abandoned", f"upload failed: {exc!r}")  # no batch can exist without the file id
             self._parts.remove(pid)
+            self._next = part  # sent again by the next call on this job
             raise
         ledger.set_file(pid, file_id)
         try:
@@ -321,6 +329,7 @@ class BatchJob:
         except (RequestError, FatalAPIError) as exc:
             ledger.close(pid, "abandoned", str(exc))  # refused: nothing was created
             self._parts.remove(pid)
+            self._next = part
             raise
         # Any other failure leaves the part 'uploaded': a later poll or rerun finds or creates its batch.
         ledger.update(pid, info)
@@ -333,17 +342,31 @@ class BatchJob:
     async def _resume(self, ledger: Ledger, api: BatchAPI, p: Part) -> Part | None:
         """A part recorded without a batch id: find its batch, or create it from its file."""
         if p.input_file_id is None:
-            ledger.close(p.part, "abandoned", "the process stopped before the upload finished")
+            self._abandon(ledger, p.part, "abandoned", "the process stopped before the upload finished")
             return ledger.part(p.part)
         info = await api.find(part=p.part, file_id=p.input_file_id)
         if info is None:
             try:
                 info = await api.create(p.input_file_id, self._metadata(p.part, p.requests))
             except (RequestError, FatalAPIError) as exc:
-                ledger.close(p.part, "abandoned", f"could not create the batch: {exc}")
+                self._abandon(ledger, p.part, "abandoned", f"could not create the batch: {exc}")
                 return ledger.part(p.part)
         ledger.update(p.part, info)
         return ledger.part(p.part)
+
+    def _abandon(self, ledger: Ledger, pid: str, state: str, error: str) -> None:
+        """Close a part whose batch cannot give results; this job's requests in it go to a new batch."""
+        keys = ledger.keys_of(pid)
+        ledger.close(pid, state, error)
+        log.info("pandas-llm: batch part %s %s (%s); its requests will be sent again", pid, state, error)
+        if not self._submitted or self._cancelled:
+            return  # before submitting, the plan still sends them; after a cancel, a rerun does
+        slot_of, plan = self._collector.slot_of, self.plan
+        again = [(slot_of[k], k, plan.body_of(slot_of[k])) for k in keys if k in slot_of]
+        if again:
+            limits = self.settings.batch_limits
+            more = split_parts(again, limits, self._tokens_of() if limits.enqueued_tokens is not None else None)
+            self._pending = more if self._pending is None else itertools.chain(more, self._pending)
 
     async def _refresh(self, ledger: Ledger, api: BatchAPI) -> None:
         """Poll each open part once, collect the finished ones, send what the budget now allows."""
@@ -355,11 +378,18 @@ class BatchJob:
                 p = await self._resume(ledger, api, p)
                 if p is None or p.batch_id is None:
                     continue
-            info = await api.retrieve(p.batch_id)
-            if (info.status, info.completed, info.failed) != (p.state, p.completed, p.failed):
-                ledger.update(pid, info)
-            if info.status in TERMINAL:
-                await self._collector.collect(ledger, api, pid, info)
+            try:
+                info = await api.retrieve(p.batch_id)
+                if (info.status, info.completed, info.failed) != (p.state, p.completed, p.failed):
+                    ledger.update(pid, info)
+                if info.status in TERMINAL:
+                    await self._collector.collect(ledger, api, pid, info)
+            except FatalAPIError as exc:
+                if exc.status != 404:
+                    raise
+                # The API no longer knows the batch or its output file (deleted, expired after
+                # 30 days, another account): nothing more can come from it.
+                self._abandon(ledger, pid, "lost", f"batch {p.batch_id} or its files are gone (HTTP 404)")
         if not self._cancelled:
             await self._send_more(ledger, api)
         self.stats.parts = [p for p in (ledger.part(pid) for pid in self._parts) if p is not None]

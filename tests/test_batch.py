@@ -404,3 +404,62 @@ def test_list_batches_reads_the_sidecar(srv, opts, tmp_path):
     job.result()
     listed = pandas_llm.list_batches(opts["cache"])
     assert not listed["open"].any() and set(listed["state"]) == {"completed"}
+
+
+def test_a_batch_the_api_lost_is_sent_again(srv, opts):
+    srv.batches.hold()
+    df = frame(20)
+    first = df.llm.submit("Say: {text}", batch_limits={"requests": 10}, **opts)
+    lost = sorted(srv.batches.batches)[0]
+    del srv.batches.batches[lost], first
+    srv.batches.release()
+    out = df.llm.map("Say: {text}", mode="batch", batch_limits={"requests": 10}, **opts)
+    assert out.tolist() == expected(df)
+    assert srv.batches.batches_created == 3 and set(srv.prompt_counts.values()) == {1}
+    assert set(pandas_llm.list_batches(opts["cache"])["state"]) == {"lost", "completed"}
+
+
+def test_an_output_file_gone_before_collection_is_sent_again(srv, opts):
+    import openai
+
+    job = frame(10).llm.submit("Say: {text}", **opts)
+    client = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
+    (batch_id,) = srv.batches.batches
+    client.files.delete(client.batches.retrieve(batch_id).output_file_id)  # the server finishes it here
+    client.close()
+    assert job.result().tolist() == expected(frame(10))
+    assert srv.batches.batches_created == 2 and srv.batches.lines_answered == 20
+
+
+def test_cancel_before_submitting_sends_nothing(srv, opts):
+    from pandas_llm.jobs import start
+    from pandas_llm.config import current_settings
+
+    job = start(frame(5), "Say: {text}", current_settings().merged(mode="batch", **opts))
+    status = job.cancel()
+    assert status.state == "cancelled" and srv.batches.files_uploaded == 0
+    with pytest.warns(RunWarning, match="5 cancelled"):
+        assert job.result().isna().all()
+
+
+def test_interrupted_wait_leaves_the_batches_to_a_rerun(srv, opts):
+    import asyncio
+
+    srv.batches.hold()
+    df = frame(30)
+
+    async def interrupted():
+        job = await df.llm.asubmit("Say: {text}", batch_limits={"requests": 10}, **opts)
+        task = asyncio.ensure_future(job.aresult())
+        while srv.batches.batches_retrieved < 3:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return job
+
+    job = asyncio.run(interrupted())
+    assert job.stats.outcome == "interrupted" and "BatchJob" in job._repr_html_()
+    srv.batches.release()
+    assert df.llm.map("Say: {text}", mode="batch", **opts).tolist() == expected(df)
+    assert srv.batches.batches_created == 3 and srv.batches.lines_answered == 30
