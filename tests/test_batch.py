@@ -463,3 +463,30 @@ def test_interrupted_wait_leaves_the_batches_to_a_rerun(srv, opts):
     srv.batches.release()
     assert df.llm.map("Say: {text}", mode="batch", **opts).tolist() == expected(df)
     assert srv.batches.batches_created == 3 and srv.batches.lines_answered == 30
+
+
+def test_transient_api_errors_are_retried_with_backoff(srv, opts):
+    from pandas_llm.jobs import start
+    from pandas_llm.config import current_settings
+
+    waits = []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+
+    srv.batches.fail_requests(503, times=2)  # the upload, twice
+    srv.batches.fail_requests(429, times=1, retry_after=7)  # the create
+    job = start(frame(10), "Say: {text}", current_settings().merged(mode="batch", **opts))
+    job.sleep = sleep
+    assert job.result().tolist() == expected(frame(10))
+    assert waits[:3][2] == 7 and all(0 < w < 5 for w in waits[:2])
+    assert (srv.batches.files_uploaded, srv.batches.batches_created) == (1, 1)
+
+
+def test_persistent_api_errors_raise_and_the_rerun_recovers(srv, opts):
+    srv.batches.fail_requests(503, times=100)
+    with pytest.raises(pandas_llm.RetryableError, match="HTTP 503"):
+        frame(5).llm.submit("Say: {text}", max_attempts=2, **opts)
+    srv.batches.clear_faults()
+    assert frame(5).llm.map("Say: {text}", mode="batch", **opts).tolist() == expected(frame(5))
+    assert srv.batches.batches_created == 1

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._http import Request, Response, error_response, json_response
+from ._http import Request, Response, default_error, error_response, json_response
 from .answers import InvalidRequest, last_user_content, prompt_tokens
 from .files import FileStore
 
@@ -128,17 +128,17 @@ class BatchEndpoints:
         self._expire: list[float] = []
         self._create_faults = 0
         self._stall_after: int | None = None
+        self._request_faults: list[tuple[int, float | None]] = []
         self._held = False
         self.reset_counters()
-        server.routes.update(self.file_store.routes())
-        server.routes.update(
-            {
-                ("POST", "/v1/batches"): self._create,
-                ("GET", "/v1/batches"): self._list,
-                ("GET", "/v1/batches/*"): self._retrieve,
-                ("POST", "/v1/batches/*"): self._cancel,
-            }
-        )
+        routes = {
+            **self.file_store.routes(),
+            ("POST", "/v1/batches"): self._create,
+            ("GET", "/v1/batches"): self._list,
+            ("GET", "/v1/batches/*"): self._retrieve,
+            ("POST", "/v1/batches/*"): self._cancel,
+        }
+        server.routes.update({route: self._faulty(handler) for route, handler in routes.items()})
 
     # -- knobs for tests ----------------------------------------------------------------
     def reset_counters(self) -> None:
@@ -183,6 +183,23 @@ class BatchEndpoints:
         with self._lock:
             self._line_faults.append(_LineFault(match, status, message or f"Injected error {status}.", times))
 
+    def fail_requests(self, status: int = 503, *, times: int = 1, retry_after: float | None = None) -> None:
+        """The next ``times`` requests to ``/v1/files`` or ``/v1/batches`` answer ``status``
+        (with ``retry-after`` if given) without doing anything."""
+        with self._lock:
+            self._request_faults.extend([(status, retry_after)] * times)
+
+    def _faulty(self, handler: Any) -> Any:
+        def route(request: Request) -> Any:
+            with self._lock:
+                fault = self._request_faults.pop(0) if self._request_faults else None
+            if fault is None:
+                return handler(request)
+            status, retry_after = fault
+            return default_error(status, [("retry-after", str(retry_after))] if retry_after is not None else [])
+
+        return route
+
     def stall_creates_after(self, count: int) -> None:
         """Every ``POST /v1/batches`` after the next ``count`` creates its batch and then never
         answers (as if the client died while waiting), until :meth:`clear_faults`."""
@@ -196,6 +213,7 @@ class BatchEndpoints:
             self._expire.clear()
             self._create_faults = 0
             self._stall_after = None
+            self._request_faults.clear()
 
     def expire_next(self, fraction: float = 0.0, *, count: int = 1) -> None:
         """The next ``count`` batches created expire after answering ``fraction`` of their lines."""
