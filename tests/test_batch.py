@@ -490,3 +490,10 @@ def test_persistent_api_errors_raise_and_the_rerun_recovers(srv, opts):
     srv.batches.clear_faults()
     assert frame(5).llm.map("Say: {text}", mode="batch", **opts).tolist() == expected(frame(5))
     assert srv.batches.batches_created == 1
+
+
+def test_batch_mode_with_a_schema_is_refused_before_spending(server, opts):
+    df = pd.DataFrame({"text": ["a"]})
+    with pytest.raises(pandas_llm.ConfigError, match="does not validate schemas"):
+        df.llm.extract("{text}", schema={"type": "object", "properties": {"x": {"type": "string"}}}, mode="batch", **opts)
+    assert server.requests == 0
