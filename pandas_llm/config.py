@@ -117,6 +117,7 @@ class Settings:
     batch_threshold: int = 5000
     poll_interval: float = 5.0  # first wait between Batch API polls; grows to 12x while nothing changes
     batch_limits: BatchLimits = field(default_factory=BatchLimits)
+    prices: Any = None  # a pricing.Price for every model, or {model: Price}; None: the price table
 
     def __post_init__(self) -> None:
         if self.mode not in ("realtime", "batch", "auto"):
@@ -167,6 +168,8 @@ class Settings:
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
         if self.system is not None and not isinstance(self.system, str):
             raise ConfigError("system must be a string (the system message) or None")
+        if self.prices is not None:
+            _check_prices(self.prices)
         unknown = set(self.params) - GENERATION_PARAMS
         if unknown:
             raise ConfigError(_unknown_message(sorted(unknown)))
@@ -211,6 +214,19 @@ class Settings:
         if unknown:
             raise ConfigError(_unknown_message(unknown))
         return dataclasses.replace(self, params=params, **direct)
+
+
+def _check_prices(prices: Any) -> None:
+    from .pricing import Price
+
+    if isinstance(prices, Price):
+        return
+    if isinstance(prices, Mapping) and all(isinstance(k, str) and isinstance(v, Price) for k, v in prices.items()):
+        return
+    raise ConfigError(
+        "prices must be a pandas_llm.Price, e.g. prices=Price.per_million(input=0.15, output=0.60) "
+        f"(USD per million tokens), or a dict {{model name: Price}}; got {prices!r}"
+    )
 
 
 def _unknown_message(names: list[str]) -> str:

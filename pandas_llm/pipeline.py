@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .backends import make_backend
+from .budget import Budget, Meter
 from .cache import Store
 from .config import Settings
 from .errors import FatalAPIError
@@ -92,6 +93,7 @@ class Run:
             self.plan = plan = make_plan(data, template, settings, self.store, extra=extra)
             if packing is not None:
                 packing.prepare(plan, self.store)  # packed answers from the cache; narrows plan.todo
+            self.meter = Meter.for_settings(settings) if len(plan.todo) or settings.max_cost else None
             self.backend = make_backend(settings) if len(plan.todo) else None
         except BaseException:
             self.store.close()
@@ -107,7 +109,11 @@ class Run:
             cached_unique=int(plan.outcomes.from_cache.sum()),
             to_send=len(plan.todo),
             saved_cost=float(np.nansum(plan.outcomes.cost)),
+            max_cost=settings.max_cost,
         )
+        if self.meter is not None and self.meter.price is None:
+            self.stats.cost_known = False  # tokens are shown, dollars say "price unknown"
+        self.budget = Budget(settings.max_cost, self.meter, stats=self.stats) if settings.max_cost else None
 
     async def execute(self, *, on_update: Callable[[RunStats], None] | None = None) -> None:
         stats = self.stats
@@ -139,7 +145,10 @@ class Run:
             raise
         finally:
             stats.finished = time.monotonic()
-            self.plan.outcomes.mark_unsent("stopped")
+            unsent = "budget" if stats.budget_reached else "stopped"
+            n_unsent = self.plan.outcomes.mark_unsent(unsent)
+            if n_unsent:
+                stats.unsent[unsent] += n_unsent
             if self.backend is not None:
                 await self.backend.aclose()
             observer.close(stats)
@@ -162,6 +171,8 @@ class Run:
             on_update=on_update,
             model=s.model,
             **options,
+            cost=self.meter.cost,
+            budget=self.budget,
         )
 
     def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
@@ -178,6 +189,11 @@ class Run:
             return
         total = sum(bad.values())
         kinds = ", ".join(f"{n} {k} ({STATUS_MEANING.get(k, k)})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1]))
+        if "budget" in bad:
+            kinds += (
+                f". max_cost=${self.settings.max_cost:g} stopped the run after ${self.stats.cost:.4g}"
+                " (raise max_cost, or set max_tokens for a tighter worst case per request)"
+            )
         warnings.warn(
             f"{total} of {self.stats.total} rows have no answer: {kinds}. Their values are NA; "
             "see pandas_llm.last_run().failures (or pass details=True). Running the same call "

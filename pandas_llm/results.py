@@ -60,10 +60,11 @@ class Outcomes:
         self.attempts[u] = r.attempts
         self.from_cache[u] = from_cache
 
-    def mark_unsent(self, status: str) -> None:
-        """Label every slot that got no outcome (the run stopped before sending it)."""
+    def mark_unsent(self, status: str) -> int:
+        """Label every slot that got no outcome (the run stopped before sending it); return how many."""
         empty = self.status == None  # noqa: E711 - elementwise
         self.status[empty] = status
+        return int(empty.sum())
 
     def series(self, codes: np.ndarray, index: pd.Index, name: Any = None) -> pd.Series:
         """The answers per row: string dtype, NA where a row was skipped or failed."""

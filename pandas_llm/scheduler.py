@@ -64,6 +64,10 @@ class RunStats:
     cost: float = 0.0
     cost_known: bool = True
     saved_cost: float = 0.0  # what the cached rows cost when they were paid for
+    max_cost: float | None = None  # the budget cap, if any (budget.py)
+    reserved_cost: float = 0.0  # worst cases reserved by requests in flight
+    budget_reached: bool = False  # the next request could have gone over max_cost
+    unsent: Counter = field(default_factory=Counter)  # distinct requests never sent, by status
     paused_until: float = 0.0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -112,6 +116,7 @@ class Engine:
         model: str | None = None,
         validate: Callable[[str | None], str | None] | None = None,
         invalid_retries: int = 2,
+        budget: Any = None,
         flush_interval: float = 0.005,
         flush_size: int = 256,
         clock: Callable[[], float] = time.monotonic,
@@ -130,6 +135,7 @@ class Engine:
         self.model = model
         self.validate = validate
         self.invalid_retries = invalid_retries
+        self.budget = budget  # budget.Budget: reserves each request's worst case (max_cost)
         self.flush_interval = flush_interval
         self.flush_size = flush_size
         self.clock = clock
@@ -157,10 +163,13 @@ class Engine:
 
     async def _worker(self, jobs: Iterator[Job]) -> None:
         process = self._process if self.validate is None else self._process_validated
+        sends = 1 if self.validate is None else 1 + self.invalid_retries  # the most requests one job makes
         for job in jobs:
             if self._stop:
                 return
-            record = await process(job)
+            record = await (process(job) if self.budget is None else self.budget.spend(job, process, sends))
+            if record is None:  # over budget: this job and the rest stay unsent
+                return
             self._buffer.append((job[0], record))
             if len(self._buffer) >= self.flush_size:
                 self.flush()
@@ -204,6 +213,7 @@ class Engine:
                 stats.rate_limited += 1
                 wait = self.retry.backoff(max(1, failures), exc.retry_after)
                 limiter.pause(wait)
+                stats.paused_until = limiter.paused_until
                 if self._past_deadline(wait):
                     return Record(key, "failed", error=str(exc), attempts=attempts, model=self.model)
                 stats.retries += 1

@@ -114,6 +114,8 @@ class LLMServer:
         self._faults: list[_Fault] = []
         self._counts: Counter[str] = Counter()
         self.requests = self.completed = self.rate_limited = self.injected = 0
+        #: usage billed in the answers sent (``usage.prompt_tokens`` / ``completion_tokens`` summed)
+        self.prompt_tokens = self.completion_tokens = 0
         #: ``{(METHOD, path): handler}``; add routes before or after ``start()``.
         self.routes: dict[tuple[str, str], Callable[[Request], Any]] = {
             ("POST", "/v1/chat/completions"): self._chat,
@@ -237,10 +239,11 @@ class LLMServer:
             return sum(n for key, n in self._counts.items() if prompt in key)
 
     def reset_counters(self) -> None:
-        """Zero ``requests``, ``completed``, ``rate_limited``, ``injected`` and ``prompt_counts``."""
+        """Zero ``requests``, ``completed``, ``rate_limited``, ``injected``, the token totals and ``prompt_counts``."""
         with self._lock:
             self._counts.clear()
             self.requests = self.completed = self.rate_limited = self.injected = 0
+            self.prompt_tokens = self.completion_tokens = 0
         self.structured.reset()
 
     # -- faults -------------------------------------------------------------------------
@@ -365,6 +368,8 @@ class LLMServer:
         with self._lock:
             self.completed += 1
             self._counts[done.prompt] += 1
+            self.prompt_tokens += done.prompt_tokens
+            self.completion_tokens += done.completion_tokens
         return {
             "id": f"chatcmpl-{next(self._ids):012d}",
             "object": "chat.completion",

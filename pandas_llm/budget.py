@@ -1,0 +1,219 @@
+"""Dollars for one run: the cost of each answer, and the ``max_cost`` cap as reservations.
+
+``Meter`` prices a run's requests at one ``Price``: ``cost(completion)`` is what an answer
+cost (from the usage the endpoint reported, cached input tokens at their discount), and
+``worst_case(body)`` the most a request can cost before it is sent: its prompt tokens at
+the input price plus the most output tokens it may produce (its ``max_tokens``, else the
+model's output limit) at the output price.
+
+``Budget`` holds ``max_cost``. Before a request is sent its worst case is reserved; when
+the answer arrives the reservation is released and the real cost charged. A request
+starts only if ``spent + reserved + worst case <= max_cost``; if it does not fit while
+others are in flight it waits for them to settle (they usually cost far less than their
+worst case); if it does not fit with nothing in flight, the budget is exhausted and no
+further request is sent. So the run's real cost never exceeds the cap, provided the
+endpoint bills no more than the worst case (tiktoken's exact count, and never less than
+one token per 4 bytes of the request body).
+
+    >>> from pandas_llm.pricing import Price
+    >>> m = Meter("gpt-4o-mini", Price.per_million(input=1.0, output=2.0), max_output=100)
+    >>> b = Budget(0.001, m)
+    >>> b.try_reserve(0.0004), b.try_reserve(0.0004), b.try_reserve(0.0004)
+    (True, True, None)
+    >>> b.settle(0.0004, 0.0001); b.try_reserve(0.0004)
+    True
+    >>> round(b.spent, 6), round(b.reserved, 6)
+    (0.0001, 0.0008)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from .backends import Completion
+from .cache import Record
+from .errors import ConfigError
+from .pricing import Price, cost, resolve_price
+from .tokens import count_message_tokens, encoding_name_for
+
+__all__ = ["Budget", "Meter", "max_output_tokens"]
+
+# Published output-token limits of OpenAI models; first prefix match wins, so the longer
+# names come first. A request can never produce more completion tokens than this.
+_MAX_OUTPUT: tuple[tuple[str, int], ...] = (
+    ("gpt-4o-mini", 16_384),
+    ("gpt-4o", 16_384),
+    ("chatgpt-4o", 16_384),
+    ("gpt-4.1", 32_768),
+    ("gpt-4.5", 16_384),
+    ("gpt-4-turbo", 4_096),
+    ("gpt-4-1106", 4_096),
+    ("gpt-4-0125", 4_096),
+    ("gpt-4", 8_192),
+    ("gpt-3.5", 4_096),
+    ("gpt-5", 128_000),
+    ("o1-mini", 65_536),
+    ("o1", 100_000),
+    ("o3", 100_000),
+    ("o4", 100_000),
+)
+
+
+def max_output_tokens(model: str, *, provider: str | None = None) -> int | None:
+    """The most completion tokens ``model`` can produce in one answer, or None if unknown.
+
+    OpenAI's published output limits; for other models in the price table, the context
+    window (prompt and answer share it, so it bounds the answer too).
+
+    >>> max_output_tokens("gpt-4o-mini"), max_output_tokens("ft:gpt-4.1-mini:org::x"), max_output_tokens("my-llama")
+    (16384, 32768, None)
+    """
+    name = model.lower().removeprefix("ft:").rpartition("/")[2]
+    for prefix, limit in _MAX_OUTPUT:
+        if name.startswith(prefix):
+            return limit
+    try:
+        from genai_prices import Usage, calc_price
+
+        window = calc_price(Usage(), model, provider_id=provider).model.context_window
+    except LookupError:
+        return None
+    return int(window) if window else None
+
+
+class Meter:
+    """Prices one run's requests. ``price`` None means "price unknown": costs are None."""
+
+    def __init__(self, model: str, price: Price | None, *, max_output: int | None = None):
+        self.model = model
+        self.price = price
+        self.max_output = max_output
+        self._tiktoken = encoding_name_for(model) is not None
+
+    @classmethod
+    def for_settings(cls, settings: Any) -> Meter:
+        """The meter for a run; raises ConfigError if ``max_cost`` is set but cannot be enforced."""
+        price = resolve_price(settings.model, settings.prices)
+        meter = cls(settings.model, price)
+        if settings.max_cost is None:
+            return meter
+        if price is None:
+            raise ConfigError(
+                f"max_cost={settings.max_cost} needs the price of {settings.model!r}, which the price "
+                "table does not know. Pass prices=pandas_llm.Price.per_million(input=..., output=...) "
+                "(USD per million tokens), or drop max_cost."
+            )
+        params = settings.params
+        if params.get("max_completion_tokens") is None and params.get("max_tokens") is None:
+            meter.max_output = max_output_tokens(settings.model)
+            if meter.max_output is None:
+                raise ConfigError(
+                    f"max_cost={settings.max_cost} needs a bound on the length of each answer, and the "
+                    f"output limit of {settings.model!r} is not known: pass max_tokens=..."
+                )
+        return meter
+
+    def cost(self, c: Completion) -> float | None:
+        """USD for one answer, from its usage; None if the price or the usage is unknown."""
+        if self.price is None or (c.prompt_tokens == 0 and c.completion_tokens == 0):
+            return None
+        return cost(
+            self.price,
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            cached_tokens=min(c.cached_tokens, c.prompt_tokens),
+        )
+
+    def worst_case(self, body: bytes) -> float:
+        """The most the request ``body`` can cost (USD), before it is sent."""
+        price = self.price
+        if price is None:
+            return 0.0
+        request = orjson.loads(body)
+        prompt = -(-len(body) // 4)  # a tokenizer-free bound: an unknown tokenizer, tools, schemas
+        if self._tiktoken:
+            prompt = max(prompt, count_message_tokens(request.get("messages") or [], self.model))
+        limit = request.get("max_completion_tokens") or request.get("max_tokens") or self.max_output or 0
+        return prompt * price.input + limit * price.output
+
+
+class Budget:
+    """``max_cost`` as reservations: see the module docstring. Lives on the run's loop."""
+
+    def __init__(self, cap: float, meter: Meter, *, stats: Any = None):
+        self.cap = cap
+        self.meter = meter
+        self.stats = stats  # RunStats: reserved_cost and budget_reached are shown live
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.holders = 0
+        self.exhausted = False
+        self._changed: asyncio.Event | None = None
+
+    def try_reserve(self, amount: float) -> bool | None:
+        """Reserve ``amount``: True done; None wait for others to settle; False exhausted."""
+        if self.exhausted:
+            return False
+        if self.spent + self.reserved + amount <= self.cap:
+            self.reserved += amount
+            self.holders += 1
+            self._show()
+            return True
+        if self.holders == 0:
+            self.exhausted = True
+            if self.stats is not None:
+                self.stats.budget_reached = True
+            return False
+        return None
+
+    async def reserve(self, amount: float) -> bool:
+        """Wait until ``amount`` fits (True) or can never fit (False: stop sending)."""
+        while True:
+            decision = self.try_reserve(amount)
+            if decision is not None:
+                return decision
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+
+    def settle(self, held: float, actual: float) -> None:
+        """Release a reservation of ``held`` and charge ``actual``."""
+        self.holders -= 1
+        self.reserved = self.reserved - held if self.holders else 0.0  # no float residue when idle
+        self.spent += actual
+        self._show()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def actual(self, held: float, record: Record | None) -> float:
+        """What a finished request is charged: its cost; if usage is unknown, its reservation."""
+        if record is None:
+            return held  # cancelled mid-flight: it may have been billed
+        if record.cost is not None:
+            return record.cost
+        answered = record.prompt_tokens or record.completion_tokens or record.output is not None
+        return held if answered else 0.0  # an HTTP error costs nothing
+
+    async def spend(self, job: tuple[int, bytes, bytes], send: Any, sends: int = 1) -> Record | None:
+        """Run ``send(job)`` inside a reservation; None (not sent) once the budget is exhausted.
+
+        ``sends`` is the most requests ``send`` may make for the job (an answer that fails its
+        schema is asked again): each of them is reserved at the worst case.
+        """
+        held = self.meter.worst_case(job[2]) * sends
+        if not await self.reserve(held):
+            return None
+        record = None
+        try:
+            record = await send(job)
+            return record
+        finally:
+            self.settle(held, self.actual(held, record))
+
+    def _show(self) -> None:
+        if self.stats is not None:
+            self.stats.reserved_cost = self.reserved
