@@ -19,6 +19,9 @@ from typing import Any
 import pandas as pd
 
 from . import _runner
+from . import estimate as _estimate
+from .config import current_settings
+from .estimate import Estimate
 from .jobs import BatchJob
 from .structured import check_prompt_order, prepare
 
@@ -169,6 +172,32 @@ class LLMAccessor:
         run = await self._aprepare(template, options, verb="classify", labels=labels, multi=multi, reasons=reasons)
         await run.execute()
         return run.result(details=details)
+
+    def estimate(
+        self,
+        template: Any,
+        *,
+        sample: int | None = None,
+        output_tokens: int | None = None,
+        seed: int | None = None,
+        **options: Any,
+    ) -> Estimate:
+        """What :meth:`map` with the same arguments would send and cost, before paying for it.
+
+        Rows, unique prompts after dedup, cache hits, input tokens (exact), output tokens
+        (bounded by ``max_tokens``, or an assumption: ``output_tokens=`` per answer) and
+        dollars for realtime and the Batch API. Nothing is sent, unless ``sample=k``: then
+        k random prompts run for real (cached, so not paid twice) to measure output length.
+        Shows as a table in a notebook.
+        """
+        settings = current_settings().merged(**options)
+
+        def run_sample(subset: pd.DataFrame | pd.Series) -> pd.DataFrame:
+            return LLMAccessor(subset).map(template, details=True, **options)
+
+        return _estimate.estimate(
+            self._obj, template, settings, sample=sample, output_tokens=output_tokens, seed=seed, run_sample=run_sample
+        )
 
 
 def register() -> None:

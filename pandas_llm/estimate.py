@@ -1,0 +1,262 @@
+"""Estimate a run before paying for it: rows, unique prompts, cache hits, tokens, dollars.
+
+Without ``sample`` nothing is sent: the frame is planned exactly as ``map`` would plan it
+(render, dedup, cache look-up) and the prompts still to send are counted with tiktoken.
+Output length is what no one knows in advance: it is bounded by ``max_tokens`` if set,
+else an assumption that is stated (``output_tokens=``, default 100 per answer). With
+``sample=k``, k random distinct prompts are run for real through the normal ``map``
+(so they are cached and not paid twice) and the output length is extrapolated from their
+answers, with a range (the mean's ~95% interval).
+
+    >>> import pandas as pd, pandas_llm
+    >>> df = pd.DataFrame({"text": ["hello", "world", "hello"]})
+    >>> est = df.llm.estimate("Say: {text}", model="gpt-4o-mini", max_tokens=50, cache=False)
+    >>> est.rows, est.unique, est.to_send, est.input_tokens
+    (3, 2, 2, 20)
+    >>> est.output_tokens
+    Range(low=0, expected=None, high=100)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from .cache import Store
+from .config import Settings
+from .errors import ConfigError
+from .planner import make_plan
+from .pricing import Price, resolve_price
+from .progress import money
+from .tokens import count_message_tokens, encoding_name_for
+
+__all__ = ["Estimate", "Range", "estimate", "DEFAULT_OUTPUT_TOKENS"]
+
+#: Assumed completion tokens per answer when neither max_tokens nor a sample says more.
+DEFAULT_OUTPUT_TOKENS = 100
+
+
+class Range(NamedTuple):
+    """A low / expected / high figure; ``expected`` None means "at most ``high``"."""
+
+    low: float
+    expected: float | None
+    high: float
+
+    def scale(self, f: Callable[[float], float]) -> Range:
+        return Range(f(self.low), None if self.expected is None else f(self.expected), f(self.high))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What ``map`` with the same arguments would send and cost. See the module docstring."""
+
+    model: str
+    rows: int
+    skipped: int  # rows not sent (NA cells)
+    unique: int  # distinct prompts after dedup
+    cached: int  # distinct prompts already answered in the cache
+    to_send: int
+    input_tokens: int  # prompt tokens of the requests to send
+    input_exact: bool  # False: the model's tokenizer is unknown, counted with o200k_base
+    output_tokens: Range
+    output_basis: str  # how output_tokens was arrived at, in words
+    price: Price | None  # None: price unknown
+    saved: float  # what the cached answers cost when they were paid for
+    sampled: int = 0  # requests run for real by sample=
+    sample_cost: float | None = 0.0  # what this call spent on them
+    max_cost: float | None = None
+
+    @property
+    def cost(self) -> Range | None:
+        """USD at realtime prices (no provider prompt-cache discount assumed); None if unknown."""
+        return self._cost(batch=False)
+
+    @property
+    def batch_cost(self) -> Range | None:
+        """USD through the Batch API."""
+        return self._cost(batch=True)
+
+    def _cost(self, *, batch: bool) -> Range | None:
+        p = self.price
+        if p is None:
+            return None
+        rate_in, rate_out = (p.batch_input, p.batch_output) if batch else (p.input, p.output)
+        base = self.input_tokens * rate_in
+        return self.output_tokens.scale(lambda n: base + n * rate_out)
+
+    def table(self) -> list[tuple[str, str, str]]:
+        """(figure, value, note) rows, as both reprs show them."""
+        rows = [
+            ("rows", f"{self.rows:,}", f"{self.skipped:,} skipped (NA cells)" if self.skipped else ""),
+            ("unique prompts", f"{self.unique:,}", "after dedup" if self.unique != self.rows - self.skipped else ""),
+            ("cache hits", f"{self.cached:,}", f"saved {money(self.saved)}" if self.saved > 0 else ""),
+            ("to send", f"{self.to_send:,}", ""),
+            (
+                "input tokens",
+                f"{self.input_tokens:,}",
+                "exact (tiktoken)" if self.input_exact else "estimated: tokenizer unknown, counted with o200k_base",
+            ),
+            ("output tokens", _range(self.output_tokens, lambda n: f"{round(n):,}"), self.output_basis),
+        ]
+        for label, value in (("cost, realtime", self.cost), ("cost, Batch API", self.batch_cost)):
+            if value is None:
+                rows.append((label, "price unknown", f"pass prices= to price {self.model!r}" if label.endswith("realtime") else ""))
+            else:
+                rows.append((label, _range(value, money), "" if value.expected is not None else "upper bound (max_tokens)"))
+        if self.max_cost is not None and self.cost is not None:
+            rows.append(("max_cost", money(self.max_cost), self._budget_note()))
+        if self.sampled:
+            spent = "price unknown" if self.sample_cost is None else money(self.sample_cost)
+            rows.append(("sample", f"{self.sampled:,} requests", f"run for real, {spent} (cached: not paid again)"))
+        return rows
+
+    def _budget_note(self) -> str:
+        cost = self.cost
+        assert cost is not None
+        worst = cost.high
+        if worst <= self.max_cost:
+            return "enough for the whole run"
+        likely = cost.expected if cost.expected is not None else cost.high
+        if likely <= self.max_cost:
+            return "probably enough, not for the worst case: the run may stop early"
+        return f"the run will stop early, after about {min(1.0, self.max_cost / likely):.0%} of the requests"
+
+    def __repr__(self) -> str:
+        rows = self.table()
+        width = max(len(r[0]) for r in rows)
+        vwidth = max(len(r[1]) for r in rows)
+        lines = [f"pandas-llm estimate for {self.model}"]
+        for label, value, note in rows:
+            lines.append(f"  {label:<{width}}  {value:>{vwidth}}  {note}".rstrip())
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        e = lambda s: html.escape(str(s), quote=False)  # noqa: E731
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{e(label)}</th><td style='text-align:right'>{e(value)}</td>"
+            f"<td style='text-align:left; opacity:0.75'>{e(note)}</td></tr>"
+            for label, value, note in self.table()
+        )
+        return (
+            f"<table class='pandas-llm-estimate'><caption style='text-align:left'><b>pandas-llm estimate</b>"
+            f" for {e(self.model)}</caption>{cells}</table>"
+        )
+
+
+def _range(r: Range, fmt: Callable[[float], str]) -> str:
+    if r.expected is None:
+        return f"≤ {fmt(r.high)}"
+    if fmt(r.low) == fmt(r.high):
+        return f"~{fmt(r.expected)}"
+    return f"~{fmt(r.expected)} ({fmt(r.low)} – {fmt(r.high)})"
+
+
+def estimate(
+    data: pd.DataFrame | pd.Series,
+    template: Any,
+    settings: Settings,
+    *,
+    sample: int | None = None,
+    output_tokens: int | None = None,
+    seed: int | None = None,
+    run_sample: Callable[[pd.DataFrame | pd.Series], pd.DataFrame] | None = None,
+) -> Estimate:
+    """Plan ``data`` like ``map`` would and price it; ``sample=k`` runs k prompts for real.
+
+    ``run_sample(subset) -> details frame`` runs the sample (the accessor passes its own
+    ``map(details=True)`` with the same options).
+    """
+    for name, value in (("sample", sample), ("output_tokens", output_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+    price = resolve_price(settings.model, settings.prices)
+    observed: np.ndarray | None = None
+    sampled, sample_cost = 0, 0.0
+    if sample:
+        if run_sample is None:
+            raise ConfigError("estimate(sample=k) needs a way to run the sample")
+        subset = _pick(data, template, settings, sample, seed)
+        sampled = len(subset)
+        if sampled:
+            details = run_sample(subset)
+            answered = details[details["status"].isin(["ok", "length"]) & (details["completion_tokens"] > 0)]
+            observed = answered["completion_tokens"].to_numpy(dtype=float)
+            fresh = details[~details["from_cache"]]
+            sample_cost = None if fresh["cost"].isna().any() and len(fresh) else float(fresh["cost"].sum())
+
+    store = Store(settings.cache_path)
+    try:
+        plan = make_plan(data, template, settings, store)
+    finally:
+        store.close()
+    todo = plan.todo.tolist()
+    known = encoding_name_for(settings.model) is not None
+    input_tokens = 0
+    if todo:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unknown tokenizer is said in the table instead
+            for u in todo:
+                input_tokens += count_message_tokens(plan._render(plan.first_row[u]), settings.model)
+    params = settings.params
+    limit = params.get("max_completion_tokens") or params.get("max_tokens")
+    out, basis = _output(len(todo), observed, limit, output_tokens)
+    codes = plan.codes
+    return Estimate(
+        model=settings.model,
+        rows=len(codes),
+        skipped=int((codes < 0).sum()),
+        unique=len(plan.keys),
+        cached=int(plan.outcomes.from_cache.sum()),
+        to_send=len(todo),
+        input_tokens=input_tokens,
+        input_exact=known,
+        output_tokens=out,
+        output_basis=basis,
+        price=price,
+        saved=float(np.nansum(plan.outcomes.cost[plan.outcomes.from_cache])),
+        sampled=sampled,
+        sample_cost=sample_cost if price is not None else None,
+        max_cost=settings.max_cost,
+    )
+
+
+def _pick(data: Any, template: Any, settings: Settings, k: int, seed: int | None) -> Any:
+    """k random rows asking distinct prompts (NA rows excluded), in frame order."""
+    with Store(None) as scratch:
+        plan = make_plan(data, template, settings, scratch)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(plan.keys), size=min(k, len(plan.keys)), replace=False)
+    rows = np.sort(plan.first_row[chosen])
+    return data.iloc[rows]
+
+
+def _output(n: int, observed: np.ndarray | None, limit: int | None, assumed: int | None) -> tuple[Range, str]:
+    """Completion tokens of ``n`` requests, and how that figure was arrived at."""
+    if observed is not None and len(observed):
+        m = len(observed)
+        mean = float(observed.mean())
+        half = 2 * float(observed.std(ddof=1)) / math.sqrt(m) if m > 1 else 0.0
+        lo = max(float(observed.min()), mean - half)
+        hi = min(float(observed.max()), mean + half)
+        if limit:
+            hi = min(hi, limit)
+        basis = f"from {m:,} sampled answer{'s' if m > 1 else ''}: mean {mean:,.1f} per answer"
+        return Range(round(n * lo), round(n * mean), round(n * hi)), basis
+    note = " (the sample gave no answers)" if observed is not None else ""
+    if assumed is not None:
+        per = min(assumed, limit) if limit else assumed
+        return Range(n * per, n * per, n * per), f"assumed {per:,} per answer (output_tokens=){note}"
+    if limit:
+        return Range(0, None, n * limit), f"at most max_tokens={limit:,} per answer; sample=k measures it{note}"
+    per = DEFAULT_OUTPUT_TOKENS
+    return (
+        Range(n * per, n * per, n * per),
+        f"assumed {per} per answer: pass sample=k to measure, max_tokens= to bound{note}",
+    )
