@@ -20,10 +20,12 @@ from .errors import (
     RetryableError,
     TemplateError,
 )
+from .estimate import Estimate
 from .packing import PackingReport
 from .jobs import BatchJob
 from .ledger import list_batches
 from .pipeline import RunReport, RunWarning, last_run
+from .pricing import Price
 from .structured import PromptOrderWarning
 
 __version__ = "0.1.0"
@@ -34,10 +36,12 @@ __all__ = [
     "BatchLimits",
     "BatchStatus",
     "ConfigError",
+    "Estimate",
     "FatalAPIError",
     "LLMAccessor",
     "PackingReport",
     "PandasLLMError",
+    "Price",
     "PromptOrderWarning",
     "RateLimitError",
     "RequestError",

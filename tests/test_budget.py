@@ -1,0 +1,224 @@
+"""The max_cost cap: reservation arithmetic, worst cases, and a real run that never goes over."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+
+import orjson
+import pandas as pd
+import pytest
+
+import pandas_llm
+from pandas_llm.budget import Budget, Meter, max_output_tokens
+from pandas_llm.backends import Completion
+from pandas_llm.cache import Record
+from pandas_llm.pricing import Price, cost, price_for
+from pandas_llm.scheduler import RunStats
+from pandas_llm.testing import LLMServer
+from pandas_llm.tokens import count_message_tokens
+
+PRICE = Price.per_million(input=1.0, output=2.0, cached_input=0.5)  # $1e-6 in, $2e-6 out
+
+
+def meter(max_output: int | None = 1000) -> Meter:
+    return Meter("gpt-4o-mini", PRICE, max_output=max_output)
+
+
+# -- arithmetic ---------------------------------------------------------------------------
+def test_reserve_until_the_cap_then_wait_then_exhausted():
+    b = Budget(10.0, meter())
+    assert b.try_reserve(4.0) is True
+    assert b.try_reserve(4.0) is True
+    assert b.try_reserve(4.0) is None  # 12 > 10 while others hold: wait, maybe they cost less
+    b.settle(4.0, 1.0)  # the first one cost 1 of its worst case 4
+    assert (b.spent, b.reserved, b.holders) == (1.0, 4.0, 1)
+    assert b.try_reserve(4.0) is True  # 1 + 4 + 4 <= 10
+    b.settle(4.0, 3.0)
+    b.settle(4.0, 3.0)
+    assert (b.spent, b.reserved, b.holders) == (7.0, 0.0, 0)
+    assert b.try_reserve(4.0) is False  # nothing in flight and 7 + 4 > 10: exhausted
+    assert b.exhausted
+    assert b.try_reserve(0.5) is False  # once exhausted, nothing more is sent
+
+
+def test_exactly_at_the_cap_is_allowed():
+    b = Budget(1.0, meter())
+    assert b.try_reserve(1.0) is True
+    b.settle(1.0, 1.0)
+    assert b.spent == 1.0 and b.try_reserve(1e-12) is False
+
+
+def test_no_float_residue_when_idle():
+    b = Budget(1.0, meter())
+    for _ in range(1000):
+        assert b.try_reserve(0.1) is True
+        b.settle(0.1, 0.0)
+    assert b.reserved == 0.0
+
+
+def test_reserved_cost_and_budget_reached_are_shown_in_stats():
+    stats = RunStats()
+    b = Budget(1.0, meter(), stats=stats)
+    b.try_reserve(0.75)
+    assert stats.reserved_cost == 0.75 and not stats.budget_reached
+    b.settle(0.75, 0.5)
+    assert stats.reserved_cost == 0.0
+    assert b.try_reserve(0.75) is False and stats.budget_reached
+
+
+def test_what_a_finished_request_is_charged():
+    b = Budget(1.0, meter())
+    key = b"k" * 32
+    assert b.actual(0.3, Record(key, "ok", "hi", prompt_tokens=5, completion_tokens=2, cost=0.01)) == 0.01
+    assert b.actual(0.3, Record(key, "failed", error="500")) == 0.0  # an HTTP error costs nothing
+    assert b.actual(0.3, Record(key, "ok", "hi")) == 0.3  # answered without usage: charge the worst case
+    assert b.actual(0.3, None) == 0.3  # cancelled in flight: it may have been billed
+
+
+async def test_waiters_wake_on_settle_and_learn_of_exhaustion():
+    b = Budget(10.0, meter())
+    assert await b.reserve(6.0)
+    second = asyncio.ensure_future(b.reserve(6.0))
+    third = asyncio.ensure_future(b.reserve(6.0))
+    await asyncio.sleep(0)
+    assert not second.done() and not third.done()
+    b.settle(6.0, 1.0)  # 1 spent: one more fits, then the last finds 1 + 6 + 6 > 10
+    assert await second is True
+    await asyncio.sleep(0)
+    assert not third.done()
+    b.settle(6.0, 5.0)  # 6 spent, nothing in flight, 6 + 6 > 10: exhausted
+    assert await third is False
+
+
+async def test_a_cancelled_waiter_does_not_disturb_the_others():
+    b = Budget(10.0, meter())
+    assert await b.reserve(6.0)
+    waiters = [asyncio.ensure_future(b.reserve(6.0)) for _ in range(2)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    b.settle(6.0, 0.0)
+    assert await waiters[1] is True
+    assert waiters[0].cancelled()
+
+
+# -- cost and worst case ------------------------------------------------------------------
+def test_cost_of_a_completion_with_cached_input():
+    m = meter()
+    c = Completion("hi", "stop", prompt_tokens=1000, completion_tokens=100, cached_tokens=400)
+    assert m.cost(c) == pytest.approx(600e-6 + 400 * 0.5e-6 + 200e-6)
+    assert m.cost(Completion("hi")) is None  # no usage reported (a plain function client)
+    assert Meter("x", None).cost(c) is None  # price unknown
+
+
+def test_worst_case_is_prompt_at_input_price_plus_max_tokens_at_output_price():
+    messages = [{"role": "user", "content": "Translate to French: the cat sat on the mat"}]
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": messages, "max_tokens": 50})
+    prompt = max(count_message_tokens(messages, "gpt-4o-mini"), -(-len(body) // 4))
+    assert meter().worst_case(body) == pytest.approx(prompt * 1e-6 + 50 * 2e-6)
+    # without max_tokens, the model's output limit bounds the answer
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": messages})
+    assert meter(max_output=16_384).worst_case(body) == pytest.approx(-(-len(body) // 4) * 1e-6 + 16_384 * 2e-6)
+
+
+def test_worst_case_prompt_is_never_below_the_exact_count():
+    long = "数据科学 " * 500  # CJK: more tokens than bytes / 4 would suggest
+    messages = [{"role": "user", "content": long}]
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": messages, "max_tokens": 1})
+    exact = count_message_tokens(messages, "gpt-4o-mini")
+    assert meter().worst_case(body) >= exact * 1e-6 + 2e-6
+
+
+def test_max_output_tokens():
+    assert max_output_tokens("gpt-4o-mini") == 16_384
+    assert max_output_tokens("gpt-4.1-nano") == 32_768
+    assert max_output_tokens("openai/gpt-5-mini") == 128_000
+    assert max_output_tokens("gpt-4-turbo") == 4_096
+    assert max_output_tokens("claude-3-5-sonnet") == 200_000  # the context window bounds it
+    assert max_output_tokens("my-llama") is None
+
+
+# -- configuration errors before spending -------------------------------------------------
+@pytest.fixture
+def server():
+    with LLMServer() as srv:
+        yield srv
+
+
+def test_max_cost_with_unknown_price_is_a_config_error_before_any_request(server):
+    df = pd.DataFrame({"t": ["a", "b"]})
+    with pytest.raises(pandas_llm.ConfigError, match="needs the price of 'my-llama'.*prices="):
+        df.llm.map("{t}", model="my-llama", max_cost=1.0, base_url=server.base_url, api_key="x", cache=False)
+    assert server.requests == 0
+
+
+def test_max_cost_with_unknown_output_limit_needs_max_tokens(server):
+    df = pd.DataFrame({"t": ["a", "b"]})
+    kw = dict(model="my-llama", prices=PRICE, max_cost=1.0, base_url=server.base_url, api_key="x", cache=False, progress=False)
+    with pytest.raises(pandas_llm.ConfigError, match="pass max_tokens"):
+        df.llm.map("{t}", **kw)
+    assert server.requests == 0
+    assert df.llm.map("{t}", max_tokens=20, **kw).tolist() == ["echo: a", "echo: b"]
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "5"])
+def test_max_cost_must_be_positive(bad):
+    with pytest.raises(pandas_llm.ConfigError, match="max_cost must be a positive number"):
+        pandas_llm.Settings(max_cost=bad)
+
+
+# -- a real run against the loopback server ------------------------------------------------
+def varied(messages, model):
+    """Answers of very different lengths, so reservations and real costs differ widely."""
+    n = int(messages[-1]["content"].rsplit(" ", 1)[1])
+    return "word " * (1 + (n * 37) % 60)
+
+
+@pytest.mark.parametrize("concurrency", [1, 16])
+def test_the_cap_is_never_exceeded_by_what_the_server_billed(concurrency):
+    price = price_for("gpt-4o-mini")
+    df = pd.DataFrame({"t": [f"Tell me about item {i}" for i in range(300)]})
+    cap = 0.0012
+    with LLMServer(answer=varied) as srv:
+        kw = dict(base_url=srv.base_url, api_key="x", cache=False, progress=False, concurrency=concurrency)
+        with pytest.warns(pandas_llm.RunWarning, match=r"budget \(not sent: it could have taken the run over max_cost\)"):
+            out = df.llm.map("{t}", max_tokens=80, max_cost=cap, **kw)
+        billed = cost(price, prompt_tokens=srv.prompt_tokens, completion_tokens=srv.completion_tokens)
+        report = pandas_llm.last_run()
+        assert billed <= cap
+        assert report.stats.cost == pytest.approx(billed, rel=1e-9)
+        assert report.stats.budget_reached and report.stats.unsent["budget"] > 0
+        # it stopped because the next worst case did not fit, not much earlier
+        worst = (60 + 80) * price.input + 80 * price.output
+        assert billed > cap - 2 * worst
+        status = report.details["status"]
+        assert set(status) == {"ok", "budget", "length"} or set(status) == {"ok", "budget"}
+        assert out.isna().sum() == (status != "ok").sum()
+        assert srv.completed == (status != "budget").sum()  # budget rows were never sent
+        # a rerun with a cache... here cache=False, so a bigger budget sends everything
+        srv.reset_counters()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pandas_llm.RunWarning)  # a few 'length' answers
+            df.llm.map("{t}", max_tokens=80, max_cost=1.0, **kw)
+        assert srv.completed == 300 and not pandas_llm.last_run().stats.budget_reached
+
+
+def test_budget_rows_are_sent_by_a_rerun_with_more_budget(tmp_path):
+    df = pd.DataFrame({"t": [f"Tell me about item {i}" for i in range(100)]})
+    with LLMServer() as srv:
+        kw = dict(base_url=srv.base_url, api_key="x", cache=tmp_path / "c.sqlite", progress=False, max_tokens=50)
+        with pytest.warns(pandas_llm.RunWarning, match="max_cost"):
+            first = df.llm.map("{t}", max_cost=0.0002, **kw)
+        answered = first.notna().sum()
+        assert 0 < answered < 100
+        second = df.llm.map("{t}", max_cost=1.0, **kw)
+        assert second.notna().all()
+        assert srv.completed == 100  # nothing answered was paid twice
+        assert pandas_llm.last_run().stats.cached == answered
+
+
+def test_a_cap_below_one_request_sends_nothing(server):
+    df = pd.DataFrame({"t": ["a", "b", "c"]})
+    with pytest.warns(pandas_llm.RunWarning, match="3 budget"):
+        out = df.llm.map("{t}", max_cost=1e-9, max_tokens=10, base_url=server.base_url, api_key="x", cache=False, progress=False)
+    assert out.isna().all() and server.requests == 0

@@ -1,0 +1,345 @@
+"""Observers: figures, throttling with an injected clock, tqdm, widget, log summary."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+import pandas_llm
+from pandas_llm import progress
+from pandas_llm.progress import LogObserver, Observers, Snapshot, ThrottledObserver, TqdmObserver, make_observer
+from pandas_llm.scheduler import RunStats
+from pandas_llm.testing import LLMServer
+from pandas_llm.widget import WidgetObserver
+
+
+@pytest.fixture
+def llm_server():
+    with LLMServer() as srv:
+        yield srv
+
+
+class Clock:
+    def __init__(self, now: float = 100.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder(ThrottledObserver):
+    def __init__(self, clock):
+        super().__init__(clock=clock)
+        self.snaps: list[tuple[Snapshot, bool]] = []
+
+    def draw(self, snap, *, final):
+        self.snaps.append((snap, final))
+
+
+def stats(**kw) -> RunStats:
+    base = dict(total=100, unique=100, to_send=100, started=100.0)
+    base.update(kw)
+    return RunStats(**base)
+
+
+# -- figures ------------------------------------------------------------------------------
+def test_rate_eta_and_projected_cost():
+    s = stats(sent_done=20, ok=19, failed=Counter(failed=1), cost=0.002, in_flight=8)
+    snap = Snapshot.of(s, now=104.0)
+    assert snap.elapsed == 4.0
+    assert snap.rate == 5.0  # 20 answered in 4 s
+    assert snap.eta == 16.0  # 80 left at 5/s
+    assert snap.projected == pytest.approx(0.01)  # $0.0001 per request x 100
+    assert snap.n_failed == 1 and snap.ok == 19 and snap.in_flight == 8
+
+
+def test_eta_counts_only_requests_to_send():
+    # 60 came from the cache: the 40 sent ones set the pace, the ETA covers the 30 left
+    s = stats(cached_unique=60, to_send=40, sent_done=10, ok=10, cost=0.001, started=0.0)
+    snap = Snapshot.of(s, now=2.0)
+    assert snap.done == 70 and snap.rate == 5.0 and snap.eta == 6.0
+    assert snap.projected == pytest.approx(0.004)
+
+
+def test_no_answer_yet_means_unknown_eta_and_projection():
+    snap = Snapshot.of(stats(), now=101.0)
+    assert snap.rate is None and snap.eta is None and snap.projected is None
+    assert "ETA --:--" in snap.speed()
+
+
+def test_unknown_price_shows_tokens_and_says_so():
+    s = stats(sent_done=5, ok=5, prompt_tokens=50, completion_tokens=70, cost_known=False)
+    snap = Snapshot.of(s, now=101.0)
+    assert snap.cost is None and snap.projected is None
+    assert snap.money() == "tokens 50 in / 70 out · price unknown"
+
+
+def test_money_line_with_cache_savings_and_budget():
+    s = stats(sent_done=50, ok=50, cost=0.0125, saved_cost=0.5, max_cost=1.0)
+    line = Snapshot.of(s, now=110.0).money()
+    assert "$0.0125 spent" in line and "~$0.0250 projected" in line
+    assert "max_cost $1.00" in line and "cache saved $0.500" in line
+
+
+def test_pause_retries_and_budget_are_reported_while_running():
+    s = stats(paused_until=103.5, retries=7, rate_limited=2, budget_reached=True)
+    trouble = Snapshot.of(s, now=101.0).trouble()
+    assert trouble == (
+        "rate limited: paused 2.5 s · 2 rate-limit pauses · 7 retries · "
+        "max_cost reached: no new requests, finishing those in flight"
+    )
+    assert Snapshot.of(stats(), now=101.0).trouble() is None
+
+
+def test_failure_summary_by_kind_and_unsent():
+    s = stats(failed=Counter({"length": 2, "failed": 5}), unsent=Counter(budget=30))
+    line = Snapshot.of(s, now=101.0).failures()
+    assert line.startswith("5 failed (transient errors persisted after every retry); 2 length (cut off")
+    assert line.endswith("; 30 not sent (max_cost reached)")
+    assert Snapshot.of(stats(), now=101.0).failures() is None
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        (dict(outcome="done", finished=112.0), "done in 12.0 s"),
+        (dict(outcome="interrupted", finished=103.0, sent_done=7, ok=7), "interrupted after 3.0 s: 7 answers kept"),
+        (dict(outcome="failed", finished=101.0), "stopped after 1.0 s"),
+        (dict(outcome="done", finished=101.0, budget_reached=True), "stopped at max_cost"),
+        (dict(outcome="done", finished=100.0, to_send=0, cached_unique=100), "all from cache"),
+    ],
+)
+def test_verdicts(kw, words):
+    assert words in Snapshot.of(stats(**kw), now=200.0).verdict()
+
+
+def test_money_and_duration_formats():
+    assert progress.money(None) == "price unknown"
+    assert progress.money(0.000123456) == "$0.000123"
+    assert progress.money(2.5) == "$2.50"
+    assert progress.duration(59.6) == "1:00"
+
+
+# -- throttling ---------------------------------------------------------------------------
+def test_updates_are_throttled_to_ten_per_second():
+    clock = Clock()
+    obs = Recorder(clock)
+    s = stats()
+    obs.start(s)  # draws once
+    for _ in range(10_000):  # a burst of commits at the same instant
+        obs.update(s)
+    assert obs.draws == 1
+    clock.now += 0.099
+    obs.update(s)
+    assert obs.draws == 1
+    clock.now += 0.001
+    obs.update(s)
+    assert obs.draws == 2
+    # one simulated second of updates every millisecond: at most 10 draws
+    for _ in range(1000):
+        clock.now += 0.001
+        obs.update(s)
+    assert 9 <= obs.draws - 2 <= 10
+
+
+def test_close_always_draws_the_final_figures():
+    clock = Clock()
+    obs = Recorder(clock)
+    s = stats()
+    obs.start(s)
+    s.sent_done = s.ok = 100
+    s.outcome, s.finished = "done", 100.01
+    obs.close(s)  # within the throttle interval, still drawn
+    snap, final = obs.snaps[-1]
+    assert final and snap.done == 100 and snap.outcome == "done"
+
+
+# -- tqdm ---------------------------------------------------------------------------------
+def test_tqdm_shows_figures_in_its_postfix():
+    out = io.StringIO()
+    clock = Clock()
+    obs = TqdmObserver(clock=clock, file=out, mininterval=0)
+    s = stats(cost=0.0, paused_until=0.0)
+    obs.start(s)
+    s.sent_done = s.ok = 40
+    s.in_flight, s.prompt_tokens, s.completion_tokens, s.cost, s.retries = 16, 12_345, 678, 0.004, 3
+    clock.now += 1
+    obs.update(s)
+    text = out.getvalue()
+    assert "40/100" in text and "in_flight=16" in text and "tokens=12.3k/678" in text
+    assert "cost=$0.00400" in text and "projected=$0.0100" in text and "retries=3" in text
+    s.outcome, s.finished = "interrupted", 102.0
+    obs.close(s)
+    assert "pandas-llm (interrupted)" in out.getvalue()
+
+
+# -- widget -------------------------------------------------------------------------------
+def widget_for(s: RunStats, clock: Clock) -> WidgetObserver:
+    shown = []
+    obs = WidgetObserver(clock=clock, display=shown.append)
+    obs.start(s)
+    assert shown == [obs.box]
+    return obs
+
+
+def test_widget_live_figures():
+    clock = Clock()
+    s = stats(total=300, cost=0.0)
+    obs = widget_for(s, clock)
+    assert obs.bar.value == 0 and obs.bar.max == 100 and obs.bar.bar_style == "info"
+    s.sent_done, s.ok, s.in_flight, s.cost = 25, 25, 16, 0.001
+    s.prompt_tokens, s.completion_tokens, s.retries, s.rate_limited, s.paused_until = 500, 900, 2, 1, 102.0
+    clock.now = 105.0
+    obs.update(s)
+    assert obs.bar.value == 25
+    text = obs.text
+    assert "25 / 100 requests (300 rows)" in text and "5.0 req/s" in text and "ETA 0:15" in text
+    assert "25 ok · 0 failed · 0 from cache · 16 in flight" in text
+    assert "tokens 500 in / 900 out · $0.00100 spent · ~$0.00400 projected" in text
+    assert "1 rate-limit pauses · 2 retries" in text
+
+
+def test_widget_final_state_with_failures():
+    clock = Clock()
+    s = stats()
+    obs = widget_for(s, clock)
+    s.sent_done, s.ok, s.failed = 100, 97, Counter(length=3)
+    s.outcome, s.finished, s.cost = "done", 110.0, 0.02
+    obs.close(s)
+    assert obs.bar.value == 100 and obs.bar.bar_style == "warning"
+    assert "done in 10.0 s" in obs.text and "3 length (cut off at max_tokens" in obs.text
+    assert "in flight" not in obs.text and "projected" not in obs.text
+
+
+def test_widget_interrupted_state():
+    clock = Clock()
+    s = stats()
+    obs = widget_for(s, clock)
+    s.sent_done = s.ok = 30
+    s.outcome, s.finished, s.unsent = "interrupted", 103.0, Counter(stopped=70)
+    obs.close(s)
+    assert obs.bar.bar_style == "danger"
+    assert "interrupted after 3.0 s: 30 answers kept in the cache, run again to resume" in obs.text
+    assert "70 not sent (the run stopped first)" in obs.text
+
+
+def test_widget_budget_and_price_unknown():
+    clock = Clock()
+    s = stats(cost_known=False)
+    obs = widget_for(s, clock)
+    s.sent_done = s.ok = 10
+    s.budget_reached, s.outcome, s.finished, s.unsent = True, "done", 101.0, Counter(budget=90)
+    obs.close(s)
+    assert obs.bar.bar_style == "warning"
+    assert "price unknown" in obs.text and "stopped at max_cost" in obs.text and "90 not sent (max_cost reached)" in obs.text
+
+
+def test_widget_escapes_html():
+    clock = Clock()
+    s = stats()
+    obs = widget_for(s, clock)
+    s.failed = Counter({"<b>x</b>": 1})
+    s.outcome, s.finished = "done", 101.0
+    obs.close(s)
+    assert "<b>x</b>" not in obs.body.value and "&lt;b&gt;x&lt;/b&gt;" in obs.body.value
+
+
+# -- choosing, combining, logging ---------------------------------------------------------
+def test_make_observer_outside_a_kernel():
+    assert not progress.in_notebook()
+    assert [type(o) for o in make_observer(True).observers] == [TqdmObserver, LogObserver]
+    assert [type(o) for o in make_observer(False).observers] == [LogObserver]
+    mine = Recorder(Clock())
+    assert make_observer(mine).observers[0] is mine
+
+
+def test_make_observer_in_a_kernel_picks_the_widget(monkeypatch):
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    assert type(make_observer(True).observers[0]) is WidgetObserver
+
+
+class Broken:
+    def start(self, stats):
+        pass
+
+    def update(self, stats):
+        raise RuntimeError("display gone")
+
+    def close(self, stats):
+        raise AssertionError("not called after being dropped")
+
+
+def test_a_broken_display_never_stops_the_run(llm_server, caplog):
+    df = pd.DataFrame({"t": [f"r{i}" for i in range(50)]})
+    with caplog.at_level(logging.WARNING, logger="pandas_llm"):
+        out = df.llm.map("{t}", base_url=llm_server.base_url, api_key="x", cache=False, progress=Broken())
+    assert out.tolist() == [f"echo: r{i}" for i in range(50)]
+    assert "progress display Broken failed" in caplog.text
+
+
+def test_run_summary_is_logged(llm_server, caplog):
+    df = pd.DataFrame({"t": ["a", "b", "a"]})
+    kw = dict(base_url=llm_server.base_url, api_key="x", cache=False, progress=False)
+    with caplog.at_level(logging.INFO, logger="pandas_llm"):
+        df.llm.map("{t}", **kw)
+    (record,) = [r for r in caplog.records if r.name == "pandas_llm"]
+    assert record.levelno == logging.INFO
+    assert record.getMessage().startswith("pandas-llm run done: 3 rows, 2 distinct requests, 0 from cache, 2 sent, 2 ok")
+    assert "$0.00000" in record.getMessage()  # gpt-4o-mini is priced
+
+
+def test_import_configures_no_logging_and_prints_nothing():
+    code = (
+        "import logging, pandas_llm, pandas_llm.progress, pandas_llm.widget, pandas_llm.estimate, pandas_llm.budget\n"
+        "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n"
+        "assert logging.getLogger('pandas_llm').handlers == []\n"
+        "assert logging.getLogger('pandas_llm').level == logging.NOTSET\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+
+
+# -- cost in a real run -------------------------------------------------------------------
+def test_cost_is_summed_stored_and_saved_by_the_cache(llm_server, tmp_path):
+    from pandas_llm.pricing import cost, price_for
+
+    df = pd.DataFrame({"t": [f"row number {i}" for i in range(40)]})
+    kw = dict(base_url=llm_server.base_url, api_key="x", cache=tmp_path / "c.sqlite", progress=False)
+    details = df.llm.map("Say {t}", details=True, **kw)
+    first = pandas_llm.last_run().stats
+    price = price_for("gpt-4o-mini")
+    billed = cost(price, prompt_tokens=llm_server.prompt_tokens, completion_tokens=llm_server.completion_tokens)
+    assert first.cost == pytest.approx(billed, rel=1e-12) and first.cost > 0
+    assert details["cost"].sum() == pytest.approx(billed, rel=1e-12)
+    assert first.prompt_tokens == llm_server.prompt_tokens
+
+    again = df.llm.map("Say {t}", details=True, **kw)  # all from the cache
+    second = pandas_llm.last_run().stats
+    assert second.cost == 0 and second.sent_done == 0
+    assert second.saved_cost == pytest.approx(billed, rel=1e-12)
+    assert again["cost"].tolist() == details["cost"].tolist()  # cost per row is stored with the answer
+    assert again["from_cache"].all()
+
+
+def test_explicit_prices_for_an_unknown_model(llm_server):
+    price = pandas_llm.Price.per_million(input=1.0, output=2.0)
+    df = pd.DataFrame({"t": ["a", "b"]})
+    kw = dict(base_url=llm_server.base_url, api_key="x", cache=False, progress=False, model="my-local-llama")
+    df.llm.map("{t}", **kw)
+    assert not pandas_llm.last_run().stats.cost_known
+    df.llm.map("{t}", prices={"my-local-llama": price}, **kw)
+    s = pandas_llm.last_run().stats
+    assert s.cost_known and s.cost == pytest.approx(s.prompt_tokens * 1e-6 + s.completion_tokens * 2e-6)
+
+
+@pytest.mark.parametrize("bad", [0.15, {"gpt-4o-mini": 0.15}, {"input": 0.15, "output": 0.6}])
+def test_prices_are_validated(bad):
+    with pytest.raises(pandas_llm.ConfigError, match="prices must be a pandas_llm.Price"):
+        pandas_llm.Settings(prices=bad)
