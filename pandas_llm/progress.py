@@ -183,16 +183,26 @@ class Snapshot:
         return "; ".join(words) or None
 
     def verdict(self) -> str:
-        """The headline once the run has ended."""
+        """The headline once the run has ended: ``done in 12.3 s``, ``interrupted after 3.0 s``..."""
         if self.outcome == "interrupted":
-            return f"interrupted after {self.elapsed:.1f} s: {self.ok:,} answers kept in the cache, run again to resume"
+            return f"interrupted after {self.elapsed:.1f} s"
         if self.outcome in ("failed", "stopped"):
-            return f"stopped after {self.elapsed:.1f} s (see the error): answers so far are kept"
+            return f"stopped after {self.elapsed:.1f} s"
         if self.budget_reached:
-            return f"stopped at max_cost after {self.elapsed:.1f} s: run again with a higher max_cost for the rest"
+            return f"stopped at max_cost after {self.elapsed:.1f} s"
         if self.to_send == 0 and self.total:
             return "all from cache"
         return f"done in {self.elapsed:.1f} s"
+
+    def advice(self) -> str | None:
+        """What to do next, once a run has ended early; None if it did not."""
+        if self.outcome == "interrupted":
+            return f"{self.ok:,} answers are kept in the cache: run the same call again to resume"
+        if self.outcome in ("failed", "stopped"):
+            return "the endpoint refused the run (see the error); answers so far are kept in the cache"
+        if self.budget_reached:
+            return "max_cost reached: run again with a higher max_cost to send the rest"
+        return None
 
     def summary(self) -> str:
         """A one-paragraph account of a finished run, for the log."""

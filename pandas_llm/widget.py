@@ -45,11 +45,11 @@ class WidgetObserver(ThrottledObserver):
 
         self.bar = w.IntProgress(
             value=0, min=0, max=max(stats.unique, 1), bar_style="info",
-            layout=w.Layout(width="320px", margin="2px 8px"),
+            layout=w.Layout(width="320px", min_width="120px", margin="2px 8px"),
         )  # fmt: skip
         self.head = w.HTML()
         self.body = w.HTML()
-        title = w.HTML("<b>pandas-llm</b>")
+        title = w.HTML("<b style='white-space: nowrap'>pandas-llm</b>", layout=w.Layout(flex="0 0 auto"))
         self.box = w.VBox([w.HBox([title, self.bar, self.head]), self.body])
         self.box.add_class("pandas-llm-progress")
         if self._display is None:
@@ -69,6 +69,9 @@ class WidgetObserver(ThrottledObserver):
         else:
             head = f"{snap.position()} · {snap.speed()}"
         lines = [_e(snap.counts()), _e(snap.money())]
+        advice = snap.advice() if final else None
+        if advice:
+            lines.insert(0, f"<b>{_e(advice)}</b>")
         trouble = snap.trouble()
         if trouble:
             lines.append(f"<span style='color: var(--jp-warn-color0, #b26b00)'>{_e(trouble)}</span>")

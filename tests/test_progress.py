@@ -109,14 +109,16 @@ def test_failure_summary_by_kind_and_unsent():
     ("kw", "words"),
     [
         (dict(outcome="done", finished=112.0), "done in 12.0 s"),
-        (dict(outcome="interrupted", finished=103.0, sent_done=7, ok=7), "interrupted after 3.0 s: 7 answers kept"),
+        (dict(outcome="interrupted", finished=103.0, sent_done=7, ok=7), "interrupted after 3.0 s"),
         (dict(outcome="failed", finished=101.0), "stopped after 1.0 s"),
-        (dict(outcome="done", finished=101.0, budget_reached=True), "stopped at max_cost"),
+        (dict(outcome="done", finished=101.0, budget_reached=True), "stopped at max_cost after 1.0 s"),
         (dict(outcome="done", finished=100.0, to_send=0, cached_unique=100), "all from cache"),
     ],
 )
 def test_verdicts(kw, words):
-    assert words in Snapshot.of(stats(**kw), now=200.0).verdict()
+    snap = Snapshot.of(stats(**kw), now=200.0)
+    assert snap.verdict() == words
+    assert (snap.advice() is None) == (words.startswith(("done", "all")))
 
 
 def test_money_and_duration_formats():
@@ -225,7 +227,8 @@ def test_widget_interrupted_state():
     s.outcome, s.finished, s.unsent = "interrupted", 103.0, Counter(stopped=70)
     obs.close(s)
     assert obs.bar.bar_style == "danger"
-    assert "interrupted after 3.0 s: 30 answers kept in the cache, run again to resume" in obs.text
+    assert "100 requests · interrupted after 3.0 s" in obs.text
+    assert "30 answers are kept in the cache: run the same call again to resume" in obs.text
     assert "70 not sent (the run stopped first)" in obs.text
 
 
@@ -238,6 +241,7 @@ def test_widget_budget_and_price_unknown():
     obs.close(s)
     assert obs.bar.bar_style == "warning"
     assert "price unknown" in obs.text and "stopped at max_cost" in obs.text and "90 not sent (max_cost reached)" in obs.text
+    assert "run again with a higher max_cost" in obs.text
 
 
 def test_widget_escapes_html():
