@@ -139,12 +139,6 @@ def test_max_output_tokens():
 
 
 # -- configuration errors before spending -------------------------------------------------
-@pytest.fixture
-def server():
-    with LLMServer() as srv:
-        yield srv
-
-
 def test_max_cost_with_unknown_price_is_a_config_error_before_any_request(server):
     df = pd.DataFrame({"t": ["a", "b"]})
     with pytest.raises(pandas_llm.ConfigError, match="needs the price of 'my-llama'.*prices="):

@@ -15,14 +15,7 @@ import pandas_llm
 from pandas_llm import progress
 from pandas_llm.progress import LogObserver, Observers, Snapshot, ThrottledObserver, TqdmObserver, make_observer
 from pandas_llm.scheduler import RunStats
-from pandas_llm.testing import LLMServer
 from pandas_llm.widget import WidgetObserver
-
-
-@pytest.fixture
-def llm_server():
-    with LLMServer() as srv:
-        yield srv
 
 
 class Clock:
