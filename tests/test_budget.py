@@ -216,3 +216,54 @@ def test_a_cap_below_one_request_sends_nothing(server):
     with pytest.warns(pandas_llm.RunWarning, match="3 budget"):
         out = df.llm.map("{t}", max_cost=1e-9, max_tokens=10, base_url=server.base_url, api_key="x", cache=False, progress=False)
     assert out.isna().all() and server.requests == 0
+
+
+# -- the cap with the schema verbs: resends of invalid answers, packed requests ------------
+REVIEW = {
+    "type": "object",
+    "properties": {"sentiment": {"enum": ["positive", "negative"]}, "summary": {"type": "string"}},
+    "required": ["sentiment", "summary"],
+}
+
+
+def billed(srv: LLMServer) -> float:
+    return cost(price_for("gpt-4o-mini"), prompt_tokens=srv.prompt_tokens, completion_tokens=srv.completion_tokens)
+
+
+def test_the_cap_holds_when_invalid_answers_are_asked_again(server, opts):
+    # every prompt with "item 1" gets broken JSON forever: each such row costs 3 requests
+    server.structured.inject("invalid_json", match="item 1", times=None)
+    df = pd.DataFrame({"t": [f"Review of item {i}" for i in range(200)]})
+    cap = 0.002
+    with pytest.warns(pandas_llm.RunWarning, match="budget"):
+        df.llm.extract("{t}", schema=REVIEW, max_tokens=60, max_cost=cap, cache=False, **opts)
+    report = pandas_llm.last_run()
+    assert 0 < billed(server) <= cap
+    assert report.stats.cost == pytest.approx(billed(server), rel=1e-9)
+    statuses = set(report.details["status"])
+    assert {"ok", "budget", "invalid"} <= statuses
+
+
+def test_the_cap_holds_with_packed_requests(server, opts):
+    df = pd.DataFrame({"t": [f"Review of item {i}" for i in range(400)]})
+    cap = 0.006  # a pack of 10 reserves ~$0.0015: 10 rows' max_tokens, times 3 (2 resends if its envelope is invalid)
+    with pytest.warns(pandas_llm.RunWarning, match="budget"):
+        out = df.llm.extract("{t}", schema=REVIEW, rows_per_request=10, max_tokens=60, max_cost=cap, cache=False, **opts)
+    assert server.structured.packed_requests > 0
+    assert 0 < billed(server) <= cap
+    assert out["sentiment"].notna().sum() > 0 and out["sentiment"].isna().sum() > 0
+
+
+def test_the_readme_cost_example_runs(server, opts):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Progress, cost and a budget", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    df = pd.DataFrame({"review": ["Arrived late, works fine.", "Great value, a gift for my dad."]})
+    namespace = {"df": df}
+    with pandas_llm.settings(**opts):
+        exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)
+    assert df["fr"].notna().all()
+    assert server.completed == 2  # the sample ran both prompts; map found them in the cache
