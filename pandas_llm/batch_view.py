@@ -152,3 +152,10 @@ class BatchProgress(TqdmObserver):
         post["cost"] = _money(stats.cost, stats.cost_known)
         bar.set_postfix(post, refresh=False)
         bar.refresh()
+
+    def close(self, stats: RunStats) -> None:
+        """The final figures in this bar's own terms (not the realtime bar's postfix)."""
+        self.update(stats, force=True)
+        if stats.outcome != "done":
+            self.bar.set_description(f"pandas-llm batch ({stats.outcome})", refresh=False)
+        self.bar.close()

@@ -71,10 +71,17 @@ def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, 
     input) before anything is sent."""
     if settings.mode == "auto":
         run = _pipeline.Run(data, template, settings, extra=extra)
-        if len(run.plan.todo) < settings.batch_threshold or not _batch_possible(settings):
+        small = len(run.plan.todo) < settings.batch_threshold
+        if small or settings.max_cost is not None or not _batch_possible(settings):  # max_cost: realtime only
             return run
         run.store.close()
         return BatchJob(run.plan, settings, name=run.name)
+    if settings.max_cost is not None:
+        raise ConfigError(
+            "max_cost caps realtime runs (each request is reserved before it is sent); a Batch API job "
+            "is submitted whole. See its cost first with df.llm.estimate(...) (the 'Batch API' line), "
+            "then submit without max_cost, or use mode='realtime' with max_cost."
+        )
     BatchAPI(settings)  # raises ConfigError (function client, no API key) before planning
     store = Store(settings.cache_path)
     try:
@@ -132,7 +139,7 @@ class BatchJob:
         self._finished = False
         self._mem_store: Store | None = None  # cache=False: one in-memory sidecar for the job's life
         self._collector = Collector(plan, self.stats, model=settings.model, endpoint=settings.endpoint,
-                                    price=resolve_price(settings.model))  # fmt: skip
+                                    price=resolve_price(settings.model, settings.prices))  # fmt: skip
 
     def __repr__(self) -> str:
         s = self.stats
@@ -204,7 +211,7 @@ class BatchJob:
         if self._finished:
             return
         settings = self.settings
-        observer = BatchProgress() if settings.progress is True else make_observer(settings.progress)
+        observer = make_observer(BatchProgress() if settings.progress is True else settings.progress)
         stats = self.stats
         _pipeline._last = _pipeline.RunReport(stats, self.plan)
         observer.start(stats)

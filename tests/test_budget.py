@@ -267,3 +267,27 @@ def test_the_readme_cost_example_runs(server, opts):
         exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)
     assert df["fr"].notna().all()
     assert server.completed == 2  # the sample ran both prompts; map found them in the cache
+
+
+# -- the Batch API: a job is submitted whole, so max_cost is never silently ignored --------
+def test_max_cost_with_the_batch_api_is_refused_before_anything(server, opts, tmp_path):
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(20)]})
+    with pytest.raises(pandas_llm.ConfigError, match="max_cost caps realtime runs"):
+        df.llm.map("{t}", mode="batch", max_cost=1.0, cache=tmp_path / "c.sqlite", **opts)
+    assert server.requests == 0 and server.batches.batches_created == 0
+
+
+def test_auto_mode_stays_realtime_under_a_cap(server, opts, tmp_path):
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(20)]})
+    out = df.llm.map("{t}", mode="auto", batch_threshold=10, max_cost=1.0, max_tokens=20, cache=tmp_path / "c.sqlite", **opts)
+    assert out.notna().all()
+    assert server.batches.batches_created == 0 and server.completed == 20
+
+
+def test_batch_results_are_priced_with_explicit_prices(server, opts, tmp_path):
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(5)]})
+    price = pandas_llm.Price.per_million(input=1.0, output=2.0)  # batch: half
+    details = df.llm.map("{t}", mode="batch", model="my-llama", prices=price, details=True, poll_interval=0.005,
+                         cache=tmp_path / "c.sqlite", **opts)  # fmt: skip
+    want = details["prompt_tokens"] * 0.5e-6 + details["completion_tokens"] * 1e-6
+    assert details["cost"].tolist() == pytest.approx(want.tolist())

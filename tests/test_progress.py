@@ -340,3 +340,13 @@ def test_explicit_prices_for_an_unknown_model(llm_server):
 def test_prices_are_validated(bad):
     with pytest.raises(pandas_llm.ConfigError, match="prices must be a pandas_llm.Price"):
         pandas_llm.Settings(prices=bad)
+
+
+def test_batch_runs_keep_their_bar_and_log_the_summary(llm_server, caplog, capsys):
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(6)]})
+    kw = dict(base_url=llm_server.base_url, api_key="x", cache=False, poll_interval=0.005)
+    with caplog.at_level(logging.INFO, logger="pandas_llm"):
+        df.llm.map("{t}", mode="batch", progress=True, **kw)
+    last = capsys.readouterr().err.strip().split("\r")[-1]
+    assert last.startswith("pandas-llm batch") and "completed=1" in last  # its own final figures
+    assert "pandas-llm run done: 6 rows" in caplog.text
