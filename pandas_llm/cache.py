@@ -138,7 +138,7 @@ class Store:
             )
             self.conn.execute("PRAGMA busy_timeout = 30000")
             if self.path is not None:
-                self.conn.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(self.conn)
                 # NORMAL in WAL mode: a committed transaction survives a killed process.
                 self.conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
@@ -205,6 +205,19 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 50) -> None:
+    """Switch to WAL; the switch can report 'locked' at once (busy_timeout does not cover it)
+    when another process opens the same new file at the same moment, so try again briefly."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
 
 
 def _create_private(path: str) -> None:

@@ -99,3 +99,19 @@ def test_two_processes_share_one_file(tmp_path):
     with Store(path) as s:
         assert s.count("ok") == 2 * 50 * 40
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_wal_switch_retries_while_another_process_holds_the_file(tmp_path, monkeypatch):
+    from pandas_llm import cache
+
+    calls = []
+
+    class Flaky:
+        def execute(self, sql):
+            calls.append(sql)
+            if len(calls) < 3:
+                raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(cache.time, "sleep", lambda s: None)
+    cache._enable_wal(Flaky())
+    assert calls == ["PRAGMA journal_mode = WAL"] * 3
