@@ -6,11 +6,12 @@ or cache boundary only, with ``raise ... from exc`` so the original stays visibl
     PandasLLMError
     ├── ConfigError            bad arguments; raised before any request is sent
     │   └── TemplateError      a template names an unknown column, or uses a forbidden field
-    └── APIError               a request failed (``status`` holds the HTTP status, if any)
-        ├── RetryableError     408 / 409 / 429 / 5xx, timeouts, connection errors
-        │   └── RateLimitError 429: every worker pauses, not only the one that got it
-        ├── RequestError       400 and other answers that are that row's own fault
-        └── FatalAPIError      401 / 403 / 404 / no quota: the whole run stops at once
+    ├── APIError               a request failed (``status`` holds the HTTP status, if any)
+    │   ├── RetryableError     408 / 409 / 429 / 5xx, timeouts, connection errors
+    │   │   └── RateLimitError 429: every worker pauses, not only the one that got it
+    │   ├── RequestError       400 and other answers that are that row's own fault
+    │   └── FatalAPIError      401 / 403 / 404 / no quota: the whole run stops at once
+    └── LocalServerError       pandas_llm.local: the local model server is missing or did not start
 
 Example:
     >>> from pandas_llm.errors import RateLimitError, RetryableError
@@ -29,6 +30,7 @@ __all__ = [
     "RateLimitError",
     "RequestError",
     "FatalAPIError",
+    "LocalServerError",
 ]
 
 
@@ -85,3 +87,7 @@ class RequestError(APIError):
 
 class FatalAPIError(APIError):
     """Authentication, permission, wrong URL or model, or no quota: nothing else can succeed."""
+
+
+class LocalServerError(PandasLLMError, RuntimeError):
+    """The local model server (``pandas_llm.local``) is not installed, or did not start."""

