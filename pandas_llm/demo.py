@@ -1,18 +1,23 @@
 """``python -m pandas_llm demo``: enrich a bundled CSV of product reviews, then show the cache.
 
-It starts the built-in loopback server (an OpenAI-compatible endpoint on 127.0.0.1 that
-answers deterministically, so no API key and no network are needed), runs one ``map``
-over a few hundred reviews with a progress bar, prints the head and a summary, then runs
-the same line again to show every answer coming back from the sidecar cache for free.
+It starts an OpenAI-compatible endpoint on 127.0.0.1 (no API key, no network): a real
+LLM, SmolLM2-135M on llama.cpp's server, when ``pandas-llm[local]`` is installed (see
+``pandas_llm.local``), else the built-in loopback server, which answers deterministically;
+it says which. It runs one ``map`` over the reviews with a progress bar, prints the head
+and a summary, then runs the same line again to show every answer coming back from the
+sidecar cache for free. ``--endpoint local|loopback`` chooses instead of ``auto``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from importlib import resources
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -20,6 +25,10 @@ import pandas_llm
 from pandas_llm.testing import LLMServer
 
 TEMPLATE = "Summarise this review of a {product} in five words: {review}"
+#: For the real model: greedy (so a rerun asks the same), one line, room for a short answer.
+LOCAL_PARAMS = dict(temperature=0, max_tokens=48, stop=["\n"])
+#: Rows the real model answers by default: it serves one request at a time on the CPU.
+LOCAL_ROWS = 20
 
 
 def load_reviews() -> pd.DataFrame:
@@ -38,16 +47,55 @@ def _summary(label: str, seconds: float, server_requests: int) -> str:
     )
 
 
-def run(rows: int | None = None, progress: bool = True) -> pd.DataFrame:
-    df = load_reviews()
-    if rows is not None:
-        df = df.head(rows)
+class Endpoint(NamedTuple):
+    description: str
+    options: dict  # keywords for ``map``
+    server: Any  # has ``.requests``: what it received
+    rows: int | None  # how many reviews to use unless --rows says
+
+
+@contextlib.contextmanager
+def open_endpoint(kind: str = "auto") -> Iterator[Endpoint]:
+    """Start the demo's endpoint: the real local model (``kind="local"``), the loopback server
+    (``"loopback"``), or the first that is installed (``"auto"``)."""
+    note = ""
+    if kind in ("auto", "local"):
+        from . import local
+
+        reason = local.unavailable_reason()
+        if reason is None:
+            with local.LocalServer() as srv:
+                yield Endpoint(
+                    f"a real LLM, SmolLM2-135M-Instruct on llama.cpp's server at {srv.base_url} "
+                    f"(CPU, offline, no key; served as model {srv.model!r})",
+                    dict(base_url=srv.base_url, model=srv.model, concurrency=2, **LOCAL_PARAMS),
+                    srv,
+                    LOCAL_ROWS,
+                )
+            return
+        if kind == "local":
+            raise local.LocalServerError(reason)
+        note = f"\n          For real answers from a small LLM on this CPU: {local.INSTALL}"
+    with LLMServer(latency=0.02) as srv:
+        yield Endpoint(
+            f"the built-in loopback server at {srv.base_url} (deterministic echo answers, no key needed){note}",
+            dict(base_url=srv.base_url, api_key="demo", concurrency=16),
+            srv,
+            None,
+        )
+
+
+def run(rows: int | None = None, progress: bool = True, endpoint: str = "auto") -> pd.DataFrame:
     workdir = tempfile.mkdtemp(prefix="pandas-llm-demo-")
     cache = os.path.join(workdir, "cache.sqlite")
-    with LLMServer(latency=0.02) as srv:
-        print(f"Endpoint: the built-in loopback server at {srv.base_url} (deterministic echo answers, no key needed)")
+    with open_endpoint(endpoint) as (description, endpoint_options, srv, default_rows):
+        df = load_reviews()
+        rows = default_rows if rows is None else rows
+        if rows is not None:
+            df = df.head(rows)
+        print(f"Endpoint: {description}")
         print(f"Cache:    {cache}\n")
-        options = dict(base_url=srv.base_url, api_key="demo", cache=cache, progress=progress, concurrency=16)
+        options = dict(cache=cache, progress=progress, **endpoint_options)
         t0 = time.perf_counter()
         df["summary"] = df.llm.map(TEMPLATE, **options)
         first = _summary("First run ", time.perf_counter() - t0, srv.requests)
@@ -67,7 +115,18 @@ def run(rows: int | None = None, progress: bool = True) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pandas_llm demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=None, help="use only the first N reviews")
+    parser.add_argument(
+        "--rows", type=int, default=None, help=f"use only the first N reviews (default: all; {LOCAL_ROWS} for the real model)"
+    )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--endpoint",
+        choices=("auto", "local", "loopback"),
+        default="auto",
+        help="local: the real model of pandas-llm[local]; loopback: the built-in echo server; auto (default): local if installed",
+    )
     args = parser.parse_args(argv)
-    run(args.rows, progress=not args.no_progress)
+    try:
+        run(args.rows, progress=not args.no_progress, endpoint=args.endpoint)
+    except pandas_llm.LocalServerError as exc:
+        parser.exit(1, f"error: {exc}\n")

@@ -71,6 +71,7 @@ INSTALL = f"{_INSTALL_SERVER} && {_INSTALL_MODEL}"
 # Modules ``python -m llama_cpp.server`` imports besides llama_cpp (its [server] extra).
 _SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 _PORT_LINE = re.compile(rb"Uvicorn running on \S+:(\d+)")
+_CHAT_LINE = '"POST /v1/chat/completions '  # uvicorn's access log: one line per request
 _LOG_TAIL = 3000  # characters of the server's log quoted in an error message
 
 # Runs in the child: exit when the parent goes away (the stdin pipe reaches EOF), drop
@@ -159,7 +160,8 @@ class LocalServer:
       args: more ``python -m llama_cpp.server`` arguments, e.g. ``["--seed", "1"]``.
 
     Attributes once started: ``base_url`` (``http://127.0.0.1:PORT/v1``), ``model``,
-    ``port``, ``pid``; ``log()`` is the server's output so far.
+    ``port``, ``pid``; ``requests`` counts the chat requests it received (from its access
+    log), and ``log()`` is its output so far.
     """
 
     def __init__(
@@ -270,6 +272,11 @@ class LocalServer:
             self._log_text = self._read_log()  # including what it printed while stopping
             _remove(self._log_path)
             self._log_path = None
+
+    @property
+    def requests(self) -> int:
+        """Chat completion requests the server has received, counted from its access log."""
+        return self.log().count(_CHAT_LINE)
 
     def log(self) -> str:
         """Everything the server has printed (its access log has one line per request)."""

@@ -8,7 +8,7 @@ import sys
 
 def test_demo_runs_and_second_pass_is_cached():
     res = subprocess.run(
-        [sys.executable, "-m", "pandas_llm", "demo", "--rows", "40", "--no-progress"],
+        [sys.executable, "-m", "pandas_llm", "demo", "--rows", "40", "--no-progress", "--endpoint", "loopback"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 
 import pytest
@@ -140,3 +141,23 @@ def test_bad_options_and_the_error_tree():
     with pytest.raises(LocalServerError, match="n_threads"):
         local.LocalServer(n_threads=0)
     assert sys.executable  # the child runs on the same interpreter
+
+
+def _demo(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pandas_llm", "demo", "--no-progress", *args],
+        capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def test_demo_falls_back_to_the_loopback_server_and_says_how_to_get_the_real_model():
+    res = _demo("--rows", "5", **{local.MODEL_ENV: "/nonexistent/model.gguf"})
+    assert res.returncode == 0, res.stderr
+    assert "Endpoint: the built-in loopback server" in res.stdout
+    assert f"For real answers from a small LLM on this CPU: {local.INSTALL}" in res.stdout
+
+
+def test_demo_asked_for_the_local_model_without_it_is_a_clear_error():
+    res = _demo("--endpoint", "local", **{local.MODEL_ENV: "/nonexistent/model.gguf"})
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.startswith("error: ") and "/nonexistent/model.gguf" in res.stderr

@@ -90,3 +90,17 @@ def test_same_answers_through_the_openai_client(options, local_server):
     with openai.OpenAI(base_url=local_server.base_url, api_key="unused", max_retries=0) as client:
         via_client = df.llm.map("{word}", system=TRANSLATE, client=client, **options)
     pd.testing.assert_series_equal(plain, via_client)
+
+
+def test_the_demo_uses_the_real_model(needs_local):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "pandas_llm", "demo", "--rows", "4", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Endpoint: a real LLM, SmolLM2-135M-Instruct on llama.cpp's server" in res.stdout
+    assert "First run : 4 rows, 4 distinct prompts, 0 rows from cache, 4 requests sent" in res.stdout
+    assert "Second run: 4 rows, 4 distinct prompts, 4 rows from cache, 0 requests sent" in res.stdout
