@@ -16,7 +16,7 @@ Then::
     df = pd.DataFrame({"word": ["cat", "dog"]})
     with LocalServer() as srv:
         df["fr"] = df.llm.map("Translate to French: {word}", base_url=srv.base_url,
-                              model=srv.model, temperature=0, max_tokens=20)
+                              model=srv.model, temperature=0, max_tokens=48, stop=["\n"])
 
 The server answers to the model name ``srv.model`` (``alias=``, default ``"gpt-4o-mini"``,
 the library's default model), so code written for OpenAI runs unchanged with only
@@ -146,7 +146,7 @@ def find_model() -> str:
 class LocalServer:
     """llama.cpp's OpenAI-compatible server on 127.0.0.1, as a context manager.
 
-    Options (keyword-only):
+    Options (all but ``model_path`` keyword-only):
       model_path: a GGUF file (default: :func:`find_model`).
       alias: the model name it lists and that ``srv.model`` gives (default ``"gpt-4o-mini"``).
       n_ctx: context window in tokens (default 2048); longer prompts get HTTP 400.
@@ -155,6 +155,8 @@ class LocalServer:
         slow everything else down); None leaves llama.cpp's defaults. Raise it for a
         bigger model.
       port: 0 (default) lets the OS pick a free port; the server reports it in its log.
+        The base URL is part of the cache key, so pass a fixed port to reuse cached
+        answers across restarts of the server.
       startup_timeout: seconds to wait for the first answer (default 120).
       stop_timeout: seconds between SIGTERM and SIGKILL when stopping (default 10).
       args: more ``python -m llama_cpp.server`` arguments, e.g. ``["--seed", "1"]``.
