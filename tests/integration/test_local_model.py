@@ -104,3 +104,18 @@ def test_the_demo_uses_the_real_model(needs_local):
     assert "Endpoint: a real LLM, SmolLM2-135M-Instruct on llama.cpp's server" in res.stdout
     assert "First run : 4 rows, 4 distinct prompts, 0 rows from cache, 4 requests sent" in res.stdout
     assert "Second run: 4 rows, 4 distinct prompts, 4 rows from cache, 0 requests sent" in res.stdout
+
+
+def test_the_readme_local_model_example_runs(needs_local, tmp_path, monkeypatch):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("**A real small model, offline, on the CPU**", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    df = pd.DataFrame({"review": ["Arrived late, works fine.", "Great value, a gift for my dad."]})
+    monkeypatch.chdir(tmp_path)  # the default cache file goes here
+    namespace = {"df": df}
+    with pandas_llm.settings(progress=False):
+        exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)
+    assert df["short"].notna().all() and (df["short"].str.len() > 0).all()
