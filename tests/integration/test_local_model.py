@@ -119,3 +119,18 @@ def test_the_readme_local_model_example_runs(needs_local, tmp_path, monkeypatch)
     with pandas_llm.settings(progress=False):
         exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)
     assert df["short"].notna().all() and (df["short"].str.len() > 0).all()
+
+
+def test_costs_are_computed_at_the_alias_table_price(options):
+    # The server answers as "gpt-4o-mini": costs are what the run would cost there.
+    from pandas_llm.pricing import cost, price_for
+
+    df = pd.DataFrame({"word": ["bread", "good night", "the red car"]})
+    d = df.llm.map("{word}", system=TRANSLATE, details=True, **options)
+    price = price_for(options["model"])
+    expected = [
+        cost(price, prompt_tokens=p, completion_tokens=c) for p, c in zip(d["prompt_tokens"], d["completion_tokens"])
+    ]
+    assert min(expected) > 0 and d["cost"].tolist() == pytest.approx(expected)
+    stats = pandas_llm.last_run().stats
+    assert stats.cost_known and stats.cost == pytest.approx(sum(expected))
