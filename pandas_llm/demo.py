@@ -67,7 +67,8 @@ def open_endpoint(kind: str = "auto") -> Iterator[Endpoint]:
             with local.LocalServer() as srv:
                 yield Endpoint(
                     f"a real LLM, SmolLM2-135M-Instruct on llama.cpp's server at {srv.base_url} "
-                    f"(CPU, offline, no key; served as model {srv.model!r})",
+                    f"(CPU, offline, no key; served as model {srv.model!r}: the dollars are what "
+                    f"{srv.model} would charge, the local run is free)",
                     dict(base_url=srv.base_url, model=srv.model, concurrency=2, **LOCAL_PARAMS),
                     srv,
                     LOCAL_ROWS,
