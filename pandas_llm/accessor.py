@@ -23,7 +23,7 @@ from . import estimate as _estimate
 from .config import current_settings
 from .estimate import Estimate
 from .jobs import BatchJob
-from .structured import check_prompt_order, prepare
+from .structured import check_prompt_order, job_verb, prepare
 
 __all__ = ["LLMAccessor"]
 
@@ -70,7 +70,8 @@ class LLMAccessor:
         _runner.run_sync(run.execute)
         return run.result(details=details)
 
-    def submit(self, template: Any, **options: Any) -> Any:
+    def submit(self, template: Any, *, schema: Any = None, labels: Any = None, multi: bool = False,
+               reasons: bool = False, flatten: bool | str = False, **options: Any) -> Any:  # fmt: skip
         """Send the rows to the Batch API and return a ``BatchJob`` at once.
 
         Same template and keywords as :meth:`map`, plus ``poll_interval`` and
@@ -78,14 +79,21 @@ class LLMAccessor:
         the sidecar: after a kernel restart, running the same call again re-attaches to
         the batches in flight instead of submitting them twice. ``job.status()`` shows each
         batch, ``job.result()`` waits and returns the Series, ``job.cancel()`` cancels.
+
+        ``labels=`` (with ``multi=``, ``reasons=``) makes it a :meth:`classify` job and
+        ``schema=`` (with ``flatten=``) an :meth:`extract` job: the same requests, checks
+        and cache keys as those verbs, and ``job.result()`` returns what they return.
         """
         check_prompt_order(template)
-        return self._prepare(template, {**options, "mode": "batch"}, verb="map").submit()
+        verb = job_verb(schema, labels, multi=multi, reasons=reasons, flatten=flatten)
+        return self._prepare(template, {**options, "mode": "batch"}, **verb).submit()
 
-    async def asubmit(self, template: Any, **options: Any) -> Any:
+    async def asubmit(self, template: Any, *, schema: Any = None, labels: Any = None, multi: bool = False,
+                      reasons: bool = False, flatten: bool | str = False, **options: Any) -> Any:  # fmt: skip
         """The coroutine twin of :meth:`submit`."""
         check_prompt_order(template)
-        job = await self._aprepare(template, {**options, "mode": "batch"}, verb="map")
+        verb = job_verb(schema, labels, multi=multi, reasons=reasons, flatten=flatten)
+        job = await self._aprepare(template, {**options, "mode": "batch"}, **verb)
         return await job.asubmit()
 
     async def amap(self, template: Any, *, schema: Any = None, details: bool = False, **options: Any) -> Any:
@@ -123,6 +131,8 @@ class LLMAccessor:
         """
         check_prompt_order(template)
         run = self._prepare(template, options, verb="extract", schema=schema, flatten=flatten)
+        if isinstance(run, BatchJob):
+            return run.result(details=details)
         _runner.run_sync(run.execute)
         return run.result(details=details)
 
@@ -131,6 +141,8 @@ class LLMAccessor:
         """The coroutine twin of :meth:`extract`."""
         check_prompt_order(template)
         run = await self._aprepare(template, options, verb="extract", schema=schema, flatten=flatten)
+        if isinstance(run, BatchJob):
+            return await run.aresult(details=details)
         await run.execute()
         return run.result(details=details)
 
@@ -162,6 +174,8 @@ class LLMAccessor:
         """
         check_prompt_order(template)
         run = self._prepare(template, options, verb="classify", labels=labels, multi=multi, reasons=reasons)
+        if isinstance(run, BatchJob):
+            return run.result(details=details)
         _runner.run_sync(run.execute)
         return run.result(details=details)
 
@@ -170,6 +184,8 @@ class LLMAccessor:
         """The coroutine twin of :meth:`classify`."""
         check_prompt_order(template)
         run = await self._aprepare(template, options, verb="classify", labels=labels, multi=multi, reasons=reasons)
+        if isinstance(run, BatchJob):
+            return await run.aresult(details=details)
         await run.execute()
         return run.result(details=details)
 

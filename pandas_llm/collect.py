@@ -6,11 +6,18 @@ it is counted. A failed request (error-file line, non-200 status, a batch that f
 validation, a line the API never returned) becomes a failed row with its error, retried
 by the next run. A request an expired or cancelled batch never ran is not a failure:
 nothing is written, and the next run sends it again.
+
+With a schema (``validate=``, the same hook the realtime engine gets: parse.Parser.error)
+every answer is validated before it is written: one that fails is stored as ``invalid``
+with the validation error and its tokens and cost (it was paid), never as ``ok``. It is
+not resent within the job (that would be another batch, another wait of up to 24h):
+like every row that is not ``ok``, the next run sends it again.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from .backends import Completion
 from .backends.batch import BatchAPI, BatchInfo
@@ -33,9 +40,11 @@ class Collector:
     """Writes results for one job: ``slot_of`` maps this job's request keys to plan slots;
     results for other keys (a re-attached batch of another job) are cached, not counted."""
 
-    def __init__(self, plan: Plan, stats: BatchStats, *, model: str, endpoint: str, price: Price | None):
+    def __init__(self, plan: Plan, stats: BatchStats, *, model: str, endpoint: str, price: Price | None,
+                 validate: Callable[[str | None], str | None] | None = None):  # fmt: skip
         self.plan, self.stats = plan, stats
         self.model, self.endpoint, self.price = model, endpoint, price
+        self.validate = validate
         self.slot_of: dict[bytes, int] = {}
         self.unanswered: dict[int, str] = {}  # slot -> "expired" | "cancelled"
 
@@ -55,6 +64,10 @@ class Collector:
                     continue
                 seen.add(key)
                 if record is not None:
+                    if record.status == "ok" and self.validate is not None:
+                        error = self.validate(record.output)
+                        if error is not None:
+                            record = record._replace(status="invalid", error=error)
                     buffer.append(record)
                     if len(buffer) >= _WRITE_EVERY:
                         self.write(store, buffer)

@@ -65,17 +65,18 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 _BACKOFF, _CAP = 1.5, 12  # poll waits grow 1.5x while nothing changes, up to 12x poll_interval
 
 
-def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None) -> Any:
+def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None, validate=None) -> Any:
     """The run this call means: a ``BatchJob`` (mode batch, or auto at ``batch_threshold``
     requests to send and more) or a realtime ``pipeline.Run``. Plans (and so raises on bad
-    input) before anything is sent."""
+    input) before anything is sent. ``extra`` / ``validate``: the request fields and the
+    answer check of a schema (structured.py), the same for both, so keys are identical."""
     if settings.mode == "auto":
-        run = _pipeline.Run(data, template, settings, extra=extra)
+        run = _pipeline.Run(data, template, settings, extra=extra, validate=validate)
         small = len(run.plan.todo) < settings.batch_threshold
         if small or settings.max_cost is not None or not _batch_possible(settings):  # max_cost: realtime only
             return run
         run.store.close()
-        return BatchJob(run.plan, settings, name=run.name)
+        return BatchJob(run.plan, settings, name=run.name, validate=validate)
     if settings.max_cost is not None:
         raise ConfigError(
             "max_cost caps realtime runs (each request is reserved before it is sent); a Batch API job "
@@ -88,7 +89,7 @@ def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, 
         plan = make_plan(data, template, settings, store, extra=extra)
     finally:
         store.close()
-    return BatchJob(plan, settings, name=data.name if isinstance(data, pd.Series) else None)
+    return BatchJob(plan, settings, name=data.name if isinstance(data, pd.Series) else None, validate=validate)
 
 
 def _batch_possible(settings: Settings) -> bool:
@@ -105,6 +106,10 @@ class BatchJob:
     Hold on to it, or run the same ``submit`` / ``map(mode="batch")`` call again later:
     the sidecar knows the batches in flight. Methods are not meant to be called
     concurrently on one job.
+
+    ``validate``: answer text -> error or None (a schema's check, see collect.py);
+    ``finish``: ``details -> result``, the verb's own result assembly (structured.py sets
+    it for extract / classify / schema=), else the answers as a string Series.
     """
 
     def __init__(
@@ -113,9 +118,11 @@ class BatchJob:
         settings: Settings,
         *,
         name: Any = None,
+        validate: Callable[[str | None], str | None] | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ):
         self.plan = plan
+        self.finish: Callable[[bool], Any] | None = None
         self.settings = settings
         self.name = name
         self.id = uuid.uuid4().hex[:16]
@@ -139,7 +146,7 @@ class BatchJob:
         self._finished = False
         self._mem_store: Store | None = None  # cache=False: one in-memory sidecar for the job's life
         self._collector = Collector(plan, self.stats, model=settings.model, endpoint=settings.endpoint,
-                                    price=resolve_price(settings.model, settings.prices))  # fmt: skip
+                                    price=resolve_price(settings.model, settings.prices), validate=validate)  # fmt: skip
 
     def __repr__(self) -> str:
         s = self.stats
@@ -161,7 +168,8 @@ class BatchJob:
 
     def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
         """Wait (with progress) until every batch is finished and collected; the answers as a
-        Series aligned to the frame (``details=True``: per-row status, error, tokens, cost)."""
+        Series aligned to the frame, or what the verb returns (classify's categorical,
+        extract's typed columns; ``details=True`` adds per-row status, error, tokens, cost)."""
         _runner.run_sync(self.await_done)
         return self._result(details)
 
@@ -419,7 +427,11 @@ class BatchJob:
             state = "done" if s.ok == s.to_send else "partial"
         return BatchStatus(self.id, state, s)
 
-    def _result(self, details: bool) -> pd.Series | pd.DataFrame:
+    def _result(self, details: bool) -> Any:
+        return self.finish(details) if self.finish is not None else self.report(details)
+
+    def report(self, details: bool) -> pd.Series | pd.DataFrame:
+        """The stored answers as a string Series (or per-row details); warns about failed rows."""
         plan = self.plan
         _pipeline._last = _pipeline.RunReport(self.stats, plan)
         self._warn_failures()

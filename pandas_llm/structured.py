@@ -27,13 +27,15 @@ import pandas as pd
 from .columns import build_frame, columns_for, take
 from .config import current_settings
 from .errors import ConfigError
+from .jobs import BatchJob, start
 from .packing import Packer
 from .parse import Parser
 from .pipeline import Run
+from .planner import Plan
 from .prompts import to_messages
 from .schema import Schema, as_schema
 
-__all__ = ["PromptOrderWarning", "Prepared", "prepare", "check_prompt_order", "classify_schema", "LONG_FIXED_TEXT"]
+__all__ = ["PromptOrderWarning", "Prepared", "prepare", "job_verb", "check_prompt_order", "classify_schema", "LONG_FIXED_TEXT"]
 
 #: Fixed text longer than this (characters) after a ``{column}`` triggers the warning.
 LONG_FIXED_TEXT = 1000
@@ -103,24 +105,31 @@ def prepare(
     multi: bool = False,
     reasons: bool = False,
     flatten: bool | str = False,
-) -> Prepared | Run:
-    """Plan one verb's run (nothing is sent). ``verb``: "map", "extract" or "classify"."""
+) -> Prepared | Run | BatchJob:
+    """Plan one verb's run (nothing is sent). ``verb``: "map", "extract" or "classify".
+
+    ``mode="batch"`` (or ``"auto"`` when it picks the Batch API) gives a ``BatchJob`` whose
+    JSONL lines carry the very request bodies a realtime run sends (response_format,
+    instruction), so realtime and batch share cache keys; its answers are checked by the
+    same parser, and ``job.result()`` is assembled by the same finisher as the verb's.
+    An invalid batch answer stays ``invalid`` until the next run (see collect.py)."""
     settings = current_settings().merged(**options)
     task: str | None = None
     if verb == "classify":
         schema, task, labels = classify_schema(labels, multi=multi, reasons=reasons)
     elif verb == "extract" and schema is None:
         raise ConfigError("extract needs schema=: a pydantic model, a JSON schema dict, or 'json_object'")
-    if settings.mode != "realtime":
-        if schema is not None or settings.rows_per_request != 1:
-            raise ConfigError(
-                f"mode={settings.mode!r} does not validate schemas or pack rows yet: use "
-                "mode='realtime' for extract, classify, schema= and rows_per_request="
-            )
-        from .jobs import start
-
-        return start(data, template, settings)  # a BatchJob, or a Run for mode="auto" when small
+    batch = settings.mode != "realtime"
+    if batch and settings.rows_per_request != 1:
+        raise ConfigError(
+            f"rows_per_request= packs rows in realtime runs only, not with mode={settings.mode!r}: a packed "
+            "answer that misses rows is followed by single-row requests, which through the Batch API would "
+            "be another batch and another wait. Use rows_per_request=1 with the Batch API (it is half price "
+            "already), or mode='realtime' to pack."
+        )
     if schema is None and settings.rows_per_request == 1:
+        if batch:
+            return start(data, template, settings)  # a BatchJob, or a Run for mode="auto" when small
         return Run(data, template, settings)  # plain map: the core path, untouched
     spec = as_schema(schema) if schema is not None else None
     if spec is not None and "response_format" in settings.params:
@@ -139,11 +148,41 @@ def prepare(
                         head=_join(settings.system, task), mode=mode)  # fmt: skip
     extra = {"response_format": spec.response_format(mode)} if spec is not None else None
     parser = Parser(spec) if spec is not None else None
-    run = Run(data, template, run_settings, extra=extra, validate=parser and parser.error, packing=packer)
+    validate = parser and parser.error
+    if batch:  # the same requests (so the same keys) and the same check as realtime
+        run = start(data, template, run_settings, extra=extra, validate=validate)
+    else:
+        run = Run(data, template, run_settings, extra=extra, validate=validate, packing=packer)
     if parser is None:
         return Prepared(run, lambda details: run.result(details=details))
-    return Prepared(run, _finisher(run, spec, parser, verb, labels=labels, multi=multi, reasons=reasons,
-                                   flatten=flatten))  # fmt: skip
+    report = run.report if isinstance(run, BatchJob) else run.result  # no wrapper: warnings keep their stacklevel
+    finish = _finisher(run.plan, run.name, report, spec, parser, verb, labels=labels, multi=multi,
+                       reasons=reasons, flatten=flatten)  # fmt: skip
+    if isinstance(run, BatchJob):
+        run.finish = finish  # job.result() assembles the result as the verb does
+        return run
+    return Prepared(run, finish)
+
+
+def job_verb(schema: Any, labels: Any, *, multi: bool, reasons: bool, flatten: bool | str) -> dict[str, Any]:
+    """``submit``'s verb, as :func:`prepare` keywords: ``labels=`` classify, ``schema=`` extract, else map.
+
+    >>> job_verb(None, ["a", "b"], multi=False, reasons=True, flatten=False)["verb"]
+    'classify'
+    """
+    if labels is not None:
+        if schema is not None:
+            raise ConfigError("pass labels= (a classify job) or schema= (an extract job), not both")
+        if flatten:
+            raise ConfigError("flatten= goes with schema= (an extract job), not with labels=")
+        return {"verb": "classify", "labels": labels, "multi": multi, "reasons": reasons}
+    if multi or reasons:
+        raise ConfigError("multi= and reasons= go with labels=, e.g. submit('{text}', labels=['a', 'b'], multi=True)")
+    if schema is not None:
+        return {"verb": "extract", "schema": schema, "flatten": flatten}
+    if flatten:
+        raise ConfigError("flatten= goes with schema= (an extract job)")
+    return {"verb": "map"}
 
 
 def classify_schema(labels: Any, *, multi: bool = False, reasons: bool = False) -> tuple[dict, str, list]:
@@ -200,18 +239,21 @@ def classify_schema(labels: Any, *, multi: bool = False, reasons: bool = False) 
     return schema, text + "\nReply in JSON.", labels
 
 
-def _finisher(run: Run, spec: Schema, parser: Parser, verb: str, **how: Any) -> Callable[[bool], Any]:
+def _finisher(plan: Plan, name: Any, report: Callable[[bool], Any], spec: Schema, parser: Parser, verb: str,
+              **how: Any) -> Callable[[bool], Any]:  # fmt: skip
+    """The verb's result from a finished run's outcomes; ``report(details=True)``: per-row details
+    (and the failure warning) of a realtime Run or a BatchJob alike."""
+
     def finish(details: bool) -> Any:
-        plan = run.plan
         values = _parse_outcomes(plan.outcomes, parser)
-        info = run.result(details=True)  # warns once about failed rows, counting "invalid" too
+        info = report(details=True)  # warns once about failed rows, counting "invalid" too
         if verb == "map":
-            out: Any = pd.Series(take(_objects(values), plan.codes), index=plan.index, name=run.name)
+            out: Any = pd.Series(take(_objects(values), plan.codes), index=plan.index, name=name)
         elif verb == "extract":
             columns = columns_for(spec, how["flatten"]) if spec.schema is not None else None
             out = build_frame(values, plan.codes, plan.index, columns)
         else:
-            out = _classified(values, plan.codes, plan.index, run.name, **how)
+            out = _classified(values, plan.codes, plan.index, name, **how)
         if not details:
             return out
         frame = out.to_frame() if isinstance(out, pd.Series) else out

@@ -492,8 +492,8 @@ def test_persistent_api_errors_raise_and_the_rerun_recovers(srv, opts):
     assert srv.batches.batches_created == 1
 
 
-def test_batch_mode_with_a_schema_is_refused_before_spending(server, opts):
+def test_batch_mode_refuses_packing_before_spending(server, opts):
     df = pd.DataFrame({"text": ["a"]})
-    with pytest.raises(pandas_llm.ConfigError, match="does not validate schemas"):
-        df.llm.extract("{text}", schema={"type": "object", "properties": {"x": {"type": "string"}}}, mode="batch", **opts)
+    with pytest.raises(pandas_llm.ConfigError, match="rows_per_request= packs rows in realtime runs only"):
+        df.llm.map("{text}", rows_per_request=2, mode="batch", **opts)
     assert server.requests == 0
