@@ -1,0 +1,337 @@
+"""extract / classify / map(schema=) through the Batch API: same requests, checks and results as realtime."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import orjson
+import pandas as pd
+import pytest
+from pydantic import BaseModel
+
+import pandas_llm
+from pandas_llm import ConfigError, RunWarning
+from pandas_llm.testing import LLMServer
+
+from test_structured import Everything, expected
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABELS = ["billing", "bug", "feature", "other"]
+
+
+class Review(BaseModel):
+    sentiment: str
+    stars: int
+
+
+@pytest.fixture
+def srv():
+    with LLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def opts(srv, tmp_path):
+    return dict(base_url=srv.base_url, api_key="x", cache=str(tmp_path / "cache.sqlite"), progress=False,
+                poll_interval=0.005)  # fmt: skip
+
+
+def frame(n: int, prefix: str = "review") -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"{prefix} {i}" for i in range(n)]})
+
+
+def fresh(opts, tmp_path, name):
+    """The same options with a cache of their own (so realtime and batch both really ask)."""
+    return {**opts, "cache": str(tmp_path / name)}
+
+
+def batch_lines(srv) -> list[dict]:
+    return [orjson.loads(line) for f in srv.batches.files.values() if f.purpose == "batch" for line in f.data.splitlines()]
+
+
+# -- the same frame as realtime ------------------------------------------------------------------------------
+
+
+def test_extract_in_batch_mode_equals_realtime_values_and_dtypes(srv, opts, tmp_path):
+    df = pd.DataFrame({"text": [f"review {i % 9}" for i in range(30)] + [None]}, index=range(100, 131)[::-1])
+    batch = df.llm.extract("Read this review: {text}", schema=Everything, mode="batch", **fresh(opts, tmp_path, "b"))
+    assert srv.requests == 0 and srv.batches.lines_answered == 9  # deduplicated, NA row skipped
+    realtime = df.llm.extract("Read this review: {text}", schema=Everything, **fresh(opts, tmp_path, "r"))
+    assert srv.requests == 9
+    pd.testing.assert_frame_equal(batch, realtime)
+    assert batch.index.equals(df.index) and batch.iloc[-1].isna().all()
+    want = expected(Everything, [f"Read this review: review {i % 9}" for i in range(30)])
+    assert batch["summary"].iloc[:30].tolist() == [v["summary"] for v in want]
+    flat = df.llm.extract("Read this review: {text}", schema=Everything, flatten=True, mode="batch", **opts)
+    assert flat["address.city"].dtype == "string" and srv.batches.batches_created == 2
+
+
+@pytest.mark.parametrize("how", [{}, {"multi": True}, {"reasons": True}, {"labels": [True, False]}])
+def test_classify_in_batch_mode_equals_realtime(srv, opts, tmp_path, how):
+    how = {"labels": LABELS, **how}
+    df = frame(25, "ticket")
+    batch = df.llm.classify("Route this ticket: {text}", mode="batch", **how, **fresh(opts, tmp_path, "b"))
+    realtime = df.llm.classify("Route this ticket: {text}", **how, **fresh(opts, tmp_path, "r"))
+    assert srv.batches.lines_answered == 25 and srv.requests == 25
+    if isinstance(batch, pd.DataFrame):
+        pd.testing.assert_frame_equal(batch, realtime)
+    else:
+        pd.testing.assert_series_equal(batch, realtime)
+    if how["labels"] == LABELS and not how.get("multi") and not how.get("reasons"):
+        assert batch.dtype == pd.CategoricalDtype(LABELS)
+    if how["labels"] == [True, False]:
+        assert batch.dtype == "boolean"
+
+
+def test_map_with_schema_and_json_object_in_batch_mode_equal_realtime(srv, opts, tmp_path):
+    df = frame(6)
+    b = df.llm.map("{text}", schema=Review, mode="batch", **fresh(opts, tmp_path, "b"))
+    r = df.llm.map("{text}", schema=Review, **fresh(opts, tmp_path, "r"))
+    pd.testing.assert_series_equal(b, r)
+    assert all(isinstance(v, dict) and set(v) == {"sentiment", "stars"} for v in b)
+    kw = dict(schema=Review, structured="json_object")  # the schema in the instruction, JSON mode
+    b = df.llm.extract("{text}", mode="batch", **kw, **fresh(opts, tmp_path, "b2"))
+    r = df.llm.extract("{text}", **kw, **fresh(opts, tmp_path, "r2"))
+    pd.testing.assert_frame_equal(b, r)
+    assert batch_lines(srv)[-1]["body"]["response_format"]["type"] == "json_object"
+
+
+def test_batch_lines_carry_the_realtime_request_body(srv, opts, tmp_path):
+    """The line's body is the request a realtime run sends; its custom_id is that request's cache key."""
+    import hashlib
+
+    from pandas_llm.requests import KEY_VERSION
+
+    sent = []
+
+    def spy(messages, **params):
+        sent.append({"messages": messages, **params})
+        return '{"label": "bug"}'
+
+    df = pd.DataFrame({"t": ["x"]})
+    df.llm.classify("{t}", labels=LABELS, client=spy, cache=False, progress=False)
+    realtime = fresh(opts, tmp_path, "r.sqlite")
+    df.llm.classify("{t}", labels=LABELS, **realtime)
+    df.llm.classify("{t}", labels=LABELS, mode="batch", **opts)
+    (raw,) = [line for f in srv.batches.files.values() if f.purpose == "batch" for line in f.data.splitlines()]
+    line = orjson.loads(raw)
+    body = line["body"]
+    assert body["messages"] == sent[0]["messages"] and body["response_format"] == sent[0]["response_format"]
+    assert body["messages"][0]["role"] == "system" and "exactly one of these labels" in body["messages"][0]["content"]
+    embedded = raw[raw.index(b'"body":') + 7 : -1]  # the canonical body bytes, embedded as is
+    endpoint = pandas_llm.Settings(base_url=srv.base_url).endpoint.encode()
+    assert hashlib.sha256(KEY_VERSION + endpoint + b"\n" + embedded).hexdigest() == line["custom_id"]
+    with sqlite3.connect(realtime["cache"]) as conn:
+        (key,) = [k for (k,) in conn.execute("SELECT key FROM results")]
+    assert key.hex() == line["custom_id"]
+
+
+# -- one cache for both ----------------------------------------------------------------------------------------
+
+
+def test_batch_answers_are_cache_hits_for_realtime(srv, opts):
+    df = frame(40)
+    b = df.llm.extract("{text}", schema=Everything, mode="batch", **opts)
+    c = df.llm.classify("{text}", labels=LABELS, mode="batch", **opts)
+    assert srv.batches.lines_answered == 80
+    pd.testing.assert_frame_equal(df.llm.extract("{text}", schema=Everything, **opts), b)
+    pd.testing.assert_series_equal(df.llm.classify("{text}", labels=LABELS, **opts), c)
+    assert srv.requests == 0 and pandas_llm.last_run().stats.cached == 40
+
+
+def test_realtime_answers_are_never_sent_in_a_batch(srv, opts):
+    df = frame(50, "ticket")
+    head = df.iloc[:20].llm.classify("{text}", labels=LABELS, **opts)
+    assert srv.requests == 20
+    out = df.llm.classify("{text}", labels=LABELS, mode="batch", **opts)
+    pd.testing.assert_series_equal(out.iloc[:20], head)
+    lines = batch_lines(srv)
+    assert len(lines) == 30 and srv.batches.lines_answered == 30
+    sent = {line["body"]["messages"][-1]["content"] for line in lines}
+    assert sent == {f"ticket {i}" for i in range(20, 50)}
+    assert set(srv.prompt_counts.values()) == {1}
+    job = df.llm.submit("{text}", labels=LABELS, **opts)  # everything cached: nothing to send
+    assert job.stats.to_send == 0 and srv.batches.batches_created == 1
+    pd.testing.assert_series_equal(job.result(), out)
+
+
+def test_changing_the_labels_resends_only_in_a_new_batch(srv, opts):
+    df = frame(10, "ticket")
+    df.llm.classify("{text}", labels=LABELS, mode="batch", **opts)
+    df.llm.classify("{text}", labels=LABELS[:3], mode="batch", **opts)  # another schema: other keys
+    assert (srv.batches.batches_created, srv.batches.lines_answered) == (2, 20)
+
+
+# -- invalid answers ------------------------------------------------------------------------------------------
+
+
+def test_invalid_batch_answers_become_invalid_rows_and_a_rerun_resends_only_them(srv, opts):
+    srv.structured.inject("violate", match="review 2", times=None)
+    srv.structured.inject("invalid_json", match="review 7", times=None)
+    df = frame(10)
+    with pytest.warns(RunWarning, match=r"2 of 10 rows have no answer: 2 invalid \(the answer did not match"):
+        out = df.llm.extract("{text}", schema=Everything, mode="batch", **opts)
+    assert out["summary"].isna().tolist() == [i in (2, 7) for i in range(10)]
+    report = pandas_llm.last_run()
+    s = report.stats
+    assert (s.ok, s.failed["invalid"], s.sent_done) == (8, 2, 10)
+    d = report.details
+    assert d.loc[2, "status"] == "invalid" and d.loc[2, "error"] == "sentiment: Field required"
+    assert d.loc[7, "status"] == "invalid" and d.loc[7, "error"].startswith("invalid JSON")
+    assert d.loc[2, "prompt_tokens"] > 0 and d.loc[2, "cost"] > 0  # paid for: kept
+    assert d.loc[2, "cost"] == pytest.approx(d.loc[3, "cost"], rel=0.5)
+    assert srv.count("review 2") == 1 and srv.requests == 0  # not resent within the job
+    with sqlite3.connect(opts["cache"]) as conn:
+        stored = dict(conn.execute("SELECT status, count(*) FROM results GROUP BY status").fetchall())
+    assert stored == {"ok": 8, "invalid": 2}  # never stored as 'ok'
+
+    srv.structured.clear_faults()
+    before = srv.batches.lines_answered
+    again = df.llm.extract("{text}", schema=Everything, mode="batch", **opts)
+    assert srv.batches.lines_answered - before == 2 and srv.batches.batches_created == 2
+    assert {line["body"]["messages"][-1]["content"] for line in batch_lines(srv)[10:]} == {"review 2", "review 7"}
+    assert again["summary"].notna().all() and pandas_llm.last_run().stats.cached == 8
+    pd.testing.assert_frame_equal(again, df.llm.extract("{text}", schema=Everything, cache=False,
+                                                        **{k: v for k, v in opts.items() if k != "cache"}))  # fmt: skip
+
+
+def test_an_invalid_label_in_a_batch_is_invalid_and_the_job_status_counts_it(srv, opts):
+    srv.structured.inject("violate", match="ticket 1", times=None)  # ticket 1, ticket 10..14
+    job = frame(15, "ticket").llm.submit("{text}", labels=LABELS, **opts)
+    with pytest.warns(RunWarning, match="6 invalid"):
+        out = job.result()
+    assert out.dtype == pd.CategoricalDtype(LABELS) and out.isna().sum() == 6
+    status = job.status()
+    assert status.state == "partial" and status.counts()["ok"] == 9 and status.counts()["failed"] == 6
+    assert "6 failed" in repr(status)
+
+
+# -- submit / result, re-attach -------------------------------------------------------------------------------
+
+
+def test_submit_a_classify_job_then_result(srv, opts, tmp_path):
+    srv.batches.hold()
+    df = frame(30, "ticket")
+    job = df.llm.submit("Route: {text}", labels=LABELS, reasons=True, batch_limits={"requests": 10}, **opts)
+    assert srv.batches.batches_created == 3 and srv.batches.lines_answered == 0
+    assert job.status().state == "in_progress"
+    srv.batches.release()
+    out = job.result()
+    realtime = df.llm.classify("Route: {text}", labels=LABELS, reasons=True, **fresh(opts, tmp_path, "r"))
+    pd.testing.assert_frame_equal(out, realtime)
+    assert list(out.columns) == ["label", "reason"] and out["label"].dtype == pd.CategoricalDtype(LABELS)
+    d = job.result(details=True)
+    assert {"label", "reason", "status", "cost"} <= set(d.columns) and (d["status"] == "ok").all()
+    extract_job = df.llm.submit("Route: {text}", schema=Review, **opts)
+    pd.testing.assert_frame_equal(extract_job.result(), df.llm.extract("Route: {text}", schema=Review, **opts))
+
+
+def test_submit_rejects_mixed_verbs_before_anything_is_sent(srv, opts):
+    df = frame(3)
+    with pytest.raises(ConfigError, match="not both"):
+        df.llm.submit("{text}", labels=LABELS, schema=Review, **opts)
+    with pytest.raises(ConfigError, match="go with labels="):
+        df.llm.submit("{text}", multi=True, **opts)
+    with pytest.raises(ConfigError, match="flatten= goes with schema="):
+        df.llm.submit("{text}", labels=LABELS, flatten=True, **opts)
+    assert srv.batches.files_uploaded == 0
+
+
+def test_killed_after_submitting_a_classify_job_the_rerun_reattaches(srv, opts):
+    srv.batches.hold()
+    script = textwrap.dedent(
+        f"""
+        import pandas as pd, pandas_llm
+        df = pd.DataFrame({{"text": [f"ticket {{i}}" for i in range(300)]}})
+        df.llm.classify("Route: {{text}}", labels={LABELS!r}, mode="batch", base_url={srv.base_url!r},
+                        api_key="x", cache={opts["cache"]!r}, progress=False, poll_interval=0.01,
+                        batch_limits={{"requests": 100}})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        deadline = time.monotonic() + 60
+        while srv.batches.batches_retrieved == 0:  # polling: every batch was submitted and recorded
+            assert proc.poll() is None, "the child exited early"
+            assert time.monotonic() < deadline, "the child never submitted"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (srv.batches.files_uploaded, srv.batches.batches_created) == (3, 3)
+    srv.batches.release()
+    df = frame(300, "ticket")
+    job = df.llm.submit("Route: {text}", labels=LABELS, batch_limits={"requests": 100}, **opts)
+    assert job.stats.attached == 300 and job.stats.submitted == 0
+    out = job.result()
+    assert (srv.batches.files_uploaded, srv.batches.batches_created, srv.batches.lines_answered) == (3, 3, 300)
+    assert out.dtype == pd.CategoricalDtype(LABELS) and out.notna().all()
+    no_cache = {k: v for k, v in opts.items() if k != "cache"}
+    pd.testing.assert_series_equal(out, df.llm.classify("Route: {text}", labels=LABELS, cache=False, **no_cache))
+
+
+# -- modes and refusals ---------------------------------------------------------------------------------------
+
+
+def test_auto_mode_picks_batch_above_the_threshold_for_structured_verbs(srv, opts):
+    df = frame(12)
+    small = df.iloc[:4].llm.extract("{text}", schema=Review, mode="auto", batch_threshold=5, **opts)
+    assert srv.requests == 4 and srv.batches.batches_created == 0
+    big = df.llm.extract("{text}", schema=Review, mode="auto", batch_threshold=5, **opts)
+    assert srv.batches.lines_answered == 8 and srv.requests == 4  # the 4 realtime answers came from the cache
+    pd.testing.assert_frame_equal(big.iloc[:4], small)
+    assert big.dtypes.astype(str).tolist() == ["string", "Int64"]
+
+
+def test_auto_mode_realtime_still_validates_and_resends(srv, opts):
+    srv.structured.inject("invalid_json", match="review 1", times=1)
+    out = frame(3).llm.extract("{text}", schema=Review, mode="auto", **opts)  # small: realtime
+    assert out["stars"].notna().all() and srv.count("review 1") == 2
+
+
+def test_packing_with_the_batch_api_is_refused_before_spending(srv, opts):
+    df = frame(4)
+    for mode in ("batch", "auto"):
+        with pytest.raises(ConfigError, match="rows_per_request= packs rows in realtime runs only"):
+            df.llm.extract("{text}", schema=Review, rows_per_request=2, mode=mode, **opts)
+    with pytest.raises(ConfigError, match="rows_per_request="):
+        df.llm.submit("{text}", labels=LABELS, rows_per_request=2, **opts)
+    assert srv.requests == 0 and srv.batches.files_uploaded == 0
+
+
+def test_max_cost_with_a_batch_classify_is_refused(srv, opts):
+    with pytest.raises(ConfigError, match="max_cost"):
+        frame(3).llm.classify("{text}", labels=LABELS, mode="batch", max_cost=1.0, **opts)
+    assert srv.batches.files_uploaded == 0
+
+
+async def test_async_twins_in_batch_mode(srv, opts, tmp_path):
+    df = frame(6, "ticket")
+    a = await df.llm.aextract("{text}", schema=Review, mode="batch", **opts)
+    c = await df.llm.aclassify("{text}", labels=LABELS, mode="batch", **opts)
+    job = await df.llm.asubmit("{text}", labels=LABELS, multi=True, **opts)
+    m = await job.aresult()
+    assert srv.batches.lines_answered == 18
+    r = fresh(opts, tmp_path, "r")
+    pd.testing.assert_frame_equal(a, df.llm.extract("{text}", schema=Review, **r))
+    pd.testing.assert_series_equal(c, df.llm.classify("{text}", labels=LABELS, **r))
+    pd.testing.assert_series_equal(m, df.llm.classify("{text}", labels=LABELS, multi=True, **r))
+
+
+def test_the_failure_warning_points_at_the_callers_line(srv, opts):
+    srv.structured.inject("violate", match="review 0", times=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame(2).llm.classify("{text}", labels=LABELS, mode="batch", **opts)
+        job = frame(2).llm.submit("{text}", schema=Review, **opts)
+        job.result()
+    assert [w.category for w in caught] == [RunWarning, RunWarning]
+    assert {w.filename for w in caught} == {__file__}
