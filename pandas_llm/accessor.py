@@ -117,7 +117,9 @@ class LLMAccessor:
         an invalid one is asked again (``invalid_retries=``, default 2) and then is NA
         with status ``invalid`` (``details=True`` or ``pandas_llm.last_run().failures``).
         ``structured="json_object"`` for servers without ``json_schema`` (llama.cpp);
-        ``rows_per_request=k`` packs k rows into one request.
+        ``rows_per_request=k`` packs k rows into one request. ``mode="batch"`` goes through
+        the Batch API (half price, the same requests and cache keys; an invalid answer is
+        not resent within the job but by the next run; no packing), see :meth:`submit`.
 
             >>> from pandas_llm.testing import LLMServer
             >>> Review = {"type": "object", "required": ["sentiment", "stars"], "properties": {
@@ -162,7 +164,8 @@ class LLMAccessor:
         ``[True, False]`` (a ``boolean`` Series, for yes/no questions). ``multi=True``: a
         list of labels per row. ``reasons=True``: a DataFrame with ``label`` (or ``labels``)
         and a short ``reason``. A label outside the set cannot be chosen (an enum in the
-        schema) and is rejected as ``invalid`` if a server lets one through.
+        schema) and is rejected as ``invalid`` if a server lets one through. ``mode="batch"``
+        works as for :meth:`extract`; ``submit(template, labels=...)`` returns the job.
 
             >>> from pandas_llm.testing import LLMServer
             >>> with LLMServer() as srv:
