@@ -428,9 +428,9 @@ class BatchJob:
         return BatchStatus(self.id, state, s)
 
     def _result(self, details: bool) -> Any:
-        return self.finish(details) if self.finish is not None else self.report(details)
+        return self.finish(details) if self.finish is not None else self._report(details)
 
-    def report(self, details: bool) -> pd.Series | pd.DataFrame:
+    def _report(self, details: bool) -> pd.Series | pd.DataFrame:
         """The stored answers as a string Series (or per-row details); warns about failed rows."""
         plan = self.plan
         _pipeline._last = _pipeline.RunReport(self.stats, plan)

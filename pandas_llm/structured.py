@@ -155,7 +155,7 @@ def prepare(
         run = Run(data, template, run_settings, extra=extra, validate=validate, packing=packer)
     if parser is None:
         return Prepared(run, lambda details: run.result(details=details))
-    report = run.report if isinstance(run, BatchJob) else run.result  # no wrapper: warnings keep their stacklevel
+    report = run._report if isinstance(run, BatchJob) else run.result  # no wrapper: warnings keep their stacklevel
     finish = _finisher(run.plan, run.name, report, spec, parser, verb, labels=labels, multi=multi,
                        reasons=reasons, flatten=flatten)  # fmt: skip
     if isinstance(run, BatchJob):
