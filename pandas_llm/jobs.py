@@ -31,11 +31,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import sys
 import time
 import uuid
-import warnings
 from typing import Any, AsyncIterator, Callable, Iterator
 
 import numpy as np
@@ -55,7 +52,6 @@ from .ledger import Ledger, Part
 from .planner import Plan, make_plan
 from .pricing import resolve_price
 from .progress import make_observer
-from .results import STATUS_MEANING
 
 __all__ = ["BatchJob", "start"]
 
@@ -221,7 +217,7 @@ class BatchJob:
         settings = self.settings
         observer = make_observer(BatchProgress() if settings.progress is True else settings.progress)
         stats = self.stats
-        _pipeline._last = _pipeline.RunReport(stats, self.plan)
+        _pipeline.record_run(_pipeline.RunReport(stats, self.plan))
         observer.start(stats)
         interval = settings.poll_interval
         try:
@@ -433,31 +429,10 @@ class BatchJob:
     def _report(self, details: bool) -> pd.Series | pd.DataFrame:
         """The stored answers as a string Series (or per-row details); warns about failed rows."""
         plan = self.plan
-        _pipeline._last = _pipeline.RunReport(self.stats, plan)
-        self._warn_failures()
+        _pipeline.record_run(_pipeline.RunReport(self.stats, plan))
+        _pipeline.warn_failures(plan, self.stats.total, resend="submits")
         if details:
             return plan.outcomes.details(plan.codes, plan.index)
         return plan.outcomes.series(plan.codes, plan.index, name=self.name)
 
-    def _warn_failures(self) -> None:
-        counts = self.plan.outcomes.row_status_counts(self.plan.codes)
-        bad = {k: v for k, v in counts.items() if k not in ("ok", "skipped")}
-        if not bad:
-            return
-        kinds = ", ".join(f"{n} {k} ({STATUS_MEANING.get(k, k)})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1]))
-        warnings.warn(
-            f"{sum(bad.values())} of {self.stats.total} rows have no answer: {kinds}. Their values are NA; "
-            "see pandas_llm.last_run().failures (or pass details=True). Running the same call again "
-            "submits only these rows; answered rows come from the cache.",
-            _pipeline.RunWarning,
-            stacklevel=_caller_level(),
-        )
 
-
-def _caller_level() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside pandas_llm."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(2), 2
-    while frame is not None and frame.f_code.co_filename.startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level

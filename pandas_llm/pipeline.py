@@ -7,6 +7,8 @@ the async API awaits it on the caller's loop. Either way the same code runs.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -77,7 +79,6 @@ class Run:
     """Plan at construction (raises on bad input before any request), then execute."""
 
     #: Frames from the failure warning up to the user's line (user -> verb -> result -> warn).
-    warn_stacklevel = 4
 
     def __init__(
         self, data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None, validate=None, packing=None
@@ -183,24 +184,47 @@ class Run:
         return plan.outcomes.series(plan.codes, plan.index, name=self.name)
 
     def _warn_failures(self) -> None:
-        counts = self.plan.outcomes.row_status_counts(self.plan.codes)
-        bad = {k: v for k, v in counts.items() if k not in ("ok", "skipped")}
-        if not bad:
-            return
-        total = sum(bad.values())
-        kinds = ", ".join(f"{n} {k} ({STATUS_MEANING.get(k, k)})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1]))
-        if "budget" in bad:
-            kinds += (
+        budget = ""
+        if self.settings.max_cost is not None:
+            budget = (
                 f". max_cost=${self.settings.max_cost:g} stopped the run after ${self.stats.cost:.4g}"
                 " (raise max_cost, or set max_tokens for a tighter worst case per request)"
             )
-        warnings.warn(
-            f"{total} of {self.stats.total} rows have no answer: {kinds}. Their values are NA; "
-            "see pandas_llm.last_run().failures (or pass details=True). Running the same call "
-            "again retries only these rows; answered rows come from the cache.",
-            RunWarning,
-            stacklevel=self.warn_stacklevel,
-        )
+        warn_failures(self.plan, self.stats.total, budget_note=budget)
+
+
+def warn_failures(plan: Plan, total: int, *, budget_note: str = "", resend: str = "retries") -> None:
+    """One RunWarning counting the rows without an answer by kind, pointing at the caller's line."""
+    counts = plan.outcomes.row_status_counts(plan.codes)
+    bad = {k: v for k, v in counts.items() if k not in ("ok", "skipped")}
+    if not bad:
+        return
+    kinds = ", ".join(f"{n} {k} ({STATUS_MEANING.get(k, k)})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1]))
+    if "budget" in bad:
+        kinds += budget_note
+    warnings.warn(
+        f"{sum(bad.values())} of {total} rows have no answer: {kinds}. Their values are NA; "
+        "see pandas_llm.last_run().failures (or pass details=True). Running the same call "
+        f"again {resend} only these rows; answered rows come from the cache.",
+        RunWarning,
+        stacklevel=caller_stacklevel(),
+    )
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside pandas_llm, so a
+    notebook shows it for the user's cell whatever the depth of our own call chain."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def record_run(report: RunReport) -> None:
+    """Make ``report`` what :func:`last_run` returns (the Batch API's jobs report here too)."""
+    global _last
+    _last = report
 
 
 async def _tick(observer: Any, stats: RunStats, every: float = 0.25) -> None:

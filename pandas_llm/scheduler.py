@@ -31,7 +31,7 @@ from tenacity import RetryCallState, wait_exponential_jitter
 
 from .backends import Backend, Completion
 from .cache import Record, Store
-from .errors import APIError, FatalAPIError, RateLimitError, RequestError, RetryableError
+from .errors import FatalAPIError, RateLimitError, RequestError, RetryableError
 from .ratelimit import Limiter
 
 __all__ = ["Engine", "RunStats", "Job", "RetryPolicy", "completion_record"]

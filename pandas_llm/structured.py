@@ -82,11 +82,6 @@ class Prepared:
     run: Run
     finish: Callable[[bool], Any]
 
-    def __post_init__(self) -> None:
-        # RunWarning is raised in Run.result, two frames deeper than for a plain map
-        # (finish, Prepared.result): keep it pointing at the user's line.
-        self.run.warn_stacklevel = 6
-
     async def execute(self, **kw: Any) -> None:
         await self.run.execute(**kw)
 

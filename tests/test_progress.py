@@ -13,7 +13,7 @@ import pytest
 
 import pandas_llm
 from pandas_llm import progress
-from pandas_llm.progress import LogObserver, Observers, Snapshot, ThrottledObserver, TqdmObserver, make_observer
+from pandas_llm.progress import LogObserver, Snapshot, ThrottledObserver, TqdmObserver, make_observer
 from pandas_llm.scheduler import RunStats
 from pandas_llm.widget import WidgetObserver
 
