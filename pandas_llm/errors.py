@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "PandasLLMError",
     "ConfigError",
@@ -72,9 +74,11 @@ class RetryableError(APIError):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        headers: Any = None,
     ):
         super().__init__(message, status=status, code=code)
         self.retry_after = retry_after
+        self.headers = headers  # the answer's headers, if any (x-ratelimit-* on a 429)
 
 
 class RateLimitError(RetryableError):

@@ -161,7 +161,7 @@ class Run:
         options: dict[str, Any] = dict(on_result=outcomes.fill, validate=self.validate, invalid_retries=s.invalid_retries)
         options.update(overrides)
         if self._limiter is None:
-            self._limiter = Limiter(rpm=s.rpm, tpm=s.tpm)
+            self._limiter = Limiter.for_settings(s)
         return Engine(
             backend=self.backend,
             store=self.store,

@@ -1,91 +1,389 @@
 """Rate limits as a shared budget: one limiter for requests and tokens per minute.
 
-Every worker asks the limiter before sending; a 429 pauses all of them, not only the
-one that got it. Clock and sleep are injected so tests run in milliseconds.
+Every worker asks the limiter before sending. The limiter paces requests smoothly
+(GCRA: each request books the next free slot at ``limit * headroom`` per second, so
+there are no bursts for a sliding-window server to reject) on two budgets at once:
+
+- requests per minute: one per request;
+- tokens per minute: the prompt (estimated from the body's size, calibrated against the
+  real ``usage`` of earlier answers; tiktoken costs 8-50 µs per request, too much for
+  the hot path) plus ``max_tokens``, or a running estimate of the answer's length when
+  unset. When the answer arrives the reservation is corrected to what the server
+  charged: the real prompt tokens plus ``max_tokens`` if set (OpenAI counts it when
+  admitting the request), else the real completion tokens.
+
+Limits come from ``rpm=``/``tpm=`` or from the ``x-ratelimit-limit-*`` headers of every
+response (the lower wins). Until a first answer says what the limits are, at most
+``initial_burst`` requests go out. ``x-ratelimit-remaining-*`` at zero holds sending for
+the time the server needs to refill what the next request takes. A 429 pauses every
+worker for its ``retry-after`` (or a doubling backoff), then sending resumes on a ramp
+from ``ramp_floor`` of the limit to all of it, not as a burst: over ten times the pause,
+at least 0.25 s and at most ``ramp_seconds``. With
+no limits known at all, a 429 sets a provisional limit just under the rate that hit it,
+raised by 10% for every quiet ``ramp_seconds``.
+
+Clock and sleep are injected, so tests run in milliseconds and see exact waits::
 
     >>> import asyncio
-    >>> lim = Limiter(rpm=60)
-    >>> asyncio.run(lim.acquire(10))
+    >>> t, waits = [0.0], []
+    >>> async def sleep(dt):
+    ...     waits.append(dt); t[0] += dt
+    >>> lim = Limiter(rpm=60, headroom=1.0, clock=lambda: t[0], sleep=sleep)
+    >>> async def three():
+    ...     for _ in range(3):
+    ...         await lim.acquire()
+    >>> asyncio.run(three()); waits
+    [1.0, 1.0]
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import re
+import threading
 import time
-from typing import Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
-__all__ = ["Limiter"]
+__all__ = ["Limiter", "parse_duration", "remembered_limits"]
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-class _Bucket:
-    """A token bucket refilled continuously at ``per_minute / 60`` per second."""
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in an ``x-ratelimit-reset-*`` value: ``869ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m``.
 
-    def __init__(self, per_minute: float, now: float):
-        self.capacity = float(per_minute)
-        self.level = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.stamp = now
+    A bare number is seconds; anything unreadable gives None.
 
-    def refill(self, now: float) -> None:
-        if now > self.stamp:
-            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-            self.stamp = now
+    >>> [parse_duration(s) for s in ("869ms", "1s", "6m0s", "1.5s", "2m59.56s", "0.5", "soon")]
+    [0.869, 1.0, 360.0, 1.5, 179.56, 0.5, None]
+    """
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    total, pos = 0.0, 0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _UNIT[m.group(2)]
+        pos = m.end()
+    return round(total, 6) if pos == len(text) and pos else None
 
-    def wait_for(self, amount: float) -> float:
-        amount = min(amount, self.capacity)
-        return 0.0 if self.level >= amount else (amount - self.level) / self.rate
+
+def _number(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+#: Per-minute limits no client process can reach (``python -m pandas_llm.testing`` without
+#: limits reports 10M RPM / 10G TPM): pacing against them would only cost CPU.
+_BOUNDLESS = {"requests": 3e6, "tokens": 3e9}
+
+_registry: dict[tuple[str, str], list[float | None]] = {}
+_registry_lock = threading.Lock()
+
+
+def remembered_limits(endpoint: str, model: str) -> tuple[float | None, float | None]:
+    """The ``(rpm, tpm)`` this process last learned for ``endpoint`` and ``model`` (or Nones)."""
+    with _registry_lock:
+        rpm, tpm = _registry.get((endpoint, model), (None, None))
+    return rpm, tpm
+
+
+class _Pace:
+    """One budget as a GCRA schedule: ``tat`` is when the budget is next fully free."""
+
+    __slots__ = ("rate", "user", "tat")
+
+    def __init__(self, per_minute: float, user: bool, now: float):
+        self.rate = per_minute / 60.0  # units per second
+        self.user = user  # set by the user (a server figure may only lower it)
+        self.tat = now
 
 
 class Limiter:
-    """Requests-per-minute and tokens-per-minute budget shared by all workers."""
+    """Requests-per-minute and tokens-per-minute budget shared by all workers of a run."""
 
     def __init__(
         self,
         rpm: float | None = None,
         tpm: float | None = None,
         *,
+        max_tokens: int | None = None,
+        learn: bool = True,
+        initial_burst: int = 16,
+        headroom: float = 0.97,
+        ramp_seconds: float = 2.0,
+        ramp_floor: float = 0.5,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        key: tuple[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ):
-        self.clock = clock
-        self.sleep = sleep
+        self.clock, self.sleep = clock, sleep
         now = clock()
-        self.requests = _Bucket(rpm, now) if rpm else None
-        self.tokens = _Bucket(tpm, now) if tpm else None
+        self.requests = _Pace(rpm, True, now) if rpm else None
+        self.tokens = _Pace(tpm, True, now) if tpm else None
+        self.max_tokens = max_tokens
+        self.headroom, self.ramp_seconds, self.ramp_floor = headroom, ramp_seconds, ramp_floor
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.key = key
         self.paused_until = 0.0
+        self.pauses = 0  # 429 pauses so far
+        self._epoch = 0  # bumped by every pause: slots booked before it are void
+        self._level = 0  # consecutive pauses without a success in between
+        self._ramp_from = self._ramp_to = -math.inf
+        self._provisional = False  # the request limit was guessed from a 429, not told
+        # Until some answer shows whether the server has limits, send at most initial_burst.
+        self._unknown = learn and rpm is None and tpm is None
+        self._burst_left = initial_burst
+        self._first_sent: float | None = None
+        self._sent_unknown = 0
+        self._known: asyncio.Event | None = None
+        # token estimates: prompt tokens per body byte, and the answer's length
+        self._ratio = 0.5  # conservative until calibrated by real usage (English JSON is ~0.25)
+        self._ratio_seen = 0.0
+        self._answer = 256.0
+        self._answers_seen = 0
+        # admissions per second, for a provisional limit when a 429 comes with no figures
+        self._count, self._count_from, self._last_rate = 0, now, 0.0
 
-    @property
-    def active(self) -> bool:
-        return self.requests is not None or self.tokens is not None or self.paused_until > 0
+    @classmethod
+    def for_settings(cls, settings: Any, **options: Any) -> "Limiter":
+        """The limiter for a run: the user's ``rpm``/``tpm``, else what this process learned."""
+        params = settings.params
+        max_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
+        client = settings.client
+        if client is not None and not hasattr(client, "base_url"):
+            options.setdefault("learn", False)  # a plain function sends no headers
+        key = (settings.endpoint, settings.model)
+        lim = cls(settings.rpm, settings.tpm, max_tokens=max_tokens, key=key, **options)
+        rpm, tpm = remembered_limits(*key)
+        now = lim.clock()
+        if rpm and lim.requests is None:
+            lim.requests = _Pace(rpm, False, now)
+        if tpm and lim.tokens is None:
+            lim.tokens = _Pace(tpm, False, now)
+        if rpm or tpm:
+            lim._unknown = False
+        return lim
 
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait until one request of ``tokens`` tokens fits, then take it from the budget."""
+    # -- before sending --------------------------------------------------------------
+    def reserve(self, body: bytes) -> int:
+        """Tokens to book for a request with this body (0 when no token limit is known)."""
+        if self.tokens is None:
+            return 0
+        out = self.max_tokens or math.ceil(1.25 * self._answer)
+        return math.ceil(len(body) * self._ratio) + 4 + out
+
+    async def acquire(self, tokens: int = 0) -> int:
+        """Wait for this request's slot in every budget and book it; returns a ticket for
+        :meth:`rate_limited` (the pause epoch the request was sent in)."""
+        if self._unknown:
+            await self._first_answer()
         while True:
             now = self.clock()
-            wait = self.paused_until - now
-            if wait <= 0:
-                wait = 0.0
-                for bucket, amount in ((self.requests, 1), (self.tokens, tokens)):
-                    if bucket is not None:
-                        bucket.refill(now)
-                        wait = max(wait, bucket.wait_for(amount))
-                if wait <= 0:
-                    if self.requests is not None:
-                        self.requests.level -= 1
-                    if self.tokens is not None:
-                        self.tokens.level -= tokens
-                    return
-            await self.sleep(wait)
+            self._count += 1
+            if now - self._count_from >= 1.0:
+                self._last_rate = self._count / (now - self._count_from)
+                self._count, self._count_from = 0, now
+            req, tok = self.requests, self.tokens
+            if tok is not None and not tokens:
+                tok = None
+            if req is None and tok is None and self.paused_until <= now:
+                return self._epoch
+            slot = now if now > self.paused_until else self.paused_until
+            if req is not None and req.tat > slot:
+                slot = req.tat
+            if tok is not None and tok.tat > slot:
+                slot = tok.tat
+            factor = self._factor(slot)
+            if req is not None:
+                req.tat = slot + 1.0 / (req.rate * factor)
+            if tok is not None:
+                tok.tat = slot + tokens / (tok.rate * factor)
+            if slot <= now:
+                return self._epoch
+            epoch = self._epoch
+            await self.sleep(slot - now)
+            if self._epoch == epoch:
+                return epoch
+            # a 429 paused everyone while we waited: this booking is void, book again
+
+    async def _first_answer(self) -> None:
+        """Before any answer has shown the limits, let only ``initial_burst`` requests go."""
+        while self._unknown:
+            if self._burst_left > 0:
+                self._burst_left -= 1
+                self._sent_unknown += 1
+                if self._first_sent is None:
+                    self._first_sent = self.clock()
+                return
+            if self._known is None:
+                self._known = asyncio.Event()
+            await self._known.wait()
+
+    def _factor(self, at: float) -> float:
+        if at >= self._ramp_to:
+            if self._provisional and self.requests is not None and at >= self._ramp_to + self.ramp_seconds > -math.inf:
+                self.requests.rate *= 1.1  # additive-ish increase while no 429 comes
+                self._ramp_to += self.ramp_seconds
+            return self.headroom
+        done = max(0.0, (at - self._ramp_from) / (self._ramp_to - self._ramp_from))
+        return self.headroom * (self.ramp_floor + (1.0 - self.ramp_floor) * done)
+
+    # -- after the answer ------------------------------------------------------------
+    def done(self, reserved: int, size: int, prompt_tokens: int, completion_tokens: int, headers: Any) -> None:
+        """A request answered: learn from its headers and usage, correct its reservation."""
+        if headers is not None:
+            self.observe(headers)
+        elif self._unknown:
+            self._no_limits()
+        self._level = 0
+        if prompt_tokens and size:
+            ratio = prompt_tokens / size
+            if ratio > self._ratio_seen:
+                self._ratio_seen = ratio
+                self._ratio = 1.15 * ratio
+            elif self._ratio > 1.15 * self._ratio_seen:  # still the initial guess
+                self._ratio = 1.15 * self._ratio_seen
+        if completion_tokens or prompt_tokens:
+            self._answers_seen += 1
+            weight = max(0.05, 1.0 / self._answers_seen)
+            self._answer += weight * (completion_tokens - self._answer)
+        used = prompt_tokens + (self.max_tokens or completion_tokens)
+        self.settle(reserved, used)
+
+    def release(self, reserved: int) -> None:
+        """A request failed without being charged: give its tokens back."""
+        if self._unknown:
+            self._no_limits()
+        self.settle(reserved, 0)
 
     def settle(self, reserved: int, used: int) -> None:
         """Give back what a request reserved but did not use (or take what it overran)."""
-        if self.tokens is not None:
-            self.tokens.level = min(self.tokens.capacity, self.tokens.level + reserved - used)
+        tok = self.tokens
+        if tok is None or reserved == used:
+            return
+        tat = tok.tat + (used - reserved) / (tok.rate * self.headroom)
+        floor = max(self.clock(), self.paused_until)
+        tok.tat = tat if tat > floor else floor
+
+    # -- server feedback -------------------------------------------------------------
+    def observe(self, headers: Mapping[str, str] | None) -> None:
+        """Keep in step with the server's ``x-ratelimit-*`` headers (any case-insensitive mapping)."""
+        if not headers:
+            if self._unknown:
+                self._no_limits()
+            return
+        get = headers.get
+        learned = False
+        for name, attr in (("requests", "requests"), ("tokens", "tokens")):
+            limit = _number(get("x-ratelimit-limit-" + name))
+            if limit:
+                learned = True
+                pace = getattr(self, attr)
+                if limit >= _BOUNDLESS[name]:
+                    pass  # a budget no single process can reach: no pacing needed
+                elif pace is None:
+                    self._set_pace(attr, limit)
+                elif pace.user and limit / 60.0 >= pace.rate:
+                    pass  # the user asked for less than the server allows
+                elif abs(pace.rate * 60.0 - limit) > 1e-6:
+                    pace.rate = limit / 60.0
+                    if attr == "requests":
+                        self._provisional = False
+            remaining = get("x-ratelimit-remaining-" + name)
+            if remaining is not None and limit:
+                self._keep_in_step(name, _number(remaining), limit, get("x-ratelimit-reset-" + name))
+        if learned:
+            if self.key is not None:
+                rpm = self.requests.rate * 60 if self.requests is not None and not self._provisional else None
+                tpm = self.tokens.rate * 60 if self.tokens is not None else None
+                with _registry_lock:
+                    _registry[self.key] = [rpm, tpm]
+            if self._unknown:
+                self._known_now()
+        elif self._unknown:
+            self._no_limits()
+
+    def _set_pace(self, attr: str, limit: float) -> None:
+        now = self.clock()
+        pace = _Pace(limit, False, now)
+        if attr == "requests" and self._first_sent is not None:
+            # requests sent before the limit was known count against it
+            pace.tat = max(now, self._first_sent + self._sent_unknown / (pace.rate * self.headroom))
+        setattr(self, attr, pace)
+
+    def _keep_in_step(self, name: str, remaining: float | None, limit: float, reset: str | None) -> None:
+        if remaining is None:
+            return
+        need = 1.0 if name == "requests" else float(self.reserve(b"") or 1)
+        if remaining >= need:
+            return
+        # The server has no room for the next request: hold until it refills that much.
+        wait = (need - remaining) / (limit / 60.0)
+        until = parse_duration(reset)
+        if until is not None:
+            wait = min(wait, until)
+        pace = self.requests if name == "requests" else self.tokens
+        if pace is not None and wait > 0:
+            pace.tat = max(pace.tat, self.clock() + wait)
+
+    def rate_limited(self, ticket: int, retry_after: float | None, headers: Any = None) -> float:
+        """A 429: pause every worker, then ramp back up. Returns the pause in seconds."""
+        if headers is not None:
+            self.observe(headers)
+        now = self.clock()
+        fresh = ticket == self._epoch  # sent after the latest pause: that pause was not enough
+        if not fresh and (retry_after is None or now + retry_after <= self.paused_until):
+            return max(0.0, self.paused_until - now)  # sent before the pause: it covers this one
+        if fresh:
+            self._level += 1
+        if retry_after is None:
+            retry_after = min(self.max_backoff, self.backoff * 2 ** (self._level - 1))
+        if self.requests is None and self._last_rate + self._count > 0 and fresh:
+            elapsed = max(1e-3, now - self._count_from)
+            observed = max(self._last_rate, self._count / elapsed)
+            self.requests = _Pace(0.8 * observed * 60.0, False, now)
+            self._provisional = True
+        self.pause(retry_after)
+        return retry_after
 
     def pause(self, seconds: float) -> None:
-        """Stop every worker for ``seconds`` (after a 429)."""
-        self.paused_until = max(self.paused_until, self.clock() + seconds)
+        """Stop every worker for ``seconds``, then ramp back up to the full rate."""
+        now = self.clock()
+        until = now + seconds
+        if until <= self.paused_until:
+            return
+        self.paused_until = until
+        self.pauses += 1
+        self._epoch += 1
+        # A pause of a few ms (a sliding window one request too full) needs a short ramp;
+        # a long one (the server's whole budget spent) the full ramp_seconds.
+        ramp = min(self.ramp_seconds, max(0.25, 10.0 * seconds))
+        self._ramp_from, self._ramp_to = until, until + ramp
+        for pace in (self.requests, self.tokens):
+            if pace is not None:
+                pace.tat = until
 
-    def observe(self, headers: Mapping[str, str] | None) -> None:
-        """Keep in step with the server's x-ratelimit-* headers (refined by the throughput work)."""
-        return None
+    # -- learning state --------------------------------------------------------------
+    def _known_now(self) -> None:
+        self._unknown = False
+        if self._known is not None:
+            self._known.set()
+
+    def _no_limits(self) -> None:
+        """An answer came without limit headers: the server has none we can learn."""
+        self._known_now()

@@ -110,7 +110,7 @@ class Engine:
         retry: RetryPolicy = RetryPolicy(),
         limiter: Limiter | None = None,
         cost: Callable[[Completion], float | None] = lambda c: None,
-        reserve_tokens: Callable[[bytes], int] = lambda body: 0,
+        reserve_tokens: Callable[[bytes], int] | None = None,  # default: the limiter's estimate
         on_result: Callable[[int, Record], None] = lambda u, r: None,
         on_update: Callable[[RunStats], None] = lambda s: None,
         model: str | None = None,
@@ -199,27 +199,27 @@ class Engine:
         _, key, body = job
         stats = self.stats
         limiter = self.limiter
-        reserved = self.reserve_tokens(body)
+        reserve = self.reserve_tokens or limiter.reserve
         attempts = 0
         failures = 0
         while True:
-            await limiter.acquire(reserved)
+            reserved = reserve(body)
+            ticket = await limiter.acquire(reserved)
             attempts += 1
             stats.in_flight += 1
             try:
                 completion = await self.backend.complete(body)
             except RateLimitError as exc:
-                limiter.settle(reserved, 0)
+                limiter.release(reserved)
                 stats.rate_limited += 1
-                wait = self.retry.backoff(max(1, failures), exc.retry_after)
-                limiter.pause(wait)
+                wait = limiter.rate_limited(ticket, exc.retry_after, exc.headers)
                 stats.paused_until = limiter.paused_until
                 if self._past_deadline(wait):
                     return Record(key, "failed", error=str(exc), attempts=attempts, model=self.model)
                 stats.retries += 1
                 continue
             except RetryableError as exc:
-                limiter.settle(reserved, 0)
+                limiter.release(reserved)
                 failures += 1
                 if failures >= self.retry.max_attempts or self._past_deadline(0):
                     return Record(key, "failed", error=f"{exc} (after {attempts} attempts)", attempts=attempts, model=self.model)
@@ -227,14 +227,18 @@ class Engine:
                 await self.sleep(self.retry.backoff(failures, exc.retry_after))
                 continue
             except RequestError as exc:
-                limiter.settle(reserved, 0)
+                limiter.release(reserved)
                 return Record(key, "error", error=str(exc), attempts=attempts, model=self.model)
             except FatalAPIError as exc:
                 self._fatal = self._fatal or exc
                 self._stop = True
                 raise
+            except BaseException:
+                limiter.release(reserved)  # cancelled: nothing was charged that we know of
+                raise
             finally:
                 stats.in_flight -= 1
+            limiter.done(reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers)
             return self._record(key, completion, reserved, attempts)
 
     async def _process_validated(self, job: Job) -> Record:
@@ -255,9 +259,6 @@ class Engine:
 
     def _record(self, key: bytes, c: Completion, reserved: int, attempts: int) -> Record:
         stats = self.stats
-        self.limiter.settle(reserved, c.prompt_tokens + c.completion_tokens)
-        if c.headers is not None:
-            self.limiter.observe(c.headers)
         cost = self.cost(c)
         stats.prompt_tokens += c.prompt_tokens
         stats.completion_tokens += c.completion_tokens

@@ -46,9 +46,16 @@ def error_for_status(
             status=status,
             code=code,
         )
+    if status == 429 and detail.startswith("Request too large"):
+        # larger than the whole per-minute budget: no wait makes it fit
+        return RequestError(f"HTTP 429 from {where}: {detail} Shorten the prompt or lower max_tokens.", status=status, code=code)
     if status == 429:
         return RateLimitError(
-            f"HTTP 429 rate limited by {where}: {detail}", status=status, code=code, retry_after=retry_after(headers)
+            f"HTTP 429 rate limited by {where}: {detail}",
+            status=status,
+            code=code,
+            retry_after=retry_after(headers),
+            headers=headers,
         )
     if status in RETRYABLE_STATUS:
         return RetryableError(

@@ -1,0 +1,292 @@
+"""The limiter on virtual time: exact waits, no sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from vclock import VirtualTime
+
+from pandas_llm.config import Settings
+from pandas_llm.ratelimit import Limiter, parse_duration, remembered_limits
+
+
+def headers(rpm=None, tpm=None, rem_r=None, rem_t=None, reset_r="1s", reset_t="1s"):
+    h = {}
+    if rpm is not None:
+        h["x-ratelimit-limit-requests"] = str(rpm)
+        h["x-ratelimit-remaining-requests"] = str(rpm if rem_r is None else rem_r)
+        h["x-ratelimit-reset-requests"] = reset_r
+    if tpm is not None:
+        h["x-ratelimit-limit-tokens"] = str(tpm)
+        h["x-ratelimit-remaining-tokens"] = str(tpm if rem_t is None else rem_t)
+        h["x-ratelimit-reset-tokens"] = reset_t
+    return h
+
+
+def limiter(vt: VirtualTime, *args, **kw) -> Limiter:
+    kw.setdefault("headroom", 1.0)
+    return Limiter(*args, clock=vt.clock, sleep=vt.sleep, **kw)
+
+
+async def slots(vt: VirtualTime, lim: Limiter, n: int, tokens: int = 0) -> list[float]:
+    """Times at which n requests, acquired one after another, were let through."""
+    out = []
+    for _ in range(n):
+        await lim.acquire(tokens)
+        out.append(round(vt.now, 6))
+    return out
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("869ms", 0.869), ("1s", 1.0), ("6m0s", 360.0), ("1.5s", 1.5), ("2m59.56s", 179.56),
+        ("1h2m3s", 3723.0), ("0s", 0.0), ("20ms", 0.02), ("17.284s", 17.284), ("0.5", 0.5),
+        ("", None), (None, None), ("soon", None), ("5x", None), ("1s2", None), ("ms", None),
+    ],
+)  # fmt: skip
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+async def test_requests_are_paced_evenly():
+    vt = VirtualTime()
+    lim = limiter(vt, rpm=60)
+    assert await vt.run(slots(vt, lim, 4)) == [0.0, 1.0, 2.0, 3.0]
+    assert vt.waits == [1.0, 1.0, 1.0]
+
+
+async def test_headroom_leaves_a_margin():
+    vt = VirtualTime()
+    lim = limiter(vt, rpm=60, headroom=0.5)
+    assert await vt.run(slots(vt, lim, 3)) == [0.0, 2.0, 4.0]
+
+
+async def test_concurrent_workers_book_successive_slots():
+    vt = VirtualTime()
+    lim = limiter(vt, rpm=600)  # 10 per second
+    times = []
+
+    async def worker():
+        await lim.acquire()
+        times.append(round(vt.now, 6))
+
+    await vt.run(asyncio.gather(*(worker() for _ in range(5))))
+    assert sorted(times) == [0.0, 0.1, 0.2, 0.3, 0.4]
+
+
+async def test_tokens_are_reserved_and_paced():
+    vt = VirtualTime()
+    lim = limiter(vt, tpm=600)  # 10 tokens per second
+    assert await vt.run(slots(vt, lim, 3, tokens=20)) == [0.0, 2.0, 4.0]
+
+
+async def test_a_request_larger_than_a_second_of_budget_goes_then_waits_its_cost():
+    vt = VirtualTime()
+    lim = limiter(vt, tpm=60)  # 1 token per second
+    assert await vt.run(slots(vt, lim, 2, tokens=5)) == [0.0, 5.0]
+
+
+async def test_settle_gives_back_unused_tokens_and_charges_overruns():
+    vt = VirtualTime()
+    lim = limiter(vt, tpm=600)
+    await vt.run(lim.acquire(50))  # booked until t=5
+    lim.settle(50, 10)  # used 10: booked until t=1
+    await vt.run(lim.acquire(10))
+    assert vt.now == 1.0
+    lim.settle(10, 40)  # overran by 30 tokens: 3 s more
+    await vt.run(lim.acquire(1))
+    assert vt.now == 5.0
+
+
+async def test_reservation_uses_max_tokens_then_real_usage():
+    vt = VirtualTime()
+    lim = limiter(vt, tpm=600_000, max_tokens=100)
+    body = b"x" * 200
+    assert lim.reserve(body) == 100 + 4 + 100  # 0.5 token per byte until calibrated
+    await vt.run(lim.acquire(204))
+    lim.done(204, len(body), prompt_tokens=40, completion_tokens=7, headers=None)
+    assert lim.reserve(body) == 46 + 4 + 100  # 40/200 tokens per byte, +15%
+    # with max_tokens set the server charges it whatever the answer's length
+    assert lim.tokens.tat == pytest.approx(140 / (600_000 / 60))
+
+
+async def test_reservation_without_max_tokens_follows_the_answers():
+    vt = VirtualTime()
+    lim = limiter(vt, tpm=600_000)
+    assert lim.reserve(b"x" * 100) == 50 + 4 + 320  # 1.25 x a 256-token guess
+    await vt.run(lim.acquire(374))
+    lim.done(374, 100, prompt_tokens=30, completion_tokens=20, headers=None)
+    assert lim.reserve(b"x" * 100) == 35 + 4 + 25
+    assert lim.tokens.tat == pytest.approx(50 / (600_000 / 60))  # corrected to 30 + 20
+
+
+def test_no_token_budget_no_estimate():
+    assert Limiter(rpm=60).reserve(b"x" * 1000) == 0
+
+
+async def test_limits_are_learned_from_headers_after_an_initial_burst():
+    vt = VirtualTime()
+    lim = limiter(vt, initial_burst=2)
+    times = []
+
+    async def worker():
+        await lim.acquire()
+        times.append(vt.now)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(4)]
+    await vt.settle()
+    assert len(times) == 2  # the rest wait for an answer to say what the limits are
+    await vt.advance(0.5)
+    lim.done(0, 10, 5, 5, headers(rpm=60, rem_r=58))
+    await vt.run(asyncio.gather(*tasks))
+    # the two early requests count against the learned 1 per second
+    assert times == [0.0, 0.0, 2.0, 3.0]
+    assert lim.requests.rate == 1.0
+
+
+async def test_an_answer_without_headers_means_no_limits():
+    vt = VirtualTime()
+    lim = limiter(vt, initial_burst=1)
+    await vt.run(lim.acquire())
+    waiting = asyncio.ensure_future(lim.acquire())
+    await vt.settle()
+    assert not waiting.done()
+    lim.done(0, 10, 5, 5, headers=None)
+    await vt.run(waiting)
+    assert await vt.run(slots(vt, lim, 50)) == [0.0] * 50
+
+
+async def test_a_failed_first_request_also_ends_the_wait():
+    vt = VirtualTime()
+    lim = limiter(vt, initial_burst=1)
+    await vt.run(lim.acquire())
+    waiting = asyncio.ensure_future(lim.acquire())
+    await vt.settle()
+    lim.release(0)
+    await vt.run(waiting)
+
+
+def test_the_user_limit_wins_when_lower_the_server_limit_when_lower():
+    lim = Limiter(rpm=600, tpm=100_000)
+    lim.observe(headers(rpm=6000, tpm=50_000))
+    assert lim.requests.rate * 60 == 600  # the user asked for less
+    assert lim.tokens.rate * 60 == 50_000  # the server allows less
+
+
+def test_limits_no_process_can_reach_are_ignored():
+    lim = Limiter()
+    lim.observe(headers(rpm=10_000_000, tpm=10_000_000_000))
+    assert lim.requests is None and lim.tokens is None
+    assert not lim._unknown
+
+
+def test_learned_limits_are_remembered_for_the_next_run():
+    s = Settings(model="m-remember", base_url="http://127.0.0.1:9/v1", cache=False)
+    first = Limiter.for_settings(s)
+    assert first._unknown and first.requests is None
+    first.observe(headers(rpm=3000, tpm=90_000))
+    assert remembered_limits("http://127.0.0.1:9/v1", "m-remember") == (3000, 90_000)
+    again = Limiter.for_settings(s)
+    assert not again._unknown
+    assert (again.requests.rate * 60, again.tokens.rate * 60) == (3000, 90_000)
+
+
+def test_function_clients_send_no_headers_so_nothing_waits_for_them():
+    s = Settings(model="m", client=lambda messages, **kw: "x", cache=False)
+    assert not Limiter.for_settings(s)._unknown
+
+
+async def test_no_room_left_holds_until_the_server_refills():
+    vt = VirtualTime()
+    lim = limiter(vt, rpm=60)
+    lim.observe(headers(rpm=60, rem_r=0, reset_r="869ms"))
+    await vt.run(lim.acquire())
+    assert vt.now == 0.869  # refill of one request (1 s) is later than the full reset
+    vt2 = VirtualTime()
+    lim = limiter(vt2, rpm=600)
+    lim.observe(headers(rpm=600, rem_r=0, reset_r="30s"))
+    await vt2.run(lim.acquire())
+    assert vt2.now == pytest.approx(0.1)  # one request at 10 per second
+
+
+async def test_no_room_for_tokens_holds_too():
+    vt = VirtualTime()
+    lim = limiter(vt, tpm=6000, max_tokens=10)  # 100 tokens per second
+    lim.observe(headers(tpm=6000, rem_t=0, reset_t="6m0s"))
+    await vt.run(lim.acquire(1))
+    assert vt.now == pytest.approx(0.14)  # room for the next reservation (10 + 4)
+
+
+async def test_a_429_pauses_every_worker_then_ramps_up():
+    vt = VirtualTime()
+    lim = limiter(vt, rpm=600, ramp_floor=0.5, ramp_seconds=2.0)  # 10 per second
+    ticket = await vt.run(lim.acquire())
+    assert lim.rate_limited(ticket, 0.5) == 0.5
+    times = []
+
+    async def worker():
+        for _ in range(8):
+            await lim.acquire()
+            times.append(round(vt.now, 4))
+
+    await vt.run(asyncio.gather(*(worker() for _ in range(3))))
+    times.sort()
+    assert times[0] == 0.5  # nobody before the pause ends
+    gaps = [round(b - a, 4) for a, b in zip(times, times[1:])]
+    # half the rate right after the pause, back to 10 per second after the ramp (2 s)
+    assert gaps[0] == 0.2
+    assert all(a >= b for a, b in zip(gaps, gaps[1:]))
+    assert gaps[-1] == 0.1 and times[-2] > 2.5
+
+
+async def test_a_pause_voids_slots_booked_before_it():
+    vt = VirtualTime()
+    lim = limiter(vt, rpm=60)
+    await vt.run(lim.acquire())
+    late = asyncio.ensure_future(lim.acquire())  # booked for t=1
+    await vt.advance(0.5)
+    lim.pause(3.0)
+    await vt.run(late)
+    assert vt.now == 3.5
+
+
+async def test_backoff_doubles_only_when_a_pause_was_not_enough():
+    vt = VirtualTime()
+    lim = limiter(vt, rpm=6000, backoff=1.0)
+    a = await vt.run(lim.acquire())
+    b = await vt.run(lim.acquire())  # both sent before the first pause
+    assert lim.rate_limited(a, None) == 1.0
+    assert lim.rate_limited(b, None) == pytest.approx(1.0)  # the same pause, not doubled nor extended
+    assert lim.paused_until == pytest.approx(1.01)  # b was booked at 0.01
+    c = await vt.run(lim.acquire())  # sent after the pause
+    assert vt.now >= 1.0
+    assert lim.rate_limited(c, None) == 2.0
+    d = await vt.run(lim.acquire())
+    lim.done(0, 10, 1, 1, headers=None)  # a success resets the backoff
+    assert lim.rate_limited(d, None) == 1.0
+
+
+async def test_a_stale_429_with_retry_after_extends_the_pause():
+    vt = VirtualTime()
+    lim = limiter(vt, rpm=6000)
+    a = await vt.run(lim.acquire())
+    b = await vt.run(lim.acquire())
+    lim.rate_limited(a, 1.0)
+    lim.rate_limited(b, 3.0)
+    assert lim.paused_until == pytest.approx(3.0 + vt.now)
+
+
+async def test_with_no_limits_known_a_429_sets_a_provisional_limit():
+    vt = VirtualTime()
+    lim = limiter(vt, learn=False)
+    for _ in range(10):
+        await vt.run(lim.acquire())
+        await vt.advance(vt.now + 0.1)  # 10 per second get through
+    ticket = await vt.run(lim.acquire())
+    lim.rate_limited(ticket, 0.0)
+    assert lim.requests is not None and lim._provisional
+    assert lim.requests.rate == pytest.approx(0.8 * 11 / 1.0, rel=0.1)
+    lim.observe(headers(rpm=300))  # figures from the server replace the guess
+    assert lim.requests.rate == 5.0 and not lim._provisional

@@ -1,0 +1,177 @@
+"""The engine at the rate limit: learned limits, pause-all on 429, bounded in-flight state.
+
+Counts only, never timings (speed figures live in benchmarks/)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pandas as pd
+import pytest
+from vclock import VirtualTime
+
+import pandas_llm  # noqa: F401 - registers the accessor
+from pandas_llm.backends import Completion
+from pandas_llm.cache import Store
+from pandas_llm.errors import RateLimitError
+from pandas_llm.ratelimit import Limiter
+from pandas_llm.scheduler import Engine, RetryPolicy, RunStats
+from pandas_llm.testing import LLMServer
+
+
+def frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"row {i}" for i in range(n)]})
+
+
+@pytest.mark.parametrize("limits", [dict(rpm=6000), dict(tpm=60_000)])
+def test_a_rate_limited_run_learns_the_limit_and_every_row_succeeds(limits):
+    # 100 requests (or 1,000 tokens) in any 1-second window; the client is not told
+    n = 200
+    with LLMServer(window=1.0, **limits) as srv:
+        out = frame(n).llm.map(
+            "Say: {text}", base_url=srv.base_url, api_key="x", cache=False, progress=False, concurrency=64
+        )
+        assert out.tolist() == [f"echo: Say: row {i}" for i in range(n)]
+        assert srv.completed == n
+        assert srv.rate_limited <= 5, f"{srv.rate_limited} 429s for {n} rows"
+
+
+def test_a_run_told_the_limit_stays_under_it():
+    n = 150
+    with LLMServer(rpm=6000, window=1.0) as srv:
+        out = frame(n).llm.map(
+            "Say: {text}", base_url=srv.base_url, api_key="x", cache=False, progress=False,
+            concurrency=100, rpm=6000,
+        )  # fmt: skip
+        assert out.notna().all()
+        assert srv.completed == n and srv.rate_limited <= 5
+
+
+class FakeBackend:
+    """Answers at once on virtual time; the first ``fail`` calls get a 429."""
+
+    def __init__(self, vt: VirtualTime, fail: int = 0, retry_after: float | None = 2.0):
+        self.vt, self.fail, self.retry_after = vt, fail, retry_after
+        self.calls: list[tuple[float, bytes]] = []
+        self.rejected: list[float] = []
+
+    async def complete(self, body: bytes) -> Completion:
+        await asyncio.sleep(0)
+        if self.fail:
+            self.fail -= 1
+            self.rejected.append(self.vt.now)
+            raise RateLimitError("HTTP 429", status=429, retry_after=self.retry_after)
+        self.calls.append((self.vt.now, body))
+        return Completion("ok:" + body.decode(), "stop", 3, 2)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def engine(vt: VirtualTime, backend, *, concurrency=20, rpm=600, max_attempts=6, deadline=None):
+    stats = RunStats()
+    stats.started = vt.now
+    limiter = Limiter(rpm=rpm, headroom=1.0, clock=vt.clock, sleep=vt.sleep)
+    eng = Engine(
+        backend=backend, store=Store(None), stats=stats, concurrency=concurrency,
+        retry=RetryPolicy(max_attempts=max_attempts, deadline=deadline), limiter=limiter,
+        clock=vt.clock, sleep=vt.sleep,
+    )  # fmt: skip
+    return eng, stats
+
+
+def jobs(n: int):
+    for u in range(n):
+        yield u, bytes([u % 256]) * 32, f"job{u}".encode()
+
+
+async def test_a_429_pauses_every_worker_and_sending_resumes_on_a_ramp():
+    vt = VirtualTime()
+    backend = FakeBackend(vt, fail=1, retry_after=2.0)
+    eng, stats = engine(vt, backend, rpm=600)  # 10 per second
+    await vt.run(eng.run(jobs(40)))
+    eng.store.close()
+    assert stats.ok == 40 and stats.rate_limited == 1
+    (t429,) = backend.rejected
+    times = [t for t, _ in backend.calls]
+    assert not [t for t in times if t429 < t < t429 + 2.0]  # nobody sent during the pause
+    after = [t for t in times if t >= t429 + 2.0]
+    gaps = [round(b - a, 6) for a, b in zip(after, after[1:])]
+    assert gaps[0] > 0.1 and gaps[-1] == 0.1  # slower right after the pause, full rate later
+    assert all(a >= b for a, b in zip(gaps, gaps[1:]))
+
+
+async def test_rate_limit_retries_continue_past_max_attempts():
+    vt = VirtualTime()
+    backend = FakeBackend(vt, fail=10, retry_after=0.5)
+    eng, stats = engine(vt, backend, concurrency=1, max_attempts=2)
+    await vt.run(eng.run(jobs(3)))
+    eng.store.close()
+    assert stats.ok == 3 and stats.rate_limited == 10 and not stats.failed
+
+
+async def test_rate_limit_retries_stop_at_the_deadline():
+    vt = VirtualTime()
+    backend = FakeBackend(vt, fail=1000, retry_after=1.0)
+    eng, stats = engine(vt, backend, concurrency=1, deadline=5.0)
+    await vt.run(eng.run(jobs(2)))
+    eng.store.close()
+    assert stats.failed["failed"] == 2 and stats.ok == 0
+    assert stats.rate_limited < 10
+
+
+async def test_in_flight_state_is_bounded_by_concurrency():
+    concurrency, n = 8, 2000
+    pulled = finished = peak = 0
+
+    def lazy_jobs():
+        nonlocal pulled, peak
+        for job in jobs(n):
+            pulled += 1
+            peak = max(peak, pulled - finished)
+            yield job
+
+    class Backend:
+        async def complete(self, body: bytes) -> Completion:
+            nonlocal finished
+            await asyncio.sleep(0)
+            finished += 1
+            return Completion("x", "stop", 1, 1)
+
+        async def aclose(self) -> None:
+            pass
+
+    stats = RunStats()
+    with Store(None) as store:
+        eng = Engine(backend=Backend(), store=store, stats=stats, concurrency=concurrency, limiter=Limiter(learn=False))
+        await eng.run(lazy_jobs())
+    assert stats.ok == n and pulled == n
+    assert peak <= concurrency  # never more than one pulled-but-unanswered job per worker
+
+
+def test_a_map_pulls_rows_lazily(monkeypatch):
+    from pandas_llm import planner
+
+    concurrency, n = 4, 3000
+    state = {"pulled": 0, "answered": 0, "peak": 0, "calls": 0, "peak_calls": 0}
+    original = planner.Plan.jobs
+
+    def spying_jobs(self):
+        for job in original(self):
+            state["pulled"] += 1
+            state["peak"] = max(state["peak"], state["pulled"] - state["answered"])
+            yield job
+
+    async def answer(messages, **params):
+        state["calls"] += 1
+        state["peak_calls"] = max(state["peak_calls"], state["calls"])
+        await asyncio.sleep(0)
+        state["calls"] -= 1
+        state["answered"] += 1
+        return messages[-1]["content"].upper()
+
+    monkeypatch.setattr(planner.Plan, "jobs", spying_jobs)
+    out = frame(n).llm.map("{text}", client=answer, cache=False, progress=False, concurrency=concurrency)
+    assert out.iloc[-1] == f"ROW {n - 1}"
+    assert state["pulled"] == n
+    assert state["peak"] <= concurrency and state["peak_calls"] <= concurrency
