@@ -20,6 +20,7 @@ import time
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from .errors import ConfigError
+from .walcheckpoint import Checkpointer
 
 __all__ = ["Store", "Record", "MIGRATIONS"]
 
@@ -129,6 +130,7 @@ class Store:
     def __init__(self, path: str | os.PathLike | None):
         self.path = None if path is None else os.fspath(path)
         target = ":memory:" if self.path is None else self.path
+        self._checkpointer: Checkpointer | None = None
         if self.path is not None:
             _create_private(self.path)
         try:
@@ -141,6 +143,9 @@ class Store:
                 _enable_wal(self.conn)
                 # NORMAL in WAL mode: a committed transaction survives a killed process.
                 self.conn.execute("PRAGMA synchronous = NORMAL")
+                # Checkpoints (and their fsync) run on a thread, not inside our commits.
+                self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+                self._checkpointer = Checkpointer(self.path)
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
@@ -191,6 +196,8 @@ class Store:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        if self._checkpointer is not None:
+            self._checkpointer.poke()
 
     def count(self, status: str | None = None) -> int:
         if status is None:
@@ -198,6 +205,8 @@ class Store:
         return self.conn.execute("SELECT count(*) FROM results WHERE status = ?", (status,)).fetchone()[0]
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.conn.close()
 
     def __enter__(self) -> "Store":

@@ -1,23 +1,29 @@
 """Planning: every stage before the first request — prompts, requests, dedup, cache lookup.
 
 Nothing here spends money, so every mistake in the arguments surfaces here, before any
-call. The plan keeps one 32-byte key per distinct request and one int per row, never
-the rendered prompts: those are rendered again, lazily, for the requests that are sent.
+call. The plan keeps one int per row and one per distinct request, never the rendered
+prompts nor their keys: those are rendered again, lazily, for the requests that are sent.
+For ``str`` templates a row's key is hashed straight from the formatted text (the JSON
+around it is serialised once), ~1.2 µs a row; dedup and the cache look-up are in bulk
+(dedup.py, resume.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from .cache import Store
 from .config import Settings
+from .dedup import KEY_SIZE, Keys, dedup
 from .errors import TemplateError
 from .prompts import Row, Template, compile_template, to_messages
 from .requests import RequestBuilder
+from .resume import load_cached
 from .results import Outcomes
 
 __all__ = ["Plan", "make_plan"]
@@ -29,12 +35,13 @@ class Plan:
 
     index: pd.Index
     codes: np.ndarray  # per row: distinct-request number, -1 for a skipped row
-    keys: list[bytes]  # per distinct request
+    keys: Sequence[bytes]  # per distinct request (dedup.Keys: recomputed once released)
     first_row: np.ndarray  # per distinct request: the first row that asked it
     todo: np.ndarray  # distinct requests not answered by the cache, in row order
     outcomes: Outcomes
     builder: RequestBuilder
     _render: Any  # position -> messages
+    _encode: Any = None  # position -> (key, body), the fast way when the template allows
 
     @property
     def n_rows(self) -> int:
@@ -42,13 +49,11 @@ class Plan:
 
     def jobs(self) -> Iterator[tuple[int, bytes, bytes]]:
         """(distinct request, key, body) for each request to send, rendered on demand."""
-        encode = self.builder.encode
-        render = self._render
-        keys = self.keys
+        encode = self._encode or (lambda i: self.builder.encode(self._render(i)))
         first = self.first_row
         for u in self.todo.tolist():
-            _, body = encode(render(first[u]))
-            yield u, keys[u], body
+            key, body = encode(first[u])
+            yield u, key, body
 
     def body_of(self, u: int) -> bytes:
         return self.builder.encode(self._render(self.first_row[u]))[1]
@@ -74,37 +79,83 @@ def make_plan(
         dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         raise TemplateError(f"the frame has duplicate column names {dupes}; rename them first")
     builder = RequestBuilder(settings, extra=extra)
-    render = _renderer(frame, tmpl, settings)
+    arrays = None if tmpl.is_callable else _values(frame, tmpl, settings)
+    render = _renderer(frame, tmpl, settings, arrays)
     skip = _skip_mask(frame, tmpl, settings)
-
-    n = len(frame)
-    codes = np.empty(n, dtype=np.int64)
-    index_of: dict[bytes, int] = {}
-    keys: list[bytes] = []
-    first: list[int] = []
-    encode = builder.encode
-    for i in range(n):
-        if skip is not None and skip[i]:
-            codes[i] = -1
-            continue
-        key, _ = encode(render(i))
-        u = index_of.get(key)
-        if u is None:
-            u = index_of[key] = len(keys)
-            keys.append(key)
-            first.append(i)
-        codes[i] = u
-
+    encode, keybuf = _keys(tmpl, settings, builder, render, arrays, skip, len(frame))
+    codes, first, blob = dedup(keybuf, skip)
+    del keybuf
+    keys = Keys(blob, lambda u: encode(first[u])[0])
     outcomes = Outcomes(len(keys))
-    for record in store.lookup(keys):
-        if record.status == "ok":
-            outcomes.fill(index_of[record.key], record, from_cache=True)
-    del index_of
+    load_cached(store, keys, outcomes)
+    keys.release()  # the engine gets each key with its body; 32 bytes a row saved
     todo = np.flatnonzero(~outcomes.from_cache)
-    return Plan(frame.index, codes, keys, np.asarray(first, dtype=np.int64), todo, outcomes, builder, render)
+    return Plan(frame.index, codes, keys, first, todo, outcomes, builder, render, encode)
 
 
-def _renderer(frame: pd.DataFrame, tmpl: Template, settings: Settings):
+_CHUNK = 1 << 16  # rows rendered at a time while keying (bounds the temporary strings)
+
+
+def _keys(tmpl: Template, settings: Settings, builder: RequestBuilder, render, arrays, skip, n: int):
+    """``(encode, keybuf)``: a row -> (key, body) function, and every row's key end to end."""
+    keybuf = bytearray(KEY_SIZE * n)
+    rows = range(n) if skip is None else np.flatnonzero(~skip)
+    codec = None
+    if not tmpl.is_callable:
+        system = settings.system
+        codec = builder.text_codec([{"role": "system", "content": system}] if system is not None else [])
+    if codec is None:
+        encode = lambda i: builder.encode(render(i))  # noqa: E731
+
+        for i in rows:
+            keybuf[KEY_SIZE * i : KEY_SIZE * (i + 1)] = encode(i)[0]
+        return encode, keybuf
+    fmt = tmpl._fmt.format  # type: ignore[union-attr]
+    if len(arrays) == 1:
+        only = arrays[0]
+
+        def encode(i: int) -> tuple[bytes, bytes]:
+            return codec.encode(fmt(only[i]))
+
+    else:
+
+        def encode(i: int) -> tuple[bytes, bytes]:
+            return codec.encode(fmt(*[a[i] for a in arrays]))
+
+    pre, tail, dumps = codec._pre, codec.tail, orjson.dumps
+    positions = np.arange(n) if skip is None else rows
+    for start in range(0, len(positions), _CHUNK):
+        at = positions[start : start + _CHUNK]
+        if skip is None:
+            cols = [a[start : start + _CHUNK].tolist() for a in arrays]
+        else:
+            cols = [a[at].tolist() for a in arrays]
+        if len(cols) == 1:
+            texts = map(fmt, cols[0])
+        elif cols:
+            texts = (fmt(*values) for values in zip(*cols))
+        else:
+            texts = [fmt()] * len(at)
+        for i, text in zip(at.tolist(), texts):
+            h = pre.copy()
+            h.update(dumps(text))
+            h.update(tail)
+            keybuf[KEY_SIZE * i : KEY_SIZE * (i + 1)] = h.digest()
+    return encode, keybuf
+
+
+def _values(frame: pd.DataFrame, tmpl: Template, settings: Settings) -> list[np.ndarray]:
+    """The template's columns as object arrays (NA as "" when ``na="empty"``)."""
+    arrays = []
+    for col in tmpl.columns:
+        values = frame[col].to_numpy(dtype=object)
+        if settings.na == "empty":
+            values = np.where(pd.isna(values), "", values)
+        arrays.append(values)
+    return arrays
+
+
+def _renderer(frame: pd.DataFrame, tmpl: Template, settings: Settings, arrays: list[np.ndarray] | None = None):
     system = settings.system
     if tmpl.is_callable:
         names = [str(c) for c in frame.columns]
@@ -119,12 +170,8 @@ def _renderer(frame: pd.DataFrame, tmpl: Template, settings: Settings):
             return to_messages(out, system)
 
         return render_callable
-    arrays = []
-    for col in tmpl.columns:
-        values = frame[col].to_numpy(dtype=object)
-        if settings.na == "empty":
-            values = np.where(pd.isna(values), "", values)
-        arrays.append(values)
+    if arrays is None:
+        arrays = _values(frame, tmpl, settings)
     fmt = tmpl.render
     head = [{"role": "system", "content": system}] if system is not None else []
     if len(arrays) == 1:

@@ -23,7 +23,7 @@ import orjson
 from .config import Settings
 from .schema import response_format_fragment
 
-__all__ = ["RequestBuilder", "KEY_VERSION"]
+__all__ = ["RequestBuilder", "TextCodec", "KEY_VERSION"]
 
 #: Bumped only if the canonical form changes; old cache entries then stop matching.
 KEY_VERSION = b"pandas-llm/1\n"
@@ -57,3 +57,52 @@ class RequestBuilder:
 
     def key_of(self, raw: bytes) -> bytes:
         return hashlib.sha256(self._prefix + raw).digest()
+
+    def text_codec(self, head_messages: list[dict[str, Any]]) -> "TextCodec | None":
+        """A fast encoder for bodies whose messages are ``head_messages`` + one user text."""
+        return TextCodec.build(self, head_messages)
+
+
+#: A private-use marker that orjson writes verbatim; it splits a sample body in two.
+_MARK = "\ue000pandas-llm text\ue001"
+
+
+class TextCodec:
+    """Key and body of ``head + [{"role": "user", "content": text}]`` without building dicts.
+
+    The canonical body is the same bytes as ``RequestBuilder.encode`` gives (checked when
+    built): the JSON before the text, the text as a JSON string, the JSON after it. With
+    the prefix already hashed, a key costs one copy of the hash and two updates.
+    """
+
+    __slots__ = ("head", "tail", "_pre")
+
+    def __init__(self, prefix: bytes, head: bytes, tail: bytes):
+        self.head, self.tail = head, tail
+        self._pre = hashlib.sha256(prefix + head)
+
+    @classmethod
+    def build(cls, builder: RequestBuilder, head_messages: list[dict[str, Any]]) -> "TextCodec | None":
+        raw = builder.encode([*head_messages, {"role": "user", "content": _MARK}])[1]
+        mark = orjson.dumps(_MARK)
+        if raw.count(mark) != 1:
+            return None  # the marker also appears in a parameter: use the general path
+        pos = raw.index(mark)
+        codec = cls(builder._prefix, raw[:pos], raw[pos + len(mark) :])
+        probe = "a \"quoted\" {text}\n with ünïcode \u2028 and \x00"
+        if codec.encode(probe) != builder.encode([*head_messages, {"role": "user", "content": probe}]):
+            return None
+        return codec
+
+    def key(self, text: str) -> bytes:
+        h = self._pre.copy()
+        h.update(orjson.dumps(text))
+        h.update(self.tail)
+        return h.digest()
+
+    def encode(self, text: str) -> tuple[bytes, bytes]:
+        """``(key, body)`` exactly as ``RequestBuilder.encode`` would give them."""
+        body = self.head + orjson.dumps(text) + self.tail
+        h = self._pre.copy()
+        h.update(body[len(self.head) :])
+        return h.digest(), body
