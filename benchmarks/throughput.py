@@ -12,7 +12,9 @@ server's own counters and CPU come from ``GET /_testing/stats``.
 Scenarios (``-s``): ``zero`` (latency 0, concurrency 50, 5,000 rows), ``latency`` (100 ms,
 concurrency 200, 5,000 rows), ``ratelimit`` (6,000 RPM in a 1 s window, 50 ms, 3,000 rows,
 concurrency 200), ``memory`` (1M rows, latency 0), ``resume`` (1M rows all in the cache).
-Clients: ``pandas-llm`` (limits learned from headers), ``pandas-llm+rpm`` (told rpm=),
+Clients: ``pandas-llm`` (a first call in a fresh process: limits learned from headers, one
+round trip spent learning them), ``pandas-llm+warm`` (a second call: limits already known),
+``pandas-llm+rpm`` (told ``rpm=``),
 ``naive`` (``AsyncOpenAI`` + semaphore + ``asyncio.gather``, default ``max_retries``),
 ``floor`` (a bare aiohttp loop: no templates, no cache, no retries).
 """
@@ -52,11 +54,14 @@ class Scenario:
 def scenarios(quick: bool) -> dict[str, Scenario]:
     k = 1_000_000
     return {
-        "zero": Scenario("zero", 2_000 if quick else 5_000, 50, clients=("pandas-llm", "naive", "floor")),
-        "latency": Scenario("latency", 2_000 if quick else 5_000, 200, latency_ms=100, clients=("pandas-llm", "naive", "floor")),
+        "zero": Scenario("zero", 2_000 if quick else 5_000, 50, clients=("pandas-llm", "pandas-llm+warm", "naive", "floor")),
+        "latency": Scenario(
+            "latency", 2_000 if quick else 5_000, 200, latency_ms=100,
+            clients=("pandas-llm", "pandas-llm+warm", "naive", "floor"),
+        ),
         "ratelimit": Scenario(
             "ratelimit", 1_000 if quick else 3_000, 200, latency_ms=50, rpm=6000, window=1.0,
-            clients=("pandas-llm", "pandas-llm+rpm", "naive"),
+            clients=("pandas-llm", "pandas-llm+warm", "pandas-llm+rpm", "naive"),
         ),
         "memory": Scenario("memory", 100_000 if quick else k, 50, clients=("pandas-llm",)),
         "resume": Scenario("resume", 100_000 if quick else k, 50, clients=("pandas-llm",), prefill=True),
