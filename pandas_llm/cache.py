@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from .errors import ConfigError
-from .walcheckpoint import Checkpointer
 
 __all__ = ["Store", "Record", "MIGRATIONS"]
 
@@ -130,7 +130,7 @@ class Store:
     def __init__(self, path: str | os.PathLike | None):
         self.path = None if path is None else os.fspath(path)
         target = ":memory:" if self.path is None else self.path
-        self._checkpointer: Checkpointer | None = None
+        self._write_lock = threading.Lock()
         if self.path is not None:
             _create_private(self.path)
         try:
@@ -143,9 +143,6 @@ class Store:
                 _enable_wal(self.conn)
                 # NORMAL in WAL mode: a committed transaction survives a killed process.
                 self.conn.execute("PRAGMA synchronous = NORMAL")
-                # Checkpoints (and their fsync) run on a thread, not inside our commits.
-                self.conn.execute("PRAGMA wal_autocheckpoint = 0")
-                self._checkpointer = Checkpointer(self.path)
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
@@ -189,15 +186,14 @@ class Store:
         if not rows:
             return
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(_UPSERT, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        if self._checkpointer is not None:
-            self._checkpointer.poke()
+        with self._write_lock:  # the engine commits on its own thread (committer.py)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_UPSERT, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def count(self, status: str | None = None) -> int:
         if status is None:
@@ -205,8 +201,6 @@ class Store:
         return self.conn.execute("SELECT count(*) FROM results WHERE status = ?", (status,)).fetchone()[0]
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
         self.conn.close()
 
     def __enter__(self) -> "Store":

@@ -2,8 +2,9 @@
 
 Workers pull jobs from one shared lazy iterator (never one task per row), so in-flight
 state is O(concurrency) whatever the frame's size. Each answer is committed to the
-store in small batches (at most ``flush_interval`` seconds old) and only then counted
-as done, so a killed process loses at most the requests in flight.
+store in small batches (at most ``flush_interval`` seconds old, on a thread of their
+own: committer.py) and only then counted as done, so a killed process loses at most
+the requests in flight.
 
 Retries: 408/409/5xx, timeouts and connection errors up to ``max_attempts`` with
 exponential backoff and jitter (tenacity's strategy), honouring ``retry-after``. A 429
@@ -31,6 +32,7 @@ from tenacity import RetryCallState, wait_exponential_jitter
 
 from .backends import Backend, Completion
 from .cache import Record, Store
+from .committer import Committer
 from .errors import FatalAPIError, RateLimitError, RequestError, RetryableError
 from .ratelimit import Limiter
 
@@ -141,6 +143,7 @@ class Engine:
         self.clock = clock
         self.sleep = sleep
         self._buffer: list[tuple[int, Record]] = []
+        self._committer = Committer(store, self._count)
         self._flush_handle: asyncio.TimerHandle | None = None
         self._fatal: FatalAPIError | None = None
         self._stop = False
@@ -158,14 +161,18 @@ class Engine:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             self.flush()
+            await self._committer.drain()
+        if self._committer.error is not None:
+            raise self._committer.error
         if self._fatal is not None:
             raise self._fatal
 
     async def _worker(self, jobs: Iterator[Job]) -> None:
         process = self._process if self.validate is None else self._process_validated
         sends = 1 if self.validate is None else 1 + self.invalid_retries  # the most requests one job makes
+        committer = self._committer
         for job in jobs:
-            if self._stop:
+            if self._stop or committer.error is not None:
                 return
             record = await (process(job) if self.budget is None else self.budget.spend(job, process, sends))
             if record is None:  # over budget: this job and the rest stay unsent
@@ -175,16 +182,21 @@ class Engine:
                 self.flush()
             elif self._flush_handle is None:
                 self._flush_handle = asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
+            if committer.backlog >= committer.max_pending:
+                await committer.wait_oldest()
 
     def flush(self) -> None:
-        """Commit buffered results, then count them as done (never the other way round)."""
+        """Hand buffered results to the commit thread; they count as done once committed."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         if not self._buffer:
             return
         batch, self._buffer = self._buffer, []
-        self.store.write(r for _, r in batch)
+        self._committer.submit(batch)
+
+    def _count(self, batch: list[tuple[int, Record]]) -> None:
+        """On the loop, once ``batch`` is committed (never before)."""
         stats = self.stats
         for u, record in batch:
             stats.sent_done += 1

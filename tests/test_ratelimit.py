@@ -158,14 +158,27 @@ async def test_an_answer_without_headers_means_no_limits():
     assert await vt.run(slots(vt, lim, 50)) == [0.0] * 50
 
 
-async def test_a_failed_first_request_also_ends_the_wait():
+async def test_a_failed_first_request_hands_its_place_to_a_waiting_one():
     vt = VirtualTime()
     lim = limiter(vt, initial_burst=1)
     await vt.run(lim.acquire())
-    waiting = asyncio.ensure_future(lim.acquire())
+    waiting = [asyncio.ensure_future(lim.acquire()) for _ in range(2)]
     await vt.settle()
-    lim.release(0)
-    await vt.run(waiting)
+    lim.release(0)  # a connection error says nothing about limits
+    await vt.settle()
+    assert [w.done() for w in waiting] == [True, False]
+    assert lim._unknown
+    lim.done(0, 10, 1, 1, headers(rpm=6000))
+    await vt.run(waiting[1])
+
+
+def test_an_answer_without_headers_is_remembered_as_no_limits():
+    s = Settings(model="m-none", base_url="http://127.0.0.1:9/v1", cache=False)
+    first = Limiter.for_settings(s)
+    first.done(0, 10, 1, 1, headers=None)
+    assert remembered_limits("http://127.0.0.1:9/v1", "m-none") == (None, None)
+    again = Limiter.for_settings(s)
+    assert not again._unknown and again.requests is None and again.tokens is None
 
 
 def test_the_user_limit_wins_when_lower_the_server_limit_when_lower():

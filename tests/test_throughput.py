@@ -47,6 +47,18 @@ def test_a_run_told_the_limit_stays_under_it():
         assert srv.completed == n and srv.rate_limited <= 5
 
 
+def test_a_request_larger_than_the_token_limit_is_that_rows_error_not_retried_forever():
+    with LLMServer(tpm=100) as srv:
+        with pytest.warns(pandas_llm.RunWarning):
+            details = frame(2).llm.map(
+                "Say: {text}", base_url=srv.base_url, api_key="x", cache=False, progress=False,
+                max_tokens=500, details=True,
+            )  # fmt: skip
+        assert details["status"].tolist() == ["error", "error"]
+        assert "Request too large" in details["error"].iloc[0]
+        assert srv.requests == 2 and srv.completed == 0
+
+
 class FakeBackend:
     """Answers at once on virtual time; the first ``fail`` calls get a 429."""
 
