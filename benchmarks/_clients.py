@@ -46,7 +46,10 @@ def _measure(n: int, frame_mb: float, work: Callable[[], int]) -> dict[str, Any]
 
 def pandas_llm_client(args: Any, template: str, model: str) -> dict[str, Any]:
     import pandas_llm  # noqa: F401 - registers the accessor
-    import pandas_llm.backends.wire  # noqa: F401 - its HTTP client, imported before the clock like the others
+    try:  # its HTTP client, imported before the clock like the others'
+        import pandas_llm.backends.wire  # noqa: F401
+    except ImportError:  # an older pandas-llm (the "before" figures)
+        import pandas_llm.backends.http  # noqa: F401
 
     df = make_frame(args.rows)
     frame_mb = df.memory_usage(deep=True).sum() / 2**20

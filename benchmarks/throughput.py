@@ -80,11 +80,12 @@ def _pin(cpu: int):
 
 
 class ServerProcess:
-    def __init__(self, sc: Scenario):
+    def __init__(self, sc: Scenario, pythonpath: str | None = None):
         cmd = [sys.executable, "-m", "pandas_llm.testing", "--latency-ms", str(sc.latency_ms)]
         if sc.rpm:
             cmd += ["--rpm", str(sc.rpm), "--window", str(sc.window)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=_pin(0))
+        env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=_pin(0), env=env)
         self.base_url = self.proc.stdout.readline().strip()
         if not self.base_url.startswith("http"):
             raise RuntimeError("the loopback server did not start")
@@ -117,9 +118,9 @@ def run_client(name: str, sc: Scenario, base_url: str, cache: str | None) -> dic
     return json.loads(lines[-1])
 
 
-def run_scenario(sc: Scenario, clients: list[str] | None) -> list[dict]:
+def run_scenario(sc: Scenario, clients: list[str] | None, server_path: str | None = None) -> list[dict]:
     rows = []
-    server = ServerProcess(sc)
+    server = ServerProcess(sc, server_path)
     try:
         for name in clients or sc.clients:
             if name not in sc.clients and clients is None:
@@ -177,6 +178,7 @@ def main() -> None:
     p.add_argument("--clients", help="comma-separated client names (default: the scenario's)")
     p.add_argument("--rows", type=int, help="override the row count")
     p.add_argument("--json", help="also write every result to this file")
+    p.add_argument("--server-pythonpath", help="PYTHONPATH for the server process only (compare clients on one server)")
     # client-process options (internal)
     p.add_argument("--client", help=argparse.SUPPRESS)
     p.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -198,7 +200,7 @@ def main() -> None:
         sc = all_sc[name]
         if args.rows:
             sc.rows = args.rows
-        results += run_scenario(sc, clients)
+        results += run_scenario(sc, clients, args.server_pythonpath)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

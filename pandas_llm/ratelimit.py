@@ -240,13 +240,15 @@ class Limiter:
             await self._known.wait()
 
     def _factor(self, at: float) -> float:
-        if at >= self._ramp_to:
-            if self._provisional and self.requests is not None and at >= self._ramp_to + self.ramp_seconds > -math.inf:
-                self.requests.rate *= 1.1  # additive-ish increase while no 429 comes
-                self._ramp_to += self.ramp_seconds
-            return self.headroom
-        done = max(0.0, (at - self._ramp_from) / (self._ramp_to - self._ramp_from))
-        return self.headroom * (self.ramp_floor + (1.0 - self.ramp_floor) * done)
+        """The share of the limit to send at, at time ``at``: ``headroom``, less on a ramp."""
+        if at < self._ramp_to:
+            done = max(0.0, (at - self._ramp_from) / (self._ramp_to - self._ramp_from))
+            return self.headroom * (self.ramp_floor + (1.0 - self.ramp_floor) * done)
+        if self._provisional and math.isfinite(self._ramp_to) and at >= self._ramp_to + self.ramp_seconds:
+            # a guessed limit and no 429 for a while: try 10% more
+            self.requests.rate *= 1.1  # type: ignore[union-attr]
+            self._ramp_to += self.ramp_seconds
+        return self.headroom
 
     # -- after the answer ------------------------------------------------------------
     def done(self, reserved: int, size: int, prompt_tokens: int, completion_tokens: int, headers: Any) -> None:

@@ -303,3 +303,24 @@ async def test_with_no_limits_known_a_429_sets_a_provisional_limit():
     assert lim.requests.rate == pytest.approx(0.8 * 11 / 1.0, rel=0.1)
     lim.observe(headers(rpm=300))  # figures from the server replace the guess
     assert lim.requests.rate == 5.0 and not lim._provisional
+
+
+async def test_a_provisional_limit_grows_while_no_429_comes():
+    vt = VirtualTime()
+    lim = limiter(vt, learn=False, ramp_seconds=1.0)
+    for _ in range(10):
+        await vt.run(lim.acquire())
+        await vt.advance(vt.now + 0.1)
+    lim.rate_limited(await vt.run(lim.acquire()), 0.1)
+    start = lim.requests.rate
+    await vt.run(slots(vt, lim, int(4 * start)))  # ~4 s of sending: ramp, then two quiet periods
+    assert lim.requests.rate == pytest.approx(start * 1.1**2)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from pandas_llm import dedup, ratelimit, requests
+
+    for module in (ratelimit, dedup, requests):
+        assert doctest.testmod(module).failed == 0, module.__name__

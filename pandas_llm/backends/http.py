@@ -1,4 +1,4 @@
-"""The lean default backend: aiohttp posting the prepared JSON body.
+"""The default backend for https endpoints: aiohttp posting the prepared JSON body.
 
 The per-request path does one POST of bytes that were serialised once (they are also
 what the cache key hashes), one orjson parse, and nothing else: no per-request
