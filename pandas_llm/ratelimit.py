@@ -1,8 +1,9 @@
 """Rate limits as a shared budget: one limiter for requests and tokens per minute.
 
 Every worker asks the limiter before sending. The limiter paces requests smoothly
-(GCRA: each request books the next free slot at ``limit * headroom`` per second, so
-there are no bursts for a sliding-window server to reject) on two budgets at once:
+(GCRA: a budget is next free at its ``tat``, which each request moves on by its cost at
+``limit * headroom`` per second; one request at a time waits for it, in arrival order,
+so there are no bursts for a sliding-window server to reject) on two budgets at once:
 
 - requests per minute: one per request;
 - tokens per minute: the prompt (estimated from the body's size, calibrated against the
@@ -18,9 +19,11 @@ response (the lower wins). Until a first answer says what the limits are, at mos
 the time the server needs to refill what the next request takes. A 429 pauses every
 worker for its ``retry-after`` (or a doubling backoff), then sending resumes on a ramp
 from ``ramp_floor`` of the limit to all of it, not as a burst: over ten times the pause,
-at least 0.25 s and at most ``ramp_seconds``. With
-no limits known at all, a 429 sets a provisional limit just under the rate that hit it,
-raised by 10% for every quiet ``ramp_seconds``.
+at least 0.25 s and at most ``ramp_seconds``. Each such pause at a known limit also
+keeps 2% more margin (at most 15%, given back 1% per quiet 10 s): a server whose
+window is less regular than our pacing stops rejecting. With no limits known at all, a
+429 sets a provisional limit just under the rate that hit it, raised by 10% for every
+quiet ``ramp_seconds``.
 
 Clock and sleep are injected, so tests run in milliseconds and see exact waits::
 
@@ -129,6 +132,7 @@ class Limiter:
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         observe_every: float = 0.01,
+        tolerance: float = 0.005,
         key: tuple[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -145,10 +149,14 @@ class Limiter:
         self._next_look = -math.inf
         self.paused_until = 0.0
         self.pauses = 0  # 429 pauses so far
-        self._epoch = 0  # bumped by every pause: slots booked before it are void
+        self._epoch = 0  # bumped by every pause: tells a 429 sent before it from one after
+        self._gate = asyncio.Lock()
+        self._nudge: asyncio.Event | None = None  # wakes the request waiting at the gate
+        self.tolerance = tolerance
         self._level = 0  # consecutive pauses without a success in between
         self._ramp_from = self._ramp_to = -math.inf
         self._provisional = False  # the request limit was guessed from a 429, not told
+        self._slack, self._calm_from = 1.0, -math.inf  # extra margin after 429s at a known limit
         # Until some answer shows whether the server has limits, send at most initial_burst.
         self._unknown = learn and rpm is None and tpm is None
         self._burst_left = initial_burst
@@ -193,38 +201,62 @@ class Limiter:
         return math.ceil(len(body) * self._ratio) + 4 + out
 
     async def acquire(self, tokens: int = 0) -> int:
-        """Wait for this request's slot in every budget and book it; returns a ticket for
-        :meth:`rate_limited` (the pause epoch the request was sent in)."""
+        """Wait until a request of ``tokens`` tokens fits every budget and take it; returns
+        a ticket for :meth:`rate_limited` (the pause epoch the request was sent in)."""
+        return (await self._admit(None, tokens))[0]
+
+    async def admit(self, body: bytes) -> tuple[int, int]:
+        """:meth:`acquire` for a request body: ``(ticket, tokens reserved)``. The
+        reservation is sized after any wait for the first answer, which may have
+        brought a token limit with it."""
+        return await self._admit(body, 0)
+
+    async def _admit(self, body: bytes | None, tokens: int) -> tuple[int, int]:
         if self._unknown:
             await self._first_answer()
-        while True:
-            now = self.clock()
-            self._count += 1
-            if now - self._count_from >= 1.0:
-                self._last_rate = self._count / (now - self._count_from)
-                self._count, self._count_from = 0, now
-            req, tok = self.requests, self.tokens
-            if tok is not None and not tokens:
-                tok = None
-            if req is None and tok is None and self.paused_until <= now:
-                return self._epoch
-            slot = now if now > self.paused_until else self.paused_until
-            if req is not None and req.tat > slot:
-                slot = req.tat
-            if tok is not None and tok.tat > slot:
-                slot = tok.tat
-            factor = self._factor(slot)
+        if body is not None:
+            tokens = self.reserve(body)
+        now = self.clock()
+        self._count += 1
+        if now - self._count_from >= 1.0:
+            self._last_rate = self._count / (now - self._count_from)
+            self._count, self._count_from = 0, now
+        if self.requests is None and (self.tokens is None or not tokens) and self.paused_until <= now:
+            return self._epoch, tokens
+        # One request at a time waits for the budget, in arrival order; nobody books a slot
+        # in the future, so a correction (a refund, a pause) counts for the very next one.
+        async with self._gate:
+            while True:
+                now = self.clock()
+                req, tok = self.requests, self.tokens if tokens else None
+                slot = now if now > self.paused_until else self.paused_until
+                if req is not None and req.tat > slot:
+                    slot = req.tat
+                if tok is not None and tok.tat > slot:
+                    slot = tok.tat
+                if slot <= now:
+                    break
+                await self._nap(slot - now)
+            factor = self._factor(now)
+            # a wake-up a little late keeps its place: the schedule does not drift
+            start = now - self.tolerance
             if req is not None:
-                req.tat = slot + 1.0 / (req.rate * factor)
+                req.tat = max(req.tat, start) + 1.0 / (req.rate * factor)
             if tok is not None:
-                tok.tat = slot + tokens / (tok.rate * factor)
-            if slot <= now:
-                return self._epoch
-            epoch = self._epoch
-            await self.sleep(slot - now)
-            if self._epoch == epoch:
-                return epoch
-            # a 429 paused everyone while we waited: this booking is void, book again
+                tok.tat = max(tok.tat, start) + tokens / (tok.rate * factor)
+            return self._epoch, tokens
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if a refund frees the budget sooner (see settle)."""
+        nudge = self._nudge = asyncio.Event()
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        poke = asyncio.ensure_future(nudge.wait())
+        try:
+            await asyncio.wait((sleeper, poke), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            poke.cancel()
+            self._nudge = None
 
     async def _first_answer(self) -> None:
         """Before any answer has shown the limits, let only ``initial_burst`` requests go."""
@@ -243,12 +275,15 @@ class Limiter:
         """The share of the limit to send at, at time ``at``: ``headroom``, less on a ramp."""
         if at < self._ramp_to:
             done = max(0.0, (at - self._ramp_from) / (self._ramp_to - self._ramp_from))
-            return self.headroom * (self.ramp_floor + (1.0 - self.ramp_floor) * done)
+            return self.headroom * self._slack * (self.ramp_floor + (1.0 - self.ramp_floor) * done)
         if self._provisional and math.isfinite(self._ramp_to) and at >= self._ramp_to + self.ramp_seconds:
             # a guessed limit and no 429 for a while: try 10% more
             self.requests.rate *= 1.1  # type: ignore[union-attr]
             self._ramp_to += self.ramp_seconds
-        return self.headroom
+        if self._slack < 1.0 and at >= self._calm_from + 10.0:
+            self._slack = min(1.0, self._slack + 0.01)  # 10 s without a 429: give back 1%
+            self._calm_from = at
+        return self.headroom * self._slack
 
     # -- after the answer ------------------------------------------------------------
     def done(self, reserved: int, size: int, prompt_tokens: int, completion_tokens: int, headers: Any) -> None:
@@ -294,6 +329,8 @@ class Limiter:
         tat = tok.tat + (used - reserved) / (tok.rate * self.headroom)
         floor = max(self.clock(), self.paused_until)
         tok.tat = tat if tat > floor else floor
+        if used < reserved and self._nudge is not None:
+            self._nudge.set()  # the request waiting for the budget may go sooner
 
     # -- server feedback -------------------------------------------------------------
     def observe(self, headers: Mapping[str, str] | None) -> None:
@@ -371,6 +408,12 @@ class Limiter:
             self._level += 1
         if retry_after is None:
             retry_after = min(self.max_backoff, self.backoff * 2 ** (self._level - 1))
+        if fresh and self.requests is not None and not self._provisional:
+            # 429s while pacing under a known limit: the server's clock or window is less
+            # regular than ours (jitter, another client on the key). Keep 2% more margin
+            # per such pause, at most 15%, given back 1% per quiet 10 s.
+            self._slack = max(0.85, self._slack * 0.98)
+            self._calm_from = now + retry_after
         if self.requests is None and self._last_rate + self._count > 0 and fresh:
             elapsed = max(1e-3, now - self._count_from)
             observed = max(self._last_rate, self._count / elapsed)

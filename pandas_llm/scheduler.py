@@ -211,12 +211,15 @@ class Engine:
         _, key, body = job
         stats = self.stats
         limiter = self.limiter
-        reserve = self.reserve_tokens or limiter.reserve
+        reserve = self.reserve_tokens
         attempts = 0
         failures = 0
         while True:
-            reserved = reserve(body)
-            ticket = await limiter.acquire(reserved)
+            if reserve is None:
+                ticket, reserved = await limiter.admit(body)
+            else:
+                reserved = reserve(body)
+                ticket = await limiter.acquire(reserved)
             attempts += 1
             stats.in_flight += 1
             try:
