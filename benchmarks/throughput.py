@@ -5,7 +5,7 @@ process pinned to CPU 0, then runs every client in a fresh process pinned to CPU
 after the other, against the same server. A client prints one JSON line of figures; the
 server's own counters and CPU come from ``GET /_testing/stats``.
 
-    python benchmarks/throughput.py                 # every scenario, full size (~10 min)
+    python benchmarks/throughput.py                 # every scenario, full size (~6 min)
     python benchmarks/throughput.py --quick         # every scenario, small (~1 min)
     python benchmarks/throughput.py -s zero -s ratelimit --clients pandas-llm,naive
 
