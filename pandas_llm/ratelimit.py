@@ -43,66 +43,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
-import threading
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
+from .ratelimit_headers import _BOUNDLESS, _number, parse_duration, remember, remembered_limits
+
 __all__ = ["Limiter", "parse_duration", "remembered_limits"]
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str | None) -> float | None:
-    """Seconds in an ``x-ratelimit-reset-*`` value: ``869ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m``.
-
-    A bare number is seconds; anything unreadable gives None.
-
-    >>> [parse_duration(s) for s in ("869ms", "1s", "6m0s", "1.5s", "2m59.56s", "0.5", "soon")]
-    [0.869, 1.0, 360.0, 1.5, 179.56, 0.5, None]
-    """
-    if not text:
-        return None
-    text = text.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    total, pos = 0.0, 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            return None
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    return round(total, 6) if pos == len(text) and pos else None
-
-
-def _number(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
-
-
-#: Per-minute limits no client process can reach (``python -m pandas_llm.testing`` without
-#: limits reports 10M RPM / 10G TPM): pacing against them would only cost CPU.
-_BOUNDLESS = {"requests": 3e6, "tokens": 3e9}
-
-_registry: dict[tuple[str, str], list[float | None]] = {}
-_registry_lock = threading.Lock()
-
-
-def remembered_limits(endpoint: str, model: str) -> tuple[float | None, float | None] | None:
-    """The ``(rpm, tpm)`` this process last learned for ``endpoint`` and ``model`` (None in
-    a figure: no limit to keep to), or None if nothing was learned yet."""
-    with _registry_lock:
-        known = _registry.get((endpoint, model))
-    return None if known is None else (known[0], known[1])
-
 
 class _Pace:
     """One budget as a GCRA schedule: ``tat`` is when the budget is next fully free."""
@@ -370,8 +316,7 @@ class Limiter:
         if self.key is not None:
             rpm = self.requests.rate * 60 if self.requests is not None and not self._provisional else None
             tpm = self.tokens.rate * 60 if self.tokens is not None else None
-            with _registry_lock:
-                _registry[self.key] = [rpm, tpm]
+            remember(self.key, rpm, tpm)
 
     def _set_pace(self, attr: str, limit: float) -> None:
         now = self.clock()

@@ -321,9 +321,9 @@ async def test_a_provisional_limit_grows_while_no_429_comes():
 def test_docstring_examples_run():
     import doctest
 
-    from pandas_llm import dedup, ratelimit, requests
+    from pandas_llm import dedup, ratelimit, ratelimit_headers, requests
 
-    for module in (ratelimit, dedup, requests):
+    for module in (ratelimit, ratelimit_headers, dedup, requests):
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
