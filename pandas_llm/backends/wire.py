@@ -134,7 +134,7 @@ def _answer(buf: bytearray, eof: bool):
     conn = headers.get("connection", "").lower()
     keep = conn != "close" and (version != "HTTP/1.0" or conn == "keep-alive")
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        got = _dechunk(buf, start)
+        got = dechunk(buf, start)
         if got is None:
             return None
         body, used = got
@@ -157,7 +157,9 @@ def _answer(buf: bytearray, eof: bool):
     return status, headers, body, used, keep
 
 
-def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
+def dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
+    """Decode a chunked body starting at ``pos``: ``(body, end)``, or None while it is
+    incomplete; ValueError on a malformed chunk size. Shared with the loopback server."""
     parts = []
     while True:
         eol = buf.find(b"\r\n", pos)

@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from ..backends.wire import dechunk
+
 __all__ = ["Request", "Response", "Handler", "HTTPProtocol", "default_error", "error_response", "json_response"]
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -292,26 +294,7 @@ def _lookup(routes: dict[tuple[str, str], Handler], method: str, path: str) -> t
 
 def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
     """Decode a chunked body starting at ``pos``; None if it is not complete yet."""
-    parts = []
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return None
-        try:
-            size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
-        except ValueError:
-            raise _BadRequest("malformed chunk size") from None
-        pos = eol + 2
-        if size == 0:
-            # skip optional trailers up to the empty line
-            end = buf.find(b"\r\n", pos)
-            while end > pos:
-                pos = end + 2
-                end = buf.find(b"\r\n", pos)
-            if end < 0:
-                return None
-            return b"".join(parts), end + 2
-        if len(buf) < pos + size + 2:
-            return None
-        parts.append(bytes(buf[pos : pos + size]))
-        pos += size + 2
+    try:
+        return dechunk(buf, pos)
+    except ValueError:
+        raise _BadRequest("malformed chunk size") from None
