@@ -21,6 +21,8 @@ from pandas_llm.backends.batch import BatchAPI
 from pandas_llm.errors import RetryableError
 from pandas_llm.testing import LLMServer
 
+from childproc import kill_when
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -150,18 +152,8 @@ def test_killed_after_submission_the_rerun_reattaches_and_submits_nothing(srv, o
                    cache={opts["cache"]!r}, progress=False, poll_interval=0.01, batch_limits={{"requests": 100}})
         """
     )
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while srv.batches.batches_retrieved == 0:  # polling: every batch was submitted and recorded
-            assert proc.poll() is None, "the child exited early"
-            assert time.monotonic() < deadline, "the child never submitted"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # killed once polling starts: every batch was submitted and recorded
+    kill_when(script, lambda: srv.batches.batches_retrieved > 0)
     assert (srv.batches.files_uploaded, srv.batches.batches_created) == (5, 5)
     srv.batches.release()
     df = frame(500)

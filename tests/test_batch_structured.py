@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
-import time
 import warnings
 
 import orjson
@@ -20,9 +16,10 @@ import pandas_llm
 from pandas_llm import ConfigError, RunWarning
 from pandas_llm.testing import LLMServer
 
+from childproc import kill_when
+
 from test_structured import Everything, expected
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["billing", "bug", "feature", "other"]
 
 
@@ -255,17 +252,8 @@ def test_killed_after_submitting_a_classify_job_the_rerun_reattaches(srv, opts):
                         batch_limits={{"requests": 100}})
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT))
-    try:
-        deadline = time.monotonic() + 60
-        while srv.batches.batches_retrieved == 0:  # polling: every batch was submitted and recorded
-            assert proc.poll() is None, "the child exited early"
-            assert time.monotonic() < deadline, "the child never submitted"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # killed once polling starts: every batch was submitted and recorded
+    kill_when(script, lambda: srv.batches.batches_retrieved > 0)
     assert (srv.batches.files_uploaded, srv.batches.batches_created) == (3, 3)
     srv.batches.release()
     df = frame(300, "ticket")
