@@ -195,14 +195,7 @@ class BatchJob:
             self._cancelled = True
             self._pending, self._next = None, None
             self.stats.queued = 0
-            for pid in list(self._parts):
-                p = ledger.part(pid)
-                if p is None or not p.open:
-                    continue
-                if p.batch_id is None:
-                    p = await self._resume(ledger, api, p)
-                    if p is None or p.batch_id is None:
-                        continue
+            async for pid, p in self._open_parts(ledger, api):
                 if p.state in ("validating", "in_progress", "finalizing"):
                     info = await api.cancel(p.batch_id)
                     ledger.update(pid, info)
@@ -379,8 +372,9 @@ class BatchJob:
             more = split_parts(again, limits, self._tokens_of() if limits.enqueued_tokens is not None else None)
             self._pending = more if self._pending is None else itertools.chain(more, self._pending)
 
-    async def _refresh(self, ledger: Ledger, api: BatchAPI) -> None:
-        """Poll each open part once, collect the finished ones, send what the budget now allows."""
+    async def _open_parts(self, ledger: Ledger, api: BatchAPI) -> AsyncIterator[tuple[str, Any]]:
+        """This job's parts still open at the API, each with a batch id (a part whose id was
+        lost or never created is resumed first; one that cannot be is skipped)."""
         for pid in list(self._parts):
             p = ledger.part(pid)
             if p is None or not p.open:
@@ -389,6 +383,11 @@ class BatchJob:
                 p = await self._resume(ledger, api, p)
                 if p is None or p.batch_id is None:
                     continue
+            yield pid, p
+
+    async def _refresh(self, ledger: Ledger, api: BatchAPI) -> None:
+        """Poll each open part once, collect the finished ones, send what the budget now allows."""
+        async for pid, p in self._open_parts(ledger, api):
             try:
                 info = await api.retrieve(p.batch_id)
                 if (info.status, info.completed, info.failed) != (p.state, p.completed, p.failed):
