@@ -130,3 +130,17 @@ def test_template_function_errors_say_which_row(opts):
     df = pd.DataFrame({"text": ["a", None]})
     with pytest.raises(TemplateError, match="row 1"):
         df.llm.map(lambda r: r.text.upper(), **opts)
+
+
+def test_a_users_openai_client_gets_the_same_retries_and_fatal_errors(server, fast_retries):
+    import openai
+
+    server.inject(500, times=2)
+    server.inject(429, times=1, retry_after_ms=1)
+    with openai.OpenAI(base_url=server.base_url, api_key="k") as client:
+        out = pd.DataFrame({"text": ["a", "b"]}).llm.map("{text}", client=client, progress=False)
+        assert out.notna().all() and server.requests == 2 + 3
+        server.inject(401, times=10)
+        with pytest.raises(FatalAPIError, match="API key was refused") as err:
+            pd.DataFrame({"text": ["c"]}).llm.map("{text}", client=client, progress=False)
+    assert err.value.status == 401

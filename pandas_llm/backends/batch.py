@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, TypeVar
 
 from ..errors import APIError, ConfigError, RetryableError
 from ..scheduler import RetryPolicy
-from .errors import error_for_status
+from .errors import from_openai
 
 __all__ = ["BatchAPI", "BatchInfo", "ENDPOINT", "PART_KEY", "JOB_KEY"]
 
@@ -126,23 +126,15 @@ class BatchAPI:
     # -- plumbing -------------------------------------------------------------------------
     async def _sdk(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One SDK call, its foreign errors mapped to ours (no retry)."""
-        openai = self._openai
         try:
             if self._async:
                 return await fn(*args, **kwargs)
             return await asyncio.to_thread(fn, *args, **kwargs)
-        except openai.APIStatusError as exc:
-            try:
-                body: Any = exc.response.json()
-            except Exception:
-                body = exc.message
-            raise error_for_status(
-                exc.status_code, body, exc.response.headers, endpoint=self.endpoint, model=self.model
-            ) from exc
-        except openai.APITimeoutError as exc:
-            raise RetryableError(f"no answer within the timeout from {self.endpoint}", code="timeout") from exc
-        except openai.APIConnectionError as exc:
-            raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
+        except self._openai.OpenAIError as exc:
+            mapped = from_openai(exc, endpoint=self.endpoint, model=self.model)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         failures = 0

@@ -95,3 +95,20 @@ def _error_detail(body: Any) -> tuple[str, str | None]:
     if isinstance(body, (bytes, bytearray)):
         body = body.decode("utf-8", "replace")
     return str(body)[:500], None
+
+
+def from_openai(exc: Exception, *, endpoint: str, model: str | None) -> APIError | None:
+    """Our error for an exception the openai SDK raised (None if it is not the SDK's)."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        try:
+            body: Any = exc.response.json()
+        except Exception:
+            body = exc.message
+        return error_for_status(exc.status_code, body, exc.response.headers, endpoint=endpoint, model=model)
+    if isinstance(exc, openai.APITimeoutError):  # a subclass of APIConnectionError: test it first
+        return RetryableError(f"no answer within the timeout from {endpoint}", code="timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return RetryableError(f"connection error to {endpoint}: {exc}", code="connection")
+    return None

@@ -12,9 +12,8 @@ from typing import Any
 
 import orjson
 
-from ..errors import RetryableError
 from . import Completion, parse_completion
-from .errors import error_for_status
+from .errors import from_openai
 
 __all__ = ["OpenAIClientBackend"]
 
@@ -42,7 +41,6 @@ class OpenAIClientBackend:
         extra = {k: params.pop(k) for k in list(params) if k not in _KNOWN}
         if extra:
             params["extra_body"] = extra
-        openai = self._openai
         try:
             if self._async:
                 raw = await self._create(**params)
@@ -50,18 +48,11 @@ class OpenAIClientBackend:
                 raw = await asyncio.to_thread(self._create, **params)
             data = orjson.loads(raw.content)
             headers = raw.headers
-        except openai.APIStatusError as exc:
-            try:
-                err_body: Any = exc.response.json()
-            except Exception:
-                err_body = exc.message
-            raise error_for_status(
-                exc.status_code, err_body, exc.response.headers, endpoint=self.endpoint, model=params.get("model")
-            ) from exc
-        except openai.APITimeoutError as exc:
-            raise RetryableError(f"no answer within the timeout from {self.endpoint}", code="timeout") from exc
-        except openai.APIConnectionError as exc:
-            raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
+        except self._openai.OpenAIError as exc:
+            mapped = from_openai(exc, endpoint=self.endpoint, model=params.get("model"))
+            if mapped is None:
+                raise
+            raise mapped from exc
         return parse_completion(data, headers)
 
     async def aclose(self) -> None:
