@@ -107,6 +107,7 @@ def error_response(
 _DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
     400: ("Invalid request.", "invalid_request_error", None),
     401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    402: ("Insufficient Balance", "unknown_error", "invalid_request_error"),  # DeepSeek's body
     403: ("You are not allowed to access this resource.", "invalid_request_error", "permission_denied"),
     404: ("The model does not exist or you do not have access to it.", "invalid_request_error", "model_not_found"),
     408: ("Request timed out.", "timeout", None),

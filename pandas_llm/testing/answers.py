@@ -13,22 +13,33 @@ the server must stay fast, and tests only need the numbers to be deterministic.
 :func:`complete` is the single entry point the server calls with the whole request
 body; request features that change the answer (``response_format`` / JSON schemas,
 say) belong there.
+
+Reasoning models (OpenAI's o-series and gpt-5 family, by name) behave as the real API
+does: ``max_tokens`` and a ``temperature`` other than 1 are refused with OpenAI's 400
+bodies (``unsupported_parameter`` / ``unsupported_value``), and each answer bills hidden
+reasoning tokens (``usage.completion_tokens_details.reasoning_tokens``, included in
+``completion_tokens``): :data:`REASONING_PER_ANSWER_TOKEN` per visible answer token at
+``reasoning_effort="medium"`` (the default), fewer at ``low``/``minimal``, more at ``high``;
+``max_completion_tokens`` bounds reasoning and answer together.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "CONTENT_FILTER_MARKER",
+    "REASONING_PER_ANSWER_TOKEN",
     "AnswerFn",
     "Completion",
     "InvalidRequest",
     "answer_for",
     "complete",
     "estimate_tokens",
+    "is_reasoning_model",
     "last_user_content",
     "message_text",
     "prompt_tokens",
@@ -41,13 +52,28 @@ CONTENT_FILTER_MARKER = "[[content_filter]]"
 #: ``answer(messages, model) -> str``: the signature of ``LLMServer(answer=...)``.
 AnswerFn = Callable[[list[dict[str, Any]], str], str]
 
+#: Reasoning tokens billed per visible answer token, by ``reasoning_effort``.
+REASONING_PER_ANSWER_TOKEN = {"minimal": 0, "low": 1, "medium": 2, "high": 4}
+
+_REASONING = re.compile(r"^(?:ft:)?(?:[\w.-]+/)?(?:o\d+(?:-|$)|gpt-5)", re.I)
+
+
+def is_reasoning_model(model: str) -> bool:
+    """OpenAI's reasoning models by name: o1, o3-mini, o4-mini, gpt-5, gpt-5-mini...
+
+    >>> is_reasoning_model("o3-mini"), is_reasoning_model("gpt-4o-mini")
+    (True, False)
+    """
+    return bool(_REASONING.match(model))
+
 
 class InvalidRequest(ValueError):
     """The request body is not a valid chat completion request (the server sends 400)."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 def message_text(content: Any) -> str:
@@ -114,6 +140,8 @@ class Completion:
     completion_tokens: int
     #: tokens the rate limiter charges: prompt + max_tokens (or the completion estimate)
     rate_tokens: int
+    #: of ``completion_tokens``, the hidden reasoning ones (reasoning models only)
+    reasoning_tokens: int = 0
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
@@ -149,9 +177,13 @@ def complete(body: Mapping[str, Any], answer: AnswerFn = answer_for, structured:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("'messages' must be a non-empty array of message objects.", "messages")
+    reasoning = is_reasoning_model(model)
+    if reasoning:
+        _check_reasoning_request(body)
     limit = _max_tokens(body)
     prompt = last_user_content(messages)
     n_prompt = prompt_tokens(messages)
+    n_reasoning = 0
     if CONTENT_FILTER_MARKER in prompt:
         content, reason, n_completion = None, "content_filter", 0
     else:
@@ -161,7 +193,35 @@ def complete(body: Mapping[str, Any], answer: AnswerFn = answer_for, structured:
         else:
             content = answer(messages, model)
         reason, n_completion = "stop", estimate_tokens(content)
+        if reasoning:
+            n_reasoning = REASONING_PER_ANSWER_TOKEN[body.get("reasoning_effort") or "medium"] * n_completion
+            if limit is not None and limit <= n_reasoning:  # the limit went on thinking: no answer at all
+                content, reason, n_completion, n_reasoning = "", "length", 0, limit
+            elif limit is not None:
+                limit -= n_reasoning  # what is left for the visible answer
         if limit is not None and limit < n_completion:
             content, reason, n_completion = content[: 4 * limit], "length", limit
-    reserved = limit if limit is not None else n_completion
-    return Completion(content, reason, prompt, n_prompt, n_completion, n_prompt + reserved)
+        n_completion += n_reasoning
+    reserved = (_max_tokens(body) or 0) if limit is not None else n_completion
+    return Completion(content, reason, prompt, n_prompt, n_completion, n_prompt + reserved, n_reasoning)
+
+
+def _check_reasoning_request(body: Mapping[str, Any]) -> None:
+    """What OpenAI's reasoning models refuse, with the API's own messages."""
+    if "max_tokens" in body:
+        raise InvalidRequest(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter",
+        )  # fmt: skip
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise InvalidRequest(
+            f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+            "Only the default (1) value is supported.", "temperature", "unsupported_value",
+        )  # fmt: skip
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_PER_ANSWER_TOKEN:
+        raise InvalidRequest(
+            f"Invalid value: '{effort}'. Supported values are: 'minimal', 'low', 'medium', and 'high'.",
+            "reasoning_effort", "invalid_value",
+        )  # fmt: skip

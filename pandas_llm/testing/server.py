@@ -66,6 +66,7 @@ class _Fault:
     retry_after_ms: float | None
     hang: bool
     body: Any
+    shape: str | None = None
 
 
 class LLMServer:
@@ -261,21 +262,29 @@ class LLMServer:
         retry_after_ms: float | None = None,
         hang: bool = False,
         body: Any = None,
+        shape: str | None = None,
     ) -> None:
         """Make the next ``times`` chat requests whose last user message contains ``match``
         (any request if None) fail with ``status`` and an OpenAI-style error body.
 
         ``retry_after`` / ``retry_after_ms`` add those headers; ``body`` (dict, str or bytes)
-        replaces the error body (with a 2xx status, it replaces the answer); ``hang=True``
-        never answers: the connection stays open until the client gives up.
+        replaces the error body (with a 2xx status, it replaces the answer: a gateway's
+        ``{"error": {...}}``, a ``finish_reason: "error"``); ``hang=True`` never answers:
+        the connection stays open until the client gives up. ``shape`` answers with status
+        200 and the request's real answer (counted as answered), written as a server that
+        ignores ``stream: false`` writes it: ``"sse"`` an event stream of chunks (usage in
+        the last, then ``data: [DONE]``), ``"sse_cut"`` the same stream cut before its
+        ``finish_reason``, ``"json+done"`` the JSON answer followed by ``data: [DONE]``.
         Faults are consumed in the order they were injected.
         """
         if times < 1:
             raise ValueError(f"times must be >= 1, got {times!r}")
-        if 200 <= status < 300 and body is None and not hang:
-            raise ValueError("a 2xx fault needs body=")
+        if shape is not None and (shape not in _SHAPES or status != 200 or body is not None or hang):
+            raise ValueError(f"shape= is one of {sorted(_SHAPES)}, with status 200 and no body= or hang=")
+        if 200 <= status < 300 and body is None and not hang and shape is None:
+            raise ValueError("a 2xx fault needs body= or shape=")
         with self._lock:
-            self._faults.append(_Fault(status, times, match, retry_after, retry_after_ms, hang, body))
+            self._faults.append(_Fault(status, times, match, retry_after, retry_after_ms, hang, body, shape))
 
     def clear_faults(self) -> None:
         """Drop faults not consumed yet."""
@@ -342,9 +351,12 @@ class LLMServer:
         except orjson.JSONDecodeError as exc:
             return error_response(400, f"Invalid JSON body: {exc}", headers=self.limiter.headers())
         except InvalidRequest as exc:
-            return error_response(400, str(exc), param=exc.param, headers=self.limiter.headers())
+            return error_response(400, str(exc), code=exc.code, param=exc.param, headers=self.limiter.headers())
         if self._faults:
             fault = self._take_fault(done.prompt)
+            if fault is not None and fault.shape is not None:
+                answer = self._record(body["model"], done)
+                return Response(200, _SHAPES[fault.shape](answer), self.limiter.headers(), "text/event-stream")
             if fault is not None:
                 return None if fault.hang else self._fault_response(fault, self.limiter.headers())
         if self.error_rate:
@@ -374,6 +386,14 @@ class LLMServer:
             self._counts[done.prompt] += 1
             self.prompt_tokens += done.prompt_tokens
             self.completion_tokens += done.completion_tokens
+        usage = {
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
+        if done.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": done.reasoning_tokens}
         return {
             "id": f"chatcmpl-{next(self._ids):012d}",
             "object": "chat.completion",
@@ -386,12 +406,7 @@ class LLMServer:
                     "finish_reason": done.finish_reason,
                 }
             ],
-            "usage": {
-                "prompt_tokens": done.prompt_tokens,
-                "completion_tokens": done.completion_tokens,
-                "total_tokens": done.prompt_tokens + done.completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0},
-            },
+            "usage": usage,
         }
 
     def _list_models(self, request: Request) -> Response:
@@ -411,6 +426,30 @@ class LLMServer:
             }
         stats["cpu_seconds"] = time.process_time()
         return json_response(200, stats)
+
+
+def _sse(answer: dict[str, Any], *, cut: bool = False) -> bytes:
+    """``answer`` as the event stream a streaming server writes: a role chunk, the content in
+    pieces, a chunk with the finish_reason and the usage, then ``data: [DONE]``."""
+    head = {k: answer[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    choice = answer["choices"][0]
+    content = choice["message"]["content"] or ""
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    deltas += [{"content": content[i : i + 8]} for i in range(0, len(content), 8)]
+    chunks = [head | {"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+    if not cut:
+        end = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
+        chunks.append(head | {"choices": [end], "usage": answer["usage"]})
+    events = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+    return events if cut else events + b"data: [DONE]\n\n"
+
+
+#: What ``inject(shape=...)`` writes for a 200: answer dict -> body bytes.
+_SHAPES: dict[str, Callable[[dict[str, Any]], bytes]] = {
+    "sse": _sse,
+    "sse_cut": lambda answer: _sse(answer, cut=True),
+    "json+done": lambda answer: orjson.dumps(answer) + b"\n\ndata: [DONE]\n\n",
+}
 
 
 def _number(value: float) -> str:
