@@ -19,12 +19,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
-from .backends import parse_completion
+from .backends.answers import judge
 from .backends.batch import ENDPOINT
 from .backends.errors import error_for_status
 from .cache import Record
 from .config import BatchLimits
-from .errors import RetryableError
+from .errors import APIError, RetryableError
 from .scheduler import completion_record
 
 __all__ = ["PartData", "split_parts", "parse_line", "UNANSWERED_CODES"]
@@ -89,13 +89,14 @@ def split_parts(
 
 
 def parse_line(
-    raw: bytes, *, cost: Callable[[Any], float | None], model: str | None, endpoint: str
+    raw: bytes, *, cost: Callable[[Any], float | None], model: str | None, endpoint: str, tools: bool = False
 ) -> tuple[bytes | None, Record | None, str | None]:
     """``(key, record, unanswered)`` for one output / error line.
 
     ``record`` is what to write to the cache (an answer, or a failed request with its
     error); ``unanswered`` is ``"expired"`` / ``"cancelled"`` for a line the API never ran
-    (no record then). ``key`` is None for a line that is not ours.
+    (no record then). ``key`` is None for a line that is not ours. ``tools``: the requests
+    asked for tools, so ``finish_reason="tool_calls"`` is a finished answer.
     """
     try:
         line = orjson.loads(raw)
@@ -107,11 +108,12 @@ def parse_line(
     response = line.get("response") or None
     error = line.get("error") or None
     if response is not None and response.get("status_code") == 200:
-        try:
-            c = parse_completion(response["body"])
-        except (KeyError, IndexError, TypeError) as exc:
-            return key, Record(key, "failed", error=f"unreadable batch answer: {exc!r}", model=model), None
-        return key, completion_record(key, c, cost(c), 1, model), None
+        try:  # judged as a realtime 200 is: an error object or a body that is no answer is no answer
+            c = judge(response.get("body"), None, endpoint=endpoint, model=model)
+        except APIError as exc:
+            kind = "failed" if isinstance(exc, RetryableError) else "error"
+            return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None
+        return key, completion_record(key, c, cost(c), 1, model, tools=tools), None
     if error is not None and response is None:
         code = error.get("code") if isinstance(error, dict) else None
         if code in UNANSWERED_CODES:

@@ -41,10 +41,11 @@ class Collector:
     results for other keys (a re-attached batch of another job) are cached, not counted."""
 
     def __init__(self, plan: Plan, stats: BatchStats, *, model: str, endpoint: str, price: Price | None,
-                 validate: Callable[[str | None], str | None] | None = None):  # fmt: skip
+                 validate: Callable[[str | None], str | None] | None = None, tools: bool = False):  # fmt: skip
         self.plan, self.stats = plan, stats
         self.model, self.endpoint, self.price = model, endpoint, price
         self.validate = validate
+        self.tools = tools  # the requests asked for tools: finish_reason="tool_calls" is an answer
         self.slot_of: dict[bytes, int] = {}
         self.unanswered: dict[int, str] = {}  # slot -> "expired" | "cancelled"
 
@@ -59,7 +60,7 @@ class Collector:
             if not file_id:
                 continue
             async for raw in api.lines(file_id):
-                key, record, unanswered = parse_line(raw, cost=self.cost, model=model, endpoint=endpoint)
+                key, record, unanswered = parse_line(raw, cost=self.cost, model=model, endpoint=endpoint, tools=self.tools)
                 if key is None or key not in keys or key in seen:
                     continue
                 seen.add(key)

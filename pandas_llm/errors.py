@@ -10,7 +10,11 @@ or cache boundary only, with ``raise ... from exc`` so the original stays visibl
     │   ├── RetryableError     408 / 409 / 429 / 5xx, timeouts, connection errors
     │   │   └── RateLimitError 429: every worker pauses, not only the one that got it
     │   ├── RequestError       400 and other answers that are that row's own fault
-    │   └── FatalAPIError      401 / 403 / 404 / no quota: the whole run stops at once
+    │   └── FatalAPIError      401 / 403 / 404: the whole run stops at once
+    │       ├── QuotaError     402, insufficient_quota, a daily quota or a limit of 0, a
+    │       │                  retry-after too long to wait: ``retry_after`` says when to come back
+    │       └── RequestShapeError  the endpoint refuses the request's shape (a parameter, a
+    │                          value, the response format) on every row: change the call
     └── LocalServerError       pandas_llm.local: the local model server is missing or did not start
 
 Example:
@@ -32,6 +36,8 @@ __all__ = [
     "RateLimitError",
     "RequestError",
     "FatalAPIError",
+    "QuotaError",
+    "RequestShapeError",
     "LocalServerError",
 ]
 
@@ -51,10 +57,11 @@ class TemplateError(ConfigError):
 class APIError(PandasLLMError):
     """A request to the model endpoint failed."""
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None, param: str | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
+        self.param = param  # the request parameter the endpoint named, if it did (OpenAI's error.param)
 
     @property
     def kind(self) -> str:
@@ -75,8 +82,9 @@ class RetryableError(APIError):
         code: str | None = None,
         retry_after: float | None = None,
         headers: Any = None,
+        param: str | None = None,
     ):
-        super().__init__(message, status=status, code=code)
+        super().__init__(message, status=status, code=code, param=param)
         self.retry_after = retry_after
         self.headers = headers  # the answer's headers, if any (x-ratelimit-* on a 429)
 
@@ -91,6 +99,26 @@ class RequestError(APIError):
 
 class FatalAPIError(APIError):
     """Authentication, permission, wrong URL or model, or no quota: nothing else can succeed."""
+
+
+class QuotaError(FatalAPIError):
+    """Out of credit or quota (HTTP 402, ``insufficient_quota``, a daily quota, a limit of 0),
+    or a ``retry-after`` longer than the run may wait: no retry within the run can succeed.
+
+    ``retry_after`` is the seconds the provider asked to wait (None when it did not say);
+    answered rows are in the cache, so running the same call after that resumes the run.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None):  # fmt: skip
+        super().__init__(message, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class RequestShapeError(FatalAPIError):
+    """The endpoint refuses the request itself (an unsupported parameter or value, the
+    ``json_schema`` response format) the same way on the first rows of a run, so every
+    other row would be refused too; the message says what to change."""
 
 
 class LocalServerError(PandasLLMError, RuntimeError):

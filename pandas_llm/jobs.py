@@ -142,7 +142,8 @@ class BatchJob:
         self._finished = False
         self._mem_store: Store | None = None  # cache=False: one in-memory sidecar for the job's life
         self._collector = Collector(plan, self.stats, model=settings.model, endpoint=settings.endpoint,
-                                    price=resolve_price(settings.model, settings.prices), validate=validate)  # fmt: skip
+                                    price=resolve_price(settings.model, settings.prices), validate=validate,
+                                    tools="tools" in settings.params or "tools" in settings.extra_body)  # fmt: skip
 
     def __repr__(self) -> str:
         s = self.stats

@@ -146,7 +146,7 @@ class Run:
             raise
         finally:
             stats.finished = time.monotonic()
-            unsent = "budget" if stats.budget_reached else "stopped"
+            unsent = "budget" if stats.budget_reached else "deadline" if stats.deadline_reached else "stopped"
             n_unsent = self.plan.outcomes.mark_unsent(unsent)
             if n_unsent:
                 stats.unsent[unsent] += n_unsent
@@ -190,10 +190,17 @@ class Run:
                 f". max_cost=${self.settings.max_cost:g} stopped the run after ${self.stats.cost:.4g}"
                 " (raise max_cost, or set max_tokens for a tighter worst case per request)"
             )
-        warn_failures(self.plan, self.stats.total, budget_note=budget)
+        deadline = ""
+        if self.stats.deadline_reached:
+            deadline = f". deadline={self.settings.deadline:g} s stopped the sending" + (
+                f": {self.stats.stop_note}" if self.stats.stop_note else ""
+            )
+        warn_failures(self.plan, self.stats.total, budget_note=budget, deadline_note=deadline)
 
 
-def warn_failures(plan: Plan, total: int, *, budget_note: str = "", resend: str = "retries") -> None:
+def warn_failures(
+    plan: Plan, total: int, *, budget_note: str = "", resend: str = "retries", deadline_note: str = ""
+) -> None:
     """One RunWarning counting the rows without an answer by kind, pointing at the caller's line."""
     counts = plan.outcomes.row_status_counts(plan.codes)
     bad = {k: v for k, v in counts.items() if k not in ("ok", "skipped")}
@@ -202,6 +209,8 @@ def warn_failures(plan: Plan, total: int, *, budget_note: str = "", resend: str 
     kinds = ", ".join(f"{n} {k} ({STATUS_MEANING.get(k, k)})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1]))
     if "budget" in bad:
         kinds += budget_note
+    if "deadline" in bad:
+        kinds += deadline_note
     warnings.warn(
         f"{sum(bad.values())} of {total} rows have no answer: {kinds}. Their values are NA; "
         "see pandas_llm.last_run().failures (or pass details=True). Running the same call "

@@ -73,7 +73,8 @@ class Snapshot:
     rate: float | None  # requests per second answered by the endpoint
     eta: float | None  # seconds until the last request is answered
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # reasoning tokens included
+    reasoning_tokens: int  # a reasoning model's hidden output tokens (billed as output)
     cost: float | None  # None: price unknown
     projected: float | None  # cost of the whole run at the current cost per request
     saved: float  # what the cached answers cost when they were paid for
@@ -82,6 +83,7 @@ class Snapshot:
     paused: float  # seconds left in a rate-limit pause (0: not paused)
     max_cost: float | None
     budget_reached: bool
+    deadline_reached: bool = False
 
     @classmethod
     def of(cls, stats: RunStats, now: float) -> Snapshot:
@@ -112,6 +114,7 @@ class Snapshot:
             eta=eta,
             prompt_tokens=stats.prompt_tokens,
             completion_tokens=stats.completion_tokens,
+            reasoning_tokens=stats.reasoning_tokens,
             cost=cost,
             projected=projected,
             saved=stats.saved_cost,
@@ -120,6 +123,7 @@ class Snapshot:
             paused=max(0.0, stats.paused_until - now) if stats.finished is None else 0.0,
             max_cost=stats.max_cost,
             budget_reached=stats.budget_reached,
+            deadline_reached=stats.deadline_reached,
         )
 
     @property
@@ -147,6 +151,8 @@ class Snapshot:
 
     def money(self) -> str:
         tokens = f"tokens {self.prompt_tokens:,} in / {self.completion_tokens:,} out"
+        if self.reasoning_tokens:
+            tokens += f" ({self.reasoning_tokens:,} reasoning)"
         if self.cost is None:
             parts = [tokens, "price unknown"]
         else:
@@ -190,6 +196,8 @@ class Snapshot:
             return f"stopped after {self.elapsed:.1f} s"
         if self.budget_reached:
             return f"stopped at max_cost after {self.elapsed:.1f} s"
+        if self.deadline_reached:
+            return f"stopped at the deadline after {self.elapsed:.1f} s"
         if self.to_send == 0 and self.total:
             return "all from cache"
         return f"done in {self.elapsed:.1f} s"
@@ -202,6 +210,8 @@ class Snapshot:
             return "the endpoint refused the run (see the error); answers so far are kept in the cache"
         if self.budget_reached:
             return "max_cost reached: run again with a higher max_cost to send the rest"
+        if self.deadline_reached:
+            return "deadline reached: run the same call again to send the rest"
         return None
 
     def summary(self) -> str:
@@ -218,7 +228,7 @@ class Snapshot:
         return text + (f". Failures: {failures}" if failures else "")
 
 
-_UNSENT = {"budget": "max_cost reached", "stopped": "the run stopped first"}
+_UNSENT = {"budget": "max_cost reached", "stopped": "the run stopped first", "deadline": "the deadline passed first"}
 
 
 def money(amount: float | None) -> str:
@@ -312,6 +322,8 @@ class TqdmObserver(ThrottledObserver):
         if not final:
             post["in_flight"] = snap.in_flight
         post["tokens"] = f"{_short(snap.prompt_tokens)}/{_short(snap.completion_tokens)}"
+        if snap.reasoning_tokens:
+            post["reasoning"] = _short(snap.reasoning_tokens)
         if snap.cost is None:
             post["cost"] = "unknown"
         else:

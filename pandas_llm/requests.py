@@ -6,6 +6,10 @@ canonical JSON (sorted keys), so it names the request, never the run or the row:
 another frame with the same prompts reuses the answers, and changing one parameter
 re-pays only what it changes. The API key is never part of it.
 
+For OpenAI's reasoning models (o1, o3, o4 series, the gpt-5 family), which refuse
+``max_tokens``, ``max_tokens=`` is sent as ``max_completion_tokens`` (it then bounds the
+hidden reasoning tokens and the visible answer together); the key follows what is sent.
+
     >>> from pandas_llm.config import Settings
     >>> b = RequestBuilder(Settings(model="m", base_url="http://x/v1", params={"temperature": 0}))
     >>> key, raw = b.encode([{"role": "user", "content": "hi"}])
@@ -16,6 +20,7 @@ re-pays only what it changes. The API key is never part of it.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -23,11 +28,24 @@ import orjson
 from .config import Settings
 from .schema import response_format_fragment
 
-__all__ = ["RequestBuilder", "TextCodec", "KEY_VERSION"]
+__all__ = ["RequestBuilder", "TextCodec", "KEY_VERSION", "is_reasoning_model"]
 
 #: Bumped only if the canonical form changes; old cache entries then stop matching.
 KEY_VERSION = b"pandas-llm/1\n"
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+#: OpenAI's reasoning models (fine-tunes and provider prefixes included): o1, o3-mini, o4-mini, gpt-5.1...
+_REASONING = re.compile(r"^(?:ft:)?(?:[\w.-]+/)?(?:o\d+(?:-|$)|gpt-5)", re.I)
+
+
+def is_reasoning_model(model: str) -> bool:
+    """True for OpenAI's reasoning models, which take ``max_completion_tokens``, not ``max_tokens``.
+
+    >>> [is_reasoning_model(m) for m in ("o3-mini", "o1", "gpt-5-mini", "openai/o4-mini", "gpt-4o", "omni-moderation-latest")]
+    [True, True, True, True, False, False]
+    """
+    return bool(_REASONING.match(model))
 
 
 class RequestBuilder:
@@ -36,6 +54,9 @@ class RequestBuilder:
     def __init__(self, settings: Settings, *, extra: dict[str, Any] | None = None):
         base: dict[str, Any] = {"model": settings.model}
         base.update(settings.params)
+        if "max_tokens" in base and is_reasoning_model(settings.model):
+            limit = base.pop("max_tokens")
+            base.setdefault("max_completion_tokens", limit)
         base.update(settings.extra_body)
         if extra:
             base.update(extra)

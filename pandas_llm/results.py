@@ -20,7 +20,7 @@ __all__ = ["Outcomes", "STATUS_MEANING"]
 STATUS_MEANING = {
     "ok": "answered",
     "skipped": "not sent: a cell used by the template was NA",
-    "error": "the endpoint refused the request (HTTP 400 or similar)",
+    "error": "the endpoint refused the request (HTTP 400 or similar) or answered with an error",
     "failed": "transient errors persisted after every retry",
     "length": "cut off at max_tokens (finish_reason=length)",
     "content_filter": "withheld by the provider's content filter",
@@ -28,6 +28,7 @@ STATUS_MEANING = {
     "invalid": "the answer did not match the schema",
     "budget": "not sent: it could have taken the run over max_cost",
     "stopped": "not sent: the run was stopped (interrupt or fatal error)",
+    "deadline": "not sent: the run's deadline passed first",
     "expired": "its batch expired before answering it; a rerun submits it again",
     "cancelled": "its batch was cancelled before answering it; a rerun submits it again",
 }

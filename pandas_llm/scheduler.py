@@ -10,6 +10,13 @@ Retries: 408/409/5xx, timeouts and connection errors up to ``max_attempts`` with
 exponential backoff and jitter (tenacity's strategy), honouring ``retry-after``. A 429
 pauses every worker through the limiter and is retried until the run's deadline, not
 a fixed small count. A 400 is that row's error. 401/403/404 stop the whole run at once.
+What will not clear stops the run early (stopping.py): the same refusal of the request's
+shape on the first answers, a 429 asking for a wait beyond 10 min with no deadline.
+
+The deadline is checked before every send (first tries and retries alike): once it has
+passed, or a 429's wait ends after it, nothing more is sent; workers waiting for the
+limiter are woken and stop, requests in flight are kept, and rows not sent are left for
+the caller to label (``stats.deadline_reached``).
 
 Validation (``validate=``, used when a schema is set): an answer the hook rejects is
 asked again up to ``invalid_retries`` times, then stored as ``invalid`` with the hook's
@@ -35,13 +42,20 @@ from .cache import Record, Store
 from .committer import Committer
 from .errors import FatalAPIError, RateLimitError, RequestError, RetryableError
 from .ratelimit import Limiter
+from .stopping import ShapeWatch, come_back, quota_stop
 
 __all__ = ["Engine", "RunStats", "Job", "RetryPolicy", "completion_record"]
 
 Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
 
+#: finish_reason values of a finished answer: "stop", and the natural ends of Hugging Face TGI.
+_DONE_FINISH = frozenset({"stop", "eos_token", "stop_sequence"})
 #: finish_reason values that are failures with a status of their own, never a value.
-_FAILED_FINISH = {"length": "length", "content_filter": "content_filter"}
+_FAILED_FINISH = {"length": "length", "model_length": "length", "content_filter": "content_filter"}
+#: finish_reason values of a tool call: an answer only when the request asked for tools.
+_TOOL_FINISH = frozenset({"tool_calls", "function_call"})
+#: The status of a job the engine did not send (deadline passed, run stopping); never stored.
+UNSENT = "unsent"
 
 
 @dataclass
@@ -61,7 +75,8 @@ class RunStats:
     retries: int = 0
     rate_limited: int = 0
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # every output token billed, reasoning tokens included
+    reasoning_tokens: int = 0  # of those, a reasoning model's hidden ones
     cached_tokens: int = 0
     cost: float = 0.0
     cost_known: bool = True
@@ -70,6 +85,8 @@ class RunStats:
     reserved_cost: float = 0.0  # worst cases reserved by requests in flight
     budget_reached: bool = False  # the next request could have gone over max_cost
     unsent: Counter = field(default_factory=Counter)  # distinct requests never sent, by status
+    deadline_reached: bool = False  # the deadline passed (or a 429's wait ended after it): sending stopped
+    stop_note: str | None = None  # why sending stopped early, for the failure warning (a 429's message)
     paused_until: float = 0.0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -147,16 +164,22 @@ class Engine:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._fatal: FatalAPIError | None = None
         self._stop = False
+        self._shape = ShapeWatch()
+        self._sending: set[asyncio.Task] = set()  # workers with a request in flight (kept at a halt)
+        self._workers: list[asyncio.Future] = []
 
     async def run(self, jobs: Iterable[Job]) -> None:
         """Send every job; return when all are settled. Raises FatalAPIError if the run had to stop."""
         it = iter(jobs)
-        workers = [asyncio.ensure_future(self._worker(it)) for _ in range(self.concurrency)]
+        self._workers = workers = [asyncio.ensure_future(self._worker(it)) for _ in range(self.concurrency)]
+        watch = None if self.retry.deadline is None else asyncio.ensure_future(self._watch_deadline())
         try:
             await asyncio.gather(*workers)
         except FatalAPIError:
             pass  # recorded in self._fatal; siblings cancelled below
         finally:
+            if watch is not None:
+                watch.cancel()
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -168,6 +191,14 @@ class Engine:
             raise self._fatal
 
     async def _worker(self, jobs: Iterator[Job]) -> None:
+        try:
+            await self._work(jobs)
+        except asyncio.CancelledError:
+            if not self.stats.deadline_reached or self._fatal is not None:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # woken at the deadline: done
+
+    async def _work(self, jobs: Iterator[Job]) -> None:
         process = self._process if self.validate is None else self._process_validated
         sends = 1 if self.validate is None else 1 + self.invalid_retries  # the most requests one job makes
         committer = self._committer
@@ -175,13 +206,17 @@ class Engine:
             if self._stop or committer.error is not None:
                 return
             record = await (process(job) if self.budget is None else self.budget.spend(job, process, sends))
-            if record is None:  # over budget: this job and the rest stay unsent
+            if record is None or record.status == UNSENT:  # over budget, deadline, or stopping
+                if self._fatal is not None:
+                    raise self._fatal
                 return
             self._buffer.append((job[0], record))
             if len(self._buffer) >= self.flush_size:
                 self.flush()
             elif self._flush_handle is None:
                 self._flush_handle = asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
+            if self._fatal is not None:
+                raise self._fatal  # this job's record is kept; the siblings stop
             if committer.backlog >= committer.max_pending:
                 await committer.wait_oldest()
 
@@ -214,14 +249,24 @@ class Engine:
         reserve = self.reserve_tokens
         attempts = 0
         failures = 0
+        deadline = self.retry.deadline
+        failure: RetryableError | None = None
         while True:
+            if self._stop or (deadline is not None and self._past_deadline(0)):
+                return self._unsent(key, attempts, failure)
             if reserve is None:
                 ticket, reserved = await limiter.admit(body)
             else:
                 reserved = reserve(body)
                 ticket = await limiter.acquire(reserved)
+            if self._stop or (deadline is not None and self._past_deadline(0)):  # the wait may have crossed it
+                limiter.release(reserved)
+                return self._unsent(key, attempts, failure)
             attempts += 1
             stats.in_flight += 1
+            if deadline is not None:
+                task = asyncio.current_task()
+                self._sending.add(task)  # type: ignore[arg-type]
             try:
                 completion = await self.backend.complete(body)
             except RateLimitError as exc:
@@ -229,21 +274,32 @@ class Engine:
                 stats.rate_limited += 1
                 wait = limiter.rate_limited(ticket, exc.retry_after, exc.headers)
                 stats.paused_until = limiter.paused_until
-                if self._past_deadline(wait):
-                    return Record(key, "failed", error=str(exc), attempts=attempts, model=self.model)
+                stop = quota_stop(exc, wait, deadline)
+                if stop is not None:
+                    return self._stop_run(stop, Record(key, UNSENT))
+                if self._past_deadline(wait):  # no request can be sent before the deadline: stop sending
+                    self._halt(f"{exc} The limit clears in {come_back(wait)}, after the deadline ({deadline:g} s).")
+                    return Record(key, UNSENT)
                 stats.retries += 1
                 continue
             except RetryableError as exc:
                 limiter.release(reserved)
                 failures += 1
-                if failures >= self.retry.max_attempts or self._past_deadline(0):
+                failure = exc
+                wait = self.retry.backoff(failures, exc.retry_after)
+                if failures >= self.retry.max_attempts or self._past_deadline(wait):
                     return Record(key, "failed", error=f"{exc} (after {attempts} attempts)", attempts=attempts, model=self.model)
+                stop = quota_stop(exc, wait, deadline)
+                if stop is not None:
+                    return self._stop_run(stop, Record(key, "failed", error=str(exc), attempts=attempts, model=self.model))
                 stats.retries += 1
-                await self.sleep(self.retry.backoff(failures, exc.retry_after))
+                await self.sleep(wait)
                 continue
             except RequestError as exc:
                 limiter.release(reserved)
-                return Record(key, "error", error=str(exc), attempts=attempts, model=self.model)
+                record = Record(key, "error", error=str(exc), attempts=attempts, model=self.model)
+                stop = self._shape.refused(exc, body)
+                return record if stop is None else self._stop_run(stop, record)
             except FatalAPIError as exc:
                 self._fatal = self._fatal or exc
                 self._stop = True
@@ -253,8 +309,10 @@ class Engine:
                 raise
             finally:
                 stats.in_flight -= 1
+                if deadline is not None:
+                    self._sending.discard(task)
             limiter.done(reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers)
-            return self._record(key, completion, reserved, attempts)
+            return self._record(key, completion, reserved, attempts, body)
 
     async def _process_validated(self, job: Job) -> Record:
         """``_process``, then resend while the answer fails ``validate`` (bounded)."""
@@ -267,22 +325,60 @@ class Engine:
             if len(rejected) >= self.invalid_retries:
                 record = record._replace(status="invalid", error=error)
                 break
-            rejected.append(record)
+            rejected.append(record._replace(status="invalid", error=error))
             self.stats.retries += 1
             record = await self._process((job[0], job[1], _reseeded(job[2], len(rejected))))
+            if record.status == UNSENT:  # the resend was not sent (deadline): keep the paid answer
+                record = rejected.pop()
         return _with_spent(record, rejected) if rejected else record
 
-    def _record(self, key: bytes, c: Completion, reserved: int, attempts: int) -> Record:
+    def _record(self, key: bytes, c: Completion, reserved: int, attempts: int, body: bytes) -> Record:
         stats = self.stats
         cost = self.cost(c)
         stats.prompt_tokens += c.prompt_tokens
         stats.completion_tokens += c.completion_tokens
+        stats.reasoning_tokens += c.reasoning_tokens
         stats.cached_tokens += c.cached_tokens
         if cost is None:
             stats.cost_known = False
         else:
             stats.cost += cost
-        return completion_record(key, c, cost, attempts, self.model)
+        tools = c.finish_reason in _TOOL_FINISH and "tools" in orjson.loads(body)  # parsed on that rare path only
+        record = completion_record(key, c, cost, attempts, self.model, tools=tools)
+        if record.status == "ok":
+            self._shape.answered = True
+        return record
+
+    def _unsent(self, key: bytes, attempts: int, failure: RetryableError | None) -> Record:
+        """A job not sent (again) because the deadline passed or the run is stopping."""
+        if self.retry.deadline is not None and not self._stop:
+            self._halt(None)
+        if failure is None:
+            return Record(key, UNSENT)  # never sent: the caller labels it (deadline, stopped)
+        why = "the deadline passed" if self.stats.deadline_reached else "the run stopped"
+        return Record(key, "failed", error=f"{failure} (after {attempts} attempts; not sent again: {why})",
+                      attempts=attempts, model=self.model)  # fmt: skip
+
+    def _stop_run(self, exc: FatalAPIError, record: Record) -> Record:
+        """Stop the run with ``exc`` once this job's ``record`` is kept (see _work)."""
+        self._fatal = self._fatal or exc
+        self._stop = True
+        return record
+
+    def _halt(self, note: str | None) -> None:
+        """The deadline: stop sending; wake the workers that wait (those in flight finish)."""
+        stats = self.stats
+        if not stats.deadline_reached:
+            stats.deadline_reached = True
+            stats.stop_note = stats.stop_note or note
+            self._stop = True
+            for w in self._workers:
+                if w not in self._sending and w is not asyncio.current_task():
+                    w.cancel()
+
+    async def _watch_deadline(self) -> None:
+        await self.sleep(max(0.0, self.stats.started + self.retry.deadline - self.clock()))  # type: ignore[operator]
+        self._halt(None)
 
     def _past_deadline(self, wait: float) -> bool:
         deadline = self.retry.deadline
@@ -308,19 +404,40 @@ def _with_spent(record: Record, rejected: list[Record]) -> Record:
         attempts=record.attempts + sum(r.attempts for r in rejected),
     )
 
-def completion_record(key: bytes, c: Completion, cost: float | None, attempts: int, model: str | None) -> Record:
-    """The Record for an answer; a cut-off, filtered, refused or empty answer is a failure
-    with its own status, never a value. Shared by the realtime engine and the Batch API."""
-    status = _FAILED_FINISH.get(c.finish_reason or "stop")
+def completion_record(
+    key: bytes, c: Completion, cost: float | None, attempts: int, model: str | None, *, tools: bool = False
+) -> Record:
+    """The Record for an answer, judged the same for every backend and the Batch API.
+
+    Only a finished answer with content is ``ok``: finish_reason ``stop`` (TGI's
+    ``eos_token`` / ``stop_sequence``), or ``tool_calls`` when the request asked for
+    ``tools``. A cut-off (``length``), filtered or refused answer is a failure with its own
+    status; an error the server put in the choice, any other finish_reason (a gateway's
+    ``"error"``, vLLM's ``"abort"``, none at all) or no content is that row's ``error``,
+    with the server's message: never a value, and sent again by the next run. Its tokens
+    and cost are kept (it may have been billed).
+    """
+    reason = c.finish_reason
+    status = _FAILED_FINISH.get(reason)  # type: ignore[arg-type]
     error = None
-    if status is not None:
-        error = f"finish_reason={c.finish_reason}: the answer was cut off or withheld"
-        if c.finish_reason == "length":
-            error = "finish_reason=length: the answer hit max_tokens and was cut off; raise max_tokens"
+    if c.error is not None:
+        status, error = "error", f"finish_reason={reason}: the server answered with an error: {c.error}"
+    elif status is not None:
+        error = f"finish_reason={reason}: the answer was cut off or withheld"
+        if status == "length":
+            error = f"finish_reason={reason}: the answer hit max_tokens and was cut off; raise max_tokens"
+    elif reason not in _DONE_FINISH and not (tools and reason in _TOOL_FINISH):
+        status = "error"
+        if reason in _TOOL_FINISH:
+            error = f"finish_reason={reason}: the model called a tool, but the request asked for no tools"
+        elif reason is None:
+            error = "the answer has no finish_reason, so it may be incomplete: not counted as an answer"
+        else:
+            error = f"finish_reason={reason!r}: the server ended the answer abnormally (no message given)"
     elif c.refusal:
         status, error = "refused", f"the model refused: {c.refusal}"
     elif c.text is None:
-        status, error = "error", "the answer had no content"
+        status, error = "error", "the answer had no content" + (" (it called a tool)" if reason in _TOOL_FINISH else "")
     return Record(
         key, status or "ok", c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.cached_tokens,
         cost, error, attempts, model,

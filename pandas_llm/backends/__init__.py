@@ -19,7 +19,11 @@ __all__ = ["Backend", "Completion", "make_backend"]
 
 
 class Completion(NamedTuple):
-    """One answer, with what billing and rate limiting need to know."""
+    """One answer, with what billing and rate limiting need to know.
+
+    ``completion_tokens`` counts every output token billed, ``reasoning_tokens`` (a
+    reasoning model's hidden ones) included; ``error`` is the message of an error the
+    server put in the answer's choice (a gateway's ``finish_reason="error"``)."""
 
     text: str | None
     finish_reason: str | None = "stop"
@@ -28,6 +32,8 @@ class Completion(NamedTuple):
     cached_tokens: int = 0
     headers: Mapping[str, str] | None = None
     refusal: str | None = None
+    reasoning_tokens: int = 0
+    error: str | None = None
 
 
 class Backend(Protocol):
@@ -69,18 +75,34 @@ _REASONS = {r: r for r in ("stop", "length", "content_filter", "tool_calls", "fu
 
 
 def parse_completion(data: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Completion:
-    """Read an OpenAI-shaped chat.completion body."""
+    """Read an OpenAI-shaped chat.completion body (judging it is ``answers.judge``'s job).
+
+    Reasoning tokens (``usage.completion_tokens_details.reasoning_tokens``) are part of
+    ``completion_tokens`` in OpenAI's usage; a provider whose ``total_tokens`` shows it
+    counted them apart (total = prompt + completion + reasoning) has them added, so they
+    are priced as the output tokens they are, once.
+    """
     choice = data["choices"][0]
     message = choice.get("message") or {}
     usage = data.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
     reason = choice.get("finish_reason")
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    if reasoning and (usage.get("total_tokens") or 0) >= prompt + completion + reasoning:
+        completion += reasoning
+    error = choice.get("error")
+    if error is not None:
+        error = str(error.get("message") or error) if isinstance(error, Mapping) else str(error)
     return Completion(
         message.get("content"),
         _REASONS.get(reason, reason),  # one shared str, not one per answer (53 bytes a row at 1M rows)
-        usage.get("prompt_tokens") or 0,
-        usage.get("completion_tokens") or 0,
+        prompt,
+        completion,
         details.get("cached_tokens") or 0,
         headers,
         message.get("refusal"),
+        reasoning,
+        error,
     )

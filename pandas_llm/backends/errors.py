@@ -1,10 +1,21 @@
-"""Mapping HTTP failures to pandas_llm.errors, shared by the HTTP and openai-client backends."""
+"""Mapping HTTP failures to pandas_llm.errors, shared by the HTTP and openai-client backends.
+
+Besides the status, the body decides a few cases that would not clear by retrying:
+HTTP 402 (out of credit, as DeepSeek sends) and ``insufficient_quota`` are a QuotaError;
+so is a 429 whose body says the limit is 0 (Gemini's free tier for a model it excludes),
+or names a daily quota without saying when to retry. A 5xx whose message names
+``response_format`` / ``json_schema`` (llama.cpp answers 500 to ``json_schema``) is the
+request's fault: a RequestError, not retried. An HTTP 200 carrying an error object is
+the error it names (``error_in_answer``).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
-from ..errors import APIError, FatalAPIError, RateLimitError, RequestError, RetryableError
+from ..errors import APIError, FatalAPIError, QuotaError, RateLimitError, RequestError, RetryableError
+from ..ratelimit_headers import parse_duration
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 FATAL_STATUS = frozenset({401, 403, 404})
@@ -38,11 +49,13 @@ def error_for_status(
     model: str | None,
 ) -> APIError:
     """The pandas-llm error for an HTTP error answer."""
-    detail, code = _error_detail(body)
+    detail, code, param = _error_detail(body)
     where = f"{endpoint} (model {model!r})" if model else endpoint
-    if status == 429 and code == "insufficient_quota":
-        return FatalAPIError(
-            f"HTTP 429 insufficient_quota from {where}: the account has no credit left. {detail}",
+    if status == 402 or (status == 429 and code == "insufficient_quota"):
+        return QuotaError(
+            f"HTTP {status}{' insufficient_quota' if code == 'insufficient_quota' else ''} from {where}: the "
+            f"account has no credit left ({detail}). Add credit, then run the same call again: answered rows "
+            "come from the cache.",
             status=status,
             code=code,
         )
@@ -50,13 +63,36 @@ def error_for_status(
         # larger than the whole per-minute budget: no wait makes it fit
         return RequestError(f"HTTP 429 from {where}: {detail} Shorten the prompt or lower max_tokens.", status=status, code=code)
     if status == 429:
+        wait = retry_after(headers)
+        if wait is None:
+            wait = _hinted_wait(detail)
+        if _LIMIT_ZERO.search(detail):
+            return QuotaError(
+                f"HTTP 429 from {where}: {detail} The limit is 0: this key, plan or model has no quota "
+                "for these requests, so no wait clears it; use another model or plan.",
+                status=status,
+                code=code,
+            )
+        if wait is None and _PER_DAY.search(detail):
+            return QuotaError(
+                f"HTTP 429 from {where}: {detail} A daily quota is spent and the provider did not say when it "
+                "resets: run the same call again after the reset (answered rows come from the cache).",
+                status=status,
+                code=code,
+            )
         return RateLimitError(
             f"HTTP 429 rate limited by {where}: {detail}",
             status=status,
             code=code,
-            retry_after=retry_after(headers),
+            retry_after=wait,
             headers=headers,
         )
+    if status >= 500 and _RESPONSE_FORMAT.search(detail):
+        # llama.cpp answers a json_schema it does not support with 500: every row would get it
+        return RequestError(
+            f"HTTP {status} from {where}: {detail}", status=status, code="unsupported_response_format",
+            param="response_format",
+        )  # fmt: skip
     if status in RETRYABLE_STATUS:
         return RetryableError(
             f"HTTP {status} from {where}: {detail}", status=status, code=code, retry_after=retry_after(headers)
@@ -81,20 +117,91 @@ def error_for_status(
             status=status,
             code=code,
         )
-    return RequestError(f"HTTP {status} from {where}: {detail}", status=status, code=code)
+    if param is None and _RESPONSE_FORMAT.search(detail):
+        param = "response_format"
+    return RequestError(f"HTTP {status} from {where}: {detail}", status=status, code=code, param=param)
 
 
-def _error_detail(body: Any) -> tuple[str, str | None]:
+#: Error codes and types that say which HTTP status an error object stands for (an error
+#: object in an HTTP 200, as some gateways send, is judged as that status).
+_CODE_STATUS = {
+    "rate_limit_exceeded": 429, "insufficient_quota": 429, "requests": 429, "tokens": 429,
+    "server_error": 500, "internal_server_error": 500, "internal_error": 500, "api_error": 500,
+    "bad_gateway": 502, "overloaded_error": 503, "overloaded": 503, "service_unavailable": 503,
+    "timeout": 408, "invalid_api_key": 401, "authentication_error": 401, "permission_denied": 403,
+    "permission_error": 403, "model_not_found": 404, "not_found_error": 404,
+    "invalid_request_error": 400, "context_length_exceeded": 400,
+}  # fmt: skip
+
+
+def error_in_answer(body: Mapping[str, Any], headers: Mapping[str, str] | None, *, endpoint: str,
+                    model: str | None) -> APIError:  # fmt: skip
+    """The error an HTTP 200 body carries instead of a completion (``{"error": {...}}``,
+    or vLLM's ``{"object": "error", ...}``).
+
+    It is judged as the HTTP status its ``code`` (or ``status``) is, or the status its
+    ``code`` / ``type`` names (``server_error``: 500, ``rate_limit_exceeded``: 429, ...):
+    retried if that status is, fatal if that status is. Without such evidence it is that
+    row's error (RequestError, with the server's message), not retried within the run.
+    """
+    err = body.get("error")
+    err = err if isinstance(err, Mapping) else body
+    status = None
+    for field in ("code", "status", "status_code"):
+        value = err.get(field)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and 400 <= value <= 599:
+            status = value
+            break
+    if status is None:
+        for field in ("code", "type"):
+            value = err.get(field)
+            if isinstance(value, str) and value.lower() in _CODE_STATUS:
+                status = _CODE_STATUS[value.lower()]
+                break
+    if status is None:
+        detail, code, param = _error_detail(body)
+        where = f"{endpoint} (model {model!r})" if model else endpoint
+        return RequestError(
+            f"HTTP 200 from {where} carried an error instead of an answer: {detail}",
+            code=code if isinstance(code, str) else "error_in_answer", param=param,
+        )  # fmt: skip
+    exc = error_for_status(status, body, headers, endpoint=endpoint, model=model)
+    message = str(exc).replace(f"HTTP {status}", f"HTTP 200 with an error object (code {status})", 1)
+    exc.args = (message,)
+    return exc
+
+
+_RESPONSE_FORMAT = re.compile(r"response_format|json_schema|response format", re.I)
+_LIMIT_ZERO = re.compile(r"\blimit:?\s*0(?![\d.])", re.I)  # "limit: 0", "Limit 0"
+_PER_DAY = re.compile(r"per day|\bdaily\b|\bRPD\b|\bTPD\b|PerDay", re.I)
+_TRY_AGAIN = re.compile(r"(?:try again|retry) in (?:about )?([\d.]+(?:ms|h|m|s)(?:[\d.]+(?:ms|h|m|s))*)", re.I)
+
+
+def _hinted_wait(detail: str) -> float | None:
+    """Seconds in a message's "Please try again in 5m37.6s" / "retry in 23.5s", if any."""
+    m = _TRY_AGAIN.search(detail)
+    return parse_duration(m.group(1)) if m else None
+
+
+def _error_detail(body: Any) -> tuple[str, str | None, str | None]:
+    """``(message, code, param)`` of an error body."""
     if isinstance(body, Mapping):
         err = body.get("error")
         if isinstance(err, Mapping):
-            return str(err.get("message") or err), err.get("code") or err.get("type")
+            code = err.get("code") or err.get("type")
+            param = err.get("param")
+            return str(err.get("message") or err), code if isinstance(code, str) else None, param if isinstance(param, str) else None
         if isinstance(err, str):
-            return err, None
-        return str(body)[:500], None
+            return err, None, None
+        if body.get("object") == "error" and body.get("message"):  # vLLM
+            kind = body.get("type")
+            return str(body["message"]), kind if isinstance(kind, str) else None, None
+        return str(body)[:500], None, None
     if isinstance(body, (bytes, bytearray)):
         body = body.decode("utf-8", "replace")
-    return str(body)[:500], None
+    return str(body)[:500], None, None
 
 
 def from_openai(exc: Exception, *, endpoint: str, model: str | None) -> APIError | None:

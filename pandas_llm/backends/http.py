@@ -15,7 +15,8 @@ import aiohttp
 import orjson
 
 from ..errors import ConfigError, RetryableError
-from . import Completion, parse_completion
+from . import Completion
+from .answers import read_answer
 from .errors import error_for_status
 
 __all__ = ["HTTPBackend"]
@@ -66,12 +67,7 @@ class HTTPBackend:
         except aiohttp.ClientError as exc:
             raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
         if status == 200:
-            try:
-                return parse_completion(orjson.loads(raw), headers)
-            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-                raise RetryableError(
-                    f"unreadable answer from {self.endpoint}: {raw[:200]!r}", code="bad_response"
-                ) from exc
+            return read_answer(raw, headers, endpoint=self.endpoint, model=self.model)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -12,7 +12,8 @@ from typing import Any
 
 import orjson
 
-from . import Completion, parse_completion
+from . import Completion
+from .answers import read_answer
 from .errors import from_openai
 
 __all__ = ["OpenAIClientBackend"]
@@ -46,14 +47,14 @@ class OpenAIClientBackend:
                 raw = await self._create(**params)
             else:
                 raw = await asyncio.to_thread(self._create, **params)
-            data = orjson.loads(raw.content)
+            content = raw.content
             headers = raw.headers
         except self._openai.OpenAIError as exc:
             mapped = from_openai(exc, endpoint=self.endpoint, model=params.get("model"))
             if mapped is None:
                 raise
             raise mapped from exc
-        return parse_completion(data, headers)
+        return read_answer(content, headers, endpoint=self.endpoint, model=params.get("model"))
 
     async def aclose(self) -> None:
         return None  # the client is the user's; they close it

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from ..errors import ConfigError, RetryableError
-from . import Completion, parse_completion
+from . import Completion
+from .answers import read_answer
 from .errors import error_for_status
 
 __all__ = ["WireBackend"]
@@ -215,12 +216,7 @@ class WireBackend:
         except OSError as exc:
             raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
         if status == 200:
-            try:
-                return parse_completion(orjson.loads(raw), headers)
-            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
-                raise RetryableError(
-                    f"unreadable answer from {self.endpoint}: {raw[:200]!r}", code="bad_response"
-                ) from exc
+            return read_answer(raw, headers, endpoint=self.endpoint, model=self.model)
         try:
             err: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -65,3 +65,11 @@ def test_extract_gives_typed_valid_columns(structured):
     assert out["sentiment"].isin(LABELS).all()
     assert out["stars"].notna().all()
     assert (out["summary"].str.strip().str.len() > 0).all(), out["summary"].tolist()
+
+
+def test_the_standard_json_schema_request_stops_at_once_with_the_advice(options, served):
+    df = pd.DataFrame({"text": REVIEWS * 4})
+    before = served()
+    with pytest.raises(pandas_llm.RequestShapeError, match='structured="json_object"'):
+        df.llm.classify("Review: {text}", labels=LABELS, **dict(options, concurrency=1))
+    assert served() - before == 1  # llama.cpp's HTTP 500 is not retried, and the other rows are not sent
