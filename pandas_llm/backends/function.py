@@ -2,7 +2,8 @@
 
 For providers without an OpenAI-compatible endpoint. An async function runs on the
 event loop; a sync one in a pool of ``concurrency`` threads. It returns the answer text
-(or a Completion, to report usage). Caching, dedup, retries and progress work the same.
+(or a Completion, to report usage; it is judged like any answer: only finish_reason
+"stop" with content is one). Caching, dedup, retries and progress work the same.
 Exceptions it raises are that row's error, except pandas_llm's RetryableError / FatalAPIError
 and the usual transient ones (TimeoutError, ConnectionError), which are retried or stop the run.
 """
