@@ -79,7 +79,8 @@ class Snapshot:
     projected: float | None  # cost of the whole run at the current cost per request
     saved: float  # what the cached answers cost when they were paid for
     retries: int
-    rate_limited: int
+    rate_limited: int  # 429s at the account's limit
+    overloaded: int  # 429s from a busy server, the limit not reached (retried, no pause)
     paused: float  # seconds left in a rate-limit pause (0: not paused)
     max_cost: float | None
     budget_reached: bool
@@ -120,6 +121,7 @@ class Snapshot:
             saved=stats.saved_cost,
             retries=stats.retries,
             rate_limited=stats.rate_limited,
+            overloaded=stats.overloaded,
             paused=max(0.0, stats.paused_until - now) if stats.finished is None else 0.0,
             max_cost=stats.max_cost,
             budget_reached=stats.budget_reached,
@@ -171,7 +173,9 @@ class Snapshot:
         if self.paused > 0:
             parts.append(f"rate limited: paused {self.paused:.1f} s")
         if self.rate_limited:
-            parts.append(f"{self.rate_limited:,} rate-limit pauses")
+            parts.append(f"{self.rate_limited:,} rate-limit 429s")
+        if self.overloaded:
+            parts.append(f"{self.overloaded:,} overloaded 429s (limit not reached)")
         if self.retries:
             parts.append(f"{self.retries:,} retries")
         if self.budget_reached and self.outcome == "running":
@@ -336,6 +340,10 @@ class TqdmObserver(ThrottledObserver):
             post["paused"] = f"{snap.paused:.1f}s"
         if snap.retries:
             post["retries"] = snap.retries
+        if snap.rate_limited:
+            post["rate_limited"] = snap.rate_limited
+        if snap.overloaded:
+            post["overloaded"] = snap.overloaded
         if snap.budget_reached:
             post["budget"] = "reached"
         bar.set_postfix(post, refresh=False)

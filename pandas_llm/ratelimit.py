@@ -14,10 +14,15 @@ so there are no bursts for a sliding-window server to reject) on two budgets at 
   admitting the request), else the real completion tokens.
 
 Limits come from ``rpm=``/``tpm=`` or from the ``x-ratelimit-limit-*`` headers of every
-response (the lower wins). Until a first answer says what the limits are, at most
+response (the lower wins). A header limit whose reset is longer than a minute counts
+over a longer window (Groq's per-day requests) and is not paced by; a 429 whose message
+names its per-minute limit (``... per min (RPM): Limit 30 ...``) sets that budget, and a
+header figure that differs from it is no longer trusted. Until a first answer says what the limits are, at most
 ``initial_burst`` requests go out. ``x-ratelimit-remaining-*`` at zero holds sending for
 the time the server needs to refill what the next request takes. A 429 pauses every
-worker for its ``retry-after`` (or a doubling backoff), then sending resumes on a ramp
+worker for its ``retry-after`` (or a doubling backoff) when it is about the limit
+(:meth:`Limiter.is_limit`: a 429 whose headers show room left, or that says the server
+is overloaded, is retried by the engine for that request alone), then sending resumes on a ramp
 from ``ramp_floor`` of the limit to all of it, not as a burst: over ten times the pause,
 at least 0.25 s and at most ``ramp_seconds``. Each such pause at a known limit also
 keeps 2% more margin (at most 15%, given back 1% per quiet 10 s): a server whose
@@ -46,18 +51,28 @@ import math
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
-from .ratelimit_headers import _BOUNDLESS, _number, parse_duration, remember, remembered_limits
+from .ratelimit_headers import (
+    _BOUNDLESS,
+    OVERLOAD_WORDS,
+    _number,
+    limit_in_message,
+    parse_duration,
+    per_minute,
+    remember,
+    remembered_limits,
+)
 
 __all__ = ["Limiter", "parse_duration", "remembered_limits"]
 
 class _Pace:
     """One budget as a GCRA schedule: ``tat`` is when the budget is next fully free."""
 
-    __slots__ = ("rate", "user", "tat")
+    __slots__ = ("rate", "user", "told", "tat")
 
-    def __init__(self, per_minute: float, user: bool, now: float):
+    def __init__(self, per_minute: float, user: bool, now: float, told: bool = False):
         self.rate = per_minute / 60.0  # units per second
         self.user = user  # set by the user (a server figure may only lower it)
+        self.told = told  # named by a 429's message: the headers' figure may not replace it
         self.tat = now
 
 
@@ -103,6 +118,8 @@ class Limiter:
         self._ramp_from = self._ramp_to = -math.inf
         self._provisional = False  # the request limit was guessed from a 429, not told
         self._slack, self._calm_from = 1.0, -math.inf  # extra margin after 429s at a known limit
+        # budgets whose x-ratelimit-limit-* header is not a per-minute figure (a per-day one)
+        self._not_per_minute: set[str] = set()
         # Until some answer shows whether the server has limits, send at most initial_burst.
         self._unknown = learn and rpm is None and tpm is None
         self._burst_left = initial_burst
@@ -292,12 +309,18 @@ class Limiter:
             if limit:
                 learned = True
                 pace = getattr(self, attr)
+                reset = get("x-ratelimit-reset-" + name)
+                if name in self._not_per_minute or not per_minute(reset):
+                    self._not_minute(attr)
+                    continue  # a per-day figure paced as per minute would bring 429s: learn from them
                 if limit >= _BOUNDLESS[name]:
                     pass  # a budget no single process can reach: no pacing needed
                 elif pace is None:
                     self._set_pace(attr, limit)
                 elif pace.user and limit / 60.0 >= pace.rate:
                     pass  # the user asked for less than the server allows
+                elif pace.told:
+                    pass  # a 429 named the per-minute limit; this header counts something else
                 elif abs(pace.rate * 60.0 - limit) > 1e-6:
                     pace.rate = limit / 60.0
                     if attr == "requests":
@@ -341,10 +364,72 @@ class Limiter:
         if pace is not None and wait > 0:
             pace.tat = max(pace.tat, self.clock() + wait)
 
-    def rate_limited(self, ticket: int, retry_after: float | None, headers: Any = None) -> float:
-        """A 429: pause every worker, then ramp back up. Returns the pause in seconds."""
+    def _not_minute(self, attr: str) -> None:
+        """The headers' limit for ``attr`` counts over more than a minute: do not pace by it."""
+        self._not_per_minute.add(attr)
+        pace = getattr(self, attr)
+        if pace is not None and not pace.user and not pace.told:
+            setattr(self, attr, None)  # learned from those headers: forget it
+            if attr == "requests":
+                self._provisional = False
+
+    def is_limit(self, headers: Any = None, message: str | None = None, reserved: int = 0) -> bool:
+        """Whether a 429 says the account's limit is reached (True: pause everyone) or only
+        that the server is busy (False: retry that one request, keep the pace).
+
+        In order: a message naming the limit (``Limit 500, Used 500``) is a limit; else
+        ``x-ratelimit-remaining-*`` headers with room for this request (one request,
+        ``reserved`` tokens) are not, and one without room is; else a message about the
+        rate limit or quota is; one saying the server is overloaded or to try again
+        later is not; anything else is treated as a limit. Reads the headers' figures.
+        """
+        if headers:
+            self.observe(headers)
+        if limit_in_message(message) is not None:
+            return True
+        if headers:
+            get, seen = headers.get, False
+            for name, need in (("requests", 1.0), ("tokens", float(reserved or 1))):
+                remaining = _number(get("x-ratelimit-remaining-" + name))
+                if remaining is not None:
+                    seen = True
+                    if remaining < need:
+                        return True
+            if seen:
+                return False
+        text = (message or "").lower()
+        if "rate limit" in text or "quota" in text:
+            return True
+        return not any(word in text for word in OVERLOAD_WORDS)
+
+    def _learn_from_message(self, message: str | None) -> None:
+        """A 429 that names its limit: pace by it when it is per minute (the lower wins)."""
+        named = limit_in_message(message)
+        if named is None:
+            return
+        attr, window, limit, _, _ = named
+        pace = getattr(self, attr)
+        if window != 60.0:
+            if pace is not None and not pace.user and abs(pace.rate * 60.0 - limit) <= 1e-6 * limit:
+                self._not_minute(attr)  # the headers' figure was this per-day limit
+            return
+        if pace is not None and not pace.user and not pace.told and abs(pace.rate * 60.0 - limit) > 0.01 * limit:
+            self._not_per_minute.add(attr)  # the headers count something other than this limit
+        if pace is None or limit / 60.0 < pace.rate or not pace.user:
+            if pace is None:
+                pace = _Pace(limit, False, self.clock(), told=True)
+                setattr(self, attr, pace)
+            pace.rate, pace.told = limit / 60.0, True
+            if attr == "requests":
+                self._provisional = False
+            self._remember()
+
+    def rate_limited(self, ticket: int, retry_after: float | None, headers: Any = None, message: str | None = None) -> float:
+        """A 429: pause every worker, then ramp back up. Returns the pause in seconds.
+        ``message``: the 429's error message, which may name the limit it hit."""
         if headers is not None:
             self.observe(headers)
+        self._learn_from_message(message)
         now = self.clock()
         fresh = ticket == self._epoch  # sent after the latest pause: that pause was not enough
         if not fresh and (retry_after is None or now + retry_after <= self.paused_until):

@@ -8,8 +8,11 @@ the requests in flight.
 
 Retries: 408/409/5xx, timeouts and connection errors up to ``max_attempts`` with
 exponential backoff and jitter (tenacity's strategy), honouring ``retry-after``. A 429
-pauses every worker through the limiter and is retried until the run's deadline, not
-a fixed small count. A 400 is that row's error. 401/403/404 stop the whole run at once.
+at the account's limit pauses every worker through the limiter and is retried until the
+run's deadline, not a fixed small count; a 429 whose headers or message show the limit
+is not reached (the server is overloaded: ``Limiter.is_limit``) is retried like a 5xx,
+for that request only, without slowing the others. A 400 is that row's error.
+401/403/404 stop the whole run at once.
 What will not clear stops the run early (stopping.py): the same refusal of the request's
 shape on the first answers, a 429 asking for a wait beyond 10 min with no deadline.
 
@@ -73,7 +76,8 @@ class RunStats:
     failed: Counter = field(default_factory=Counter)  # by status / error kind
     in_flight: int = 0
     retries: int = 0
-    rate_limited: int = 0
+    rate_limited: int = 0  # 429s at the account's limit (every worker paused)
+    overloaded: int = 0  # 429s with the limit not reached (server busy): that request retried
     prompt_tokens: int = 0
     completion_tokens: int = 0  # every output token billed, reasoning tokens included
     reasoning_tokens: int = 0  # of those, a reasoning model's hidden ones
@@ -269,21 +273,24 @@ class Engine:
                 self._sending.add(task)  # type: ignore[arg-type]
             try:
                 completion = await self.backend.complete(body)
-            except RateLimitError as exc:
-                limiter.release(reserved)
-                stats.rate_limited += 1
-                wait = limiter.rate_limited(ticket, exc.retry_after, exc.headers)
-                stats.paused_until = limiter.paused_until
-                stop = quota_stop(exc, wait, deadline)
-                if stop is not None:
-                    return self._stop_run(stop, Record(key, UNSENT))
-                if self._past_deadline(wait):  # no request can be sent before the deadline: stop sending
-                    self._halt(f"{exc} The limit clears in {come_back(wait)}, after the deadline ({deadline:g} s).")
-                    return Record(key, UNSENT)
-                stats.retries += 1
-                continue
             except RetryableError as exc:
                 limiter.release(reserved)
+                if isinstance(exc, RateLimitError):
+                    if limiter.is_limit(exc.headers, str(exc), reserved):
+                        stats.rate_limited += 1
+                        wait = limiter.rate_limited(ticket, exc.retry_after, exc.headers, str(exc))
+                        stats.paused_until = limiter.paused_until
+                        stop = quota_stop(exc, wait, deadline)
+                        if stop is not None:
+                            return self._stop_run(stop, Record(key, UNSENT))
+                        if self._past_deadline(wait):  # no request can be sent before the deadline: stop sending
+                            self._halt(f"{exc} The limit clears in {come_back(wait)}, after the deadline ({deadline:g} s).")
+                            return Record(key, UNSENT)
+                        stats.retries += 1
+                        continue
+                    # the server is busy, the account's limit is not reached: retried like a
+                    # 5xx, this request alone after its retry-after or backoff; nobody pauses
+                    stats.overloaded += 1
                 failures += 1
                 failure = exc
                 wait = self.retry.backoff(failures, exc.retry_after)

@@ -84,10 +84,17 @@ def test_pause_retries_and_budget_are_reported_while_running():
     s = stats(paused_until=103.5, retries=7, rate_limited=2, budget_reached=True)
     trouble = Snapshot.of(s, now=101.0).trouble()
     assert trouble == (
-        "rate limited: paused 2.5 s · 2 rate-limit pauses · 7 retries · "
+        "rate limited: paused 2.5 s · 2 rate-limit 429s · 7 retries · "
         "max_cost reached: no new requests, finishing those in flight"
     )
     assert Snapshot.of(stats(), now=101.0).trouble() is None
+
+
+def test_429s_from_an_overloaded_server_are_counted_apart_from_rate_limits():
+    s = stats(retries=4, rate_limited=1, overloaded=3)
+    assert Snapshot.of(s, now=101.0).trouble() == (
+        "1 rate-limit 429s · 3 overloaded 429s (limit not reached) · 4 retries"
+    )
 
 
 def test_failure_summary_by_kind_and_unsent():
@@ -197,7 +204,7 @@ def test_widget_live_figures():
     assert "25 / 100 requests (300 rows)" in text and "5.0 req/s" in text and "ETA 0:15" in text
     assert "25 ok · 0 failed · 0 from cache · 16 in flight" in text
     assert "tokens 500 in / 900 out · $0.00100 spent · ~$0.00400 projected" in text
-    assert "1 rate-limit pauses · 2 retries" in text
+    assert "1 rate-limit 429s · 2 retries" in text
 
 
 def test_widget_final_state_with_failures():

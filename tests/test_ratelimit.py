@@ -227,7 +227,7 @@ async def test_no_room_left_holds_until_the_server_refills():
 async def test_no_room_for_tokens_holds_too():
     vt = VirtualTime()
     lim = limiter(vt, tpm=6000, max_tokens=10)  # 100 tokens per second
-    lim.observe(headers(tpm=6000, rem_t=0, reset_t="6m0s"))
+    lim.observe(headers(tpm=6000, rem_t=0, reset_t="59s"))
     await vt.run(lim.acquire(1))
     assert vt.now == pytest.approx(0.14)  # room for the next reservation (10 + 4)
 
@@ -338,3 +338,74 @@ async def test_429s_at_a_known_limit_add_margin_that_quiet_time_gives_back():
     for _ in range(20):
         lim.rate_limited(await vt.run(lim.acquire()), 0.0)
     assert lim._slack == 0.85
+
+
+# -- 429s that are not the limit; limits that are not per minute (issue 17 item 2, issue 11 item 5)
+RPM_429 = "Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): Limit 30, Used 30, Requested 1."
+
+
+@pytest.mark.parametrize(
+    "hdrs, message, reserved, limit",
+    [
+        (None, RPM_429, 0, True),  # the message names the limit it hit
+        (headers(rpm=600, rem_r=550), RPM_429, 0, True),  # ... whatever the per-minute headers say
+        (headers(rpm=600, rem_r=550), "Rate limit reached. Please try again later.", 0, False),
+        (headers(rpm=600, rem_r=0), "Too many requests", 0, True),
+        (headers(tpm=6000, rem_t=100), "Too many requests", 500, True),  # no room for this request's tokens
+        (headers(tpm=6000, rem_t=1000), "Too many requests", 500, False),
+        (None, "The engine is currently overloaded, please try again later.", 0, False),
+        (None, "Server is busy, try again later", 0, False),
+        (None, "You exceeded your current quota", 0, True),
+        (None, "Rate limit exceeded", 0, True),
+        (None, "HTTP 429", 0, True),  # nothing to tell: a limit, as before
+    ],
+)  # fmt: skip
+def test_a_429_is_a_limit_only_when_it_says_so(hdrs, message, reserved, limit):
+    assert Limiter().is_limit(hdrs, message, reserved) is limit
+
+
+def test_a_request_limit_whose_reset_is_longer_than_a_minute_is_not_paced_as_per_minute():
+    # Groq: x-ratelimit-limit-requests is per day; tokens are per minute
+    lim = Limiter()
+    lim.observe(headers(rpm=14_400, rem_r=14_370, reset_r="2m59.56s", tpm=6000, rem_t=5900, reset_t="1s"))
+    assert lim.requests is None and lim.tokens.rate * 60 == 6000
+    assert not lim._unknown  # the first answer told what it could: sending goes on
+    lim.observe(headers(rpm=14_400, rem_r=14_369, reset_r="5s"))  # a short reset later changes nothing
+    assert lim.requests is None
+    lim.observe(headers(rpm=14_400, rem_r=0, reset_r="23h59m"))  # nor does an empty per-day budget hold sending
+    assert lim.requests is None
+    assert remembered_limits("x", "y") is None  # (no key: nothing remembered)
+
+
+async def test_a_429_naming_the_per_minute_limit_replaces_a_header_figure_that_counts_per_day():
+    vt = VirtualTime()
+    lim = limiter(vt)
+    # a fresh day: the per-day header's reset is short, so it reads like 14,400 per minute
+    lim.observe(headers(rpm=14_400, rem_r=14_399, reset_r="6s"))
+    assert lim.requests.rate * 60 == 14_400
+    ticket = await vt.run(lim.acquire())
+    assert lim.is_limit(None, RPM_429)
+    lim.rate_limited(ticket, 2.0, headers(rpm=14_400, rem_r=14_398, reset_r="12s"), RPM_429)
+    assert lim.requests.rate * 60 == 30 and lim.requests.told
+    lim.observe(headers(rpm=14_400, rem_r=14_397, reset_r="18s"))
+    assert lim.requests.rate * 60 == 30  # the header's figure no longer counts
+    await vt.run(slots(vt, lim, 2))
+    # after the pause, one gap at 30 per minute on the ramp's floor (less the margin a 429 adds)
+    assert vt.now == pytest.approx(2.0 + 1.0 / (0.5 * 0.98 * lim.ramp_floor))
+
+
+def test_a_429_naming_a_per_day_limit_drops_that_header_figure():
+    lim = Limiter()
+    lim.observe(headers(rpm=1000, rem_r=999, reset_r="1m26.4s"))  # per day, but it looked per minute
+    assert lim.requests is None  # (1m26s is already longer than a minute)
+    lim = Limiter()
+    lim.observe(headers(rpm=1000, rem_r=999, reset_r="30s"))
+    lim.rate_limited(0, 60.0, None, "... on requests per day (RPD): Limit 1000, Used 1000, Requested 1.")
+    assert lim.requests is None or lim._provisional
+    assert "requests" in lim._not_per_minute
+
+
+def test_the_user_limit_stays_when_a_429_names_a_higher_one():
+    lim = Limiter(rpm=20)
+    lim.rate_limited(0, 1.0, None, RPM_429)
+    assert lim.requests.rate * 60 == 20

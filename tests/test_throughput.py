@@ -62,8 +62,9 @@ def test_a_request_larger_than_the_token_limit_is_that_rows_error_not_retried_fo
 class FakeBackend:
     """Answers at once on virtual time; the first ``fail`` calls get a 429."""
 
-    def __init__(self, vt: VirtualTime, fail: int = 0, retry_after: float | None = 2.0):
+    def __init__(self, vt: VirtualTime, fail: int = 0, retry_after: float | None = 2.0, message="HTTP 429", headers=None):
         self.vt, self.fail, self.retry_after = vt, fail, retry_after
+        self.message, self.headers = message, headers
         self.calls: list[tuple[float, bytes]] = []
         self.rejected: list[float] = []
 
@@ -72,7 +73,7 @@ class FakeBackend:
         if self.fail:
             self.fail -= 1
             self.rejected.append(self.vt.now)
-            raise RateLimitError("HTTP 429", status=429, retry_after=self.retry_after)
+            raise RateLimitError(self.message, status=429, retry_after=self.retry_after, headers=self.headers)
         self.calls.append((self.vt.now, body))
         return Completion("ok:" + body.decode(), "stop", 3, 2)
 
@@ -111,6 +112,27 @@ async def test_a_429_pauses_every_worker_and_sending_resumes_on_a_ramp():
     gaps = [round(b - a, 6) for a, b in zip(after, after[1:])]
     assert gaps[0] > 0.11 and gaps[-1] == round(0.1 / 0.98, 6)  # slower right after the pause, full rate later
     assert all(a >= b for a, b in zip(gaps, gaps[1:]))
+
+
+@pytest.mark.parametrize(
+    "message, headers",
+    [
+        ("HTTP 429: Rate limit reached. Please try again later.", {"x-ratelimit-remaining-requests": "550"}),
+        ("HTTP 429: The engine is currently overloaded, please try again later.", None),
+    ],
+)
+async def test_a_429_with_the_limit_not_reached_retries_that_request_only(message, headers):
+    vt = VirtualTime()
+    backend = FakeBackend(vt, fail=1, retry_after=2.0, message=message, headers=headers)
+    eng, stats = engine(vt, backend, rpm=600)  # 10 per second
+    await vt.run(eng.run(jobs(40)))
+    eng.store.close()
+    assert stats.ok == 40 and (stats.overloaded, stats.rate_limited, stats.retries) == (1, 0, 1)
+    assert eng.limiter.pauses == 0 and eng.limiter._slack == 1.0  # nobody paused, the pace kept
+    times = sorted(t for t, _ in backend.calls)
+    gaps = {round(b - a, 6) for a, b in zip(times, times[1:])}
+    assert gaps <= {0.0, 0.1}  # the others went on at the full rate
+    assert times[-1] == pytest.approx(4.0)  # the retried one waited its retry-after (2 s) in the line
 
 
 async def test_rate_limit_retries_continue_past_max_attempts():
@@ -233,3 +255,31 @@ async def test_reservations_are_sized_after_the_first_answer_brings_a_token_limi
     # the ones that waited for the first answer each booked tokens: paced, not a burst at t=0
     assert backend.times.count(0.0) == 1
     assert all(b > a for a, b in zip(backend.times, backend.times[1:]))
+
+
+def test_random_429s_with_room_left_are_retried_without_pausing_the_run():
+    n = 300
+    with LLMServer(rpm=600_000, error_rate={429: 0.05}, seed=3) as srv:
+        out = frame(n).llm.map("Say: {text}", base_url=srv.base_url, api_key="x", cache=False, progress=False)
+        stats = pandas_llm.last_run().stats
+        assert out.notna().all() and srv.completed == n
+        assert srv.injected > 5 and stats.overloaded == srv.injected
+        assert stats.rate_limited == 0 and srv.rate_limited == 0
+
+
+@pytest.mark.parametrize(
+    "rpd, rpd_used",
+    [
+        # read as per minute, either figure is far above the 1,000 per second enforced
+        (1_000_000, 5_000),  # reset "7m12s": longer than a minute, so not a per-minute figure
+        (2_000_000, 0),  # reset short (43 ms a request): trusted until a 429 names the real limit
+    ],
+)
+def test_a_per_day_request_header_is_not_paced_as_per_minute(rpd, rpd_used):
+    n = 1200
+    with LLMServer(rpm=60_000, window=1.0, rpd=rpd, rpd_used=rpd_used) as srv:  # 1,000 per second enforced
+        out = frame(n).llm.map(
+            "Say: {text}", base_url=srv.base_url, api_key="x", cache=False, progress=False, concurrency=8
+        )
+        assert out.notna().all() and srv.completed == n
+        assert srv.rate_limited <= n // 100, f"{srv.rate_limited} 429s for {n} rows"

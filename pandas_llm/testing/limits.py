@@ -76,10 +76,31 @@ class Decision:
     limit: int = 0  # per minute, as reported
     used: int = 0
     requested: int = 0
+    per: str = "min"  # the limit's window in the 429's message: "min" or "day"
 
 
 class RateLimiter:
-    """Sliding-window RPM/TPM limiter. ``None`` means that dimension is unlimited."""
+    """RPM/TPM limiter. ``None`` means that dimension is unlimited.
+
+    ``kind`` is how the server counts (the headers always speak per minute):
+
+    - ``"sliding"``: at most ``rpm * window / 60`` requests in any ``window`` seconds;
+    - ``"quantized"``: the same cap per fixed slot of ``window`` seconds (``window=1``:
+      at most rpm/60 in each wall-clock second), while the headers report the per-minute
+      figures over the last 60 s: ``remaining`` can be large when the slot is full, as
+      with providers that enforce a per-minute limit over shorter quantized windows;
+    - ``"bucket"``: a token bucket of ``rpm`` requests (``tpm`` tokens) refilled at rpm/60
+      per second; ``remaining`` is the bucket's level.
+
+    ``reset`` is how ``x-ratelimit-reset-*`` is written: ``"window"``, the time until the
+    window is back to its initial state; ``"refill"``, the time the per-minute rate needs
+    to refill what is used (one request of 1,200 RPM reads ``50ms`` even on a 60-s window).
+
+    ``rpd``: a per-day request budget reported in the ``*-requests`` headers in place of
+    the per-minute one (``x-ratelimit-limit-requests: 14400``, reset ``2m59.56s`` after
+    30 requests, as Groq does), ``rpd_used`` of it spent before the server started; the
+    per-minute ``rpm`` is still enforced and named only in a 429's message.
+    """
 
     def __init__(
         self,
@@ -87,40 +108,79 @@ class RateLimiter:
         tpm: int | None = None,
         window: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        kind: str = "sliding",
+        reset: str = "window",
+        rpd: int | None = None,
+        rpd_used: int = 0,
     ) -> None:
         if window <= 0:
             raise ValueError(f"window must be > 0 seconds, got {window!r}")
-        for name, value in (("rpm", rpm), ("tpm", tpm)):
+        for name, value in (("rpm", rpm), ("tpm", tpm), ("rpd", rpd)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+        if kind not in ("sliding", "quantized", "bucket"):
+            raise ValueError(f"kind must be 'sliding', 'quantized' or 'bucket', got {kind!r}")
+        if reset not in ("window", "refill"):
+            raise ValueError(f"reset must be 'window' or 'refill', got {reset!r}")
         self.rpm, self.tpm, self.window, self.clock = rpm, tpm, float(window), clock
+        self.kind, self.reset_style, self.rpd, self.rpd_used = kind, reset, rpd, rpd_used
         self._scale = 60.0 / self.window  # window figures -> per-minute figures
         self._req_cap = rpm / self._scale if rpm else math.inf
         self._tok_cap = tpm / self._scale if tpm else math.inf
         self._log: deque[tuple[float, int]] = deque()  # (admitted at, tokens)
         self._tokens = 0
-        self.limited = rpm is not None or tpm is not None
+        self._slot, self._slot_req, self._slot_tok = -1, 0, 0  # quantized: the current slot's use
+        self._level: list[float] = [float(rpm or 0), float(tpm or 0)]  # bucket: requests, tokens
+        self._filled = clock()
+        self.limited = rpm is not None or tpm is not None or rpd is not None
         self._open_headers = _headers(UNLIMITED_RPM, UNLIMITED_TPM, UNLIMITED_RPM, UNLIMITED_TPM, "0s", "0s")
 
     def reset(self) -> None:
         """Forget all admitted requests."""
         self._log.clear()
         self._tokens = 0
+        self._slot, self._slot_req, self._slot_tok = -1, 0, 0
+        self._level = [float(self.rpm or 0), float(self.tpm or 0)]
 
     def acquire(self, tokens: int) -> Decision:
         """Admit (and record) a request of ``tokens`` tokens, or refuse it."""
         if not self.limited:
             return Decision(True, list(self._open_headers))
         now = self.clock()
-        log, horizon = self._log, now - self.window
+        self._forget(now)
+        if self.rpd is not None and self.rpd_used >= self.rpd:
+            d = Decision(False, self._report(now), kind="requests", limit=self.rpd, used=self.rpd_used, requested=1)
+            d.retry_after, d.per = 86_400.0 / self.rpd, "day"
+            return d
+        if self.kind == "sliding":
+            decision = self._sliding(now, tokens)
+        else:
+            decision = self._shaped(now, tokens)
+        if decision.allowed:
+            self.rpd_used += 1
+            decision.headers = self._report(now)
+        return decision
+
+    def _forget(self, now: float) -> None:
+        # quantized servers report the last minute; sliding ones their window
+        log, horizon = self._log, now - (60.0 if self.kind == "quantized" else self.window)
         while log and log[0][0] <= horizon:
             self._tokens -= log.popleft()[1]
+        if self.kind == "bucket":
+            dt, self._filled = now - self._filled, now
+            for i, cap in enumerate((self.rpm, self.tpm)):
+                if cap:
+                    self._level[i] = min(float(cap), self._level[i] + dt * cap / 60.0)
+
+    def _sliding(self, now: float, tokens: int) -> Decision:
+        log = self._log
         over_req = len(log) + 1 > self._req_cap + 1e-9
         over_tok = self._tokens + tokens > self._tok_cap + 1e-9
         if not (over_req or over_tok):
             log.append((now, tokens))
             self._tokens += tokens
-            return Decision(True, self._report(now))
+            return Decision(True)
         decision = Decision(False, self._report(now))
         waits = []
         if over_req:
@@ -145,26 +205,68 @@ class RateLimiter:
         decision.retry_after = max(0.001, max(waits))
         return decision
 
+    def _shaped(self, now: float, tokens: int) -> Decision:
+        """A quantized slot or a token bucket (figures in the 429's message are per minute)."""
+        if self.kind == "quantized":
+            slot = math.floor(now / self.window)
+            if slot != self._slot:
+                self._slot, self._slot_req, self._slot_tok = slot, 0, 0
+            used = (self._slot_req, self._slot_tok)
+            room = (self._req_cap - used[0], self._tok_cap - used[1])
+            wait = (slot + 1) * self.window - now  # the next slot
+            caps, scale = (self._req_cap, self._tok_cap), self._scale
+        else:
+            room = tuple(lvl if cap else math.inf for lvl, cap in zip(self._level, (self.rpm, self.tpm)))
+            used = tuple((cap or 0) - lvl for lvl, cap in zip(self._level, (self.rpm, self.tpm)))
+            caps, scale = (self.rpm or math.inf, self.tpm or math.inf), 1.0
+        for i, (name, limit, want) in enumerate((("requests", self.rpm, 1), ("tokens", self.tpm, tokens))):
+            if want <= room[i] + 1e-9:
+                continue
+            d = Decision(False, self._report(now), kind=name, limit=limit or 0, requested=want)
+            d.used = round(used[i] * scale)
+            if want > caps[i]:
+                return d  # never fits: "Request too large"
+            d.retry_after = max(0.001, wait if self.kind == "quantized" else (want - room[i]) * 60.0 / (limit or 1))
+            return d
+        if self.kind == "quantized":
+            self._slot_req += 1
+            self._slot_tok += tokens
+        else:
+            self._level[0] -= 1 if self.rpm else 0
+            self._level[1] -= tokens if self.tpm else 0
+        self._log.append((now, tokens))
+        self._tokens += tokens
+        return Decision(True)
+
     def headers(self) -> list[tuple[str, str]]:
         """The current ``x-ratelimit-*`` headers, without admitting anything."""
         if not self.limited:
             return list(self._open_headers)
         now = self.clock()
-        while self._log and self._log[0][0] <= now - self.window:
-            self._tokens -= self._log.popleft()[1]
+        self._forget(now)
         return self._report(now)
 
     def _report(self, now: float) -> list[tuple[str, str]]:
-        log, scale = self._log, self._scale
-        reset = format_duration(log[-1][0] + self.window - now) if log else "0s"
-        if self.rpm:
-            lim_r, rem_r, reset_r = self.rpm, max(0, int((self._req_cap - len(log)) * scale + 1e-6)), reset
-        else:
-            lim_r, rem_r, reset_r = UNLIMITED_RPM, UNLIMITED_RPM, "0s"
-        if self.tpm:
-            lim_t, rem_t, reset_t = self.tpm, max(0, int((self._tok_cap - self._tokens) * scale + 1e-6)), reset
-        else:
-            lim_t, rem_t, reset_t = UNLIMITED_TPM, UNLIMITED_TPM, "0s"
+        rows = []
+        for i, (limit, cap) in enumerate(((self.rpm, self._req_cap), (self.tpm, self._tok_cap))):
+            if not limit:
+                rows.append((UNLIMITED_RPM if i == 0 else UNLIMITED_TPM,) * 2 + ("0s",))
+                continue
+            if self.kind == "bucket":
+                remaining, used_minute = self._level[i], limit - self._level[i]
+                until = used_minute * 60.0 / limit
+            else:
+                scale = self._scale if self.kind == "sliding" else 1.0
+                used = (len(self._log) if i == 0 else self._tokens) * scale
+                remaining, used_minute = limit - used, used
+                span = self.window if self.kind == "sliding" else 60.0
+                until = self._log[-1][0] + span - now if self._log else 0.0
+            if self.reset_style == "refill":
+                until = used_minute * 60.0 / limit
+            rows.append((limit, max(0, int(remaining + 1e-6)), format_duration(until)))
+        if self.rpd is not None:
+            rows[0] = (self.rpd, max(0, self.rpd - self.rpd_used), format_duration(self.rpd_used * 86_400.0 / self.rpd))
+        (lim_r, rem_r, reset_r), (lim_t, rem_t, reset_t) = rows
         return _headers(lim_r, lim_t, rem_r, rem_t, reset_r, reset_t)
 
 
@@ -182,6 +284,8 @@ def _headers(lim_r: int, lim_t: int, rem_r: int, rem_t: int, reset_r: str, reset
 def rate_limit_response(model: str, d: Decision) -> Response:
     """The 429 the real API sends for a refused ``Decision``, with ``retry-after(-ms)``."""
     unit = "requests per min (RPM)" if d.kind == "requests" else "tokens per min (TPM)"
+    if d.per == "day":
+        unit = "requests per day (RPD)"
     headers = d.headers
     if d.retry_after is None:  # larger than the whole window: retrying cannot help
         message = f"Request too large for {model} on {unit}: Limit {d.limit}, Requested {d.requested}."

@@ -74,9 +74,12 @@ class LLMServer:
 
     Options (all keyword-only):
       port: 0 picks a free port. latency: seconds added to every chat response.
-      rpm, tpm, window: sliding-window rate limits (``limits.RateLimiter``).
+      rpm, tpm, window: sliding-window rate limits (``limits.RateLimiter``);
+        limit_kind ("sliding", "quantized", "bucket"), limit_reset ("window", "refill"),
+        rpd and rpd_used shape them like other providers (see ``limits.RateLimiter``).
       api_key: if set, other ``Authorization: Bearer`` values get 401.
-      error_rate: ``{500: 0.1, 429: 0.05}`` random faults (no retry-after), drawn from
+      error_rate: ``{500: 0.1, 429: 0.05}`` random faults (no retry-after; the rate-limit
+        headers are honest, so a random 429 shows the limit is not reached), drawn from
         ``random.Random(seed)``: the same seed and request order give the same faults.
       answer: ``(messages, model) -> str`` replacing :func:`answers.answer_for`.
       models: names for ``GET /v1/models``; when given, other models get 404.
@@ -91,6 +94,10 @@ class LLMServer:
         rpm: int | None = None,
         tpm: int | None = None,
         window: float = 60.0,
+        limit_kind: str = "sliding",
+        limit_reset: str = "window",
+        rpd: int | None = None,
+        rpd_used: int = 0,
         api_key: str | None = None,
         error_rate: Mapping[int, float] | None = None,
         seed: int | None = 0,
@@ -103,7 +110,7 @@ class LLMServer:
         if any(not 0 <= p <= 1 for p in self.error_rate.values()) or sum(self.error_rate.values()) > 1:
             raise ValueError(f"error_rate probabilities must be in [0, 1] and sum to <= 1: {error_rate!r}")
         self.host, self.port, self.latency, self.api_key = host, port, latency, api_key
-        self.limiter = RateLimiter(rpm, tpm, window)
+        self.limiter = RateLimiter(rpm, tpm, window, kind=limit_kind, reset=limit_reset, rpd=rpd, rpd_used=rpd_used)
         self.answer: AnswerFn = answer or answer_for
         #: JSON answers for ``response_format`` requests, their faults and item counters.
         self.structured = StructuredAnswers()

@@ -16,7 +16,7 @@ import pytest
 import pandas_llm.testing
 from pandas_llm.testing import LLMServer, answer_for
 from pandas_llm.testing.answers import estimate_tokens
-from pandas_llm.testing.limits import RateLimiter, format_duration
+from pandas_llm.testing.limits import RateLimiter, format_duration, rate_limit_response
 
 RATE_HEADERS = (
     "x-ratelimit-limit-requests",
@@ -458,3 +458,46 @@ def test_docstring_examples_run():
 
     for module in (pandas_llm.testing, server, limits, answers):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_quantized_slots_refuse_with_room_left_in_the_minute():
+    now = [10.2]
+    lim = RateLimiter(rpm=600, window=1, clock=lambda: now[0], kind="quantized")  # 10 per wall-clock second
+    assert all(lim.acquire(1).allowed for _ in range(10))
+    refused = lim.acquire(1)
+    assert not refused.allowed and refused.retry_after == pytest.approx(0.8)  # the next slot
+    assert dict(refused.headers)["x-ratelimit-remaining-requests"] == "590"  # per minute: plenty left
+    assert "Limit 600, Used 600" in rate_limit_response("m", refused).body.decode()
+    now[0] = 11.0
+    assert lim.acquire(1).allowed
+
+
+def test_token_bucket_refills_continuously():
+    now = [0.0]
+    lim = RateLimiter(rpm=60, clock=lambda: now[0], kind="bucket")  # 60 at once, then 1 per second
+    assert all(lim.acquire(1).allowed for _ in range(60))
+    refused = lim.acquire(1)
+    assert not refused.allowed and refused.retry_after == pytest.approx(1.0)
+    now[0] = 1.0
+    ok = lim.acquire(1)
+    assert ok.allowed and dict(ok.headers)["x-ratelimit-remaining-requests"] == "0"
+    assert dict(ok.headers)["x-ratelimit-reset-requests"] == "1m0s"
+
+
+def test_refill_reset_on_a_plain_minute_reads_like_a_short_window():
+    lim = RateLimiter(rpm=1200, clock=lambda: 0.0, reset="refill")
+    h = dict(lim.acquire(1).headers)
+    assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"], h["x-ratelimit-reset-requests"]) == (
+        "1200", "1199", "50ms",
+    )
+
+
+def test_per_day_request_headers_like_groq():
+    with LLMServer(rpm=60, rpd=14_400, rpd_used=29) as s:
+        _, h, _ = request(s, chat("a"))
+        assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("14400", "14370")
+        assert h["x-ratelimit-reset-requests"] == "3m0s"
+    lim = RateLimiter(rpd=2, clock=lambda: 0.0)
+    assert lim.acquire(1).allowed and lim.acquire(1).allowed
+    refused = lim.acquire(1)
+    assert "requests per day (RPD): Limit 2, Used 2" in rate_limit_response("m", refused).body.decode()
