@@ -180,7 +180,8 @@ def test_a_503_asking_to_come_back_tomorrow_stops_the_run(server, opts):
 
 
 def test_a_429_whose_wait_ends_after_the_deadline_returns_at_once_with_what_was_answered(server, opts):
-    server.inject(429, times=1000, match="row 3", retry_after=30)
+    limit = "Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 10000, Used 10000, Requested 1."
+    server.inject(429, times=1000, match="row 3", retry_after=30, body={"error": {"message": limit, "code": "rate_limit_exceeded"}})
     with pytest.warns(RunWarning, match="deadline=5 s stopped the sending: HTTP 429") as warned:
         d = frame(20).llm.map("{text}", concurrency=1, deadline=5, details=True, **opts)
     assert d["status"].tolist() == ["ok"] * 3 + ["deadline"] * 17
