@@ -1,8 +1,12 @@
 """Packing: several rows in one request (``rows_per_request=k``), one value per row back.
 
-The fixed text (system message, task and packing instructions, the schema) is sent once
-per k rows instead of once per row, and it comes first, so providers' automatic prompt
-caching reuses it; the rows' own content comes last, one ``<item id="N">`` block each.
+The fixed text (system message, task and packing instructions, the schema, and the
+template's own text before its first ``{column}`` and after its last) is sent once per
+k rows instead of once per row, and it comes first, so providers' automatic prompt
+caching reuses it; the rows' own content comes last, one ``<item id="N">`` block each
+holding only what differs from row to row. A template ``"<instructions> Ticket: {text}"``
+is sent as ``<template>\n<instructions> Ticket: <item/>\n</template>`` once, then the
+items (the template's text is shared only where that is shorter than repeating it).
 The answer must be ``{"items": [{"id": N, <the row's fields>}, ...]}`` (a schema the API
 enforces, or that is given in the instruction with ``structured="json_object"``).
 
@@ -29,6 +33,7 @@ one request each (messages + ``response_format``); see ``pandas_llm.last_run().p
 from __future__ import annotations
 
 import hashlib
+import string
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -44,12 +49,16 @@ from .planner import Plan
 from .requests import RequestBuilder
 from .schema import Schema, as_schema
 
-__all__ = ["Packer", "PackingReport", "packed_key", "PACK_FORMAT", "ITEM_OPEN", "ITEM_CLOSE"]
+__all__ = ["Packer", "PackingReport", "packed_key", "template_edges", "PACK_FORMAT", "ITEM_OPEN", "ITEM_CLOSE",
+           "ITEM_MARK"]
 
 #: Bumped when the packed prompt or answer format changes (part of every packed row's key).
-PACK_FORMAT = b"pandas-llm/packed-row/1\n"
+PACK_FORMAT = b"pandas-llm/packed-row/2\n"
 ITEM_OPEN = '<item id="{}">'
 ITEM_CLOSE = "</item>"
+#: Where each item goes in the shared ``<template>`` block of a pack.
+ITEM_MARK = "<item/>"
+TEMPLATE_OPEN, TEMPLATE_CLOSE = "<template>", "</template>"
 TEXT_FIELD = "answer"
 
 _INSTRUCTION = (
@@ -58,6 +67,30 @@ _INSTRUCTION = (
     "as if it were the only input. Reply with one JSON object {{\"items\": [...]}} holding exactly "
     "one entry per item, in the same order, each with the item's \"{id}\" (an integer) and {fields}."
 )
+_SHARED = (
+    "The input starts with a <template> block: each item's full input is that template with "
+    f"{ITEM_MARK} replaced by the item's text."
+)
+
+
+def template_edges(template: Any) -> tuple[str, str] | None:
+    """``(head, tail)``: a str template's text before its first and after its last
+    placeholder, as rendered (None: a callable template, or no fixed text at the edges).
+
+    >>> template_edges("Label this ticket.\\n\\nTicket: {text} (end)")
+    ('Label this ticket.\\n\\nTicket: ', ' (end)')
+    """
+    if not isinstance(template, str):
+        return None
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError:
+        return None
+    if not any(field is not None for _, field, _, _ in parts):
+        return None
+    head = parts[0][0]
+    tail = parts[-1][0] if parts[-1][1] is None else ""
+    return (head, tail) if head or tail else None
 
 
 def packed_key(single_key: bytes) -> bytes:
@@ -103,12 +136,14 @@ class Packer:
     ``single_system``: the system message a single-row request of this run has (rows
     rendered with another one are not packed); ``head``: the fixed instructions packs
     start with (the user's system message and the task's instruction, without any
-    single-row schema text).
+    single-row schema text); ``template``: the user's template, whose fixed text at the
+    edges (:func:`template_edges`) is sent once per pack.
     """
 
     def __init__(
-        self, settings: Settings, k: int, *, row: Schema | None, single_system: str | None, head: str | None, mode: str
-    ):
+        self, settings: Settings, k: int, *, row: Schema | None, single_system: str | None, head: str | None, mode: str,
+        template: Any = None,
+    ):  # fmt: skip
         if k < 2:
             raise ConfigError("packing needs rows_per_request >= 2")
         if row is not None and row.schema is None:
@@ -124,7 +159,14 @@ class Packer:
         self._single_system = single_system
         envelope = _envelope(row, self._id)
         fields = f'its answer to that item as "{TEXT_FIELD}"' if row is None else "the item's answer fields"
-        parts = [head, _INSTRUCTION.format(id=self._id, fields=fields), envelope.instruction(mode)]
+        edges = template_edges(template)
+        # share the template's text only where it is shorter than repeating it in every item
+        if edges is not None and (k - 1) * len("".join(edges)) <= len(_SHARED) + 2 * len(TEMPLATE_OPEN) + 12:
+            edges = None
+        self._edges = edges
+        self._shared = "" if edges is None else f"{TEMPLATE_OPEN}\n{edges[0]}{ITEM_MARK}{edges[1]}\n{TEMPLATE_CLOSE}\n\n"
+        instruction = _INSTRUCTION.format(id=self._id, fields=fields) + (" " + _SHARED if edges else "")
+        parts = [head, instruction, envelope.instruction(mode)]
         self._system = "\n\n".join(p for p in parts if p)
         self._builder = RequestBuilder(_scaled(settings, k), extra={"response_format": envelope.response_format(mode)})
         self._model = settings.model
@@ -214,12 +256,19 @@ class Packer:
         if system != self._single_system or len(messages) != 1 or messages[0].get("role") != "user":
             return None
         content = messages[0].get("content")
-        return content if isinstance(content, str) else None
+        if not isinstance(content, str):
+            return None
+        if self._edges is not None:  # only what differs goes in the item
+            start, end = self._edges
+            if not (content.startswith(start) and content.endswith(end) and len(content) >= len(start) + len(end)):
+                return None
+            content = content[len(start) : len(content) - len(end)]
+        return content
 
     def _messages(self, contents: list[str]) -> list[dict[str, str]]:
         n = len(contents)
         items = "\n\n".join(f"{ITEM_OPEN.format(i)}\n{c}\n{ITEM_CLOSE}" for i, c in enumerate(contents, 1))
-        user = f"{items}\n\nAnswer all {n} items (ids 1 to {n})." if n > 1 else items
+        user = self._shared + (f"{items}\n\nAnswer all {n} items (ids 1 to {n})." if n > 1 else items)
         head = [{"role": "system", "content": self._system}] if self._system else []
         return [*head, {"role": "user", "content": user}]
 

@@ -59,12 +59,19 @@ class RunReport:
         cost = f"${s.cost:.4f}" if s.cost_known else "price unknown"
         return (
             f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "
-            f"{s.sent_done} requests sent ({s.ok} ok), {s.prompt_tokens} prompt + "
+            f"{s.sent_done} requests sent ({s.ok} ok), {s.prompt_tokens} prompt{cached_share(s)} + "
             f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"
         ) + (f"; {self.packing}" if self.packing is not None else "")
 
     def __repr__(self) -> str:
         return f"<RunReport {self.stats.outcome}: {self.summary()}>"
+
+
+def cached_share(stats: RunStats) -> str:
+    """`` (N from the provider's prompt cache, P%)`` when some prompt tokens were, else ""."""
+    if not stats.cached_tokens or not stats.prompt_tokens:
+        return ""
+    return f" ({stats.cached_tokens} from the provider's prompt cache, {stats.cached_tokens / stats.prompt_tokens:.0%})"
 
 
 _last: RunReport | None = None

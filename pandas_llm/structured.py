@@ -140,7 +140,7 @@ def prepare(
     packer = None
     if settings.rows_per_request > 1:
         packer = Packer(settings, settings.rows_per_request, row=spec, single_system=single_system,
-                        head=_join(settings.system, task), mode=mode)  # fmt: skip
+                        head=_join(settings.system, task), mode=mode, template=template)  # fmt: skip
     extra = {"response_format": spec.response_format(mode)} if spec is not None else None
     parser = Parser(spec) if spec is not None else None
     validate = parser and parser.error

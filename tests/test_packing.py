@@ -13,6 +13,7 @@ from pydantic import BaseModel
 import pandas_llm
 from pandas_llm import ConfigError, RunWarning
 from pandas_llm.packing import packed_key
+from pandas_llm.testing import LLMServer
 
 
 class Ticket(BaseModel):
@@ -208,3 +209,69 @@ def test_a_row_schema_with_its_own_id_field_packs_too(server, opts):
     packed = df.llm.extract("{text}", schema=schema, rows_per_request=4, **opts)
     pd.testing.assert_frame_equal(packed, single)
     assert pandas_llm.last_run().packing.rows_packed == 9
+
+
+INSTRUCTION = "You route support tickets to the right queue. " * 20 + "\n\nTicket: "
+
+
+def test_the_templates_fixed_text_is_sent_once_per_pack_and_values_equal_single_requests(server, opts):
+    df, opts = frame(40), {**opts, "cache": False}
+    template = INSTRUCTION + "{text} (end)"
+    single = df.llm.classify(template, labels=LABELS, **opts)
+    single_tokens = server.prompt_tokens
+    server.reset_counters()
+    packed = df.llm.classify(template, labels=LABELS, rows_per_request=20, **opts)
+    pd.testing.assert_series_equal(packed, single)
+    assert server.structured.packed_requests == 2 and server.requests == 2
+    # the server answered each item as the full single prompt: instruction + row + tail
+    assert set(server.structured.item_counts) == {INSTRUCTION + t + " (end)" for t in df["text"]}
+    packed_tokens = server.prompt_tokens
+    assert packed_tokens < 0.2 * single_tokens  # the instruction is not repeated per row
+    report = pandas_llm.last_run().packing
+    assert report.rows_packed == 40 and report.saved_fraction > 0.8
+    server.reset_counters()
+    by_hand = df.llm.classify("{text} (end)", labels=LABELS, rows_per_request=20,
+                              system=INSTRUCTION.strip(), **opts)  # fmt: skip
+    assert by_hand.notna().all()
+    assert packed_tokens < 1.1 * server.prompt_tokens  # as cheap as moving it to system= by hand
+
+
+def test_a_packed_prompt_holds_the_fixed_text_once_before_the_rows(opts):
+    bodies = []
+
+    def fn(messages, **params):
+        bodies.append(messages)
+        import re
+
+        ids = re.findall(r'<item id="(\d+)">', messages[-1]["content"])
+        return '{"items": [' + ",".join(f'{{"id": {i}, "label": "bug"}}' for i in ids) + "]}"
+
+    frame(6).llm.classify(INSTRUCTION + "{text}", labels=LABELS, rows_per_request=6, client=fn, progress=False)
+    user = bodies[0][-1]["content"]
+    assert user.count("You route support tickets") == 20  # once, not once per row
+    assert user.startswith("<template>\n" + INSTRUCTION + "<item/>\n</template>\n\n<item id=\"1\">\nticket number 000\n")
+    assert "<template> block" in bodies[0][0]["content"]
+
+
+def test_short_fixed_text_is_repeated_in_items_rather_than_shared(opts):
+    bodies = []
+
+    def fn(messages, **params):
+        bodies.append(messages)
+        return '{"items": [' + ",".join(f'{{"id": {i}, "label": "bug"}}' for i in (1, 2)) + "]}"
+
+    frame(2).llm.classify("Ticket: {text}", labels=LABELS, rows_per_request=2, client=fn, progress=False)
+    assert bodies[0][-1]["content"].startswith('<item id="1">\nTicket: ticket number 000\n</item>')
+
+
+def test_cached_prompt_tokens_are_reported_and_priced_at_the_cached_rate(opts):
+    with LLMServer(prompt_cache=True) as srv:
+        o = {**opts, "base_url": srv.base_url, "cache": False, "concurrency": 1}
+        frame(3).llm.classify("{text}", labels=LABELS, system="Route tickets. " * 400, **o)
+        stats = pandas_llm.last_run().stats
+    assert stats.cached_tokens == srv.cached_tokens > 0
+    price = pandas_llm.pricing.price_for("gpt-4o-mini")
+    expected = pandas_llm.pricing.cost(price, prompt_tokens=srv.prompt_tokens,
+                                       completion_tokens=srv.completion_tokens, cached_tokens=srv.cached_tokens)  # fmt: skip
+    assert stats.cost == pytest.approx(expected)
+    assert "from the provider's prompt cache" in pandas_llm.last_run().summary()

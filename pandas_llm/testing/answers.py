@@ -124,9 +124,9 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
-def prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """The prompt token estimate: :func:`estimate_tokens` of each message, summed."""
-    return sum(estimate_tokens(message_text(m.get("content"))) for m in messages)
+def prompt_tokens(messages: list[dict[str, Any]], tokens: Callable[[str], int] = estimate_tokens) -> int:
+    """The prompt token estimate: ``tokens`` (:func:`estimate_tokens`) of each message, summed."""
+    return sum(tokens(message_text(m.get("content"))) for m in messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,10 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
     return None
 
 
-def complete(body: Mapping[str, Any], answer: AnswerFn = answer_for, structured: Any = None) -> Completion:
+def complete(
+    body: Mapping[str, Any], answer: AnswerFn = answer_for, structured: Any = None,
+    tokens: Callable[[str], int] = estimate_tokens,
+) -> Completion:  # fmt: skip
     """Validate a chat completion request body and compute its (non-streamed) answer.
 
     - the answer is ``answer(messages, model)``; with the default ``answer`` and a JSON
@@ -165,7 +168,9 @@ def complete(body: Mapping[str, Any], answer: AnswerFn = answer_for, structured:
       ``finish_reason="content_filter"`` and ``content=None``;
     - ``max_completion_tokens`` / ``max_tokens`` below the answer's estimate cut the
       answer to ``4 * max_tokens`` characters with ``finish_reason="length"`` and
-      ``completion_tokens == max_tokens``.
+      ``completion_tokens == max_tokens``;
+    - ``tokens(text) -> int`` counts the tokens of each message, the schema and the answer
+      (default :func:`estimate_tokens`; ``LLMServer(tokens=...)`` passes a real tokenizer).
 
     >>> c = complete({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     >>> (c.content, c.finish_reason, c.prompt_tokens, c.completion_tokens)
@@ -182,17 +187,17 @@ def complete(body: Mapping[str, Any], answer: AnswerFn = answer_for, structured:
         _check_reasoning_request(body)
     limit = _max_tokens(body)
     prompt = last_user_content(messages)
-    n_prompt = prompt_tokens(messages)
+    n_prompt = prompt_tokens(messages, tokens)
     n_reasoning = 0
     if CONTENT_FILTER_MARKER in prompt:
         content, reason, n_completion = None, "content_filter", 0
     else:
         if structured is not None and answer is answer_for and structured.handles(body):
             content = structured.answer(body, messages)
-            n_prompt += estimate_tokens(str(body["response_format"]))
+            n_prompt += tokens(str(body["response_format"]))
         else:
             content = answer(messages, model)
-        reason, n_completion = "stop", estimate_tokens(content)
+        reason, n_completion = "stop", tokens(content)
         if reasoning:
             n_reasoning = REASONING_PER_ANSWER_TOKEN[body.get("reasoning_effort") or "medium"] * n_completion
             if limit is not None and limit <= n_reasoning:  # the limit went on thinking: no answer at all

@@ -34,6 +34,7 @@ serves the Batch API through both.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import random
 import threading
@@ -46,7 +47,7 @@ from typing import Any
 import orjson
 
 from ._http import HTTPProtocol, Request, Response, default_error, error_response, json_response
-from .answers import AnswerFn, Completion, InvalidRequest, answer_for, complete
+from .answers import AnswerFn, Completion, InvalidRequest, answer_for, complete, estimate_tokens, message_text
 from .batches import BatchEndpoints
 from .limits import RateLimiter, rate_limit_response
 from .structured import StructuredAnswers
@@ -55,6 +56,10 @@ __all__ = ["LLMServer", "DEFAULT_MODELS"]
 
 #: ``GET /v1/models`` lists these unless ``models=`` is given.
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5", "gpt-5-mini", "o3-mini")
+
+
+#: Characters between two prompt prefixes compared by ``prompt_cache``.
+_CACHE_STEP = 256
 
 
 @dataclass(slots=True)
@@ -83,6 +88,12 @@ class LLMServer:
         ``random.Random(seed)``: the same seed and request order give the same faults.
       answer: ``(messages, model) -> str`` replacing :func:`answers.answer_for`.
       models: names for ``GET /v1/models``; when given, other models get 404.
+      tokens: ``text -> int`` counting prompt and answer tokens (default ``len // 4 + 1``
+        per message; pass a tiktoken encoding's ``len(enc.encode(text))`` for real counts).
+      prompt_cache: simulate OpenAI's automatic prompt caching: a prompt whose beginning
+        (the schema, then the messages in order) was sent before is billed with
+        ``usage.prompt_tokens_details.cached_tokens`` = that prefix's tokens, from 1,024
+        tokens on, in steps of 128 (prefixes are compared every 256 characters).
     """
 
     def __init__(
@@ -103,6 +114,8 @@ class LLMServer:
         seed: int | None = 0,
         answer: AnswerFn | None = None,
         models: Iterable[str] | None = None,
+        tokens: Callable[[str], int] | None = None,
+        prompt_cache: bool = False,
     ) -> None:
         if latency < 0:
             raise ValueError(f"latency must be >= 0 seconds, got {latency!r}")
@@ -112,6 +125,9 @@ class LLMServer:
         self.host, self.port, self.latency, self.api_key = host, port, latency, api_key
         self.limiter = RateLimiter(rpm, tpm, window, kind=limit_kind, reset=limit_reset, rpd=rpd, rpd_used=rpd_used)
         self.answer: AnswerFn = answer or answer_for
+        self.tokens: Callable[[str], int] = tokens or estimate_tokens
+        #: prefix hashes seen, for ``prompt_cache`` (None: off)
+        self._prefixes: set[bytes] | None = set() if prompt_cache else None
         #: JSON answers for ``response_format`` requests, their faults and item counters.
         self.structured = StructuredAnswers()
         self.strict_models = models is not None
@@ -124,6 +140,8 @@ class LLMServer:
         self.requests = self.completed = self.rate_limited = self.injected = 0
         #: usage billed in the answers sent (``usage.prompt_tokens`` / ``completion_tokens`` summed)
         self.prompt_tokens = self.completion_tokens = 0
+        #: of those prompt tokens, the ones billed as served from the prompt cache (``prompt_cache=True``)
+        self.cached_tokens = 0
         #: ``{(METHOD, path): handler}``; add routes before or after ``start()``.
         self.routes: dict[tuple[str, str], Callable[[Request], Any]] = {
             ("POST", "/v1/chat/completions"): self._chat,
@@ -255,7 +273,7 @@ class LLMServer:
         with self._lock:
             self._counts.clear()
             self.requests = self.completed = self.rate_limited = self.injected = 0
-            self.prompt_tokens = self.completion_tokens = 0
+            self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
         self.structured.reset()
 
     # -- faults -------------------------------------------------------------------------
@@ -354,7 +372,7 @@ class LLMServer:
                     404, f"The model `{body.get('model')}` does not exist or you do not have access to it.",
                     "invalid_request_error", "model_not_found", "model", self.limiter.headers(),
                 )  # fmt: skip
-            done = complete(body, self.answer, self.structured)
+            done = complete(body, self.answer, self.structured, self.tokens)
         except orjson.JSONDecodeError as exc:
             return error_response(400, f"Invalid JSON body: {exc}", headers=self.limiter.headers())
         except InvalidRequest as exc:
@@ -362,7 +380,7 @@ class LLMServer:
         if self._faults:
             fault = self._take_fault(done.prompt)
             if fault is not None and fault.shape is not None:
-                answer = self._record(body["model"], done)
+                answer = self._record(body["model"], done, body)
                 return Response(200, _SHAPES[fault.shape](answer), self.limiter.headers(), "text/event-stream")
             if fault is not None:
                 return None if fault.hang else self._fault_response(fault, self.limiter.headers())
@@ -379,25 +397,49 @@ class LLMServer:
             with self._lock:
                 self.rate_limited += 1
             return rate_limit_response(body["model"], decision)
-        return Response(200, orjson.dumps(self._record(body["model"], done)), decision.headers)
+        return Response(200, orjson.dumps(self._record(body["model"], done, body)), decision.headers)
 
     def chat_body(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The 200 response body for one chat request body, counted as a successful answer
         (no limits, faults or latency): the seam for a Batch API. Raises ``InvalidRequest``."""
-        done = complete(body, self.answer, self.structured)
-        return self._record(body["model"], done)
+        done = complete(body, self.answer, self.structured, self.tokens)
+        return self._record(body["model"], done, body)
 
-    def _record(self, model: str, done: Completion) -> dict[str, Any]:
+    def _cached(self, body: Mapping[str, Any], n_prompt: int) -> int:
+        """Tokens of the longest prompt prefix sent before (>= 1,024, in steps of 128)."""
+        parts = [str(body["response_format"])] if self.structured.handles(body) else []
+        parts += [f"{m.get('role')}:{message_text(m.get('content'))}" for m in body["messages"]]
+        text = "\n".join(parts)
+        h, hit, seen = hashlib.blake2b(digest_size=16), 0, self._prefixes
+        assert seen is not None
+        step = _CACHE_STEP
+        found: list[bytes] = []
+        for end in range(step, len(text) + 1, step):
+            h.update(text[end - step : end].encode())
+            digest = h.copy().digest()
+            found.append(digest)
+            if digest in seen:
+                hit = end
+        with self._lock:
+            seen.update(found)
+        if not hit:
+            return 0
+        n = self.tokens(text[:hit])
+        return min(n_prompt, n - n % 128) if n >= 1024 else 0
+
+    def _record(self, model: str, done: Completion, body: Mapping[str, Any]) -> dict[str, Any]:
+        cached = self._cached(body, done.prompt_tokens) if self._prefixes is not None else 0
         with self._lock:
             self.completed += 1
             self._counts[done.prompt] += 1
             self.prompt_tokens += done.prompt_tokens
             self.completion_tokens += done.completion_tokens
+            self.cached_tokens += cached
         usage = {
             "prompt_tokens": done.prompt_tokens,
             "completion_tokens": done.completion_tokens,
             "total_tokens": done.prompt_tokens + done.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached},
         }
         if done.reasoning_tokens:
             usage["completion_tokens_details"] = {"reasoning_tokens": done.reasoning_tokens}

@@ -8,7 +8,8 @@ from a hash of the prompt (the last user message) and the field's path.
 
 A *packed* request (the user message holds ``<item id="N">...</item>`` blocks and the
 schema is ``{"items": [{id, ...}]}``, see ``pandas_llm.packing``) is answered item by
-item, each item exactly as if it had been sent alone with that item's text as prompt.
+item, each item exactly as if it had been sent alone with that item's text as prompt
+(inside the pack's leading ``<template>`` block in place of ``<item/>``, when it has one).
 
 Like the real API: a strict ``json_schema`` whose objects are not closed
 (``additionalProperties: false``) or do not require every property is a 400, and so is
@@ -52,6 +53,8 @@ __all__ = ["StructuredAnswers", "value_for", "FAULT_KINDS"]
 FAULT_KINDS = ("invalid_json", "violate", "drop", "duplicate", "corrupt", "bad_id")
 _WHOLE = ("invalid_json", "violate")
 _ITEM_RE = re.compile(r'<item id="(\d+)">\n(.*?)\n</item>', re.DOTALL)
+_TEMPLATE_RE = re.compile(r"<template>\n(.*?)\n</template>\n\n(?=<item id=)", re.DOTALL)
+_MARK = "<item/>"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -103,6 +106,10 @@ class StructuredAnswers:
         if schema is None:  # plain json_object: any object will do
             return orjson.dumps({"answer": "echo: " + prompt}).decode()
         items = _ITEM_RE.findall(prompt)
+        shared = _TEMPLATE_RE.match(prompt)
+        if items and shared is not None and _MARK in shared.group(1):
+            head, _, tail = shared.group(1).partition(_MARK)
+            items = [(i, head + text + tail) for i, text in _ITEM_RE.findall(prompt[shared.end() :])]
         id_key, item_schema = _envelope(schema)
         if items and id_key is not None:
             value: Any = self._packed(items, id_key, item_schema, schema)

@@ -501,3 +501,32 @@ def test_per_day_request_headers_like_groq():
     assert lim.acquire(1).allowed and lim.acquire(1).allowed
     refused = lim.acquire(1)
     assert "requests per day (RPD): Limit 2, Used 2" in rate_limit_response("m", refused).body.decode()
+
+
+def test_tokens_option_counts_with_the_given_tokenizer():
+    words = lambda text: len(text.split())  # noqa: E731
+    with LLMServer(tokens=words) as srv:
+        client = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
+        r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three"}])
+        client.close()
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (3, 4)  # "echo: one two three"
+
+
+def test_prompt_cache_bills_a_repeated_prefix_of_1024_tokens_or_more_as_cached():
+    fixed = "x" * 5000  # ~1,250 tokens at len // 4
+    with LLMServer(prompt_cache=True) as srv:
+        client = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
+
+        def ask(system, user):
+            r = client.chat.completions.create(model="gpt-4o-mini", messages=[
+                {"role": "system", "content": system}, {"role": "user", "content": user}])  # fmt: skip
+            return r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens
+
+        first = ask(fixed, "row one")
+        second = ask(fixed, "row two")
+        short = [ask("y" * 2000, "a"), ask("y" * 2000, "b")]  # a shared prefix under 1,024 tokens
+        client.close()
+    assert first[1] == 0
+    assert second[1] % 128 == 0 and 1024 <= second[1] <= second[0]
+    assert [c for _, c in short] == [0, 0]
+    assert srv.cached_tokens == second[1]
