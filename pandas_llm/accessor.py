@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import _runner
 from . import estimate as _estimate
-from .config import current_settings
+from .config import Settings, current_settings
 from .estimate import Estimate
 from .jobs import BatchJob
 from .structured import check_prompt_order, job_verb, prepare
@@ -196,27 +196,48 @@ class LLMAccessor:
         self,
         template: Any,
         *,
+        schema: Any = None,
+        labels: Any = None,
+        multi: bool = False,
+        reasons: bool = False,
+        models: Any = None,
         sample: int | None = None,
         output_tokens: int | None = None,
         seed: int | None = None,
         **options: Any,
-    ) -> Estimate:
-        """What :meth:`map` with the same arguments would send and cost, before paying for it.
+    ) -> Estimate | pd.DataFrame:
+        """What the verb with the same arguments would send and cost, before paying for it.
 
-        Rows, unique prompts after dedup, cache hits, input tokens (exact), output tokens
-        (bounded by ``max_tokens``, or an assumption: ``output_tokens=`` per answer) and
-        dollars for realtime and the Batch API. Nothing is sent, unless ``sample=k``: then
-        k random prompts run for real (cached, so not paid twice) to measure output length.
-        Shows as a table in a notebook.
+        ``labels=`` estimates :meth:`classify`, ``schema=`` :meth:`extract`, neither :meth:`map`;
+        ``rows_per_request=``, ``mode=``, ``system=``, ``max_tokens=`` and the other options
+        are the verb's. Rows, unique prompts after dedup, cache hits, input tokens (exact:
+        the verb's messages, schema and packs), output tokens (from the labels for
+        ``classify``; else bounded by ``max_tokens``, or an assumption: ``output_tokens=``
+        per answer), dollars for realtime and the Batch API (``expected_cost``: the call's
+        mode), and the prompt-cache saving where every request starts with the same 1,024+
+        tokens. Nothing is sent, unless ``sample=k``: then k random prompts run for real
+        (cached, so not paid twice) to measure output length. Shows as a table in a notebook.
+
+        ``models=["gpt-4o-mini", "gpt-4.1-nano", ...]``: a DataFrame instead, one row per
+        model (see ``pandas_llm.estimate.compare_models``). Raises ConfigError as the verb would.
         """
         settings = current_settings().merged(**options)
+        verb = "classify" if labels is not None else "extract" if schema is not None else "map"
+        kw = dict(schema=schema, labels=labels, multi=multi, reasons=reasons)
 
-        def run_sample(subset: pd.DataFrame | pd.Series) -> pd.DataFrame:
-            return LLMAccessor(subset).map(template, details=True, **options)
+        def one(s: Settings) -> Estimate:
+            def run_sample(subset: pd.DataFrame | pd.Series) -> pd.DataFrame:
+                acc, o = LLMAccessor(subset), {**options, "model": s.model}
+                if verb == "classify":
+                    return acc.classify(template, labels, multi=multi, reasons=reasons, details=True, **o)
+                return acc.map(template, schema=schema, details=True, **o)
 
-        return _estimate.estimate(
-            self._obj, template, settings, sample=sample, output_tokens=output_tokens, seed=seed, run_sample=run_sample
-        )
+            return _estimate.estimate(self._obj, template, s, verb=verb, **kw, sample=sample,
+                                      output_tokens=output_tokens, seed=seed, run_sample=run_sample)  # fmt: skip
+
+        if models is not None:
+            return _estimate.compare_models(models, settings, one)
+        return one(settings)
 
 
 def register() -> None:

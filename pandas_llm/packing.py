@@ -272,6 +272,27 @@ class Packer:
         head = [{"role": "system", "content": self._system}] if self._system else []
         return [*head, {"role": "user", "content": user}]
 
+    def layout(self, plan: Plan) -> Iterator[tuple[list[dict[str, Any]], int]]:
+        """``(messages, rows)`` of every request a run of ``plan.todo`` would send first (packs,
+        and rows that cannot be packed, alone), without sending: for estimates."""
+        render, first, todo = plan._render, plan.first_row, plan.todo.tolist()
+        for start in range(0, len(todo), self.k):
+            contents = []
+            for u in todo[start : start + self.k]:
+                messages = render(first[u])
+                content = self._content(messages)
+                if content is None:
+                    yield messages, 1
+                else:
+                    contents.append(content)
+            if contents:
+                yield self._messages(contents), len(contents)
+
+    @property
+    def response_format_tokens(self) -> tuple[int, int]:
+        """Prompt tokens the response_format adds: (a single-row request, a pack)."""
+        return self._rf_single, self._rf_pack
+
     # -- answers -------------------------------------------------------------------------
     def _on_pack(self, pid: int, record: Record, *, counted: bool = True) -> None:
         """Split a pack's answer into row records (committed), queue the rest for fallback."""

@@ -25,7 +25,7 @@ import orjson
 import pandas as pd
 
 from .columns import build_frame, columns_for, take
-from .config import current_settings
+from .config import Settings, current_settings
 from .errors import ConfigError
 from .jobs import BatchJob, start
 from .packing import Packer
@@ -35,7 +35,7 @@ from .planner import Plan
 from .prompts import to_messages
 from .schema import Schema, as_schema
 
-__all__ = ["PromptOrderWarning", "Prepared", "prepare", "job_verb", "check_prompt_order", "classify_schema", "LONG_FIXED_TEXT"]
+__all__ = ["PromptOrderWarning", "Prepared", "Requests", "prepare", "requests_for", "job_verb", "check_prompt_order", "classify_schema", "LONG_FIXED_TEXT"]
 
 #: Fixed text longer than this (characters) after a ``{column}`` triggers the warning.
 LONG_FIXED_TEXT = 1000
@@ -109,11 +109,6 @@ def prepare(
     same parser, and ``job.result()`` is assembled by the same finisher as the verb's.
     An invalid batch answer stays ``invalid`` until the next run (see collect.py)."""
     settings = current_settings().merged(**options)
-    task: str | None = None
-    if verb == "classify":
-        schema, task, labels = classify_schema(labels, multi=multi, reasons=reasons)
-    elif verb == "extract" and schema is None:
-        raise ConfigError("extract needs schema=: a pydantic model, a JSON schema dict, or 'json_object'")
     batch = settings.mode != "realtime"
     if batch and settings.rows_per_request != 1:
         raise ConfigError(
@@ -122,26 +117,13 @@ def prepare(
             "be another batch and another wait. Use rows_per_request=1 with the Batch API (it is half price "
             "already), or mode='realtime' to pack."
         )
-    if schema is None and settings.rows_per_request == 1:
+    sends = requests_for(settings, template, verb=verb, schema=schema, labels=labels, multi=multi, reasons=reasons)
+    spec, labels, packer, extra = sends.spec, sends.labels, sends.packer, sends.extra
+    template, run_settings = sends.template, sends.settings
+    if spec is None and packer is None:
         if batch:
             return start(data, template, settings)  # a BatchJob, or a Run for mode="auto" when small
         return Run(data, template, settings)  # plain map: the core path, untouched
-    spec = as_schema(schema) if schema is not None else None
-    if spec is not None and "response_format" in settings.params:
-        raise ConfigError("pass either schema= or response_format=, not both")
-    mode = settings.structured
-    added = _join(task, spec.instruction(mode) if spec is not None else None)
-    single_system = _join(settings.system, added)
-    if callable(template) and not isinstance(template, str) and added:
-        template = _with_instruction(template, settings.system, added)
-        run_settings = replace(settings, system=None)  # the wrapper adds it (same text as below)
-    else:
-        run_settings = replace(settings, system=single_system)
-    packer = None
-    if settings.rows_per_request > 1:
-        packer = Packer(settings, settings.rows_per_request, row=spec, single_system=single_system,
-                        head=_join(settings.system, task), mode=mode, template=template)  # fmt: skip
-    extra = {"response_format": spec.response_format(mode)} if spec is not None else None
     parser = Parser(spec) if spec is not None else None
     validate = parser and parser.error
     if batch:  # the same requests (so the same keys) and the same check as realtime
@@ -157,6 +139,48 @@ def prepare(
         run.finish = finish  # job.result() assembles the result as the verb does
         return run
     return Prepared(run, finish)
+
+
+@dataclass
+class Requests:
+    """What a verb's run sends, known before any data: see :func:`requests_for`."""
+
+    settings: Settings  # the run's settings (system= carries the added instruction)
+    template: Any  # the template as the run renders it
+    extra: dict[str, Any] | None  # {"response_format": ...} of a structured verb
+    spec: Schema | None  # the row's answer schema (None: text)
+    labels: list[Any] | None  # classify's labels
+    packer: Packer | None  # rows_per_request > 1
+
+
+def requests_for(settings: Settings, template: Any, *, verb: str, schema: Any = None, labels: Any = None,
+                 multi: bool = False, reasons: bool = False) -> Requests:  # fmt: skip
+    """The requests one verb call sends (the same for a run and for its estimate); checks the
+    arguments, raising ConfigError. A plain ``map`` (no schema, no packing) is returned as given."""
+    task: str | None = None
+    if verb == "classify":
+        schema, task, labels = classify_schema(labels, multi=multi, reasons=reasons)
+    elif verb == "extract" and schema is None:
+        raise ConfigError("extract needs schema=: a pydantic model, a JSON schema dict, or 'json_object'")
+    if schema is None and settings.rows_per_request == 1:
+        return Requests(settings, template, None, None, labels, None)
+    spec = as_schema(schema) if schema is not None else None
+    if spec is not None and "response_format" in settings.params:
+        raise ConfigError("pass either schema= or response_format=, not both")
+    mode = settings.structured
+    added = _join(task, spec.instruction(mode) if spec is not None else None)
+    single_system = _join(settings.system, added)
+    packer = None
+    if settings.rows_per_request > 1:
+        packer = Packer(settings, settings.rows_per_request, row=spec, single_system=single_system,
+                        head=_join(settings.system, task), mode=mode, template=template)  # fmt: skip
+    if callable(template) and not isinstance(template, str) and added:
+        template = _with_instruction(template, settings.system, added)
+        run_settings = replace(settings, system=None)  # the wrapper adds it (same text as below)
+    else:
+        run_settings = replace(settings, system=single_system)
+    extra = {"response_format": spec.response_format(mode)} if spec is not None else None
+    return Requests(run_settings, template, extra, spec, labels, packer)
 
 
 def job_verb(schema: Any, labels: Any, *, multi: bool, reasons: bool, flatten: bool | str) -> dict[str, Any]:

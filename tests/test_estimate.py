@@ -154,3 +154,80 @@ def test_sample_larger_than_the_frame(server, tmp_path):
     est = df.llm.estimate("{t}", sample=50, **opts(server, tmp_path))
     assert est.sampled == 2 and est.to_send == 0 and server.requests == 2
     assert np.isclose(est.output_tokens.expected, 0)
+
+
+LABELS = ["billing", "bug", "feature", "account", "other"]
+FIXED = "Route each support ticket to its queue. Read it whole; decide by the main request. " * 12 + "\nTicket: "
+
+
+def tickets(n=200):
+    return pd.DataFrame({"t": [f"ticket {i % 140}: the app shows error {i % 140 * 7} when I save" for i in range(n)]})
+
+
+def tiktoken_server(**kw):
+    from pandas_llm.tokens import encoding_for
+
+    enc = encoding_for("gpt-4o-mini")
+    return LLMServer(tokens=lambda text: len(enc.encode(text, disallowed_special=())), **kw)
+
+
+def billed(srv, batch=False):
+    return pandas_llm.pricing.cost(price_for("gpt-4o-mini"), prompt_tokens=srv.prompt_tokens,
+                                   completion_tokens=srv.completion_tokens, cached_tokens=srv.cached_tokens,
+                                   batch=batch)  # fmt: skip
+
+
+@pytest.mark.parametrize("kw", [{}, {"rows_per_request": 20}, {"mode": "batch"}, {"rows_per_request": 10, "system": "Be exact."}])
+def test_classify_estimate_is_within_15_percent_of_the_bill(tmp_path, kw):
+    df = tickets()
+    with tiktoken_server() as srv:
+        o = opts(srv, tmp_path, poll_interval=0.01, **kw)
+        est = df.llm.estimate(FIXED + "{t}", labels=LABELS, **o)
+        assert srv.requests == 0
+        out = df.llm.classify(FIXED + "{t}", labels=LABELS, **o)
+        batch = kw.get("mode") == "batch"
+        assert out.notna().all() and est.mode == kw.get("mode", "realtime")
+        assert est.expected_cost.expected == pytest.approx(billed(srv, batch), rel=0.15)
+        assert est.input_tokens == pytest.approx(srv.prompt_tokens, rel=0.15)
+        if "rows_per_request" in kw:
+            assert est.requests == srv.structured.packed_requests
+            assert "rows_per_request" in repr(est)
+
+
+def test_estimate_counts_the_schema_and_refuses_what_the_verb_refuses(tmp_path):
+    df = tickets(10)
+    with LLMServer() as srv:
+        plain = df.llm.estimate(FIXED + "{t}", **opts(srv, tmp_path))
+        labelled = df.llm.estimate(FIXED + "{t}", labels=LABELS, **opts(srv, tmp_path))
+        assert labelled.input_tokens > plain.input_tokens + 10 * 20  # instruction + schema on every request
+        with pytest.raises(pandas_llm.ConfigError):
+            df.llm.estimate("{t}", labels=[], **opts(srv, tmp_path))
+        with pytest.raises(pandas_llm.ConfigError, match="json_object"):
+            df.llm.estimate("{t}", schema="json_object", rows_per_request=2, **opts(srv, tmp_path))
+        assert srv.requests == 0
+
+
+def test_models_compares_the_same_job_side_by_side(tmp_path):
+    df = tickets(50)
+    with LLMServer() as srv:
+        table = df.llm.estimate(FIXED + "{t}", labels=LABELS, models=["gpt-4o-mini", "gpt-4o", "no-such-model"],
+                                **opts(srv, tmp_path))  # fmt: skip
+    assert isinstance(table, pd.DataFrame) and list(table.index) == ["gpt-4o-mini", "gpt-4o", "no-such-model"]
+    assert table.loc["gpt-4o", "cost"] > 10 * table.loc["gpt-4o-mini", "cost"]
+    assert table.loc["gpt-4o-mini", "batch_cost"] == pytest.approx(table.loc["gpt-4o-mini", "cost"] / 2)
+    assert np.isnan(table.loc["no-such-model", "cost"])
+    assert table.loc["gpt-4o-mini", "cost_per_1000_rows"] == pytest.approx(table.loc["gpt-4o-mini", "cost"] * 20)
+    with pytest.raises(pandas_llm.ConfigError, match="models="):
+        df.llm.estimate("{t}", models="gpt-4o", **opts(srv, tmp_path))
+
+
+def test_the_estimate_shows_the_prompt_cache_saving_from_1024_fixed_tokens(tmp_path):
+    df = tickets(30)
+    with tiktoken_server(prompt_cache=True) as srv:
+        short = df.llm.estimate(FIXED + "{t}", labels=LABELS, **opts(srv, tmp_path))
+        assert short.cached_input_tokens == 0 and "prompt cache" not in repr(short)
+        long = df.llm.estimate(FIXED * 6 + "{t}", labels=LABELS, **opts(srv, tmp_path, concurrency=1))
+        assert long.cache_prefix_tokens >= 1024 and long.cached_input_tokens == long.cache_prefix_tokens * 29
+        assert "prompt cache" in repr(long) and long.cache_saving > 0
+        df.llm.classify(FIXED * 6 + "{t}", labels=LABELS, **opts(srv, tmp_path, concurrency=1))
+    assert srv.cached_tokens == pytest.approx(long.cached_input_tokens, rel=0.15)
