@@ -47,6 +47,8 @@ class Collector:
         self.validate = validate
         self.tools = tools  # the requests asked for tools: finish_reason="tool_calls" is an answer
         self.slot_of: dict[bytes, int] = {}
+        #: ``(slot, record, store)`` after a result of this job is filled (a packed batch splits packs here)
+        self.on_result: Callable[[int, Record, Store], None] | None = None
         self.unanswered: dict[int, str] = {}  # slot -> "expired" | "cancelled"
 
     async def collect(self, ledger: Ledger, api: BatchAPI, pid: str, info: BatchInfo) -> None:
@@ -122,6 +124,8 @@ class Collector:
             if u is None:
                 continue  # another job's request in a batch we re-attached to: cached, not ours
             outcomes.fill(u, r)
+            if self.on_result is not None:
+                self.on_result(u, r, store)
             stats.sent_done += 1
             if r.status == "ok":
                 stats.ok += 1
@@ -137,6 +141,8 @@ class Collector:
             slot_of = {plan.keys[u]: u for u in empty}
             for record in store.lookup(list(slot_of)):
                 outcomes.fill(slot_of[record.key], record)
+                if self.on_result is not None:
+                    self.on_result(slot_of[record.key], record, store)
         for u in empty:
             if outcomes.status[u] is None:
                 outcomes.status[u] = self.unanswered.get(u, unsent)

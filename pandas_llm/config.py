@@ -115,6 +115,8 @@ class Settings:
     invalid_retries: int = 2
     mode: str = "realtime"  # realtime | batch | auto (batch from batch_threshold requests to send)
     batch_threshold: int = 5000
+    #: mode="batch" with rows_per_request: rows a pack did not answer go alone "realtime" | "batch"
+    packed_fallback: str = "realtime"
     poll_interval: float = 5.0  # first wait between Batch API polls; grows to 12x while nothing changes
     batch_limits: BatchLimits = field(default_factory=BatchLimits)
     prices: Any = None  # a pricing.Price for every model, or {model: Price}; None: the price table
@@ -124,6 +126,11 @@ class Settings:
             raise ConfigError(
                 f"mode must be 'realtime', 'batch' (the Batch API: half price, results within 24h) "
                 f"or 'auto' (batch from batch_threshold requests), got {self.mode!r}"
+            )
+        if self.packed_fallback not in ("realtime", "batch"):
+            raise ConfigError(
+                "packed_fallback must be 'realtime' (rows a packed batch did not answer are sent alone at once, "
+                f"at realtime prices) or 'batch' (in one more batch of single-row requests), got {self.packed_fallback!r}"
             )
         if isinstance(self.batch_threshold, bool) or not isinstance(self.batch_threshold, int) or self.batch_threshold < 1:
             raise ConfigError(f"batch_threshold must be a whole number >= 1, got {self.batch_threshold!r}")

@@ -73,6 +73,17 @@ def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, 
             return run
         run.store.close()
         return BatchJob(run.plan, settings, name=run.name, validate=validate)
+    check_batch(settings)
+    store = Store(settings.cache_path)
+    try:
+        plan = make_plan(data, template, settings, store, extra=extra)
+    finally:
+        store.close()
+    return BatchJob(plan, settings, name=data.name if isinstance(data, pd.Series) else None, validate=validate)
+
+
+def check_batch(settings: Settings) -> None:
+    """Raise ConfigError, before planning, for what a Batch API job cannot do with ``settings``."""
     if settings.max_cost is not None:
         raise ConfigError(
             "max_cost caps realtime runs (each request is reserved before it is sent); a Batch API job "
@@ -80,12 +91,6 @@ def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, 
             "then submit without max_cost, or use mode='realtime' with max_cost."
         )
     BatchAPI(settings)  # raises ConfigError (function client, no API key) before planning
-    store = Store(settings.cache_path)
-    try:
-        plan = make_plan(data, template, settings, store, extra=extra)
-    finally:
-        store.close()
-    return BatchJob(plan, settings, name=data.name if isinstance(data, pd.Series) else None, validate=validate)
 
 
 def _batch_possible(settings: Settings) -> bool:

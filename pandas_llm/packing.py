@@ -110,6 +110,7 @@ class PackingReport:
     fallback_reasons: Counter = field(default_factory=Counter)
     prompt_tokens_single: int = 0  # estimate: the sent rows as one request each
     prompt_tokens_sent: int = 0  # estimate: the packs and the fallback requests
+    fallback_via: str = ""  # with the Batch API: "in realtime" | "in a follow-up batch"
 
     @property
     def saved_prompt_tokens(self) -> int:
@@ -124,6 +125,7 @@ class PackingReport:
         return (
             f"packing {self.rows_per_request} rows/request: {self.packs} packs answered "
             f"{self.rows_packed} rows, {self.fallback_rows} rows sent alone" + (f" ({why})" if why else "")
+            + (f" {self.fallback_via}" if self.fallback_via and self.fallback_rows else "")
             + f"; prompt tokens ~{self.prompt_tokens_sent} instead of ~{self.prompt_tokens_single} "
             f"(saved ~{self.saved_prompt_tokens}, {self.saved_fraction:.0%})"
         )

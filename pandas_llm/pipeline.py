@@ -88,9 +88,12 @@ class Run:
     #: Frames from the failure warning up to the user's line (user -> verb -> result -> warn).
 
     def __init__(
-        self, data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None, validate=None, packing=None
-    ):
-        """``validate``: answer text -> error or None (see Engine); ``packing``: a packing.Packer."""
+        self, data: pd.DataFrame | pd.Series | None, template: Any, settings: Settings, *, extra=None, validate=None,
+        packing=None, plan: Plan | None = None,
+    ):  # fmt: skip
+        """``validate``: answer text -> error or None (see Engine); ``packing``: a packing.Packer;
+        ``plan``: send this plan's ``todo`` instead of planning ``data`` (the rows a packed batch
+        sends again on their own)."""
         self.settings = settings
         self.validate = validate
         self.packing = packing
@@ -98,7 +101,9 @@ class Run:
         self.name = data.name if isinstance(data, pd.Series) else None
         self.store = Store(settings.cache_path)
         try:
-            self.plan = plan = make_plan(data, template, settings, self.store, extra=extra)
+            if plan is None:
+                plan = make_plan(data, template, settings, self.store, extra=extra)
+            self.plan = plan
             if packing is not None:
                 packing.prepare(plan, self.store)  # packed answers from the cache; narrows plan.todo
             self.meter = Meter.for_settings(settings) if len(plan.todo) or settings.max_cost else None

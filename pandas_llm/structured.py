@@ -27,6 +27,7 @@ import pandas as pd
 from .columns import build_frame, columns_for, take
 from .config import Settings, current_settings
 from .errors import ConfigError
+from .batch_packing import PackedBatchJob, start_packed
 from .jobs import BatchJob, start
 from .packing import Packer
 from .parse import Parser
@@ -110,13 +111,6 @@ def prepare(
     An invalid batch answer stays ``invalid`` until the next run (see collect.py)."""
     settings = current_settings().merged(**options)
     batch = settings.mode != "realtime"
-    if batch and settings.rows_per_request != 1:
-        raise ConfigError(
-            f"rows_per_request= packs rows in realtime runs only, not with mode={settings.mode!r}: a packed "
-            "answer that misses rows is followed by single-row requests, which through the Batch API would "
-            "be another batch and another wait. Use rows_per_request=1 with the Batch API (it is half price "
-            "already), or mode='realtime' to pack."
-        )
     sends = requests_for(settings, template, verb=verb, schema=schema, labels=labels, multi=multi, reasons=reasons)
     spec, labels, packer, extra = sends.spec, sends.labels, sends.packer, sends.extra
     template, run_settings = sends.template, sends.settings
@@ -126,14 +120,17 @@ def prepare(
         return Run(data, template, settings)  # plain map: the core path, untouched
     parser = Parser(spec) if spec is not None else None
     validate = parser and parser.error
-    if batch:  # the same requests (so the same keys) and the same check as realtime
+    if batch and packer is not None:  # packs in the batch files, then the rows they missed alone
+        run = start_packed(data, template, run_settings, packer, extra=extra, validate=validate)
+    elif batch:  # the same requests (so the same keys) and the same check as realtime
         run = start(data, template, run_settings, extra=extra, validate=validate)
     else:
         run = Run(data, template, run_settings, extra=extra, validate=validate, packing=packer)
     if parser is None:
-        return Prepared(run, lambda details: run.result(details=details))
+        return run if isinstance(run, BatchJob) else Prepared(run, lambda details: run.result(details=details))
     report = run._report if isinstance(run, BatchJob) else run.result  # no wrapper: warnings keep their stacklevel
-    finish = _finisher(run.plan, run.name, report, spec, parser, verb, labels=labels, multi=multi,
+    rows = run.rows if isinstance(run, PackedBatchJob) else run.plan
+    finish = _finisher(rows, run.name, report, spec, parser, verb, labels=labels, multi=multi,
                        reasons=reasons, flatten=flatten)  # fmt: skip
     if isinstance(run, BatchJob):
         run.finish = finish  # job.result() assembles the result as the verb does

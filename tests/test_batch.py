@@ -484,8 +484,8 @@ def test_persistent_api_errors_raise_and_the_rerun_recovers(srv, opts):
     assert srv.batches.batches_created == 1
 
 
-def test_batch_mode_refuses_packing_before_spending(server, opts):
-    df = pd.DataFrame({"text": ["a"]})
-    with pytest.raises(pandas_llm.ConfigError, match="rows_per_request= packs rows in realtime runs only"):
-        df.llm.map("{text}", rows_per_request=2, mode="batch", **opts)
-    assert server.requests == 0
+def test_batch_mode_packs_plain_map(srv, opts):
+    df = pd.DataFrame({"text": ["a", "b", "c"]})
+    assert df.llm.map("Say: {text}", rows_per_request=2, mode="batch", **opts).tolist() == [
+        "echo: Say: a", "echo: Say: b", "echo: Say: c"]  # fmt: skip
+    assert srv.requests == 0 and srv.batches.lines_answered == 2

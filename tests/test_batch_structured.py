@@ -284,14 +284,63 @@ def test_auto_mode_realtime_still_validates_and_resends(srv, opts):
     assert out["stars"].notna().all() and srv.count("review 1") == 2
 
 
-def test_packing_with_the_batch_api_is_refused_before_spending(srv, opts):
-    df = frame(4)
-    for mode in ("batch", "auto"):
-        with pytest.raises(ConfigError, match="rows_per_request= packs rows in realtime runs only"):
-            df.llm.extract("{text}", schema=Review, rows_per_request=2, mode=mode, **opts)
-    with pytest.raises(ConfigError, match="rows_per_request="):
-        df.llm.submit("{text}", labels=LABELS, rows_per_request=2, **opts)
-    assert srv.requests == 0 and srv.batches.files_uploaded == 0
+FIXED = "Route this review to the team that should read it; decide by its main point. " * 8 + "Review: "
+
+
+@pytest.mark.parametrize("verb", ["extract", "classify", "map"])
+def test_packing_with_the_batch_api_gives_the_values_of_single_requests(srv, opts, tmp_path, verb):
+    df = frame(47)
+    kw = {"extract": {"schema": Review}, "classify": {"labels": LABELS}, "map": {}}[verb]
+    single = getattr(df.llm, verb)(FIXED + "{text}", **kw, **fresh(opts, tmp_path, "single"))
+    srv.reset_counters()
+    packed = getattr(df.llm, verb)(FIXED + "{text}", mode="batch", rows_per_request=20, **kw, **opts)
+    (pd.testing.assert_frame_equal if verb == "extract" else pd.testing.assert_series_equal)(packed, single)
+    assert srv.requests == 0 and srv.batches.batches_created == 1 and srv.batches.lines_answered == 3
+    assert all(FIXED not in line["body"]["messages"][-1]["content"].split("</template>")[1] for line in batch_lines(srv))
+    report = pandas_llm.last_run().packing
+    assert (report.rows_packed, report.fallback_rows) == (47, 0)
+    # every row is cached under its own packed key: a realtime packed run (any k) pays nothing
+    again = getattr(df.llm, verb)(FIXED + "{text}", rows_per_request=7, **kw, **opts)
+    (pd.testing.assert_frame_equal if verb == "extract" else pd.testing.assert_series_equal)(again, single)
+    assert srv.requests == 0 and pandas_llm.last_run().packing.reused == 47
+
+
+def test_rows_a_batch_pack_missed_are_sent_alone_in_realtime_by_default(srv, opts, tmp_path):
+    df = frame(30)
+    for kind, i in {"drop": 3, "duplicate": 14, "corrupt": 22}.items():
+        srv.structured.inject(kind, match=f"review {i}")
+    out = df.llm.extract("{text}", schema=Review, mode="batch", rows_per_request=10, **opts)
+    assert out["stars"].notna().all()
+    assert srv.batches.batches_created == 1 and srv.requests == 3  # the three rows, alone, in realtime
+    assert {p for p in srv.prompt_counts if "<item" not in p} == {"review 3", "review 14", "review 22"}
+    run = pandas_llm.last_run()
+    assert run.packing.fallback_rows == 3 and "3 rows sent alone" in run.summary() and "in realtime" in run.summary()
+    assert run.stats.ok == 3 + 3  # 3 packs, 3 single requests
+    single = df.llm.extract("{text}", schema=Review, **fresh(opts, tmp_path, "single"))
+    pd.testing.assert_frame_equal(out, single)
+
+
+def test_rows_a_batch_pack_missed_can_go_in_a_follow_up_batch(srv, opts):
+    srv.structured.inject("drop", match="review 15")
+    srv.structured.inject("invalid_json", match="review 1")  # the whole first pack: its 10 rows go alone
+    job = frame(20).llm.submit("{text}", labels=LABELS, rows_per_request=10, packed_fallback="batch", **opts)
+    out = job.result()
+    assert out.notna().all() and srv.requests == 0 and srv.batches.batches_created == 2
+    report = pandas_llm.last_run().packing
+    assert report.fallback_rows == 11 and report.fallback_reasons == {"pack invalid": 10, "missing": 1}
+    assert "in a follow-up batch" in str(report)
+    with pytest.raises(ConfigError, match="packed_fallback"):
+        frame(2).llm.classify("{text}", labels=LABELS, packed_fallback="later", **opts)
+
+
+def test_a_rerun_of_a_packed_batch_pays_nothing(srv, opts):
+    df = frame(25)
+    first = df.llm.classify("{text}", labels=LABELS, mode="batch", rows_per_request=10, **opts)
+    srv.reset_counters()
+    created = srv.batches.batches_created
+    again = df.llm.classify("{text}", labels=LABELS, mode="batch", rows_per_request=10, **opts)
+    pd.testing.assert_series_equal(again, first)
+    assert srv.batches.batches_created == created and srv.requests == 0
 
 
 def test_max_cost_with_a_batch_classify_is_refused(srv, opts):
