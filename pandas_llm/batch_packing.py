@@ -123,13 +123,18 @@ class PackedBatchJob(BatchJob):
         rows.todo = np.asarray(todo, dtype=np.int64)
         via = self.settings.packed_fallback
         report.fallback_via = "in realtime" if via == "realtime" else "in a follow-up batch"
+        cap, budget = self.settings.max_cost, self._budget
+        if cap is not None and budget is not None and cap - budget.spent <= 0:
+            for m in todo:
+                rows.outcomes.status[m] = "budget"
+            return
+        left = self.settings.merged(max_cost=None if budget is None else cap - budget.spent)  # what max_cost leaves
         if via == "realtime":
-            settings = self.settings.merged(mode="realtime")
-            run = _pipeline.Run(None, None, settings, validate=self._row_validate, plan=rows)
+            run = _pipeline.Run(None, None, left.merged(mode="realtime"), validate=self._row_validate, plan=rows)
             await run.execute()
             more = run.stats
         else:
-            job = BatchJob(rows, self.settings, name=self.name, validate=self._row_validate, sleep=self.sleep)
+            job = BatchJob(rows, left, name=self.name, validate=self._row_validate, sleep=self.sleep)
             await job.await_done()
             more = job.stats
         s = self.stats

@@ -15,6 +15,10 @@ further request is sent. So the run's real cost never exceeds the cap, provided 
 endpoint bills no more than the worst case (tiktoken's exact count, and never less than
 one token per 4 bytes of the request body).
 
+A Batch API job (jobs.py) reserves the same way at Batch API rates: a request goes into a
+batch file only if its worst case fits; its reservation is settled when its batch is
+collected, and requests that did not fit wait for that, or are left as ``budget``.
+
     >>> from pandas_llm.pricing import Price
     >>> m = Meter("gpt-4o-mini", Price.per_million(input=1.0, output=2.0), max_output=100)
     >>> b = Budget(0.001, m)
@@ -87,17 +91,19 @@ def max_output_tokens(model: str, *, provider: str | None = None) -> int | None:
 class Meter:
     """Prices one run's requests. ``price`` None means "price unknown": costs are None."""
 
-    def __init__(self, model: str, price: Price | None, *, max_output: int | None = None):
+    def __init__(self, model: str, price: Price | None, *, max_output: int | None = None, batch: bool = False):
         self.model = model
         self.price = price
         self.max_output = max_output
+        self.batch = batch  # worst cases at Batch API rates
         self._tiktoken = encoding_name_for(model) is not None
 
     @classmethod
-    def for_settings(cls, settings: Any) -> Meter:
-        """The meter for a run; raises ConfigError if ``max_cost`` is set but cannot be enforced."""
+    def for_settings(cls, settings: Any, *, batch: bool = False) -> Meter:
+        """The meter for a run (``batch``: a Batch API job's, worst cases at batch rates);
+        raises ConfigError if ``max_cost`` is set but cannot be enforced."""
         price = resolve_price(settings.model, settings.prices)
-        meter = cls(settings.model, price)
+        meter = cls(settings.model, price, batch=batch)
         if settings.max_cost is None:
             return meter
         if price is None:
@@ -137,6 +143,8 @@ class Meter:
         if self._tiktoken:
             prompt = max(prompt, count_message_tokens(request.get("messages") or [], self.model))
         limit = request.get("max_completion_tokens") or request.get("max_tokens") or self.max_output or 0
+        if self.batch:
+            return prompt * price.batch_input + limit * price.batch_output
         return prompt * price.input + limit * price.output
 
 

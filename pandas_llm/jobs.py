@@ -33,7 +33,7 @@ import itertools
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 import numpy as np
 import orjson
@@ -44,6 +44,7 @@ from . import pipeline as _pipeline
 from .backends.batch import JOB_KEY, PART_KEY, BatchAPI
 from .batch_view import BatchProgress, BatchStats, BatchStatus
 from .batching import PartData, split_parts
+from .budget import Budget, Meter
 from .cache import Store
 from .collect import Collector
 from .config import Settings
@@ -83,14 +84,11 @@ def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, 
 
 
 def check_batch(settings: Settings) -> None:
-    """Raise ConfigError, before planning, for what a Batch API job cannot do with ``settings``."""
+    """Raise ConfigError, before planning, for what a Batch API job cannot do with ``settings``
+    (a function client, no API key; max_cost without a price or an output bound)."""
+    BatchAPI(settings)
     if settings.max_cost is not None:
-        raise ConfigError(
-            "max_cost caps realtime runs (each request is reserved before it is sent); a Batch API job "
-            "is submitted whole. See its cost first with df.llm.estimate(...) (the 'Batch API' line), "
-            "then submit without max_cost, or use mode='realtime' with max_cost."
-        )
-    BatchAPI(settings)  # raises ConfigError (function client, no API key) before planning
+        Meter.for_settings(settings, batch=True)
 
 
 def _batch_possible(settings: Settings) -> bool:
@@ -146,6 +144,12 @@ class BatchJob:
         self._cancelled = False
         self._finished = False
         self._mem_store: Store | None = None  # cache=False: one in-memory sidecar for the job's life
+        #: max_cost: worst cases reserved at batch rates, settled as batches are collected
+        self._budget = Budget(settings.max_cost, Meter.for_settings(settings, batch=True), stats=self.stats) \
+            if settings.max_cost is not None else None  # fmt: skip
+        self.stats.max_cost = settings.max_cost
+        self._held: dict[bytes, float] = {}  # request key -> its reservation
+        self._over: Iterator[tuple[int, bytes, bytes]] | None = None  # requests waiting for the budget
         self._collector = Collector(plan, self.stats, model=settings.model, endpoint=settings.endpoint,
                                     price=resolve_price(settings.model, settings.prices), validate=validate,
                                     tools="tools" in settings.params or "tools" in settings.extra_body)  # fmt: skip
@@ -290,8 +294,54 @@ class BatchJob:
         limits = self.settings.batch_limits
         tokens_of = self._tokens_of() if limits.enqueued_tokens is not None else None
         jobs = (j for j in plan.jobs() if j[1] not in covering)
-        self._pending = split_parts(jobs, limits, tokens_of)
+        self._pending = split_parts(self._within_budget(jobs), limits, tokens_of)
         await self._send_more(ledger, api)
+
+    def _within_budget(self, jobs: Iterator[tuple[int, bytes, bytes]]) -> Iterator[tuple[int, bytes, bytes]]:
+        """``jobs`` while their worst cases fit in max_cost (each reserved); the first that does
+        not fit, and the rest, wait in ``_over`` for batches in flight to settle."""
+        budget = self._budget
+        if budget is None:
+            yield from jobs
+            return
+        jobs = iter(jobs)
+        for job in jobs:
+            held = budget.meter.worst_case(job[2])
+            fits = budget.try_reserve(held)
+            if fits:
+                self._held[job[1]] = held
+                yield job
+            else:
+                if fits is None:  # fits once the batches in flight are collected
+                    self._over = itertools.chain([job], jobs)
+                return  # False: it cannot fit even alone; the rest stay unsent ("budget")
+
+    def _settle(self, keys: Iterable[bytes]) -> None:
+        """Charge a collected part's requests their cost and release their reservations; let
+        the requests waiting for the budget go, or give up on them once nothing is in flight."""
+        budget = self._budget
+        if budget is None:
+            return
+        outcomes, slot_of = self.plan.outcomes, self._collector.slot_of
+        for key in keys:
+            held = self._held.pop(key, None)
+            if held is None:
+                continue
+            u = slot_of.get(key)
+            status = None if u is None else outcomes.status[u]
+            if u is None or status is None or status in ("expired", "cancelled"):
+                actual = 0.0  # the API never ran it
+            elif not np.isnan(outcomes.cost[u]):
+                actual = float(outcomes.cost[u])
+            else:
+                actual = held if (outcomes.prompt_tokens[u] or outcomes.completion_tokens[u]) else 0.0
+            budget.settle(held, actual)
+        if self._over is not None and self._pending is None:
+            over, self._over = self._over, None
+            limits = self.settings.batch_limits
+            self._pending = split_parts(self._within_budget(over), limits,
+                                        self._tokens_of() if limits.enqueued_tokens is not None else None)  # fmt: skip
+
 
     def _tokens_of(self) -> Callable[[bytes], int]:
         from .tokens import count_message_tokens
@@ -399,7 +449,9 @@ class BatchJob:
                 if (info.status, info.completed, info.failed) != (p.state, p.completed, p.failed):
                     ledger.update(pid, info)
                 if info.status in TERMINAL:
+                    keys = ledger.keys_of(pid) if self._held else ()  # (collecting forgets them)
                     await self._collector.collect(ledger, api, pid, info)
+                    self._settle(keys)
             except FatalAPIError as exc:
                 if exc.status != 404:
                     raise
@@ -414,7 +466,8 @@ class BatchJob:
 
     def _finish(self, ledger: Ledger) -> None:
         """Every batch is collected: fill what other processes collected, label the rest."""
-        self._collector.finish(ledger.store, unsent="cancelled" if self._cancelled else "stopped")
+        over_budget = self._budget is not None and self._budget.exhausted
+        self._collector.finish(ledger.store, unsent="cancelled" if self._cancelled else "budget" if over_budget else "stopped")
         self._finished = True
         self.stats.phase = "cancelled" if self._cancelled else "done"
 

@@ -343,9 +343,37 @@ def test_a_rerun_of_a_packed_batch_pays_nothing(srv, opts):
     assert srv.batches.batches_created == created and srv.requests == 0
 
 
-def test_max_cost_with_a_batch_classify_is_refused(srv, opts):
+def test_max_cost_caps_a_batch_job_at_batch_prices(srv, opts):
+    from pandas_llm.budget import Meter
+
+    df = frame(12)
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"review 10"}],"max_tokens":50}'
+    worst = Meter.for_settings(pandas_llm.Settings(max_cost=1.0), batch=True).worst_case(body)
+    cap = 1.5 * worst  # one worst case at a time; answers cost ~1/12 of it, so a few batches fit, not all
+    with pytest.warns(RunWarning, match=r"budget \(not sent: it could have taken the run over max_cost\)"):
+        out = df.llm.map("{text}", mode="batch", max_tokens=50, max_cost=cap, **opts)
+    stats = pandas_llm.last_run().stats
+    answered = int(out.notna().sum())
+    assert stats.cost <= cap and 1 < answered < 12 and stats.budget_reached
+    assert srv.batches.batches_created == answered  # each sent once its predecessor's cost was known
+    assert (pandas_llm.last_run().details["status"] == "budget").sum() == 12 - answered
+    price = pandas_llm.pricing.price_for("gpt-4o-mini")
+    assert stats.cost == pytest.approx(pandas_llm.pricing.cost(price, prompt_tokens=srv.prompt_tokens,
+                                                               completion_tokens=srv.completion_tokens, batch=True))
+
+
+def test_max_cost_with_a_packed_batch_counts_packs_and_the_realtime_fallback(srv, opts):
+    srv.structured.inject("drop", match="review 3")
+    out = frame(20).llm.classify("{text}", labels=LABELS, mode="batch", rows_per_request=10, max_tokens=20,
+                                 max_cost=1.0, **opts)  # fmt: skip
+    assert out.notna().all() and srv.requests == 1
+    stats = pandas_llm.last_run().stats
+    assert 0 < stats.cost <= 1.0 and stats.ok == 3
+
+
+def test_max_cost_with_batch_needs_a_price_before_spending(srv, opts):
     with pytest.raises(ConfigError, match="max_cost"):
-        frame(3).llm.classify("{text}", labels=LABELS, mode="batch", max_cost=1.0, **opts)
+        frame(3).llm.classify("{text}", labels=LABELS, mode="batch", max_cost=1.0, model="my-llama", **opts)
     assert srv.batches.files_uploaded == 0
 
 

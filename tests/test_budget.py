@@ -269,12 +269,13 @@ def test_the_readme_cost_example_runs(server, opts):
     assert server.completed == 2  # the sample ran both prompts; map found them in the cache
 
 
-# -- the Batch API: a job is submitted whole, so max_cost is never silently ignored --------
-def test_max_cost_with_the_batch_api_is_refused_before_anything(server, opts, tmp_path):
+# -- the Batch API: requests go into batch files only within the cap, at batch prices -------
+def test_max_cost_with_the_batch_api_holds_the_cap(server, opts, tmp_path):
     df = pd.DataFrame({"t": [f"row {i}" for i in range(20)]})
-    with pytest.raises(pandas_llm.ConfigError, match="max_cost caps realtime runs"):
-        df.llm.map("{t}", mode="batch", max_cost=1.0, cache=tmp_path / "c.sqlite", **opts)
-    assert server.requests == 0 and server.batches.batches_created == 0
+    out = df.llm.map("{t}", mode="batch", max_cost=1.0, max_tokens=20, cache=tmp_path / "c.sqlite",
+                     poll_interval=0.005, **opts)  # fmt: skip
+    assert out.notna().all() and server.requests == 0 and server.batches.batches_created == 1
+    assert 0 < pandas_llm.last_run().stats.cost <= 1.0
 
 
 def test_auto_mode_stays_realtime_under_a_cap(server, opts, tmp_path):
