@@ -421,3 +421,13 @@ def test_the_readme_batch_structured_example_runs(srv, opts):
     assert df["topic"].dtype == pd.CategoricalDtype(["quality", "delivery", "other"])
     assert namespace["out"].dtypes.astype(str).tolist() == ["category", "Int64", "string"]
     assert srv.batches.batches_created == 2 and srv.requests == 0
+
+
+def test_auto_mode_packs_in_realtime_when_small_and_through_the_batch_api_when_large(srv, opts, tmp_path):
+    df = frame(30)
+    small = df.llm.classify("{text}", labels=LABELS, mode="auto", rows_per_request=10, **fresh(opts, tmp_path, "a"))
+    assert srv.requests == 3 and srv.batches.batches_created == 0
+    large = df.llm.classify("{text}", labels=LABELS, mode="auto", batch_threshold=5, rows_per_request=10,
+                            **fresh(opts, tmp_path, "b"))  # fmt: skip
+    assert srv.requests == 3 and srv.batches.batches_created == 1 and srv.batches.lines_answered == 3
+    pd.testing.assert_series_equal(large, small)
