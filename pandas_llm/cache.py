@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, redact
 
 __all__ = ["Store", "Record", "MIGRATIONS"]
 
@@ -39,6 +39,10 @@ class Record(NamedTuple):
     error: str | None = None
     attempts: int = 1
     model: str | None = None
+
+    def redacted(self) -> "Record":
+        """This record with any API key in its error text masked (errors.redact)."""
+        return self if self.error is None else self._replace(error=redact(self.error))
 
 
 _COLUMNS = Record._fields
@@ -133,6 +137,7 @@ class Store:
         self._write_lock = threading.Lock()
         if self.path is not None:
             _create_private(self.path)
+            secure_files(self.path)
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per write batch.
             self.conn = sqlite3.connect(
@@ -144,6 +149,8 @@ class Store:
                 # NORMAL in WAL mode: a committed transaction survives a killed process.
                 self.conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
+            if self.path is not None:
+                secure_files(self.path)  # -wal and -shm exist now
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
                 f"cannot use {target!r} as the pandas-llm cache ({exc}). Pass cache='other/path.sqlite' "
@@ -182,7 +189,7 @@ class Store:
     def write(self, records: Iterable[Record]) -> None:
         """Commit ``records`` in one transaction; an ``ok`` row is never overwritten."""
         now = time.time()
-        rows = [(*r, now, now) for r in records]
+        rows = [(*(r if r.error is None else r.redacted()), now, now) for r in records]
         if not rows:
             return
         conn = self.conn
@@ -223,11 +230,34 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 50) -> None:
             time.sleep(0.02 * (attempt + 1))
 
 
+PRIVATE_DIR_NAME = ".pandas_llm"
+
+
 def _create_private(path: str) -> None:
-    """Create the file readable by its owner only (answers can be sensitive)."""
+    """Create the file readable by its owner only (answers can be sensitive); a folder we
+    create is 0700 whatever the umask, and the default ``.pandas_llm`` folder is kept so."""
     folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
+    if folder and not os.path.isdir(folder):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        _chmod(folder, 0o700)  # makedirs' mode goes through the umask
+    elif folder and os.path.basename(os.path.normpath(folder)) == PRIVATE_DIR_NAME:
+        _chmod(folder, 0o700)
     if not os.path.exists(path):
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
+
+
+def secure_files(path: str) -> None:
+    """Set the sidecar and its ``-wal``/``-shm`` files to 0600 (owner only), on every open:
+    a file made by an older version, another tool or a loose umask is tightened too.
+    Files another user owns are left as they are (chmod is not ours to do there)."""
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        _chmod(name, 0o600)
+
+
+def _chmod(name: str, mode: int) -> None:
+    try:
+        if os.stat(name).st_mode & 0o777 != mode:
+            os.chmod(name, mode)
+    except (FileNotFoundError, PermissionError):
+        pass

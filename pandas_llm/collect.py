@@ -110,6 +110,7 @@ class Collector:
         """Commit, then count (never the other way round)."""
         if not records:
             return
+        records = [r if r.error is None else r.redacted() for r in records]  # an error line may echo the key
         store.write(records)
         stats, outcomes, slot_of = self.stats, self.plan.outcomes, self.slot_of
         for r in records:

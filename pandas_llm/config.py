@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, redact
 
 __all__ = ["Settings", "BatchLimits", "settings", "configure", "current_settings", "GENERATION_PARAMS"]
 
@@ -181,6 +181,17 @@ class Settings:
         if unknown:
             raise ConfigError(_unknown_message(sorted(unknown)))
 
+    def __repr__(self) -> str:
+        # the key is masked: a settings object shown in a notebook must not write it into the .ipynb
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            shown = mask_key(value) if f.name == "api_key" else repr(value)
+            parts.append(f"{f.name}={shown}")
+        return redact(f"{type(self).__name__}({', '.join(parts)})")
+
+    __str__ = __repr__
+
     @property
     def cache_path(self) -> str | None:
         """The sidecar file, or None when caching is off (an in-memory store is used)."""
@@ -221,6 +232,15 @@ class Settings:
         if unknown:
             raise ConfigError(_unknown_message(unknown))
         return dataclasses.replace(self, params=params, **direct)
+
+
+def mask_key(key: Any) -> str:
+    """How an API key is shown: never the key itself.
+
+    >>> mask_key("sk-proj-abcdef0123456789"), mask_key(None)
+    ("'[redacted]'", 'None')
+    """
+    return "None" if key is None else "'[redacted]'"
 
 
 def _check_prices(prices: Any) -> None:

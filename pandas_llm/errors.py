@@ -25,7 +25,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import re
+from typing import Any, Iterable
 
 __all__ = [
     "PandasLLMError",
@@ -39,11 +41,56 @@ __all__ = [
     "QuotaError",
     "RequestShapeError",
     "LocalServerError",
+    "redact",
 ]
 
 
 class PandasLLMError(Exception):
     """Base of every error pandas-llm raises on purpose."""
+
+
+#: Credentials in error texts: bearer tokens, OpenAI-style keys (sk-..., sk-proj-...), and
+#: key headers or fields (Azure's ``api-key``, ``x-api-key``, ``"api_key": "..."``).
+_SECRET_PATTERNS = re.compile(
+    r"""(?ix)
+    (?P<bearer>\bbearer\s+)(?!\[redacted\])[^\s'",;}\]]+
+    | \bsk-[a-z0-9_\-]{6,}
+    | (?P<header>\b(?:x-)?api[-_]?key\b['"]?\s*[:=]\s*['"]?)(?!\[redacted\])[^\s'",;}\]]{8,}
+    """
+)
+#: Keys this process was given (api_key=, a client's key): masked wherever they appear.
+_KNOWN_SECRETS: set[str] = set()
+_ENV_KEYS = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
+REDACTED = "[redacted]"
+_MIN_SECRET = 8  # shorter "keys" (api_key="x" for a local server) are placeholders, not secrets
+
+
+def remember_secret(key: Any) -> None:
+    """Mask ``key`` in every error text from now on (called where a backend takes a key)."""
+    if isinstance(key, str) and len(key) >= _MIN_SECRET:
+        _KNOWN_SECRETS.add(key)
+
+
+def redact(text: Any, secrets: Iterable[str] = ()) -> Any:
+    """``text`` with API keys masked: the keys given to this process, ``Bearer ...``,
+    ``sk-...`` keys and ``api-key: ...`` headers. Applied where an error becomes a message
+    or a stored record, so a key echoed by a server never reaches the cache or the screen.
+
+        >>> redact("401: Incorrect API key provided: sk-proj-abc123XYZ. Authorization: Bearer tok-1")
+        '401: Incorrect API key provided: [redacted]. Authorization: Bearer [redacted]'
+    """
+    if not isinstance(text, str) or not text:
+        return text
+    known = [*_KNOWN_SECRETS, *secrets, *(os.environ.get(name) for name in _ENV_KEYS)]
+    for key in sorted({k for k in known if k and len(k) >= _MIN_SECRET}, key=len, reverse=True):
+        if key in text:
+            text = text.replace(key, REDACTED)
+    return _SECRET_PATTERNS.sub(_mask, text)
+
+
+def _mask(m: re.Match) -> str:
+    prefix = m.group("bearer") or m.group("header") or ""
+    return prefix + REDACTED
 
 
 class ConfigError(PandasLLMError, ValueError):
@@ -58,7 +105,7 @@ class APIError(PandasLLMError):
     """A request to the model endpoint failed."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None, param: str | None = None):
-        super().__init__(message)
+        super().__init__(redact(message))
         self.status = status
         self.code = code
         self.param = param  # the request parameter the endpoint named, if it did (OpenAI's error.param)

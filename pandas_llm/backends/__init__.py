@@ -46,7 +46,11 @@ class Backend(Protocol):
 
 def make_backend(settings: Any) -> Backend:
     """The backend for ``settings.client`` (None: HTTP to ``settings.endpoint``)."""
+    from ..errors import remember_secret
+
     client = settings.client
+    remember_secret(settings.api_key or os.environ.get("OPENAI_API_KEY"))
+    remember_secret(getattr(client, "api_key", None))  # a user's openai client
     if client is None:
         if settings.endpoint.startswith("http://") and os.environ.get("PANDAS_LLM_HTTP") != "aiohttp":
             from .wire import WireBackend  # local servers: a lean HTTP/1.1 client (wire.py)

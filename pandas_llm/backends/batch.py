@@ -18,7 +18,7 @@ import inspect
 import os
 from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, TypeVar
 
-from ..errors import APIError, ConfigError, RetryableError
+from ..errors import APIError, ConfigError, RetryableError, remember_secret
 from ..scheduler import RetryPolicy
 from .errors import from_openai
 
@@ -102,6 +102,8 @@ class BatchAPI:
                 f"(batches would go to {self.endpoint}); for a local server pass base_url="
             )
         self._api_key = api_key or "unused"
+        remember_secret(api_key)
+        remember_secret(getattr(client, "api_key", None))
 
     async def __aenter__(self) -> "BatchAPI":
         import openai
