@@ -14,6 +14,8 @@ import os
 import threading
 from typing import Any, Awaitable, Callable, TypeVar
 
+from .errors import PandasLLMError
+
 T = TypeVar("T")
 
 __all__ = ["run_sync"]
@@ -50,10 +52,15 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+
+class ReentrantCallError(PandasLLMError, RuntimeError):
+    """A sync verb called from pandas-llm's own loop (a template or client function calling map)."""
+
+
 def run_sync(make: Callable[[], Awaitable[T]]) -> T:
     """Run the coroutine ``make()`` on the background loop and wait for its result."""
     if threading.current_thread() is _thread:
-        raise RuntimeError("pandas-llm's sync API was called from its own event loop; use the async API (amap)")
+        raise ReentrantCallError("pandas-llm's sync API was called from its own event loop; use the async API (amap)")
     loop = _background_loop()
     settled = threading.Event()
 

@@ -18,10 +18,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
+import numbers
 import os
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
 
 from .errors import ConfigError, redact
 
@@ -134,7 +138,7 @@ class Settings:
             )
         if isinstance(self.batch_threshold, bool) or not isinstance(self.batch_threshold, int) or self.batch_threshold < 1:
             raise ConfigError(f"batch_threshold must be a whole number >= 1, got {self.batch_threshold!r}")
-        if not (isinstance(self.poll_interval, (int, float)) and self.poll_interval > 0):
+        if not (_is_number(self.poll_interval) and self.poll_interval > 0):
             raise ConfigError(f"poll_interval must be a positive number of seconds, got {self.poll_interval!r}")
         if isinstance(self.batch_limits, Mapping):
             unknown = set(self.batch_limits) - {"requests", "file_bytes", "enqueued_tokens"}
@@ -149,11 +153,11 @@ class Settings:
             )
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
-        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+        if not _is_whole(self.concurrency) or self.concurrency < 1:
             raise ConfigError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
-        if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+        if not (_is_number(self.timeout) and self.timeout > 0):
             raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if not _is_whole(self.max_attempts) or self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be a whole number >= 1, got {self.max_attempts!r}")
         if self.na not in ("skip", "empty"):
             raise ConfigError(
@@ -162,7 +166,7 @@ class Settings:
             )
         for name in ("rpm", "tpm", "max_cost", "deadline"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            if value is not None and not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
         if self.structured not in ("json_schema", "json_object"):
             raise ConfigError(
@@ -177,9 +181,21 @@ class Settings:
             raise ConfigError("system must be a string (the system message) or None")
         if self.prices is not None:
             _check_prices(self.prices)
+        if not (isinstance(self.cache, (bool, str, os.PathLike)) or self.cache is None):
+            raise ConfigError(
+                f"cache must be True (the default file {DEFAULT_CACHE}), a path such as "
+                f"cache='answers.sqlite', or False (no file), got {self.cache!r}"
+            )
+        for name in ("base_url", "api_key"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string or None, got {type(value).__name__}")
+        if not isinstance(self.params, Mapping) or not isinstance(self.extra_body, Mapping):
+            raise ConfigError("params= and extra_body= must be dicts of request fields")
         unknown = set(self.params) - GENERATION_PARAMS
         if unknown:
             raise ConfigError(_unknown_message(sorted(unknown)))
+        check_params(self.params)
 
     def __repr__(self) -> str:
         # the key is masked: a settings object shown in a notebook must not write it into the .ipynb
@@ -241,6 +257,89 @@ def mask_key(key: Any) -> str:
     ("'[redacted]'", 'None')
     """
     return "None" if key is None else "'[redacted]'"
+
+
+def _is_whole(value: Any) -> bool:
+    """An integer, not a bool (``concurrency=True`` is a mistake, not 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    """A real number, not a bool, not NaN."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and value == value
+
+
+def _in_range(low: float, high: float) -> Callable[[Any], bool]:
+    return lambda v: _is_number(v) and low <= v <= high
+
+
+def _whole_from(low: int, high: float = math.inf) -> Callable[[Any], bool]:
+    return lambda v: _is_whole(v) and low <= v <= high
+
+
+def _stop(v: Any) -> bool:
+    if isinstance(v, str):
+        return True
+    return isinstance(v, (list, tuple)) and 1 <= len(v) <= 4 and all(isinstance(x, str) for x in v)
+
+
+def _logit_bias(v: Any) -> bool:
+    if not isinstance(v, Mapping):
+        return False
+    for token, bias in v.items():
+        if not (_is_whole(token) or (isinstance(token, str) and token.isdigit())):
+            return False
+        if not (_is_number(bias) and -100 <= bias <= 100):
+            return False
+    return True
+
+
+def _of(*types: type) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, types) and not (bool not in types and isinstance(v, bool))
+
+
+#: The chat-completions parameters checked before any request: name -> (check, what the API takes).
+PARAM_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "temperature": (_in_range(0, 2), "a number from 0 to 2"),
+    "top_p": (_in_range(0, 1), "a number from 0 to 1"),
+    "max_tokens": (_whole_from(1), "a whole number >= 1 (tokens)"),
+    "max_completion_tokens": (_whole_from(1), "a whole number >= 1 (tokens)"),
+    "frequency_penalty": (_in_range(-2, 2), "a number from -2 to 2"),
+    "presence_penalty": (_in_range(-2, 2), "a number from -2 to 2"),
+    "seed": (_is_whole, "a whole number"),
+    "stop": (_stop, "a string or a list of 1 to 4 strings"),
+    "logprobs": (_of(bool), "True or False"),
+    "top_logprobs": (_whole_from(0, 20), "a whole number from 0 to 20"),
+    "logit_bias": (_logit_bias, "a dict {token id: bias from -100 to 100}"),
+    "response_format": (_of(Mapping), "a dict such as {'type': 'json_object'} (or pass schema=)"),
+    "reasoning_effort": (_of(str), "a string such as 'low', 'medium' or 'high'"),
+    "verbosity": (_of(str), "a string such as 'low', 'medium' or 'high'"),
+    "service_tier": (_of(str), "a string such as 'auto', 'default' or 'flex'"),
+    "tools": (_of(list, tuple), "a list of tool definitions"),
+    "tool_choice": (_of(str, Mapping), "'none', 'auto', 'required' or a dict"),
+    "parallel_tool_calls": (_of(bool), "True or False"),
+    "modalities": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "prediction": (_of(Mapping), "a dict"),
+    "user": (_of(str), "a string"),
+    "store": (_of(bool), "True or False"),
+    "metadata": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
+                 "a dict of strings"),  # fmt: skip
+}
+
+
+def check_params(params: Mapping[str, Any]) -> None:
+    """Raise ConfigError for a generation parameter the API would refuse (or, worse, accept
+    and bill): checked before any request, with the API's name and range in the message.
+
+        >>> check_params({"temperature": "hot"})
+        Traceback (most recent call last):
+        ...
+        pandas_llm.errors.ConfigError: temperature='hot': the API takes a number from 0 to 2
+    """
+    for name, value in params.items():
+        rule = PARAM_CHECKS.get(name)
+        if rule is not None and not rule[0](value):
+            raise ConfigError(f"{name}={value!r}: the API takes {rule[1]}")
 
 
 def _check_prices(prices: Any) -> None:

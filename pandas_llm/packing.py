@@ -47,6 +47,7 @@ from .errors import ConfigError
 from .parse import Parser, strip_fences
 from .planner import Plan
 from .requests import RequestBuilder
+from .scheduler import Sized
 from .schema import Schema, as_schema
 
 __all__ = ["Packer", "PackingReport", "packed_key", "template_edges", "PACK_FORMAT", "ITEM_OPEN", "ITEM_CLOSE",
@@ -207,7 +208,7 @@ class Packer:
         """Send the packs, then every row that needs its own request."""
         packs = engine(validate=_envelope_error, on_result=self._on_pack)
         self._stats = packs.stats
-        await packs.run(self._pack_jobs(plan))
+        await packs.run(Sized(self._pack_jobs(plan), -(-len(plan.todo) // self.k)))
         if self._fallback:
             rows = sorted(self._fallback)
             self.report.fallback_rows = len(rows)
@@ -215,7 +216,7 @@ class Packer:
             for u in rows:
                 if u not in alone:  # rows never packed would have been sent alone anyway
                     self.report.prompt_tokens_sent += self._single_tokens(plan, u)
-            await engine().run((u, plan.keys[u], plan.body_of(u)) for u in rows)
+            await engine().run(Sized(((u, plan.keys[u], plan.body_of(u)) for u in rows), len(rows)))
 
     def _pack_jobs(self, plan: Plan) -> Iterator[tuple[int, bytes, bytes]]:
         render, first = plan._render, plan.first_row

@@ -25,6 +25,7 @@ from .prompts import Row, Template, compile_template, render_column, to_messages
 from .requests import RequestBuilder
 from .resume import load_cached
 from .results import Outcomes
+from .scheduler import Sized
 
 __all__ = ["Plan", "make_plan"]
 
@@ -49,6 +50,9 @@ class Plan:
 
     def jobs(self) -> Iterator[tuple[int, bytes, bytes]]:
         """(distinct request, key, body) for each request to send, rendered on demand."""
+        return Sized(self._jobs(), len(self.todo))
+
+    def _jobs(self) -> Iterator[tuple[int, bytes, bytes]]:
         encode = self._encode or (lambda i: self.builder.encode(self._render(i)))
         first = self.first_row
         for u in self.todo.tolist():

@@ -18,6 +18,8 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+
+from .errors import ConfigError
 from typing import Any
 
 __all__ = ["Price", "cost", "price_for", "resolve_price"]
@@ -53,9 +55,9 @@ class Price:
         for field in fields(self):
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"Price.{field.name} must be a number, not {value!r}")
+                raise ConfigError(f"Price.{field.name} must be a number, not {value!r}")
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"Price.{field.name} must be finite and >= 0, not {value!r}")
+                raise ConfigError(f"Price.{field.name} must be finite and >= 0, not {value!r}")
 
     @classmethod
     def per_million(
@@ -75,8 +77,11 @@ class Price:
         >>> Price.per_million(input=2.0, output=8.0, cached_input=0.5, batch_discount=0.5).batch_cached_input
         2.5e-07
         """
-        if isinstance(batch_discount, bool) or not 0 <= batch_discount <= 1:
-            raise ValueError(f"batch_discount must be between 0 and 1, not {batch_discount!r}")
+        for name, value in (("input", input), ("output", output), ("cached_input", cached_input)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ConfigError(f"Price.per_million: {name} must be a number of dollars, not {value!r}")
+        if isinstance(batch_discount, bool) or not isinstance(batch_discount, int | float) or not 0 <= batch_discount <= 1:
+            raise ConfigError(f"batch_discount must be between 0 and 1, not {batch_discount!r}")
         if cached_input is None:
             cached_input = input
         factor = 1 - batch_discount
@@ -111,9 +116,9 @@ def cost(
     0.375
     """
     if prompt_tokens < 0 or completion_tokens < 0 or cached_tokens < 0:
-        raise ValueError("token counts must be >= 0")
+        raise ConfigError("token counts must be >= 0")
     if cached_tokens > prompt_tokens:
-        raise ValueError(f"cached_tokens ({cached_tokens}) exceed prompt_tokens ({prompt_tokens})")
+        raise ConfigError(f"cached_tokens ({cached_tokens}) exceed prompt_tokens ({prompt_tokens})")
     if batch:
         rates = price.batch_input, price.batch_cached_input, price.batch_output
     else:

@@ -85,6 +85,7 @@ class Snapshot:
     max_cost: float | None
     budget_reached: bool
     deadline_reached: bool = False
+    skipped: int = 0  # rows not sent because a cell the template reads was NA
 
     @classmethod
     def of(cls, stats: RunStats, now: float) -> Snapshot:
@@ -126,6 +127,7 @@ class Snapshot:
             max_cost=stats.max_cost,
             budget_reached=stats.budget_reached,
             deadline_reached=stats.deadline_reached,
+            skipped=stats.skipped,
         )
 
     @property
@@ -148,6 +150,7 @@ class Snapshot:
     def counts(self) -> str:
         return (
             f"{self.ok:,} ok · {self.n_failed:,} failed · {self.cached:,} from cache"
+            + (f" · {self.skipped:,} rows skipped (NA)" if self.skipped else "")
             + (f" · {self.in_flight:,} in flight" if self.outcome == "running" else "")
         )
 
@@ -223,7 +226,9 @@ class Snapshot:
         cost = "price unknown" if self.cost is None else money(self.cost)
         text = (
             f"pandas-llm run {self.outcome}: {self.rows:,} rows, {self.total:,} distinct requests, "
-            f"{self.cached:,} from cache, {self.sent:,} sent, {self.ok:,} ok, {self.n_failed:,} failed; "
+            f"{self.cached:,} from cache, {self.sent:,} sent, {self.ok:,} ok, {self.n_failed:,} failed"
+            + (f", {self.skipped:,} rows skipped (NA cells, not sent)" if self.skipped else "")
+            + "; "
             f"{self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion tokens, {cost}"
             + (f" (cache saved {money(self.saved)})" if self.saved > 0 else "")
             + f"; {self.elapsed:.1f} s"
@@ -323,6 +328,8 @@ class TqdmObserver(ThrottledObserver):
         bar = self.bar
         bar.n = snap.done
         post: dict[str, Any] = {"failed": snap.n_failed, "cached": snap.cached}
+        if snap.skipped:
+            post["skipped_na"] = snap.skipped
         if not final:
             post["in_flight"] = snap.in_flight
         post["tokens"] = f"{_short(snap.prompt_tokens)}/{_short(snap.completion_tokens)}"

@@ -106,9 +106,9 @@ def compile_template(template: Any, columns: Sequence[Any], *, series: bool = Fa
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise TemplateError(
-            f"cannot parse template {template!r}: {exc}. Write a literal brace as '{{{{' or '}}}}'."
-        ) from exc
+        named = [c for c in columns if "{" + str(c) + "}" in template]
+        advice = _names_hint("", named) or " Write a literal brace as '{{' or '}}'."
+        raise TemplateError(f"cannot parse template {template!r}: {exc}.{advice}") from exc
     for literal, field_name, spec, conversion in parsed:
         parts.append(literal.replace("{", "{{").replace("}", "}}"))
         if field_name is None:
@@ -171,7 +171,7 @@ def _names_hint(field_name: str, columns: Sequence[Any]) -> str:
     spell (``Ratio a:b``, ``wow!``, ``a{b}``): such names need a function template."""
     for c in columns:
         name = str(c)
-        if any(ch in name for ch in _FORMAT_CHARS) and name != field_name and name.startswith(field_name):
+        if any(ch in name for ch in _FORMAT_CHARS) and name != field_name and name.startswith(field_name.strip()):
             return (
                 f" The column {name!r} cannot be named in a str template (':' starts a format spec, "
                 "'!' a conversion, '{' '}' '[' '.' are template syntax). Use a function template, e.g. "

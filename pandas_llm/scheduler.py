@@ -32,6 +32,7 @@ Without ``validate`` the workers never enter that path.
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -174,8 +175,13 @@ class Engine:
 
     async def run(self, jobs: Iterable[Job]) -> None:
         """Send every job; return when all are settled. Raises FatalAPIError if the run had to stop."""
+        # never more workers than requests to send (concurrency=10**6 for 20 rows: 20 tasks)
+        n = self.concurrency
+        hint = operator.length_hint(jobs, -1)
+        if hint >= 0:
+            n = max(1, min(n, hint))
         it = iter(jobs)
-        self._workers = workers = [asyncio.ensure_future(self._worker(it)) for _ in range(self.concurrency)]
+        self._workers = workers = [asyncio.ensure_future(self._worker(it)) for _ in range(n)]
         watch = None if self.retry.deadline is None else asyncio.ensure_future(self._watch_deadline())
         try:
             await asyncio.gather(*workers)
@@ -390,6 +396,27 @@ class Engine:
     def _past_deadline(self, wait: float) -> bool:
         deadline = self.retry.deadline
         return deadline is not None and (self.clock() + wait - self.stats.started) > deadline
+
+
+class Sized:
+    """An iterator that knows how many items it will give (``operator.length_hint``), so
+    the engine starts no more workers than there are jobs."""
+
+    __slots__ = ("_it", "_left")
+
+    def __init__(self, items: Iterable[Any], count: int):
+        self._it, self._left = iter(items), count
+
+    def __iter__(self) -> "Sized":
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._it)
+        self._left -= 1
+        return item
+
+    def __length_hint__(self) -> int:
+        return max(0, self._left)
 
 
 def _reseeded(body: bytes, n: int) -> bytes:

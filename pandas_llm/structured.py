@@ -232,6 +232,12 @@ def classify_schema(labels: Any, *, multi: bool = False, reasons: bool = False) 
             raise ConfigError(f"labels= has duplicates: {dupes}")
         if any(isinstance(x, str) and not x.strip() for x in labels):
             raise ConfigError("labels= has an empty label")
+        if len(labels) == 1 and not multi:
+            raise ConfigError(
+                f"labels={labels!r} has one label: every row would get it, and each answer would be paid "
+                "for nothing. Give at least two labels, labels=[True, False] for a yes/no question, or "
+                "multi=True to ask which rows it applies to."
+            )
         kind = {"type": "string" if isinstance(labels[0], str) else "integer", "enum": labels}
         words = orjson.dumps(labels).decode()[1:-1].replace(",", ", ")
     else:

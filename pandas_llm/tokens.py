@@ -37,6 +37,16 @@ from typing import Any
 
 import tiktoken
 
+from .errors import PandasLLMError
+
+
+class BPEFileError(PandasLLMError, RuntimeError):
+    """A bundled token file does not match the hash tiktoken expects (a damaged install)."""
+
+
+class MissingDependency(PandasLLMError, ModuleNotFoundError):
+    """A package pandas-llm needs for this is not installed; the message says which."""
+
 __all__ = [
     "approx_message_tokens",
     "count_message_tokens",
@@ -236,7 +246,7 @@ def _build(name: str) -> tiktoken.Encoding:
     spec = _SPECS[name]
     raw = gzip.decompress(_bpe_path(name).read_bytes())
     if hashlib.sha256(raw).hexdigest() != spec["sha256"]:
-        raise RuntimeError(f"{name}: the bundled BPE file does not match tiktoken's hash")
+        raise BPEFileError(f"{name}: the bundled BPE file does not match tiktoken's hash")
     ranks = {}
     for line in raw.splitlines():
         if line:
@@ -252,7 +262,7 @@ def _bpe_path(name: str) -> Path:
     # 70 MB extension module (~0.4 s) that is not needed, only its data files are.
     spec = importlib.util.find_spec("bpe_openai")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise MissingDependency(
             "bpe-openai is required for offline token counts: pip install bpe-openai"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data" / f"{name}.tiktoken.gz"

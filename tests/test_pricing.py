@@ -11,6 +11,7 @@ import pytest
 from genai_prices.types import Tier, TieredPrices
 
 from pandas_llm import pricing
+from pandas_llm.errors import ConfigError
 from pandas_llm.pricing import Price, cost, price_for, resolve_price
 
 M = 1_000_000
@@ -164,7 +165,7 @@ def test_per_million_rejects_bad_discounts(bad):
 
 
 @pytest.mark.parametrize(
-    ("value", "error"), [(-1e-7, ValueError), (math.nan, ValueError), (math.inf, ValueError), ("0.1", TypeError), (True, TypeError)]
+    ("value", "error"), [(-1e-7, ConfigError), (math.nan, ConfigError), (math.inf, ConfigError), ("0.1", ConfigError), (True, ConfigError)]
 )
 def test_price_rejects_bad_values(value, error):
     with pytest.raises(error, match="output"):

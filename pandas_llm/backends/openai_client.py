@@ -14,16 +14,13 @@ import orjson
 
 from . import Completion
 from .answers import read_answer
+from ..config import GENERATION_PARAMS
 from .errors import from_openai
 
 __all__ = ["OpenAIClientBackend"]
 
-_KNOWN = {
-    "model", "messages", "temperature", "max_tokens", "max_completion_tokens", "top_p", "seed", "stop",
-    "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "response_format",
-    "reasoning_effort", "verbosity", "service_tier", "tools", "tool_choice", "parallel_tool_calls",
-    "modalities", "prediction", "user", "store", "metadata", "n",
-}
+#: Body fields the SDK's create() takes by name; anything else goes in extra_body.
+_KNOWN = GENERATION_PARAMS | {"model", "messages", "n"}
 
 
 class OpenAIClientBackend:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..errors import ConfigError
 from ._http import Request, Response, default_error, error_response, json_response
 from .answers import InvalidRequest, last_user_content, prompt_tokens
 from .files import FileStore
@@ -218,7 +219,7 @@ class BatchEndpoints:
     def expire_next(self, fraction: float = 0.0, *, count: int = 1) -> None:
         """The next ``count`` batches created expire after answering ``fraction`` of their lines."""
         if not 0 <= fraction < 1:
-            raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
+            raise ConfigError(f"fraction must be in [0, 1), got {fraction!r}")
         with self._lock:
             self._expire.extend([fraction] * count)
 

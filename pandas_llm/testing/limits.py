@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..errors import ConfigError
 from ._http import Response, error_response
 
 __all__ = ["RateLimiter", "Decision", "format_duration", "rate_limit_response", "UNLIMITED_RPM", "UNLIMITED_TPM"]
@@ -115,14 +116,14 @@ class RateLimiter:
         rpd_used: int = 0,
     ) -> None:
         if window <= 0:
-            raise ValueError(f"window must be > 0 seconds, got {window!r}")
+            raise ConfigError(f"window must be > 0 seconds, got {window!r}")
         for name, value in (("rpm", rpm), ("tpm", tpm), ("rpd", rpd)):
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+                raise ConfigError(f"{name} must be > 0 or None, got {value!r}")
         if kind not in ("sliding", "quantized", "bucket"):
-            raise ValueError(f"kind must be 'sliding', 'quantized' or 'bucket', got {kind!r}")
+            raise ConfigError(f"kind must be 'sliding', 'quantized' or 'bucket', got {kind!r}")
         if reset not in ("window", "refill"):
-            raise ValueError(f"reset must be 'window' or 'refill', got {reset!r}")
+            raise ConfigError(f"reset must be 'window' or 'refill', got {reset!r}")
         self.rpm, self.tpm, self.window, self.clock = rpm, tpm, float(window), clock
         self.kind, self.reset_style, self.rpd, self.rpd_used = kind, reset, rpd, rpd_used
         self._scale = 60.0 / self.window  # window figures -> per-minute figures

@@ -46,6 +46,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import ConfigError, PandasLLMError
 from ._http import HTTPProtocol, Request, Response, default_error, error_response, json_response
 from .answers import AnswerFn, Completion, InvalidRequest, answer_for, complete, estimate_tokens, message_text
 from .batches import BatchEndpoints
@@ -53,6 +54,11 @@ from .limits import RateLimiter, rate_limit_response
 from .structured import StructuredAnswers
 
 __all__ = ["LLMServer", "DEFAULT_MODELS"]
+
+
+class ServerStateError(PandasLLMError, RuntimeError):
+    """The server was asked to do something its state does not allow (start twice)."""
+
 
 #: ``GET /v1/models`` lists these unless ``models=`` is given.
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5", "gpt-5-mini", "o3-mini")
@@ -118,10 +124,10 @@ class LLMServer:
         prompt_cache: bool = False,
     ) -> None:
         if latency < 0:
-            raise ValueError(f"latency must be >= 0 seconds, got {latency!r}")
+            raise ConfigError(f"latency must be >= 0 seconds, got {latency!r}")
         self.error_rate = dict(error_rate or {})
         if any(not 0 <= p <= 1 for p in self.error_rate.values()) or sum(self.error_rate.values()) > 1:
-            raise ValueError(f"error_rate probabilities must be in [0, 1] and sum to <= 1: {error_rate!r}")
+            raise ConfigError(f"error_rate probabilities must be in [0, 1] and sum to <= 1: {error_rate!r}")
         self.host, self.port, self.latency, self.api_key = host, port, latency, api_key
         self.limiter = RateLimiter(rpm, tpm, window, kind=limit_kind, reset=limit_reset, rpd=rpd, rpd_used=rpd_used)
         self.answer: AnswerFn = answer or answer_for
@@ -173,7 +179,7 @@ class LLMServer:
     def start(self) -> LLMServer:
         """Bind and serve on a daemon thread; returns once the port accepts connections."""
         if self._thread is not None:
-            raise RuntimeError("LLMServer already started")
+            raise ServerStateError("LLMServer already started")
         ready = threading.Event()
         failure: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, args=(ready, failure), name="LLMServer", daemon=True)
@@ -303,11 +309,11 @@ class LLMServer:
         Faults are consumed in the order they were injected.
         """
         if times < 1:
-            raise ValueError(f"times must be >= 1, got {times!r}")
+            raise ConfigError(f"times must be >= 1, got {times!r}")
         if shape is not None and (shape not in _SHAPES or status != 200 or body is not None or hang):
-            raise ValueError(f"shape= is one of {sorted(_SHAPES)}, with status 200 and no body= or hang=")
+            raise ConfigError(f"shape= is one of {sorted(_SHAPES)}, with status 200 and no body= or hang=")
         if 200 <= status < 300 and body is None and not hang and shape is None:
-            raise ValueError("a 2xx fault needs body= or shape=")
+            raise ConfigError("a 2xx fault needs body= or shape=")
         with self._lock:
             self._faults.append(_Fault(status, times, match, retry_after, retry_after_ms, hang, body, shape))
 

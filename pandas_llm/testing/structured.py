@@ -46,6 +46,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import ConfigError
 from .answers import InvalidRequest, answer_for, last_user_content
 
 __all__ = ["StructuredAnswers", "value_for", "FAULT_KINDS"]
@@ -78,9 +79,9 @@ class StructuredAnswers:
         """Break the next ``times`` answers (None: every one) whose prompt, or for item
         faults whose item text, contains ``match`` (any if None). See the module docstring."""
         if kind not in FAULT_KINDS:
-            raise ValueError(f"kind must be one of {FAULT_KINDS}, got {kind!r}")
+            raise ConfigError(f"kind must be one of {FAULT_KINDS}, got {kind!r}")
         if times is not None and times < 1:
-            raise ValueError(f"times must be >= 1 or None, got {times!r}")
+            raise ConfigError(f"times must be >= 1 or None, got {times!r}")
         with self._lock:
             self._faults.append(_Fault(kind, match, times))
 
