@@ -241,7 +241,7 @@ def _is_arrow(value: Any) -> bool:
 
 
 def _is_container(value: Any) -> bool:
-    if isinstance(value, (list, tuple, np.ndarray, Mapping, set, frozenset, pd.Series, pd.Index)):
+    if isinstance(value, (list, tuple, np.ndarray, Mapping, set, frozenset, pd.Series, pd.Index, pd.DataFrame)):
         return True
     if isinstance(value, pd.api.extensions.ExtensionArray):
         return True
@@ -291,6 +291,8 @@ def _json(value: Any) -> str:
         return _json(value[()])
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{_json(k)}: {_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, pd.DataFrame):  # str() of a frame elides rows: its records instead
+        return _json(value.to_dict(orient="records"))
     if _is_container(value):
         return "[" + ", ".join(map(_json, _items(value))) + "]"
     if _is_arrow(value) and hasattr(value, "as_py"):

@@ -71,6 +71,7 @@ def test_a_list_and_an_array_with_the_same_items_share_one_request(server, opts)
         ([Decimal("1.10"), 1 + 2j], "[1.10, (1+2j)]"),
         (['quote " and \\ and\nnewline'], '["quote \\" and \\\\ and\\nnewline"]'),
         (pd.Timestamp("2024-01-02 03:04:05.000006"), "2024-01-02 03:04:05.000006"),
+        (pd.DataFrame({"a": range(100)}), "[" + ", ".join(f'{{"a": {i}}}' for i in range(100)) + "]"),
     ],
 )
 def test_the_rendering_table(value, text):

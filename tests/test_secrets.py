@@ -129,3 +129,14 @@ def test_existing_loose_files_are_tightened_on_every_open(tmp_path, umask_000):
         for name in (path, path + "-wal", path + "-shm"):
             if os.path.exists(name):
                 assert _mode(name) == 0o600, name
+
+
+def test_backends_holding_the_key_do_not_show_it(server):
+    from pandas_llm.backends import make_backend
+    from pandas_llm.backends.batch import BatchAPI
+    from pandas_llm.config import Settings
+
+    for base_url in (server.base_url, "https://example.invalid/v1"):
+        settings = Settings(base_url=base_url, api_key=KEY)
+        for obj in (make_backend(settings), BatchAPI(settings)):
+            assert KEY not in repr(obj) and KEY not in str(obj)

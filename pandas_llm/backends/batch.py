@@ -105,6 +105,9 @@ class BatchAPI:
         remember_secret(api_key)
         remember_secret(getattr(client, "api_key", None))
 
+    def __repr__(self) -> str:  # never the key its headers hold
+        return f"<{type(self).__name__} {self.endpoint}>"
+
     async def __aenter__(self) -> "BatchAPI":
         import openai
 

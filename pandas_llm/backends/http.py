@@ -44,6 +44,9 @@ class HTTPBackend:
         self._limit = settings.concurrency
         self._session: aiohttp.ClientSession | None = None
 
+    def __repr__(self) -> str:  # never the key its headers hold
+        return f"<{type(self).__name__} {self.endpoint}>"
+
     def _open(self) -> aiohttp.ClientSession:
         # Created lazily so it binds to the loop the engine runs on.
         connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300, enable_cleanup_closed=False)

@@ -207,6 +207,9 @@ class WireBackend:
         self._idle: deque[_Conn] = deque()
         self._busy: set[_Conn] = set()
 
+    def __repr__(self) -> str:  # never the key its headers hold
+        return f"<{type(self).__name__} {self.endpoint}>"
+
     async def complete(self, body: bytes) -> Completion:
         data = self._head + str(len(body)).encode() + b"\r\n\r\n" + body
         try:
