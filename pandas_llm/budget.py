@@ -19,6 +19,11 @@ A Batch API job (jobs.py) reserves the same way at Batch API rates: a request go
 batch file only if its worst case fits; its reservation is settled when its batch is
 collected, and requests that did not fit wait for that, or are left as ``budget``.
 
+An attempt whose answer was lost after it was sent (a timeout, a connection dropped, a
+gateway's 504: ``RetryableError.maybe_billed``) may still be billed by the provider: it is
+charged at its worst case (``Budget.lost``), and its retry needs a fresh reservation, so
+the cap holds against what the provider bills even when no answer arrives.
+
     >>> from pandas_llm.pricing import Price
     >>> m = Meter("gpt-4o-mini", Price.per_million(input=1.0, output=2.0), max_output=100)
     >>> b = Budget(0.001, m)
@@ -43,7 +48,7 @@ from .errors import ConfigError
 from .pricing import Price, cost, resolve_price
 from .tokens import count_message_tokens, encoding_name_for
 
-__all__ = ["Budget", "Meter", "max_output_tokens"]
+__all__ = ["Budget", "Hold", "Meter", "max_output_tokens"]
 
 # Published output-token limits of OpenAI models; first prefix match wins, so the longer
 # names come first. A request can never produce more completion tokens than this.
@@ -147,6 +152,22 @@ class Meter:
             return prompt * price.batch_input + limit * price.batch_output
         return prompt * price.input + limit * price.output
 
+    def lost(self, body: bytes) -> float:
+        """What an attempt sent whose answer was lost may have been billed: its worst case (USD)."""
+        if self.max_output is None and self.price is not None:
+            self.max_output = max_output_tokens(self.model) or 0  # without max_cost it was not needed yet
+        return self.worst_case(body)
+
+
+class Hold:
+    """One job's reservation: ``amount`` USD, ``held`` while it counts in ``Budget.reserved``."""
+
+    __slots__ = ("amount", "held")
+
+    def __init__(self, amount: float):
+        self.amount = amount
+        self.held = False
+
 
 class Budget:
     """``max_cost`` as reservations: see the module docstring. Lives on the run's loop."""
@@ -207,20 +228,33 @@ class Budget:
         return held if answered else 0.0  # an HTTP error costs nothing
 
     async def spend(self, job: tuple[int, bytes, bytes], send: Any, sends: int = 1) -> Record | None:
-        """Run ``send(job)`` inside a reservation; None (not sent) once the budget is exhausted.
+        """Run ``send(job, hold)`` inside a reservation; None (not sent) once the budget is exhausted.
 
         ``sends`` is the most requests ``send`` may make for the job (an answer that fails its
-        schema is asked again): each of them is reserved at the worst case.
+        schema is asked again): each of them is reserved at the worst case. ``send`` passes
+        ``hold`` to :meth:`lost` when an attempt's answer is lost.
         """
-        held = self.meter.worst_case(job[2]) * sends
-        if not await self.reserve(held):
+        hold = Hold(self.meter.worst_case(job[2]) * sends)
+        if not await self.reserve(hold.amount):
             return None
+        hold.held = True
         record = None
         try:
-            record = await send(job)
+            record = await send(job, hold)
             return record
         finally:
-            self.settle(held, self.actual(held, record))
+            if hold.held:
+                self.settle(hold.amount, self.actual(hold.amount, record))
+
+    async def lost(self, hold: Hold, billed: float, *, again: bool = True) -> bool:
+        """An attempt of the job holding ``hold`` was sent and its answer lost: charge ``billed``
+        (its worst case) and, if ``again``, reserve anew for the next attempt. False: the
+        retry does not fit under the cap (the job is not sent again)."""
+        self.settle(hold.amount, billed)
+        hold.held = False
+        if again:
+            hold.held = await self.reserve(hold.amount)
+        return hold.held
 
     def _show(self) -> None:
         if self.stats is not None:

@@ -33,6 +33,7 @@ __all__ = ["Settings", "BatchLimits", "settings", "configure", "current_settings
 
 DEFAULT_CACHE = os.path.join(".pandas_llm", "cache.sqlite")
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_TIMEOUT = 60.0  # seconds per request when timeout= is not given (and no client= brings its own)
 
 #: Chat-completions parameters that change the answer; passed through by their API names.
 GENERATION_PARAMS = frozenset(
@@ -104,7 +105,7 @@ class Settings:
     concurrency: int = 16
     cache: str | os.PathLike | bool = True
     progress: bool = True
-    timeout: float = 60.0
+    timeout: float | None = None  # seconds per request; None: 60 (DEFAULT_TIMEOUT), a client= keeps its own
     max_attempts: int = 6
     base_url: str | None = None
     api_key: str | None = None
@@ -155,8 +156,8 @@ class Settings:
             raise ConfigError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
         if not _is_whole(self.concurrency) or self.concurrency < 1:
             raise ConfigError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
-        if not (_is_number(self.timeout) and self.timeout > 0):
-            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.timeout is not None and not (_is_number(self.timeout) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a positive number of seconds or None, got {self.timeout!r}")
         if not _is_whole(self.max_attempts) or self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be a whole number >= 1, got {self.max_attempts!r}")
         if self.na not in ("skip", "empty"):
@@ -216,6 +217,12 @@ class Settings:
         if self.cache is True:
             return DEFAULT_CACHE
         return os.fspath(self.cache)
+
+    @property
+    def request_timeout(self) -> float:
+        """Seconds to wait for one answer on the library's own connections: ``timeout``, else 60.
+        A user's ``client=`` keeps its own timeout unless ``timeout=`` is given."""
+        return DEFAULT_TIMEOUT if self.timeout is None else float(self.timeout)
 
     @property
     def endpoint(self) -> str:

@@ -119,7 +119,14 @@ class APIError(PandasLLMError):
 
 
 class RetryableError(APIError):
-    """A transient failure: the request may succeed if sent again later."""
+    """A transient failure: the request may succeed if sent again later.
+
+    ``maybe_billed`` is True when the request was sent and its answer lost (a timeout, a
+    connection dropped after sending, a gateway's 504): the provider may bill it, so
+    ``max_cost`` counts it at its worst case.
+    """
+
+    maybe_billed = False
 
     def __init__(
         self,

@@ -57,6 +57,9 @@ class RunReport:
     def summary(self) -> str:
         s = self.stats
         cost = f"${s.cost:.4f}" if s.cost_known else "price unknown"
+        if s.lost_answers:  # sent, answer lost: the provider may bill them
+            worst = f"up to ${s.possibly_billed:.4f}" if s.cost_known else "price unknown"
+            cost += f" + {worst} possibly billed ({s.lost_answers} answers lost)"
         return (
             f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "
             f"{s.sent_done} requests sent ({s.ok} ok), {s.prompt_tokens} prompt{cached_share(s)} + "
@@ -186,6 +189,7 @@ class Run:
             **options,
             cost=self.meter.cost,
             budget=self.budget,
+            worst_case=self.meter.lost,
         )
 
     def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
@@ -200,8 +204,10 @@ class Run:
         if self.settings.max_cost is not None:
             budget = (
                 f". max_cost=${self.settings.max_cost:g} stopped the run after ${self.stats.cost:.4g}"
-                " (raise max_cost, or set max_tokens for a tighter worst case per request)"
-            )
+                + (f" (and up to ${self.stats.possibly_billed:.4g} possibly billed for {self.stats.lost_answers} "
+                   "answers lost to timeouts)" if self.stats.lost_answers else "")
+                + " (raise max_cost, or set max_tokens for a tighter worst case per request)"
+            )  # fmt: skip
         deadline = ""
         if self.stats.deadline_reached:
             deadline = f". deadline={self.settings.deadline:g} s stopped the sending" + (

@@ -86,6 +86,8 @@ class Snapshot:
     budget_reached: bool
     deadline_reached: bool = False
     skipped: int = 0  # rows not sent because a cell the template reads was NA
+    lost_answers: int = 0  # attempts sent whose answer was lost (timeouts, dropped connections)
+    possibly_billed: float = 0.0  # their worst case, USD: not in ``cost``, counted in max_cost
 
     @classmethod
     def of(cls, stats: RunStats, now: float) -> Snapshot:
@@ -128,6 +130,8 @@ class Snapshot:
             budget_reached=stats.budget_reached,
             deadline_reached=stats.deadline_reached,
             skipped=stats.skipped,
+            lost_answers=stats.lost_answers,
+            possibly_billed=stats.possibly_billed,
         )
 
     @property
@@ -164,11 +168,19 @@ class Snapshot:
             parts = [tokens, f"{money(self.cost)} spent"]
             if self.outcome == "running" and self.projected is not None and self.to_send > self.sent:
                 parts.append(f"~{money(self.projected)} projected")
+        if self.lost_answers:
+            parts.append(self.lost())
         if self.max_cost is not None:
             parts.append(f"max_cost {money(self.max_cost)}")
         if self.saved > 0:
             parts.append(f"cache saved {money(self.saved)}")
         return " · ".join(parts)
+
+    def lost(self) -> str:
+        """``up to $0.0123 possibly billed (3 answers lost)``: sent, no answer, maybe paid for."""
+        amount = "price unknown" if self.cost is None else f"up to {money(self.possibly_billed)}"
+        n = self.lost_answers
+        return f"{amount} possibly billed ({n:,} answer{'s' if n != 1 else ''} lost)"
 
     def trouble(self) -> str | None:
         """Retries, rate-limit pauses and the budget, while they matter; else None."""
@@ -231,6 +243,7 @@ class Snapshot:
             + "; "
             f"{self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion tokens, {cost}"
             + (f" (cache saved {money(self.saved)})" if self.saved > 0 else "")
+            + (f", {self.lost()}" if self.lost_answers else "")
             + f"; {self.elapsed:.1f} s"
         )
         failures = self.failures()
@@ -343,6 +356,8 @@ class TqdmObserver(ThrottledObserver):
                 post["projected"] = money(snap.projected)
         if snap.saved > 0:
             post["saved"] = money(snap.saved)
+        if snap.lost_answers:
+            post["possibly_billed"] = money(snap.possibly_billed) if snap.cost is not None else "unknown"
         if snap.paused > 0:
             post["paused"] = f"{snap.paused:.1f}s"
         if snap.retries:

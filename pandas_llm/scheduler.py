@@ -89,6 +89,8 @@ class RunStats:
     max_cost: float | None = None  # the budget cap, if any (budget.py)
     reserved_cost: float = 0.0  # worst cases reserved by requests in flight
     budget_reached: bool = False  # the next request could have gone over max_cost
+    lost_answers: int = 0  # attempts sent whose answer was lost (timed out, dropped): maybe billed
+    possibly_billed: float = 0.0  # their worst case, USD: counted in max_cost, not in cost
     unsent: Counter = field(default_factory=Counter)  # distinct requests never sent, by status
     deadline_reached: bool = False  # the deadline passed (or a 429's wait ended after it): sending stopped
     stop_note: str | None = None  # why sending stopped early, for the failure warning (a 429's message)
@@ -141,6 +143,7 @@ class Engine:
         validate: Callable[[str | None], str | None] | None = None,
         invalid_retries: int = 2,
         budget: Any = None,
+        worst_case: Callable[[bytes], float] = lambda body: 0.0,
         flush_interval: float = 0.005,
         flush_size: int = 256,
         clock: Callable[[], float] = time.monotonic,
@@ -160,6 +163,7 @@ class Engine:
         self.validate = validate
         self.invalid_retries = invalid_retries
         self.budget = budget  # budget.Budget: reserves each request's worst case (max_cost)
+        self.worst_case = worst_case  # USD a lost answer may have been billed (budget.Meter.lost)
         self.flush_interval = flush_interval
         self.flush_size = flush_size
         self.clock = clock
@@ -252,7 +256,8 @@ class Engine:
             self.on_result(u, record)
         self.on_update(stats)
 
-    async def _process(self, job: Job) -> Record:
+    async def _process(self, job: Job, hold: Any = None) -> Record:
+        """Send ``job`` until it is answered or fails; ``hold``: its budget.Hold under max_cost."""
         _, key, body = job
         stats = self.stats
         limiter = self.limiter
@@ -300,7 +305,11 @@ class Engine:
                 failures += 1
                 failure = exc
                 wait = self.retry.backoff(failures, exc.retry_after)
-                if failures >= self.retry.max_attempts or self._past_deadline(wait):
+                again = failures < self.retry.max_attempts and not self._past_deadline(wait)
+                if exc.maybe_billed and not await self._lost(body, hold, again):
+                    return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
+                                  "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
+                if not again:
                     return Record(key, "failed", error=f"{exc} (after {attempts} attempts)", attempts=attempts, model=self.model)
                 stop = quota_stop(exc, wait, deadline)
                 if stop is not None:
@@ -327,9 +336,9 @@ class Engine:
             limiter.done(reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers)
             return self._record(key, completion, reserved, attempts, body)
 
-    async def _process_validated(self, job: Job) -> Record:
+    async def _process_validated(self, job: Job, hold: Any = None) -> Record:
         """``_process``, then resend while the answer fails ``validate`` (bounded)."""
-        record = await self._process(job)
+        record = await self._process(job, hold)
         rejected: list[Record] = []
         while record.status == "ok":
             error = self.validate(record.output)  # type: ignore[misc]
@@ -340,7 +349,7 @@ class Engine:
                 break
             rejected.append(record._replace(status="invalid", error=error))
             self.stats.retries += 1
-            record = await self._process((job[0], job[1], _reseeded(job[2], len(rejected))))
+            record = await self._process((job[0], job[1], _reseeded(job[2], len(rejected))), hold)
             if record.status == UNSENT:  # the resend was not sent (deadline): keep the paid answer
                 record = rejected.pop()
         return _with_spent(record, rejected) if rejected else record
@@ -392,6 +401,17 @@ class Engine:
     async def _watch_deadline(self) -> None:
         await self.sleep(max(0.0, self.stats.started + self.retry.deadline - self.clock()))  # type: ignore[operator]
         self._halt(None)
+
+    async def _lost(self, body: bytes, hold: Any, again: bool) -> bool:
+        """An attempt was sent and its answer lost: count its worst case as possibly billed,
+        charge it to max_cost; False if its retry (``again``) no longer fits under the cap."""
+        stats = self.stats
+        billed = self.worst_case(body)
+        stats.lost_answers += 1
+        stats.possibly_billed += billed
+        if hold is None:
+            return True
+        return await self.budget.lost(hold, billed, again=again) or not again
 
     def _past_deadline(self, wait: float) -> bool:
         deadline = self.retry.deadline

@@ -66,7 +66,7 @@ def make_backend(settings: Any) -> Backend:
     if callable(client):
         from .function import FunctionBackend
 
-        return FunctionBackend(client, concurrency=settings.concurrency, timeout=settings.timeout)
+        return FunctionBackend(client, concurrency=settings.concurrency, timeout=settings.request_timeout)
     from ..errors import ConfigError
 
     raise ConfigError(

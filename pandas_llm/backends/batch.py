@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, TypeVar
 from ..errors import APIError, ConfigError, RetryableError, remember_secret
 from ..scheduler import RetryPolicy
 from .errors import from_openai
+from .openai_client import _timeout
 
 __all__ = ["BatchAPI", "BatchInfo", "ENDPOINT", "PART_KEY", "JOB_KEY"]
 
@@ -115,11 +116,11 @@ class BatchAPI:
         client = self.settings.client
         if client is None:
             self._client = openai.AsyncOpenAI(
-                base_url=self.endpoint, api_key=self._api_key, max_retries=0, timeout=self.settings.timeout
+                base_url=self.endpoint, api_key=self._api_key, max_retries=0, timeout=self.settings.request_timeout
             )
             self._own = True
         else:
-            self._client = client.with_options(max_retries=0, timeout=self.settings.timeout)
+            self._client = client.with_options(max_retries=0, **_timeout(self.settings.timeout))
             self._async = inspect.iscoroutinefunction(self._client.batches.retrieve)
         return self
 
@@ -158,7 +159,7 @@ class BatchAPI:
         files = self._client.files
         f = await self._retrying(
             lambda: self._sdk(files.create, file=(filename, data, "application/jsonl"), purpose="batch",
-                              timeout=max(self.settings.timeout, _TRANSFER_TIMEOUT))  # fmt: skip
+                              timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT))  # fmt: skip
         )
         return f.id
 
@@ -226,7 +227,7 @@ class BatchAPI:
                 yield line
 
     async def _read(self, files: Any, file_id: str) -> bytes:
-        content = await self._sdk(files.content, file_id, timeout=max(self.settings.timeout, _TRANSFER_TIMEOUT))
+        content = await self._sdk(files.content, file_id, timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT))
         return content.content
 
     async def delete_file(self, file_id: str) -> None:

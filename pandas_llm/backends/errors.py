@@ -19,6 +19,16 @@ from ..ratelimit_headers import parse_duration
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 FATAL_STATUS = frozenset({401, 403, 404})
+#: A gateway's timeout (504, Cloudflare's 524): it gave up waiting while the model behind it
+#: may still be generating, and billing. Other 5xx say the server failed: not billed.
+BILLED_STATUS = frozenset({504, 524})
+
+
+def lost(message: str, code: str) -> RetryableError:
+    """A request sent whose answer was lost (timed out, dropped): retryable, possibly billed."""
+    exc = RetryableError(message, code=code)
+    exc.maybe_billed = True
+    return exc
 
 
 def retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -94,9 +104,11 @@ def error_for_status(
             param="response_format",
         )  # fmt: skip
     if status in RETRYABLE_STATUS:
-        return RetryableError(
+        exc = RetryableError(
             f"HTTP {status} from {where}: {detail}", status=status, code=code, retry_after=retry_after(headers)
         )
+        exc.maybe_billed = status in BILLED_STATUS
+        return exc
     if status == 401:
         return FatalAPIError(
             f"HTTP 401 from {where}: the API key was refused. Check api_key= or OPENAI_API_KEY "
@@ -214,8 +226,12 @@ def from_openai(exc: Exception, *, endpoint: str, model: str | None) -> APIError
         except Exception:
             body = exc.message
         return error_for_status(exc.status_code, body, exc.response.headers, endpoint=endpoint, model=model)
+    # Only a failure to connect proves the request was never sent; any other lost answer may be billed.
+    unsent = type(exc.__cause__).__name__ in ("ConnectError", "ConnectTimeout")
     if isinstance(exc, openai.APITimeoutError):  # a subclass of APIConnectionError: test it first
-        return RetryableError(f"no answer within the timeout from {endpoint}", code="timeout")
+        message = f"no answer within the timeout from {endpoint}"
+        return RetryableError(message, code="timeout") if unsent else lost(message, "timeout")
     if isinstance(exc, openai.APIConnectionError):
-        return RetryableError(f"connection error to {endpoint}: {exc}", code="connection")
+        message = f"connection error to {endpoint}: {exc}"
+        return RetryableError(message, code="connection") if unsent else lost(message, "connection")
     return None

@@ -19,6 +19,7 @@ import orjson
 
 from ..errors import APIError, RequestError, RetryableError
 from . import Completion
+from .errors import lost
 
 __all__ = ["FunctionBackend"]
 
@@ -42,7 +43,9 @@ class FunctionBackend:
                     out = await loop.run_in_executor(self._pool, lambda: self._fn(messages, **params))
         except APIError:
             raise
-        except (TimeoutError, ConnectionError) as exc:
+        except TimeoutError as exc:  # the function may have paid for a call it did not finish
+            raise lost(f"{type(exc).__name__}: {exc}", type(exc).__name__) from exc
+        except ConnectionError as exc:
             raise RetryableError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__) from exc
         except Exception as exc:
             raise RequestError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__) from exc

@@ -17,7 +17,7 @@ import orjson
 from ..errors import ConfigError, RetryableError
 from . import Completion
 from .answers import read_answer
-from .errors import error_for_status
+from .errors import error_for_status, lost
 
 __all__ = ["HTTPBackend"]
 
@@ -40,7 +40,7 @@ class HTTPBackend:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._url = self.endpoint + "/chat/completions"
-        self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
         self._limit = settings.concurrency
         self._session: aiohttp.ClientSession | None = None
 
@@ -65,10 +65,12 @@ class HTTPBackend:
                 raw = await resp.read()
                 status = resp.status
                 headers = resp.headers
-        except asyncio.TimeoutError as exc:
-            raise RetryableError(f"no answer within the timeout from {self.endpoint}", code="timeout") from exc
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
             raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
+        except asyncio.TimeoutError as exc:
+            raise lost(f"no answer within the timeout from {self.endpoint}", "timeout") from exc
+        except aiohttp.ClientError as exc:  # dropped after sending: it may be billed
+            raise lost(f"connection error to {self.endpoint}: {exc}", "connection") from exc
         if status == 200:
             return read_answer(raw, headers, endpoint=self.endpoint, model=self.model)
         try:

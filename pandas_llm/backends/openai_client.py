@@ -1,7 +1,9 @@
 """A user's own openai client as the backend (``client=openai.AsyncOpenAI(...)``).
 
 The client's own retries are not used (the scheduler owns retries): each call passes
-``max_retries=0`` through ``with_options``. Sync ``openai.OpenAI`` clients run in a thread.
+``max_retries=0`` through ``with_options``. The client keeps its own timeout (the SDK's
+default is 600 s) unless ``timeout=`` is given, which then applies to every request.
+Sync ``openai.OpenAI`` clients run in a thread.
 """
 
 from __future__ import annotations
@@ -17,19 +19,26 @@ from .answers import read_answer
 from ..config import GENERATION_PARAMS
 from .errors import from_openai
 
+
 __all__ = ["OpenAIClientBackend"]
 
 #: Body fields the SDK's create() takes by name; anything else goes in extra_body.
 _KNOWN = GENERATION_PARAMS | {"model", "messages", "n"}
 
 
+def _timeout(seconds: float | None) -> dict[str, Any]:
+    """``with_options`` keywords: a user's client keeps its own timeout unless ``timeout=`` was given."""
+    return {} if seconds is None else {"timeout": seconds}
+
+
 class OpenAIClientBackend:
-    def __init__(self, client: Any, *, timeout: float):
+    def __init__(self, client: Any, *, timeout: float | None):
+        """``timeout``: seconds per request, None to keep the client's own."""
         import openai
 
         self._openai = openai
         self.endpoint = str(client.base_url).rstrip("/")
-        self._client = client.with_options(max_retries=0, timeout=timeout)
+        self._client = client.with_options(max_retries=0, **_timeout(timeout))
         create = self._client.chat.completions.with_raw_response.create
         self._async = inspect.iscoroutinefunction(create)
         self._create = create

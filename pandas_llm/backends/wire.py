@@ -25,7 +25,7 @@ import orjson
 from ..errors import ConfigError, RetryableError
 from . import Completion
 from .answers import read_answer
-from .errors import error_for_status
+from .errors import error_for_status, lost
 
 __all__ = ["WireBackend"]
 
@@ -203,7 +203,7 @@ class WireBackend:
         if api_key:
             head += f"Authorization: Bearer {api_key}\r\n"
         self._head = (head + "Content-Length: ").encode("latin-1")
-        self._timeout = settings.timeout
+        self._timeout = settings.request_timeout
         self._idle: deque[_Conn] = deque()
         self._busy: set[_Conn] = set()
 
@@ -214,9 +214,9 @@ class WireBackend:
         data = self._head + str(len(body)).encode() + b"\r\n\r\n" + body
         try:
             status, headers, raw = await self._exchange(data)
-        except _Broken as exc:
-            raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
-        except OSError as exc:
+        except _Broken as exc:  # the request was written: the server may have run (and billed) it
+            raise lost(f"connection error to {self.endpoint}: {exc}", "connection") from exc
+        except OSError as exc:  # could not connect: nothing was sent
             raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
         if status == 200:
             return read_answer(raw, headers, endpoint=self.endpoint, model=self.model)
@@ -265,9 +265,7 @@ class WireBackend:
         waiter = conn.waiter
         if waiter is not None and not waiter.done():
             conn.waiter = None
-            waiter.set_exception(
-                RetryableError(f"no answer within the timeout ({self._timeout} s) from {self.endpoint}", code="timeout")
-            )
+            waiter.set_exception(lost(f"no answer within the timeout ({self._timeout} s) from {self.endpoint}", "timeout"))
         conn.close()
 
     async def aclose(self) -> None:

@@ -1,0 +1,142 @@
+"""Money counted when the answer is lost: attempts sent whose answer never came back (a
+timeout, a dropped connection, a gateway's 504) may be billed, so max_cost counts them at
+their worst case and the run shows them apart; a user's openai client keeps its timeout."""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+import pytest
+
+import pandas_llm
+from pandas_llm.backends.errors import error_for_status
+from pandas_llm.pricing import cost, price_for
+from pandas_llm.progress import Snapshot
+from pandas_llm.scheduler import RunStats
+from pandas_llm.testing import LLMServer
+
+LONG = "word " * 40  # ~51 completion tokens at the server's estimate
+
+
+def long_answer(messages, model):
+    return LONG
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    from pandas_llm import scheduler
+
+    monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
+
+
+@pytest.fixture
+def slow():
+    """Answers (and bills) every request, but only after the client's 0.1 s timeout."""
+    with LLMServer(latency=0.4, answer=long_answer) as srv:
+        yield srv
+
+
+def billed(srv: LLMServer) -> float:
+    return cost(price_for("gpt-4o-mini"), prompt_tokens=srv.prompt_tokens, completion_tokens=srv.completion_tokens)
+
+
+def kw(srv: LLMServer, **more):
+    return {"base_url": srv.base_url, "api_key": "x", "cache": False, "progress": False, "timeout": 0.1,
+            "max_tokens": 60, **more}
+
+
+def test_max_cost_holds_against_what_the_server_billed_for_answers_lost_to_timeouts(slow, fast_retries):
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(12)]})
+    cap = 0.0004
+    with pytest.warns(pandas_llm.RunWarning, match=r"possibly billed for \d+ answers lost"):
+        out = df.llm.map("{t}", max_cost=cap, concurrency=4, max_attempts=3, **kw(slow))
+    assert out.isna().all()
+    stats = pandas_llm.last_run().stats
+    assert slow.completed > 0  # the server ran (and billed) them
+    assert billed(slow) <= cap  # before: 36 generations, ~3x the cap, while the run said $0
+    assert stats.cost == 0.0 and stats.lost_answers == slow.completed
+    assert billed(slow) <= stats.possibly_billed <= cap  # the worst case covers the bill
+    assert stats.budget_reached
+    assert "possibly billed" in pandas_llm.last_run().summary()
+
+
+def test_lost_answers_are_shown_apart_without_max_cost(slow, fast_retries):
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(4)]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pandas_llm.RunWarning)
+        df.llm.map("{t}", concurrency=4, max_attempts=2, **kw(slow))
+    stats = pandas_llm.last_run().stats
+    assert stats.lost_answers == slow.completed == 8
+    assert stats.possibly_billed >= billed(slow) > 0
+    snap = Snapshot.of(stats, now=stats.finished)
+    assert "possibly billed (8 answers lost)" in snap.money()
+    assert "possibly billed (8 answers lost)" in snap.summary()
+
+
+def test_an_answer_that_arrives_is_not_counted_as_lost(fast_retries):
+    with LLMServer(answer=long_answer) as srv:
+        srv.inject(500, times=2)  # the server says it failed: not billed
+        out = pd.DataFrame({"t": ["a", "b"]}).llm.map("{t}", **kw(srv, timeout=5))
+    assert out.notna().all()
+    stats = pandas_llm.last_run().stats
+    assert stats.lost_answers == 0 and stats.possibly_billed == 0.0
+    assert "possibly billed" not in Snapshot.of(stats, now=stats.finished).money()
+
+
+def test_which_failures_may_have_been_billed():
+    def billed_status(status):
+        return error_for_status(status, {}, None, endpoint="e", model="m").maybe_billed
+
+    assert billed_status(504) and billed_status(524)  # a gateway gave up; the model may still run
+    assert not any(billed_status(s) for s in (408, 409, 500, 502, 503))
+
+
+def test_a_refused_connection_is_not_billed(fast_retries):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pandas_llm.RunWarning)
+        pd.DataFrame({"t": ["a"]}).llm.map(
+            "{t}", base_url=f"http://127.0.0.1:{port}/v1", api_key="x", cache=False, progress=False, max_attempts=2
+        )
+    assert pandas_llm.last_run().stats.lost_answers == 0
+
+
+def test_the_snapshot_words_for_lost_answers():
+    stats = RunStats(total=3, unique=3, to_send=3, sent_done=3, started=0.0, finished=1.0)
+    stats.lost_answers, stats.possibly_billed = 1, 0.0123
+    assert Snapshot.of(stats, now=1.0).lost() == "up to $0.0123 possibly billed (1 answer lost)"
+    stats.cost_known = False
+    assert Snapshot.of(stats, now=1.0).lost() == "price unknown possibly billed (1 answer lost)"
+
+
+# -- a user's own openai client keeps its timeout --------------------------------------------
+def test_a_users_client_keeps_its_own_timeout(fast_retries):
+    import openai
+
+    with LLMServer(latency=0.4) as srv:
+        df = pd.DataFrame({"t": ["a"]})
+        with openai.OpenAI(base_url=srv.base_url, api_key="k", timeout=0.1) as client:
+            with pytest.warns(pandas_llm.RunWarning, match="1 failed"):
+                out = df.llm.map("{t}", client=client, cache=False, progress=False, max_attempts=1)
+            assert out.isna().all()  # its 0.1 s held (before, the library's 60 s replaced it)
+            assert "within the timeout" in pandas_llm.last_run().details["error"].iloc[0]
+            # timeout= given explicitly applies to every request, the client's included
+            out = df.llm.map("{t}", client=client, cache=False, progress=False, timeout=5)
+            assert out.notna().all()
+
+
+def test_the_client_backend_passes_the_timeout_only_when_given():
+    import openai
+
+    from pandas_llm.backends.openai_client import OpenAIClientBackend
+
+    with openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", timeout=600) as client:
+        assert OpenAIClientBackend(client, timeout=None)._client.timeout == 600
+        assert OpenAIClientBackend(client, timeout=7)._client.timeout == 7
+    assert pandas_llm.Settings().request_timeout == 60.0
+    assert pandas_llm.Settings(timeout=5).request_timeout == 5.0
