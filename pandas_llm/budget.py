@@ -48,27 +48,48 @@ from .errors import ConfigError
 from .pricing import Price, cost, resolve_price
 from .tokens import count_message_tokens, encoding_name_for
 
-__all__ = ["Budget", "Hold", "Meter", "max_output_tokens"]
+__all__ = ["Budget", "ContextCheck", "Hold", "Meter", "context_window", "max_output_tokens"]
 
-# Published output-token limits of OpenAI models; first prefix match wins, so the longer
-# names come first. A request can never produce more completion tokens than this.
-_MAX_OUTPUT: tuple[tuple[str, int], ...] = (
-    ("gpt-4o-mini", 16_384),
-    ("gpt-4o", 16_384),
-    ("chatgpt-4o", 16_384),
-    ("gpt-4.1", 32_768),
-    ("gpt-4.5", 16_384),
-    ("gpt-4-turbo", 4_096),
-    ("gpt-4-1106", 4_096),
-    ("gpt-4-0125", 4_096),
-    ("gpt-4", 8_192),
-    ("gpt-3.5", 4_096),
-    ("gpt-5", 128_000),
-    ("o1-mini", 65_536),
-    ("o1", 100_000),
-    ("o3", 100_000),
-    ("o4", 100_000),
+# Published limits of OpenAI models: (name prefix, most output tokens, context window).
+# First prefix match wins, so the longer names come first. A request can never produce
+# more completion tokens than the output limit, and its prompt plus its max_tokens must fit
+# the context window (the API refuses it otherwise, after the prompt was sent).
+_LIMITS: tuple[tuple[str, int, int], ...] = (
+    ("gpt-4o-mini", 16_384, 128_000),
+    ("gpt-4o", 16_384, 128_000),
+    ("chatgpt-4o", 16_384, 128_000),
+    ("gpt-4.1", 32_768, 1_047_576),
+    ("gpt-4.5", 16_384, 128_000),
+    ("gpt-4-turbo", 4_096, 128_000),
+    ("gpt-4-1106", 4_096, 128_000),
+    ("gpt-4-0125", 4_096, 128_000),
+    ("gpt-4-32k", 8_192, 32_768),
+    ("gpt-4", 8_192, 8_192),
+    ("gpt-3.5", 4_096, 16_385),
+    ("gpt-5", 128_000, 400_000),
+    ("o1-mini", 65_536, 128_000),
+    ("o1", 100_000, 200_000),
+    ("o3", 100_000, 200_000),
+    ("o4", 100_000, 200_000),
 )
+
+
+def _limits(model: str) -> tuple[str, int, int] | None:
+    name = model.lower().removeprefix("ft:").rpartition("/")[2]
+    for limits in _LIMITS:
+        if name.startswith(limits[0]):
+            return limits
+    return None
+
+
+def context_window(model: str) -> int | None:
+    """The context window of ``model`` in tokens (prompt and answer together), or None if unknown.
+
+    >>> context_window("gpt-4o-mini"), context_window("openai/gpt-4.1-nano"), context_window("my-llama")
+    (128000, 1047576, None)
+    """
+    limits = _limits(model)
+    return None if limits is None else limits[2]
 
 
 def max_output_tokens(model: str, *, provider: str | None = None) -> int | None:
@@ -80,10 +101,9 @@ def max_output_tokens(model: str, *, provider: str | None = None) -> int | None:
     >>> max_output_tokens("gpt-4o-mini"), max_output_tokens("ft:gpt-4.1-mini:org::x"), max_output_tokens("my-llama")
     (16384, 32768, None)
     """
-    name = model.lower().removeprefix("ft:").rpartition("/")[2]
-    for prefix, limit in _MAX_OUTPUT:
-        if name.startswith(prefix):
-            return limit
+    limits = _limits(model)
+    if limits is not None:
+        return limits[1]
     try:
         from genai_prices import Usage, calc_price
 
@@ -167,6 +187,47 @@ class Hold:
     def __init__(self, amount: float):
         self.amount = amount
         self.held = False
+
+
+class ContextCheck:
+    """Finds the prompts that cannot fit ``model``'s context window, before they are sent.
+
+    A prompt fits if its tokens (tiktoken's count, as billed) plus the answer's reserved
+    tokens (``max_completion_tokens`` / ``max_tokens``, else 1) are within the window. A
+    body of n bytes holds at most n tokens, so only bodies longer than ``window - max
+    output`` bytes are counted: the hot path is one length comparison.
+
+        >>> check = ContextCheck.for_model("gpt-4")
+        >>> check.error(b'{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}') is None
+        True
+    """
+
+    def __init__(self, model: str, window: int, max_output: int):
+        self.model, self.window = model, window
+        self.bytes_ok = window - max_output  # a body this short always fits
+
+    @classmethod
+    def for_model(cls, model: str) -> ContextCheck | None:
+        """The check for ``model``; None when its window (or tokenizer) is not known."""
+        limits = _limits(model)
+        if limits is None or encoding_name_for(model) is None:
+            return None
+        return cls(model, limits[2], limits[1])
+
+    def error(self, body: bytes) -> str | None:
+        """Why the request ``body`` cannot fit, with the sizes; None if it fits."""
+        if len(body) <= self.bytes_ok:
+            return None
+        request = orjson.loads(body)
+        out = request.get("max_completion_tokens") or request.get("max_tokens") or 1
+        prompt = count_message_tokens(request.get("messages") or [], self.model)
+        if prompt + out <= self.window:
+            return None
+        return (
+            f"the prompt is {prompt:,} tokens; with {out:,} reserved for the answer that exceeds the "
+            f"{self.window:,}-token context window of {self.model!r}: not sent. Shorten the input "
+            "(or max_tokens), or use a model with a larger context window."
+        )
 
 
 class Budget:

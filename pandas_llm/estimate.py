@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from .budget import context_window
 from .cache import Store
 from .config import Settings
 from .errors import ConfigError
@@ -93,6 +94,8 @@ class Estimate:
         if self.mode == "batch":
             return self.cached_input_tokens * (p.batch_input - p.batch_cached_input)
         return self.cached_input_tokens * (p.input - p.cached_input)
+    too_long: int = 0  # distinct prompts that cannot fit the context window: map does not send them
+    context_window: int | None = None  # the model's, in tokens, if known
 
     @property
     def cost(self) -> Range | None:
@@ -120,6 +123,8 @@ class Estimate:
             ("cache hits", f"{self.cached:,}", f"saved {money(self.saved)}" if self.saved > 0 else ""),
             ("to send", f"{self.to_send:,}", "" if self.requests in (None, self.to_send)
              else f"in {self.requests:,} requests (rows_per_request)"),
+            *([("too long", f"{self.too_long:,}", f"over the {self.context_window:,}-token context window: not sent; "
+                "shorten them or use a larger-context model")] if self.too_long else []),  # fmt: skip
             (
                 "input tokens",
                 f"{self.input_tokens:,}",
@@ -251,16 +256,22 @@ def estimate(
     else:
         requests = [(plan._render(plan.first_row[u]), 1) for u in plan.todo.tolist()]
         rf_single = rf_pack = _schema_tokens(rf, settings.model)
-    input_tokens = 0
+    params = settings.params
+    limit = params.get("max_completion_tokens") or params.get("max_tokens")
+    window = context_window(settings.model) if known else None
+    fits = math.inf if window is None else window - (limit or 1)  # as map's check (budget.ContextCheck)
+    input_tokens = too_long = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an unknown tokenizer is said in the table instead
         for messages, n in requests:
-            input_tokens += count_message_tokens(messages, settings.model) + (rf_pack if n > 1 else rf_single)
+            tokens = count_message_tokens(messages, settings.model)
+            if n == 1 and tokens > fits:  # map does not send it (status too_long)
+                too_long += 1
+                continue
+            input_tokens += tokens + (rf_pack if n > 1 else rf_single)
         prefix = _cacheable_prefix(requests, rf, settings.model)
-    cached_input = prefix * max(0, len(requests) - 1)
-    params = settings.params
-    limit = params.get("max_completion_tokens") or params.get("max_tokens")
-    rows_sent = sum(n for _, n in requests)
+    cached_input = prefix * max(0, len(requests) - too_long - 1)
+    rows_sent = sum(n for _, n in requests) - too_long
     per_answer = _answer_tokens(sends, settings.model, packed=packer is not None, multi=multi, reasons=reasons)
     if observed is None and output_tokens is None and per_answer is not None:
         out, basis = Range(*(round(rows_sent * per_answer),) * 3), f"~{per_answer:.1f} per answer (the labels' JSON)"
@@ -278,7 +289,7 @@ def estimate(
         skipped=int((codes < 0).sum()),
         unique=len(plan.keys),
         cached=int(plan.outcomes.from_cache.sum()),
-        to_send=len(plan.todo),
+        to_send=len(plan.todo) - too_long,
         input_tokens=input_tokens,
         input_exact=known,
         output_tokens=out,
@@ -288,10 +299,12 @@ def estimate(
         sampled=sampled,
         sample_cost=sample_cost if price is not None else None,
         max_cost=settings.max_cost,
-        requests=len(requests) if packer is not None else to_send,
+        requests=(len(requests) if packer is not None else to_send) - too_long,
         mode=settings.mode,
         cached_input_tokens=cached_input,
         cache_prefix_tokens=prefix,
+        too_long=too_long,
+        context_window=window,
     )
 
 

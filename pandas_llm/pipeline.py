@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .backends import make_backend
-from .budget import Budget, Meter
+from .budget import Budget, ContextCheck, Meter
 from .cache import Store
 from .config import Settings
 from .errors import FatalAPIError
@@ -101,6 +101,7 @@ class Run:
         self.validate = validate
         self.packing = packing
         self._limiter: Limiter | None = None  # one per run, shared by every engine of the run
+        self._context = ContextCheck.for_model(settings.model)  # None: the window is not known
         self.name = data.name if isinstance(data, pd.Series) else None
         self.store = Store(settings.cache_path)
         try:
@@ -190,6 +191,7 @@ class Run:
             cost=self.meter.cost,
             budget=self.budget,
             worst_case=self.meter.lost,
+            too_long=self._context.error if self._context is not None else None,
         )
 
     def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
@@ -229,10 +231,13 @@ def warn_failures(
         kinds += budget_note
     if "deadline" in bad:
         kinds += deadline_note
+    again = f"Running the same call again {resend} only these rows; answered rows come from the cache."
+    if "too_long" in bad:  # a rerun cannot fix these
+        again = ("Rows too_long need a shorter input or a model with a larger context window; "
+                 + (f"running the same call again {resend} only the others." if len(bad) > 1 else "a rerun will not fix them."))  # fmt: skip
     warnings.warn(
         f"{sum(bad.values())} of {total} rows have no answer: {kinds}. Their values are NA; "
-        "see pandas_llm.last_run().failures (or pass details=True). Running the same call "
-        f"again {resend} only these rows; answered rows come from the cache.",
+        f"see pandas_llm.last_run().failures (or pass details=True). {again}",
         RunWarning,
         stacklevel=caller_stacklevel(),
     )

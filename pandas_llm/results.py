@@ -27,6 +27,7 @@ STATUS_MEANING = {
     "refused": "the model refused to answer",
     "invalid": "the answer did not match the schema",
     "budget": "not sent: it could have taken the run over max_cost",
+    "too_long": "not sent: the prompt does not fit the model's context window",
     "stopped": "not sent: the run was stopped (interrupt or fatal error)",
     "deadline": "not sent: the run's deadline passed first",
     "expired": "its batch expired before answering it; a rerun submits it again",

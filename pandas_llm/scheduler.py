@@ -144,6 +144,7 @@ class Engine:
         invalid_retries: int = 2,
         budget: Any = None,
         worst_case: Callable[[bytes], float] = lambda body: 0.0,
+        too_long: Callable[[bytes], str | None] | None = None,
         flush_interval: float = 0.005,
         flush_size: int = 256,
         clock: Callable[[], float] = time.monotonic,
@@ -164,6 +165,7 @@ class Engine:
         self.invalid_retries = invalid_retries
         self.budget = budget  # budget.Budget: reserves each request's worst case (max_cost)
         self.worst_case = worst_case  # USD a lost answer may have been billed (budget.Meter.lost)
+        self.too_long = too_long  # body -> why it cannot fit the context window (budget.ContextCheck)
         self.flush_interval = flush_interval
         self.flush_size = flush_size
         self.clock = clock
@@ -216,10 +218,15 @@ class Engine:
         process = self._process if self.validate is None else self._process_validated
         sends = 1 if self.validate is None else 1 + self.invalid_retries  # the most requests one job makes
         committer = self._committer
+        too_long = self.too_long
         for job in jobs:
             if self._stop or committer.error is not None:
                 return
-            record = await (process(job) if self.budget is None else self.budget.spend(job, process, sends))
+            error = None if too_long is None else too_long(job[2])
+            if error is not None:  # cannot fit the context window: that row's error, never sent
+                record: Record | None = Record(job[1], "too_long", error=error, model=self.model)
+            else:
+                record = await (process(job) if self.budget is None else self.budget.spend(job, process, sends))
             if record is None or record.status == UNSENT:  # over budget, deadline, or stopping
                 if self._fatal is not None:
                     raise self._fatal
