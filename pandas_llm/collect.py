@@ -83,7 +83,13 @@ class Collector:
             buffer.extend(Record(k, "failed", error=error, model=model) for k in missing)
         elif missing and info.status == "failed":
             error = f"batch {info.id} failed: {info.errors or 'no reason given'}"
-            buffer.extend(Record(k, "failed", error=error, model=model) for k in missing)
+            status = "failed"
+            if "token_limit_exceeded" in (info.errors or ""):  # not transient: this job's parts are too big
+                status = "token_limit"
+                error += (f". The tokens enqueued at once for {model!r} exceed the account's limit: pass "
+                          "batch_limits={'enqueued_tokens': N} with N below that limit (batches then wait for "
+                          "earlier ones to finish), then run the same call again")  # fmt: skip
+            buffer.extend(Record(k, status, error=error, model=model) for k in missing)
         else:
             for k in missing:
                 if k in self.slot_of:

@@ -72,6 +72,11 @@ def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, 
         small = len(run.plan.todo) < settings.batch_threshold
         if small or settings.max_cost is not None or not _batch_possible(settings):  # max_cost: realtime only
             return run
+        missing = _runner.run_sync(lambda: _no_batch_api(settings))
+        if missing is not None:
+            log.warning("pandas-llm: mode='auto' sends %d requests in realtime: %s has no Batch API (%s)",
+                        len(run.plan.todo), settings.endpoint, missing)  # fmt: skip
+            return run
         run.store.close()
         return BatchJob(run.plan, settings, name=run.name, validate=validate)
     check_batch(settings)
@@ -81,6 +86,12 @@ def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, 
     finally:
         store.close()
     return BatchJob(plan, settings, name=data.name if isinstance(data, pd.Series) else None, validate=validate)
+
+
+async def _no_batch_api(settings: Settings) -> str | None:
+    """Why the endpoint cannot take batches (it serves no Batch API), or None."""
+    async with BatchAPI(settings) as api:
+        return await api.available()
 
 
 def check_batch(settings: Settings) -> None:
@@ -390,6 +401,7 @@ class BatchJob:
             ledger.close(pid, "abandoned", str(exc))  # refused: nothing was created
             self._parts.remove(pid)
             self._next = part
+            await api.discard(file_id)  # no batch will read it
             raise
         # Any other failure leaves the part 'uploaded': a later poll or rerun finds or creates its batch.
         ledger.update(pid, info)
@@ -410,6 +422,7 @@ class BatchJob:
                 info = await api.create(p.input_file_id, self._metadata(p.part, p.requests))
             except (RequestError, FatalAPIError) as exc:
                 self._abandon(ledger, p.part, "abandoned", f"could not create the batch: {exc}")
+                await api.discard(p.input_file_id)
                 return ledger.part(p.part)
         ledger.update(p.part, info)
         return ledger.part(p.part)
@@ -452,6 +465,7 @@ class BatchJob:
                     keys = ledger.keys_of(pid) if self._held else ()  # (collecting forgets them)
                     await self._collector.collect(ledger, api, pid, info)
                     self._settle(keys)
+                    await api.discard(info.input_file_id)  # its results are in the cache: the input is spent
             except FatalAPIError as exc:
                 if exc.status != 404:
                     raise

@@ -28,6 +28,7 @@ STATUS_MEANING = {
     "invalid": "the answer did not match the schema",
     "budget": "not sent: it could have taken the run over max_cost",
     "too_long": "not sent: the prompt does not fit the model's context window",
+    "token_limit": "its batch was refused over the account's enqueued-token limit: lower batch_limits={'enqueued_tokens': ...}",
     "stopped": "not sent: the run was stopped (interrupt or fatal error)",
     "deadline": "not sent: the run's deadline passed first",
     "expired": "its batch expired before answering it; a rerun submits it again",

@@ -78,7 +78,7 @@ def test_split_by_file_size_and_each_file_within_the_limit(srv, opts):
     df = frame(200)
     out = df.llm.map("Say: {text}", mode="batch", batch_limits={"file_bytes": 5_000}, **opts)
     assert out.tolist() == expected(df)
-    inputs = [f for f in srv.batches.files.values() if f.purpose == "batch"]
+    inputs = [f for f in srv.batches.uploads]
     assert len(inputs) == srv.batches.batches_created > 1
     assert all(len(f.data) <= 5_000 for f in inputs)
     assert sum(len(f.data.splitlines()) for f in inputs) == 200
@@ -136,7 +136,7 @@ def test_a_cached_row_is_never_in_a_batch(srv, opts):
     assert srv.completed == 40
     out = df.llm.map("Say: {text}", mode="batch", **opts)
     assert out.tolist() == expected(df)
-    sent = b"".join(f.data for f in srv.batches.files.values() if f.purpose == "batch")
+    sent = b"".join(f.data for f in srv.batches.uploads)
     assert len(sent.splitlines()) == 60
     assert all(f"row {i}\"".encode() not in sent for i in range(40))
     assert set(srv.prompt_counts.values()) == {1}

@@ -49,7 +49,7 @@ def fresh(opts, tmp_path, name):
 
 
 def batch_lines(srv) -> list[dict]:
-    return [orjson.loads(line) for f in srv.batches.files.values() if f.purpose == "batch" for line in f.data.splitlines()]
+    return [orjson.loads(line) for f in srv.batches.uploads for line in f.data.splitlines()]
 
 
 # -- the same frame as realtime ------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_batch_lines_carry_the_realtime_request_body(srv, opts, tmp_path):
     realtime = fresh(opts, tmp_path, "r.sqlite")
     df.llm.classify("{t}", labels=LABELS, **realtime)
     df.llm.classify("{t}", labels=LABELS, mode="batch", **opts)
-    (raw,) = [line for f in srv.batches.files.values() if f.purpose == "batch" for line in f.data.splitlines()]
+    (raw,) = [line for f in srv.batches.uploads for line in f.data.splitlines()]
     line = orjson.loads(raw)
     body = line["body"]
     assert body["messages"] == sent[0]["messages"] and body["response_format"] == sent[0]["response_format"]

@@ -9,23 +9,30 @@ Errors are mapped to pandas_llm.errors at this boundary, as for the realtime bac
 Creating a batch is not idempotent, so ``submit`` never blindly retries it: after a
 transient failure it first looks for a batch carrying the part's id in its metadata
 (the server may have created it before the connection broke).
+
+An endpoint without the Batch API (vLLM, llama.cpp, many gateways: ``/files`` or
+``/batches`` answer 404, 405 or 501) raises ``NoBatchAPIError`` at the first call, never
+retried; ``available()`` asks once (``GET /batches?limit=1``) so ``mode="auto"`` can
+choose realtime instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, TypeVar
 
-from ..errors import APIError, ConfigError, RetryableError, remember_secret
+from ..errors import APIError, ConfigError, FatalAPIError, RetryableError, remember_secret
 from ..scheduler import RetryPolicy
 from .errors import from_openai
 from .openai_client import _timeout
 
-__all__ = ["BatchAPI", "BatchInfo", "ENDPOINT", "PART_KEY", "JOB_KEY"]
+__all__ = ["BatchAPI", "BatchInfo", "ENDPOINT", "PART_KEY", "JOB_KEY", "NoBatchAPIError"]
 
 T = TypeVar("T")
+log = logging.getLogger("pandas_llm")
 
 ENDPOINT = "/v1/chat/completions"
 #: Metadata keys pandas-llm puts on every batch it creates.
@@ -34,6 +41,14 @@ JOB_KEY, PART_KEY = "pandas_llm_job", "pandas_llm_part"
 FIND_WINDOW = 1000
 _OPENAI_HOST = "api.openai.com"
 _TRANSFER_TIMEOUT = 600.0  # uploads and downloads of files up to 200 MB
+
+
+#: What a server without the Batch API answers on /files and /batches.
+_ABSENT = frozenset({404, 405, 501})
+
+
+class NoBatchAPIError(FatalAPIError):
+    """The endpoint has no Batch API (``/files`` or ``/batches`` answer 404, 405 or 501)."""
 
 
 class BatchInfo(NamedTuple):
@@ -153,14 +168,42 @@ class BatchAPI:
                     raise
                 await self.sleep(self.retry.backoff(failures, exc.retry_after))
 
+    def _absent(self, exc: APIError, what: str) -> APIError:
+        """``exc`` as a NoBatchAPIError when its status says the endpoint lacks ``what``."""
+        if exc.status not in _ABSENT:
+            return exc
+        return NoBatchAPIError(
+            f"this endpoint has no Batch API (HTTP {exc.status} on {what} at {self.endpoint}); use mode='realtime' "
+            "(or check base_url).",
+            status=exc.status,
+            code="no_batch_api",
+        )
+
     # -- the verbs ------------------------------------------------------------------------
+    async def available(self) -> str | None:
+        """None if the endpoint serves the Batch API, else why not (one ``GET /batches``)."""
+        batches = self._client.batches
+        try:
+            await self._retrying(lambda: self._sdk(batches.list, limit=1))
+        except APIError as exc:
+            if exc.status in _ABSENT:
+                return f"HTTP {exc.status} on GET /batches"
+            raise
+        return None
+
     async def upload(self, filename: str, data: bytes) -> str:
         """Upload a JSONL batch input file; returns its file id."""
         files = self._client.files
-        f = await self._retrying(
-            lambda: self._sdk(files.create, file=(filename, data, "application/jsonl"), purpose="batch",
-                              timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT))  # fmt: skip
-        )
+        try:
+            f = await self._retrying(
+                lambda: self._sdk(files.create, file=(filename, data, "application/jsonl"), purpose="batch",
+                                  timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT))  # fmt: skip
+            )
+        except APIError as exc:
+            absent = self._absent(exc, "POST /files")
+            if absent is exc:
+                raise
+            raise absent from exc
         return f.id
 
     async def create(self, file_id: str, metadata: dict[str, str]) -> BatchInfo:
@@ -173,6 +216,11 @@ class BatchAPI:
                     batches.create, input_file_id=file_id, endpoint=ENDPOINT, completion_window="24h", metadata=metadata
                 )
                 return _info(batch)
+            except FatalAPIError as exc:
+                absent = self._absent(exc, "POST /batches")
+                if absent is exc:
+                    raise
+                raise absent from exc
             except RetryableError as exc:
                 failures += 1
                 found = await self.find(part=metadata.get(PART_KEY), file_id=file_id)
@@ -233,3 +281,13 @@ class BatchAPI:
     async def delete_file(self, file_id: str) -> None:
         files = self._client.files
         await self._retrying(lambda: self._sdk(files.delete, file_id))
+
+    async def discard(self, file_id: str | None) -> None:
+        """Delete an uploaded input file whose batch has ended (or was never created); a
+        failure is logged, never raised: the results are already safe."""
+        if not file_id:
+            return
+        try:
+            await self.delete_file(file_id)
+        except APIError as exc:
+            log.info("pandas-llm: could not delete input file %s: %s", file_id, exc)

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from ..errors import APIError, FatalAPIError, QuotaError, RateLimitError, RequestError, RetryableError
 from ..ratelimit_headers import parse_duration
 
-RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600)) - {501}  # 501: not implemented, ever
 FATAL_STATUS = frozenset({401, 403, 404})
 #: A gateway's timeout (504, Cloudflare's 524): it gave up waiting while the model behind it
 #: may still be generating, and billing. Other 5xx say the server failed: not billed.
@@ -103,6 +103,12 @@ def error_for_status(
             f"HTTP {status} from {where}: {detail}", status=status, code="unsupported_response_format",
             param="response_format",
         )  # fmt: skip
+    if status == 501:
+        return FatalAPIError(
+            f"HTTP 501 from {where}: the server does not implement this endpoint; retrying cannot help. {detail}",
+            status=status,
+            code=code,
+        )
     if status in RETRYABLE_STATUS:
         exc = RetryableError(
             f"HTTP {status} from {where}: {detail}", status=status, code=code, retry_after=retry_after(headers)

@@ -32,7 +32,12 @@ sends matching lines to the error file with an HTTP error. Output order is shuff
 (``shuffle=False`` keeps the input order).
 
 Counters (``files_uploaded``, ``batches_created``, ``lines_answered``, ...) let a test
-prove nothing was submitted twice.
+prove nothing was submitted twice; ``deleted_files`` lists the file ids deleted and
+``uploads`` every input file uploaded (deleted ones included, to read what was sent).
+
+``without_batch_api(status)`` makes the server one with no Batch API, as vLLM, llama.cpp
+and many gateways are: every ``/v1/files`` and ``/v1/batches`` request answers 404
+(FastAPI's ``{"detail": "Not Found"}``), 405 or 501 (an OpenAI-shaped error).
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ class BatchEndpoints:
         self._stall_after: int | None = None
         self._request_faults: list[tuple[int, float | None]] = []
         self._held = False
+        self.missing: int | None = None  # an HTTP status: serve no Batch API (without_batch_api)
         self.reset_counters()
         routes = {
             **self.file_store.routes(),
@@ -146,6 +152,8 @@ class BatchEndpoints:
         """Zero the counters (not the stored files and batches)."""
         with self._lock:
             self.file_store.uploaded = self.file_store.deleted = 0
+            self.file_store.deleted_ids.clear()
+            self.file_store.uploads.clear()
             self.batches_created = self.batches_cancelled = self.batches_listed = self.batches_retrieved = 0
             self.lines_answered = self.lines_failed = 0
             self.peak_active = 0
@@ -157,6 +165,26 @@ class BatchEndpoints:
     @property
     def files_deleted(self) -> int:
         return self.file_store.deleted
+
+    @property
+    def uploads(self) -> list[Any]:
+        """Every batch input file uploaded since the counters were reset, deleted ones included."""
+        with self._lock:
+            return [f for f in self.file_store.uploads if f.purpose == "batch"]
+
+    @property
+    def deleted_files(self) -> list[str]:
+        """The ids of the files deleted, in order."""
+        with self._lock:
+            return list(self.file_store.deleted_ids)
+
+    def without_batch_api(self, status: int | None = 404) -> None:
+        """Serve no Batch API: ``/v1/files`` and ``/v1/batches`` answer ``status`` (404 as
+        vLLM, 405, 501); ``None`` serves it again."""
+        if status not in (None, 404, 405, 501):
+            raise ConfigError(f"status must be 404, 405, 501 or None, got {status!r}")
+        with self._lock:
+            self.missing = status
 
     def hold(self) -> None:
         """Freeze every batch's progress (they stay ``in_progress``) until :meth:`release`."""
@@ -192,6 +220,12 @@ class BatchEndpoints:
 
     def _faulty(self, handler: Any) -> Any:
         def route(request: Request) -> Any:
+            missing = self.missing
+            if missing == 404:
+                return json_response(404, {"detail": "Not Found"})
+            if missing is not None:
+                return error_response(missing, f"{request.method} {request.path} is not supported by this server.",
+                                      "invalid_request_error" if missing == 405 else "NotImplementedError")  # fmt: skip
             with self._lock:
                 fault = self._request_faults.pop(0) if self._request_faults else None
             if fault is None:

@@ -48,6 +48,8 @@ class FileStore:
         self._ids = ids
         self.files: dict[str, _File] = {}
         self.uploaded = self.deleted = 0
+        self.deleted_ids: list[str] = []
+        self.uploads: list[_File] = []  # every file uploaded, kept after a delete (for tests)
 
     def routes(self) -> dict[tuple[str, str], Callable[[Request], Response]]:
         return {
@@ -84,6 +86,7 @@ class FileStore:
         with self._lock:
             f = self.add(filename or "upload", purpose, data)
             self.uploaded += 1
+            self.uploads.append(f)
         return json_response(200, f.obj())
 
     def _list_files(self, request: Request) -> Response:
@@ -111,6 +114,7 @@ class FileStore:
             f = self.files.pop(file_id, None)
             if f is not None:
                 self.deleted += 1
+                self.deleted_ids.append(file_id)
         if f is None:
             return error_response(404, f"No such File object: {file_id}", code="not_found")
         return json_response(200, {"id": file_id, "object": "file", "deleted": True})
