@@ -214,6 +214,8 @@ def render_value(value: Any) -> str:
         return str(value)
     if value is None or value is pd.NA or value is pd.NaT:
         return ""
+    if t is list or t is tuple or t is dict or (t is np.ndarray and value.ndim):
+        return _json(value)
     if isinstance(value, np.ndarray) and value.ndim == 0:
         return render_value(value[()])
     if _is_container(value):
@@ -253,10 +255,7 @@ def _items(value: Any) -> list[Any]:
     if isinstance(value, (pd.Series, pd.Index, pd.api.extensions.ExtensionArray)):
         value = value.to_numpy(dtype=object) if not isinstance(value.dtype, np.dtype) else np.asarray(value)
     if isinstance(value, np.ndarray):
-        dt = value.dtype
-        if dt.kind in "biuUSO" or dt == np.float64 or dt == np.complex128:
-            return value.tolist() if value.ndim == 1 or dt.kind != "O" else list(value)
-        return list(value)  # float32, datetime64, ...: numpy scalars (tolist would widen or give ints)
+        return _array_items(value)
     if _is_arrow(value):
         if str(getattr(value, "type", "")) in ("float", "halffloat"):
             return list(value.to_numpy(zero_copy_only=False))  # float32: its own shortest repr
@@ -264,6 +263,13 @@ def _items(value: Any) -> list[Any]:
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=_json)  # a set has no order; its text must not vary by run
     return list(value)
+
+
+def _array_items(value: np.ndarray) -> list[Any]:
+    dt = value.dtype
+    if dt.kind in "biuUSO" or dt == np.float64 or dt == np.complex128:
+        return value.tolist() if value.ndim == 1 or dt.kind != "O" else list(value)
+    return list(value)  # float32, datetime64, ...: numpy scalars (tolist would widen or give ints)
 
 
 def _json(value: Any) -> str:
@@ -275,6 +281,10 @@ def _json(value: Any) -> str:
         return str(value)
     if t is float:
         return _json_float(value)
+    if t is list or t is tuple:
+        return "[" + ", ".join(map(_json, value)) + "]"
+    if t is np.ndarray and value.ndim:
+        return "[" + ", ".join(map(_json, _array_items(value))) + "]"
     if value is None or value is pd.NA or value is pd.NaT:
         return "null"
     if t is bool or isinstance(value, np.bool_):
@@ -326,8 +336,11 @@ _AS_IS = frozenset({"string", "integer", "boolean", "empty"})
 def render_column(values: np.ndarray, column: Any, index: Any = None) -> np.ndarray:
     """``values`` (an object array) rendered cell by cell; returned as is when every cell
     is a ``str``, ``int`` or ``bool`` (NA cells are left to the caller's ``na`` rule)."""
-    if pd.api.types.infer_dtype(values, skipna=True) in _AS_IS:
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in _AS_IS:
         return values
+    if kind in ("floating", "mixed-integer-float") and all(type(v) in (float, int) for v in values):
+        return values  # Python floats format as their repr already (a float64 column)
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
         if type(v) is str:

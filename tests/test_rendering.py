@@ -64,6 +64,7 @@ def test_a_list_and_an_array_with_the_same_items_share_one_request(server, opts)
         (np.array([b"x", b"y"]), '["x", "y"]'),
         (np.array([True, False]), "[true, false]"),
         (np.array(7), "7"),
+        (np.array("red"), "red"),
         ({"b": 1, "a": [pd.NA, pd.NaT]}, '{"b": 1, "a": [null, null]}'),
         ({1: "x", "1": "y"}, '{1: "x", "1": "y"}'),
         ({"z", "a"}, '["a", "z"]'),
