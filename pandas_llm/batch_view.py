@@ -80,6 +80,7 @@ class BatchStatus:
             "collected": s.sent_done,
             "ok": s.ok,
             "failed": sum(s.failed.values()),
+            "skipped": s.skipped,  # rows not sent: a cell the template reads was NA
         }
 
     def _summary(self) -> str:
@@ -89,7 +90,8 @@ class BatchStatus:
         if s.cost_known and s.realtime_cost > s.cost:
             saved = f" (realtime would be {_money(s.realtime_cost, True)})"
         return (
-            f"{c['rows']} rows, {c['requests']} distinct requests: {c['from_cache']} from cache, "
+            f"{c['rows']} rows" + (f" ({c['skipped']} skipped: NA cells)" if c["skipped"] else "")
+            + f", {c['requests']} distinct requests: {c['from_cache']} from cache, "
             f"{c['attached']} re-attached, {c['submitted']} submitted, {c['queued']} queued; "
             f"{c['collected']} collected ({c['ok']} ok, {c['failed']} failed); "
             f"cost at batch prices {_money(s.cost, s.cost_known)}{saved}"

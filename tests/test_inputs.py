@@ -202,3 +202,11 @@ def _builtin(name):
 def test_the_issue_examples_raise_pandas_llm_errors(call):
     with pytest.raises(PandasLLMError):
         call()
+
+
+def test_a_batch_job_counts_rows_skipped_for_na(server, opts):
+    df = pd.DataFrame({"text": ["a", None, "b"]})
+    job = df.llm.submit("{text}", **opts)
+    job.result()
+    status = job.status()
+    assert status.counts()["skipped"] == 1 and "(1 skipped: NA cells)" in repr(status)
