@@ -51,6 +51,7 @@ import math
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
+from .ratelimit_window import Credit
 from .ratelimit_headers import (
     _BOUNDLESS,
     OVERLOAD_WORDS,
@@ -120,6 +121,7 @@ class Limiter:
         self._slack, self._calm_from = 1.0, -math.inf  # extra margin after 429s at a known limit
         # budgets whose x-ratelimit-limit-* header is not a per-minute figure (a per-day one)
         self._not_per_minute: set[str] = set()
+        self.credit = Credit()  # requests the headers allow beyond the even pace
         # Until some answer shows whether the server has limits, send at most initial_burst.
         self._unknown = learn and rpm is None and tpm is None
         self._burst_left = initial_burst
@@ -185,6 +187,7 @@ class Limiter:
             self._last_rate = self._count / (now - self._count_from)
             self._count, self._count_from = 0, now
         if self.requests is None and (self.tokens is None or not tokens) and self.paused_until <= now:
+            self.credit.admitted(False)
             return self._epoch, tokens
         # One request at a time waits for the budget, in arrival order; nobody books a slot
         # in the future, so a correction (a refund, a pause) counts for the very next one.
@@ -198,16 +201,27 @@ class Limiter:
                 if tok is not None and tok.tat > slot:
                     slot = tok.tat
                 if slot <= now:
+                    on_credit = False
+                    break
+                if self._may_use_credit(req, tok, now):
+                    on_credit = True  # the headers say it may go now: ahead of the pace
                     break
                 await self._nap(slot - now)
             factor = self._factor(now)
             # a wake-up a little late keeps its place: the schedule does not drift
             start = now - self.tolerance
             if req is not None:
-                req.tat = max(req.tat, start) + 1.0 / (req.rate * factor)
+                req.tat = max(req.tat, start) + (0.0 if on_credit else 1.0 / (req.rate * factor))
             if tok is not None:
                 tok.tat = max(tok.tat, start) + tokens / (tok.rate * factor)
+            self.credit.admitted(on_credit)
             return self._epoch, tokens
+
+    def _may_use_credit(self, req: _Pace | None, tok: _Pace | None, now: float) -> bool:
+        return (
+            req is not None and not req.user and not self._provisional and self.paused_until <= now
+            and (tok is None or tok.tat <= now) and now >= self._ramp_to and self.credit.may_send(now)
+        )  # fmt: skip
 
     async def _nap(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if a refund frees the budget sooner (see settle)."""
@@ -274,9 +288,13 @@ class Limiter:
             self._answer += weight * (completion_tokens - self._answer)
         used = prompt_tokens + (self.max_tokens or completion_tokens)
         self.settle(reserved, used)
+        self.credit.answered()
+        if self._nudge is not None and self.credit.may_send(self.clock()):
+            self._nudge.set()  # the request waiting for its slot may go now, on credit
 
     def release(self, reserved: int) -> None:
         """A request failed without being charged: give its tokens back."""
+        self.credit.answered()
         if self._unknown:
             # no figures from it: its place in the initial burst goes to a waiting request
             self._burst_left += 1
@@ -328,6 +346,8 @@ class Limiter:
             remaining = get("x-ratelimit-remaining-" + name)
             if remaining is not None and limit:
                 self._keep_in_step(name, _number(remaining), limit, get("x-ratelimit-reset-" + name))
+                if name == "requests" and limit < _BOUNDLESS[name] and _number(remaining) is not None:
+                    self.credit.observe(self.clock(), limit, _number(remaining))  # type: ignore[arg-type]
         if learned:
             self._remember()
             if self._unknown:
@@ -430,6 +450,7 @@ class Limiter:
         if headers is not None:
             self.observe(headers)
         self._learn_from_message(message)
+        self.credit.limit_hit()
         now = self.clock()
         fresh = ticket == self._epoch  # sent after the latest pause: that pause was not enough
         if not fresh and (retry_after is None or now + retry_after <= self.paused_until):

@@ -141,8 +141,9 @@ async def test_limits_are_learned_from_headers_after_an_initial_burst():
     await vt.advance(0.5)
     lim.done(0, 10, 5, 5, headers(rpm=60, rem_r=58))
     await vt.run(asyncio.gather(*tasks))
-    # the two early requests count against the learned 1 per second
-    assert times == [0.0, 0.0, 2.0, 3.0]
+    # the two early requests count against the learned 1 per second; the headers say 58
+    # remain, so once an answer has come back one more may go at once, on credit
+    assert times == [0.0, 0.0, 0.5, 2.0]
     assert lim.requests.rate == 1.0
 
 
@@ -409,3 +410,80 @@ def test_the_user_limit_stays_when_a_429_names_a_higher_one():
     lim = Limiter(rpm=20)
     lim.rate_limited(0, 1.0, None, RPM_429)
     assert lim.requests.rate * 60 == 20
+
+
+# -- learning the window: remaining as credit (issue 17 item 1) -------------------------
+async def _run_against(vt, lim, seconds, remaining_after, latency=0.05):
+    """Workers send for ``seconds`` of virtual time; each answer (after ``latency``) carries
+    ``remaining_after(n, send times)`` as x-ratelimit-remaining-requests (n: requests the
+    server had seen when it answered). Returns the send times."""
+    sent = []
+
+    async def worker():
+        while vt.now < seconds:
+            await lim.acquire()
+            if vt.now >= seconds:
+                break
+            sent.append(vt.now)
+            n = len(sent)
+            await vt.sleep(latency)
+            lim.done(0, 10, 1, 1, headers(rpm=600, rem_r=remaining_after(n, sent), reset_r="50ms"))
+
+    await vt.run(asyncio.gather(*(worker() for _ in range(50))))
+    return sent
+
+
+def per_second(times, seconds):
+    return [sum(1 for t in times if s <= t < s + 1) for s in range(seconds)]
+
+
+async def test_a_plain_minute_window_is_used_as_credit_growing_from_the_pace():
+    vt = VirtualTime()
+    lim = limiter(vt, observe_every=0.0)
+    lim.observe(headers(rpm=600, rem_r=599, reset_r="50ms"))  # 10 per second; the whole minute left
+    sent = await _run_against(vt, lim, 5, lambda n, times: 600 - n)
+    counts = per_second(sent, 5)
+    # the pace (10 a second) plus 1, 4, 16, 64 ... on credit while remaining falls one per request
+    assert counts[0] <= 12 and counts == sorted(counts) and counts[-1] > 50
+    assert len(sent) <= 600 and not lim.credit.quantized
+
+
+async def test_credit_never_exceeds_what_the_headers_say_remains():
+    vt = VirtualTime()
+    lim = limiter(vt, observe_every=0.0)
+    lim.observe(headers(rpm=600, rem_r=79, reset_r="50ms"))  # 80 left this minute
+    sent = await _run_against(vt, lim, 6, lambda n, times: max(0, 80 - n))
+    # the credit is spent once; the pace (10 a second) goes on as before, the server's
+    # remaining refilling at the per-minute rate as far as the limiter knows
+    assert 80 <= sum(1 for t in sent if t < 4) <= 80 + 4 * 10 + 1
+
+
+async def test_remaining_falling_faster_than_requests_means_a_short_window_and_the_pace_only():
+    vt = VirtualTime()
+    lim = limiter(vt, observe_every=0.0)
+    lim.observe(headers(rpm=600, rem_r=599, reset_r="50ms"))
+    # a 1-s window reported per minute: each request takes 60 from remaining, a second gives it back
+    sent = await _run_against(vt, lim, 4, lambda n, times: max(0, 600 - 60 * sum(1 for s in times if s >= int(times[-1]))))
+    assert lim.credit.quantized
+    assert all(abs(c - 10) <= 1 for c in per_second(sent, 4)[1:])  # the pace alone
+
+
+async def test_a_limit_429_while_requests_remained_means_a_quantized_window():
+    vt = VirtualTime()
+    lim = limiter(vt)
+    lim.observe(headers(rpm=600, rem_r=500, reset_r="1s"))
+    ticket = await vt.run(lim.acquire())
+    lim.rate_limited(ticket, 0.5, headers(rpm=600, rem_r=499, reset_r="1s"))
+    assert lim.credit.quantized and not lim.credit.may_send(vt.now + 5)
+    # a 429 with nothing left is the plain window spent, not a quantized one
+    lim = limiter(vt)
+    lim.observe(headers(rpm=600, rem_r=0, reset_r="1s"))
+    lim.rate_limited(await vt.run(lim.acquire()), 0.5, headers(rpm=600, rem_r=0, reset_r="1s"))
+    assert not lim.credit.quantized
+
+
+async def test_a_users_rpm_is_a_ceiling_never_passed_on_credit():
+    vt = VirtualTime()
+    lim = limiter(vt, rpm=600, observe_every=0.0)
+    sent = await _run_against(vt, lim, 3, lambda n, t: 6000 - n)
+    assert len(sent) <= 31 and not lim.credit.used  # the pace alone: nothing went on credit
