@@ -38,6 +38,8 @@ the cap holds against what the provider bills even when no answer arrives.
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import Future
 from typing import Any
 
 import orjson
@@ -113,20 +115,51 @@ def max_output_tokens(model: str, *, provider: str | None = None) -> int | None:
     return int(window) if window else None
 
 
+def _look_up(model: str, prices: Any) -> Future:
+    """``resolve_price(model, prices)`` on a thread of its own."""
+    future: Future = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(resolve_price(model, prices))
+        except BaseException as exc:  # handed to whoever reads the price
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="pandas-llm-prices", daemon=True).start()
+    return future
+
+
 class Meter:
     """Prices one run's requests. ``price`` None means "price unknown": costs are None."""
 
-    def __init__(self, model: str, price: Price | None, *, max_output: int | None = None, batch: bool = False):
+    def __init__(
+        self, model: str, price: Price | None | Future, *, max_output: int | None = None, batch: bool = False
+    ):
         self.model = model
-        self.price = price
+        self._price, self._pending = (None, price) if isinstance(price, Future) else (price, None)
         self.max_output = max_output
         self.batch = batch  # worst cases at Batch API rates
         self._tiktoken = encoding_name_for(model) is not None
+
+    @property
+    def price(self) -> Price | None:
+        """The price per token (None: unknown); waits for a look-up still under way."""
+        if self._pending is not None:
+            self._price, self._pending = self._pending.result(), None
+        return self._price
+
+    def price_unknown(self) -> bool:
+        """True once the price is known to be unknown (False while it is being looked up)."""
+        return self._pending is None and self._price is None
 
     @classmethod
     def for_settings(cls, settings: Any, *, batch: bool = False) -> Meter:
         """The meter for a run (``batch``: a Batch API job's, worst cases at batch rates);
         raises ConfigError if ``max_cost`` is set but cannot be enforced."""
+        if settings.max_cost is None and not isinstance(settings.prices, Price):
+            # The price table takes ~0.3 s to import the first time: a run without max_cost
+            # needs the price only when the first answer arrives, so it is looked up meanwhile.
+            return cls(settings.model, _look_up(settings.model, settings.prices), batch=batch)
         price = resolve_price(settings.model, settings.prices)
         meter = cls(settings.model, price, batch=batch)
         if settings.max_cost is None:

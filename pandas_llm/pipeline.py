@@ -128,7 +128,7 @@ class Run:
             saved_cost=float(np.nansum(plan.outcomes.cost)),
             max_cost=settings.max_cost,
         )
-        if self.meter is not None and self.meter.price is None:
+        if self.meter is not None and self.meter.price_unknown():
             self.stats.cost_known = False  # tokens are shown, dollars say "price unknown"
         self.budget = Budget(settings.max_cost, self.meter, stats=self.stats) if settings.max_cost else None
 

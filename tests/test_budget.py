@@ -292,3 +292,26 @@ def test_batch_results_are_priced_with_explicit_prices(server, opts, tmp_path):
                          cache=tmp_path / "c.sqlite", **opts)  # fmt: skip
     want = details["prompt_tokens"] * 0.5e-6 + details["completion_tokens"] * 1e-6
     assert details["cost"].tolist() == pytest.approx(want.tolist())
+
+
+def test_without_max_cost_the_price_is_looked_up_while_the_first_requests_fly():
+    from concurrent.futures import Future
+
+    from pandas_llm.budget import Meter
+    from pandas_llm.config import Settings
+
+    meter = Meter.for_settings(Settings(model="gpt-4o-mini", cache=False))
+    assert meter.price is not None and meter.price.input * 1e6 == pytest.approx(0.15)
+    pending: Future = Future()
+    slow = Meter("no-such-model", pending)
+    assert not slow.price_unknown()  # not known yet: nothing to say
+    pending.set_result(None)
+    assert slow.price is None and slow.price_unknown()
+
+
+def test_a_run_of_a_model_without_a_price_ends_saying_the_price_is_unknown(server):
+    pd.DataFrame({"text": ["a", "b"]}).llm.map(
+        "{text}", model="my-local-model", base_url=server.base_url, api_key="x", cache=False, progress=False
+    )
+    stats = pandas_llm.last_run().stats
+    assert stats.ok == 2 and not stats.cost_known
