@@ -13,6 +13,10 @@ so there are no bursts for a sliding-window server to reject) on two budgets at 
   charged: the real prompt tokens plus ``max_tokens`` if set (OpenAI counts it when
   admitting the request), else the real completion tokens.
 
+Beyond that even pace, requests the ``x-ratelimit-remaining-requests`` header says
+remain may go at once (ratelimit_window.Credit): slowly at first, more while answers
+show a window of a minute, never again once the window shows itself quantized.
+
 Limits come from ``rpm=``/``tpm=`` or from the ``x-ratelimit-limit-*`` headers of every
 response (the lower wins). A header limit whose reset is longer than a minute counts
 over a longer window (Groq's per-day requests) and is not paced by; a 429 whose message
@@ -447,6 +451,9 @@ class Limiter:
     def rate_limited(self, ticket: int, retry_after: float | None, headers: Any = None, message: str | None = None) -> float:
         """A 429: pause every worker, then ramp back up. Returns the pause in seconds.
         ``message``: the 429's error message, which may name the limit it hit."""
+        # sending on credit found the window's edge: the pace alone was not at fault,
+        # so it resumes when the server says, with no ramp and no extra margin
+        probing = self.credit.allow > 0 and not self.credit.quantized
         if headers is not None:
             self.observe(headers)
         self._learn_from_message(message)
@@ -459,7 +466,7 @@ class Limiter:
             self._level += 1
         if retry_after is None:
             retry_after = min(self.max_backoff, self.backoff * 2 ** (self._level - 1))
-        if fresh and self.requests is not None and not self._provisional:
+        if fresh and self.requests is not None and not self._provisional and not probing:
             # 429s while pacing under a known limit: the server's clock or window is less
             # regular than ours (jitter, another client on the key). Keep 2% more margin
             # per such pause, at most 15%, given back 1% per quiet 10 s.
@@ -470,11 +477,12 @@ class Limiter:
             observed = max(self._last_rate, self._count / elapsed)
             self.requests = _Pace(0.8 * observed * 60.0, False, now)
             self._provisional = True
-        self.pause(retry_after)
+        self.pause(retry_after, ramp=not probing)
         return retry_after
 
-    def pause(self, seconds: float) -> None:
-        """Stop every worker for ``seconds``, then ramp back up to the full rate."""
+    def pause(self, seconds: float, *, ramp: bool = True) -> None:
+        """Stop every worker for ``seconds``, then ramp back up to the full rate (at once
+        if not ``ramp``)."""
         now = self.clock()
         until = now + seconds
         if until <= self.paused_until:
@@ -484,8 +492,8 @@ class Limiter:
         self._epoch += 1
         # A pause of a few ms (a sliding window one request too full) needs a short ramp;
         # a long one (the server's whole budget spent) the full ramp_seconds.
-        ramp = min(self.ramp_seconds, max(0.25, 10.0 * seconds))
-        self._ramp_from, self._ramp_to = until, until + ramp
+        span = min(self.ramp_seconds, max(0.25, 10.0 * seconds)) if ramp else 0.0
+        self._ramp_from, self._ramp_to = until, until + span
         for pace in (self.requests, self.tokens):
             if pace is not None:
                 pace.tat = until

@@ -487,3 +487,14 @@ async def test_a_users_rpm_is_a_ceiling_never_passed_on_credit():
     lim = limiter(vt, rpm=600, observe_every=0.0)
     sent = await _run_against(vt, lim, 3, lambda n, t: 6000 - n)
     assert len(sent) <= 31 and not lim.credit.used  # the pace alone: nothing went on credit
+
+
+async def test_a_429_found_by_sending_on_credit_pauses_without_ramp_or_extra_margin():
+    vt = VirtualTime()
+    lim = limiter(vt, rpm=600)
+    lim.requests.user = False  # as if learned from headers
+    lim.observe(headers(rpm=600, rem_r=500, reset_r="1s"))
+    lim.credit.allow = 4.0  # sending on credit
+    lim.rate_limited(await vt.run(lim.acquire()), 0.5, headers(rpm=600, rem_r=450, reset_r="1s"))
+    assert lim.credit.quantized and lim._slack == 1.0
+    assert await vt.run(slots(vt, lim, 3)) == [0.5, 0.6, 0.7]  # the full pace right after the pause
