@@ -192,9 +192,103 @@ class LLMAccessor:
         await run.execute()
         return run.result(details=details)
 
+    def moderate(
+        self, template: Any = None, *, model: str = "omni-moderation-latest", details: bool = False,
+        inputs_per_request: int | None = None, **options: Any,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Each row's text through the free moderation endpoint (``POST /moderations``).
+
+        ``template``: a column name, a template (``"{title}: {body}"``) or a function
+        ``row -> str``; on a Series, none. Returns a DataFrame aligned to the index:
+        ``flagged`` (``boolean``), one ``boolean`` column per category and one ``Float64``
+        ``<category>_score`` column per category (in [0, 1]), with the API's names
+        (``"harassment/threatening"``, ``"self-harm/intent"``, ``"illicit/violent"``, ...);
+        NA where a row failed (``details=True`` or ``pandas_llm.last_run().failures`` say
+        why). Up to ``inputs_per_request`` (default 32) texts per request; the same cache,
+        dedup, retries, rate limits (learned from headers), progress and ``last_run()`` as
+        :meth:`map`. Costs $0. Keywords as :meth:`map` (``cache``, ``base_url``, ...),
+        without generation parameters. Raises ``ConfigError`` for ``mode="batch"``.
+
+            >>> from pandas_llm.testing import LLMServer
+            >>> with LLMServer() as srv:
+            ...     s = pd.Series(["have a nice day", "I will kill you"])
+            ...     out = s.llm.moderate(base_url=srv.base_url, api_key="x", cache=False, progress=False)
+            >>> out["flagged"].tolist(), str(out["violence_score"].dtype)
+            ([False, True], 'Float64')
+        """
+        run = self._prepare_endpoint("moderate", template, {**options, "model": model},
+                                     inputs_per_request=inputs_per_request)  # fmt: skip
+        _runner.run_sync(run.execute)
+        return run.result(details=details)
+
+    async def amoderate(self, template: Any = None, *, model: str = "omni-moderation-latest", details: bool = False,
+                        inputs_per_request: int | None = None, **options: Any) -> pd.DataFrame:  # fmt: skip
+        """The coroutine twin of :meth:`moderate`."""
+        run = await self._aprepare_endpoint("moderate", template, {**options, "model": model},
+                                            inputs_per_request=inputs_per_request)  # fmt: skip
+        await run.execute()
+        return run.result(details=details)
+
+    def embed(
+        self, template: Any = None, *, model: str = "text-embedding-3-small", dimensions: int | None = None,
+        as_series: bool = False, details: bool = False, inputs_per_request: int | None = None, **options: Any,
+    ) -> Any:  # fmt: skip
+        """One embedding vector per row (``POST /embeddings``).
+
+        Returns a ``numpy.float32`` array of shape ``(n_rows, dimensions)``, row i for the
+        i-th row of the input (same order as the index); a row without a vector (NA cell,
+        failed, over the token limit) is all NaN. ``as_series=True``: a Series aligned to the
+        index holding one 1-D float32 array per row (None where a row has none).
+        ``dimensions=`` is passed to the API (text-embedding-3 models shorten their vectors).
+        ``template``: a column name, a template or a function, as :meth:`moderate`.
+
+        Up to ``inputs_per_request`` (default and most: 2,048) texts per request, at most
+        300,000 tokens per request; a text over the model's limit (8,191 tokens for
+        text-embedding-3-*) is that row's ``too_long`` error, not sent. Vectors are cached
+        per row as float32 bytes; dedup, retries, rate limits, progress, ``last_run()``,
+        ``max_cost`` and prices (the price table's) as :meth:`map`. ``mode="batch"`` uses
+        the Batch API at half price; ``details=True`` returns the per-row details instead.
+
+            >>> from pandas_llm.testing import LLMServer
+            >>> with LLMServer() as srv:
+            ...     s = pd.Series(["cat", "dog", "cat"])
+            ...     v = s.llm.embed(dimensions=8, base_url=srv.base_url, api_key="x", cache=False, progress=False)
+            >>> v.shape, v.dtype.name, bool((v[0] == v[2]).all())
+            ((3, 8), 'float32', True)
+        """
+        run = self._prepare_endpoint("embed", template, {**options, "model": model}, dimensions=dimensions,
+                                     as_series=as_series, inputs_per_request=inputs_per_request)  # fmt: skip
+        if not isinstance(run, BatchJob):
+            _runner.run_sync(run.execute)
+        return run.result(details=details)
+
+    async def aembed(self, template: Any = None, *, model: str = "text-embedding-3-small", dimensions: int | None = None,
+                     as_series: bool = False, details: bool = False, inputs_per_request: int | None = None,
+                     **options: Any) -> Any:  # fmt: skip
+        """The coroutine twin of :meth:`embed`."""
+        run = await self._aprepare_endpoint("embed", template, {**options, "model": model}, dimensions=dimensions,
+                                            as_series=as_series, inputs_per_request=inputs_per_request)  # fmt: skip
+        if isinstance(run, BatchJob):
+            return await run.aresult(details=details)
+        await run.execute()
+        return run.result(details=details)
+
+    def _prepare_endpoint(self, verb: str, template: Any, options: dict[str, Any], **kw: Any) -> Any:
+        from . import endpoint_verbs
+
+        prepare_verb = endpoint_verbs.prepare_moderate if verb == "moderate" else endpoint_verbs.prepare_embed
+        return prepare_verb(self._obj, template, options, **kw)
+
+    async def _aprepare_endpoint(self, verb: str, template: Any, options: dict[str, Any], **kw: Any) -> Any:
+        import asyncio
+        import contextvars
+
+        ctx = contextvars.copy_context()
+        return await asyncio.to_thread(ctx.run, self._prepare_endpoint, verb, template, options, **kw)
+
     def estimate(
         self,
-        template: Any,
+        template: Any = None,
         *,
         schema: Any = None,
         labels: Any = None,
@@ -204,6 +298,7 @@ class LLMAccessor:
         sample: int | None = None,
         output_tokens: int | None = None,
         seed: int | None = None,
+        verb: str = "map",
         **options: Any,
     ) -> Estimate | pd.DataFrame:
         """What the verb with the same arguments would send and cost, before paying for it.
@@ -220,7 +315,15 @@ class LLMAccessor:
 
         ``models=["gpt-4o-mini", "gpt-4.1-nano", ...]``: a DataFrame instead, one row per
         model (see ``pandas_llm.estimate.compare_models``). Raises ConfigError as the verb would.
+
+        ``verb="embed"`` / ``"moderate"``: what :meth:`embed` / :meth:`moderate` would send
+        (``template`` may be None on a Series; ``dimensions=`` for embed); no output tokens.
         """
+        if verb in ("embed", "moderate"):
+            from .endpoint_verbs import estimate_endpoint
+
+            dimensions = options.pop("dimensions", None)
+            return estimate_endpoint(self._obj, template, options, verb, dimensions=dimensions)
         settings = current_settings().merged(**options)
         verb = "classify" if labels is not None else "extract" if schema is not None else "map"
         kw = dict(schema=schema, labels=labels, multi=multi, reasons=reasons)

@@ -24,7 +24,7 @@ from .backends.batch import ENDPOINT
 from .backends.errors import error_for_status
 from .cache import Record
 from .config import BatchLimits
-from .errors import APIError, RetryableError
+from .errors import APIError, RequestError, RetryableError
 from .scheduler import completion_record
 
 __all__ = ["PartData", "split_parts", "parse_line", "UNANSWERED_CODES"]
@@ -34,7 +34,13 @@ __all__ = ["PartData", "split_parts", "parse_line", "UNANSWERED_CODES"]
 UNANSWERED_CODES = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
 
 _HEAD = b'{"custom_id":"'
-_MID = b'","method":"POST","url":"' + ENDPOINT.encode() + b'","body":'
+
+
+def _mid(url: str) -> bytes:
+    return b'","method":"POST","url":"' + url.encode() + b'","body":'
+
+
+_MID = _mid(ENDPOINT)
 
 
 @dataclass
@@ -47,29 +53,32 @@ class PartData:
     tokens: int
 
 
-def jsonl_line(key: bytes, body: bytes) -> bytes:
+def jsonl_line(key: bytes, body: bytes, mid: bytes = _MID) -> bytes:
     """One input line; ``body`` is the canonical request JSON, embedded as is."""
-    return b"".join((_HEAD, key.hex().encode(), _MID, body, b"}\n"))
+    return b"".join((_HEAD, key.hex().encode(), mid, body, b"}\n"))
 
 
 def split_parts(
     jobs: Iterable[tuple[int, bytes, bytes]],
     limits: BatchLimits,
     tokens_of: Callable[[bytes], int] | None = None,
+    url: str = ENDPOINT,
 ) -> Iterator[PartData]:
     """Group ``(slot, key, body)`` jobs into parts within ``limits``, lazily.
 
     A part holds at most ``limits.requests`` lines and ``limits.file_bytes`` bytes, and at
     most ``limits.enqueued_tokens`` prompt tokens (counted with ``tokens_of``) when set.
     A single request over a limit goes alone in its part (the API then says why).
+    ``url``: the endpoint every line goes to (``/v1/embeddings`` for embed).
     """
+    mid = _mid(url)
     max_tokens = limits.enqueued_tokens
     lines: list[bytes] = []
     keys: list[bytes] = []
     slots: list[int] = []
     size = tokens = 0
     for slot, key, body in jobs:
-        line = jsonl_line(key, body)
+        line = jsonl_line(key, body, mid)
         n_tokens = tokens_of(body) if (tokens_of is not None and max_tokens is not None) else 0
         full = lines and (
             len(lines) >= limits.requests
@@ -89,7 +98,8 @@ def split_parts(
 
 
 def parse_line(
-    raw: bytes, *, cost: Callable[[Any], float | None], model: str | None, endpoint: str, tools: bool = False
+    raw: bytes, *, cost: Callable[[Any], float | None], model: str | None, endpoint: str, tools: bool = False,
+    answer: Any = None,
 ) -> tuple[bytes | None, Record | None, str | None]:
     """``(key, record, unanswered)`` for one output / error line.
 
@@ -109,10 +119,14 @@ def parse_line(
     error = line.get("error") or None
     if response is not None and response.get("status_code") == 200:
         try:  # judged as a realtime 200 is: an error object or a body that is no answer is no answer
-            c = judge(response.get("body"), None, endpoint=endpoint, model=model)
+            c = (answer or judge)(response.get("body"), None, endpoint=endpoint, model=model)
+            if c.outputs is not None and len(c.outputs) != 1:
+                raise RequestError(f"{len(c.outputs)} results for one input", code="bad_response")
         except APIError as exc:
             kind = "failed" if isinstance(exc, RetryableError) else "error"
             return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None
+        if c.outputs is not None:  # a list-input endpoint (endpoints.py): one input per line
+            return key, Record(key, "ok", c.outputs[0], None, c.prompt_tokens, 0, 0, cost(c), None, 1, model), None
         return key, completion_record(key, c, cost(c), 1, model, tools=tools), None
     if error is not None and response is None:
         code = error.get("code") if isinstance(error, dict) else None

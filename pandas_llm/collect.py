@@ -17,7 +17,7 @@ like every row that is not ``ok``, the next run sends it again.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from .backends import Completion
 from .backends.batch import BatchAPI, BatchInfo
@@ -41,11 +41,13 @@ class Collector:
     results for other keys (a re-attached batch of another job) are cached, not counted."""
 
     def __init__(self, plan: Plan, stats: BatchStats, *, model: str, endpoint: str, price: Price | None,
-                 validate: Callable[[str | None], str | None] | None = None, tools: bool = False):  # fmt: skip
+                 validate: Callable[[str | None], str | None] | None = None, tools: bool = False,
+                 answer: Any = None):  # fmt: skip
         self.plan, self.stats = plan, stats
         self.model, self.endpoint, self.price = model, endpoint, price
         self.validate = validate
         self.tools = tools  # the requests asked for tools: finish_reason="tool_calls" is an answer
+        self.answer = answer  # a list-input endpoint's judge of a 200 body (endpoints.py); None: chat
         self.slot_of: dict[bytes, int] = {}
         #: ``(slot, record, store)`` after a result of this job is filled (a packed batch splits packs here)
         self.on_result: Callable[[int, Record, Store], None] | None = None
@@ -62,7 +64,8 @@ class Collector:
             if not file_id:
                 continue
             async for raw in api.lines(file_id):
-                key, record, unanswered = parse_line(raw, cost=self.cost, model=model, endpoint=endpoint, tools=self.tools)
+                key, record, unanswered = parse_line(raw, cost=self.cost, model=model, endpoint=endpoint,
+                                                     tools=self.tools, answer=self.answer)  # fmt: skip
                 if key is None or key not in keys or key in seen:
                     continue
                 seen.add(key)

@@ -130,8 +130,10 @@ class BatchJob:
         name: Any = None,
         validate: Callable[[str | None], str | None] | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        kind: Any = None,
     ):
         self.plan = plan
+        self.kind = kind  # a list-input endpoint (endpoints.py): one input per line, its url and reader
         self.finish: Callable[[bool], Any] | None = None
         self.settings = settings
         self.name = name
@@ -162,8 +164,10 @@ class BatchJob:
         self._held: dict[bytes, float] = {}  # request key -> its reservation
         self._over: Iterator[tuple[int, bytes, bytes]] | None = None  # requests waiting for the budget
         self._collector = Collector(plan, self.stats, model=settings.model, endpoint=settings.endpoint,
-                                    price=resolve_price(settings.model, settings.prices), validate=validate,
-                                    tools="tools" in settings.params or "tools" in settings.extra_body)  # fmt: skip
+                                    price=resolve_price(settings.model, settings.prices) if kind is None else
+                                    kind.meter(settings).price, validate=validate,
+                                    tools="tools" in settings.params or "tools" in settings.extra_body,
+                                    answer=None if kind is None else kind.judge)  # fmt: skip
 
     def __repr__(self) -> str:
         s = self.stats
@@ -304,8 +308,8 @@ class BatchJob:
         self._submitted = True  # from here on, parts are recorded in the ledger as they go
         limits = self.settings.batch_limits
         tokens_of = self._tokens_of() if limits.enqueued_tokens is not None else None
-        jobs = (j for j in plan.jobs() if j[1] not in covering)
-        self._pending = split_parts(self._within_budget(jobs), limits, tokens_of)
+        jobs = (self._line(j) for j in plan.jobs() if j[1] not in covering)
+        self._pending = split_parts(self._within_budget(jobs), limits, tokens_of, **self._url())
         await self._send_more(ledger, api)
 
     def _within_budget(self, jobs: Iterator[tuple[int, bytes, bytes]]) -> Iterator[tuple[int, bytes, bytes]]:
@@ -355,10 +359,22 @@ class BatchJob:
 
 
     def _tokens_of(self) -> Callable[[bytes], int]:
-        from .tokens import count_message_tokens
+        from .tokens import count_message_tokens, count_text_tokens
 
         model = self.settings.model
+        if self.kind is not None:
+            return lambda body: count_text_tokens(orjson.loads(body)["input"], model)
         return lambda body: count_message_tokens(orjson.loads(body)["messages"], model)
+
+    def _line(self, job: tuple[int, bytes, bytes]) -> tuple[int, bytes, bytes]:
+        """The batch line's body: the request as keyed, plus a list-input kind's wire fields."""
+        if self.kind is None or not self.kind.wire:
+            return job
+        u, key, body = job
+        return u, key, body[:-1] + b"," + orjson.dumps(dict(self.kind.wire))[1:]
+
+    def _url(self) -> dict[str, str]:
+        return {} if self.kind is None else {"url": "/v1" + self.kind.path}
 
     async def _send_more(self, ledger: Ledger, api: BatchAPI) -> None:
         budget = self.settings.batch_limits.enqueued_tokens
@@ -396,7 +412,7 @@ class BatchJob:
             raise
         ledger.set_file(pid, file_id)
         try:
-            info = await api.create(file_id, self._metadata(pid, len(part.keys)))
+            info = await api.create(file_id, self._metadata(pid, len(part.keys)), **self._endpoint())
         except (RequestError, FatalAPIError) as exc:
             ledger.close(pid, "abandoned", str(exc))  # refused: nothing was created
             self._parts.remove(pid)
@@ -407,6 +423,9 @@ class BatchJob:
         ledger.update(pid, info)
         self.stats.submitted += len(part.keys)
         log.info("pandas-llm: submitted batch %s with %d requests", info.id, len(part.keys))
+
+    def _endpoint(self) -> dict[str, str]:
+        return {} if self.kind is None else {"endpoint": "/v1" + self.kind.path}
 
     def _metadata(self, pid: str, n: int) -> dict[str, str]:
         return {JOB_KEY: self.id, PART_KEY: pid, "pandas_llm_requests": str(n)}
@@ -419,7 +438,7 @@ class BatchJob:
         info = await api.find(part=p.part, file_id=p.input_file_id)
         if info is None:
             try:
-                info = await api.create(p.input_file_id, self._metadata(p.part, p.requests))
+                info = await api.create(p.input_file_id, self._metadata(p.part, p.requests), **self._endpoint())
             except (RequestError, FatalAPIError) as exc:
                 self._abandon(ledger, p.part, "abandoned", f"could not create the batch: {exc}")
                 await api.discard(p.input_file_id)
@@ -435,10 +454,11 @@ class BatchJob:
         if not self._submitted or self._cancelled:
             return  # before submitting, the plan still sends them; after a cancel, a rerun does
         slot_of, plan = self._collector.slot_of, self.plan
-        again = [(slot_of[k], k, plan.body_of(slot_of[k])) for k in keys if k in slot_of]
+        again = [self._line((slot_of[k], k, plan.body_of(slot_of[k]))) for k in keys if k in slot_of]
         if again:
             limits = self.settings.batch_limits
-            more = split_parts(again, limits, self._tokens_of() if limits.enqueued_tokens is not None else None)
+            more = split_parts(again, limits, self._tokens_of() if limits.enqueued_tokens is not None else None,
+                               **self._url())  # fmt: skip
             self._pending = more if self._pending is None else itertools.chain(more, self._pending)
 
     async def _open_parts(self, ledger: Ledger, api: BatchAPI) -> AsyncIterator[tuple[str, Any]]:

@@ -92,26 +92,28 @@ class Run:
 
     def __init__(
         self, data: pd.DataFrame | pd.Series | None, template: Any, settings: Settings, *, extra=None, validate=None,
-        packing=None, plan: Plan | None = None,
+        packing=None, plan: Plan | None = None, kind=None,
     ):  # fmt: skip
         """``validate``: answer text -> error or None (see Engine); ``packing``: a packing.Packer;
         ``plan``: send this plan's ``todo`` instead of planning ``data`` (the rows a packed batch
-        sends again on their own)."""
+        sends again on their own); ``kind``: a non-chat endpoint (endpoints.py), with
+        ``packing`` its grouping.Grouper."""
         self.settings = settings
         self.validate = validate
         self.packing = packing
         self._limiter: Limiter | None = None  # one per run, shared by every engine of the run
-        self._context = ContextCheck.for_model(settings.model)  # None: the window is not known
+        self._context = ContextCheck.for_model(settings.model) if kind is None else None  # None: not known
         self.name = data.name if isinstance(data, pd.Series) else None
         self.store = Store(settings.cache_path)
         try:
             if plan is None:
-                plan = make_plan(data, template, settings, self.store, extra=extra)
+                plan = make_plan(data, template, settings, self.store, extra=extra, kind=kind)
             self.plan = plan
             if packing is not None:
                 packing.prepare(plan, self.store)  # packed answers from the cache; narrows plan.todo
-            self.meter = Meter.for_settings(settings) if len(plan.todo) or settings.max_cost else None
-            self.backend = make_backend(settings) if len(plan.todo) else None
+            meter = Meter.for_settings if kind is None else kind.meter
+            self.meter = meter(settings) if len(plan.todo) or settings.max_cost else None
+            self.backend = make_backend(settings, kind) if len(plan.todo) else None
         except BaseException:
             self.store.close()
             raise

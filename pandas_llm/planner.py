@@ -70,8 +70,11 @@ def make_plan(
     store: Store,
     *,
     extra: dict[str, Any] | None = None,
+    kind: Any = None,
 ) -> Plan:
-    """Render, key, dedup and look up every row of ``data``; raise before spending on bad input."""
+    """Render, key, dedup and look up every row of ``data``; raise before spending on bad input.
+
+    ``kind`` (endpoints.py): another endpoint's request builder and outcome slots."""
     series = isinstance(data, pd.Series)
     frame = data.to_frame(name="__value__") if series else data
     columns = list(frame.columns)
@@ -81,7 +84,7 @@ def make_plan(
         tmpl = Template(tmpl.source, ("__value__",) * len(tmpl.columns), tmpl._fmt, tmpl.raw)
     if not series and not tmpl.is_callable:
         _check_duplicates(frame, tmpl.columns)  # duplicates the template does not read are fine
-    builder = RequestBuilder(settings, extra=extra)
+    builder = RequestBuilder(settings, extra=extra) if kind is None else kind.builder(settings)
     arrays = None if tmpl.is_callable else _values(frame, tmpl, settings)
     render = _renderer(frame, tmpl, settings, arrays)
     skip = _skip_mask(frame, tmpl, settings)
@@ -92,7 +95,7 @@ def make_plan(
     codes, first, blob = dedup(keybuf, skip)
     del keybuf
     keys = Keys(blob, lambda u: encode(first[u])[0])
-    outcomes = Outcomes(len(keys))
+    outcomes = Outcomes(len(keys)) if kind is None else kind.outcomes(len(keys))
     load_cached(store, keys, outcomes)
     keys.release()  # the engine gets each key with its body; 32 bytes a row saved
     todo = np.flatnonzero(~outcomes.from_cache)

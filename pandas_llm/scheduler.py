@@ -145,6 +145,8 @@ class Engine:
         budget: Any = None,
         worst_case: Callable[[bytes], float] = lambda body: 0.0,
         too_long: Callable[[bytes], str | None] | None = None,
+        split: Callable[[Job, Record], list[tuple[int, Record]]] | None = None,
+        shape: ShapeWatch | None = None,
         flush_interval: float = 0.005,
         flush_size: int = 256,
         clock: Callable[[], float] = time.monotonic,
@@ -166,6 +168,7 @@ class Engine:
         self.budget = budget  # budget.Budget: reserves each request's worst case (max_cost)
         self.worst_case = worst_case  # USD a lost answer may have been billed (budget.Meter.lost)
         self.too_long = too_long  # body -> why it cannot fit the context window (budget.ContextCheck)
+        self.split = split  # a multi-input request's record -> one record per row (endpoints.py)
         self.flush_interval = flush_interval
         self.flush_size = flush_size
         self.clock = clock
@@ -175,7 +178,7 @@ class Engine:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._fatal: FatalAPIError | None = None
         self._stop = False
-        self._shape = ShapeWatch()
+        self._shape = shape or ShapeWatch()  # grouping.py shares one across its rounds
         self._sending: set[asyncio.Task] = set()  # workers with a request in flight (kept at a halt)
         self._workers: list[asyncio.Future] = []
 
@@ -231,7 +234,10 @@ class Engine:
                 if self._fatal is not None:
                     raise self._fatal
                 return
-            self._buffer.append((job[0], record))
+            if self.split is None:
+                self._buffer.append((job[0], record))
+            else:
+                self._buffer.extend(self.split(job, record))
             if len(self._buffer) >= self.flush_size:
                 self.flush()
             elif self._flush_handle is None:
@@ -372,6 +378,9 @@ class Engine:
             stats.cost_known = False
         else:
             stats.cost += cost
+        if c.outputs is not None:  # many inputs in one request: the split hook makes the rows' records
+            self._shape.answered = True
+            return Record(key, "ok", c.outputs, c.finish_reason, c.prompt_tokens, 0, 0, cost, None, attempts, self.model)
         tools = c.finish_reason in _TOOL_FINISH and "tools" in orjson.loads(body)  # parsed on that rare path only
         record = completion_record(key, c, cost, attempts, self.model, tools=tools)
         if record.status == "ok":

@@ -57,6 +57,7 @@ def test_quickstart_shows_what_it_claims(tmp_path_factory):
     assert "budget (not sent: it could have taken the run over max_cost)" in text
     assert "interrupted: <RunReport interrupted" in text
     assert "<RunReport done: 192 rows, 48 distinct requests" in text
+    assert "(192, 64) float32" in text and "up to 2048 inputs/request: 1 requests" in text  # embed
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     styles = [m["state"]["bar_style"] for m in state.values() if m["model_name"] == "IntProgressModel"]
     assert "danger" in styles  # the interrupted run

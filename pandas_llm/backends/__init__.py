@@ -34,6 +34,7 @@ class Completion(NamedTuple):
     refusal: str | None = None
     reasoning_tokens: int = 0
     error: str | None = None
+    outputs: Any = None  # a list-input endpoint's per-input values, in input order (endpoints.py)
 
 
 class Backend(Protocol):
@@ -44,25 +45,36 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-def make_backend(settings: Any) -> Backend:
-    """The backend for ``settings.client`` (None: HTTP to ``settings.endpoint``)."""
+def make_backend(settings: Any, kind: Any = None) -> Backend:
+    """The backend for ``settings.client`` (None: HTTP to ``settings.endpoint``).
+
+    ``kind`` (endpoints.py) names another endpoint than chat completions: its ``path``
+    and ``read(raw, headers, *, endpoint, model) -> Completion`` for a 200."""
     from ..errors import remember_secret
 
     client = settings.client
     remember_secret(settings.api_key or os.environ.get("OPENAI_API_KEY"))
     remember_secret(getattr(client, "api_key", None))  # a user's openai client
+    route = {} if kind is None else {"path": kind.path, "read": kind.read}
     if client is None:
         if settings.endpoint.startswith("http://") and os.environ.get("PANDAS_LLM_HTTP") != "aiohttp":
             from .wire import WireBackend  # local servers: a lean HTTP/1.1 client (wire.py)
 
-            return WireBackend(settings)
+            return WireBackend(settings, **route)
         from .http import HTTPBackend
 
-        return HTTPBackend(settings)
+        return HTTPBackend(settings, **route)
     if hasattr(client, "chat") and hasattr(client, "base_url"):
         from .openai_client import OpenAIClientBackend
 
-        return OpenAIClientBackend(client, timeout=settings.timeout)
+        return OpenAIClientBackend(client, timeout=settings.timeout, **route)
+    if kind is not None:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"client= functions answer chat messages only; {kind.path} needs an OpenAI-compatible "
+            "endpoint: pass base_url= (and api_key=) or an openai client"
+        )
     if callable(client):
         from .function import FunctionBackend
 

@@ -206,14 +206,14 @@ class BatchAPI:
             raise absent from exc
         return f.id
 
-    async def create(self, file_id: str, metadata: dict[str, str]) -> BatchInfo:
+    async def create(self, file_id: str, metadata: dict[str, str], endpoint: str = ENDPOINT) -> BatchInfo:
         """Create the batch for ``file_id`` exactly once, even when the answer to the create is lost."""
         batches = self._client.batches
         failures = 0
         while True:
             try:
                 batch = await self._sdk(
-                    batches.create, input_file_id=file_id, endpoint=ENDPOINT, completion_window="24h", metadata=metadata
+                    batches.create, input_file_id=file_id, endpoint=endpoint, completion_window="24h", metadata=metadata
                 )
                 return _info(batch)
             except FatalAPIError as exc:

@@ -27,9 +27,10 @@ _OPENAI_HOST = "api.openai.com"
 class HTTPBackend:
     """POST /chat/completions on an OpenAI-compatible endpoint."""
 
-    def __init__(self, settings: Any):
+    def __init__(self, settings: Any, *, path: str = "/chat/completions", read: Any = read_answer):
         self.endpoint = settings.endpoint
         self.model = settings.model
+        self._read = read
         api_key = settings.api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key and _OPENAI_HOST in self.endpoint:
             raise ConfigError(
@@ -39,7 +40,7 @@ class HTTPBackend:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._url = self.endpoint + "/chat/completions"
+        self._url = self.endpoint + path
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
         self._limit = settings.concurrency
         self._session: aiohttp.ClientSession | None = None
@@ -72,7 +73,7 @@ class HTTPBackend:
         except aiohttp.ClientError as exc:  # dropped after sending: it may be billed
             raise lost(f"connection error to {self.endpoint}: {exc}", "connection") from exc
         if status == 200:
-            return read_answer(raw, headers, endpoint=self.endpoint, model=self.model)
+            return self._read(raw, headers, endpoint=self.endpoint, model=self.model)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -32,20 +32,25 @@ def _timeout(seconds: float | None) -> dict[str, Any]:
 
 
 class OpenAIClientBackend:
-    def __init__(self, client: Any, *, timeout: float | None):
+    def __init__(self, client: Any, *, timeout: float | None, path: str = "/chat/completions",
+                 read: Any = read_answer):  # fmt: skip
         """``timeout``: seconds per request, None to keep the client's own."""
         import openai
 
         self._openai = openai
         self.endpoint = str(client.base_url).rstrip("/")
         self._client = client.with_options(max_retries=0, **_timeout(timeout))
-        create = self._client.chat.completions.with_raw_response.create
+        self._read = read
+        self._chat = path == "/chat/completions"
+        resource = {"/chat/completions": lambda c: c.chat.completions, "/embeddings": lambda c: c.embeddings,
+                    "/moderations": lambda c: c.moderations}[path](self._client)  # fmt: skip
+        create = resource.with_raw_response.create
         self._async = inspect.iscoroutinefunction(create)
         self._create = create
 
     async def complete(self, body: bytes) -> Completion:
         params = orjson.loads(body)
-        extra = {k: params.pop(k) for k in list(params) if k not in _KNOWN}
+        extra = {k: params.pop(k) for k in list(params) if k not in _KNOWN} if self._chat else {}
         if extra:
             params["extra_body"] = extra
         try:
@@ -60,7 +65,7 @@ class OpenAIClientBackend:
             if mapped is None:
                 raise
             raise mapped from exc
-        return read_answer(content, headers, endpoint=self.endpoint, model=params.get("model"))
+        return self._read(content, headers, endpoint=self.endpoint, model=params.get("model"))
 
     async def aclose(self) -> None:
         return None  # the client is the user's; they close it

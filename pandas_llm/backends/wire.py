@@ -185,12 +185,13 @@ def dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
 class WireBackend:
     """POST /chat/completions over plain HTTP/1.1 keep-alive connections."""
 
-    def __init__(self, settings: Any):
+    def __init__(self, settings: Any, *, path: str = "/chat/completions", read: Any = read_answer):
         import os
 
         self.endpoint = settings.endpoint
         self.model = settings.model
-        url = urlsplit(self.endpoint + "/chat/completions")
+        self._read = read
+        url = urlsplit(self.endpoint + path)
         if url.scheme != "http" or not url.hostname:
             raise ConfigError(f"the plain-HTTP backend needs an http:// base_url, got {self.endpoint!r}")
         self._host, self._port = url.hostname, url.port or 80
@@ -219,7 +220,7 @@ class WireBackend:
         except OSError as exc:  # could not connect: nothing was sent
             raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
         if status == 200:
-            return read_answer(raw, headers, endpoint=self.endpoint, model=self.model)
+            return self._read(raw, headers, endpoint=self.endpoint, model=self.model)
         try:
             err: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -55,7 +55,7 @@ import orjson
 
 from ..errors import ConfigError
 from ._http import Request, Response, default_error, error_response, json_response
-from .answers import InvalidRequest, last_user_content, prompt_tokens
+from .answers import InvalidRequest, estimate_tokens, last_user_content, prompt_tokens
 from .files import FileStore
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ if TYPE_CHECKING:
 __all__ = ["BatchEndpoints"]
 
 ENDPOINT = "/v1/chat/completions"
+#: The endpoints batches accept (embeddings lines are answered by testing/endpoints.py).
+ENDPOINTS = (ENDPOINT, "/v1/embeddings")
 _ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 _TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -98,6 +100,7 @@ class _Batch:
     failed: int = 0
     times: dict[str, int] = field(default_factory=dict)
     fault_after_create: bool = False
+    endpoint: str = "/v1/chat/completions"
 
 
 class BatchEndpoints:
@@ -280,8 +283,9 @@ class BatchEndpoints:
             body = request.json()
         except orjson.JSONDecodeError as exc:
             return error_response(400, f"Invalid JSON body: {exc}")
-        if body.get("endpoint") != ENDPOINT:
-            return error_response(400, f"Unsupported endpoint {body.get('endpoint')!r}; use {ENDPOINT}.", param="endpoint")
+        if body.get("endpoint") not in ENDPOINTS:
+            return error_response(400, f"Unsupported endpoint {body.get('endpoint')!r}; use one of {ENDPOINTS}.",
+                                  param="endpoint")  # fmt: skip
         if body.get("completion_window") != "24h":
             return error_response(400, "completion_window must be '24h'.", param="completion_window")
         metadata = body.get("metadata")
@@ -297,7 +301,8 @@ class BatchEndpoints:
                 return error_response(400, f"Invalid input_file_id {body.get('input_file_id')!r}.", param="input_file_id")
             if f.purpose != "batch":
                 return error_response(400, "The input file must be uploaded with purpose 'batch'.", param="input_file_id")
-            b = _Batch(self._new_id("batch"), f.id, metadata, int(time.time()), time.monotonic())
+            b = _Batch(self._new_id("batch"), f.id, metadata, int(time.time()), time.monotonic(),
+                       endpoint=body["endpoint"])  # fmt: skip
             b.times["created_at"] = b.created_at
             if self._held:
                 b.held_since = b.t0
@@ -328,11 +333,11 @@ class BatchEndpoints:
             try:
                 line = orjson.loads(raw)
                 custom_id, body = line["custom_id"], line["body"]
-                ok = line.get("method") == "POST" and line.get("url") == ENDPOINT and isinstance(body, dict)
+                ok = line.get("method") == "POST" and line.get("url") == b.endpoint and isinstance(body, dict)
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 return [_err("invalid_json_line", "This line is not valid JSON or lacks custom_id / body.", n)]
             if not ok:
-                return [_err("invalid_request", f"Each line needs method POST, url {ENDPOINT} and a body.", n)]
+                return [_err("invalid_request", f"Each line needs method POST, url {b.endpoint} and a body.", n)]
             if custom_id in seen:
                 return [_err("duplicate_custom_id", f"The custom_id {custom_id!r} is used more than once.", n)]
             seen.add(custom_id)
@@ -340,6 +345,8 @@ class BatchEndpoints:
             b.lines.append((custom_id, body))
             if isinstance(body.get("messages"), list):
                 b.tokens += prompt_tokens([m for m in body["messages"] if isinstance(m, dict)])
+            elif isinstance(body.get("input"), str):
+                b.tokens += estimate_tokens(body["input"])
         if not b.lines:
             return [_err("empty_file", "The input file has no requests.")]
         if len(b.lines) > self.max_requests:
@@ -472,7 +479,7 @@ class BatchEndpoints:
                 err.append(_line(b, custom_id, _error_body(fault.status, fault.message), None))
                 continue
             try:
-                answer = self.server.chat_body(body)
+                answer = self._answer(b, body)
             except InvalidRequest as exc:
                 err.append(_line(b, custom_id, _error_body(400, str(exc), exc.param), None))
                 continue
@@ -487,11 +494,27 @@ class BatchEndpoints:
         b.status = status
         b.times[f"{status}_at"] = int(time.time())
 
+    def _answer(self, b: _Batch, body: dict[str, Any]) -> dict[str, Any]:
+        """One line's 200 body, as the realtime endpoint answers it (raises InvalidRequest)."""
+        if b.endpoint == ENDPOINT:
+            return self.server.chat_body(body)
+        from .endpoints import _inputs, _Invalid
+
+        try:
+            answer, tokens = self.server.endpoints.embeddings_body(body, _inputs(body))
+        except _Invalid as exc:
+            raise InvalidRequest(str(exc), exc.param) from exc
+        with self.server._lock:
+            self.server.prompt_tokens += tokens
+            for text in _inputs(body):
+                self.server._counts[text] += 1
+        return answer
+
     def _take_line_fault(self, body: Mapping[str, Any]) -> _LineFault | None:
         if not self._line_faults:
             return None
         messages = body.get("messages")
-        prompt = last_user_content(messages) if isinstance(messages, list) else ""
+        prompt = last_user_content(messages) if isinstance(messages, list) else str(body.get("input", ""))
         for fault in self._line_faults:
             if fault.match is None or fault.match in prompt:
                 if fault.times is not None:
@@ -506,7 +529,7 @@ class BatchEndpoints:
         return {
             "id": b.id,
             "object": "batch",
-            "endpoint": ENDPOINT,
+            "endpoint": b.endpoint,
             "errors": {"object": "list", "data": b.errors} if b.errors and b.status == "failed" else None,
             "input_file_id": b.input_file_id,
             "completion_window": "24h",

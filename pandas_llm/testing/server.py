@@ -1,4 +1,5 @@
-"""``LLMServer``: an OpenAI-compatible chat completions server on 127.0.0.1.
+"""``LLMServer``: an OpenAI-compatible chat completions server on 127.0.0.1
+(with ``/v1/embeddings`` and ``/v1/moderations``: testing/endpoints.py).
 
 For loopback tests, demos, benchmarks and users' own CI::
 
@@ -50,6 +51,7 @@ from ..errors import ConfigError, PandasLLMError
 from ._http import HTTPProtocol, Request, Response, default_error, error_response, json_response
 from .answers import AnswerFn, Completion, InvalidRequest, answer_for, complete, estimate_tokens, message_text
 from .batches import BatchEndpoints
+from .endpoints import ListEndpoints
 from .limits import RateLimiter, rate_limit_response
 from .structured import StructuredAnswers
 
@@ -156,6 +158,8 @@ class LLMServer:
         }
         #: The Batch API (``/v1/files``, ``/v1/batches``); its options and counters (testing/batches.py).
         self.batches = BatchEndpoints(self)
+        #: ``/v1/embeddings`` and ``/v1/moderations`` (testing/endpoints.py): ``refuse_input(match)``.
+        self.endpoints = ListEndpoints(self)
         self._conns: set[HTTPProtocol] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

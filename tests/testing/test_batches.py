@@ -172,7 +172,7 @@ def test_create_checks_its_arguments(srv, client):
     with pytest.raises(openai.BadRequestError, match="input_file_id"):
         client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h")
     with pytest.raises(openai.BadRequestError, match="endpoint"):
-        client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")
+        client.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
 
 
 def test_lost_create_answer_still_creates_the_batch(srv, client):
