@@ -112,7 +112,7 @@ class _Kind:
             raise error_in_answer(data, headers, endpoint=endpoint, model=model)
         try:
             return self.parse(data, headers)
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        except (Unreadable, KeyError, IndexError, TypeError, AttributeError, ValueError):
             pass
         where = f"{endpoint} (model {model!r})" if model else endpoint
         raise FatalAPIError(
@@ -140,7 +140,7 @@ class Moderations(_Kind):
         for r in data["results"]:
             one = {"flagged": r["flagged"], "categories": r["categories"], "category_scores": r["category_scores"]}
             if not isinstance(one["flagged"], bool) or not isinstance(one["categories"], dict):
-                raise TypeError("not a moderation result")
+                raise Unreadable("not a moderation result")
             outputs.append(orjson.dumps(one).decode())
         return Completion(None, "stop", 0, 0, 0, headers, outputs=outputs)
 
@@ -214,7 +214,7 @@ class Embeddings(_Kind):
     def parse(self, data: Mapping[str, Any], headers: Mapping[str, str] | None) -> Completion:
         items = sorted(data["data"], key=lambda d: d["index"])
         if [d["index"] for d in items] != list(range(len(items))):
-            raise KeyError("embedding indexes are not 0..n-1")
+            raise Unreadable("embedding indexes are not 0..n-1")
         if len(items) > 1 and any(_per_token(d["embedding"]) for d in items):
             raise RequestError(PER_TOKEN_LIST, code="per_token_list")
         outputs = [_vector_bytes(d["embedding"]) for d in items]
@@ -238,16 +238,16 @@ def _vector_bytes(value: Any) -> bytes:
         try:
             raw = binascii.a2b_base64(value)
         except ValueError as exc:
-            raise TypeError(f"not base64: {exc}") from exc
+            raise Unreadable(f"not base64: {exc}") from exc
         if len(raw) % 4:
-            raise TypeError("not float32 bytes")
+            raise Unreadable("not float32 bytes")
         return raw
     if _per_token(value):
         # one vector per token (llama-cpp-python's server with a model without pooling): their mean
         return np.asarray(value, dtype=np.float64).mean(axis=0).astype("<f4").tobytes()
     if isinstance(value, list):  # servers that ignore encoding_format (llama.cpp) send floats
         return np.asarray(value, dtype="<f4").tobytes()
-    raise TypeError("not an embedding")
+    raise Unreadable("not an embedding")
 
 
 class _FreeMeter(Meter):
@@ -297,6 +297,10 @@ class _Vectors:
 
     def __getitem__(self, u: Any) -> Any:
         return None  # the vectors are read through VectorOutcomes.matrix
+
+
+class Unreadable(PandasLLMError):
+    """A 200 body that is not this endpoint's answer (judged by ``_Kind.judge``)."""
 
 
 class EmbeddingShapeError(PandasLLMError):
