@@ -21,6 +21,7 @@ from .errors import (
     RequestError,
     RequestShapeError,
     RetryableError,
+    StoreError,
     TemplateError,
 )
 from .estimate import Estimate
@@ -55,6 +56,7 @@ __all__ = [
     "RunReport",
     "RunWarning",
     "Settings",
+    "StoreError",
     "TemplateError",
     "configure",
     "current_settings",

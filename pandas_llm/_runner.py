@@ -2,14 +2,14 @@
 
 Works the same in a script, in IPython and in a Jupyter kernel whose own loop is already
 running (where ``asyncio.run`` fails), without nest-asyncio. The caller's thread waits in
-short slices so Ctrl-C / Jupyter's stop button is seen at once: the run is cancelled on
-its loop, committed answers stay committed, and KeyboardInterrupt propagates.
+short slices so Ctrl-C / Jupyter's stop button is seen at once: the first stops the run
+sending and lets the requests in flight finish and commit, a second abandons them; then
+KeyboardInterrupt propagates.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import threading
 from typing import Any, Awaitable, Callable, TypeVar
@@ -58,26 +58,50 @@ class ReentrantCallError(PandasLLMError, RuntimeError):
 
 
 def run_sync(make: Callable[[], Awaitable[T]]) -> T:
-    """Run the coroutine ``make()`` on the background loop and wait for its result."""
+    """Run the coroutine ``make()`` on the background loop and wait for its result.
+
+    Each KeyboardInterrupt (Ctrl-C, Jupyter's stop button) cancels the task once: the
+    first makes a run stop sending and finish the requests in flight (their answers are
+    paid for, so they are committed), the second abandons them. Then KeyboardInterrupt
+    propagates.
+    """
     if threading.current_thread() is _thread:
         raise ReentrantCallError("pandas-llm's sync API was called from its own event loop; use the async API (amap)")
     loop = _background_loop()
     settled = threading.Event()
+    box: dict[str, Any] = {}
 
-    async def wrapper() -> Any:
+    async def wrapper() -> None:
         try:
-            return await make()
+            box["result"] = await make()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
         finally:
             settled.set()
 
-    future = asyncio.run_coroutine_threadsafe(wrapper(), loop)
-    try:
-        while True:
-            try:
-                return future.result(timeout=0.2)
-            except concurrent.futures.TimeoutError:
-                continue
-    except KeyboardInterrupt:
-        future.cancel()  # cancels the task on its loop; the engine commits what it has
-        settled.wait(SETTLE_TIMEOUT)
-        raise
+    def start() -> None:
+        box["task"] = loop.create_task(wrapper())
+
+    def cancel() -> None:
+        task = box.get("task")
+        if task is not None:
+            task.cancel()
+
+    loop.call_soon_threadsafe(start)
+    interrupts = 0
+    while True:
+        try:
+            while not settled.wait(0.2):
+                pass
+            break
+        except KeyboardInterrupt:
+            interrupts += 1
+            loop.call_soon_threadsafe(cancel)  # FIFO after start(): the task exists by then
+            if interrupts >= 2:
+                settled.wait(SETTLE_TIMEOUT)
+                raise
+    if interrupts:
+        raise KeyboardInterrupt
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
-from .errors import ConfigError, redact
+from .errors import ConfigError, StoreError, redact
 
 __all__ = ["Store", "Record", "MIGRATIONS"]
 
@@ -128,35 +128,80 @@ WHERE results.status != 'ok'
 """
 
 
+class FileReplaced(Exception):
+    """The cache file was deleted or replaced under an open Store (see ``Store.write``)."""
+
+
+#: How long a write waits for another process's lock before handing control back
+#: (the committer retries, and shows the wait on the bar).
+WRITE_BUSY_TIMEOUT_MS = 200
+_MAGIC = b"SQLite format 3\x00"
+
+
 class Store:
-    """The sidecar file (or an in-memory database when ``path`` is None)."""
+    """The sidecar file (or an in-memory database when ``path`` is None).
+
+    Opening a path proves the file can be written (the file, its ``-wal`` and ``-shm``,
+    the directory) and is a pandas-llm cache; otherwise ``ConfigError`` before anything
+    is sent. A new file appears complete (built aside, then linked into place), so an
+    empty or foreign file at the path is never ours and is refused, not taken over.
+    """
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = None if path is None else os.fspath(path)
-        target = ":memory:" if self.path is None else self.path
         self._write_lock = threading.Lock()
-        if self.path is not None:
-            _create_private(self.path)
-            secure_files(self.path)
+        self._ident: tuple[int, int] | None = None
+        self.conn = self._open()
+        self._chunk = max(1, min(self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1, 30000))
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path is None:
+            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self.conn = conn
+            self._migrate()
+            return conn
+        path = self.path
+        _check_or_create(path)  # refuses a read-only file before secure_files would chmod it
+        secure_files(path)
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per write batch.
-            self.conn = sqlite3.connect(
-                target, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            self.conn.execute("PRAGMA busy_timeout = 30000")
-            if self.path is not None:
-                _enable_wal(self.conn)
-                # NORMAL in WAL mode: a committed transaction survives a killed process.
-                self.conn.execute("PRAGMA synchronous = NORMAL")
+            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _unusable(path, exc) from exc
+        self.conn = conn
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            _enable_wal(conn)
+            # NORMAL in WAL mode: a committed transaction survives a killed process.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "migrations" not in tables:
+                raise ConfigError(
+                    f"{path!r} is a SQLite database but not a pandas-llm cache; it was left untouched. "
+                    "Pass cache='other/path.sqlite' or cache=False."
+                )
             self._migrate()
-            if self.path is not None:
-                secure_files(self.path)  # -wal and -shm exist now
+            secure_files(path)  # -wal and -shm exist now
+            _prove_writable(conn, path)
+            conn.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
+            st = os.stat(path)
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(
-                f"cannot use {target!r} as the pandas-llm cache ({exc}). Pass cache='other/path.sqlite' "
-                "or cache=False."
-            ) from exc
-        self._chunk = max(1, min(self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1, 30000))
+            conn.close()
+            raise _unusable(path, exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._ident = (st.st_dev, st.st_ino)
+        return conn
+
+    def reopen(self) -> None:
+        """Open the file at ``path`` again (after it was deleted or replaced), creating it if needed."""
+        with self._write_lock:
+            try:
+                self.conn.close()
+            except sqlite3.Error:
+                pass
+            self.conn = self._open()
 
     def _migrate(self) -> None:
         conn = self.conn
@@ -187,20 +232,34 @@ class Store:
                 yield Record._make(row)
 
     def write(self, records: Iterable[Record]) -> None:
-        """Commit ``records`` in one transaction; an ``ok`` row is never overwritten."""
+        """Commit ``records`` in one transaction; an ``ok`` row is never overwritten.
+
+        Raises ``StoreError`` (``busy=True`` while another process holds the lock) and
+        ``FileReplaced`` when the file at ``path`` is no longer the one opened.
+        """
         now = time.time()
         rows = [(*(r if r.error is None else r.redacted()), now, now) for r in records]
         if not rows:
             return
-        conn = self.conn
         with self._write_lock:  # the engine commits on its own thread (committer.py)
-            conn.execute("BEGIN IMMEDIATE")
+            if self._ident is not None:
+                try:
+                    st = os.stat(self.path)  # type: ignore[arg-type]
+                except OSError:
+                    raise FileReplaced(self.path) from None
+                if (st.st_dev, st.st_ino) != self._ident:
+                    raise FileReplaced(self.path)
+            conn = self.conn
             try:
-                conn.executemany(_UPSERT, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(_UPSERT, rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
 
     def count(self, status: str | None = None) -> int:
         if status is None:
@@ -236,15 +295,19 @@ PRIVATE_DIR_NAME = ".pandas_llm"
 def _create_private(path: str) -> None:
     """Create the file readable by its owner only (answers can be sensitive); a folder we
     create is 0700 whatever the umask, and the default ``.pandas_llm`` folder is kept so."""
+    _private_folder(path)
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+
+
+def _private_folder(path: str) -> None:
     folder = os.path.dirname(path)
     if folder and not os.path.isdir(folder):
         os.makedirs(folder, mode=0o700, exist_ok=True)
         _chmod(folder, 0o700)  # makedirs' mode goes through the umask
     elif folder and os.path.basename(os.path.normpath(folder)) == PRIVATE_DIR_NAME:
         _chmod(folder, 0o700)
-    if not os.path.exists(path):
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
 
 
 def secure_files(path: str) -> None:
@@ -261,3 +324,107 @@ def _chmod(name: str, mode: int) -> None:
             os.chmod(name, mode)
     except (FileNotFoundError, PermissionError):
         pass
+
+
+def _check_or_create(path: str) -> None:
+    """Refuse what is not ours at ``path``; create a new cache there, complete from its first byte."""
+    folder = os.path.dirname(path) or "."
+    try:
+        _private_folder(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the cache directory {folder!r} ({exc}). {_ADVICE}") from exc
+    if not os.path.lexists(path):
+        _build_aside(path, folder)
+    if not os.path.isfile(path):
+        raise ConfigError(f"the cache path {path!r} is not a regular file. {_ADVICE}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_MAGIC))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the cache file {path!r} ({exc}). {_ADVICE}") from exc
+    if head != _MAGIC:
+        what = "is empty" if not head else "is not a SQLite database"
+        raise ConfigError(f"{path!r} {what}, so it is not a pandas-llm cache; it was left untouched. {_ADVICE}")
+    for p, what in ((folder, "directory"), (path, "file"), (path + "-wal", "file"), (path + "-shm", "file")):
+        if os.path.exists(p) and not _writable(p):
+            raise ConfigError(f"the cache {what} {p!r} is read-only. Make it writable, or {_ADVICE_LOWER}")
+
+
+def _writable(path: str) -> bool:
+    return os.access(path, os.W_OK)
+
+
+def _build_aside(path: str, folder: str) -> None:
+    """Build an empty cache beside ``path``, then link it into place: another process never
+    sees a half-made file, so an empty file at a cache path is never one of ours."""
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.new")
+    try:
+        _create_private(tmp)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        finally:
+            conn.close()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        except OSError:
+            if not os.path.lexists(path):  # no hard links on this filesystem
+                os.replace(tmp, path)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot create the cache file {path!r} ({exc}). {_ADVICE}") from exc
+    finally:
+        for p in (tmp, tmp + "-wal", tmp + "-shm"):
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+
+
+def _prove_writable(conn: sqlite3.Connection, path: str) -> None:
+    """Take the write lock and write once, rolled back (it needs the file, -wal and -shm open
+    for writing).
+    A lock held by another process is not a fault: commits wait for it, on the bar."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # a write statement (rolled back): a read-only file passes BEGIN but fails here
+            conn.execute("UPDATE migrations SET applied_at = applied_at WHERE rowid = (SELECT min(rowid) FROM migrations)")
+        finally:
+            conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if not _is_busy(exc):
+            raise ConfigError(f"cannot write the cache file {path!r} ({exc}). {_ADVICE}") from exc
+
+
+_ADVICE = "Pass cache='other/path.sqlite' or cache=False."
+_ADVICE_LOWER = "pass cache='other/path.sqlite' or cache=False."
+
+
+def _is_busy(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _unusable(path: str, exc: BaseException) -> ConfigError:
+    return ConfigError(f"cannot use {path!r} as the pandas-llm cache ({exc}). {_ADVICE}")
+
+
+def _store_error(path: str | None, exc: sqlite3.Error) -> StoreError:
+    where = "the in-memory cache" if path is None else repr(path)
+    if _is_busy(exc):
+        return StoreError(
+            f"another process holds the write lock of {where} ({exc}); waiting for it. Close the other "
+            "program or notebook using this cache, or pass cache='other/path.sqlite'.",
+            path=path, busy=True,
+        )  # fmt: skip
+    return StoreError(
+        f"cannot write {where} ({exc}). Free disk space or fix the file's permissions, "
+        "or pass cache='other/path.sqlite' or cache=False.",
+        path=path,
+    )

@@ -15,7 +15,8 @@ or cache boundary only, with ``raise ... from exc`` so the original stays visibl
     │       │                  retry-after too long to wait: ``retry_after`` says when to come back
     │       └── RequestShapeError  the endpoint refuses the request's shape (a parameter, a
     │                          value, the response format) on every row: change the call
-    └── LocalServerError       pandas_llm.local: the local model server is missing or did not start
+    ├── LocalServerError       pandas_llm.local: the local model server is missing or did not start
+    └── StoreError             the cache file cannot be written (locked, read-only, I/O error)
 
 Example:
     >>> from pandas_llm.errors import RateLimitError, RetryableError
@@ -42,6 +43,7 @@ __all__ = [
     "RequestShapeError",
     "LocalServerError",
     "redact",
+    "StoreError",
 ]
 
 
@@ -177,3 +179,13 @@ class RequestShapeError(FatalAPIError):
 
 class LocalServerError(PandasLLMError, RuntimeError):
     """The local model server (``pandas_llm.local``) is not installed, or did not start."""
+
+
+class StoreError(PandasLLMError):
+    """The SQLite sidecar could not be written; ``path`` names it, ``busy`` is True when
+    another process held its lock. Answers already received are kept in the result."""
+
+    def __init__(self, message: str, *, path: str | None = None, busy: bool = False):
+        super().__init__(message)
+        self.path = path
+        self.busy = busy

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from . import inflight
 from .backends import make_backend
 from .budget import Budget, ContextCheck, Meter
 from .cache import Store
@@ -103,8 +104,15 @@ class Run:
         self.packing = packing
         self._limiter: Limiter | None = None  # one per run, shared by every engine of the run
         self._context = ContextCheck.for_model(settings.model) if kind is None else None  # None: not known
+        self._engines: list[Engine] = []
+        self._stopping = False
         self.name = data.name if isinstance(data, pd.Series) else None
-        self.store = Store(settings.cache_path)
+        self._token = inflight.open_run()  # before reading the cache: see inflight.py
+        try:
+            self.store = Store(settings.cache_path)  # proves it can write before anything is planned
+        except BaseException:
+            inflight.close_run(self._token)
+            raise
         try:
             if plan is None:
                 plan = make_plan(data, template, settings, self.store, extra=extra, kind=kind)
@@ -115,6 +123,7 @@ class Run:
             self.meter = meter(settings) if len(plan.todo) or settings.max_cost else None
             self.backend = make_backend(settings, kind) if len(plan.todo) else None
         except BaseException:
+            inflight.close_run(self._token)
             self.store.close()
             raise
         codes = plan.codes
@@ -147,12 +156,15 @@ class Run:
                 def engine(**kw: Any) -> Engine:
                     return self._engine(lambda s: [f(s) for f in updates], **kw)
 
-                ticker = asyncio.ensure_future(_tick(observer, stats))
-                try:
+                async def send() -> None:
                     if self.packing is None:
                         await engine().run(self.plan.jobs())
                     else:
                         await self.packing.send(self.plan, engine)
+
+                ticker = asyncio.ensure_future(_tick(observer, stats))
+                try:
+                    await self._until_stopped(asyncio.ensure_future(send()))
                 finally:
                     ticker.cancel()
             stats.outcome = "done"
@@ -171,7 +183,26 @@ class Run:
             if self.backend is not None:
                 await self.backend.aclose()
             observer.close(stats)
+            inflight.close_run(self._token)
             self.store.close()
+
+    async def _until_stopped(self, task: asyncio.Future) -> None:
+        """Await ``task``; the first cancel stops sending and lets the requests in flight
+        finish and commit (their answers are paid for), a second abandons them at once."""
+        while True:
+            try:
+                await asyncio.shield(task)
+                break
+            except asyncio.CancelledError:
+                if task.done() and task.cancelled() or self._stopping:
+                    task.cancel()
+                    await asyncio.wait([task])  # the engine commits what it holds, then ends
+                    raise
+                self._stopping = True
+                for e in self._engines:
+                    e.stop()
+        if self._stopping:
+            raise asyncio.CancelledError
 
     def _engine(self, on_update: Callable[[RunStats], None], **overrides: Any) -> Engine:
         s = self.settings
@@ -180,7 +211,8 @@ class Run:
         options.update(overrides)
         if self._limiter is None:
             self._limiter = Limiter.for_settings(s)
-        return Engine(
+        plan = self.plan
+        engine = Engine(
             backend=self.backend,
             store=self.store,
             stats=self.stats,
@@ -194,7 +226,13 @@ class Run:
             budget=self.budget,
             worst_case=self.meter.lost,
             too_long=self._context.error if self._context is not None else None,
+            token=self._token,
+            everything=lambda: plan.outcomes.records(plan.keys, s.model),
         )
+        self._engines.append(engine)
+        if self._stopping:
+            engine.stop()
+        return engine
 
     def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
         plan = self.plan
@@ -204,6 +242,17 @@ class Run:
         return plan.outcomes.series(plan.codes, plan.index, name=self.name)
 
     def _warn_failures(self) -> None:
+        stats = self.stats
+        for note in stats.store_notes:
+            warnings.warn(note, RunWarning, stacklevel=caller_stacklevel())
+        if stats.store_error is not None:
+            warnings.warn(
+                f"{stats.unsaved:,} answers are in this result but NOT in the cache file: "
+                f"{type(stats.store_error).__name__}: {stats.store_error} Keep this result: running "
+                "the call again would pay for them again.",
+                RunWarning,
+                stacklevel=caller_stacklevel(),
+            )
         budget = ""
         if self.settings.max_cost is not None:
             budget = (

@@ -88,6 +88,8 @@ class Snapshot:
     skipped: int = 0  # rows not sent because a cell the template reads was NA
     lost_answers: int = 0  # attempts sent whose answer was lost (timeouts, dropped connections)
     possibly_billed: float = 0.0  # their worst case, USD: not in ``cost``, counted in max_cost
+    stopping: bool = False  # stopped by the user: finishing the requests in flight
+    store_trouble: str | None = None  # commits are waiting (a lock held by another process, ...)
 
     @classmethod
     def of(cls, stats: RunStats, now: float) -> Snapshot:
@@ -132,6 +134,8 @@ class Snapshot:
             skipped=stats.skipped,
             lost_answers=stats.lost_answers,
             possibly_billed=stats.possibly_billed,
+            stopping=stats.stopping and stats.finished is None,
+            store_trouble=stats.store_trouble if stats.finished is None else None,
         )
 
     @property
@@ -185,6 +189,10 @@ class Snapshot:
     def trouble(self) -> str | None:
         """Retries, rate-limit pauses and the budget, while they matter; else None."""
         parts = []
+        if self.stopping:
+            parts.append(f"stopping: finishing {self.in_flight:,} in flight (interrupt again to abandon them)")
+        if self.store_trouble:
+            parts.append(self.store_trouble)
         if self.paused > 0:
             parts.append(f"rate limited: paused {self.paused:.1f} s")
         if self.rate_limited:
@@ -368,6 +376,10 @@ class TqdmObserver(ThrottledObserver):
             post["overloaded"] = snap.overloaded
         if snap.budget_reached:
             post["budget"] = "reached"
+        if snap.stopping:
+            post["stopping"] = f"finishing {snap.in_flight} in flight"
+        if snap.store_trouble:
+            post["cache"] = snap.store_trouble
         bar.set_postfix(post, refresh=False)
         if final and (snap.outcome != "done" or snap.budget_reached):
             state = snap.outcome if snap.outcome != "done" else "max_cost reached"

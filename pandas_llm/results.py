@@ -63,6 +63,20 @@ class Outcomes:
         self.attempts[u] = r.attempts
         self.from_cache[u] = from_cache
 
+    def records(self, keys: Any, model: str | None = None) -> list[Record]:
+        """A Record for every slot with an outcome from the endpoint or the cache (not the
+        unsent ones): what a recreated cache file must hold again."""
+        unsent = {None, "budget", "stopped", "skipped", "expired", "cancelled"}
+        out = []
+        for u in np.flatnonzero([st not in unsent for st in self.status]).tolist():
+            cost = self.cost[u]
+            out.append(Record(
+                keys[u], self.status[u], self.output[u], self.finish_reason[u], int(self.prompt_tokens[u]),
+                int(self.completion_tokens[u]), int(self.cached_tokens[u]), None if np.isnan(cost) else float(cost),
+                self.error[u], int(self.attempts[u]), model,
+            ))  # fmt: skip
+        return out
+
     def mark_unsent(self, status: str) -> int:
         """Label every slot that got no outcome (the run stopped before sending it); return how many."""
         empty = self.status == None  # noqa: E711 - elementwise

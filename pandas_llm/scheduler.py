@@ -1,10 +1,16 @@
 """The async engine: a fixed pool of workers, the limiter, retries, commits, events.
 
 Workers pull jobs from one shared lazy iterator (never one task per row), so in-flight
-state is O(concurrency) whatever the frame's size. Each answer is committed to the
-store in small batches (at most ``flush_interval`` seconds old, on a thread of their
-own: committer.py) and only then counted as done, so a killed process loses at most
-the requests in flight.
+state is O(concurrency) whatever the frame's size. Each answer is handed to the commit
+thread as soon as it is idle (batched only while it is busy: committer.py) and only
+counted as done once committed, so a killed process loses the requests in flight and
+at most the answers of the commit under way. While commits fail nothing new is sent.
+A request another run of this process has in flight is awaited, not sent (inflight.py).
+
+Stopping (``stop()``: the first Ctrl-C, Jupyter's stop button, a first cancel of
+``amap``) sends nothing new and lets the requests already sent finish (within their
+timeout), so their answers, already paid for, are committed; cancelling the run
+abandons them at once.
 
 Retries: 408/409/5xx, timeouts and connection errors up to ``max_attempts`` with
 exponential backoff and jitter (tenacity's strategy), honouring ``retry-after``. A 429
@@ -43,8 +49,9 @@ from tenacity import RetryCallState, wait_exponential_jitter
 
 from .backends import Backend, Completion
 from .cache import Record, Store
+from . import inflight
 from .committer import Committer
-from .errors import FatalAPIError, RateLimitError, RequestError, RetryableError
+from .errors import FatalAPIError, RateLimitError, RequestError, RetryableError, StoreError
 from .ratelimit import Limiter
 from .stopping import ShapeWatch, come_back, quota_stop
 
@@ -95,6 +102,12 @@ class RunStats:
     deadline_reached: bool = False  # the deadline passed (or a 429's wait ended after it): sending stopped
     stop_note: str | None = None  # why sending stopped early, for the failure warning (a 429's message)
     paused_until: float = 0.0
+    stopping: bool = False  # stopped by the user: finishing the requests in flight
+    store_trouble: str | None = None  # why commits are waiting ("waiting for the cache lock")
+    store_error: StoreError | None = None  # the committer gave up: some answers are not on disk
+    unsaved: int = 0  # distinct answers in the result but not on disk (store_error)
+    store_notes: list = field(default_factory=list)  # warnings for the user (cache file recreated)
+    shared: int = 0  # distinct requests answered by another run of this process in flight
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     outcome: str = "running"  # running | done | interrupted | stopped | failed
@@ -147,10 +160,12 @@ class Engine:
         too_long: Callable[[bytes], str | None] | None = None,
         split: Callable[[Job, Record], list[tuple[int, Record]]] | None = None,
         shape: ShapeWatch | None = None,
-        flush_interval: float = 0.005,
+        flush_interval: float = 0.005,  # unused since answers go to the writer when it is idle; kept for callers
         flush_size: int = 256,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        everything: Callable[[], list[Record]] | None = None,
+        token: int | None = None,
     ):
         self.backend = backend
         self.store = store
@@ -174,13 +189,27 @@ class Engine:
         self.clock = clock
         self.sleep = sleep
         self._buffer: list[tuple[int, Record]] = []
-        self._committer = Committer(store, self._count)
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_soon = False
+        self._committer = Committer(
+            store, self._count, on_idle=self.flush, on_trouble=self._store_trouble, on_lost=self._lost,
+            everything=everything, on_replaced=self._replaced,
+        )  # fmt: skip
         self._fatal: FatalAPIError | None = None
         self._stop = False
         self._shape = shape or ShapeWatch()  # grouping.py shares one across its rounds
-        self._sending: set[asyncio.Task] = set()  # workers with a request in flight (kept at a halt)
+        self._token = token
         self._workers: list[asyncio.Future] = []
+        self._sending: set[asyncio.Task] = set()  # workers with a request in flight (kept at a halt or stop)
+        self._parked: set[asyncio.Task] = set()  # workers cancelled by stop(): they return quietly
+
+    def stop(self) -> None:
+        """Send nothing new; let the requests in flight finish and commit (at most their timeout)."""
+        self._stop = True
+        self.stats.stopping = True
+        for w in self._workers:
+            if w not in self._sending and not w.done():
+                self._parked.add(w)  # type: ignore[arg-type]
+                w.cancel()
 
     async def run(self, jobs: Iterable[Job]) -> None:
         """Send every job; return when all are settled. Raises FatalAPIError if the run had to stop."""
@@ -190,8 +219,13 @@ class Engine:
         if hint >= 0:
             n = max(1, min(n, hint))
         it = iter(jobs)
+        own_token = self._token is None
+        if own_token:
+            self._token = inflight.open_run()
         self._workers = workers = [asyncio.ensure_future(self._worker(it)) for _ in range(n)]
         watch = None if self.retry.deadline is None else asyncio.ensure_future(self._watch_deadline())
+        if self._stop:
+            self.stop()
         try:
             await asyncio.gather(*workers)
         except FatalAPIError:
@@ -204,6 +238,8 @@ class Engine:
             await asyncio.gather(*workers, return_exceptions=True)
             self.flush()
             await self._committer.drain()
+            if own_token:
+                inflight.close_run(self._token)  # type: ignore[arg-type]
         if self._committer.error is not None:
             raise self._committer.error
         if self._fatal is not None:
@@ -213,9 +249,10 @@ class Engine:
         try:
             await self._work(jobs)
         except asyncio.CancelledError:
-            if not self.stats.deadline_reached or self._fatal is not None:
+            task = asyncio.current_task()
+            if self._fatal is not None or not (task in self._parked or self.stats.deadline_reached):
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # woken at the deadline: done
+            task.uncancel()  # type: ignore[union-attr]  # stopped, or woken at the deadline: done
 
     async def _work(self, jobs: Iterator[Job]) -> None:
         process = self._process if self.validate is None else self._process_validated
@@ -223,25 +260,43 @@ class Engine:
         committer = self._committer
         too_long = self.too_long
         for job in jobs:
-            if self._stop or committer.error is not None:
+            if not committer.healthy.is_set():
+                await committer.healthy.wait()  # commits are failing: send nothing new meanwhile
+            if self._stop or committer.error is not None or committer.gave_up is not None:
                 return
+            key = job[1]
             error = None if too_long is None else too_long(job[2])
-            if error is not None:  # cannot fit the context window: that row's error, never sent
-                record: Record | None = Record(job[1], "too_long", error=error, model=self.model)
+            shared = None if error is not None else inflight.claim(key, self._token)  # type: ignore[arg-type]
+            while shared is not None:  # another run of this process is asking: wait for its answer
+                record = await inflight.wait(shared)
+                if record is not None:
+                    self.stats.shared += 1
+                    break
+                shared = inflight.claim(key, self._token)  # type: ignore[arg-type]
             else:
-                record = await (process(job) if self.budget is None else self.budget.spend(job, process, sends))
-            if record is None or record.status == UNSENT:  # over budget, deadline, or stopping
-                if self._fatal is not None:
-                    raise self._fatal
-                return
+                record = None
+            if error is not None:  # cannot fit the context window: that row's error, never sent
+                record = Record(key, "too_long", error=error, model=self.model)
+            elif record is None:
+                try:
+                    record = await (process(job) if self.budget is None else self.budget.spend(job, process, sends))
+                finally:
+                    inflight.answered(key, record)  # not ok (unsent, failed): a waiter sends it itself
+                if record is None or record.status == UNSENT:  # over budget, deadline, or stopping
+                    if self._fatal is not None:
+                        raise self._fatal
+                    return
             if self.split is None:
                 self._buffer.append((job[0], record))
             else:
                 self._buffer.extend(self.split(job, record))
             if len(self._buffer) >= self.flush_size:
                 self.flush()
-            elif self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
+            elif committer.backlog == 0 and not self._flush_soon:
+                # the writer is idle: hand over at the end of this loop turn, with whatever
+                # else arrived in it (batching only under load: the kill -9 window stays small)
+                self._flush_soon = True
+                asyncio.get_running_loop().call_soon(self.flush)
             if self._fatal is not None:
                 raise self._fatal  # this job's record is kept; the siblings stop
             if committer.backlog >= committer.max_pending:
@@ -249,17 +304,18 @@ class Engine:
 
     def flush(self) -> None:
         """Hand buffered results to the commit thread; they count as done once committed."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._flush_soon = False
         if not self._buffer:
             return
         batch, self._buffer = self._buffer, []
         self._committer.submit(batch)
 
-    def _count(self, batch: list[tuple[int, Record]]) -> None:
+    def _count(self, batch: list[tuple[int, Record]], *, on_disk: bool = True) -> None:
         """On the loop, once ``batch`` is committed (never before)."""
         stats = self.stats
+        inflight.committed([r.key for _, r in batch])
+        if not on_disk:
+            stats.unsaved += len(batch)
         for u, record in batch:
             stats.sent_done += 1
             if record.status == "ok":
@@ -268,6 +324,25 @@ class Engine:
                 stats.failed[record.status] += 1
             self.on_result(u, record)
         self.on_update(stats)
+
+    def _lost(self, batch: list[tuple[int, Record]], exc: StoreError) -> None:
+        """The committer gave up: the answers go to the result, flagged as not on disk."""
+        self.stats.store_error = exc
+        self.stats.store_trouble = None
+        self._count(batch, on_disk=False)
+
+    def _store_trouble(self, exc: StoreError | None) -> None:
+        if exc is None:
+            self.stats.store_trouble = None
+        else:
+            self.stats.store_trouble = "waiting for the cache lock" if exc.busy else f"cannot write the cache, retrying ({exc})"
+        self.on_update(self.stats)
+
+    def _replaced(self, n: int) -> None:
+        self.stats.store_notes.append(
+            f"the cache file {self.store.path!r} was deleted or replaced during the run; it was "
+            f"created again and holds the {n:,} answers of this run"
+        )
 
     async def _process(self, job: Job, hold: Any = None) -> Record:
         """Send ``job`` until it is answered or fails; ``hold``: its budget.Hold under max_cost."""
@@ -292,9 +367,8 @@ class Engine:
                 return self._unsent(key, attempts, failure)
             attempts += 1
             stats.in_flight += 1
-            if deadline is not None:
-                task = asyncio.current_task()
-                self._sending.add(task)  # type: ignore[arg-type]
+            task = asyncio.current_task()
+            self._sending.add(task)  # type: ignore[arg-type]
             try:
                 completion = await self.backend.complete(body)
             except RetryableError as exc:
@@ -344,8 +418,7 @@ class Engine:
                 raise
             finally:
                 stats.in_flight -= 1
-                if deadline is not None:
-                    self._sending.discard(task)
+                self._sending.discard(task)  # type: ignore[arg-type]
             limiter.done(reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers)
             return self._record(key, completion, reserved, attempts, body)
 
@@ -357,7 +430,7 @@ class Engine:
             error = self.validate(record.output)  # type: ignore[misc]
             if error is None:
                 break
-            if len(rejected) >= self.invalid_retries:
+            if len(rejected) >= self.invalid_retries or self._stop:
                 record = record._replace(status="invalid", error=error)
                 break
             rejected.append(record._replace(status="invalid", error=error))

@@ -1,12 +1,16 @@
-"""Ctrl-C / Jupyter's stop button: the run stops at once, keeps every answer, and a rerun resumes.
+"""Ctrl-C / Jupyter's stop button / cancelling ``amap``: what was paid is kept.
 
-A subprocess runs a slow map (two of its requests hang forever) and gets SIGINT, as a
-terminal's Ctrl-C or Jupyter's stop button sends; the loopback server's counters prove
-the rerun sends only what was not answered.
+The first interrupt stops sending and lets the requests in flight finish, so every
+answer the endpoint billed is committed (billed == committed, by the loopback server's
+counters) and a rerun sends only what was never sent. A second interrupt abandons the
+requests still in flight at once (two of them hang forever here).
+
+A subprocess gets SIGINT, as a terminal's Ctrl-C or Jupyter's stop button sends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,13 +20,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 import pandas_llm
 from pandas_llm.cache import Store
 from pandas_llm.testing import LLMServer
 
 ROWS = 300
-CONCURRENCY = 4
+CONCURRENCY = 8
 
 SCRIPT = textwrap.dedent(
     """
@@ -49,24 +54,67 @@ def committed(path: Path) -> int:
         return store.count("ok")
 
 
-def test_sigint_stops_at_once_keeps_answers_and_the_rerun_resumes(tmp_path):
+def start(srv: LLMServer, cache: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(pandas_llm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, srv.base_url, str(cache)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+def wait_for_answers(proc: subprocess.Popen, cache: Path, n: int) -> None:
+    deadline = time.monotonic() + 60
+    while committed(cache) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never got going"
+        time.sleep(0.02)
+
+
+def rerun(df: pd.DataFrame, srv: LLMServer, cache: Path) -> pd.Series:
+    return df.llm.map("Say {t}", base_url=srv.base_url, api_key="x", cache=cache, concurrency=32, progress=False)
+
+
+def test_one_sigint_finishes_the_requests_in_flight_and_keeps_every_paid_answer(tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(ROWS)]})
+    with LLMServer(latency=0.3) as srv:  # 8 requests in flight for 0.3 s each
+        proc = start(srv, cache)
+        try:
+            wait_for_answers(proc, cache, 16)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 130, err
+        words = out.split()
+        assert words[:2] == ["OUTCOME", "interrupted"], (out, err)
+        answered, unsent = int(words[2]), int(words[3])
+        assert unsent > 0 and answered + unsent == ROWS
+        assert "finishing" in err and "pandas-llm (interrupted)" in err  # the bar said what it was doing
+        kept = committed(cache)
+        assert kept == answered == srv.completed  # every billed answer is on disk
+        before = srv.completed
+
+        out = rerun(df, srv, cache)
+        assert out.tolist() == [f"echo: Say row {i}" for i in range(ROWS)]
+        assert srv.completed - before == ROWS - kept  # the rerun sends only what was never sent
+        assert set(srv.prompt_counts.values()) == {1}  # nothing paid twice
+
+
+def test_a_second_sigint_abandons_the_requests_in_flight(tmp_path):
     cache = tmp_path / "cache.sqlite"
     df = pd.DataFrame({"t": [f"row {i}" for i in range(ROWS)]})
     with LLMServer(latency=0.05) as srv:
-        # two requests that never get an answer: in flight when the interrupt comes
+        # two requests that never get an answer: in flight when the interrupts come
         srv.inject(hang=True, match="Say row 20", times=1)
         srv.inject(hang=True, match="Say row 21", times=1)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(pandas_llm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, srv.base_url, str(cache)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+        proc = start(srv, cache)
         try:
-            deadline = time.monotonic() + 60
-            while committed(cache) < 40:
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "the run never got going"
-                time.sleep(0.02)
+            wait_for_answers(proc, cache, 40)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            assert proc.poll() is None  # still waiting for the two hung requests (timeout 60 s)
             proc.send_signal(signal.SIGINT)
             sent_at = time.monotonic()
             out, err = proc.communicate(timeout=30)
@@ -74,37 +122,48 @@ def test_sigint_stops_at_once_keeps_answers_and_the_rerun_resumes(tmp_path):
         finally:
             proc.kill()
             proc.wait()
-        print(f"SIGINT to exit: {took:.2f} s")
-        # a hang guard, not a speed target: without cancelling the two hung requests the
-        # process would wait for them (the request timeout is 60 s) or the 10 s settle limit
-        assert took < 5, took
+        print(f"second SIGINT to exit: {took:.2f} s")
+        assert took < 5, took  # a hang guard, not a speed target: 60 s timeout or 10 s settle limit otherwise
         assert proc.returncode == 130, err
         words = out.split()
         assert words[:2] == ["OUTCOME", "interrupted"], (out, err)
-        answered, unsent = int(words[2]), int(words[3])
-        assert 40 <= answered < ROWS and unsent > 0
-        assert "pandas-llm (interrupted)" in err  # the bar says so
-
+        answered = int(words[2])
         kept = committed(cache)
-        assert kept == answered  # everything answered was committed before the process ended
-        before = srv.prompt_counts
-        requests_before = srv.completed
+        assert kept == answered
+        assert srv.completed == kept  # the hung ones were never answered, so never billed
+        before = srv.completed
 
-        out = df.llm.map("Say {t}", base_url=srv.base_url, api_key="x", cache=cache, concurrency=32, progress=False)
+        out = rerun(df, srv, cache)
         assert out.tolist() == [f"echo: Say row {i}" for i in range(ROWS)]
-        report = pandas_llm.last_run()
-        after = srv.prompt_counts
+        assert srv.completed - before == ROWS - kept
+        assert set(srv.prompt_counts.values()) == {1}
+        counts = srv.prompt_counts
+        assert counts["Say row 20"] == counts["Say row 21"] == 1  # sent again, answered once
 
-    from_cache = report.details["from_cache"].to_numpy()
-    assert from_cache.sum() == kept
-    assert srv.completed - requests_before == ROWS - kept  # only the missing rows were sent
-    for i in range(ROWS):
-        prompt = f"Say row {i}"
-        if from_cache[i]:
-            assert before[prompt] == 1 and after[prompt] == 1, prompt  # paid once, never re-sent
-        else:
-            assert after[prompt] - before[prompt] == 1, prompt
-    # the only answers paid twice are those in flight at the interrupt (billed, never received)
-    twice = [p for p, n in after.items() if n > 1]
-    assert len(twice) <= CONCURRENCY
-    assert after["Say row 20"] == after["Say row 21"] == 1  # the hung ones: never answered, sent again
+
+def test_cancelling_amap_once_keeps_the_answers_in_flight(tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(ROWS)]})
+
+    async def main(srv: LLMServer) -> None:
+        task = asyncio.ensure_future(
+            df.llm.amap("Say {t}", base_url=srv.base_url, api_key="x", cache=cache, concurrency=CONCURRENCY, progress=False)
+        )
+        while srv.completed < 16:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        assert not task.done()  # finishing the requests in flight (0.3 s each)
+        assert pandas_llm.last_run().stats.stopping
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with LLMServer(latency=0.3) as srv:
+        asyncio.run(main(srv))
+        stats = pandas_llm.last_run().stats
+        assert stats.outcome == "interrupted" and stats.in_flight == 0
+        assert committed(cache) == stats.ok == srv.completed  # billed == committed
+        before = srv.completed
+        rerun(df, srv, cache)
+        assert srv.completed - before == ROWS - stats.ok
+        assert set(srv.prompt_counts.values()) == {1}

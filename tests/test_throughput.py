@@ -95,7 +95,7 @@ def engine(vt: VirtualTime, backend, *, concurrency=20, rpm=600, max_attempts=6,
 
 def jobs(n: int):
     for u in range(n):
-        yield u, bytes([u % 256]) * 32, f"job{u}".encode()
+        yield u, u.to_bytes(32, "big"), f"job{u}".encode()  # distinct keys, as dedup makes them
 
 
 async def test_a_429_pauses_every_worker_and_sending_resumes_on_a_ramp():

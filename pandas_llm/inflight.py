@@ -1,0 +1,110 @@
+"""Requests in flight, shared by every run of this process: the same request is sent once.
+
+Two calls that overlap (four threads mapping frames that share prompts, a cell run while
+another is still sending) plan against the cache before either has an answer, so both
+would send the shared requests. Before sending, a worker *claims* the request's key:
+if another run already has it in flight, or answered it but had not yet committed it
+when this run read the cache, the worker awaits that answer instead of paying again.
+The key is the request itself (model, messages, parameters, endpoint), so sharing is
+right whatever cache file each run uses.
+
+Futures are ``concurrent.futures.Future`` so runs on different event loops (the sync
+API's background loop, a caller's own loop for ``amap``) can await each other. An
+answer that is not ``ok`` is not shared: the waiter sends the request itself, as a
+rerun would. Entries live only while another run that could need them is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+__all__ = ["open_run", "close_run", "claim", "answered", "committed", "wait"]
+
+_lock = threading.Lock()
+_seq = itertools.count(1)
+_active: set[int] = set()
+
+
+class _Entry:
+    __slots__ = ("future", "record", "committed_at")
+
+    def __init__(self) -> None:
+        self.future: Future | None = None  # made when a second run waits (rare): claims stay cheap
+        self.record: Any = None  # the owner's ok answer, once it has one
+        self.committed_at: int | None = None  # sequence number once on disk
+
+
+_entries: dict[bytes, _Entry] = {}
+
+
+def open_run() -> int:
+    """Call before reading the cache; returns the run's token (pass it to ``close_run``)."""
+    with _lock:
+        token = next(_seq)
+        _active.add(token)
+        return token
+
+
+def close_run(token: int) -> None:
+    with _lock:
+        _active.discard(token)
+        oldest = min(_active, default=None)
+        stale = [k for k, e in _entries.items() if e.committed_at is not None and (oldest is None or e.committed_at < oldest)]
+        for key in stale:
+            del _entries[key]
+
+
+def claim(key: bytes, token: int) -> Future | None:
+    """None: the caller owns ``key`` and must call ``answered`` (then ``committed``).
+    A future: another run has it; await it with ``wait``."""
+    with _lock:
+        entry = _entries.get(key)
+        if entry is None or (entry.committed_at is not None and entry.committed_at < token):
+            _entries[key] = _Entry()
+            return None
+        if entry.future is None:
+            entry.future = Future()
+            if entry.record is not None:
+                entry.future.set_result(entry.record)
+        return entry.future
+
+
+def answered(key: bytes, record: Any) -> None:
+    """The owner got ``record`` (None: it gave up without an answer). Waiters wake now."""
+    with _lock:
+        entry = _entries.get(key)
+        if entry is None or entry.record is not None:
+            return
+        ok = record is not None and record.status == "ok"
+        if ok:
+            entry.record = record
+        else:
+            del _entries[key]
+        if entry.future is not None:
+            entry.future.set_result(record if ok else None)
+
+
+def committed(keys: list[bytes]) -> None:
+    """The owner's answers are on disk: a run planned from now on finds them in the cache,
+    so keep them only for the runs already planned (none when this is the only run)."""
+    with _lock:
+        keep = len(_active) > 1
+        seq = next(_seq)
+        entries = _entries
+        for key in keys:
+            entry = entries.get(key)
+            if entry is None or entry.record is None:
+                continue
+            if keep:
+                entry.committed_at = seq
+            else:
+                del entries[key]
+
+
+async def wait(future: Future) -> Any:
+    """The other run's ``ok`` record, or None (it failed or stopped: send it yourself)."""
+    return await asyncio.shield(asyncio.wrap_future(future))

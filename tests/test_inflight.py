@@ -1,0 +1,56 @@
+"""Two calls in one process do not pay twice: a request another run has in flight is awaited.
+
+Four threads map frames that share 200 prompts (each also has 50 of its own), all at
+once; the loopback server's counters prove each distinct prompt was billed exactly
+once, with one cache file for all and with one cache file each (sharing is by the
+request's key, whatever the file). With one file each, the runs must overlap: an answer
+another run committed to its own file before this run started is not shared (a server
+latency of 0.2 s makes every run start before the first answer arrives).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pandas as pd
+import pytest
+
+from pandas_llm import inflight
+from pandas_llm.testing import LLMServer
+
+SHARED, OWN, THREADS = 200, 50, 4
+
+
+@pytest.mark.parametrize("caches", ["one cache file", "a cache file each"])
+def test_four_threads_sharing_prompts_pay_once_per_distinct_prompt(tmp_path, caches):
+    frames = [
+        pd.DataFrame({"t": [f"shared {i}" for i in range(SHARED)] + [f"own {k} {i}" for i in range(OWN)]})
+        for k in range(THREADS)
+    ]
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+    with LLMServer(latency=0.2) as srv:
+        start = threading.Barrier(THREADS)
+
+        def work(k: int) -> None:
+            cache = tmp_path / ("c.sqlite" if caches == "one cache file" else f"c{k}.sqlite")
+            try:
+                start.wait()
+                out = frames[k].llm.map("Say {t}", base_url=srv.base_url, api_key="x", cache=cache, concurrency=32, progress=False)
+                results[k] = out.tolist()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        counts = srv.prompt_counts
+        billed = srv.completed
+    for k in range(THREADS):
+        assert results[k] == [f"echo: Say {t}" for t in frames[k]["t"]]
+    assert billed == SHARED + THREADS * OWN  # exactly the distinct prompts
+    assert set(counts.values()) == {1}
+    assert not inflight._entries and not inflight._active  # nothing kept once the runs are over
