@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -108,6 +109,7 @@ class Run:
         self._stopping = False
         self.name = data.name if isinstance(data, pd.Series) else None
         self._token = inflight.open_run()  # before reading the cache: see inflight.py
+        weakref.finalize(self, inflight.close_run, self._token)  # a Run planned but never executed (batch jobs)
         try:
             self.store = Store(settings.cache_path)  # proves it can write before anything is planned
         except BaseException:

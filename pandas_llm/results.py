@@ -66,7 +66,7 @@ class Outcomes:
     def records(self, keys: Any, model: str | None = None) -> list[Record]:
         """A Record for every slot with an outcome from the endpoint or the cache (not the
         unsent ones): what a recreated cache file must hold again."""
-        unsent = {None, "budget", "stopped", "skipped", "expired", "cancelled"}
+        unsent = {None, "budget", "stopped", "deadline", "unsent", "skipped", "expired", "cancelled"}
         out = []
         for u in np.flatnonzero([st not in unsent for st in self.status]).tolist():
             cost = self.cost[u]
