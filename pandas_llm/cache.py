@@ -128,8 +128,9 @@ WHERE results.status != 'ok'
 """
 
 
-class FileReplaced(Exception):
-    """The cache file was deleted or replaced under an open Store (see ``Store.write``)."""
+class FileReplaced(StoreError):
+    """The cache file was deleted or replaced under an open Store (see ``Store.write``); the
+    engine's committer reopens it and writes every answer of the run again."""
 
 
 #: How long a write waits for another process's lock before handing control back
@@ -246,9 +247,12 @@ class Store:
                 try:
                     st = os.stat(self.path)  # type: ignore[arg-type]
                 except OSError:
-                    raise FileReplaced(self.path) from None
-                if (st.st_dev, st.st_ino) != self._ident:
-                    raise FileReplaced(self.path)
+                    st = None
+                if st is None or (st.st_dev, st.st_ino) != self._ident:
+                    raise FileReplaced(
+                        f"the cache file {self.path!r} was deleted or replaced while in use; run the call "
+                        "again to write the answers to a new file", path=self.path,
+                    )  # fmt: skip
             conn = self.conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
