@@ -76,11 +76,10 @@ def run_sync(make: Callable[[], Awaitable[T]]) -> T:
             box["result"] = await make()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = exc
-        finally:
-            settled.set()
 
     def start() -> None:
-        box["task"] = loop.create_task(wrapper())
+        task = box["task"] = loop.create_task(wrapper())
+        task.add_done_callback(lambda _: settled.set())  # also when cancelled before it began
 
     def cancel() -> None:
         task = box.get("task")
