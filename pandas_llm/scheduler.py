@@ -191,7 +191,7 @@ class Engine:
         self._buffer: list[tuple[int, Record]] = []
         self._flush_soon = False
         self._committer = Committer(
-            store, self._count, on_idle=self.flush, on_trouble=self._store_trouble, on_lost=self._lost,
+            store, self._count, on_idle=self.flush, on_trouble=self._store_trouble, on_lost=self._not_on_disk,
             everything=everything, on_replaced=self._replaced,
         )  # fmt: skip
         self._fatal: FatalAPIError | None = None
@@ -325,7 +325,7 @@ class Engine:
             self.on_result(u, record)
         self.on_update(stats)
 
-    def _lost(self, batch: list[tuple[int, Record]], exc: StoreError) -> None:
+    def _not_on_disk(self, batch: list[tuple[int, Record]], exc: StoreError) -> None:
         """The committer gave up: the answers go to the result, flagged as not on disk."""
         self.stats.store_error = exc
         self.stats.store_trouble = None
