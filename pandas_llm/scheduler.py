@@ -282,6 +282,8 @@ class Engine:
                     record = await (process(job) if self.budget is None else self.budget.spend(job, process, sends))
                 finally:
                     inflight.answered(key, record)  # not ok (unsent, failed): a waiter sends it itself
+                    if self.split is not None:
+                        inflight.committed([key])  # its rows are committed under their own keys
                 if record is None or record.status == UNSENT:  # over budget, deadline, or stopping
                     if self._fatal is not None:
                         raise self._fatal
