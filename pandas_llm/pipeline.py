@@ -23,7 +23,7 @@ from .backends import make_backend
 from .budget import Budget, ContextCheck, Meter
 from .cache import Store
 from .config import Settings
-from .errors import FatalAPIError
+from .errors import FatalAPIError, LocalServerError
 from .planner import Plan, make_plan
 from .progress import make_observer
 from .ratelimit import Limiter
@@ -173,7 +173,7 @@ class Run:
         except asyncio.CancelledError:
             stats.outcome = "interrupted"
             raise
-        except FatalAPIError:
+        except (FatalAPIError, LocalServerError):  # LocalServerError: the local server died
             stats.outcome = "failed"
             raise
         finally:

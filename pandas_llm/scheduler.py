@@ -27,6 +27,14 @@ passed, or a 429's wait ends after it, nothing more is sent; workers waiting for
 limiter are woken and stop, requests in flight are kept, and rows not sent are left for
 the caller to label (``stats.deadline_reached``).
 
+A dead endpoint stops the run in seconds, not after every row has used its attempts:
+when one request has failed ``DEAD_AFTER`` times in a row (or ``max_attempts``, if fewer)
+on connection-level errors (refused, reset, unreachable, DNS: ``code="connection"`` from
+every backend) and the endpoint answered nothing at all meanwhile, the run raises
+FatalAPIError naming the base URL. A blip (a few refusals, then answers) is retried as
+usual. On each connection failure the engine also asks ``pandas_llm.local`` whether a
+LocalServer of this process serves that URL and has died: then LocalServerError, at once.
+
 Validation (``validate=``, used when a schema is set): an answer the hook rejects is
 asked again up to ``invalid_retries`` times, then stored as ``invalid`` with the hook's
 error. A resend is a fresh request with ``seed`` moved on by the resend number (so a
@@ -51,11 +59,11 @@ from .backends import Backend, Completion
 from .cache import Record, Store
 from . import inflight
 from .committer import Committer
-from .errors import FatalAPIError, RateLimitError, RequestError, RetryableError, StoreError
+from .errors import FatalAPIError, LocalServerError, PandasLLMError, RateLimitError, RequestError, RetryableError, StoreError
 from .ratelimit import Limiter
 from .stopping import ShapeWatch, come_back, quota_stop
 
-__all__ = ["Engine", "RunStats", "Job", "RetryPolicy", "completion_record"]
+__all__ = ["Engine", "RunStats", "Job", "RetryPolicy", "completion_record", "DEAD_AFTER"]
 
 Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
 
@@ -65,6 +73,11 @@ _DONE_FINISH = frozenset({"stop", "eos_token", "stop_sequence"})
 _FAILED_FINISH = {"length": "length", "model_length": "length", "content_filter": "content_filter"}
 #: finish_reason values of a tool call: an answer only when the request asked for tools.
 _TOOL_FINISH = frozenset({"tool_calls", "function_call"})
+#: Connection failures in a row of one request, with no answer from the endpoint meanwhile,
+#: after which the endpoint counts as dead (about 4 s with the default backoff).
+DEAD_AFTER = 4
+#: What stops a whole run (recorded in Engine._fatal, re-raised once the others have stopped).
+_STOPS = (FatalAPIError, LocalServerError)
 #: The status of a job the engine did not send (deadline passed, run stopping); never stored.
 UNSENT = "unsent"
 
@@ -86,6 +99,7 @@ class RunStats:
     retries: int = 0
     rate_limited: int = 0  # 429s at the account's limit (every worker paused)
     overloaded: int = 0  # 429s with the limit not reached (server busy): that request retried
+    timeouts: int = 0  # attempts that got no answer within the timeout
     prompt_tokens: int = 0
     completion_tokens: int = 0  # every output token billed, reasoning tokens included
     reasoning_tokens: int = 0  # of those, a reasoning model's hidden ones
@@ -194,8 +208,9 @@ class Engine:
             store, self._count, on_idle=self.flush, on_trouble=self._store_trouble, on_lost=self._not_on_disk,
             everything=everything, on_replaced=self._replaced,
         )  # fmt: skip
-        self._fatal: FatalAPIError | None = None
+        self._fatal: PandasLLMError | None = None  # FatalAPIError, or LocalServerError (it died)
         self._stop = False
+        self._heard = 0  # answers of any kind (any HTTP status) from the endpoint so far
         self._shape = shape or ShapeWatch()  # grouping.py shares one across its rounds
         self._token = token
         self._workers: list[asyncio.Future] = []
@@ -212,7 +227,8 @@ class Engine:
                 w.cancel()
 
     async def run(self, jobs: Iterable[Job]) -> None:
-        """Send every job; return when all are settled. Raises FatalAPIError if the run had to stop."""
+        """Send every job; return when all are settled. Raises FatalAPIError (or LocalServerError:
+        the local server died) if the run had to stop."""
         # never more workers than requests to send (concurrency=10**6 for 20 rows: 20 tasks)
         n = self.concurrency
         hint = operator.length_hint(jobs, -1)
@@ -228,7 +244,7 @@ class Engine:
             self.stop()
         try:
             await asyncio.gather(*workers)
-        except FatalAPIError:
+        except _STOPS:
             pass  # recorded in self._fatal; siblings cancelled below
         finally:
             if watch is not None:
@@ -356,6 +372,7 @@ class Engine:
         failures = 0
         deadline = self.retry.deadline
         failure: RetryableError | None = None
+        down, heard = 0, -1  # this request's connection failures in a row; self._heard at the last
         while True:
             if self._stop or (deadline is not None and self._past_deadline(0)):
                 return self._unsent(key, attempts, failure)
@@ -375,6 +392,19 @@ class Engine:
                 completion = await self.backend.complete(body)
             except RetryableError as exc:
                 limiter.release(reserved)
+                if exc.code == "connection":
+                    down = down + 1 if heard == self._heard else 1
+                    heard = self._heard
+                    stop = self._unreachable(exc, down)
+                    if stop is not None:
+                        if exc.maybe_billed:  # dropped after sending: counted as possibly billed
+                            await self._lost(body, hold, False)
+                        why = f"{exc} (after {attempts} attempts; not sent again: the endpoint is gone)"
+                        return self._stop_run(stop, Record(key, "failed", error=why, attempts=attempts, model=self.model))
+                elif exc.status is not None:
+                    self._heard += 1
+                elif exc.code == "timeout":
+                    stats.timeouts += 1
                 if isinstance(exc, RateLimitError):
                     if limiter.is_limit(exc.headers, str(exc), reserved):
                         stats.rate_limited += 1
@@ -408,6 +438,7 @@ class Engine:
                 continue
             except RequestError as exc:
                 limiter.release(reserved)
+                self._heard += 1
                 record = Record(key, "error", error=str(exc), attempts=attempts, model=self.model)
                 stop = self._shape.refused(exc, body)
                 return record if stop is None else self._stop_run(stop, record)
@@ -421,6 +452,7 @@ class Engine:
             finally:
                 stats.in_flight -= 1
                 self._sending.discard(task)  # type: ignore[arg-type]
+            self._heard += 1
             limiter.done(reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers)
             return self._record(key, completion, reserved, attempts, body)
 
@@ -472,7 +504,7 @@ class Engine:
         return Record(key, "failed", error=f"{failure} (after {attempts} attempts; not sent again: {why})",
                       attempts=attempts, model=self.model)  # fmt: skip
 
-    def _stop_run(self, exc: FatalAPIError, record: Record) -> Record:
+    def _stop_run(self, exc: PandasLLMError, record: Record) -> Record:
         """Stop the run with ``exc`` once this job's ``record`` is kept (see _work)."""
         self._fatal = self._fatal or exc
         self._stop = True
@@ -503,6 +535,27 @@ class Engine:
         if hold is None:
             return True
         return await self.budget.lost(hold, billed, again=again) or not again
+
+    def _unreachable(self, exc: RetryableError, down: int) -> PandasLLMError | None:
+        """The error that stops the run after a connection failure, or None to retry: the
+        LocalServer serving this URL died, or ``down`` failures in a row mean the endpoint is gone."""
+        endpoint = getattr(self.backend, "endpoint", None)
+        if endpoint:
+            from .local import check_endpoint
+
+            try:
+                check_endpoint(endpoint)
+            except LocalServerError as died:
+                return died
+        if down < min(DEAD_AFTER, self.retry.max_attempts):
+            return None
+        return FatalAPIError(
+            f"cannot reach {endpoint or 'the endpoint of the client function'}: {down} connection attempts "
+            f"in a row failed with no answer from it meanwhile (last: {exc}). Is the server running, and "
+            "is base_url right? The run stopped; answered rows are kept in the cache: run the same call "
+            "again to send the rest.",
+            code="unreachable",
+        )
 
     def _past_deadline(self, wait: float) -> bool:
         deadline = self.retry.deadline

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+import urllib.error
 
+import orjson
 import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm import ConfigError, FatalAPIError, RunWarning, TemplateError
+from pandas_llm import ConfigError, FatalAPIError, RunWarning, TemplateError, scheduler
 from pandas_llm.testing import LLMServer
 
 
@@ -145,3 +149,125 @@ def test_a_users_openai_client_gets_the_same_retries_and_fatal_errors(server, fa
         with pytest.raises(FatalAPIError, match="API key was refused") as err:
             pd.DataFrame({"text": ["c"]}).llm.map("{text}", client=client, progress=False)
     assert err.value.status == 401
+
+
+# -- a dead endpoint fails fast; a blip does not ----------------------------------------------
+def _closed_port() -> int:
+    """A loopback port nobody listens on: connecting is refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _backend_options(kind: str, base_url: str, monkeypatch, stack) -> dict:
+    """map() keywords sending to ``base_url`` through one of the four backends."""
+    if kind == "aiohttp":
+        monkeypatch.setenv("PANDAS_LLM_HTTP", "aiohttp")
+    if kind == "openai":
+        import openai
+
+        return {"client": stack.enter_context(openai.OpenAI(base_url=base_url, api_key="k"))}
+    if kind == "function":
+        import urllib.request
+
+        def call(messages, **params):  # a user's function speaking HTTP itself
+            req = urllib.request.Request(base_url + "/chat/completions", data=orjson.dumps({"messages": messages, **params}),
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    return orjson.loads(resp.read())["choices"][0]["message"]["content"]
+            except urllib.error.URLError as exc:
+                raise exc.reason if isinstance(exc.reason, OSError) else exc
+
+        return {"client": call}
+    return {"base_url": base_url, "api_key": "k"}
+
+
+BACKENDS = ["wire", "aiohttp", "openai", "function"]
+
+
+def test_ten_thousand_rows_against_a_closed_port_stop_in_a_handful_of_requests(fast_retries):
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(10_000)]})
+    with pytest.raises(FatalAPIError, match=rf"cannot reach {url}: \d connection attempts in a row") as err:
+        df.llm.map("{text}", base_url=url, api_key="k", progress=False)
+    assert "answered rows are kept in the cache" in str(err.value) and "refused" in str(err.value)
+    report = pandas_llm.last_run()
+    assert report.stats.outcome == "failed" and report.stats.ok == 0
+    statuses = report.details["status"].value_counts()
+    assert "ok" not in statuses and statuses.get("stopped", 0) >= 10_000 - 16
+    assert report.stats.retries <= 16 * scheduler.DEAD_AFTER  # a handful per worker, not 6 x 10,000
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_every_backend_stops_on_a_dead_endpoint(kind, fast_retries, monkeypatch):
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(200)]})
+    with contextlib.ExitStack() as stack:
+        options = _backend_options(kind, url, monkeypatch, stack)
+        with pytest.raises(FatalAPIError, match="answered rows are kept in the cache") as err:
+            df.llm.map("{text}", progress=False, **options)
+    where = "the endpoint of the client function" if kind == "function" else url
+    assert f"cannot reach {where}" in str(err.value)
+    assert pandas_llm.last_run().stats.ok == 0
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_server_resetting_three_connections_then_recovering_completes(kind, server, fast_retries, monkeypatch):
+    server.inject(reset=True, times=3)
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(20)]})
+    with contextlib.ExitStack() as stack:
+        options = _backend_options(kind, server.base_url, monkeypatch, stack)
+        out = df.llm.map("{text}", progress=False, concurrency=1, **options)
+    assert out.notna().all() and server.injected == 3
+    assert pandas_llm.last_run().stats.retries == 3
+
+
+def test_an_answer_between_connection_failures_keeps_the_run_going(server, fast_retries):
+    # 3 resets, a 500 (the endpoint answered: it is alive), 3 resets: 6 failures, never 4 in a row
+    server.inject(reset=True, times=3)
+    server.inject(500, times=1)
+    server.inject(reset=True, times=3)
+    out = pd.DataFrame({"text": ["a", "b"]}).llm.map("{text}", concurrency=1, max_attempts=10, **_opts(server))
+    assert out.notna().all() and server.injected == 7
+
+
+def test_dead_after_connection_failures_in_a_row(server, fast_retries):
+    server.inject(reset=True, times=scheduler.DEAD_AFTER)
+    with pytest.raises(FatalAPIError, match=rf"{scheduler.DEAD_AFTER} connection attempts in a row"):
+        pd.DataFrame({"text": ["a", "b"]}).llm.map("{text}", concurrency=1, **_opts(server))
+    # with fewer attempts allowed than that, the endpoint is dead after max_attempts
+    server.inject(reset=True, times=2)
+    with pytest.raises(FatalAPIError, match="2 connection attempts in a row"):
+        pd.DataFrame({"text": ["c"]}).llm.map("{text}", concurrency=1, max_attempts=2, **_opts(server))
+
+
+def test_a_server_that_goes_away_mid_run_stops_it_and_the_answers_are_kept(fast_retries, tmp_path):
+    srv = LLMServer(latency=0.005).start()
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(400)]})
+    kw = dict(base_url=srv.base_url, api_key="k", progress=False, concurrency=4, cache=tmp_path / "c.sqlite")
+
+    def stop_after(n: int) -> None:
+        while srv.completed < n:
+            time.sleep(0.002)
+        srv.stop()
+
+    stopper = threading.Thread(target=stop_after, args=(50,))
+    stopper.start()
+    try:
+        with pytest.raises(FatalAPIError, match=f"cannot reach {srv.base_url}"):
+            df.llm.map("{text}", **kw)
+    finally:
+        stopper.join()
+    d = pandas_llm.last_run().details
+    answered = int((d["status"] == "ok").sum())
+    assert answered >= 50 - 4 and set(d["status"]) <= {"ok", "stopped"}  # 4 may be lost in flight
+    with LLMServer(port=srv.port) as again:  # the same base URL: the same cache keys
+        out = df.llm.map("{text}", **kw)
+        assert out.notna().all() and again.requests == len(df) - answered
+
+
+def _opts(server) -> dict:
+    return {"base_url": server.base_url, "api_key": "k", "progress": False}

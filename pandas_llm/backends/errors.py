@@ -7,6 +7,10 @@ or names a daily quota without saying when to retry. A 5xx whose message names
 ``response_format`` / ``json_schema`` (llama.cpp answers 500 to ``json_schema``) is the
 request's fault: a RequestError, not retried. An HTTP 200 carrying an error object is
 the error it names (``error_in_answer``).
+
+Every backend gives a failure without an HTTP answer one of two codes, which the engine
+counts alike: ``code="connection"`` (refused, reset, unreachable, DNS, the connection
+closed before a whole answer) and ``code="timeout"`` (no answer within ``timeout``).
 """
 
 from __future__ import annotations

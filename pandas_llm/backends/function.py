@@ -5,7 +5,8 @@ event loop; a sync one in a pool of ``concurrency`` threads. It returns the answ
 (or a Completion, to report usage; it is judged like any answer: only finish_reason
 "stop" with content is one). Caching, dedup, retries and progress work the same.
 Exceptions it raises are that row's error, except pandas_llm's RetryableError / FatalAPIError
-and the usual transient ones (TimeoutError, ConnectionError), which are retried or stop the run.
+and the usual transient ones (TimeoutError, ConnectionError), which are retried or stop the run
+(connection errors in a row with no answer between stop it as a dead endpoint, as for HTTP).
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ class FunctionBackend:
         except APIError:
             raise
         except TimeoutError as exc:  # the function may have paid for a call it did not finish
-            raise lost(f"{type(exc).__name__}: {exc}", type(exc).__name__) from exc
+            raise lost(f"{type(exc).__name__}: {exc}", "timeout") from exc  # the codes every backend uses
         except ConnectionError as exc:
-            raise RetryableError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__) from exc
+            raise RetryableError(f"{type(exc).__name__}: {exc}", code="connection") from exc
         except Exception as exc:
             raise RequestError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__) from exc
         if isinstance(out, Completion):

@@ -14,12 +14,16 @@ in the buffer (pipelining works but is not optimised).
 
 A handler is ``handler(request) -> Response`` or ``-> Awaitable[Response]``. An awaitable
 that never completes leaves the connection open without an answer (a "hang"); it is
-cancelled when the client disconnects or the server stops.
+cancelled when the client disconnects or the server stops. A handler that returns
+``RESET`` drops the connection with a TCP reset and no answer, as a crashed server or a
+proxy cutting the line does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -29,7 +33,10 @@ import orjson
 
 from ..backends.wire import dechunk
 
-__all__ = ["Request", "Response", "Handler", "HTTPProtocol", "default_error", "error_response", "json_response"]
+__all__ = ["Request", "Response", "Handler", "HTTPProtocol", "RESET", "default_error", "error_response", "json_response"]
+
+#: Returned by a handler: reset the connection instead of answering.
+RESET: Any = object()
 
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -256,6 +263,9 @@ class HTTPProtocol(asyncio.Protocol):
         if isinstance(result, Response):
             self._write(result, close)
             return
+        if result is RESET:
+            self._reset()
+            return
         fut = asyncio.ensure_future(result)
         self.pending = fut
         fut.add_done_callback(lambda f: self._deferred_done(f, close))
@@ -271,6 +281,17 @@ class HTTPProtocol(asyncio.Protocol):
         self._write(resp, close)
         if self.buf and not self.closing:
             self._process()
+
+    def _reset(self) -> None:
+        """Close with RST (SO_LINGER 0): the client sees ECONNRESET, not an orderly end."""
+        transport = self.transport
+        self.closing = True
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
 
     def _write(self, resp: Response, close: bool) -> None:
         transport = self.transport

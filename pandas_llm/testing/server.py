@@ -48,7 +48,7 @@ from typing import Any
 import orjson
 
 from ..errors import ConfigError, PandasLLMError
-from ._http import HTTPProtocol, Request, Response, default_error, error_response, json_response
+from ._http import RESET, HTTPProtocol, Request, Response, default_error, error_response, json_response
 from .answers import AnswerFn, Completion, InvalidRequest, answer_for, complete, estimate_tokens, message_text
 from .batches import BatchEndpoints
 from .endpoints import ListEndpoints
@@ -80,6 +80,7 @@ class _Fault:
     hang: bool
     body: Any
     shape: str | None = None
+    reset: bool = False
 
 
 class LLMServer:
@@ -298,6 +299,7 @@ class LLMServer:
         hang: bool = False,
         body: Any = None,
         shape: str | None = None,
+        reset: bool = False,
     ) -> None:
         """Make the next ``times`` chat requests whose last user message contains ``match``
         (any request if None) fail with ``status`` and an OpenAI-style error body.
@@ -310,16 +312,18 @@ class LLMServer:
         ignores ``stream: false`` writes it: ``"sse"`` an event stream of chunks (usage in
         the last, then ``data: [DONE]``), ``"sse_cut"`` the same stream cut before its
         ``finish_reason``, ``"json+done"`` the JSON answer followed by ``data: [DONE]``.
+        ``reset=True`` answers nothing and resets the connection (TCP RST), as a server that
+        crashed or a proxy cutting the line does (``status`` is then unused).
         Faults are consumed in the order they were injected.
         """
         if times < 1:
             raise ConfigError(f"times must be >= 1, got {times!r}")
         if shape is not None and (shape not in _SHAPES or status != 200 or body is not None or hang):
             raise ConfigError(f"shape= is one of {sorted(_SHAPES)}, with status 200 and no body= or hang=")
-        if 200 <= status < 300 and body is None and not hang and shape is None:
+        if 200 <= status < 300 and body is None and not (hang or reset) and shape is None:
             raise ConfigError("a 2xx fault needs body= or shape=")
         with self._lock:
-            self._faults.append(_Fault(status, times, match, retry_after, retry_after_ms, hang, body, shape))
+            self._faults.append(_Fault(status, times, match, retry_after, retry_after_ms, hang, body, shape, reset))
 
     def clear_faults(self) -> None:
         """Drop faults not consumed yet."""
@@ -363,6 +367,8 @@ class LLMServer:
         resp = self._chat_response(request)
         if resp is None:  # hang
             return asyncio.get_running_loop().create_future()
+        if resp is RESET:
+            return resp
         if self.latency > 0:
             return _later(self.latency, resp)
         return resp
@@ -393,6 +399,8 @@ class LLMServer:
                 answer = self._record(body["model"], done, body)
                 return Response(200, _SHAPES[fault.shape](answer), self.limiter.headers(), "text/event-stream")
             if fault is not None:
+                if fault.reset:
+                    return RESET
                 return None if fault.hang else self._fault_response(fault, self.limiter.headers())
         if self.error_rate:
             draw, acc = self._rng.random(), 0.0
