@@ -130,10 +130,18 @@ class BatchStatus:
 
 class BatchProgress(TqdmObserver):
     """The tqdm bar over distinct requests; the postfix names each state's batch count,
-    the requests the API has finished, and the cost of what was collected."""
+    the requests the API has finished, and the cost of what was collected. ``text=True``
+    (``progress="text"``): the plain tqdm bar in a notebook too, not tqdm's widget."""
+
+    def __init__(self, *, text: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.text = text
 
     def start(self, stats: RunStats) -> None:
-        from tqdm.auto import tqdm
+        if self.text:
+            from tqdm.std import tqdm
+        else:
+            from tqdm.auto import tqdm
 
         self.bar = tqdm(total=stats.unique, initial=stats.cached_unique, unit="req", desc="pandas-llm batch",
                         **self.kwargs)  # fmt: skip

@@ -104,7 +104,7 @@ class Settings:
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     concurrency: int = 16
     cache: str | os.PathLike | bool = True
-    progress: bool = True
+    progress: Any = True  # True | False | "text" (the tqdm bar, in a kernel too) | an observer
     timeout: float | None = None  # seconds per request; None: 60 (DEFAULT_TIMEOUT), a client= keeps its own
     max_attempts: int = 6
     base_url: str | None = None
@@ -127,6 +127,16 @@ class Settings:
     prices: Any = None  # a pricing.Price for every model, or {model: Price}; None: the price table
 
     def __post_init__(self) -> None:
+        progress = self.progress
+        if not (
+            isinstance(progress, bool) or progress is None or (isinstance(progress, str) and progress == "text")
+            or (not isinstance(progress, str) and all(callable(getattr(progress, m, None)) for m in ("start", "update", "close")))
+        ):  # fmt: skip
+            raise ConfigError(
+                "progress must be True (a widget in Jupyter, a tqdm bar elsewhere), 'text' (the tqdm "
+                "bar everywhere, for frontends that cannot draw widgets), False (nothing), or an "
+                f"object with start/update/close methods; got {progress!r}"
+            )
         if self.mode not in ("realtime", "batch", "auto"):
             raise ConfigError(
                 f"mode must be 'realtime', 'batch' (the Batch API: half price, results within 24h) "

@@ -233,7 +233,8 @@ class BatchJob:
         if self._finished:
             return
         settings = self.settings
-        observer = make_observer(BatchProgress() if settings.progress is True else settings.progress)
+        progress = settings.progress
+        observer = make_observer(BatchProgress(text=progress == "text") if progress is True or progress == "text" else progress)
         stats = self.stats
         _pipeline.record_run(_pipeline.RunReport(stats, self.plan))
         observer.start(stats)

@@ -7,8 +7,9 @@ interrupted, stopped by a fatal error). A display draws at most once per
 arrive); a throttled ``update`` costs one clock read. Time is injected (``clock=``).
 
 ``make_observer(True)`` picks the ipywidgets display in a Jupyter kernel that can import
-ipywidgets (widget.py) and a tqdm bar elsewhere; ``False`` draws nothing; any object with
-``start/update/close`` is used as given. Every run also logs its summary on the
+ipywidgets (widget.py) and a tqdm bar elsewhere; ``"text"`` the tqdm bar everywhere (a
+kernel included: for frontends that cannot draw widgets); ``False`` draws nothing; any
+object with ``start/update/close`` is used as given. Every run also logs its summary on the
 ``pandas_llm`` logger (INFO); nothing here configures logging. A display that raises is
 switched off with a log message: drawing never stops a run.
 
@@ -81,6 +82,7 @@ class Snapshot:
     retries: int
     rate_limited: int  # 429s at the account's limit
     overloaded: int  # 429s from a busy server, the limit not reached (retried, no pause)
+    timeouts: int  # attempts that got no answer within the timeout
     paused: float  # seconds left in a rate-limit pause (0: not paused)
     max_cost: float | None
     budget_reached: bool
@@ -127,6 +129,7 @@ class Snapshot:
             retries=stats.retries,
             rate_limited=stats.rate_limited,
             overloaded=stats.overloaded,
+            timeouts=stats.timeouts,
             paused=max(0.0, stats.paused_until - now) if stats.finished is None else 0.0,
             max_cost=stats.max_cost,
             budget_reached=stats.budget_reached,
@@ -187,7 +190,7 @@ class Snapshot:
         return f"{amount} possibly billed ({n:,} answer{'s' if n != 1 else ''} lost)"
 
     def trouble(self) -> str | None:
-        """Retries, rate-limit pauses and the budget, while they matter; else None."""
+        """Retries, timeouts, rate-limit pauses and the budget, while they matter; else None."""
         parts = []
         if self.stopping:
             parts.append(f"stopping: finishing {self.in_flight:,} in flight (interrupt again to abandon them)")
@@ -201,6 +204,8 @@ class Snapshot:
             parts.append(f"{self.overloaded:,} overloaded 429s (limit not reached)")
         if self.retries:
             parts.append(f"{self.retries:,} retries")
+        if self.timeouts:
+            parts.append(f"{self.timeouts:,} timeouts")
         if self.budget_reached and self.outcome == "running":
             parts.append("max_cost reached: no new requests, finishing those in flight")
         return " · ".join(parts) or None
@@ -252,6 +257,7 @@ class Snapshot:
             f"{self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion tokens, {cost}"
             + (f" (cache saved {money(self.saved)})" if self.saved > 0 else "")
             + (f", {self.lost()}" if self.lost_answers else "")
+            + (f"; {self.timeouts:,} timeouts" if self.timeouts else "")
             + f"; {self.elapsed:.1f} s"
         )
         failures = self.failures()
@@ -374,6 +380,8 @@ class TqdmObserver(ThrottledObserver):
             post["rate_limited"] = snap.rate_limited
         if snap.overloaded:
             post["overloaded"] = snap.overloaded
+        if snap.timeouts:
+            post["timeouts"] = snap.timeouts
         if snap.budget_reached:
             post["budget"] = "reached"
         if snap.stopping:
@@ -446,9 +454,15 @@ def in_notebook() -> bool:
 
 
 def make_observer(progress: Any) -> Observer:
-    """The observers of one run: the display ``progress`` asks for, plus the log summary."""
+    """The observers of one run: the display ``progress`` asks for, plus the log summary.
+
+    ``True``: the widget in a Jupyter kernel, else the tqdm bar; ``"text"``: the tqdm bar
+    everywhere; ``False``/``None``: no display; anything else is used as the display.
+    """
     if progress is False or progress is None:
         display = None
+    elif progress == "text":
+        display = TqdmObserver()
     elif progress is True:
         if in_notebook():
             from .widget import WidgetObserver

@@ -10,6 +10,13 @@ When the run ends the box stays, with the final figures, a verdict ("done in 12.
 are updated from the run's event-loop thread; ipykernel sends the changes to the page at
 once, while the cell is still running. At most ~10 draws a second (ThrottledObserver),
 each changing at most three widgets.
+
+Where widgets cannot be drawn (QtConsole, Spyder, VS Code without the widget renderer, a
+notebook saved and read as text) the frontend shows the output's ``text/plain``: the same
+lines as plain text, never ``VBox(children=...)``. It is the first progress line when the
+run starts, and the output is updated once when the run ends so that a saved notebook
+holds the final summary. ``progress="text"`` draws the tqdm bar instead (live in any
+frontend that shows a cell's stderr).
 """
 
 from __future__ import annotations
@@ -38,7 +45,26 @@ class WidgetObserver(ThrottledObserver):
     ):
         super().__init__(min_interval=min_interval, clock=clock)
         self._display = display
+        self._handle: Any = None  # IPython's DisplayHandle: updated once, with the final text
         self.box: Any = None
+
+    def start(self, stats: RunStats) -> None:
+        super().start(stats)  # builds the box and draws the first figures, then shows them
+        show = self._display or _display_updatable
+        self._handle = show(self)
+
+    def _close(self) -> None:
+        if self._handle is not None:  # the final summary becomes the output's text/plain too
+            self._handle.update(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
+        """The widget for frontends that draw widgets, the same figures as text for the others."""
+        data = self.box._repr_mimebundle_()
+        data["text/plain"] = repr(self)
+        return data
+
+    def __repr__(self) -> str:
+        return f"pandas-llm {self.text}" if self.box is not None else "<pandas-llm progress (not started)>"
 
     def _open(self, stats: RunStats) -> None:
         import ipywidgets as w
@@ -52,12 +78,6 @@ class WidgetObserver(ThrottledObserver):
         title = w.HTML("<b style='white-space: nowrap'>pandas-llm</b>", layout=w.Layout(flex="0 0 auto"))
         self.box = w.VBox([w.HBox([title, self.bar, self.head]), self.body])
         self.box.add_class("pandas-llm-progress")
-        if self._display is None:
-            from IPython.display import display
-
-            display(self.box)
-        else:
-            self._display(self.box)
 
     def draw(self, snap: Snapshot, *, final: bool) -> None:
         bar = self.bar
@@ -88,6 +108,12 @@ class WidgetObserver(ThrottledObserver):
 
         raw = f"{self.head.value}\n{self.body.value}".replace("<br>", "\n")
         return html.unescape(re.sub(r"<[^>]+>", "", raw))
+
+
+def _display_updatable(obj: Any) -> Any:
+    from IPython.display import display
+
+    return display(obj, display_id=True)
 
 
 def _final_style(snap: Snapshot) -> str:

@@ -24,3 +24,24 @@ def test_sync_map_in_a_jupyter_kernel(server, tmp_path):
     want = [answer_for([{"role": "user", "content": f"Say {t}"}], "gpt-4o-mini") for t in "aba"]
     assert printed == [f"{want}\n", "True\n"]
     assert server.requests == 2
+
+
+def test_a_saved_notebook_reads_the_progress_as_text(server, tmp_path):
+    # What QtConsole, Spyder or a notebook viewed as text show: the output's text/plain.
+    cells = [
+        "import pandas as pd, pandas_llm\n"
+        "df = pd.DataFrame({'text': ['a', 'b', 'a', 'c']})\n"
+        f"out = df.llm.map('Say {{text}}', base_url={server.base_url!r}, api_key='k', cache=False)",
+        f"out = df.llm.map('Say {{text}}!', base_url={server.base_url!r}, api_key='k', cache=False, progress='text')",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    (shown,) = [o for o in nb.cells[0].outputs if o["output_type"] == "display_data"]
+    text = shown["data"]["text/plain"]
+    assert "application/vnd.jupyter.widget-view+json" in shown["data"]  # the widget where it renders
+    assert "VBox" not in text and text.startswith("pandas-llm 3 / 3 requests (4 rows) · done in")
+    assert "3 ok · 0 failed · 0 from cache" in text and "$" in text and "spent" in text
+    outputs = nb.cells[1].outputs  # progress="text": the tqdm bar on stderr, no widget
+    assert {(o["output_type"], o.get("name")) for o in outputs} == {("stream", "stderr")}
+    bar = "".join(o["text"] for o in outputs)
+    assert "pandas-llm: 100%" in bar and "3/3" in bar

@@ -81,10 +81,10 @@ def test_money_line_with_cache_savings_and_budget():
 
 
 def test_pause_retries_and_budget_are_reported_while_running():
-    s = stats(paused_until=103.5, retries=7, rate_limited=2, budget_reached=True)
+    s = stats(paused_until=103.5, retries=7, rate_limited=2, timeouts=4, budget_reached=True)
     trouble = Snapshot.of(s, now=101.0).trouble()
     assert trouble == (
-        "rate limited: paused 2.5 s · 2 rate-limit 429s · 7 retries · "
+        "rate limited: paused 2.5 s · 2 rate-limit 429s · 7 retries · 4 timeouts · "
         "max_cost reached: no new requests, finishing those in flight"
     )
     assert Snapshot.of(stats(), now=101.0).trouble() is None
@@ -171,11 +171,13 @@ def test_tqdm_shows_figures_in_its_postfix():
     obs.start(s)
     s.sent_done = s.ok = 40
     s.in_flight, s.prompt_tokens, s.completion_tokens, s.cost, s.retries = 16, 12_345, 678, 0.004, 3
+    s.timeouts = 2
     clock.now += 1
     obs.update(s)
     text = out.getvalue()
     assert "40/100" in text and "in_flight=16" in text and "tokens=12.3k/678" in text
     assert "cost=$0.00400" in text and "projected=$0.0100" in text and "retries=3" in text
+    assert "timeouts=2" in text
     s.outcome, s.finished = "interrupted", 102.0
     obs.close(s)
     assert "pandas-llm (interrupted)" in out.getvalue()
@@ -186,7 +188,7 @@ def widget_for(s: RunStats, clock: Clock) -> WidgetObserver:
     shown = []
     obs = WidgetObserver(clock=clock, display=shown.append)
     obs.start(s)
-    assert shown == [obs.box]
+    assert shown == [obs]  # shown as itself: the box where widgets render, text elsewhere
     return obs
 
 
@@ -266,6 +268,14 @@ def test_make_observer_outside_a_kernel():
 def test_make_observer_in_a_kernel_picks_the_widget(monkeypatch):
     monkeypatch.setattr(progress, "in_notebook", lambda: True)
     assert type(make_observer(True).observers[0]) is WidgetObserver
+    assert type(make_observer("text").observers[0]) is TqdmObserver  # progress="text": the bar, even here
+
+
+@pytest.mark.parametrize("bad", ["widget", 1, "yes"])
+def test_progress_is_validated(bad, llm_server):
+    with pytest.raises(pandas_llm.ConfigError, match=r"progress must be True .*'text'"):
+        pd.DataFrame({"t": ["a"]}).llm.map("{t}", base_url=llm_server.base_url, api_key="x", progress=bad)
+    assert llm_server.requests == 0
 
 
 class Broken:
@@ -357,3 +367,45 @@ def test_batch_runs_keep_their_bar_and_log_the_summary(llm_server, caplog, capsy
     last = capsys.readouterr().err.strip().split("\r")[-1]
     assert last.startswith("pandas-llm batch") and "completed=1" in last  # its own final figures
     assert "pandas-llm run done: 6 rows" in caplog.text
+
+
+# -- what frontends without widgets see ------------------------------------------------------
+class Handle:
+    """IPython's DisplayHandle as the widget uses it: the text/plain each update sends."""
+
+    def __init__(self, obj):
+        self.texts = [obj._repr_mimebundle_()["text/plain"]]
+
+    def update(self, obj):
+        self.texts.append(obj._repr_mimebundle_()["text/plain"])
+
+
+def test_the_widgets_text_representation_after_a_run_holds_the_counts_and_cost(llm_server):
+    handles = []
+    obs = WidgetObserver(display=lambda o: handles.append(Handle(o)) or handles[-1])
+    llm_server.inject(400, times=1, match="r3")
+    df = pd.DataFrame({"t": [f"r{i}" for i in range(10)] + ["r0"]})
+    with pytest.warns(pandas_llm.RunWarning):
+        df.llm.map("{t}", base_url=llm_server.base_url, api_key="x", cache=False, progress=obs)
+    (handle,) = handles
+    start, final = handle.texts
+    assert start.startswith("pandas-llm 0 / 10 requests (11 rows)") and "VBox" not in start
+    assert final == repr(obs) and "VBox" not in final
+    assert final.startswith("pandas-llm 10 / 10 requests (11 rows) · done in")
+    assert "9 ok · 1 failed · 0 from cache" in final
+    assert "tokens " in final and " spent" in final and "$" in final
+    assert "1 error (" in final  # the failures by kind
+    bundle = obs._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == obs.box.model_id
+
+
+def test_timeouts_are_counted_and_shown(llm_server):
+    llm_server.inject(200, hang=True, times=2, match="slow")
+    obs = WidgetObserver(display=lambda o: None)
+    df = pd.DataFrame({"t": ["slow", "fast"]})
+    out = df.llm.map("{t}", base_url=llm_server.base_url, api_key="x", cache=False, timeout=0.2, progress=obs)
+    assert out.notna().all()
+    s = pandas_llm.last_run().stats
+    assert s.timeouts == 2 and s.retries == 2
+    assert "2 retries · 2 timeouts" in repr(obs)
+    assert "; 2 timeouts;" in Snapshot.of(s, now=s.finished).summary()
