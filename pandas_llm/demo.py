@@ -6,6 +6,12 @@ LLM, SmolLM2-135M on llama.cpp's server, when ``pandas-llm[local]`` is installed
 it says which. It runs one ``map`` over the reviews with a progress bar, prints the head
 and a summary, then runs the same line again to show every answer coming back from the
 sidecar cache for free. ``--endpoint local|loopback`` chooses instead of ``auto``.
+
+Each pass ends with one summary line (``First run :`` / ``Second run:``) counting rows,
+rows from cache, requests the server received (counted by the server itself), answered
+and failed rows. The demo exits with status 1 and one line saying why when no row was
+answered, when the endpoint stopped the run, or when the local server died or could not
+start.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 import pandas_llm
+from pandas_llm.errors import FatalAPIError, LocalServerError, PandasLLMError
 from pandas_llm.testing import LLMServer
 
 TEMPLATE = "Summarise this review of a {product} in five words: {review}"
@@ -37,14 +44,35 @@ def load_reviews() -> pd.DataFrame:
         return pd.read_csv(f)
 
 
+class DemoError(PandasLLMError):
+    """The demo could not show what it is for (no row was answered)."""
+
+
+def _answered() -> tuple[int, int]:
+    """Rows of the last run with an answer, and rows without one."""
+    status = pandas_llm.last_run().details["status"]
+    ok = int((status == "ok").sum())
+    return ok, len(status) - ok
+
+
 def _summary(label: str, seconds: float, server_requests: int) -> str:
     s = pandas_llm.last_run().stats
+    ok, failed = _answered()
     cost = f"${s.cost:.4f}" if s.cost_known else "price unknown"
     return (
         f"{label}: {s.total} rows, {s.unique} distinct prompts, {s.cached} rows from cache, "
-        f"{server_requests} requests sent, {s.prompt_tokens} prompt + {s.completion_tokens} "
-        f"completion tokens, {cost}, {seconds:.2f}s"
+        f"{server_requests} requests sent, {ok} answered, {failed} failed, {s.prompt_tokens} prompt + "
+        f"{s.completion_tokens} completion tokens, {cost}, {seconds:.2f}s"
     )
+
+
+def _nothing_answered() -> str:
+    """Why no row got an answer, in one line: the failures by kind and the first error."""
+    d = pandas_llm.last_run().details
+    kinds = ", ".join(f"{n} {status}" for status, n in d["status"].value_counts().items())
+    errors = d["error"].dropna()
+    first = str(errors.iloc[0]).splitlines()[0][:300] if len(errors) else "no error recorded"
+    return f"no row was answered ({kinds}); the first error: {first}"
 
 
 class Endpoint(NamedTuple):
@@ -100,6 +128,9 @@ def run(rows: int | None = None, progress: bool = True, endpoint: str = "auto") 
         t0 = time.perf_counter()
         df["summary"] = df.llm.map(TEMPLATE, **options)
         first = _summary("First run ", time.perf_counter() - t0, srv.requests)
+        if _answered()[0] == 0:
+            print(first)
+            raise DemoError(_nothing_answered())
         head = df[["product", "stars", "summary"]].head(8).copy()
         head["summary"] = head["summary"].str.slice(0, 70)
         print(head.to_string())
@@ -108,7 +139,9 @@ def run(rows: int | None = None, progress: bool = True, endpoint: str = "auto") 
         t0 = time.perf_counter()
         again = df.llm.map(TEMPLATE, **options)
         second = _summary("Second run", time.perf_counter() - t0, srv.requests - before)
-        assert again.equals(df["summary"])
+        answered = df["summary"].notna()  # the second run resends only the failed rows
+        if not again[answered].equals(df.loc[answered, "summary"]):
+            raise DemoError("the second run did not give back the first run's answers from the cache")
     print(first)
     print(second)
     return df
@@ -129,5 +162,5 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run(args.rows, progress=not args.no_progress, endpoint=args.endpoint)
-    except pandas_llm.LocalServerError as exc:
+    except (DemoError, FatalAPIError, LocalServerError) as exc:
         parser.exit(1, f"error: {exc}\n")

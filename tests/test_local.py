@@ -298,3 +298,11 @@ def test_the_local_extra_pins_the_verified_llama_cpp_release():
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         extra = tomllib.load(f)["project"]["optional-dependencies"]["local"]
     assert extra == [f"llama-cpp-python[server]=={local.LLAMA_CPP_VERSION}"]
+
+
+def test_the_readme_gives_the_same_install_and_rebuild_commands():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert local._INSTALL_SERVER in readme and local._INSTALL_MODEL in readme
+    assert local.reinstall_command().replace(sys.executable, "python") in readme

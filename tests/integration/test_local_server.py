@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -79,3 +80,44 @@ def test_the_server_dies_with_its_parent_even_on_kill_9(needs_local):
         parent.stdout.close()
         if "child" in locals() and not _gone(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_the_server_killed_mid_map_stops_the_run_within_seconds_and_keeps_the_answers(needs_local, tmp_path):
+    import socket
+
+    import pandas as pd
+
+    import pandas_llm
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    df = pd.DataFrame({"word": [f"word number {i}" for i in range(12)]})
+    kw = dict(cache=tmp_path / "c.sqlite", progress=False, temperature=0, max_tokens=48, stop=["\n"], concurrency=1)
+    killed_at: list[float] = []
+    with LocalServer(port=port) as srv:
+        pid = srv.pid
+
+        def kill() -> None:
+            while srv.requests < 3 and srv.running:
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+            killed_at.append(time.monotonic())
+
+        killer = threading.Thread(target=kill, daemon=True)
+        killer.start()
+        with pytest.raises(LocalServerError, match=r"was killed by SIGKILL \(signal 9\) while in use"):
+            df.llm.map("Repeat: {word}", base_url=srv.base_url, model=srv.model, **kw)
+        stopped_after = time.monotonic() - killed_at[0]
+        killer.join()
+        assert stopped_after < 10, f"the run went on {stopped_after:.1f} s after the server died"
+        deadline = time.monotonic() + 5  # reaped by LocalServer's watcher: not even a zombie
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not os.path.exists(f"/proc/{pid}")
+    details = pandas_llm.last_run().details
+    answered = int((details["status"] == "ok").sum())
+    assert answered >= 2 and set(details["status"]) <= {"ok", "stopped"}
+    with LocalServer(port=port) as again:  # the same base URL, so the same cache keys
+        out = df.llm.map("Repeat: {word}", base_url=again.base_url, model=again.model, **kw)
+        assert out.notna().all() and again.requests == len(df) - answered
