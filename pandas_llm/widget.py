@@ -3,7 +3,7 @@
     pandas-llm [██████████░░░░░░░░]  412 / 1,000 requests · 58.2 req/s · ETA 0:07
     400 ok · 3 failed · 200 from cache · 16 in flight
     tokens 12,345 in / 6,789 out · $0.0123 spent · ~$0.0310 projected · cache saved $0.0040
-    rate limited: paused 2.1 s · 5 rate-limit 429s · 7 retries             (only when it happens)
+    rate limited: paused 2.1 s · 5 rate-limit 429s · 7 retries · 3 timeouts  (only when it happens)
 
 When the run ends the box stays, with the final figures, a verdict ("done in 12.3 s",
 "interrupted ...", "stopped at max_cost ...") and one line of failures by kind. Widgets

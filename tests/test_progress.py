@@ -265,6 +265,15 @@ def test_make_observer_outside_a_kernel():
     assert make_observer(mine).observers[0] is mine
 
 
+def test_batch_bar_with_progress_text_is_the_plain_tqdm_bar():
+    from pandas_llm.batch_view import BatchProgress
+
+    bar = BatchProgress(text=True, file=io.StringIO())
+    bar.start(stats())
+    assert type(bar.bar).__module__ == "tqdm.std"  # never tqdm's notebook widget
+    bar.close(stats(outcome="done"))
+
+
 def test_make_observer_in_a_kernel_picks_the_widget(monkeypatch):
     monkeypatch.setattr(progress, "in_notebook", lambda: True)
     assert type(make_observer(True).observers[0]) is WidgetObserver
@@ -359,11 +368,12 @@ def test_prices_are_validated(bad):
         pandas_llm.Settings(prices=bad)
 
 
-def test_batch_runs_keep_their_bar_and_log_the_summary(llm_server, caplog, capsys):
+@pytest.mark.parametrize("shown", [True, "text"])
+def test_batch_runs_keep_their_bar_and_log_the_summary(shown, llm_server, caplog, capsys):
     df = pd.DataFrame({"t": [f"row {i}" for i in range(6)]})
     kw = dict(base_url=llm_server.base_url, api_key="x", cache=False, poll_interval=0.005)
     with caplog.at_level(logging.INFO, logger="pandas_llm"):
-        df.llm.map("{t}", mode="batch", progress=True, **kw)
+        df.llm.map("{t}", mode="batch", progress=shown, **kw)
     last = capsys.readouterr().err.strip().split("\r")[-1]
     assert last.startswith("pandas-llm batch") and "completed=1" in last  # its own final figures
     assert "pandas-llm run done: 6 rows" in caplog.text
