@@ -263,7 +263,8 @@ def test_a_server_that_goes_away_mid_run_stops_it_and_the_answers_are_kept(fast_
         stopper.join()
     d = pandas_llm.last_run().details
     answered = int((d["status"] == "ok").sum())
-    assert answered >= 50 - 4 and set(d["status"]) <= {"ok", "stopped"}  # 4 may be lost in flight
+    # 4 may be lost in flight; a row that had failed an attempt when the run stopped is "failed"
+    assert answered >= 50 - 4 and set(d["status"]) <= {"ok", "stopped", "failed"}
     with LLMServer(port=srv.port) as again:  # the same base URL: the same cache keys
         out = df.llm.map("{text}", **kw)
         assert out.notna().all() and again.requests == len(df) - answered
