@@ -248,7 +248,7 @@ def test_a_server_killed_mid_run_stops_the_run_and_keeps_the_answers(fake, monke
     assert "GGML_NATIVE" not in message  # a kill is not a bad build
     d = pandas_llm.last_run().details
     answered = int((d["status"] == "ok").sum())
-    assert answered >= 4 and set(d["status"]) <= {"ok", "stopped"}
+    assert answered >= 4 and set(d["status"]) <= {"ok", "stopped", "failed"}  # failed: the row in flight
     assert pandas_llm.last_run().stats.outcome == "failed"
     with local.LocalServer(fake, port=port) as again:  # same port: the same cache keys
         out = df.llm.map("{text}", base_url=again.base_url, model=again.model, **kw)

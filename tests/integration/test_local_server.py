@@ -117,7 +117,7 @@ def test_the_server_killed_mid_map_stops_the_run_within_seconds_and_keeps_the_an
         assert not os.path.exists(f"/proc/{pid}")
     details = pandas_llm.last_run().details
     answered = int((details["status"] == "ok").sum())
-    assert answered >= 2 and set(details["status"]) <= {"ok", "stopped"}
+    assert answered >= 2 and set(details["status"]) <= {"ok", "stopped", "failed"}  # failed: the row in flight
     with LocalServer(port=port) as again:  # the same base URL, so the same cache keys
         out = df.llm.map("Repeat: {word}", base_url=again.base_url, model=again.model, **kw)
         assert out.notna().all() and again.requests == len(df) - answered
