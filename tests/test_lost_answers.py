@@ -98,8 +98,7 @@ def test_a_refused_connection_is_not_billed(fast_retries):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", pandas_llm.RunWarning)
+    with pytest.raises(pandas_llm.FatalAPIError, match="cannot reach"):  # a dead endpoint stops the run
         pd.DataFrame({"t": ["a"]}).llm.map(
             "{t}", base_url=f"http://127.0.0.1:{port}/v1", api_key="x", cache=False, progress=False, max_attempts=2
         )
