@@ -285,6 +285,9 @@ def test_check_endpoint_knows_only_live_local_servers(fake):
         local.check_endpoint(url)
         os.kill(srv.pid, signal.SIGTERM)
         assert _reaped(srv.pid)
+        deadline = time.monotonic() + 5  # the watcher sets the exit status just after reaping
+        while srv.running and time.monotonic() < deadline:
+            time.sleep(0.01)
         for url in (srv.base_url, f"http://localhost:{srv.port}/v1"):
             with pytest.raises(LocalServerError, match="exited with code 0 while in use"):
                 local.check_endpoint(url)
