@@ -7,11 +7,12 @@ bucket: there ``remaining`` requests may all go at once. :class:`Credit` decides
 the answers, how many requests may go beyond the even pace:
 
 - it starts at one request a second beyond the pace and, each second whose allowance
-  was used while the headers stayed consistent with a one-minute window, allows four
-  times more (1, 4, 16, 64 ... a second), never more than what the headers say remains
-  (less what was sent since, and what was in flight when they were written). The first
-  steps are small on purpose: the pace alone fills 97% of a quantized window, so the
-  step that finds one out overshoots by a few requests, not by a round trip's worth;
+  was used while the headers stayed consistent with a one-minute window, allows more:
+  twice as many up to 16 a second, then four times (1, 2, 4, 8, 16, 64, 256 ...), never
+  more than what the headers say remains (less what was sent since, and what was in
+  flight when they were written). The first steps are small on purpose: the pace alone
+  fills 97% of a quantized window, so the step that finds one out overshoots by a few
+  requests, not by a round trip's worth;
 - consistent means ``remaining`` fell by about one per request sent and did not refill
   faster than the per-minute rate; a window shorter than a minute shows otherwise (our
   loopback server's 1-s window takes 60 per request from the per-minute figure and
@@ -56,7 +57,7 @@ class Credit:
             return False
         if now - self.span >= 1.0:
             if self.used >= self.allow:  # the last second wanted all it was allowed: grow
-                self.allow = 1.0 if self.allow < 1.0 else 4.0 * self.allow
+                self.allow = 1.0 if self.allow < 1.0 else (2.0 if self.allow < 16.0 else 4.0) * self.allow
             self.span, self.used = now, 0
         return self.used < self.allow and self.left() >= 1.0
 
