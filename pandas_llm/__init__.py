@@ -3,11 +3,13 @@
     import pandas_llm  # registers the .llm accessor on DataFrame and Series
     df["fr"] = df.llm.map("Translate to French: {text}", model="gpt-4o-mini")
 
-Importing registers the accessors and does nothing else: no logging set-up, no I/O.
+Importing registers the accessors and does nothing else: no logging set-up, no I/O. With Dask
+installed, ``ddf.llm`` is registered when ``dask.dataframe`` is imported (see pandas_llm.dask).
 """
 
 from .accessor import LLMAccessor
 from .accessor import register as _register
+from .dask import install as _install_dask
 from .batch_view import BatchStatus
 from .config import BatchLimits, Settings, configure, current_settings, settings
 from .errors import (
@@ -66,3 +68,4 @@ __all__ = [
 ]
 
 _register()
+_install_dask()  # ddf.llm once dask.dataframe is imported (never imports Dask itself)

@@ -1,0 +1,127 @@
+"""``ddf.llm`` on Dask: meta without a request, lazy verbs run by worker processes, one cache.
+
+One LocalCluster of 4 worker processes for the module (it costs seconds to start on 2 cores);
+the loopback server runs in the test process and the workers reach it on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import dask.dataframe as dd
+import pandas_llm
+from distributed import Client, LocalCluster
+from pandas_llm.testing import LLMServer
+
+REVIEW = {
+    "type": "object",
+    "required": ["sentiment", "stars"],
+    "properties": {"sentiment": {"enum": ["positive", "negative"]}, "stars": {"type": "integer"}},
+}
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = LocalCluster(n_workers=4, threads_per_worker=1, processes=True, dashboard_address=None,
+                           worker_dashboard_address=None)  # fmt: skip
+    c = Client(cluster, set_as_default=False)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+
+
+def frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"review {i}" for i in range(n)], "other": range(n)}, index=range(1000, 1000 + n))
+
+
+def test_accessor_registered_when_dask_dataframe_is_imported_after_pandas_llm():
+    code = (
+        "import sys, pandas_llm\n"
+        "assert 'dask.dataframe' not in sys.modules, 'import pandas_llm imported dask'\n"
+        "import dask.dataframe as dd, pandas as pd\n"
+        "assert isinstance(dd.from_pandas(pd.DataFrame({'a': ['x']}), npartitions=1).llm,"
+        " pandas_llm.dask.DaskLLMAccessor)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(pandas_llm.__file__))}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+def test_meta_of_each_verb_without_a_request(server, opts):
+    df = frame(6)
+    ddf = dd.from_pandas(df, npartitions=2)
+    lazy = {
+        "map": ddf.llm.map("Say: {text}", **opts),
+        "details": ddf.llm.map("Say: {text}", details=True, **opts),
+        "extract": ddf.llm.extract("Review: {text}", schema=REVIEW, **opts),
+        "classify": ddf.llm.classify("{text}", labels=["billing", "bug"], **opts),
+        "series": ddf["text"].llm.map("Say: {}", **opts),
+    }
+    assert server.requests == 0
+    eager = {
+        "map": df.llm.map("Say: {text}", **opts),
+        "details": df.llm.map("Say: {text}", details=True, **opts),
+        "extract": df.llm.extract("Review: {text}", schema=REVIEW, **opts),
+        "classify": df.llm.classify("{text}", labels=["billing", "bug"], **opts),
+        "series": df["text"].llm.map("Say: {}", **opts),
+    }
+    for name, out in lazy.items():
+        meta, want = out._meta, eager[name]
+        if isinstance(want, pd.DataFrame):
+            assert list(meta.columns) == list(want.columns), name
+            assert meta.dtypes.astype(str).tolist() == want.dtypes.astype(str).tolist(), name
+        else:
+            assert str(meta.dtype) == str(want.dtype), name
+    assert list(lazy["classify"]._meta.cat.categories) == ["billing", "bug"]
+    assert lazy["series"]._meta.name == "text"
+
+
+def test_bad_template_fails_when_the_verb_is_called():
+    ddf = dd.from_pandas(frame(4), npartitions=2)
+    with pytest.raises(pandas_llm.TemplateError, match="nope"):
+        ddf.llm.map("Say: {nope}", base_url="http://127.0.0.1:9/v1", api_key="x")
+
+
+def test_batch_mode_is_refused_with_advice():
+    ddf = dd.from_pandas(frame(4), npartitions=2)
+    with pytest.raises(pandas_llm.ConfigError, match="not available on Dask"):
+        ddf.llm.map("Say: {text}", mode="batch", base_url="http://127.0.0.1:9/v1", api_key="x")
+
+
+def test_estimate_is_the_pandas_estimate(server, opts):
+    df = pd.concat([frame(6), frame(6)])  # duplicates across partitions: dedup is over the whole frame
+    est = dd.from_pandas(df, npartitions=3).llm.estimate("Say: {text}", **opts)
+    want = df.llm.estimate("Say: {text}", **opts)
+    assert (est.rows, est.unique, est.to_send, est.input_tokens) == (want.rows, want.unique, want.to_send, want.input_tokens)
+    assert est.unique == 6 and server.requests == 0
+
+
+def test_workers_answer_every_row_aligned_and_rerun_sends_nothing(client, server, opts):
+    df = frame(200)
+    ddf = dd.from_pandas(df, npartitions=8)
+    out = client.compute(ddf.llm.map("Say: {text}", **opts)).result()
+    assert out.index.equals(df.index)
+    assert out.tolist() == [f"echo: Say: {t}" for t in df["text"]]
+    assert server.requests == 200
+    server.reset_counters()
+    again = client.compute(ddf.llm.map("Say: {text}", **opts)).result()
+    assert again.equals(out)
+    assert server.requests == 0
+    # and the driver's own pandas run finds every answer in its sidecar
+    assert df.llm.map("Say: {text}", **opts).equals(out) and server.requests == 0
+
+
+def test_classify_and_extract_on_workers(client, server, opts):
+    df = frame(40)
+    ddf = dd.from_pandas(df, npartitions=4)
+    labels = client.compute(ddf.llm.classify("{text}", labels=["billing", "bug"], **opts)).result()
+    fields = client.compute(ddf.llm.extract("Review: {text}", schema=REVIEW, **opts)).result()
+    assert labels.equals(df.llm.classify("{text}", labels=["billing", "bug"], **opts))
+    assert fields.equals(df.llm.extract("Review: {text}", schema=REVIEW, **opts))
+    assert fields.index.equals(df.index)
