@@ -115,6 +115,8 @@ MIGRATIONS: list[tuple[str, str]] = [
         "CREATE TABLE batch_keys (part TEXT NOT NULL, key BLOB NOT NULL, PRIMARY KEY (part, key)) WITHOUT ROWID",
     ),
     ("005_batch_keys_by_key", "CREATE INDEX batch_keys_by_key ON batch_keys (key)"),
+    # Requests a run is sending, so another process on this file waits for them (leases.py).
+    ("006_leases", "CREATE TABLE leases (key BLOB PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID"),
 ]
 
 _UPSERT = f"""

@@ -24,6 +24,7 @@ from .budget import Budget, ContextCheck, Meter
 from .cache import Store
 from .config import Settings
 from .errors import FatalAPIError, LocalServerError
+from .leases import Claims
 from .planner import Plan, make_plan
 from .progress import make_observer
 from .ratelimit import Limiter
@@ -160,7 +161,7 @@ class Run:
 
                 async def send() -> None:
                     if self.packing is None:
-                        await engine().run(self.plan.jobs())
+                        await self._send(engine)
                     else:
                         await self.packing.send(self.plan, engine)
 
@@ -205,6 +206,43 @@ class Run:
                     e.stop()
         if self._stopping:
             raise asyncio.CancelledError
+
+    async def _send(self, engine: Callable[..., Engine]) -> None:
+        """Send the plan's requests; with a cache file, claim them first (leases.py) so another
+        process on the same file does not pay for them too, and wait for the ones it claimed."""
+        if self.store.path is None:
+            await engine().run(self.plan.jobs())
+            return
+        plan, stats, deadline = self.plan, self.stats, self.settings.deadline
+        rows_of: list[Any] = []
+
+        def on_cached(u: int, record: Any) -> None:  # answered by another process meanwhile
+            if not rows_of:
+                rows_of.append(np.bincount(plan.codes[plan.codes >= 0], minlength=len(plan.keys)))
+            plan.outcomes.fill(u, record, from_cache=True)
+            stats.cached_unique += 1
+            stats.cached += int(rows_of[0][u])
+            stats.to_send -= 1
+            stats.saved_cost += record.cost or 0.0
+
+        claims = Claims(self.store, on_cached, chunk=max(64, 2 * self.settings.concurrency))
+
+        def on_result(u: int, record: Any) -> None:
+            plan.outcomes.fill(u, record)
+            claims.settled(record.key)
+
+        def stop() -> bool:
+            if deadline is not None and time.monotonic() - stats.started > deadline:
+                stats.deadline_reached = True
+            return stats.budget_reached or stats.deadline_reached or self._stopping
+
+        renew = asyncio.ensure_future(claims.renewing())
+        try:
+            await engine(on_result=on_result).run(claims.jobs(plan.jobs()))
+            await claims.wait(lambda jobs: engine(on_result=on_result).run(jobs), stop=stop)
+        finally:
+            renew.cancel()
+            claims.release()
 
     def _engine(self, on_update: Callable[[RunStats], None], **overrides: Any) -> Engine:
         s = self.settings

@@ -1,0 +1,163 @@
+"""Leases: two processes on one sidecar never pay for the same request at the same time.
+
+Before a run sends a request it claims the request's key in the sidecar (a row in
+``leases`` with its owner and an expiry). Claims are taken in bulk, one short transaction
+per chunk of jobs (not one per request), in the order the workers pull them:
+
+- a key already answered ``ok`` in the cache (another process answered it since this
+  run was planned) is not sent: its answer is taken from the cache;
+- a key with a live claim of another owner is set aside: this run waits for that answer
+  (polling the cache) instead of sending it;
+- any other key is claimed (an expired claim, whose owner died, is taken over) and sent.
+
+A run renews its claims while it runs (every ``RENEW`` seconds; they live ``TTL``) and
+drops them when it ends; a process killed mid-run leaves claims that expire after ``TTL``
+seconds. Set-aside keys whose claim is gone without an ``ok`` answer (the other run
+failed on it, stopped, or died) are claimed and sent by this run. Two processes started
+together on one frame thus split it between them, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from .cache import Record, Store
+
+__all__ = ["Claims", "TTL", "RENEW"]
+
+#: Seconds a claim lives without being renewed (a killed process's claims expire after this).
+TTL = 20.0
+#: Seconds between renewals of a run's live claims.
+RENEW = 5.0
+#: Seconds between two looks at the cache for the answers another process is getting.
+POLL = 0.1
+
+_COLUMNS = Record._fields
+Job = tuple[int, bytes, bytes]
+
+
+class Claims:
+    """One run's claims in ``store``. ``on_cached(u, record)``: a request answered by another
+    process meanwhile (not sent by this run)."""
+
+    def __init__(self, store: Store, on_cached: Callable[[int, Record], None], *, chunk: int = 64,
+                 clock: Callable[[], float] = time.time):  # fmt: skip
+        self.store = store
+        self.on_cached = on_cached
+        self.chunk = chunk
+        self.clock = clock
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.waiting: dict[bytes, Job] = {}  # set aside: another process holds a live claim
+        self._settled: list[bytes] = []  # our claims to drop at the next transaction
+
+    def jobs(self, jobs: Iterable[Job]) -> Iterator[Job]:
+        """The jobs this run may send, claimed chunk by chunk; the others are set aside."""
+        it = iter(jobs)
+        while True:
+            chunk = [job for _, job in zip(range(self.chunk), it)]
+            if not chunk:
+                return
+            yield from self._claim(chunk)
+
+    def settled(self, key: bytes) -> None:
+        """A claimed request has its outcome committed: drop the claim at the next transaction."""
+        self._settled.append(key)
+
+    async def wait(self, send: Callable[[list[Job]], Any], *, stop: Callable[[], bool] = lambda: False,
+                   sleep: Callable[[float], Any] = asyncio.sleep) -> None:  # fmt: skip
+        """Until every set-aside request is answered: take the answers another process stores,
+        and ``await send(jobs)`` for those whose claim lapsed without an answer."""
+        while self.waiting and not stop():
+            await sleep(POLL)
+            ready = self._claim(list(self.waiting.values()), waiting=True)
+            if ready:
+                await send(ready)
+
+    def renew(self) -> None:
+        """Push our live claims' expiry on (and drop the settled ones)."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE leases SET expires = ? WHERE owner = ?", (self.clock() + TTL, self.owner))
+
+    def release(self) -> None:
+        """Drop every claim of this run (at its end, whatever the outcome)."""
+        self._settled.clear()
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM leases WHERE owner = ?", (self.owner,))
+
+    async def renewing(self, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        while True:
+            await sleep(RENEW)
+            self.renew()
+
+    def _claim(self, chunk: Sequence[Job], *, waiting: bool = False) -> list[Job]:
+        keys = [job[1] for job in chunk]
+        marks = ",".join("?" * len(keys))
+        now = self.clock()
+        with self._transaction() as conn:
+            answered = {
+                row[0]: Record._make(row)
+                for row in conn.execute(
+                    f"SELECT {', '.join(_COLUMNS)} FROM results WHERE status = 'ok' AND key IN ({marks})", keys
+                )
+            }
+            busy = {
+                key
+                for (key,) in conn.execute(
+                    f"SELECT key FROM leases WHERE key IN ({marks}) AND owner != ? AND expires > ?",
+                    (*keys, self.owner, now),
+                )
+            }
+            mine = [job for job in chunk if job[1] not in answered and job[1] not in busy]
+            if mine:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO leases (key, owner, expires) VALUES (?, ?, ?)",
+                    [(job[1], self.owner, now + TTL) for job in mine],
+                )
+        for job in chunk:
+            key = job[1]
+            if key in answered:
+                self.waiting.pop(key, None)
+                self.on_cached(job[0], answered[key])
+            elif key in busy:
+                if not waiting:
+                    self.waiting[key] = job
+            else:
+                self.waiting.pop(key, None)
+        return mine
+
+    def _transaction(self) -> "_Tx":
+        return _Tx(self)
+
+
+class _Tx:
+    """One write transaction on the store's connection, dropping settled claims first."""
+
+    def __init__(self, claims: Claims):
+        self.claims = claims
+
+    def __enter__(self) -> Any:
+        store = self.claims.store
+        store._write_lock.acquire()  # the committer thread writes on the same connection
+        try:
+            store.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            store._write_lock.release()
+            raise
+        settled, self.claims._settled = self.claims._settled, []
+        if settled:
+            store.conn.executemany(
+                "DELETE FROM leases WHERE key = ? AND owner = ?", [(k, self.claims.owner) for k in settled]
+            )
+        return store.conn
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        conn = self.claims.store.conn
+        try:
+            conn.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            self.claims.store._write_lock.release()
