@@ -90,7 +90,8 @@ class DaskLLMAccessor:
                 "accessor's mode='batch' (the same requests and cache keys)."
             )
         meta = _partition(self._obj._meta, verb, template, verb_kw, dataclasses.replace(settings, cache=False))
-        return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, meta=meta)
+        limit = _cluster_limit(settings)
+        return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, limit, meta=meta)
 
 
 def _is_series(obj: Any) -> bool:
@@ -102,18 +103,83 @@ def _driver_settings(options: dict[str, Any]) -> Settings:
     settings = current_settings().merged(**options)
     path = settings.cache_path
     cache: Any = False if path is None else os.path.abspath(path)  # the workers' cwd may differ
+    if path is not None:
+        from .leases import warn_if_network
+
+        warn_if_network(cache, stacklevel=4)
     return dataclasses.replace(settings, cache=cache, progress=False)
 
 
-def _partition(part: Any, verb: str, template: Any, verb_kw: dict[str, Any], settings: Settings) -> Any:
-    """One partition's run, on its worker, with the driver's settings."""
+def _partition(part: Any, verb: str, template: Any, verb_kw: dict[str, Any], settings: Settings,
+               limit: str | None = None) -> Any:  # fmt: skip
+    """One partition's run, on its worker, with the driver's settings and the shared limit."""
     from .accessor import LLMAccessor
+    from .pipeline import limiter_wrapper
 
     token = _defaults.set(settings)
+    wrap = limiter_wrapper.set(_shared_limit(settings, limit) if len(part) else None)
     try:
         return getattr(LLMAccessor(part), verb)(template, **verb_kw)
     finally:
+        limiter_wrapper.reset(wrap)
         _defaults.reset(token)
+
+
+# ---- one account limit for the cluster (shared_limit.py) ---------------------------------
+
+
+def _account(settings: Settings) -> tuple[str, str]:
+    return settings.endpoint, settings.model
+
+
+def _cluster_limit(settings: Settings) -> str | None:
+    """The name of the account's coordinator actor on the driver's distributed cluster
+    (created and published there once per cluster), or None without a distributed client."""
+    if "distributed" not in sys.modules:
+        return None  # no distributed client can exist: partitions share an in-process coordinator
+    import hashlib
+
+    from distributed import get_client
+
+    from .shared_limit import Coordinator
+
+    try:
+        client = get_client()
+    except ValueError:
+        return None
+    name = "pandas-llm-limit-" + hashlib.sha256("\0".join(_account(settings)).encode()).hexdigest()[:16]
+    if client.get_dataset(name, default=None) is None:
+        future = client.submit(Coordinator, actor=True, pure=False)
+        try:
+            client.publish_dataset(future, name=name)  # held by the scheduler for the cluster's life
+        except KeyError:
+            pass  # another driver published it first
+    return name
+
+
+_actors: dict[str, Any] = {}
+
+
+def _shared_limit(settings: Settings, name: str | None) -> Any:
+    """A Limiter -> SharedLimiter wrapper reaching the account's coordinator."""
+    from .shared_limit import SharedLimiter, local_coordinator
+
+    ask = pause = None
+    if name is not None:
+        actor = _actors.get(name)
+        if actor is None:
+            try:
+                from distributed import get_client
+
+                actor = _actors[name] = get_client().get_dataset(name).result()
+            except (ImportError, ValueError, KeyError):
+                actor = None  # computed without that cluster: this process's coordinator
+        if actor is not None:
+            ask = lambda *args: actor.grant(*args).result()  # noqa: E731
+            pause = lambda seconds: actor.pause(seconds).result()  # noqa: E731
+    if ask is None:
+        ask, pause = local_coordinator(_account(settings))
+    return lambda inner: SharedLimiter(inner, ask, pause, rpm=settings.rpm, tpm=settings.tpm)
 
 
 # ---- registration -------------------------------------------------------------------------

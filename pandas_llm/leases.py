@@ -24,11 +24,12 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .cache import Record, Store
 
-__all__ = ["Claims", "TTL", "RENEW"]
+__all__ = ["Claims", "TTL", "RENEW", "NetworkFilesystemWarning", "warn_if_network"]
 
 #: Seconds a claim lives without being renewed (a killed process's claims expire after this).
 TTL = 20.0
@@ -39,6 +40,54 @@ POLL = 0.1
 
 _COLUMNS = Record._fields
 Job = tuple[int, bytes, bytes]
+
+
+class NetworkFilesystemWarning(UserWarning):
+    """The cache file is on a network filesystem, where SQLite's locks and WAL do not hold."""
+
+
+#: Filesystem types whose locking SQLite's WAL cannot rely on (see sqlite.org/wal.html).
+NETWORK_FS = frozenset({
+    "nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "lustre", "gpfs", "ceph", "fuse.ceph",
+    "glusterfs", "fuse.glusterfs", "9p", "afs", "beegfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "davfs",
+})  # fmt: skip
+MOUNTS = "/proc/mounts"
+_warned: set[str] = set()
+
+
+def filesystem_of(path: str) -> str | None:
+    """The type of the filesystem holding ``path`` (from /proc/mounts), or None if unknown."""
+    try:
+        with open(MOUNTS, encoding="utf-8", errors="replace") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return None
+    where = os.path.realpath(os.path.dirname(os.path.abspath(path)) or ".")
+    best, kind = -1, None
+    for fields in mounts:
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = where == point or where.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, kind = len(point), fields[2]
+    return kind
+
+
+def warn_if_network(path: str, stacklevel: int = 2) -> None:
+    """Warn (once per path) when the cache file is on a network filesystem."""
+    if path in _warned:
+        return
+    _warned.add(path)
+    kind = filesystem_of(path)
+    if kind in NETWORK_FS:
+        warnings.warn(
+            f"the pandas-llm cache {path!r} is on a network filesystem ({kind}): SQLite's locks and WAL do not "
+            "work there, so answers can be lost or paid twice. Put the cache on a local disk (cache='/local/"
+            "path.sqlite'); on Dask, each worker keeps its own local file.",
+            NetworkFilesystemWarning,
+            stacklevel=stacklevel,
+        )
 
 
 class Claims:

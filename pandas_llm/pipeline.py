@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 import weakref
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,7 +25,7 @@ from .budget import Budget, ContextCheck, Meter
 from .cache import Store
 from .config import Settings
 from .errors import FatalAPIError, LocalServerError
-from .leases import Claims
+from .leases import Claims, warn_if_network
 from .planner import Plan, make_plan
 from .progress import make_observer
 from .ratelimit import Limiter
@@ -88,6 +89,11 @@ def last_run() -> RunReport | None:
     return _last
 
 
+#: Set by a Dask partition (pandas_llm.dask): wraps each run's Limiter so the cluster shares
+#: one account limit (shared_limit.py). Read when the Run is built, in the caller's thread.
+limiter_wrapper: ContextVar[Callable[[Limiter], Any] | None] = ContextVar("pandas_llm_limiter_wrapper", default=None)
+
+
 class Run:
     """Plan at construction (raises on bad input before any request), then execute."""
 
@@ -105,10 +111,13 @@ class Run:
         self.validate = validate
         self.packing = packing
         self._limiter: Limiter | None = None  # one per run, shared by every engine of the run
+        self._wrap_limiter = limiter_wrapper.get()
         self._context = ContextCheck.for_model(settings.model) if kind is None else None  # None: not known
         self._engines: list[Engine] = []
         self._stopping = False
         self.name = data.name if isinstance(data, pd.Series) else None
+        if settings.cache_path is not None:
+            warn_if_network(settings.cache_path, stacklevel=caller_stacklevel())
         self._token = inflight.open_run()  # before reading the cache: see inflight.py
         weakref.finalize(self, inflight.close_run, self._token)  # a Run planned but never executed (batch jobs)
         try:
@@ -251,6 +260,8 @@ class Run:
         options.update(overrides)
         if self._limiter is None:
             self._limiter = Limiter.for_settings(s)
+            if self._wrap_limiter is not None:
+                self._limiter = self._wrap_limiter(self._limiter)
         plan = self.plan
         engine = Engine(
             backend=self.backend,

@@ -27,9 +27,9 @@ REVIEW = {
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = LocalCluster(n_workers=4, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=4, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                            worker_dashboard_address=None)  # fmt: skip
-    c = Client(cluster, set_as_default=False)
+    c = Client(cluster)  # the default client: ddf.llm finds it to share the account limit
     try:
         yield c
     finally:
@@ -125,3 +125,14 @@ def test_classify_and_extract_on_workers(client, server, opts):
     assert labels.equals(df.llm.classify("{text}", labels=["billing", "bug"], **opts))
     assert fields.equals(df.llm.extract("Review: {text}", schema=REVIEW, **opts))
     assert fields.index.equals(df.index)
+
+
+def test_one_account_limit_for_four_worker_processes(client):
+    # 6,000 RPM in 1 s windows: each worker alone would learn the whole limit from the headers
+    with LLMServer(rpm=6000, window=1.0, latency=0.02) as srv:
+        opts = {"base_url": srv.base_url, "api_key": "x", "progress": False}
+        df = frame(600)
+        out = client.compute(dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", **opts)).result()
+        assert out.tolist() == [f"echo: Say: {t}" for t in df["text"]]
+        assert srv.completed == 600
+        assert srv.rate_limited <= 0.01 * srv.requests, (srv.rate_limited, srv.requests)

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pandas as pd
+import pytest
 
 import pandas_llm
 from pandas_llm import leases
@@ -110,3 +111,14 @@ def test_claims_are_renewed_while_the_run_lasts(tmp_path):
         claims.settled(b"k" * 32)
         claims.renew()
         assert store.conn.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
+
+
+def test_a_cache_on_a_network_filesystem_is_warned_about(server, opts, tmp_path, monkeypatch):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path / 'nfs'} nfs4 rw 0 0\n")
+    monkeypatch.setattr(leases, "MOUNTS", str(mounts))
+    assert leases.filesystem_of(str(tmp_path / "nfs" / "c.sqlite")) == "nfs4"
+    assert leases.filesystem_of(str(tmp_path / "local.sqlite")) == "ext4"
+    with pytest.warns(leases.NetworkFilesystemWarning, match="network filesystem"):
+        pd.Series(["a"]).llm.map("Say: {}", cache=str(tmp_path / "nfs" / "c.sqlite"), **opts)
+    pd.Series(["b"]).llm.map("Say: {}", cache=str(tmp_path / "local.sqlite"), **opts)  # no warning
