@@ -90,8 +90,8 @@ class DaskLLMAccessor:
                 "accessor's mode='batch' (the same requests and cache keys)."
             )
         meta = _partition(self._obj._meta, verb, template, verb_kw, dataclasses.replace(settings, cache=False))
-        limit = _cluster_limit(settings)
-        return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, limit, meta=meta)
+        account = _cluster_limit(settings)
+        return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, account, meta=meta)
 
 
 def _is_series(obj: Any) -> bool:
@@ -111,13 +111,13 @@ def _driver_settings(options: dict[str, Any]) -> Settings:
 
 
 def _partition(part: Any, verb: str, template: Any, verb_kw: dict[str, Any], settings: Settings,
-               limit: str | None = None) -> Any:  # fmt: skip
+               account: str | None = None) -> Any:  # fmt: skip
     """One partition's run, on its worker, with the driver's settings and the shared limit."""
     from .accessor import LLMAccessor
     from .pipeline import limiter_wrapper
 
     token = _defaults.set(settings)
-    wrap = limiter_wrapper.set(_shared_limit(settings, limit) if len(part) else None)
+    wrap = limiter_wrapper.set(_shared_limit(settings, account) if len(part) else None)
     try:
         return getattr(LLMAccessor(part), verb)(template, **verb_kw)
     finally:
@@ -133,52 +133,32 @@ def _account(settings: Settings) -> tuple[str, str]:
 
 
 def _cluster_limit(settings: Settings) -> str | None:
-    """The name of the account's coordinator actor on the driver's distributed cluster
-    (created and published there once per cluster), or None without a distributed client."""
+    """The account's name for the coordinator on the driver's distributed scheduler (whose
+    plugin is installed there once), or None without a distributed client."""
     if "distributed" not in sys.modules:
         return None  # no distributed client can exist: partitions share an in-process coordinator
-    import hashlib
-
     from distributed import get_client
 
-    from .shared_limit import Coordinator
+    from .dask_coordinator import ensure_plugin
 
     try:
         client = get_client()
     except ValueError:
         return None
-    name = "pandas-llm-limit-" + hashlib.sha256("\0".join(_account(settings)).encode()).hexdigest()[:16]
-    if client.get_dataset(name, default=None) is None:
-        future = client.submit(Coordinator, actor=True, pure=False)
-        try:
-            client.publish_dataset(future, name=name)  # held by the scheduler for the cluster's life
-        except KeyError:
-            pass  # another driver published it first
-    return name
+    ensure_plugin(client)
+    return "\0".join(_account(settings))
 
 
-_actors: dict[str, Any] = {}
-
-
-def _shared_limit(settings: Settings, name: str | None) -> Any:
+def _shared_limit(settings: Settings, account: str | None) -> Any:
     """A Limiter -> SharedLimiter wrapper reaching the account's coordinator."""
     from .shared_limit import SharedLimiter, local_coordinator
 
-    ask = pause = None
-    if name is not None:
-        actor = _actors.get(name)
-        if actor is None:
-            try:
-                from distributed import get_client
+    remote = None
+    if account is not None:
+        from .dask_coordinator import remote_coordinator
 
-                actor = _actors[name] = get_client().get_dataset(name).result()
-            except (ImportError, ValueError, KeyError):
-                actor = None  # computed without that cluster: this process's coordinator
-        if actor is not None:
-            ask = lambda *args: actor.grant(*args).result()  # noqa: E731
-            pause = lambda seconds: actor.pause(seconds).result()  # noqa: E731
-    if ask is None:
-        ask, pause = local_coordinator(_account(settings))
+        remote = remote_coordinator(account)  # None: computed without a distributed worker
+    ask, pause = remote if remote is not None else local_coordinator(_account(settings))
     return lambda inner: SharedLimiter(inner, ask, pause, rpm=settings.rpm, tpm=settings.tpm)
 
 

@@ -12,7 +12,7 @@ per chunk of jobs (not one per request), in the order the workers pull them:
 
 A run renews its claims while it runs (every ``RENEW`` seconds; they live ``TTL``) and
 drops them when it ends; a process killed mid-run leaves claims that expire after ``TTL``
-seconds. Set-aside keys whose claim is gone without an ``ok`` answer (the other run
+seconds, or at once for a process of this host that no longer runs. Set-aside keys whose claim is gone without an ``ok`` answer (the other run
 failed on it, stopped, or died) are claimed and sent by this run. Two processes started
 together on one frame thus split it between them, chunk by chunk.
 """
@@ -154,13 +154,12 @@ class Claims:
                     f"SELECT {', '.join(_COLUMNS)} FROM results WHERE status = 'ok' AND key IN ({marks})", keys
                 )
             }
-            busy = {
-                key
-                for (key,) in conn.execute(
-                    f"SELECT key FROM leases WHERE key IN ({marks}) AND owner != ? AND expires > ?",
-                    (*keys, self.owner, now),
-                )
-            }
+            held = conn.execute(
+                f"SELECT key, owner FROM leases WHERE key IN ({marks}) AND owner != ? AND expires > ?",
+                (*keys, self.owner, now),
+            ).fetchall()
+            dead = {owner for owner in {owner for _, owner in held} if _dead(owner)}
+            busy = {key for key, owner in held if owner not in dead}
             mine = [job for job in chunk if job[1] not in answered and job[1] not in busy]
             if mine:
                 conn.executemany(
@@ -181,6 +180,21 @@ class Claims:
 
     def _transaction(self) -> "_Tx":
         return _Tx(self)
+
+
+def _dead(owner: str) -> bool:
+    """Whether ``owner`` ("host:pid:run") is a process of this host that no longer runs: its
+    claims are taken over at once instead of after TTL (a killed worker, a killed kernel)."""
+    parts = owner.split(":")
+    if len(parts) < 3 or ":".join(parts[:-2]) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 class _Tx:

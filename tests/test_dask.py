@@ -6,9 +6,11 @@ the loopback server runs in the test process and the workers reach it on 127.0.0
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -136,3 +138,24 @@ def test_one_account_limit_for_four_worker_processes(client):
         assert out.tolist() == [f"echo: Say: {t}" for t in df["text"]]
         assert srv.completed == 600
         assert srv.rate_limited <= 0.01 * srv.requests, (srv.rate_limited, srv.requests)
+
+
+def test_a_worker_killed_mid_compute_costs_at_most_its_requests_in_flight(client, server, opts):
+    server.latency = 0.05
+    df = frame(400)
+    lazy = dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", concurrency=4, **opts)
+    future = client.compute(lazy)
+    deadline = time.monotonic() + 60
+    while server.requests < 60:
+        assert time.monotonic() < deadline and not future.done()
+        time.sleep(0.01)
+    victim = sorted(client.scheduler_info()["workers"])[0]
+    with contextlib.suppress(Exception):
+        client.run(os._exit, 1, workers=[victim])  # the nanny starts a new one; Dask reruns its tasks
+    out = future.result(timeout=120)
+    assert out.tolist() == [f"echo: Say: {t}" for t in df["text"]]
+    paid_twice = sum(n - 1 for n in server.prompt_counts.values())
+    assert paid_twice <= 4, paid_twice  # what the killed worker had in flight
+    server.reset_counters()
+    again = client.compute(dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", **opts)).result()
+    assert again.equals(out) and server.requests == 0

@@ -122,3 +122,18 @@ def test_a_cache_on_a_network_filesystem_is_warned_about(server, opts, tmp_path,
     with pytest.warns(leases.NetworkFilesystemWarning, match="network filesystem"):
         pd.Series(["a"]).llm.map("Say: {}", cache=str(tmp_path / "nfs" / "c.sqlite"), **opts)
     pd.Series(["b"]).llm.map("Say: {}", cache=str(tmp_path / "local.sqlite"), **opts)  # no warning
+
+
+def test_the_claims_of_a_dead_process_of_this_host_are_taken_over_at_once(server, opts, tmp_path):
+    import socket
+
+    path = str(tmp_path / "cache.sqlite")
+    key = key_of(server, "a", tmp_path)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(child.stdout)  # it has exited
+    with Store(path) as store:
+        store.conn.execute("INSERT INTO leases VALUES (?, ?, ?)", (key, f"{socket.gethostname()}:{dead_pid}:x", time.time() + 60))
+    started = time.monotonic()
+    out = pd.Series(["a"]).llm.map("Say: {}", cache=path, **opts)
+    assert out.tolist() == ["echo: Say: a"] and server.count("Say: a") == 1
+    assert time.monotonic() - started < 30  # not after the claim's 60 s
