@@ -20,7 +20,9 @@ together on one frame thus split it between them, chunk by chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import socket
 import time
 import uuid
@@ -128,14 +130,16 @@ class Claims:
                 await send(ready)
 
     def renew(self) -> None:
-        """Push our live claims' expiry on (and drop the settled ones)."""
-        with self._transaction() as conn:
+        """Push our live claims' expiry on (and drop the settled ones); skipped while the file
+        is busy (the next renewal comes well before the claims expire)."""
+        with contextlib.suppress(sqlite3.OperationalError), self._transaction() as conn:
             conn.execute("UPDATE leases SET expires = ? WHERE owner = ?", (self.clock() + TTL, self.owner))
 
     def release(self) -> None:
-        """Drop every claim of this run (at its end, whatever the outcome)."""
+        """Drop every claim of this run (at its end, whatever the outcome; if the file stays
+        busy, the claims expire by themselves)."""
         self._settled.clear()
-        with self._transaction() as conn:
+        with contextlib.suppress(sqlite3.OperationalError), self._transaction() as conn:
             conn.execute("DELETE FROM leases WHERE owner = ?", (self.owner,))
 
     async def renewing(self, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
@@ -144,6 +148,14 @@ class Claims:
             self.renew()
 
     def _claim(self, chunk: Sequence[Job], *, waiting: bool = False) -> list[Job]:
+        try:
+            return self._try_claim(chunk, waiting)
+        except sqlite3.OperationalError:
+            # the file is busy past its short write timeout: a set-aside job waits for the next
+            # look; a new one is sent unclaimed (at worst paid twice, never left unanswered)
+            return [] if waiting else list(chunk)
+
+    def _try_claim(self, chunk: Sequence[Job], waiting: bool) -> list[Job]:
         keys = [job[1] for job in chunk]
         marks = ",".join("?" * len(keys))
         now = self.clock()
