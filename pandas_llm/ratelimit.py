@@ -298,7 +298,7 @@ class Limiter:
 
     def release(self, reserved: int) -> None:
         """A request failed without being charged: give its tokens back."""
-        self.credit.answered()
+        self.credit.answered(ok=False)
         if self._unknown:
             # no figures from it: its place in the initial burst goes to a waiting request
             self._burst_left += 1

@@ -31,7 +31,7 @@ __all__ = ["Credit"]
 class Credit:
     """Requests the headers allow beyond the even pace, and whether the window is quantized."""
 
-    __slots__ = ("quantized", "allow", "used", "span", "sent", "inflight", "obs", "base")
+    __slots__ = ("quantized", "allow", "used", "span", "sent", "failed", "inflight", "obs", "base")
 
     def __init__(self) -> None:
         self.quantized = False  # a window shorter than a minute: pace evenly, no credit
@@ -39,9 +39,10 @@ class Credit:
         self.used = 0  # of those, sent
         self.span = -1e18  # when the current second began
         self.sent = 0  # requests admitted in all
+        self.failed = 0  # requests that failed (a server may or may not have counted them)
         self.inflight = 0  # requests admitted, not answered yet
         self.obs: tuple[float, int, int] | None = None  # (remaining, sent, in flight) at the last headers
-        self.base: tuple[float, int, float, int] | None = None  # (time, sent, remaining, in flight)
+        self.base: tuple[float, int, float, int, int] | None = None  # (time, sent, remaining, in flight, failed)
 
     def left(self) -> float:
         """Requests the last headers leave for us now (requests sent since, and those in
@@ -67,20 +68,23 @@ class Credit:
         if on_credit:
             self.used += 1
 
-    def answered(self) -> None:
-        """A request admitted earlier is over (answered or failed)."""
+    def answered(self, ok: bool = True) -> None:
+        """A request admitted earlier is over: answered, or failed (``ok`` False)."""
         self.inflight = max(0, self.inflight - 1)
+        if not ok:
+            self.failed += 1
 
     def observe(self, now: float, limit: float, remaining: float) -> None:
         """The headers of an answer: remember the credit, and check the window's shape."""
         self.obs = (remaining, self.sent, self.inflight)
         base = self.base
         if base is None or now - base[0] > 50.0:  # a plain window refills after a minute
-            self.base = (now, self.sent, remaining, self.inflight)
+            self.base = (now, self.sent, remaining, self.inflight, self.failed)
             return
-        t0, sent0, remaining0, inflight0 = base
+        t0, sent0, remaining0, inflight0, failed0 = base
         expected = remaining0 - (self.sent - sent0)
-        slack = 2.0 + inflight0 + self.inflight
+        # requests that failed (a busy server's 429, a 5xx) may not have been counted
+        slack = 2.0 + inflight0 + self.inflight + (self.failed - failed0)
         refill = (now - t0) * limit / 60.0 * 1.1  # at most the per-minute rate comes back
         if remaining < expected - slack or remaining > expected + refill + slack:
             self.shrink()

@@ -498,3 +498,18 @@ async def test_a_429_found_by_sending_on_credit_pauses_without_ramp_or_extra_mar
     lim.rate_limited(await vt.run(lim.acquire()), 0.5, headers(rpm=600, rem_r=450, reset_r="1s"))
     assert lim.credit.quantized and lim._slack == 1.0
     assert await vt.run(slots(vt, lim, 3)) == [0.5, 0.6, 0.7]  # the full pace right after the pause
+
+
+async def test_requests_the_server_refused_without_counting_them_do_not_look_like_a_short_window():
+    vt = VirtualTime()
+    lim = limiter(vt, observe_every=0.0)
+    lim.observe(headers(rpm=6000, rem_r=5999, reset_r="10ms"))
+    counted = 0
+    for i in range(300):
+        await vt.run(lim.acquire())
+        if i % 5 == 0:
+            lim.release(0)  # a busy server's 429: not counted in its remaining
+            continue
+        counted += 1
+        lim.done(0, 10, 1, 1, headers(rpm=6000, rem_r=5999 - counted, reset_r="10ms"))
+    assert not lim.credit.quantized
