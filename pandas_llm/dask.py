@@ -89,6 +89,12 @@ class DaskLLMAccessor:
                 "its own Batch API job. Use mode='realtime' on Dask, or compute the frame and use the pandas "
                 "accessor's mode='batch' (the same requests and cache keys)."
             )
+        if settings.max_cost is not None:
+            raise ConfigError(
+                "max_cost is not available on Dask yet: each partition would apply it on its own, so the "
+                "compute could spend the cap once per partition. Run ddf.llm.estimate(...) first, or compute "
+                "the frame and use the pandas accessor's max_cost."
+            )
         meta = _partition(self._obj._meta, verb, template, verb_kw, dataclasses.replace(settings, cache=False))
         account = _cluster_limit(settings)
         return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, account, meta=meta)

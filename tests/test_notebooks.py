@@ -62,3 +62,15 @@ def test_quickstart_shows_what_it_claims(tmp_path_factory):
     styles = [m["state"]["bar_style"] for m in state.values() if m["model_name"] == "IntProgressModel"]
     assert "danger" in styles  # the interrupted run
     assert "warning" in styles  # the run stopped by max_cost
+
+
+def test_dask_notebook_shows_what_it_claims(tmp_path_factory):
+    nb = executed(Path(__file__).parents[1] / "notebooks" / "dask.ipynb", tmp_path_factory)
+    text = "\n".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+        for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+    )  # fmt: skip
+    assert "string category requests so far: 0" in text
+    assert "300 rows; 300 requests, 0 rate-limited (429)" in text
+    assert "requests on the rerun: 0 | same answers: True" in text
+    assert "requests: 0 | 300 rows, 300 distinct requests: 300 rows from cache" in text
