@@ -47,6 +47,21 @@ class Record(NamedTuple):
 
 _COLUMNS = Record._fields
 
+
+def _bindable(r: Record) -> Record:
+    """``r``, or that row's error if a field has a type SQLite must not bind (an output that
+    is not text slipped past ``completion_record``): a row's fault, never a crashed run.
+    An output is text, or bytes (an embedding's vector)."""
+    if type(r.output) in _OUTPUT_TYPES and (r.error is None or type(r.error) is str):
+        return r
+    bad = r.output if type(r.output) not in _OUTPUT_TYPES else r.error
+    return r._replace(status="error", output=None, error=f"the answer was not stored: a value of type "
+                      f"{type(bad).__name__} where text was expected: {str(bad)[:200]}")  # fmt: skip
+
+
+_OUTPUT_TYPES = (type(None), str, bytes)
+
+
 #: Append-only: never edit or reorder an applied migration, add a new one.
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -241,7 +256,7 @@ class Store:
         ``FileReplaced`` when the file at ``path`` is no longer the one opened.
         """
         now = time.time()
-        rows = [(*(r if r.error is None else r.redacted()), now, now) for r in records]
+        rows = [(*(r if r.error is None else r.redacted()), now, now) for r in map(_bindable, records)]
         if not rows:
             return
         with self._write_lock:  # the engine commits on its own thread (committer.py)

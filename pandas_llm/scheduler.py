@@ -613,12 +613,20 @@ def completion_record(
     status; an error the server put in the choice, any other finish_reason (a gateway's
     ``"error"``, vLLM's ``"abort"``, none at all) or no content is that row's ``error``,
     with the server's message: never a value, and sent again by the next run. Its tokens
-    and cost are kept (it may have been billed).
+    and cost are kept (it may have been billed). An empty string (``""``) is the failure
+    ``empty``; whitespace-only text is kept as the model's answer. Content that is not a
+    str (a list with parts other than text, a number) is that row's ``error``: the output
+    of a Record is always ``str | None``.
     """
     reason = c.finish_reason
     status = _FAILED_FINISH.get(reason)  # type: ignore[arg-type]
     error = None
-    if c.error is not None:
+    text = c.text
+    if text is not None and not isinstance(text, str):  # never bind a foreign type in the store
+        from .backends import describe_content
+
+        status, error, text = "error", f"finish_reason={reason}: {describe_content(text)}", None
+    elif c.error is not None:
         status, error = "error", f"finish_reason={reason}: the server answered with an error: {c.error}"
     elif status is not None:
         error = f"finish_reason={reason}: the answer was cut off or withheld"
@@ -634,9 +642,11 @@ def completion_record(
             error = f"finish_reason={reason!r}: the server ended the answer abnormally (no message given)"
     elif c.refusal:
         status, error = "refused", f"the model refused: {c.refusal}"
-    elif c.text is None:
+    elif text is None:
         status, error = "error", "the answer had no content" + (" (it called a tool)" if reason in _TOOL_FINISH else "")
+    elif text == "":
+        status, error = "empty", f"finish_reason={reason}: the answer was an empty string"
     return Record(
-        key, status or "ok", c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.cached_tokens,
+        key, status or "ok", text, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.cached_tokens,
         cost, error, attempts, model,
     )  # fmt: skip

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, NamedTuple, Protocol
 
-__all__ = ["Backend", "Completion", "make_backend"]
+__all__ = ["Backend", "Completion", "make_backend", "content_text"]
 
 
 class Completion(NamedTuple):
@@ -87,6 +87,31 @@ def make_backend(settings: Any, kind: Any = None) -> Backend:
     )
 
 
+def content_text(content: Any) -> Any:
+    """A message's ``content`` as text: a str or None as is; a list of content parts (some
+    gateways send ``[{"type": "text", "text": "..."}]``) as its text parts joined in order.
+
+    Anything else (a part of another kind, a number, a dict) is returned unchanged, for
+    ``scheduler.completion_record`` to make that row's error (``bad_content``)."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, Mapping) and p.get("type") in ("text", "output_text") and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    return content
+
+
+def describe_content(content: Any) -> str:
+    """Why ``content`` is not text, for that row's error."""
+    if isinstance(content, list):
+        kinds = sorted({str(p.get("type")) if isinstance(p, Mapping) else type(p).__name__ for p in content})
+        return (f"message.content is a list of parts of type {', '.join(kinds)}; only text parts "
+                "(type 'text' with a str 'text') are read as an answer")  # fmt: skip
+    return f"message.content is a {type(content).__name__} ({str(content)[:80]!r}), not text"
+
+
 _REASONS = {r: r for r in ("stop", "length", "content_filter", "tool_calls", "function_call")}
 
 
@@ -103,22 +128,29 @@ def parse_completion(data: Mapping[str, Any], headers: Mapping[str, str] | None 
     usage = data.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
     reason = choice.get("finish_reason")
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    if reasoning and (usage.get("total_tokens") or 0) >= prompt + completion + reasoning:
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    reasoning = _count((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
+    if reasoning and _count(usage.get("total_tokens")) >= prompt + completion + reasoning:
         completion += reasoning
     error = choice.get("error")
     if error is not None:
         error = str(error.get("message") or error) if isinstance(error, Mapping) else str(error)
     return Completion(
-        message.get("content"),
+        content_text(message.get("content")),
         _REASONS.get(reason, reason),  # one shared str, not one per answer (53 bytes a row at 1M rows)
         prompt,
         completion,
-        details.get("cached_tokens") or 0,
+        _count(details.get("cached_tokens")),
         headers,
         message.get("refusal"),
         reasoning,
         error,
     )
+
+
+def _count(value: Any) -> int:
+    """A token count from a usage object: a non-negative int (0 for anything else)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        return 0
+    return int(value)

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import orjson
 
 from ..errors import FatalAPIError, RequestError
-from . import Completion, parse_completion
+from . import Completion, content_text, parse_completion
 from .errors import error_in_answer
 
 __all__ = ["read_answer", "judge"]
@@ -102,16 +102,18 @@ def _from_stream(raw: bytes, where: str) -> dict[str, Any]:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             part = choice.get("delta") or choice.get("message") or {}
-            if isinstance(part.get("content"), str):
+            content = content_text(part.get("content"))
+            if content is not None:
                 parts = parts if parts is not None else []
-                parts.append(part["content"])
+                parts.append(content)  # a part that is not text makes the whole no text
             if isinstance(part.get("refusal"), str):
                 refusal.append(part["refusal"])
             error = choice.get("error") or error
             finish = choice.get("finish_reason") or finish
     if finish is None:
         raise _stream_error(where, "ended before its finish_reason (the answer may be cut short)")
-    message = {"content": None if parts is None else "".join(parts), "refusal": "".join(refusal) or None}
+    joined = None if parts is None else "".join(parts) if all(isinstance(p, str) for p in parts) else parts
+    message = {"content": joined, "refusal": "".join(refusal) or None}
     return {"choices": [{"message": message, "finish_reason": finish, "error": error}], "usage": usage or {}}
 
 

@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, TypeVar
 
 from ..errors import APIError, ConfigError, FatalAPIError, RetryableError, remember_secret
 from ..scheduler import RetryPolicy
+from ..stopping import quota_stop
 from .errors import from_openai
 from .openai_client import _timeout
 
@@ -166,6 +167,9 @@ class BatchAPI:
                 failures += 1
                 if failures >= self.retry.max_attempts:
                     raise
+                stop = quota_stop(exc, 0.0, None)  # a retry-after of hours is a quota: never wait it here
+                if stop is not None:
+                    raise stop from exc
                 await self.sleep(self.retry.backoff(failures, exc.retry_after))
 
     def _absent(self, exc: APIError, what: str) -> APIError:
@@ -228,6 +232,9 @@ class BatchAPI:
                     return found
                 if failures >= self.retry.max_attempts:
                     raise
+                stop = quota_stop(exc, 0.0, None)
+                if stop is not None:
+                    raise stop from exc
                 await self.sleep(self.retry.backoff(failures, exc.retry_after))
 
     async def retrieve(self, batch_id: str) -> BatchInfo:

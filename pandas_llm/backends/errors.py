@@ -15,7 +15,10 @@ closed before a whole answer) and ``code="timeout"`` (no answer within ``timeout
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import re
+import time
 from typing import Any, Mapping
 
 from ..errors import APIError, FatalAPIError, QuotaError, RateLimitError, RequestError, RetryableError
@@ -35,8 +38,15 @@ def lost(message: str, code: str) -> RetryableError:
     return exc
 
 
-def retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds), if present."""
+def retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after``, if present.
+
+    ``retry-after`` is seconds or an HTTP date (RFC 9110: ``Wed, 21 Oct 2037 07:28:00 GMT``),
+    read relative to ``now`` (``time.time()``); a date in the past is 0.
+
+        >>> retry_after({"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, now=40.0)
+        60.0
+    """
     if not headers:
         return None
     value = headers.get("retry-after-ms")
@@ -50,8 +60,19 @@ def retry_after(headers: Mapping[str, str] | None) -> float | None:
         try:
             return max(0.0, float(value))
         except ValueError:
-            return None  # an HTTP date; fall back to our own backoff
+            return _http_date(value, now)
     return None
+
+
+def _http_date(value: str, now: float | None) -> float | None:
+    """Seconds from ``now`` until the HTTP date ``value`` (0 if past), None if it is no date."""
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def error_for_status(

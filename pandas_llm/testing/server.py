@@ -294,7 +294,7 @@ class LLMServer:
         *,
         times: int = 1,
         match: str | None = None,
-        retry_after: float | None = None,
+        retry_after: float | str | None = None,
         retry_after_ms: float | None = None,
         hang: bool = False,
         body: Any = None,
@@ -304,7 +304,8 @@ class LLMServer:
         """Make the next ``times`` chat requests whose last user message contains ``match``
         (any request if None) fail with ``status`` and an OpenAI-style error body.
 
-        ``retry_after`` / ``retry_after_ms`` add those headers; ``body`` (dict, str or bytes)
+        ``retry_after`` / ``retry_after_ms`` add those headers (a str ``retry_after`` is sent
+        as given, e.g. an HTTP date); ``body`` (dict, str or bytes)
         replaces the error body (with a 2xx status, it replaces the answer: a gateway's
         ``{"error": {...}}``, a ``finish_reason: "error"``); ``hang=True`` never answers:
         the connection stays open until the client gives up. ``shape`` answers with status
@@ -519,7 +520,9 @@ _SHAPES: dict[str, Callable[[dict[str, Any]], bytes]] = {
 }
 
 
-def _number(value: float) -> str:
+def _number(value: float | str) -> str:
+    if isinstance(value, str):  # sent as given: an HTTP date
+        return value
     return str(int(value)) if float(value).is_integer() else str(value)
 
 

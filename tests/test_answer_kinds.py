@@ -1,0 +1,129 @@
+"""Holes found after issues 11 and 12: answers of an unexpected shape, empty answers,
+HTTP-date retry-after, content refusals, the context check in batch mode, a Batch API
+probe answered by something else, and small counting/redaction faults. Each against a
+server on loopback."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import openai
+import pandas as pd
+import pytest
+
+import pandas_llm
+from pandas_llm import QuotaError, RunWarning
+from pandas_llm.backends import Completion
+from pandas_llm.backends.errors import retry_after
+from pandas_llm.cache import Record, Store
+from pandas_llm.scheduler import completion_record
+
+
+def chat(content, finish_reason="stop"):
+    return {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }  # fmt: skip
+
+
+def frame(n=4):
+    return pd.DataFrame({"text": [f"row {i}" for i in range(n)]})
+
+
+@pytest.fixture(params=["wire", "aiohttp", "openai"])
+def run(request, server, monkeypatch):
+    """``run(df, template, **kw)``: map through one of the backends that speak HTTP."""
+
+    def go(df, template="{text}", **kw):
+        if request.param == "openai":
+            with openai.OpenAI(base_url=server.base_url, api_key="k") as client:
+                return df.llm.map(template, client=client, progress=False, **kw)
+        return df.llm.map(template, base_url=server.base_url, api_key="k", progress=False, **kw)
+
+    if request.param == "aiohttp":
+        monkeypatch.setenv("PANDAS_LLM_HTTP", "aiohttp")
+    return go
+
+
+# -- 1. content as a list of parts ---------------------------------------------------------
+
+
+def test_content_parts_are_read_as_their_text_joined_in_order(server, run):
+    parts = [{"type": "text", "text": "Bon"}, {"type": "text", "text": "jour"}]
+    server.inject(200, match="row 1", body=chat(parts))
+    d = run(frame(), details=True)
+    assert d["status"].tolist() == ["ok"] * 4 and d.loc[1, "output"] == "Bonjour"
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ([{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}], "image_url"),
+        ({"text": "hi"}, "dict"),
+        (42, "int"),
+    ],
+)
+def test_content_that_is_not_text_is_that_rows_error_and_the_run_goes_on(server, run, content, says):
+    server.inject(200, match="row 2", body=chat(content))
+    with pytest.warns(RunWarning, match="1 error"):
+        d = run(frame(), details=True)
+    assert d["status"].tolist() == ["ok", "ok", "error", "ok"]
+    assert "message.content" in d.loc[2, "error"] and says in d.loc[2, "error"]
+    assert pd.isna(d.loc[2, "output"]) and d.loc[2, "prompt_tokens"] == 7  # billed tokens kept
+    server.reset_counters()
+    assert run(frame()).tolist() == [f"echo: row {i}" for i in range(4)] and server.requests == 1  # saved, rerun fixes
+
+
+def test_a_value_that_is_not_text_never_reaches_the_store_as_is():
+    rec = completion_record(b"k" * 32, Completion([1, 2], "stop"), None, 1, "m")  # type: ignore[arg-type]
+    assert rec.status == "error" and rec.output is None and "list" in rec.error
+    with Store(":memory:") as store:  # anything that slips past completion_record: a row error, no crash
+        store.write([Record(b"a" * 32, "ok", ["x"]), Record(b"b" * 32, "ok", b"\x00vec"), Record(b"c" * 32, "ok", "fine")])
+        got = {r.key[:1]: r for r in store.lookup([b"a" * 32, b"b" * 32, b"c" * 32])}
+    assert got[b"a"].status == "error" and "list" in got[b"a"].error
+    assert got[b"b"].output == b"\x00vec" and got[b"c"].output == "fine"
+
+
+def test_a_client_function_returning_a_completion_with_foreign_content_is_a_row_error():
+    def fn(messages, **params):
+        return Completion({"oops": 1}, "stop") if "row 1" in messages[-1]["content"] else "fine"
+
+    with pytest.warns(RunWarning):
+        d = frame().llm.map("{text}", client=fn, progress=False, details=True)
+    assert d["status"].tolist() == ["ok", "error", "ok", "ok"] and "dict" in d.loc[1, "error"]
+
+
+# -- 2. an empty answer --------------------------------------------------------------------
+
+
+def test_an_empty_answer_is_a_failure_of_its_own_kept_and_retried_by_a_rerun(server, run):
+    server.inject(200, match="row 0", body=chat(""))
+    server.inject(200, match="row 3", body=chat("   "))  # whitespace-only: the model's answer
+    with pytest.warns(RunWarning, match="1 empty"):
+        d = run(frame(), details=True)
+    assert d.loc[0, "status"] == "empty" and pd.isna(d.loc[0, "output"]) and "empty string" in d.loc[0, "error"]
+    assert d.loc[0, "completion_tokens"] == 3 and d.loc[3, "status"] == "ok" and d.loc[3, "output"] == "   "
+    assert server.requests == 4  # not resent within the run
+    server.reset_counters()
+    out = run(frame())
+    assert out[0] == "echo: row 0" and server.requests == 1
+
+
+# -- 3. retry-after as an HTTP date ---------------------------------------------------------
+
+
+def test_retry_after_reads_the_http_date_form():
+    assert retry_after({"retry-after": "Wed, 21 Oct 2037 07:28:00 GMT"}, now=2139722880.0 - 90) == 90.0
+    assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
+    assert retry_after({"retry-after": "12"}) == 12.0 and retry_after({"retry-after": "soon"}) is None
+
+
+def test_a_retry_after_date_hours_away_stops_a_run_without_deadline(server, opts):
+    later = email.utils.formatdate(time.time() + 86400, usegmt=True)
+    server.inject(429, times=1000, match="row 1", retry_after=later,
+                  body={"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}})  # fmt: skip
+    with pytest.raises(QuotaError, match="longer than the 10 min"):
+        frame(20).llm.map("{text}", concurrency=1, **opts)
+    assert server.requests == 2
