@@ -26,6 +26,7 @@ from .cache import Record
 from .config import BatchLimits
 from .errors import APIError, RequestError, RetryableError
 from .scheduler import completion_record
+from .stopping import row_status
 
 __all__ = ["PartData", "split_parts", "parse_line", "UNANSWERED_CODES"]
 
@@ -123,7 +124,7 @@ def parse_line(
             if c.outputs is not None and len(c.outputs) != 1:
                 raise RequestError(f"{len(c.outputs)} results for one input", code="bad_response")
         except APIError as exc:
-            kind = "failed" if isinstance(exc, RetryableError) else "error"
+            kind = "failed" if isinstance(exc, RetryableError) else row_status(exc) if isinstance(exc, RequestError) else "error"
             return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None
         if c.outputs is not None:  # a list-input endpoint (endpoints.py): one input per line
             return key, Record(key, "ok", c.outputs[0], None, c.prompt_tokens, 0, 0, cost(c), None, 1, model), None
@@ -136,5 +137,5 @@ def parse_line(
         return key, Record(key, "failed", error=f"batch error {code}: {message}", model=model), None
     status = (response or {}).get("status_code") or 500
     exc = error_for_status(status, (response or {}).get("body"), None, endpoint=endpoint, model=model)
-    kind = "failed" if isinstance(exc, RetryableError) else "error"
+    kind = "failed" if isinstance(exc, RetryableError) else row_status(exc) if isinstance(exc, RequestError) else "error"
     return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None

@@ -61,7 +61,7 @@ from . import inflight
 from .committer import Committer
 from .errors import FatalAPIError, LocalServerError, PandasLLMError, RateLimitError, RequestError, RetryableError, StoreError
 from .ratelimit import Limiter
-from .stopping import ShapeWatch, come_back, quota_stop
+from .stopping import ShapeWatch, come_back, quota_stop, row_status
 
 __all__ = ["Engine", "RunStats", "Job", "RetryPolicy", "completion_record", "DEAD_AFTER"]
 
@@ -439,7 +439,7 @@ class Engine:
             except RequestError as exc:
                 limiter.release(reserved)
                 self._heard += 1
-                record = Record(key, "error", error=str(exc), attempts=attempts, model=self.model)
+                record = Record(key, row_status(exc), error=str(exc), attempts=attempts, model=self.model)
                 stop = self._shape.refused(exc, body)
                 return record if stop is None else self._stop_run(stop, record)
             except FatalAPIError as exc:

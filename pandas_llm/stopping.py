@@ -29,7 +29,7 @@ from collections import Counter
 
 from .errors import FatalAPIError, QuotaError, RateLimitError, RequestError, RequestShapeError, RetryableError
 
-__all__ = ["ShapeWatch", "quota_stop", "come_back", "MAX_RETRY_AFTER"]
+__all__ = ["ShapeWatch", "quota_stop", "come_back", "row_status", "MAX_RETRY_AFTER"]
 
 #: The longest retry-after a run without a ``deadline`` waits for (seconds): a longer one
 #: is a quota, not a rate limit, and stops the run (QuotaError).
@@ -40,6 +40,9 @@ SAME = 3
 
 _SHAPE_CODES = {"unsupported_parameter", "unsupported_value", "unsupported_response_format"}
 _ROW_SPECIFIC = re.compile(r"context|too long|too large|maximum.*tokens|tokens.*maximum|string_above_max_length", re.I)
+_CONTENT = {"content_filter", "context_length_exceeded", "string_above_max_length"}
+_CONTENT_MESSAGE = re.compile(r"content (?:management |filter|policy)|usage polic|flagged|safety system|"
+                              r"ResponsibleAIPolicyViolation|\bprompt\b.*\b(?:triggering|violat)", re.I)  # fmt: skip
 _SAMPLING = {"temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
              "logit_bias", "n", "stop", "seed", "parallel_tool_calls"}  # fmt: skip
 
@@ -58,6 +61,8 @@ class ShapeWatch:
             return None
         message = str(exc)
         immediate = exc.code in _SHAPE_CODES or (exc.param == "response_format" and b'"json_schema"' in body)
+        if exc.code in _CONTENT or _CONTENT_MESSAGE.search(message):
+            return None  # a refusal of this row's content (a content filter): never the request's shape
         if not immediate and (exc.code == "context_length_exceeded" or _ROW_SPECIFIC.search(message)):
             return None  # the row's own content: that row's error
         self._seen[message] += 1
@@ -72,6 +77,12 @@ class ShapeWatch:
             status=exc.status,
             code=exc.code,
         )
+
+
+def row_status(exc: RequestError) -> str:
+    """A refused row's status: ``content_filter`` when a content filter refused it (as for
+    ``finish_reason="content_filter"``), else ``error``."""
+    return "content_filter" if exc.code == "content_filter" else "error"
 
 
 def advice(exc: RequestError, body: bytes) -> str:

@@ -127,3 +127,52 @@ def test_a_retry_after_date_hours_away_stops_a_run_without_deadline(server, opts
     with pytest.raises(QuotaError, match="longer than the 10 min"):
         frame(20).llm.map("{text}", concurrency=1, **opts)
     assert server.requests == 2
+
+
+# -- 4. a content filter's 400 is that row's refusal, never a shape stop -------------------
+
+AZURE_FILTER = {"error": {
+    "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. "
+               "Please modify your prompt and retry.",
+    "type": None, "param": "prompt", "code": "content_filter", "status": 400,
+    "innererror": {"code": "ResponsibleAIPolicyViolation",
+                   "content_filter_result": {"hate": {"filtered": True, "severity": "high"}}},
+}}  # fmt: skip
+OPENAI_FLAGGED = {"error": {
+    "message": "Invalid prompt: your prompt was flagged as potentially violating our usage policy.",
+    "type": "invalid_request_error", "param": None, "code": "invalid_prompt",
+}}  # fmt: skip
+
+
+@pytest.mark.parametrize("body", [AZURE_FILTER, OPENAI_FLAGGED], ids=["azure", "openai"])
+def test_content_refusals_of_the_first_rows_are_their_errors_and_the_run_goes_on(server, run, body):
+    for i in range(3):
+        server.inject(400, times=1000, match=f"row {i}", body=body)
+    with pytest.warns(RunWarning, match="3 content_filter"):
+        d = run(frame(8), details=True, concurrency=1)
+    assert d["status"].tolist() == ["content_filter"] * 3 + ["ok"] * 5
+    assert "refused this row's content" in d.loc[0, "error"] and server.requests == 8
+    server.reset_counters()
+    with pytest.warns(RunWarning, match="3 content_filter"):  # a rerun is not blocked by them either
+        out = run(frame(8), concurrency=1)
+    assert out.notna().sum() == 5 and server.requests == 3
+
+
+def test_a_content_refusal_in_a_batch_line_has_the_same_status():
+    from pandas_llm.batching import parse_line
+
+    key = b"k" * 32
+    line = {"custom_id": key.hex(), "response": {"status_code": 400, "body": AZURE_FILTER}, "error": None}
+    import orjson
+
+    _, rec, _ = parse_line(orjson.dumps(line), cost=lambda c: None, model="m", endpoint="http://x/v1")
+    assert rec.status == "content_filter"
+
+
+def test_the_same_shape_refusal_still_stops_the_run(server, opts):
+    shape = {"error": {"message": "Unsupported value: 'temperature' does not support 0.2 with this model.",
+                       "type": "invalid_request_error", "param": "temperature", "code": None}}  # fmt: skip
+    server.inject(400, times=1000, body=shape)
+    with pytest.raises(pandas_llm.RequestShapeError):
+        frame(20).llm.map("{text}", concurrency=1, temperature=0.2, **opts)
+    assert server.requests == 3

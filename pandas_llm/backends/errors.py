@@ -140,6 +140,11 @@ def error_for_status(
         )
         exc.maybe_billed = status in BILLED_STATUS
         return exc
+    if status in (400, 422) and content_refusal(body, code, detail):
+        return RequestError(
+            f"HTTP {status} from {where}: the provider refused this row's content: {detail}",
+            status=status, code="content_filter", param=param,
+        )  # fmt: skip
     if status == 401:
         return FatalAPIError(
             f"HTTP 401 from {where}: the API key was refused. Check api_key= or OPENAI_API_KEY "
@@ -175,6 +180,33 @@ _CODE_STATUS = {
     "permission_error": 403, "model_not_found": 404, "not_found_error": 404,
     "invalid_request_error": 400, "context_length_exceeded": 400,
 }  # fmt: skip
+
+
+#: Error codes (OpenAI, Azure OpenAI and gateways) that refuse a request for its content:
+#: that row's refusal (status ``content_filter``), never a fault of the request's shape.
+CONTENT_CODES = frozenset({
+    "content_filter", "content_policy_violation", "responsibleaipolicyviolation", "invalid_prompt",
+    "content_management_policy", "jailbreak", "prompt_blocked", "moderation_blocked", "safety",
+    "content_filtered", "blocked_by_content_filter", "responsible_ai_policy_violation",
+})  # fmt: skip
+_CONTENT_MESSAGE = re.compile(
+    r"content (?:management |filter|policy)|content_filter|usage polic|flagged as potentially|"
+    r"safety system|ResponsibleAIPolicyViolation", re.I,
+)
+
+
+def content_refusal(body: Any, code: str | None, detail: str) -> bool:
+    """True if an error answer refuses the request for its content (Azure's ``content_filter``
+    with ``innererror.code = ResponsibleAIPolicyViolation``, OpenAI's ``invalid_prompt`` /
+    ``content_policy_violation``, or a message naming a content policy)."""
+    codes = {code}
+    err = body.get("error") if isinstance(body, Mapping) else None
+    if isinstance(err, Mapping):
+        inner = err.get("innererror") or err.get("inner_error")
+        codes |= {err.get("code"), err.get("type"), inner.get("code") if isinstance(inner, Mapping) else None}
+    if any(isinstance(c, str) and c.lower() in CONTENT_CODES for c in codes):
+        return True
+    return bool(_CONTENT_MESSAGE.search(detail))
 
 
 def error_in_answer(body: Mapping[str, Any], headers: Mapping[str, str] | None, *, endpoint: str,
