@@ -44,8 +44,8 @@ from . import pipeline as _pipeline
 from .backends.batch import JOB_KEY, PART_KEY, BatchAPI
 from .batch_view import BatchProgress, BatchStats, BatchStatus
 from .batching import PartData, split_parts
-from .budget import Budget, Meter
-from .cache import Store
+from .budget import Budget, ContextCheck, Meter
+from .cache import Record, Store
 from .collect import Collector
 from .config import Settings
 from .errors import ConfigError, FatalAPIError, RequestError
@@ -162,6 +162,7 @@ class BatchJob:
             if settings.max_cost is not None else None  # fmt: skip
         self.stats.max_cost = settings.max_cost
         self._held: dict[bytes, float] = {}  # request key -> its reservation
+        self._too_long: list[Record] = []  # prompts over the context window, not uploaded
         self._over: Iterator[tuple[int, bytes, bytes]] | None = None  # requests waiting for the budget
         self._collector = Collector(plan, self.stats, model=settings.model, endpoint=settings.endpoint,
                                     price=resolve_price(settings.model, settings.prices) if kind is None else
@@ -310,8 +311,22 @@ class BatchJob:
         limits = self.settings.batch_limits
         tokens_of = self._tokens_of() if limits.enqueued_tokens is not None else None
         jobs = (self._line(j) for j in plan.jobs() if j[1] not in covering)
-        self._pending = split_parts(self._within_budget(jobs), limits, tokens_of, **self._url())
+        self._pending = split_parts(self._within_budget(self._fitting(jobs)), limits, tokens_of, **self._url())
         await self._send_more(ledger, api)
+
+    def _fitting(self, jobs: Iterator[tuple[int, bytes, bytes]]) -> Iterator[tuple[int, bytes, bytes]]:
+        """``jobs`` that fit the model's context window (``budget.ContextCheck``, as realtime);
+        the others become status ``too_long`` records (written by ``_send_more``), never uploaded."""
+        check = ContextCheck.for_model(self.settings.model) if self.kind is None and self.settings.model else None
+        if check is None:
+            yield from jobs
+            return
+        for job in jobs:
+            error = check.error(job[2])
+            if error is None:
+                yield job
+            else:
+                self._too_long.append(Record(job[1], "too_long", error=error, attempts=0, model=self.settings.model))
 
     def _within_budget(self, jobs: Iterator[tuple[int, bytes, bytes]]) -> Iterator[tuple[int, bytes, bytes]]:
         """``jobs`` while their worst cases fit in max_cost (each reserved); the first that does
@@ -378,6 +393,14 @@ class BatchJob:
         return {} if self.kind is None else {"url": "/v1" + self.kind.path}
 
     async def _send_more(self, ledger: Ledger, api: BatchAPI) -> None:
+        try:
+            await self._send_parts(ledger, api)
+        finally:
+            if self._too_long:  # prompts over the context window found while filling parts
+                rows, self._too_long = self._too_long, []
+                self._collector.write(ledger.store, rows)
+
+    async def _send_parts(self, ledger: Ledger, api: BatchAPI) -> None:
         budget = self.settings.batch_limits.enqueued_tokens
         while self._pending is not None:
             if self._next is None:

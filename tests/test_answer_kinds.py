@@ -176,3 +176,30 @@ def test_the_same_shape_refusal_still_stops_the_run(server, opts):
     with pytest.raises(pandas_llm.RequestShapeError):
         frame(20).llm.map("{text}", concurrency=1, temperature=0.2, **opts)
     assert server.requests == 3
+
+
+# -- 5. the context check before writing batch lines ---------------------------------------
+
+HUGE = "word " * 250_000  # ~250,000 tokens: twice gpt-4o-mini's 128k window
+
+
+@pytest.mark.parametrize("mode", ["batch", "auto"])
+def test_batch_mode_never_uploads_a_prompt_over_the_window(server, opts, mode):
+    df = pd.DataFrame({"t": ["short", HUGE, "also short"]})
+    kw = dict(poll_interval=0.005, batch_threshold=1) if mode == "auto" else dict(poll_interval=0.005)
+    with pytest.warns(RunWarning, match="1 too_long"):
+        out = df.llm.map("{t}", model="gpt-4o-mini", mode=mode, **kw, **opts)
+    assert out.isna().tolist() == [False, True, False]
+    assert not any(b"word word" in u.data for u in server.batches.uploads)  # never uploaded, never paid
+    d = pandas_llm.last_run().details
+    assert d["status"].tolist() == ["ok", "too_long", "ok"] and "context window" in d.loc[1, "error"]
+    assert server.batches.batches_created == 1 and server.requests == 0
+
+
+def test_packed_batch_never_uploads_a_prompt_over_the_window(server, opts):
+    df = pd.DataFrame({"t": ["short", HUGE, "also short", "fine"]})
+    with pytest.warns(RunWarning, match="too_long"):
+        out = df.llm.map("{t}", model="gpt-4o-mini", mode="batch", rows_per_request=2, poll_interval=0.005, **opts)
+    assert out.isna().tolist() == [False, True, False, False]
+    assert not any(b"word word" in u.data for u in server.batches.uploads)
+    assert server.count("word word") == 0 and server.batches.batches_created >= 1
