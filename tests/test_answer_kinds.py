@@ -203,3 +203,27 @@ def test_packed_batch_never_uploads_a_prompt_over_the_window(server, opts):
     assert out.isna().tolist() == [False, True, False, False]
     assert not any(b"word word" in u.data for u in server.batches.uploads)
     assert server.count("word word") == 0 and server.batches.batches_created >= 1
+
+
+# -- 6. a Batch API probe answered by something else ----------------------------------------
+
+
+@pytest.mark.parametrize("status, says", [("html", "Gateway UI"), (400, "Invalid URL")])
+def test_auto_falls_back_to_realtime_when_the_batch_api_answers_no_batch_reply(server, opts, status, says, caplog):
+    import logging
+
+    server.batches.without_batch_api(status)
+    with caplog.at_level(logging.WARNING, logger="pandas_llm"):
+        out = frame(20).llm.map("{text}", mode="auto", batch_threshold=10, **opts)
+    assert out.tolist() == [f"echo: row {i}" for i in range(20)] and server.batches.files_uploaded == 0
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "has no Batch API" in lines[0] and says in lines[0]
+
+
+def test_batch_mode_names_what_the_server_answered_instead_of_a_batch_reply(server, opts):
+    from pandas_llm.backends.batch import NoBatchAPIError
+
+    server.batches.without_batch_api("html")
+    with pytest.raises(NoBatchAPIError, match="POST /files .*answered '<!doctype html>.*use mode='realtime'"):
+        frame(5).llm.map("{text}", mode="batch", **opts)
+    assert server.requests == 0

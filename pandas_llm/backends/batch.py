@@ -24,6 +24,8 @@ import logging
 import os
 from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, TypeVar
 
+import orjson
+
 from ..errors import APIError, ConfigError, FatalAPIError, RetryableError, remember_secret
 from ..scheduler import RetryPolicy
 from ..stopping import quota_stop
@@ -146,17 +148,43 @@ class BatchAPI:
         self._client = None
 
     # -- plumbing -------------------------------------------------------------------------
-    async def _sdk(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """One SDK call, its foreign errors mapped to ours (no retry)."""
+    async def _sdk(self, fn: Callable[..., Any], *args: Any, what: str = "the Batch API",
+                   expect: str | None = "id", **kwargs: Any) -> Any:  # fmt: skip
+        """One SDK call, its foreign errors mapped to ours (no retry).
+
+        A reply that is not a Batch API reply (not JSON, e.g. a gateway's web page, which the
+        SDK hands back as a str or fails to read; or an object without ``expect``) raises
+        NoBatchAPIError naming ``what`` was asked and what the server answered."""
         try:
             if self._async:
-                return await fn(*args, **kwargs)
-            return await asyncio.to_thread(fn, *args, **kwargs)
+                result = await fn(*args, **kwargs)
+            else:
+                result = await asyncio.to_thread(fn, *args, **kwargs)
         except self._openai.OpenAIError as exc:
             mapped = from_openai(exc, endpoint=self.endpoint, model=self.model)
             if mapped is None:
+                if getattr(exc, "status_code", None) is None and not isinstance(exc, self._openai.APIConnectionError):
+                    raise self._not_batch(what, f"a reply the SDK could not read ({exc})") from exc
                 raise
             raise mapped from exc
+        except (AttributeError, TypeError, ValueError) as exc:  # the SDK could not build its object
+            raise self._not_batch(what, f"a reply that is not a Batch API object ({type(exc).__name__}: {exc})") from exc
+        if isinstance(result, (str, bytes)) or result is None:
+            text = result.decode("utf-8", "replace") if isinstance(result, bytes) else str(result)
+            raise self._not_batch(what, f"{text[:120]!r}")
+        if expect is not None and not isinstance(getattr(result, expect, None), (str, list)):
+            raise self._not_batch(what, f"an object without {expect!r}: {str(result)[:120]!r}")
+        return result
+
+    def _not_batch(self, what: str, answered: str) -> "NoBatchAPIError":
+        reason = f"{what} at {self.endpoint} answered {answered}, not a Batch API reply"
+        exc = NoBatchAPIError(
+            f"this endpoint has no Batch API ({reason}); use mode='realtime' (or check base_url).",
+            status=200,
+            code="no_batch_api",
+        )
+        exc.reason = reason
+        return exc
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         failures = 0
@@ -188,10 +216,21 @@ class BatchAPI:
         """None if the endpoint serves the Batch API, else why not (one ``GET /batches``)."""
         batches = self._client.batches
         try:
-            await self._retrying(lambda: self._sdk(batches.list, limit=1))
+            raw = await self._retrying(lambda: self._sdk(batches.with_raw_response.list, limit=1, what="GET /batches",
+                                                         expect=None))  # fmt: skip
+            try:
+                page = orjson.loads(raw.content)
+            except orjson.JSONDecodeError:
+                page = None
+            if not (isinstance(page, dict) and isinstance(page.get("data"), list)):
+                raise self._not_batch("GET /batches", repr(raw.content[:120].decode("utf-8", "replace")))
+        except NoBatchAPIError as exc:
+            return getattr(exc, "reason", None) or str(exc)
         except APIError as exc:
             if exc.status in _ABSENT:
                 return f"HTTP {exc.status} on GET /batches"
+            if exc.status == 400:  # a gateway that knows no such path ("Invalid URL")
+                return f"HTTP 400 on GET /batches: {str(exc)[:200]}"
             raise
         return None
 
@@ -200,7 +239,7 @@ class BatchAPI:
         files = self._client.files
         try:
             f = await self._retrying(
-                lambda: self._sdk(files.create, file=(filename, data, "application/jsonl"), purpose="batch",
+                lambda: self._sdk(files.create, file=(filename, data, "application/jsonl"), purpose="batch", what="POST /files",
                                   timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT))  # fmt: skip
             )
         except APIError as exc:
@@ -217,7 +256,7 @@ class BatchAPI:
         while True:
             try:
                 batch = await self._sdk(
-                    batches.create, input_file_id=file_id, endpoint=endpoint, completion_window="24h", metadata=metadata
+                    batches.create, what="POST /batches", input_file_id=file_id, endpoint=endpoint, completion_window="24h", metadata=metadata
                 )
                 return _info(batch)
             except FatalAPIError as exc:
@@ -239,13 +278,13 @@ class BatchAPI:
 
     async def retrieve(self, batch_id: str) -> BatchInfo:
         batches = self._client.batches
-        return _info(await self._retrying(lambda: self._sdk(batches.retrieve, batch_id)))
+        return _info(await self._retrying(lambda: self._sdk(batches.retrieve, batch_id, what="GET /batches/{id}")))
 
     async def cancel(self, batch_id: str) -> BatchInfo:
         """Ask the API to cancel; a batch that already finished is returned as it is."""
         batches = self._client.batches
         try:
-            return _info(await self._retrying(lambda: self._sdk(batches.cancel, batch_id)))
+            return _info(await self._retrying(lambda: self._sdk(batches.cancel, batch_id, what="POST /batches/{id}/cancel")))
         except APIError as exc:
             if exc.status != 400:
                 raise
@@ -260,7 +299,7 @@ class BatchAPI:
             kwargs: dict[str, Any] = {"limit": 100}
             if after:
                 kwargs["after"] = after
-            page = await self._retrying(lambda: self._sdk(batches.list, **kwargs))
+            page = await self._retrying(lambda: self._sdk(batches.list, what="GET /batches", expect="data", **kwargs))
             data = list(page.data)
             for batch in data:
                 meta = batch.metadata or {}
@@ -282,12 +321,12 @@ class BatchAPI:
                 yield line
 
     async def _read(self, files: Any, file_id: str) -> bytes:
-        content = await self._sdk(files.content, file_id, timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT))
+        content = await self._sdk(files.content, file_id, what="GET /files/{id}/content", expect=None, timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT))
         return content.content
 
     async def delete_file(self, file_id: str) -> None:
         files = self._client.files
-        await self._retrying(lambda: self._sdk(files.delete, file_id))
+        await self._retrying(lambda: self._sdk(files.delete, file_id, what="DELETE /files/{id}"))
 
     async def discard(self, file_id: str | None) -> None:
         """Delete an uploaded input file whose batch has ended (or was never created); a

@@ -181,11 +181,12 @@ class BatchEndpoints:
         with self._lock:
             return list(self.file_store.deleted_ids)
 
-    def without_batch_api(self, status: int | None = 404) -> None:
+    def without_batch_api(self, status: int | str | None = 404) -> None:
         """Serve no Batch API: ``/v1/files`` and ``/v1/batches`` answer ``status`` (404 as
-        vLLM, 405, 501); ``None`` serves it again."""
-        if status not in (None, 404, 405, 501):
-            raise ConfigError(f"status must be 404, 405, 501 or None, got {status!r}")
+        vLLM, 405, 501, a gateway's 400 "Invalid URL", or ``"html"``: a 200 web page, as a
+        gateway's web UI answers any path); ``None`` serves it again."""
+        if status not in (None, 400, 404, 405, 501, "html"):
+            raise ConfigError(f"status must be 400, 404, 405, 501, 'html' or None, got {status!r}")
         with self._lock:
             self.missing = status
 
@@ -226,6 +227,10 @@ class BatchEndpoints:
             missing = self.missing
             if missing == 404:
                 return json_response(404, {"detail": "Not Found"})
+            if missing == "html":
+                return Response(200, "<!doctype html><html><body>Gateway UI</body></html>", content_type="text/html")
+            if missing == 400:
+                return error_response(400, f"Invalid URL ({request.method} {request.path})", "invalid_request_error")
             if missing is not None:
                 return error_response(missing, f"{request.method} {request.path} is not supported by this server.",
                                       "invalid_request_error" if missing == 405 else "NotImplementedError")  # fmt: skip
