@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from typing import Any, Iterable
 
 __all__ = [
@@ -84,10 +85,16 @@ def redact(text: Any, secrets: Iterable[str] = ()) -> Any:
     if not isinstance(text, str) or not text:
         return text
     known = [*_KNOWN_SECRETS, *secrets, *(os.environ.get(name) for name in _ENV_KEYS)]
-    for key in sorted({k for k in known if k and len(k) >= _MIN_SECRET}, key=len, reverse=True):
+    keys = {k for k in known if k and len(k) >= _MIN_SECRET}
+    forms = keys | {f(k) for k in keys for f in (urllib.parse.quote, urllib.parse.quote_plus, _quote_all)}
+    for key in sorted(forms, key=len, reverse=True):  # the key as is and URL-encoded (in a query string)
         if key in text:
             text = text.replace(key, REDACTED)
     return _SECRET_PATTERNS.sub(_mask, text)
+
+
+def _quote_all(key: str) -> str:
+    return urllib.parse.quote(key, safe="")
 
 
 def _mask(m: re.Match) -> str:

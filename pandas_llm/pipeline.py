@@ -66,7 +66,9 @@ class RunReport:
             cost += f" + {worst} possibly billed ({s.lost_answers} answers lost)"
         return (
             f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "
-            f"{s.sent_done} requests sent ({s.ok} ok), {s.prompt_tokens} prompt{cached_share(s)} + "
+            f"{s.sent_done} requests sent ({s.ok} ok"
+            + (f", {s.attempts} HTTP attempts" if getattr(s, "attempts", 0) > s.sent_done else "")  # retries
+            + f"), {s.prompt_tokens} prompt{cached_share(s)} + "
             f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"
         ) + (f"; {self.packing}" if self.packing is not None else "")
 

@@ -97,6 +97,7 @@ class RunStats:
     failed: Counter = field(default_factory=Counter)  # by status / error kind
     in_flight: int = 0
     retries: int = 0
+    attempts: int = 0  # HTTP attempts (a request's first send and each retry)
     rate_limited: int = 0  # 429s at the account's limit (every worker paused)
     overloaded: int = 0  # 429s with the limit not reached (server busy): that request retried
     timeouts: int = 0  # attempts that got no answer within the timeout
@@ -385,6 +386,7 @@ class Engine:
                 limiter.release(reserved)
                 return self._unsent(key, attempts, failure)
             attempts += 1
+            stats.attempts += 1
             stats.in_flight += 1
             task = asyncio.current_task()
             self._sending.add(task)  # type: ignore[arg-type]

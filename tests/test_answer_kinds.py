@@ -227,3 +227,58 @@ def test_batch_mode_names_what_the_server_answered_instead_of_a_batch_reply(serv
     with pytest.raises(NoBatchAPIError, match="POST /files .*answered '<!doctype html>.*use mode='realtime'"):
         frame(5).llm.map("{text}", mode="batch", **opts)
     assert server.requests == 0
+
+
+# -- 7. small counting and redaction faults -------------------------------------------------
+
+
+def test_url_encoded_forms_of_the_key_are_redacted():
+    import urllib.parse
+
+    from pandas_llm.errors import redact
+
+    key = "sk-proj/abc+def=ghi&jkl"
+    for form in (key, urllib.parse.quote(key), urllib.parse.quote_plus(key), urllib.parse.quote(key, safe="")):
+        text = redact(f"GET /v1/models?api-key={form} failed", [key])
+        assert form not in text and "[redacted]" in text
+
+
+def test_a_sync_function_call_that_never_got_a_thread_is_not_possibly_billed():
+    import asyncio
+    import threading
+
+    from pandas_llm.backends.function import FunctionBackend
+    from pandas_llm.errors import RetryableError
+
+    gate = threading.Event()
+    calls = []
+
+    def fn(messages, **params):
+        calls.append(messages[-1]["content"])
+        gate.wait(2)
+        return "late"
+
+    backend = FunctionBackend(fn, concurrency=1, timeout=0.1)
+    body = b'{"model":"m","messages":[{"role":"user","content":"%s"}]}'
+
+    async def go():
+        return await asyncio.gather(backend.complete(body % b"a"), backend.complete(body % b"b"), return_exceptions=True)
+
+    try:
+        first, second = asyncio.run(go())
+    finally:
+        gate.set()
+        asyncio.run(backend.aclose())
+    assert isinstance(first, RetryableError) and first.maybe_billed  # handed to the function: may be billed
+    assert isinstance(second, RetryableError) and not getattr(second, "maybe_billed", False)
+    assert "not called" in str(second) and calls == ["a"]
+
+
+def test_the_summary_counts_http_attempts_beside_requests(server, opts, monkeypatch):
+    from pandas_llm import scheduler
+
+    monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
+    server.inject(503, times=2, match="row 1")
+    frame(3).llm.map("{text}", **opts)
+    summary = pandas_llm.last_run().summary()
+    assert "3 requests sent (3 ok, 5 HTTP attempts)" in summary

@@ -35,16 +35,26 @@ class FunctionBackend:
     async def complete(self, body: bytes) -> Completion:
         params = orjson.loads(body)
         messages = params.pop("messages")
+        started = self._async  # a sync function starts only when a thread of the pool is free
+
+        def call() -> Any:
+            nonlocal started
+            started = True
+            return self._fn(messages, **params)
+
         try:
             async with asyncio.timeout(self._timeout):
                 if self._async:
                     out = await self._fn(messages, **params)
                 else:
-                    loop = asyncio.get_running_loop()
-                    out = await loop.run_in_executor(self._pool, lambda: self._fn(messages, **params))
+                    out = await asyncio.get_running_loop().run_in_executor(self._pool, call)
         except APIError:
             raise
-        except TimeoutError as exc:  # the function may have paid for a call it did not finish
+        except TimeoutError as exc:
+            if not started:  # timed out waiting for a free thread: never handed to the function, not billed
+                raise RetryableError(f"no free thread within the timeout ({self._timeout:g} s): the function "
+                                     "was not called", code="timeout") from exc  # fmt: skip
+            # the function may have paid for a call it did not finish
             raise lost(f"{type(exc).__name__}: {exc}", "timeout") from exc  # the codes every backend uses
         except ConnectionError as exc:
             raise RetryableError(f"{type(exc).__name__}: {exc}", code="connection") from exc
