@@ -60,6 +60,7 @@ from .cache import Record, Store
 from . import inflight
 from .committer import Committer
 from .errors import FatalAPIError, LocalServerError, PandasLLMError, RateLimitError, RequestError, RetryableError, StoreError
+from .errors import redact
 from .ratelimit import Limiter
 from .stopping import ShapeWatch, come_back, quota_stop, row_status
 
@@ -442,7 +443,7 @@ class Engine:
                 limiter.release(reserved)
                 self._heard += 1
                 record = Record(key, row_status(exc), error=str(exc), attempts=attempts, model=self.model)
-                stop = self._shape.refused(exc, body)
+                stop = None if self._refused_before(key, record) else self._shape.refused(exc, body)
                 return record if stop is None else self._stop_run(stop, record)
             except FatalAPIError as exc:
                 self._fatal = self._fatal or exc
@@ -505,6 +506,18 @@ class Engine:
         why = "the deadline passed" if self.stats.deadline_reached else "the run stopped"
         return Record(key, "failed", error=f"{failure} (after {attempts} attempts; not sent again: {why})",
                       attempts=attempts, model=self.model)  # fmt: skip
+
+    def _refused_before(self, key: bytes, record: Record) -> bool:
+        """True if an earlier run stored this same refusal for ``key``: it does not count
+        toward the same-400 stop (stopping.ShapeWatch), so rows refused for themselves, which
+        a rerun sends first, cannot stop every rerun before the others are sent."""
+        if self._shape.answered or self.store is None:
+            return False
+        try:
+            stored = next(iter(self.store.lookup([key])), None)
+        except Exception:  # a busy or vanished file: count it, as without the cache
+            return False
+        return stored is not None and stored.status == record.status and stored.error == redact(record.error)
 
     def _stop_run(self, exc: PandasLLMError, record: Record) -> Record:
         """Stop the run with ``exc`` once this job's ``record`` is kept (see _work)."""

@@ -282,3 +282,16 @@ def test_the_summary_counts_http_attempts_beside_requests(server, opts, monkeypa
     frame(3).llm.map("{text}", **opts)
     summary = pandas_llm.last_run().summary()
     assert "3 requests sent (3 ok, 5 HTTP attempts)" in summary
+
+
+def test_rows_refused_alike_in_an_earlier_run_cannot_block_every_rerun(server, opts):
+    odd = {"error": {"message": "Invalid request.", "type": "invalid_request_error", "param": None, "code": None}}
+    for i in range(3):
+        server.inject(400, times=1000, match=f"row {i}", body=odd)
+    with pytest.raises(pandas_llm.RequestShapeError):  # three identical 400s first: taken for the shape
+        frame(8).llm.map("{text}", concurrency=1, **opts)
+    assert server.requests == 3
+    server.reset_counters()
+    with pytest.warns(RunWarning, match="3 error"):  # the same refusals again: those rows' own errors
+        out = frame(8).llm.map("{text}", concurrency=1, **opts)
+    assert out.notna().sum() == 5 and server.requests == 8
