@@ -53,7 +53,9 @@ def _bindable(r: Record) -> Record:
     is not text slipped past ``completion_record``): a row's fault, never a crashed run.
     An output is text, or bytes (an embedding's vector)."""
     if type(r.output) in _OUTPUT_TYPES and (r.error is None or type(r.error) is str):
-        return r
+        if r.finish_reason is None or type(r.finish_reason) is str:
+            return r
+        return r._replace(finish_reason=str(r.finish_reason)[:80])
     bad = r.output if type(r.output) not in _OUTPUT_TYPES else r.error
     return r._replace(status="error", output=None, error=f"the answer was not stored: a value of type "
                       f"{type(bad).__name__} where text was expected: {str(bad)[:200]}")  # fmt: skip

@@ -295,3 +295,12 @@ def test_rows_refused_alike_in_an_earlier_run_cannot_block_every_rerun(server, o
     with pytest.warns(RunWarning, match="3 error"):  # the same refusals again: those rows' own errors
         out = frame(8).llm.map("{text}", concurrency=1, **opts)
     assert out.notna().sum() == 5 and server.requests == 8
+
+
+def test_a_finish_reason_or_refusal_of_another_type_is_judged_not_bound(server, run):
+    body = chat("text")
+    body["choices"][0]["finish_reason"] = {"type": "stop"}
+    server.inject(200, match="row 1", body=body)
+    with pytest.warns(RunWarning, match="1 error"):
+        d = run(frame(), details=True)
+    assert d["status"].tolist() == ["ok", "error", "ok", "ok"] and isinstance(d.loc[1, "finish_reason"], str)

@@ -128,6 +128,8 @@ def parse_completion(data: Mapping[str, Any], headers: Mapping[str, str] | None 
     usage = data.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
     reason = choice.get("finish_reason")
+    if reason is not None and not isinstance(reason, str):  # judged as the unknown reason it is
+        reason = str(reason)[:80]
     prompt = _count(usage.get("prompt_tokens"))
     completion = _count(usage.get("completion_tokens"))
     reasoning = _count((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
@@ -143,7 +145,7 @@ def parse_completion(data: Mapping[str, Any], headers: Mapping[str, str] | None 
         completion,
         _count(details.get("cached_tokens")),
         headers,
-        message.get("refusal"),
+        _text(message.get("refusal")),
         reasoning,
         error,
     )
@@ -154,3 +156,8 @@ def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         return 0
     return int(value)
+
+
+def _text(value: Any) -> str | None:
+    """A text field (``refusal``) as str or None, whatever the server sent."""
+    return value if value is None or isinstance(value, str) else str(value)
