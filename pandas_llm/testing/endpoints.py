@@ -145,15 +145,9 @@ class ListEndpoints:
                 if fault is not None:
                     return None if fault.hang else srv._fault_response(fault, headers)
         if srv.error_rate:
-            draw, acc = srv._rng.random(), 0.0
-            for status, p in srv.error_rate.items():
-                acc += p
-                if draw < acc:
-                    with srv._lock:
-                        srv.injected += 1
-                    from ._http import default_error
-
-                    return default_error(status, headers)
+            random_fault = srv._random_fault(headers)
+            if random_fault is not None:
+                return random_fault
         try:
             data, tokens = answer(body, texts)
         except _Invalid as exc:

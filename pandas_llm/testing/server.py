@@ -342,6 +342,17 @@ class LLMServer:
                     return fault
         return None
 
+    def _random_fault(self, headers: Any) -> Response | None:
+        """One draw against ``error_rate``: the injected error's response, or None (answer)."""
+        draw, acc = self._rng.random(), 0.0
+        for status, p in self.error_rate.items():
+            acc += p
+            if draw < acc:
+                with self._lock:
+                    self.injected += 1
+                return default_error(status, headers)
+        return None
+
     def _fault_response(self, fault: _Fault, headers: list[tuple[str, str]]) -> Response:
         if fault.retry_after is not None:
             headers.append(("retry-after", _number(fault.retry_after)))
@@ -404,13 +415,9 @@ class LLMServer:
                     return RESET
                 return None if fault.hang else self._fault_response(fault, self.limiter.headers())
         if self.error_rate:
-            draw, acc = self._rng.random(), 0.0
-            for status, p in self.error_rate.items():
-                acc += p
-                if draw < acc:
-                    with self._lock:
-                        self.injected += 1
-                    return default_error(status, self.limiter.headers())
+            random_fault = self._random_fault(self.limiter.headers())
+            if random_fault is not None:
+                return random_fault
         decision = self.limiter.acquire(done.rate_tokens)
         if not decision.allowed:
             with self._lock:
