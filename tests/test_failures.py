@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 import urllib.error
@@ -272,3 +273,21 @@ def test_a_server_that_goes_away_mid_run_stops_it_and_the_answers_are_kept(fast_
 
 def _opts(server) -> dict:
     return {"base_url": server.base_url, "api_key": "k", "progress": False}
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (OSError(111, "Connect call failed ('127.0.0.1', 1)"), "connection refused"),  # asyncio's words
+        (ConnectionRefusedError(111, "Connection refused"), "connection refused"),  # uvloop's
+        (ConnectionResetError(104, "Connection reset by peer"), "connection reset"),
+        (socket.gaierror(-2, "Name or service not known"), "host name not resolved (DNS)"),
+    ],
+)
+def test_a_connection_error_names_its_kind_the_same_on_every_event_loop(exc, kind):
+    from pandas_llm.backends.errors import connection_error_text
+
+    wrapped = RuntimeError("Cannot connect to host")
+    wrapped.__cause__ = exc
+    for e in (exc, wrapped):
+        assert connection_error_text("http://h/v1", e).startswith(f"connection error to http://h/v1: {kind}: ")

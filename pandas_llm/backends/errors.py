@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import errno
 import re
+import socket
 import time
 from typing import Any, Mapping
 
@@ -29,6 +31,30 @@ FATAL_STATUS = frozenset({401, 403, 404})
 #: A gateway's timeout (504, Cloudflare's 524): it gave up waiting while the model behind it
 #: may still be generating, and billing. Other 5xx say the server failed: not billed.
 BILLED_STATUS = frozenset({504, 524})
+
+
+_CONNECTION_KINDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+}
+
+
+def connection_error_text(endpoint: str, exc: BaseException) -> str:
+    """``connection error to URL: <kind>: <exc>``, the kind named the same on every event loop
+    and backend (asyncio says "Connect call failed", uvloop "Connection refused")."""
+    kind = None
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of causes is short; never loop on a cycle
+        if seen is None or kind is not None:
+            break
+        if isinstance(seen, socket.gaierror):
+            kind = "host name not resolved (DNS)"
+        elif isinstance(seen, OSError):
+            kind = _CONNECTION_KINDS.get(seen.errno or 0)
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "os_error", None)
+    return f"connection error to {endpoint}: {kind + ': ' if kind else ''}{exc}"
 
 
 def lost(message: str, code: str) -> RetryableError:
@@ -295,6 +321,6 @@ def from_openai(exc: Exception, *, endpoint: str, model: str | None) -> APIError
         message = f"no answer within the timeout from {endpoint}"
         return RetryableError(message, code="timeout") if unsent else lost(message, "timeout")
     if isinstance(exc, openai.APIConnectionError):
-        message = f"connection error to {endpoint}: {exc}"
+        message = connection_error_text(endpoint, exc)
         return RetryableError(message, code="connection") if unsent else lost(message, "connection")
     return None

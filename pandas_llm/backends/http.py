@@ -17,7 +17,7 @@ import orjson
 from ..errors import ConfigError, RetryableError
 from . import Completion
 from .answers import read_answer
-from .errors import error_for_status, lost
+from .errors import connection_error_text, error_for_status, lost
 
 __all__ = ["HTTPBackend"]
 
@@ -67,11 +67,11 @@ class HTTPBackend:
                 status = resp.status
                 headers = resp.headers
         except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
-            raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
+            raise RetryableError(connection_error_text(self.endpoint, exc), code="connection") from exc
         except asyncio.TimeoutError as exc:
             raise lost(f"no answer within the timeout from {self.endpoint}", "timeout") from exc
         except aiohttp.ClientError as exc:  # dropped after sending: it may be billed
-            raise lost(f"connection error to {self.endpoint}: {exc}", "connection") from exc
+            raise lost(connection_error_text(self.endpoint, exc), "connection") from exc
         if status == 200:
             return self._read(raw, headers, endpoint=self.endpoint, model=self.model)
         try:

@@ -25,7 +25,7 @@ import orjson
 from ..errors import ConfigError, RetryableError
 from . import Completion
 from .answers import read_answer
-from .errors import error_for_status, lost
+from .errors import connection_error_text, error_for_status, lost
 
 __all__ = ["WireBackend"]
 
@@ -216,9 +216,9 @@ class WireBackend:
         try:
             status, headers, raw = await self._exchange(data)
         except _Broken as exc:  # the request was written: the server may have run (and billed) it
-            raise lost(f"connection error to {self.endpoint}: {exc}", "connection") from exc
+            raise lost(connection_error_text(self.endpoint, exc), "connection") from exc
         except OSError as exc:  # could not connect: nothing was sent
-            raise RetryableError(f"connection error to {self.endpoint}: {exc}", code="connection") from exc
+            raise RetryableError(connection_error_text(self.endpoint, exc), code="connection") from exc
         if status == 200:
             return self._read(raw, headers, endpoint=self.endpoint, model=self.model)
         try:
