@@ -16,6 +16,8 @@ returns one value per row, as the verb does.
 
 from __future__ import annotations
 
+import itertools
+import logging
 from typing import Any, Callable
 
 import numpy as np
@@ -25,11 +27,14 @@ from . import pipeline as _pipeline
 from .cache import Record, Store
 from .config import Settings
 from .jobs import BatchJob, _batch_possible, check_batch
-from .packing import Packer, _envelope_error
+from .ledger import Ledger, row_entry
+from .packing import Packer, _envelope_error, packed_key
 from .planner import Plan, make_plan
 from .results import Outcomes
 
 __all__ = ["PackedBatchJob", "start_packed"]
+
+log = logging.getLogger("pandas_llm")
 
 
 def start_packed(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, packer: Packer, *,
@@ -68,10 +73,20 @@ class PackedBatchJob(BatchJob):
         pids: list[int] = []
         keys: list[bytes] = []
         bodies: list[bytes] = []
-        for pid, key, body in packer._pack_jobs(rows):  # packs answered before a crash are split here
-            pids.append(pid)
-            keys.append(key)
-            bodies.append(body)
+        held, self._in_flight, taken = self._held_packs(rows, packer, Ledger(store))
+        for u in self._in_flight:  # re-attached to in _resend, whatever packed_fallback says
+            packer._fall_back(u, "in a batch in flight")
+        todo = rows.todo
+        if taken:
+            rows.todo = np.asarray([u for u in todo.tolist() if u not in taken], dtype=np.int64)
+        try:
+            for pid, key, body in itertools.chain(held, packer._pack_jobs(rows)):  # answered packs are split here
+                pids.append(pid)
+                keys.append(key)
+                bodies.append(body)
+        finally:
+            rows.todo = todo
+        self._members_of = {keys[i]: packer._members[pid] for i, pid in enumerate(pids)}
         self._pids = pids
         n = len(keys)
         packs = Plan(pd.RangeIndex(n), np.arange(n), keys, np.arange(n), np.arange(n), Outcomes(n),
@@ -85,6 +100,56 @@ class PackedBatchJob(BatchJob):
         s.cached = int(rows.outcomes.from_cache[codes[sent]].sum()) if len(rows.keys) else 0
         s.cached_unique = int(rows.outcomes.from_cache.sum())
         s.saved_cost = float(np.nansum(rows.outcomes.cost[rows.outcomes.from_cache]))
+
+    @staticmethod
+    def _held_packs(rows: Plan, packer: Packer, ledger: Ledger) -> tuple[list[tuple[int, bytes, bytes]], list[int], set[int]]:
+        """What open batches (of an earlier run, maybe killed) hold of ``rows.todo``, by row key.
+
+        Returns the packs in flight, rebuilt exactly as they were sent (same rows, same order,
+        so the same pack key: the job re-attaches to their batch), their rows registered in
+        ``packer`` (a pack already answered is split at once and not returned); and the rows
+        an open batch of single-row requests holds (a follow-up batch), which ``_resend``
+        re-attaches to; and every row of either kind. The other rows are packed afresh."""
+        todo = rows.todo.tolist()
+        if not todo:
+            return [], [], set()
+        single = ledger.covering([rows.keys[u] for u in todo])
+        in_flight = [u for u in todo if rows.keys[u] in single]
+        packs = ledger.held_rows()
+        if not packs:
+            return [], in_flight, set(in_flight)
+        slot = {packed_key(rows.keys[u]): u for u in todo}
+        render, first, store = rows._render, rows.first_row, packer._store
+        report, out, used = packer.report, [], set(in_flight)
+        for pack, entries in packs.items():
+            members = [slot.get(row) for _, row, _ in sorted(entries)]
+            if any(u is None or u in used for u in members):
+                continue  # not all its rows are ours to wait for: they are packed afresh
+            contents = [packer._content(render(first[u])) for u in members]
+            if any(c is None for c in contents):
+                continue
+            messages = packer._messages(contents)  # type: ignore[arg-type]
+            key, body = packer._builder.encode(messages)
+            if key != pack:
+                log.warning("pandas-llm: a batch in flight holds %d of these rows in a pack this call does not "
+                            "rebuild (another template or settings); they are packed again", len(members))  # fmt: skip
+                continue
+            used.update(members)  # type: ignore[arg-type]
+            pid = -1 - len(used)  # the packs built afresh have ids from 1 up
+            packer._members[pid] = members  # type: ignore[assignment]
+            report.prompt_tokens_sent += packer._count(messages) + packer._rf_pack
+            report.prompt_tokens_single += sum(packer._single_tokens(rows, u) for u in members)  # type: ignore[arg-type]
+            cached = [r for r in store.lookup([key]) if r.status == "ok"] if store is not None else []
+            if cached:  # answered, not yet split into rows
+                packer._on_pack(pid, cached[0], counted=False)
+                continue
+            report.packs += 1
+            out.append((pid, key, body))
+        return out, in_flight, used
+
+    def _row_entries(self, keys: list[bytes]) -> list[bytes]:
+        row_keys = self.rows.keys
+        return [row_entry(key, i, packed_key(row_keys[u])) for key in keys for i, u in enumerate(self._members_of.get(key, ()))]
 
     def _split(self, u: int, record: Record, store: Store) -> None:
         packer = self.packer
@@ -129,6 +194,15 @@ class PackedBatchJob(BatchJob):
                 rows.outcomes.status[m] = "budget"
             return
         left = self.settings.merged(max_cost=None if budget is None else cap - budget.spent)  # what max_cost leaves
+        held = set(self._in_flight)
+        if via == "realtime" and held:  # rows a follow-up batch of an earlier run holds: wait for it
+            rows.todo = np.asarray([u for u in todo if u in held], dtype=np.int64)
+            job = BatchJob(rows, left, name=self.name, validate=self._row_validate, sleep=self.sleep)
+            await job.await_done()
+            self._add(job.stats)
+            rows.todo = np.asarray([u for u in todo if u not in held], dtype=np.int64)
+            if not len(rows.todo):
+                return
         if via == "realtime":
             run = _pipeline.Run(None, None, left.merged(mode="realtime"), validate=self._row_validate, plan=rows)
             await run.execute()
@@ -137,6 +211,9 @@ class PackedBatchJob(BatchJob):
             job = BatchJob(rows, left, name=self.name, validate=self._row_validate, sleep=self.sleep)
             await job.await_done()
             more = job.stats
+        self._add(more)
+
+    def _add(self, more: Any) -> None:
         s = self.stats
         s.sent_done += more.sent_done
         s.ok += more.ok

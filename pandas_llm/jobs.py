@@ -425,7 +425,7 @@ class BatchJob:
                        requests=s.to_send - s.attached)  # fmt: skip  (once; later calls are no-ops)
         pid = uuid.uuid4().hex
         ledger.add_part(pid, job=self.id, endpoint=self.settings.endpoint, keys=part.keys, tokens=part.tokens,
-                        nbytes=len(part.data))  # fmt: skip
+                        nbytes=len(part.data), rows=self._row_entries(part.keys))  # fmt: skip
         self._parts.append(pid)
         try:
             file_id = await api.upload(f"pandas-llm-{pid}.jsonl", part.data)
@@ -447,6 +447,10 @@ class BatchJob:
         ledger.update(pid, info)
         self.stats.submitted += len(part.keys)
         log.info("pandas-llm: submitted batch %s with %d requests", info.id, len(part.keys))
+
+    def _row_entries(self, keys: list[bytes]) -> list[bytes]:
+        """Extra ledger entries for a part's requests (a packed job lists each pack's rows)."""
+        return []
 
     def _endpoint(self) -> dict[str, str]:
         return {} if self.kind is None else {"endpoint": "/v1" + self.kind.path}

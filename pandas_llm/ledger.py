@@ -7,6 +7,11 @@ returns, its batch id as soon as the batch exists. So after a crash at any point
 rerun finds, by request key, every part that may be in flight and never submits those
 keys again (a part whose batch id was lost is found again through the batch metadata).
 
+A part of packed requests (``rows_per_request=k``) also lists, for each pack, its rows
+(``row_entry``: pack key, position, the row's packed key), so a rerun that groups the
+rows left into other packs still finds by row key every pack in flight (``held_rows``)
+and rebuilds it as it was sent, instead of packing its rows again.
+
 A part stays *open* until its results are written to the results table; closing it
 drops its key list (the results table is the record from then on).
 
@@ -33,6 +38,18 @@ import pandas as pd
 from .cache import Store
 
 __all__ = ["Ledger", "Part", "list_batches"]
+
+ROW_MARK = b"row:"  # a pack's row entry in batch_keys: ROW_MARK + pack key + position (2 bytes) + row key
+_ROW_LEN = len(ROW_MARK) + 32 + 2 + 32
+
+
+def row_entry(pack: bytes, position: int, row: bytes) -> bytes:
+    """The batch_keys entry saying that row key ``row`` is item ``position`` of pack ``pack``."""
+    return ROW_MARK + pack + position.to_bytes(2, "big") + row
+
+
+def _is_row(key: bytes) -> bool:
+    return len(key) == _ROW_LEN and key.startswith(ROW_MARK)
 
 
 class Part(NamedTuple):
@@ -90,8 +107,10 @@ class Ledger:
             )]
         )  # fmt: skip
 
-    def add_part(self, part: str, *, job: str, endpoint: str, keys: Sequence[bytes], tokens: int, nbytes: int) -> None:
-        """Record a part and its keys in one transaction, before anything is uploaded."""
+    def add_part(self, part: str, *, job: str, endpoint: str, keys: Sequence[bytes], tokens: int, nbytes: int,
+                 rows: Sequence[bytes] = ()) -> None:  # fmt: skip
+        """Record a part and its keys (and its packs' ``row_entry``s) in one transaction,
+        before anything is uploaded."""
         now = time.time()
         self._tx(
             [(
@@ -99,7 +118,7 @@ class Ledger:
                 " VALUES (?, ?, ?, 'new', ?, ?, ?, ?, ?)",
                 (part, job, endpoint, len(keys), tokens, nbytes, now, now),
             )],
-            ("INSERT OR IGNORE INTO batch_keys VALUES (?, ?)", ((part, k) for k in keys)),
+            ("INSERT OR IGNORE INTO batch_keys VALUES (?, ?)", ((part, k) for k in [*keys, *rows])),
         )  # fmt: skip
 
     def set_file(self, part: str, file_id: str) -> None:
@@ -152,7 +171,24 @@ class Ledger:
         return self.conn.execute("SELECT 1 FROM batch_parts WHERE open = 1 LIMIT 1").fetchone() is not None
 
     def keys_of(self, part: str) -> list[bytes]:
-        return [bytes(k) for (k,) in self.conn.execute("SELECT key FROM batch_keys WHERE part = ?", (part,))]
+        """The request keys of ``part`` (its lines' custom ids; not its row entries)."""
+        keys = (bytes(k) for (k,) in self.conn.execute("SELECT key FROM batch_keys WHERE part = ?", (part,)))
+        return [k for k in keys if not _is_row(k)]
+
+    def held_rows(self) -> dict[bytes, list[tuple[int, bytes, str]]]:
+        """``{pack key: [(position, row key, part), ...]}`` for every pack an open part holds."""
+        out: dict[bytes, list[tuple[int, bytes, str]]] = {}
+        if not self._any_open():
+            return out
+        sql = ("SELECT k.key, k.part FROM batch_keys k JOIN batch_parts p ON p.part = k.part"
+               " WHERE p.open = 1 AND k.key >= ? AND k.key < ?")  # fmt: skip
+        for key, part in self.conn.execute(sql, (ROW_MARK, ROW_MARK[:-1] + bytes([ROW_MARK[-1] + 1]))):
+            key = bytes(key)
+            if _is_row(key):
+                n = len(ROW_MARK)
+                pack, pos, row = key[n : n + 32], int.from_bytes(key[n + 32 : n + 34], "big"), key[n + 34 :]
+                out.setdefault(pack, []).append((pos, row, part))
+        return out
 
     def part(self, part: str) -> Part | None:
         row = self.conn.execute(f"SELECT {_PART_COLUMNS} FROM batch_parts WHERE part = ?", (part,)).fetchone()

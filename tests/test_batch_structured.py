@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import textwrap
 import warnings
+from collections import Counter
 
 import orjson
 import pandas as pd
@@ -341,6 +343,108 @@ def test_a_rerun_of_a_packed_batch_pays_nothing(srv, opts):
     again = df.llm.classify("{text}", labels=LABELS, mode="batch", rows_per_request=10, **opts)
     pd.testing.assert_series_equal(again, first)
     assert srv.batches.batches_created == created and srv.requests == 0
+
+
+# -- a packed batch killed at any point: the rerun re-attaches, nothing a live batch holds is sent twice ---------
+
+
+def _packed_script(srv, opts, n: int, **kw) -> str:
+    extra = "".join(f", {k}={v!r}" for k, v in kw.items())
+    return textwrap.dedent(
+        f"""
+        import pandas as pd, pandas_llm
+        df = pd.DataFrame({{"text": [f"ticket {{i}}" for i in range({n})]}})
+        df.llm.classify("Route: {{text}}", labels={LABELS!r}, mode="batch", rows_per_request=10,
+                        base_url={srv.base_url!r}, api_key="x", cache={opts["cache"]!r}, progress=False,
+                        poll_interval=0.01{extra})
+        """
+    )
+
+
+def _uploaded_rows(srv) -> Counter:
+    """Row text -> how many batch lines (packs or single requests) carried it."""
+    return Counter(t for line in batch_lines(srv) for t in re.findall(r"ticket \d+", line["body"]["messages"][-1]["content"]))
+
+
+def _closed_parts(cache: str) -> int:
+    try:
+        with sqlite3.connect(cache, timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM batch_parts WHERE open = 0").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def _rerun(opts, n: int, **kw) -> pd.Series:
+    out = frame(n, "ticket").llm.classify("Route: {text}", labels=LABELS, mode="batch", rows_per_request=10, **kw, **opts)
+    assert out.notna().all()
+    return out
+
+
+def _equals_realtime(out: pd.Series, opts) -> None:
+    no_cache = {k: v for k, v in opts.items() if k != "cache"}
+    single = frame(len(out), "ticket").llm.classify("Route: {text}", labels=LABELS, cache=False, **no_cache)
+    pd.testing.assert_series_equal(out, single)
+
+
+def test_killed_after_some_packed_parts_were_collected_the_rerun_reattaches_the_rest(srv, opts):
+    # 6 packs of 10 rows in 3 batches; the first is collected (one item missing: its row needs
+    # another request), then the process dies. The rows left (7, 20-59) no longer make the same
+    # packs: the rerun must still find the two batches in flight by row key.
+    srv.batches.hold()
+    srv.structured.inject("drop", match="ticket 7")
+    released = []
+
+    def first_part_collected() -> bool:
+        if srv.batches.batches_created < 3:
+            return False
+        if not released:
+            released.append(srv.batches.release(count=1))
+        return _closed_parts(opts["cache"]) >= 1
+
+    kill_when(_packed_script(srv, opts, 60, batch_limits={"requests": 2}), first_part_collected)
+    assert srv.batches.batches_created == 3 and srv.requests == 0
+    srv.batches.release()
+    out = _rerun(opts, 60, batch_limits={"requests": 2})
+    sent = _uploaded_rows(srv)
+    assert sent.pop("ticket 7") == 2  # its pack lost it: sent again (in the rerun's one new batch)
+    assert set(sent.values()) == {1} and len(sent) == 59  # every other row once, in the batch that held it
+    assert srv.batches.batches_created == 4 and srv.requests == 0
+    _equals_realtime(out, opts)
+
+
+def test_killed_during_the_realtime_fallback_the_rerun_sends_only_the_rows_left(srv, opts):
+    srv.structured.inject("drop", match="ticket 7")
+    srv.structured.inject("drop", match="ticket 13")
+    srv.inject(hang=True, match="ticket 7", times=5)  # the realtime fallback of row 7 never answers
+    kill_when(_packed_script(srv, opts, 20), lambda: srv.requests >= 1)
+    assert srv.batches.batches_created == 1
+    srv.clear_faults()
+    out = _rerun(opts, 20)
+    sent = _uploaded_rows(srv)
+    assert srv.batches.batches_created == 1 + (sent["ticket 7"] - 1)
+    assert sent.pop("ticket 7") <= 2 and sent.pop("ticket 13") <= 2 and set(sent.values()) == {1}
+    _equals_realtime(out, opts)
+
+
+def test_killed_while_a_follow_up_batch_is_in_flight_the_rerun_reattaches_to_it(srv, opts):
+    srv.batches.hold()
+    srv.structured.inject("drop", match="ticket 7")
+    released = []
+
+    def follow_up_created() -> bool:
+        if srv.batches.batches_created >= 1 and not released:
+            released.append(srv.batches.release(count=1))
+        return srv.batches.batches_created >= 2 and srv.batches.batches_retrieved > 0
+
+    kill_when(_packed_script(srv, opts, 20, packed_fallback="batch"), follow_up_created)
+    srv.batches.release()
+    # even with the default fallback (realtime), the rerun waits for the follow-up batch
+    out = _rerun(opts, 20)
+    sent = _uploaded_rows(srv)
+    assert sent.pop("ticket 7") == 2 and set(sent.values()) == {1} and len(sent) == 19
+    assert srv.batches.batches_created == 2 and srv.requests == 0
+    assert pandas_llm.last_run().packing.fallback_reasons == {"in a batch in flight": 1}
+    _equals_realtime(out, opts)
 
 
 def test_max_cost_caps_a_batch_job_at_batch_prices(srv, opts):

@@ -199,12 +199,16 @@ class BatchEndpoints:
                 if b.held_since is None:
                     b.held_since = now
 
-    def release(self) -> None:
-        """Resume progress; the time spent held does not count towards ``delay``."""
+    def release(self, count: int | None = None) -> None:
+        """Resume progress; the time spent held does not count towards ``delay``. ``count``:
+        resume only the first ``count`` batches held (in creation order); the others, and
+        batches created later, stay held."""
         with self._lock:
             now = time.monotonic()
-            self._held = False
-            for b in self.batches.values():
+            if count is None:
+                self._held = False
+            held = [b for b in self.batches.values() if b.held_since is not None]
+            for b in held[:count]:
                 if b.held_since is not None:
                     b.t0 += now - b.held_since
                     b.held_since = None
