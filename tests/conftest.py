@@ -6,6 +6,7 @@ Every test runs in its own temporary directory, so the default sidecar
 
 from __future__ import annotations
 
+import openai
 import pytest
 
 from pandas_llm.testing import LLMServer
@@ -31,3 +32,19 @@ def server():
 def opts(server):
     """Keywords pointing a verb at the loopback server, quietly."""
     return {"base_url": server.base_url, "api_key": "sk-test", "progress": False}
+
+
+@pytest.fixture(params=["wire", "aiohttp", "openai"])
+def run(request, server, monkeypatch):
+    """``run(df, template, **kw)``: map through each backend that speaks HTTP (wire, aiohttp, a
+    user's openai client), so a test of how answers are read holds for all three."""
+
+    def go(df, template="{text}", **kw):
+        if request.param == "openai":
+            with openai.OpenAI(base_url=server.base_url, api_key="k") as client:
+                return df.llm.map(template, client=client, progress=False, **kw)
+        return df.llm.map(template, base_url=server.base_url, api_key="k", progress=False, **kw)
+
+    if request.param == "aiohttp":
+        monkeypatch.setenv("PANDAS_LLM_HTTP", "aiohttp")
+    return go

@@ -8,7 +8,6 @@ from __future__ import annotations
 import email.utils
 import time
 
-import openai
 import pandas as pd
 import pytest
 
@@ -30,21 +29,6 @@ def chat(content, finish_reason="stop"):
 
 def frame(n=4):
     return pd.DataFrame({"text": [f"row {i}" for i in range(n)]})
-
-
-@pytest.fixture(params=["wire", "aiohttp", "openai"])
-def run(request, server, monkeypatch):
-    """``run(df, template, **kw)``: map through one of the backends that speak HTTP."""
-
-    def go(df, template="{text}", **kw):
-        if request.param == "openai":
-            with openai.OpenAI(base_url=server.base_url, api_key="k") as client:
-                return df.llm.map(template, client=client, progress=False, **kw)
-        return df.llm.map(template, base_url=server.base_url, api_key="k", progress=False, **kw)
-
-    if request.param == "aiohttp":
-        monkeypatch.setenv("PANDAS_LLM_HTTP", "aiohttp")
-    return go
 
 
 # -- 1. content as a list of parts ---------------------------------------------------------

@@ -3,7 +3,6 @@ backend and for Batch API lines: only a finished answer with content is ``ok``."
 
 from __future__ import annotations
 
-import openai
 import orjson
 import pandas as pd
 import pytest
@@ -27,21 +26,6 @@ def chat(content, finish_reason, **choice):
 
 #: A gateway whose worker died: HTTP 200, empty content, finish_reason "error" (OpenRouter's shape).
 GATEWAY_ERROR = chat("", "error", error={"code": 502, "message": "Upstream worker died"})
-
-
-@pytest.fixture(params=["wire", "aiohttp", "openai"])
-def run(request, server, monkeypatch):
-    """``run(df, template, **kw)``: map through one of the backends that speak HTTP."""
-
-    def go(df, template="{text}", **kw):
-        if request.param == "openai":
-            with openai.OpenAI(base_url=server.base_url, api_key="k") as client:
-                return df.llm.map(template, client=client, progress=False, **kw)
-        return df.llm.map(template, base_url=server.base_url, api_key="k", progress=False, **kw)
-
-    if request.param == "aiohttp":
-        monkeypatch.setenv("PANDAS_LLM_HTTP", "aiohttp")
-    return go
 
 
 def frame(n=4):
