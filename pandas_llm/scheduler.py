@@ -449,8 +449,15 @@ class Engine:
                 self._fatal = self._fatal or exc
                 self._stop = True
                 raise
+            except asyncio.CancelledError:
+                limiter.release(reserved)
+                # abandoned in flight (the run stopped on another worker's fatal error, or a
+                # second interrupt): the server may have run it and billed it, so count it
+                stats.lost_answers += 1
+                stats.possibly_billed += self.worst_case(body)
+                raise
             except BaseException:
-                limiter.release(reserved)  # cancelled: nothing was charged that we know of
+                limiter.release(reserved)
                 raise
             finally:
                 stats.in_flight -= 1

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from pandas_llm import FatalAPIError
 from pandas_llm.backends.errors import error_for_status
 from pandas_llm.pricing import cost, price_for
 from pandas_llm.progress import Snapshot
@@ -139,3 +140,17 @@ def test_the_client_backend_passes_the_timeout_only_when_given():
         assert OpenAIClientBackend(client, timeout=7)._client.timeout == 7
     assert pandas_llm.Settings().request_timeout == 60.0
     assert pandas_llm.Settings(timeout=5).request_timeout == 5.0
+
+
+def test_requests_abandoned_in_flight_when_the_run_stops_are_counted_as_possibly_billed(server, tmp_path):
+    # three requests hang at the server while a fourth gets a 401, which stops the run: the
+    # three were sent and the server may bill them, so they count, never silently dropped
+    server.inject(hang=True, match="slow", times=3)
+    server.inject(401, match="boom")
+    df = pd.DataFrame({"text": ["slow 0", "slow 1", "slow 2", "boom"]})
+    with pytest.raises(FatalAPIError):
+        df.llm.map("{text}", base_url=server.base_url, api_key="k", progress=False, concurrency=4,
+                   max_tokens=10, cache=str(tmp_path / "c.sqlite"))  # fmt: skip
+    stats = pandas_llm.last_run().stats
+    assert stats.lost_answers == 3
+    assert stats.possibly_billed > 0
