@@ -171,7 +171,7 @@ def estimate_endpoint(data: Any, template: Any, options: Mapping[str, Any], verb
     import warnings
 
     from .cache import Store
-    from .estimate import Estimate, Range
+    from .estimate import Estimate, Range, plan_counts
     from .planner import make_plan
     from .tokens import count_text_tokens, encoding_name_for
 
@@ -185,26 +185,22 @@ def estimate_endpoint(data: Any, template: Any, options: Mapping[str, Any], verb
         store.close()
     exact = encoding_name_for(settings.model) is not None
     tokens = 0
+    encode = kind.builder(settings).encode
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for u in plan.todo.tolist():
-            text = kind.builder(settings).encode(plan._render(plan.first_row[u]))[1]
+            text = encode(plan._render(plan.first_row[u]))[1]
             text = orjson.loads(text)["input"]
             tokens += count_text_tokens(text, settings.model) if exact else len(text) // 4 + 1
-    codes = plan.codes
     return Estimate(
         model=settings.model,
-        rows=len(codes),
-        skipped=int((codes < 0).sum()),
-        unique=len(plan.keys),
-        cached=int(plan.outcomes.from_cache.sum()),
+        **plan_counts(plan),
         to_send=len(plan.todo),
         input_tokens=tokens,
         input_exact=exact or moderate,
         output_tokens=Range(0, 0, 0),
         output_basis="the moderation endpoint is free" if moderate else "embeddings have no output tokens",
         price=kind.meter(settings).price,
-        saved=float(np.nansum(plan.outcomes.cost[plan.outcomes.from_cache])),
         max_cost=settings.max_cost,
         mode=settings.mode,
     )

@@ -282,20 +282,15 @@ def estimate(
         extra_out = packs * _PACK_ENVELOPE + (rows_sent * _ITEM_ID if per_answer is None else 0)
         out = out.scale(lambda x: x + extra_out)
         basis += f"; {len(requests):,} requests ({packs:,} packs of up to {packer.k} rows)"
-    codes = plan.codes
     return Estimate(
         model=settings.model,
-        rows=len(codes),
-        skipped=int((codes < 0).sum()),
-        unique=len(plan.keys),
-        cached=int(plan.outcomes.from_cache.sum()),
+        **plan_counts(plan),
         to_send=len(plan.todo) - too_long,
         input_tokens=input_tokens,
         input_exact=known,
         output_tokens=out,
         output_basis=basis,
         price=price,
-        saved=float(np.nansum(plan.outcomes.cost[plan.outcomes.from_cache])),
         sampled=sampled,
         sample_cost=sample_cost if price is not None else None,
         max_cost=settings.max_cost,
@@ -418,3 +413,17 @@ def _output(n: int, observed: np.ndarray | None, limit: int | None, assumed: int
         Range(n * per, n * per, n * per),
         f"assumed {per} per answer: pass sample=k to measure, max_tokens= to bound{note}",
     )
+
+
+def plan_counts(plan: Any) -> dict[str, Any]:
+    """The figures every estimate reads off a plan: rows, NA-skipped rows, distinct
+    requests, rows answered from the cache and what those cost when paid (dollars)."""
+    codes = plan.codes
+    outcomes = plan.outcomes
+    return {
+        "rows": len(codes),
+        "skipped": int((codes < 0).sum()),
+        "unique": len(plan.keys),
+        "cached": int(outcomes.from_cache.sum()),
+        "saved": float(np.nansum(outcomes.cost[outcomes.from_cache])),
+    }
