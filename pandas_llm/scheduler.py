@@ -176,7 +176,6 @@ class Engine:
         too_long: Callable[[bytes], str | None] | None = None,
         split: Callable[[Job, Record], list[tuple[int, Record]]] | None = None,
         shape: ShapeWatch | None = None,
-        flush_interval: float = 0.005,  # unused since answers go to the writer when it is idle; kept for callers
         flush_size: int = 256,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = asyncio.sleep,
@@ -200,7 +199,6 @@ class Engine:
         self.worst_case = worst_case  # USD a lost answer may have been billed (budget.Meter.lost)
         self.too_long = too_long  # body -> why it cannot fit the context window (budget.ContextCheck)
         self.split = split  # a multi-input request's record -> one record per row (endpoints.py)
-        self.flush_interval = flush_interval
         self.flush_size = flush_size
         self.clock = clock
         self.sleep = sleep
