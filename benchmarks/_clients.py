@@ -47,9 +47,9 @@ def _measure(n: int, frame_mb: float, work: Callable[[], int]) -> dict[str, Any]
 def pandas_llm_client(args: Any, template: str, model: str) -> dict[str, Any]:
     import pandas_llm  # noqa: F401 - registers the accessor
     try:  # its HTTP client, imported before the clock like the others'
-        import pandas_llm.backends.wire  # noqa: F401
+        import pandas_llm._backends.wire  # noqa: F401
     except ImportError:  # an older pandas-llm (the "before" figures)
-        import pandas_llm.backends.http  # noqa: F401
+        import pandas_llm._backends.http  # noqa: F401
 
     df = make_frame(args.rows)
     frame_mb = df.memory_usage(deep=True).sum() / 2**20

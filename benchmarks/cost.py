@@ -27,7 +27,7 @@ import pandas as pd
 import pandas_llm
 from pandas_llm.pricing import cost, price_for
 from pandas_llm.testing import LLMServer
-from pandas_llm.tokens import encoding_for
+from pandas_llm._cost.tokens import encoding_for
 
 MODEL = "gpt-4o-mini"
 LABELS = ["billing", "bug", "feature request", "account access", "other"]

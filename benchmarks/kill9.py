@@ -80,7 +80,7 @@ def commit_window(rows: int, concurrency: int, latency: float) -> list[float]:
     """Seconds from each answer reaching the engine to its commit, over one in-process map."""
     import pandas as pd
 
-    from pandas_llm import scheduler
+    from pandas_llm._run import engine as scheduler
 
     stamps: dict[bytes, float] = {}
     delays: list[float] = []

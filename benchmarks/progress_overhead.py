@@ -22,11 +22,11 @@ import orjson
 import pandas as pd
 
 import pandas_llm
-from pandas_llm.progress import TqdmObserver
-from pandas_llm.budget import Meter
+from pandas_llm._display.progress import TqdmObserver
+from pandas_llm._run.budget import Meter
 from pandas_llm.pricing import price_for
-from pandas_llm.scheduler import RunStats
-from pandas_llm.widget import WidgetObserver
+from pandas_llm._run.engine import RunStats
+from pandas_llm._display.notebook import WidgetObserver
 
 
 def per_call(fn, n: int) -> float:

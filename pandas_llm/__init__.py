@@ -4,13 +4,13 @@
     df["fr"] = df.llm.map("Translate to French: {text}", model="gpt-4o-mini")
 
 Importing registers the accessors and does nothing else: no logging set-up, no I/O. With Dask
-installed, ``ddf.llm`` is registered when ``dask.dataframe`` is imported (see pandas_llm.dask).
+installed, ``ddf.llm`` is registered when ``dask.dataframe`` is imported (see pandas_llm._dask.accessor).
 """
 
 from .accessor import LLMAccessor
 from .accessor import register as _register
-from .dask import install as _install_dask
-from .batch_view import BatchStatus
+from ._dask.accessor import install as _install_dask
+from ._batch.status import BatchStatus
 from .config import BatchLimits, Settings, configure, current_settings, settings
 from .errors import (
     APIError,
@@ -26,13 +26,13 @@ from .errors import (
     StoreError,
     TemplateError,
 )
-from .estimate import Estimate
-from .packing import PackingReport
-from .jobs import BatchJob
-from .ledger import list_batches
-from .pipeline import RunReport, RunWarning, last_run
+from ._cost.estimate import Estimate
+from ._structured.packing import PackingReport
+from ._batch.job import BatchJob
+from ._store.ledger import list_batches
+from ._run.run import RunReport, RunWarning, last_run
 from .pricing import Price
-from .structured import PromptOrderWarning
+from .verbs import PromptOrderWarning
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""``python -m pandas_llm demo``: see pandas_llm/demo.py."""
+"""``python -m pandas_llm demo``: see pandas_llm/_demo.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] != "demo":
         print("usage: python -m pandas_llm demo [--rows N] [--no-progress]", file=sys.stderr)
         return 2
-    from .demo import main as demo
+    from ._demo import main as demo
 
     demo(argv[1:])
     return 0

@@ -18,12 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from . import _runner
-from . import estimate as _estimate
+from ._run import loop as _runner
+from ._cost import estimate as _estimate
 from .config import Settings, current_settings
-from .estimate import Estimate
-from .jobs import BatchJob
-from .structured import check_prompt_order, job_verb, prepare
+from ._cost.estimate import Estimate
+from ._batch.job import BatchJob
+from .verbs import check_prompt_order, job_verb, prepare
 
 __all__ = ["LLMAccessor"]
 
@@ -274,7 +274,7 @@ class LLMAccessor:
         return run.result(details=details)
 
     def _prepare_endpoint(self, verb: str, template: Any, options: dict[str, Any], **kw: Any) -> Any:
-        from . import endpoint_verbs
+        from ._run import endpoint_verbs
 
         prepare_verb = endpoint_verbs.prepare_moderate if verb == "moderate" else endpoint_verbs.prepare_embed
         return prepare_verb(self._obj, template, options, **kw)
@@ -314,13 +314,13 @@ class LLMAccessor:
         (cached, so not paid twice) to measure output length. Shows as a table in a notebook.
 
         ``models=["gpt-4o-mini", "gpt-4.1-nano", ...]``: a DataFrame instead, one row per
-        model (see ``pandas_llm.estimate.compare_models``). Raises ConfigError as the verb would.
+        model (see ``pandas_llm._cost.estimate.compare_models``). Raises ConfigError as the verb would.
 
         ``verb="embed"`` / ``"moderate"``: what :meth:`embed` / :meth:`moderate` would send
         (``template`` may be None on a Series; ``dimensions=`` for embed); no output tokens.
         """
         if verb in ("embed", "moderate"):
-            from .endpoint_verbs import estimate_endpoint
+            from ._run.endpoint_verbs import estimate_endpoint
 
             dimensions = options.pop("dimensions", None)
             return estimate_endpoint(self._obj, template, options, verb, dimensions=dimensions)

@@ -196,3 +196,18 @@ class StoreError(PandasLLMError):
         super().__init__(message)
         self.path = path
         self.busy = busy
+
+
+def find_stack_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside pandas_llm, so a
+    notebook shows it for the user's cell whatever the depth of our own call chain (as pandas'
+    ``find_stack_level``)."""
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(package):
+            break
+        frame, level = frame.f_back, level + 1
+    return level

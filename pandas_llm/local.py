@@ -17,7 +17,7 @@ with other flags would be installed again silently.
 Then::
 
     import pandas as pd, pandas_llm
-    from pandas_llm.local import LocalServer
+    from .local import LocalServer
 
     df = pd.DataFrame({"word": ["cat", "dog"]})
     with LocalServer() as srv:

@@ -13,10 +13,10 @@ import pytest
 
 import pandas_llm
 from pandas_llm import QuotaError, RunWarning
-from pandas_llm.backends import Completion
-from pandas_llm.backends.errors import retry_after
-from pandas_llm.cache import Record, Store
-from pandas_llm.scheduler import completion_record
+from pandas_llm._backends import Completion
+from pandas_llm._backends.errors import retry_after
+from pandas_llm._store.store import Record, Store
+from pandas_llm._run.engine import completion_record
 
 
 def chat(content, finish_reason="stop"):
@@ -143,7 +143,7 @@ def test_content_refusals_of_the_first_rows_are_their_errors_and_the_run_goes_on
 
 
 def test_a_content_refusal_in_a_batch_line_has_the_same_status():
-    from pandas_llm.batching import parse_line
+    from pandas_llm._batch.files import parse_line
 
     key = b"k" * 32
     line = {"custom_id": key.hex(), "response": {"status_code": 400, "body": AZURE_FILTER}, "error": None}
@@ -205,7 +205,7 @@ def test_auto_falls_back_to_realtime_when_the_batch_api_answers_no_batch_reply(s
 
 
 def test_batch_mode_names_what_the_server_answered_instead_of_a_batch_reply(server, opts):
-    from pandas_llm.backends.batch import NoBatchAPIError
+    from pandas_llm._batch.client import NoBatchAPIError
 
     server.batches.without_batch_api("html")
     with pytest.raises(NoBatchAPIError, match="POST /files .*answered '<!doctype html>.*use mode='realtime'"):
@@ -231,7 +231,7 @@ def test_a_sync_function_call_that_never_got_a_thread_is_not_possibly_billed():
     import asyncio
     import threading
 
-    from pandas_llm.backends.function import FunctionBackend
+    from pandas_llm._backends.function import FunctionBackend
     from pandas_llm.errors import RetryableError
 
     gate = threading.Event()
@@ -259,7 +259,7 @@ def test_a_sync_function_call_that_never_got_a_thread_is_not_possibly_billed():
 
 
 def test_the_summary_counts_http_attempts_beside_requests(server, opts, monkeypatch):
-    from pandas_llm import scheduler
+    from pandas_llm._run import engine as scheduler
 
     monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
     server.inject(503, times=2, match="row 1")

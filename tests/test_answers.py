@@ -9,9 +9,9 @@ import pytest
 
 import pandas_llm
 from pandas_llm import FatalAPIError, RunWarning
-from pandas_llm.backends import Completion, parse_completion
-from pandas_llm.batching import parse_line
-from pandas_llm.scheduler import completion_record
+from pandas_llm._backends import Completion, parse_completion
+from pandas_llm._batch.files import parse_line
+from pandas_llm._run.engine import completion_record
 
 
 def chat(content, finish_reason, **choice):
@@ -75,7 +75,7 @@ def test_an_error_object_without_evidence_of_a_passing_fault_is_that_rows_error(
 
 
 def test_an_error_object_naming_a_passing_fault_is_retried_as_that_status(server, run, monkeypatch):
-    from pandas_llm import scheduler
+    from pandas_llm._run import engine as scheduler
 
     monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
     server.inject(200, match="row 1", times=2, body={"error": {"message": "Bad gateway", "code": 502}})

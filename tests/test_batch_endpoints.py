@@ -9,7 +9,7 @@ import pytest
 
 import pandas_llm
 from pandas_llm import FatalAPIError, RunWarning
-from pandas_llm.backends.batch import NoBatchAPIError
+from pandas_llm._batch.client import NoBatchAPIError
 from pandas_llm.testing import LLMServer
 from pandas_llm.testing._http import json_response
 

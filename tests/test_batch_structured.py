@@ -105,7 +105,7 @@ def test_batch_lines_carry_the_realtime_request_body(srv, opts, tmp_path):
     """The line's body is the request a realtime run sends; its custom_id is that request's cache key."""
     import hashlib
 
-    from pandas_llm.requests import KEY_VERSION
+    from pandas_llm._plan.requests import KEY_VERSION
 
     sent = []
 
@@ -448,7 +448,7 @@ def test_killed_while_a_follow_up_batch_is_in_flight_the_rerun_reattaches_to_it(
 
 
 def test_max_cost_caps_a_batch_job_at_batch_prices(srv, opts):
-    from pandas_llm.budget import Meter
+    from pandas_llm._run.budget import Meter
 
     df = frame(12)
     body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"review 10"}],"max_tokens":50}'

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from pandas_llm import ConfigError
-from pandas_llm.cache import MIGRATIONS, Record, Store
+from pandas_llm._store.store import MIGRATIONS, Record, Store
 
 
 def test_default_path_and_private_mode(opts):
@@ -82,7 +82,7 @@ def test_lookup_many_keys_in_chunks():
 WRITER = textwrap.dedent(
     """
     import sys
-    from pandas_llm.cache import Record, Store
+    from pandas_llm._store.store import Record, Store
     s = Store(sys.argv[1])
     tag = sys.argv[2]
     for batch in range(50):
@@ -102,7 +102,7 @@ def test_two_processes_share_one_file(tmp_path):
 
 
 def test_wal_switch_retries_while_another_process_holds_the_file(tmp_path, monkeypatch):
-    from pandas_llm import cache
+    from pandas_llm._store import store as cache
 
     calls = []
 

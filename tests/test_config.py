@@ -67,7 +67,7 @@ def test_with_block_does_not_leak_into_other_threads():
 
 
 def test_endpoint_is_part_of_the_key_but_not_the_api_key():
-    from pandas_llm.requests import RequestBuilder
+    from pandas_llm._plan.requests import RequestBuilder
 
     msgs = [{"role": "user", "content": "x"}]
     a = RequestBuilder(Settings(base_url="http://a/v1", api_key="one")).encode(msgs)[0]

@@ -49,7 +49,7 @@ def test_accessor_registered_when_dask_dataframe_is_imported_after_pandas_llm():
         "assert 'dask.dataframe' not in sys.modules, 'import pandas_llm imported dask'\n"
         "import dask.dataframe as dd, pandas as pd\n"
         "assert isinstance(dd.from_pandas(pd.DataFrame({'a': ['x']}), npartitions=1).llm,"
-        " pandas_llm.dask.DaskLLMAccessor)\n"
+        " pandas_llm._dask.accessor.DaskLLMAccessor)\n"
     )
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(pandas_llm.__file__))}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

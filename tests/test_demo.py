@@ -32,7 +32,7 @@ def _demo_against(monkeypatch, capsys, endpoint) -> tuple[int, str, str]:
     """Run the demo's main() in this process with ``endpoint`` instead of its own."""
     import contextlib
 
-    from pandas_llm import demo
+    from pandas_llm import _demo as demo
 
     monkeypatch.setattr(demo, "open_endpoint", lambda kind: contextlib.nullcontext(endpoint))
     with pytest.raises(SystemExit) as exit_:
@@ -42,7 +42,7 @@ def _demo_against(monkeypatch, capsys, endpoint) -> tuple[int, str, str]:
 
 
 def test_demo_exits_non_zero_with_one_line_when_no_row_is_answered(monkeypatch, capsys):
-    from pandas_llm.demo import Endpoint
+    from pandas_llm._demo import Endpoint
     from pandas_llm.testing import LLMServer
 
     cut = {"object": "chat.completion", "model": "gpt-4o-mini", "usage": {"prompt_tokens": 9, "completion_tokens": 48},
@@ -62,8 +62,8 @@ def test_demo_exits_non_zero_with_one_line_when_no_row_is_answered(monkeypatch, 
 def test_demo_exits_non_zero_when_the_endpoint_is_dead(monkeypatch, capsys):
     import socket
 
-    from pandas_llm import scheduler
-    from pandas_llm.demo import Endpoint
+    from pandas_llm._run import engine as scheduler
+    from pandas_llm._demo import Endpoint
 
     monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
     with socket.socket() as s:
@@ -78,14 +78,14 @@ def test_demo_exits_non_zero_when_the_endpoint_is_dead(monkeypatch, capsys):
 
 
 def test_demo_summary_counts_answered_and_failed_rows(monkeypatch, capsys):
-    from pandas_llm.demo import Endpoint
+    from pandas_llm._demo import Endpoint
     from pandas_llm.testing import LLMServer
 
     with LLMServer() as srv:
         srv.inject(400, times=1)
         endpoint = Endpoint("a test server", dict(base_url=srv.base_url, api_key="k"), srv, None)
         with pytest.warns(pandas_llm.RunWarning):
-            from pandas_llm import demo
+            from pandas_llm import _demo as demo
 
             monkeypatch.setattr(demo, "open_endpoint", lambda kind: __import__("contextlib").nullcontext(endpoint))
             demo.main(["--rows", "6", "--no-progress"])

@@ -213,7 +213,7 @@ def test_openai_client_backend(server):
 
 
 def test_doctests():
-    from pandas_llm import endpoints
+    from pandas_llm._plan import endpoints
     from pandas_llm.testing import endpoints as server_endpoints
 
     for module in (endpoints, server_endpoints):

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm.estimate import DEFAULT_OUTPUT_TOKENS, Range
+from pandas_llm._cost.estimate import DEFAULT_OUTPUT_TOKENS, Range
 from pandas_llm.pricing import price_for
 from pandas_llm.testing import LLMServer
-from pandas_llm.tokens import count_message_tokens
+from pandas_llm._cost.tokens import count_message_tokens
 
 
 def varied(messages, model):
@@ -165,7 +165,7 @@ def tickets(n=200):
 
 
 def tiktoken_server(**kw):
-    from pandas_llm.tokens import encoding_for
+    from pandas_llm._cost.tokens import encoding_for
 
     enc = encoding_for("gpt-4o-mini")
     return LLMServer(tokens=lambda text: len(enc.encode(text, disallowed_special=())), **kw)

@@ -13,14 +13,15 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm import ConfigError, FatalAPIError, RunWarning, TemplateError, scheduler
+from pandas_llm import ConfigError, FatalAPIError, RunWarning, TemplateError
+from pandas_llm._run import engine as scheduler
 from pandas_llm.testing import LLMServer
 
 
 @pytest.fixture
 def fast_retries(monkeypatch):
     """Backoff without real waiting, so retry tests take milliseconds."""
-    from pandas_llm import scheduler
+    from pandas_llm._run import engine as scheduler
 
     monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
 
@@ -285,7 +286,7 @@ def _opts(server) -> dict:
     ],
 )
 def test_a_connection_error_names_its_kind_the_same_on_every_event_loop(exc, kind):
-    from pandas_llm.backends.errors import connection_error_text
+    from pandas_llm._backends.errors import connection_error_text
 
     wrapped = RuntimeError("Cannot connect to host")
     wrapped.__cause__ = exc

@@ -15,7 +15,7 @@ import threading
 import pandas as pd
 import pytest
 
-from pandas_llm import inflight
+from pandas_llm._run import inflight
 from pandas_llm.testing import LLMServer
 
 SHARED, OWN, THREADS = 200, 50, 4

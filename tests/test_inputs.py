@@ -15,7 +15,7 @@ import pytest
 import pandas_llm
 from pandas_llm.config import Settings
 from pandas_llm.errors import ConfigError, PandasLLMError, TemplateError
-from pandas_llm.progress import Snapshot, TqdmObserver
+from pandas_llm._display.progress import Snapshot, TqdmObserver
 
 
 @pytest.mark.parametrize(

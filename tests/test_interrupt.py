@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm.cache import Store
+from pandas_llm._store.store import Store
 from pandas_llm.testing import LLMServer
 
 ROWS = 300

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm import leases
-from pandas_llm.cache import Store
+from pandas_llm._store import leases
+from pandas_llm._store.store import Store
 from childproc import ROOT
 
 CHILD = """
@@ -67,7 +67,7 @@ def test_a_live_claim_is_waited_for_and_its_answer_taken_from_the_cache(server, 
     def the_other_process_answers() -> None:
         time.sleep(0.3)
         with Store(path) as store:
-            store.write([pandas_llm.cache.Record(key, "ok", "from the other process")])
+            store.write([pandas_llm._store.store.Record(key, "ok", "from the other process")])
             store.conn.execute("DELETE FROM leases")
 
     other = threading.Thread(target=the_other_process_answers)

@@ -11,10 +11,10 @@ import pytest
 
 import pandas_llm
 from pandas_llm import FatalAPIError
-from pandas_llm.backends.errors import error_for_status
+from pandas_llm._backends.errors import error_for_status
 from pandas_llm.pricing import cost, price_for
-from pandas_llm.progress import Snapshot
-from pandas_llm.scheduler import RunStats
+from pandas_llm._display.progress import Snapshot
+from pandas_llm._run.engine import RunStats
 from pandas_llm.testing import LLMServer
 
 LONG = "word " * 40  # ~51 completion tokens at the server's estimate
@@ -26,7 +26,7 @@ def long_answer(messages, model):
 
 @pytest.fixture
 def fast_retries(monkeypatch):
-    from pandas_llm import scheduler
+    from pandas_llm._run import engine as scheduler
 
     monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
 
@@ -133,7 +133,7 @@ def test_a_users_client_keeps_its_own_timeout(fast_retries):
 def test_the_client_backend_passes_the_timeout_only_when_given():
     import openai
 
-    from pandas_llm.backends.openai_client import OpenAIClientBackend
+    from pandas_llm._backends.openai_client import OpenAIClientBackend
 
     with openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", timeout=600) as client:
         assert OpenAIClientBackend(client, timeout=None)._client.timeout == 600

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 import pandas_llm
 from pandas_llm import ConfigError, RunWarning
-from pandas_llm.packing import packed_key
+from pandas_llm._structured.packing import packed_key
 from pandas_llm.testing import LLMServer
 
 

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 
 import pandas_llm  # noqa: F401
-from pandas_llm import resume
-from pandas_llm.cache import Record, Store
+from pandas_llm._plan import lookup as resume
+from pandas_llm._store.store import Record, Store
 from pandas_llm.config import Settings
-from pandas_llm.dedup import Keys, dedup
-from pandas_llm.planner import _renderer, make_plan
-from pandas_llm.prompts import compile_template
-from pandas_llm.requests import RequestBuilder
-from pandas_llm.results import Outcomes
+from pandas_llm._plan.dedup import Keys, dedup
+from pandas_llm._plan.planner import _renderer, make_plan
+from pandas_llm._plan.prompts import compile_template
+from pandas_llm._plan.requests import RequestBuilder
+from pandas_llm._plan.outcomes import Outcomes
 from pandas_llm.testing import LLMServer
 
 TEXTS = ["plain", 'a "quote" and \\ backslash', "ünïcödé ✓ 🎉", "line\nbreak\ttab", "\u2028\u2029\x00\x1f", "{braces}", ""]

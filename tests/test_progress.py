@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm import progress
-from pandas_llm.progress import LogObserver, Snapshot, ThrottledObserver, TqdmObserver, make_observer
-from pandas_llm.scheduler import RunStats
-from pandas_llm.widget import WidgetObserver
+from pandas_llm._display import progress
+from pandas_llm._display.progress import LogObserver, Snapshot, ThrottledObserver, TqdmObserver, make_observer
+from pandas_llm._run.engine import RunStats
+from pandas_llm._display.notebook import WidgetObserver
 
 
 class Clock:
@@ -266,7 +266,7 @@ def test_make_observer_outside_a_kernel():
 
 
 def test_batch_bar_with_progress_text_is_the_plain_tqdm_bar():
-    from pandas_llm.batch_view import BatchProgress
+    from pandas_llm._batch.status import BatchProgress
 
     bar = BatchProgress(text=True, file=io.StringIO())
     bar.start(stats())
@@ -319,7 +319,7 @@ def test_run_summary_is_logged(llm_server, caplog):
 
 def test_import_configures_no_logging_and_prints_nothing():
     code = (
-        "import logging, pandas_llm, pandas_llm.progress, pandas_llm.widget, pandas_llm.estimate, pandas_llm.budget\n"
+        "import logging, pandas_llm, pandas_llm._display.progress, pandas_llm._display.notebook, pandas_llm._cost.estimate, pandas_llm._run.budget\n"
         "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n"
         "assert logging.getLogger('pandas_llm').handlers == []\n"
         "assert logging.getLogger('pandas_llm').level == logging.NOTSET\n"

@@ -8,7 +8,7 @@ import pytest
 from vclock import VirtualTime
 
 from pandas_llm.config import Settings
-from pandas_llm.ratelimit import Limiter, parse_duration, remembered_limits
+from pandas_llm._run.limiter import Limiter, parse_duration, remembered_limits
 
 
 def headers(rpm=None, tpm=None, rem_r=None, rem_t=None, reset_r="1s", reset_t="1s"):
@@ -322,7 +322,10 @@ async def test_a_provisional_limit_grows_while_no_429_comes():
 def test_docstring_examples_run():
     import doctest
 
-    from pandas_llm import dedup, ratelimit, ratelimit_headers, requests
+    from pandas_llm._plan import dedup
+    from pandas_llm._run import limiter as ratelimit
+    from pandas_llm._run import limits as ratelimit_headers
+    from pandas_llm._plan import requests
 
     for module in (ratelimit, ratelimit_headers, dedup, requests):
         assert doctest.testmod(module).failed == 0, module.__name__

@@ -14,7 +14,7 @@ import time
 import pandas as pd
 
 from pandas_llm.config import Settings
-from pandas_llm.requests import RequestBuilder
+from pandas_llm._plan.requests import RequestBuilder
 from pandas_llm.testing import LLMServer, answer_for
 
 N = 2000

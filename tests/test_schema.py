@@ -10,9 +10,9 @@ import pytest
 from pydantic import BaseModel, Field
 
 from pandas_llm import ConfigError
-from pandas_llm.columns import columns_for, dtype_for
-from pandas_llm.parse import Parser, strip_fences, validate
-from pandas_llm.schema import as_schema
+from pandas_llm._structured.columns import columns_for, dtype_for
+from pandas_llm._structured.parse import Parser, strip_fences, validate
+from pandas_llm._structured.schema import as_schema
 
 
 class Opt(BaseModel):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm.cache import Store
+from pandas_llm._store.store import Store
 from pandas_llm.errors import FatalAPIError, RequestError, redact
 
 KEY = "sk-proj-Zq9SECRETsecret0123456789abcdef"
@@ -78,7 +78,7 @@ def test_a_fatal_error_message_is_redacted(server, opts):
 
 
 def test_the_store_redacts_whatever_error_it_is_given(tmp_path):
-    from pandas_llm.cache import Record
+    from pandas_llm._store.store import Record
 
     with Store(str(tmp_path / "c.sqlite")) as store:
         store.write([Record(b"k" * 32, "error", error=f"Bearer {KEY}")])
@@ -132,8 +132,8 @@ def test_existing_loose_files_are_tightened_on_every_open(tmp_path, umask_000):
 
 
 def test_backends_holding_the_key_do_not_show_it(server):
-    from pandas_llm.backends import make_backend
-    from pandas_llm.backends.batch import BatchAPI
+    from pandas_llm._backends import make_backend
+    from pandas_llm._batch.client import BatchAPI
     from pandas_llm.config import Settings
 
     for base_url in (server.base_url, "https://example.invalid/v1"):

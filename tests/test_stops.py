@@ -11,12 +11,12 @@ from vclock import VirtualTime
 
 import pandas_llm
 from pandas_llm import QuotaError, RequestShapeError, RunWarning
-from pandas_llm.backends import Completion
-from pandas_llm.cache import Store
+from pandas_llm._backends import Completion
+from pandas_llm._store.store import Store
 from pandas_llm.errors import RateLimitError
-from pandas_llm.progress import Snapshot
-from pandas_llm.ratelimit import Limiter
-from pandas_llm.scheduler import Engine, RetryPolicy, RunStats
+from pandas_llm._display.progress import Snapshot
+from pandas_llm._run.limiter import Limiter
+from pandas_llm._run.engine import Engine, RetryPolicy, RunStats
 from pandas_llm.testing import LLMServer
 
 #: OpenAI's answer to max_tokens on an o-series model (here behind a deployment name the
@@ -121,9 +121,9 @@ def test_reasoning_models_get_max_completion_tokens_and_their_reasoning_tokens_a
 
 
 def test_max_cost_reserves_reasoning_tokens_through_max_completion_tokens(server, opts):
-    from pandas_llm.budget import Meter
+    from pandas_llm._run.budget import Meter
     from pandas_llm.config import Settings
-    from pandas_llm.requests import RequestBuilder
+    from pandas_llm._plan.requests import RequestBuilder
 
     price = pandas_llm.Price.per_million(input=1.0, output=10.0)
     settings = Settings(model="o3-mini", base_url=server.base_url, params={"max_tokens": 1000}, prices=price, max_cost=1.0)

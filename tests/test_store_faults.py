@@ -28,8 +28,8 @@ import pytest
 
 import pandas_llm
 from pandas_llm import ConfigError, RunWarning, StoreError
-from pandas_llm import committer as committer_module
-from pandas_llm.cache import Record, Store
+from pandas_llm._store import committer as committer_module
+from pandas_llm._store.store import Record, Store
 
 ROWS = 200
 
@@ -94,9 +94,9 @@ def make_writable(p: Path) -> None:
 @pytest.mark.parametrize("case", ["read-only file", "read-only -shm", "read-only directory", "new file, read-only directory"])
 def test_a_cache_that_cannot_be_written_is_refused_before_paying(server, opts, tmp_path, monkeypatch, case, checks):
     if checks == "sqlite only":  # the write SQLite is made to attempt catches it without the mode checks
-        import pandas_llm.cache
+        import pandas_llm._store.store
 
-        monkeypatch.setattr(pandas_llm.cache, "_writable", lambda p: True)
+        monkeypatch.setattr(pandas_llm._store.store, "_writable", lambda p: True)
     folder = tmp_path / "caches"
     folder.mkdir()
     cache = folder / "cache.sqlite"
@@ -232,7 +232,7 @@ def test_a_cache_deleted_during_a_run_is_recreated_with_every_answer(tmp_path, w
             time.sleep(0.005)
 
     with LLMServer(latency=0.01) as srv:
-        pandas_llm.pipeline._last = None
+        pandas_llm._run.run._last = None
         deleter = threading.Thread(target=delete_midway, daemon=True)
         deleter.start()
         with pytest.warns(RunWarning, match="deleted or replaced"):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 import pandas_llm
 from pandas_llm import ConfigError, PromptOrderWarning, RunWarning
-from pandas_llm.schema import as_schema
+from pandas_llm._structured.schema import as_schema
 from pandas_llm.testing import LLMServer
 from pandas_llm.testing.structured import value_for
 
@@ -408,7 +408,7 @@ def test_warns_when_a_column_comes_before_a_long_instruction(server, opts):
 
 def test_response_format_keeps_property_order_in_the_request():
     from pandas_llm.config import Settings
-    from pandas_llm.requests import RequestBuilder
+    from pandas_llm._plan.requests import RequestBuilder
 
     rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "object", "properties": {"why": {"type": "string"}, "answer": {"type": "string"}}}}}  # fmt: skip

@@ -11,11 +11,11 @@ import pytest
 from vclock import VirtualTime
 
 import pandas_llm  # noqa: F401 - registers the accessor
-from pandas_llm.backends import Completion
-from pandas_llm.cache import Store
+from pandas_llm._backends import Completion
+from pandas_llm._store.store import Store
 from pandas_llm.errors import RateLimitError
-from pandas_llm.ratelimit import Limiter
-from pandas_llm.scheduler import Engine, RetryPolicy, RunStats
+from pandas_llm._run.limiter import Limiter
+from pandas_llm._run.engine import Engine, RetryPolicy, RunStats
 from pandas_llm.testing import LLMServer
 
 
@@ -185,7 +185,7 @@ async def test_in_flight_state_is_bounded_by_concurrency():
 
 
 def test_a_map_pulls_rows_lazily(monkeypatch):
-    from pandas_llm import planner
+    from pandas_llm._plan import planner
 
     concurrency, n = 4, 3000
     state = {"pulled": 0, "answered": 0, "peak": 0, "calls": 0, "peak_calls": 0}

@@ -11,7 +11,7 @@ import tiktoken
 import tiktoken.load
 import tiktoken_ext.openai_public as openai_public
 
-from pandas_llm import tokens
+from pandas_llm._cost import tokens
 
 SAMPLES = [
     "hello world",

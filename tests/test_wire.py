@@ -8,8 +8,8 @@ import gzip
 import orjson
 import pytest
 
-from pandas_llm.backends import make_backend
-from pandas_llm.backends.wire import WireBackend
+from pandas_llm._backends import make_backend
+from pandas_llm._backends.wire import WireBackend
 from pandas_llm.config import Settings
 from pandas_llm.errors import RateLimitError, RetryableError
 

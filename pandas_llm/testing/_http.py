@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from ..backends.wire import dechunk
+from .._backends.wire import dechunk
 
 __all__ = ["Request", "Response", "Handler", "HTTPProtocol", "RESET", "default_error", "error_response", "json_response"]
 

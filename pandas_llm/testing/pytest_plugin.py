@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pandas_llm.testing.server import LLMServer
+    from .server import LLMServer
 
 
 @pytest.fixture
 def llm_server() -> Iterator[LLMServer]:
     """A started ``LLMServer()`` with default options, stopped after the test."""
-    from pandas_llm.testing.server import LLMServer
+    from .server import LLMServer
 
     with LLMServer() as srv:
         yield srv

@@ -7,7 +7,7 @@ row's value. An enum's pick, an ``anyOf``'s branch, a number, a string are all d
 from a hash of the prompt (the last user message) and the field's path.
 
 A *packed* request (the user message holds ``<item id="N">...</item>`` blocks and the
-schema is ``{"items": [{id, ...}]}``, see ``pandas_llm.packing``) is answered item by
+schema is ``{"items": [{id, ...}]}``, see ``pandas_llm._structured.packing``) is answered item by
 item, each item exactly as if it had been sent alone with that item's text as prompt
 (inside the pack's leading ``<template>`` block in place of ``<item/>``, when it has one).
 

@@ -8,7 +8,7 @@ import openai
 import orjson
 import pytest
 
-from pandas_llm.parse import validate
+from pandas_llm._structured.parse import validate
 from pandas_llm.testing import LLMServer
 from pandas_llm.testing.structured import value_for
 

@@ -1,0 +1,558 @@
+"""Batch API jobs: submit, poll, collect, resumable across kernel restarts.
+
+``df.llm.submit(...)`` returns a ``BatchJob`` at once; ``df.llm.map(..., mode="batch")``
+submits and waits with progress. A job sends only the requests not in the cache
+(identical prompts once), split into batches by ``batch_limits``, and records every
+batch in the sidecar (ledger.py) before anything else can fail. Running the same call
+again, in this process or after a restart, finds the batches still in flight through
+the sidecar by request key, re-attaches to them instead of submitting them again, and
+collects their results::
+
+    >>> import pandas as pd, pandas_llm, tempfile, os
+    >>> from pandas_llm.testing import LLMServer
+    >>> df = pd.DataFrame({"text": ["cat", "dog", "cat"]})
+    >>> with LLMServer() as srv, tempfile.TemporaryDirectory() as tmp:
+    ...     opts = dict(base_url=srv.base_url, api_key="x", cache=os.path.join(tmp, "c.sqlite"),
+    ...                 progress=False, poll_interval=0.01)
+    ...     job = df.llm.submit("Say: {text}", **opts)
+    ...     out = job.result()
+    ...     again = df.llm.map("Say: {text}", mode="batch", **opts)   # all from the cache now
+    >>> out.tolist(), srv.batches.batches_created, srv.batches.lines_answered
+    (['echo: Say: cat', 'echo: Say: dog', 'echo: Say: cat'], 1, 2)
+
+Results are written to the cache as each output file is parsed; lines in the error file
+and failed requests become failed rows with their error (a rerun sends them again);
+expired or cancelled batches keep what they answered and leave the rest for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from .._run import loop as _runner
+from .._run import run as _pipeline
+from .client import JOB_KEY, PART_KEY, BatchAPI
+from .status import BatchProgress, BatchStats, BatchStatus
+from .files import PartData, split_parts
+from .._run.budget import Budget, ContextCheck, Meter
+from .._store.store import Record, Store
+from .collect import Collector
+from ..config import Settings
+from ..errors import ConfigError, FatalAPIError, RequestError
+from .._store.ledger import Ledger, Part
+from .._plan.planner import Plan, make_plan
+from ..pricing import resolve_price
+from .._display.progress import make_observer
+
+__all__ = ["BatchJob", "start"]
+
+log = logging.getLogger("pandas_llm")
+
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+_BACKOFF, _CAP = 1.5, 12  # poll waits grow 1.5x while nothing changes, up to 12x poll_interval
+
+
+def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None, validate=None) -> Any:
+    """The run this call means: a ``BatchJob`` (mode batch, or auto at ``batch_threshold``
+    requests to send and more) or a realtime ``pipeline.Run``. Plans (and so raises on bad
+    input) before anything is sent. ``extra`` / ``validate``: the request fields and the
+    answer check of a schema (structured.py), the same for both, so keys are identical."""
+    if settings.mode == "auto":
+        run = _pipeline.Run(data, template, settings, extra=extra, validate=validate)
+        small = len(run.plan.todo) < settings.batch_threshold
+        if small or settings.max_cost is not None or not _batch_possible(settings):  # max_cost: realtime only
+            return run
+        missing = _runner.run_sync(lambda: _no_batch_api(settings))
+        if missing is not None:
+            log.warning("pandas-llm: mode='auto' sends %d requests in realtime: %s has no Batch API (%s)",
+                        len(run.plan.todo), settings.endpoint, missing)  # fmt: skip
+            return run
+        run.store.close()
+        return BatchJob(run.plan, settings, name=run.name, validate=validate)
+    check_batch(settings)
+    store = Store(settings.cache_path)
+    try:
+        plan = make_plan(data, template, settings, store, extra=extra)
+    finally:
+        store.close()
+    return BatchJob(plan, settings, name=data.name if isinstance(data, pd.Series) else None, validate=validate)
+
+
+async def _no_batch_api(settings: Settings) -> str | None:
+    """Why the endpoint cannot take batches (it serves no Batch API), or None."""
+    async with BatchAPI(settings) as api:
+        return await api.available()
+
+
+def check_batch(settings: Settings) -> None:
+    """Raise ConfigError, before planning, for what a Batch API job cannot do with ``settings``
+    (a function client, no API key; max_cost without a price or an output bound)."""
+    BatchAPI(settings)
+    if settings.max_cost is not None:
+        Meter.for_settings(settings, batch=True)
+
+
+def _batch_possible(settings: Settings) -> bool:
+    try:
+        BatchAPI(settings)
+    except ConfigError:
+        return False
+    return True
+
+
+class BatchJob:
+    """A Batch API job over one frame: ``status()``, ``result()``, ``cancel()`` (and ``a*`` twins).
+
+    Hold on to it, or run the same ``submit`` / ``map(mode="batch")`` call again later:
+    the sidecar knows the batches in flight. Methods are not meant to be called
+    concurrently on one job.
+
+    ``validate``: answer text -> error or None (a schema's check, see collect.py);
+    ``finish``: ``details -> result``, the verb's own result assembly (structured.py sets
+    it for extract / classify / schema=), else the answers as a string Series.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        settings: Settings,
+        *,
+        name: Any = None,
+        validate: Callable[[str | None], str | None] | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        kind: Any = None,
+    ):
+        self.plan = plan
+        self.kind = kind  # a list-input endpoint (endpoints.py): one input per line, its url and reader
+        self.finish: Callable[[bool], Any] | None = None
+        self.settings = settings
+        self.name = name
+        self.id = uuid.uuid4().hex[:16]
+        self.sleep = sleep
+        codes = plan.codes
+        sent = codes >= 0
+        self.stats = BatchStats(
+            total=len(codes),
+            unique=len(plan.keys),
+            skipped=int((~sent).sum()),
+            cached=int(plan.outcomes.from_cache[codes[sent]].sum()) if len(plan.keys) else 0,
+            cached_unique=int(plan.outcomes.from_cache.sum()),
+            to_send=len(plan.todo),
+            saved_cost=float(np.nansum(plan.outcomes.cost)),
+        )
+        self._parts: list[str] = []
+        self._pending: Iterator[PartData] | None = None
+        self._next: PartData | None = None
+        self._submitted = False
+        self._cancelled = False
+        self._finished = False
+        self._mem_store: Store | None = None  # cache=False: one in-memory sidecar for the job's life
+        #: max_cost: worst cases reserved at batch rates, settled as batches are collected
+        self._budget = Budget(settings.max_cost, Meter.for_settings(settings, batch=True), stats=self.stats) \
+            if settings.max_cost is not None else None  # fmt: skip
+        self.stats.max_cost = settings.max_cost
+        self._held: dict[bytes, float] = {}  # request key -> its reservation
+        self._too_long: list[Record] = []  # prompts over the context window, not uploaded
+        self._over: Iterator[tuple[int, bytes, bytes]] | None = None  # requests waiting for the budget
+        self._collector = Collector(plan, self.stats, model=settings.model, endpoint=settings.endpoint,
+                                    price=resolve_price(settings.model, settings.prices) if kind is None else
+                                    kind.meter(settings).price, validate=validate,
+                                    tools="tools" in settings.params or "tools" in settings.extra_body,
+                                    answer=None if kind is None else kind.judge)  # fmt: skip
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return f"<BatchJob {self.id}: {s.phase}, {s.to_send} of {s.unique} requests to send, {len(self._parts)} batches>"
+
+    def _repr_html_(self) -> str:
+        return self._snapshot()._repr_html_()  # as of the last call; status() polls
+
+    # -- the sync API -------------------------------------------------------------------------
+    def submit(self) -> "BatchJob":
+        """Send the requests not cached and not already in flight; returns at once."""
+        _runner.run_sync(self.asubmit)
+        return self
+
+    def status(self) -> BatchStatus:
+        """Poll every batch once, collect the finished ones into the cache (and send parts
+        the token budget now allows), return a snapshot. Renders as a table in a notebook."""
+        return _runner.run_sync(self.astatus)
+
+    def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
+        """Wait (with progress) until every batch is finished and collected; the answers as a
+        Series aligned to the frame, or what the verb returns (classify's categorical,
+        extract's typed columns; ``details=True`` adds per-row status, error, tokens, cost)."""
+        _runner.run_sync(self.await_done)
+        return self._result(details)
+
+    def cancel(self) -> BatchStatus:
+        """Cancel the batches in flight and drop the ones not sent yet. ``result()`` then
+        collects what they answered; a rerun sends the rest."""
+        return _runner.run_sync(self.acancel)
+
+    # -- the async API --------------------------------------------------------------------------
+    async def asubmit(self) -> "BatchJob":
+        async with self._session() as (ledger, api):
+            await self._submit(ledger, api)
+        return self
+
+    async def astatus(self) -> BatchStatus:
+        async with self._session() as (ledger, api):
+            await self._submit(ledger, api)
+            await self._refresh(ledger, api)
+        return self._snapshot()
+
+    async def aresult(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
+        await self.await_done()
+        return self._result(details)
+
+    async def acancel(self) -> BatchStatus:
+        async with self._session() as (ledger, api):
+            self._cancelled = True
+            self._pending, self._next = None, None
+            self.stats.queued = 0
+            async for pid, p in self._open_parts(ledger, api):
+                if p.state in ("validating", "in_progress", "finalizing"):
+                    info = await api.cancel(p.batch_id)
+                    ledger.update(pid, info)
+                    log.info("pandas-llm: cancelling batch %s", p.batch_id)
+            await self._refresh(ledger, api)
+        return self._snapshot()
+
+    async def await_done(self) -> None:
+        """Submit if needed, then poll with backoff until every batch is collected."""
+        if self._finished:
+            return
+        settings = self.settings
+        progress = settings.progress
+        observer = make_observer(BatchProgress(text=progress == "text") if progress is True or progress == "text" else progress)
+        stats = self.stats
+        _pipeline.record_run(_pipeline.RunReport(stats, self.plan))
+        observer.start(stats)
+        interval = settings.poll_interval
+        try:
+            async with self._session() as (ledger, api):
+                await self._submit(ledger, api)
+                while True:
+                    before = self._fingerprint()
+                    await self._refresh(ledger, api)
+                    observer.update(stats)
+                    if self._finished:
+                        break
+                    changed = self._fingerprint() != before
+                    interval = settings.poll_interval if changed else min(interval * _BACKOFF, _CAP * settings.poll_interval)
+                    await self.sleep(interval)
+            stats.outcome = "done"
+        except asyncio.CancelledError:
+            stats.outcome = "interrupted"
+            log.info("pandas-llm: stopped waiting; the batches keep running at the API and are recorded in the "
+                     "sidecar: run the same call again to collect them (or job.cancel())")  # fmt: skip
+            raise
+        except FatalAPIError:
+            stats.outcome = "failed"
+            raise
+        finally:
+            stats.finished = time.monotonic()
+            observer.close(stats)
+
+    # -- internals ------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[tuple[Ledger, BatchAPI]]:
+        path = self.settings.cache_path
+        if path is None:
+            self._mem_store = self._mem_store or Store(None)
+            store = self._mem_store
+        else:
+            store = Store(path)
+        try:
+            async with BatchAPI(self.settings, sleep=self.sleep) as api:
+                yield Ledger(store), api
+        finally:
+            if path is not None:
+                store.close()
+            elif self._finished and self._mem_store is not None:
+                self._mem_store.close()
+                self._mem_store = None
+
+    def _fingerprint(self) -> tuple:
+        return tuple((p.part, p.state, p.completed, p.failed) for p in self.stats.parts), self._next is None
+
+    async def _submit(self, ledger: Ledger, api: BatchAPI) -> None:
+        if self._submitted:
+            return
+        plan, stats = self.plan, self.stats
+        stats.phase = "submitting"
+        slot_of = self._collector.slot_of = {plan.keys[u]: u for u in plan.todo.tolist()}
+        todo_keys = list(slot_of)
+        covering = ledger.covering(todo_keys)
+        if covering:
+            for pid in dict.fromkeys(covering.values()):
+                p = ledger.part(pid)
+                if p is not None and p.batch_id is None:
+                    await self._resume(ledger, api, p)  # a crash left it without a batch
+            covering = ledger.covering(todo_keys)
+            self._parts.extend(dict.fromkeys(covering.values()))
+            stats.attached = len(covering)
+            log.info(
+                "pandas-llm: re-attached to %d batch(es) in flight with %d of this job's requests",
+                len(self._parts), len(covering),
+            )  # fmt: skip
+        self._submitted = True  # from here on, parts are recorded in the ledger as they go
+        limits = self.settings.batch_limits
+        tokens_of = self._tokens_of() if limits.enqueued_tokens is not None else None
+        jobs = (self._line(j) for j in plan.jobs() if j[1] not in covering)
+        self._pending = split_parts(self._within_budget(self._fitting(jobs)), limits, tokens_of, **self._url())
+        await self._send_more(ledger, api)
+
+    def _fitting(self, jobs: Iterator[tuple[int, bytes, bytes]]) -> Iterator[tuple[int, bytes, bytes]]:
+        """``jobs`` that fit the model's context window (``budget.ContextCheck``, as realtime);
+        the others become status ``too_long`` records (written by ``_send_more``), never uploaded."""
+        check = ContextCheck.for_model(self.settings.model) if self.kind is None and self.settings.model else None
+        if check is None:
+            yield from jobs
+            return
+        for job in jobs:
+            error = check.error(job[2])
+            if error is None:
+                yield job
+            else:
+                self._too_long.append(Record(job[1], "too_long", error=error, attempts=0, model=self.settings.model))
+
+    def _within_budget(self, jobs: Iterator[tuple[int, bytes, bytes]]) -> Iterator[tuple[int, bytes, bytes]]:
+        """``jobs`` while their worst cases fit in max_cost (each reserved); the first that does
+        not fit, and the rest, wait in ``_over`` for batches in flight to settle."""
+        budget = self._budget
+        if budget is None:
+            yield from jobs
+            return
+        jobs = iter(jobs)
+        for job in jobs:
+            held = budget.meter.worst_case(job[2])
+            fits = budget.try_reserve(held)
+            if fits:
+                self._held[job[1]] = held
+                yield job
+            else:
+                if fits is None:  # fits once the batches in flight are collected
+                    self._over = itertools.chain([job], jobs)
+                return  # False: it cannot fit even alone; the rest stay unsent ("budget")
+
+    def _settle(self, keys: Iterable[bytes]) -> None:
+        """Charge a collected part's requests their cost and release their reservations; let
+        the requests waiting for the budget go, or give up on them once nothing is in flight."""
+        budget = self._budget
+        if budget is None:
+            return
+        outcomes, slot_of = self.plan.outcomes, self._collector.slot_of
+        for key in keys:
+            held = self._held.pop(key, None)
+            if held is None:
+                continue
+            u = slot_of.get(key)
+            status = None if u is None else outcomes.status[u]
+            if u is None or status is None or status in ("expired", "cancelled"):
+                actual = 0.0  # the API never ran it
+            elif not np.isnan(outcomes.cost[u]):
+                actual = float(outcomes.cost[u])
+            else:
+                actual = held if (outcomes.prompt_tokens[u] or outcomes.completion_tokens[u]) else 0.0
+            budget.settle(held, actual)
+        if self._over is not None and self._pending is None:
+            over, self._over = self._over, None
+            limits = self.settings.batch_limits
+            self._pending = split_parts(self._within_budget(over), limits,
+                                        self._tokens_of() if limits.enqueued_tokens is not None else None)  # fmt: skip
+
+
+    def _tokens_of(self) -> Callable[[bytes], int]:
+        from .._cost.tokens import count_message_tokens, count_text_tokens
+
+        model = self.settings.model
+        if self.kind is not None:
+            return lambda body: count_text_tokens(orjson.loads(body)["input"], model)
+        return lambda body: count_message_tokens(orjson.loads(body)["messages"], model)
+
+    def _line(self, job: tuple[int, bytes, bytes]) -> tuple[int, bytes, bytes]:
+        """The batch line's body: the request as keyed, plus a list-input kind's wire fields."""
+        if self.kind is None or not self.kind.wire:
+            return job
+        u, key, body = job
+        return u, key, body[:-1] + b"," + orjson.dumps(dict(self.kind.wire))[1:]
+
+    def _url(self) -> dict[str, str]:
+        return {} if self.kind is None else {"url": "/v1" + self.kind.path}
+
+    async def _send_more(self, ledger: Ledger, api: BatchAPI) -> None:
+        try:
+            await self._send_parts(ledger, api)
+        finally:
+            if self._too_long:  # prompts over the context window found while filling parts
+                rows, self._too_long = self._too_long, []
+                self._collector.write(ledger.store, rows)
+
+    async def _send_parts(self, ledger: Ledger, api: BatchAPI) -> None:
+        budget = self.settings.batch_limits.enqueued_tokens
+        while self._pending is not None:
+            if self._next is None:
+                self._next = next(self._pending, None)
+                if self._next is None:
+                    self._pending = None
+                    break
+            part = self._next
+            if budget is not None:
+                in_flight = sum(p.tokens for p in (ledger.part(pid) for pid in self._parts) if p and p.open)
+                if in_flight and in_flight + part.tokens > budget:
+                    break  # wait for earlier batches to finish
+            self._next = None
+            await self._send(ledger, api, part)
+        s = self.stats
+        s.queued = max(0, s.to_send - s.attached - s.submitted) if self._pending is not None else 0
+        s.phase = "waiting"
+
+    async def _send(self, ledger: Ledger, api: BatchAPI, part: PartData) -> None:
+        s = self.stats
+        ledger.add_job(self.id, endpoint=self.settings.endpoint, model=self.settings.model, rows=s.total,
+                       requests=s.to_send - s.attached)  # fmt: skip  (once; later calls are no-ops)
+        pid = uuid.uuid4().hex
+        ledger.add_part(pid, job=self.id, endpoint=self.settings.endpoint, keys=part.keys, tokens=part.tokens,
+                        nbytes=len(part.data), rows=self._row_entries(part.keys))  # fmt: skip
+        self._parts.append(pid)
+        try:
+            file_id = await api.upload(f"pandas-llm-{pid}.jsonl", part.data)
+        except BaseException as exc:
+            ledger.close(pid, "abandoned", f"upload failed: {exc!r}")  # no batch can exist without the file id
+            self._parts.remove(pid)
+            self._next = part  # sent again by the next call on this job
+            raise
+        ledger.set_file(pid, file_id)
+        try:
+            info = await api.create(file_id, self._metadata(pid, len(part.keys)), **self._endpoint())
+        except (RequestError, FatalAPIError) as exc:
+            ledger.close(pid, "abandoned", str(exc))  # refused: nothing was created
+            self._parts.remove(pid)
+            self._next = part
+            await api.discard(file_id)  # no batch will read it
+            raise
+        # Any other failure leaves the part 'uploaded': a later poll or rerun finds or creates its batch.
+        ledger.update(pid, info)
+        self.stats.submitted += len(part.keys)
+        log.info("pandas-llm: submitted batch %s with %d requests", info.id, len(part.keys))
+
+    def _row_entries(self, keys: list[bytes]) -> list[bytes]:
+        """Extra ledger entries for a part's requests (a packed job lists each pack's rows)."""
+        return []
+
+    def _endpoint(self) -> dict[str, str]:
+        return {} if self.kind is None else {"endpoint": "/v1" + self.kind.path}
+
+    def _metadata(self, pid: str, n: int) -> dict[str, str]:
+        return {JOB_KEY: self.id, PART_KEY: pid, "pandas_llm_requests": str(n)}
+
+    async def _resume(self, ledger: Ledger, api: BatchAPI, p: Part) -> Part | None:
+        """A part recorded without a batch id: find its batch, or create it from its file."""
+        if p.input_file_id is None:
+            self._abandon(ledger, p.part, "abandoned", "the process stopped before the upload finished")
+            return ledger.part(p.part)
+        info = await api.find(part=p.part, file_id=p.input_file_id)
+        if info is None:
+            try:
+                info = await api.create(p.input_file_id, self._metadata(p.part, p.requests), **self._endpoint())
+            except (RequestError, FatalAPIError) as exc:
+                self._abandon(ledger, p.part, "abandoned", f"could not create the batch: {exc}")
+                await api.discard(p.input_file_id)
+                return ledger.part(p.part)
+        ledger.update(p.part, info)
+        return ledger.part(p.part)
+
+    def _abandon(self, ledger: Ledger, pid: str, state: str, error: str) -> None:
+        """Close a part whose batch cannot give results; this job's requests in it go to a new batch."""
+        keys = ledger.keys_of(pid)
+        ledger.close(pid, state, error)
+        log.info("pandas-llm: batch part %s %s (%s); its requests will be sent again", pid, state, error)
+        if not self._submitted or self._cancelled:
+            return  # before submitting, the plan still sends them; after a cancel, a rerun does
+        slot_of, plan = self._collector.slot_of, self.plan
+        again = [self._line((slot_of[k], k, plan.body_of(slot_of[k]))) for k in keys if k in slot_of]
+        if again:
+            limits = self.settings.batch_limits
+            more = split_parts(again, limits, self._tokens_of() if limits.enqueued_tokens is not None else None,
+                               **self._url())  # fmt: skip
+            self._pending = more if self._pending is None else itertools.chain(more, self._pending)
+
+    async def _open_parts(self, ledger: Ledger, api: BatchAPI) -> AsyncIterator[tuple[str, Any]]:
+        """This job's parts still open at the API, each with a batch id (a part whose id was
+        lost or never created is resumed first; one that cannot be is skipped)."""
+        for pid in list(self._parts):
+            p = ledger.part(pid)
+            if p is None or not p.open:
+                continue
+            if p.batch_id is None:
+                p = await self._resume(ledger, api, p)
+                if p is None or p.batch_id is None:
+                    continue
+            yield pid, p
+
+    async def _refresh(self, ledger: Ledger, api: BatchAPI) -> None:
+        """Poll each open part once, collect the finished ones, send what the budget now allows."""
+        async for pid, p in self._open_parts(ledger, api):
+            try:
+                info = await api.retrieve(p.batch_id)
+                if (info.status, info.completed, info.failed) != (p.state, p.completed, p.failed):
+                    ledger.update(pid, info)
+                if info.status in TERMINAL:
+                    keys = ledger.keys_of(pid) if self._held else ()  # (collecting forgets them)
+                    await self._collector.collect(ledger, api, pid, info)
+                    self._settle(keys)
+                    await api.discard(info.input_file_id)  # its results are in the cache: the input is spent
+            except FatalAPIError as exc:
+                if exc.status != 404:
+                    raise
+                # The API no longer knows the batch or its output file (deleted, expired after
+                # 30 days, another account): nothing more can come from it.
+                self._abandon(ledger, pid, "lost", f"batch {p.batch_id} or its files are gone (HTTP 404)")
+        if not self._cancelled:
+            await self._send_more(ledger, api)
+        self.stats.parts = [p for p in (ledger.part(pid) for pid in self._parts) if p is not None]
+        if self._pending is None and not any(p.open for p in self.stats.parts):
+            self._finish(ledger)
+
+    def _finish(self, ledger: Ledger) -> None:
+        """Every batch is collected: fill what other processes collected, label the rest."""
+        over_budget = self._budget is not None and self._budget.exhausted
+        self._collector.finish(ledger.store, unsent="cancelled" if self._cancelled else "budget" if over_budget else "stopped")
+        self._finished = True
+        self.stats.phase = "cancelled" if self._cancelled else "done"
+
+    def _snapshot(self) -> BatchStatus:
+        s = self.stats
+        if not self._finished:
+            state = "submitting" if not self._submitted else "in_progress"
+        elif self._cancelled:
+            state = "cancelled"
+        else:
+            state = "done" if s.ok == s.to_send else "partial"
+        return BatchStatus(self.id, state, s)
+
+    def _result(self, details: bool) -> Any:
+        return self.finish(details) if self.finish is not None else self._report(details)
+
+    def _report(self, details: bool) -> pd.Series | pd.DataFrame:
+        """The stored answers as a string Series (or per-row details); warns about failed rows."""
+        plan = self.plan
+        _pipeline.record_run(_pipeline.RunReport(self.stats, plan))
+        _pipeline.warn_failures(plan, self.stats.total, resend="submits")
+        if details:
+            return plan.outcomes.details(plan.codes, plan.index)
+        return plan.outcomes.series(plan.codes, plan.index, name=self.name)
+
+

@@ -1,0 +1,1 @@
+"""Counting before paying: tokens, model families, the estimate."""

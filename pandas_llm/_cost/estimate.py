@@ -1,0 +1,429 @@
+"""Estimate a run before paying for it: rows, unique prompts, cache hits, tokens, dollars.
+
+Without ``sample`` nothing is sent: the frame is planned exactly as ``map`` would plan it
+(render, dedup, cache look-up) and the prompts still to send are counted with tiktoken.
+Output length is what no one knows in advance: it is bounded by ``max_tokens`` if set,
+else an assumption that is stated (``output_tokens=``, default 100 per answer). With
+``sample=k``, k random distinct prompts are run for real through the normal ``map``
+(so they are cached and not paid twice) and the output length is extrapolated from their
+answers, with a range (the mean's ~95% interval).
+
+    >>> import pandas as pd, pandas_llm
+    >>> df = pd.DataFrame({"text": ["hello", "world", "hello"]})
+    >>> est = df.llm.estimate("Say: {text}", model="gpt-4o-mini", max_tokens=50, cache=False)
+    >>> est.rows, est.unique, est.to_send, est.input_tokens
+    (3, 2, 2, 20)
+    >>> est.output_tokens
+    Range(low=0, expected=None, high=100)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from .._run.budget import context_window
+from .._store.store import Store
+from ..config import Settings
+from ..errors import ConfigError
+from .._plan.planner import make_plan
+from ..pricing import Price, resolve_price
+from .._display.progress import money
+from .tokens import count_message_tokens, encoding_name_for
+
+__all__ = ["Estimate", "Range", "estimate", "compare_models", "DEFAULT_OUTPUT_TOKENS", "CACHE_MIN_TOKENS"]
+
+#: Assumed completion tokens per answer when neither max_tokens nor a sample says more.
+DEFAULT_OUTPUT_TOKENS = 100
+
+
+class Range(NamedTuple):
+    """A low / expected / high figure; ``expected`` None means "at most ``high``"."""
+
+    low: float
+    expected: float | None
+    high: float
+
+    def scale(self, f: Callable[[float], float]) -> Range:
+        return Range(f(self.low), None if self.expected is None else f(self.expected), f(self.high))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What ``map`` with the same arguments would send and cost. See the module docstring."""
+
+    model: str
+    rows: int
+    skipped: int  # rows not sent (NA cells)
+    unique: int  # distinct prompts after dedup
+    cached: int  # distinct prompts already answered in the cache
+    to_send: int
+    input_tokens: int  # prompt tokens of the requests to send
+    input_exact: bool  # False: the model's tokenizer is unknown, counted with o200k_base
+    output_tokens: Range
+    output_basis: str  # how output_tokens was arrived at, in words
+    price: Price | None  # None: price unknown
+    saved: float  # what the cached answers cost when they were paid for
+    sampled: int = 0  # requests run for real by sample=
+    sample_cost: float | None = 0.0  # what this call spent on them
+    max_cost: float | None = None
+    requests: int | None = None  # requests to send (packs count once); None: to_send
+    mode: str = "realtime"  # the call's mode: "batch" prices expected_cost at Batch API rates
+    cached_input_tokens: int = 0  # of input_tokens, what the provider's prompt cache can serve
+    cache_prefix_tokens: int = 0  # the cacheable fixed prefix of every request (0: under 1,024)
+
+    @property
+    def expected_cost(self) -> Range | None:
+        """USD for the call as given: Batch API rates with ``mode="batch"``, else realtime."""
+        return self.batch_cost if self.mode == "batch" else self.cost
+
+    @property
+    def cache_saving(self) -> float | None:
+        """USD the provider's prompt cache would save at the call's rates if it stays warm
+        (prefixes of 1,024+ tokens, OpenAI's rule); not taken off ``cost``."""
+        p = self.price
+        if p is None:
+            return None
+        if self.mode == "batch":
+            return self.cached_input_tokens * (p.batch_input - p.batch_cached_input)
+        return self.cached_input_tokens * (p.input - p.cached_input)
+    too_long: int = 0  # distinct prompts that cannot fit the context window: map does not send them
+    context_window: int | None = None  # the model's, in tokens, if known
+
+    @property
+    def cost(self) -> Range | None:
+        """USD at realtime prices (no provider prompt-cache discount assumed); None if unknown."""
+        return self._cost(batch=False)
+
+    @property
+    def batch_cost(self) -> Range | None:
+        """USD through the Batch API."""
+        return self._cost(batch=True)
+
+    def _cost(self, *, batch: bool) -> Range | None:
+        p = self.price
+        if p is None:
+            return None
+        rate_in, rate_out = (p.batch_input, p.batch_output) if batch else (p.input, p.output)
+        base = self.input_tokens * rate_in
+        return self.output_tokens.scale(lambda n: base + n * rate_out)
+
+    def table(self) -> list[tuple[str, str, str]]:
+        """(figure, value, note) rows, as both reprs show them."""
+        rows = [
+            ("rows", f"{self.rows:,}", f"{self.skipped:,} skipped (NA cells)" if self.skipped else ""),
+            ("unique prompts", f"{self.unique:,}", "after dedup" if self.unique != self.rows - self.skipped else ""),
+            ("cache hits", f"{self.cached:,}", f"saved {money(self.saved)}" if self.saved > 0 else ""),
+            ("to send", f"{self.to_send:,}", "" if self.requests in (None, self.to_send)
+             else f"in {self.requests:,} requests (rows_per_request)"),
+            *([("too long", f"{self.too_long:,}", f"over the {self.context_window:,}-token context window: not sent; "
+                "shorten them or use a larger-context model")] if self.too_long else []),  # fmt: skip
+            (
+                "input tokens",
+                f"{self.input_tokens:,}",
+                "exact (tiktoken)" if self.input_exact else "estimated: tokenizer unknown, counted with o200k_base",
+            ),
+            ("output tokens", _range(self.output_tokens, lambda n: f"{round(n):,}"), self.output_basis),
+        ]
+        for label, value in (("cost, realtime", self.cost), ("cost, Batch API", self.batch_cost)):
+            if value is None:
+                rows.append((label, "price unknown", f"pass prices= to price {self.model!r}" if label.endswith("realtime") else ""))
+            else:
+                note = "" if value.expected is not None else "upper bound (max_tokens)"
+                if (self.mode == "batch") == label.endswith("API"):
+                    note = "this call" + (f", {note}" if note else "")
+                rows.append((label, _range(value, money), note))
+        saving = self.cache_saving
+        if self.cached_input_tokens and saving is not None:
+            rows.append(("prompt cache", f"-{money(saving)}", f"if the provider caches the {self.cache_prefix_tokens:,}"
+                         f"-token fixed prefix: {self.cached_input_tokens:,} input tokens at the cached rate"))
+        if self.max_cost is not None and self.expected_cost is not None:
+            rows.append(("max_cost", money(self.max_cost), self._budget_note()))
+        if self.sampled:
+            spent = "price unknown" if self.sample_cost is None else money(self.sample_cost)
+            rows.append(("sample", f"{self.sampled:,} requests", f"run for real, {spent} (cached: not paid again)"))
+        return rows
+
+    def _budget_note(self) -> str:
+        cost = self.expected_cost
+        assert cost is not None
+        worst = cost.high
+        if worst <= self.max_cost:
+            return "enough for the whole run"
+        likely = cost.expected if cost.expected is not None else cost.high
+        if likely <= self.max_cost:
+            return "probably enough, not for the worst case: the run may stop early"
+        return f"the run will stop early, after about {min(1.0, self.max_cost / likely):.0%} of the requests"
+
+    def __repr__(self) -> str:
+        rows = self.table()
+        width = max(len(r[0]) for r in rows)
+        vwidth = max(len(r[1]) for r in rows)
+        lines = [f"pandas-llm estimate for {self.model}"]
+        for label, value, note in rows:
+            lines.append(f"  {label:<{width}}  {value:>{vwidth}}  {note}".rstrip())
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        e = lambda s: html.escape(str(s), quote=False)  # noqa: E731
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{e(label)}</th><td style='text-align:right'>{e(value)}</td>"
+            f"<td style='text-align:left; opacity:0.75'>{e(note)}</td></tr>"
+            for label, value, note in self.table()
+        )
+        return (
+            f"<table class='pandas-llm-estimate'><caption style='text-align:left'><b>pandas-llm estimate</b>"
+            f" for {e(self.model)}</caption>{cells}</table>"
+        )
+
+
+def _range(r: Range, fmt: Callable[[float], str]) -> str:
+    if r.expected is None:
+        return f"≤ {fmt(r.high)}"
+    if fmt(r.low) == fmt(r.high):
+        return f"~{fmt(r.expected)}"
+    return f"~{fmt(r.expected)} ({fmt(r.low)} – {fmt(r.high)})"
+
+
+def estimate(
+    data: pd.DataFrame | pd.Series,
+    template: Any,
+    settings: Settings,
+    *,
+    verb: str = "map",
+    schema: Any = None,
+    labels: Any = None,
+    multi: bool = False,
+    reasons: bool = False,
+    sample: int | None = None,
+    output_tokens: int | None = None,
+    seed: int | None = None,
+    run_sample: Callable[[pd.DataFrame | pd.Series], pd.DataFrame] | None = None,
+) -> Estimate:
+    """Plan ``data`` like the verb would and price it; ``sample=k`` runs k prompts for real.
+
+    ``verb`` ("map", "extract", "classify") with ``schema=`` / ``labels=`` / ``multi=`` /
+    ``reasons=`` as the verb takes them: the requests counted are the verb's own (its
+    system instruction and ``response_format``, billed as input), packed when
+    ``settings.rows_per_request > 1`` (the packs' prompts and envelope schema), priced at
+    Batch API rates when ``settings.mode == "batch"`` (see ``Estimate.expected_cost``).
+    ``run_sample(subset) -> details frame`` runs the sample (the accessor passes its own
+    verb with ``details=True`` and the same options). Raises ConfigError as the verb would.
+    """
+    from ..verbs import requests_for  # structured imports the run machinery; estimate is lighter
+
+    for name, value in (("sample", sample), ("output_tokens", output_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+    sends = requests_for(settings, template, verb=verb, schema=schema, labels=labels, multi=multi, reasons=reasons)
+    price = resolve_price(settings.model, settings.prices)
+    observed: np.ndarray | None = None
+    sampled, sample_cost = 0, 0.0
+    if sample:
+        if run_sample is None:
+            raise ConfigError("estimate(sample=k) needs a way to run the sample")
+        subset = _pick(data, sends.template, sends.settings, sample, seed, sends.extra)
+        sampled = len(subset)
+        if sampled:
+            details = run_sample(subset)
+            answered = details[details["status"].isin(["ok", "length"]) & (details["completion_tokens"] > 0)]
+            observed = answered["completion_tokens"].to_numpy(dtype=float)
+            fresh = details[~details["from_cache"]]
+            sample_cost = None if fresh["cost"].isna().any() and len(fresh) else float(fresh["cost"].sum())
+
+    packer = sends.packer
+    store = Store(settings.cache_path)
+    try:
+        plan = make_plan(data, sends.template, sends.settings, store, extra=sends.extra)
+        to_send = len(plan.todo)
+        if packer is not None:
+            packer.prepare(plan, store)  # rows already answered in a pack are cache hits too
+    finally:
+        store.close()
+    known = encoding_name_for(settings.model) is not None
+    rf = sends.extra["response_format"] if sends.extra else None
+    requests: list[tuple[list[dict[str, Any]], int]]
+    if packer is not None:
+        requests = list(packer.layout(plan))
+        rf_single, rf_pack = packer.response_format_tokens
+    else:
+        requests = [(plan._render(plan.first_row[u]), 1) for u in plan.todo.tolist()]
+        rf_single = rf_pack = _schema_tokens(rf, settings.model)
+    params = settings.params
+    limit = params.get("max_completion_tokens") or params.get("max_tokens")
+    window = context_window(settings.model) if known else None
+    fits = math.inf if window is None else window - (limit or 1)  # as map's check (budget.ContextCheck)
+    input_tokens = too_long = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unknown tokenizer is said in the table instead
+        for messages, n in requests:
+            tokens = count_message_tokens(messages, settings.model)
+            if n == 1 and tokens > fits:  # map does not send it (status too_long)
+                too_long += 1
+                continue
+            input_tokens += tokens + (rf_pack if n > 1 else rf_single)
+        prefix = _cacheable_prefix(requests, rf, settings.model)
+    cached_input = prefix * max(0, len(requests) - too_long - 1)
+    rows_sent = sum(n for _, n in requests) - too_long
+    per_answer = _answer_tokens(sends, settings.model, packed=packer is not None, multi=multi, reasons=reasons)
+    if observed is None and output_tokens is None and per_answer is not None:
+        out, basis = Range(*(round(rows_sent * per_answer),) * 3), f"~{per_answer:.1f} per answer (the labels' JSON)"
+    else:
+        out, basis = _output(rows_sent, observed, limit, output_tokens)
+    if packer is not None:
+        packs = sum(1 for _, n in requests if n > 1)
+        extra_out = packs * _PACK_ENVELOPE + (rows_sent * _ITEM_ID if per_answer is None else 0)
+        out = out.scale(lambda x: x + extra_out)
+        basis += f"; {len(requests):,} requests ({packs:,} packs of up to {packer.k} rows)"
+    return Estimate(
+        model=settings.model,
+        **plan_counts(plan),
+        to_send=len(plan.todo) - too_long,
+        input_tokens=input_tokens,
+        input_exact=known,
+        output_tokens=out,
+        output_basis=basis,
+        price=price,
+        sampled=sampled,
+        sample_cost=sample_cost if price is not None else None,
+        max_cost=settings.max_cost,
+        requests=(len(requests) if packer is not None else to_send) - too_long,
+        mode=settings.mode,
+        cached_input_tokens=cached_input,
+        cache_prefix_tokens=prefix,
+        too_long=too_long,
+        context_window=window,
+    )
+
+
+def compare_models(models: Any, settings: Settings, one: Callable[[Settings], Estimate]) -> pd.DataFrame:
+    """The same job priced for each model, one row each (index ``model``): ``input_tokens``,
+    ``output_tokens`` (expected, or the bound), ``cost`` and ``batch_cost`` (USD, NaN when the
+    price is unknown), ``cost_per_1000_rows`` (USD, at the call's mode)."""
+    if isinstance(models, str) or not models:
+        raise ConfigError("models= must be a list of model names, e.g. models=['gpt-4o-mini', 'gpt-4.1-nano']")
+    rows = []
+    for model in models:
+        est = one(settings.merged(model=model))
+        cost, batch = est.cost, est.batch_cost
+        bill = est.expected_cost
+        rows.append({
+            "model": model,
+            "input_tokens": est.input_tokens,
+            "output_tokens": _point(est.output_tokens),
+            "cost": np.nan if cost is None else _point(cost),
+            "batch_cost": np.nan if batch is None else _point(batch),
+            "cost_per_1000_rows": np.nan if bill is None or not est.rows else _point(bill) * 1000 / est.rows,
+        })  # fmt: skip
+    return pd.DataFrame(rows).set_index("model")
+
+
+def _point(r: Range) -> float:
+    return float(r.expected if r.expected is not None else r.high)
+
+
+#: Completion tokens a packed answer adds: the envelope per pack, an id per item.
+_PACK_ENVELOPE = 4
+_ITEM_ID = 5
+#: Providers cache prompt prefixes from this many tokens on, in steps of _CACHE_STEP (OpenAI).
+CACHE_MIN_TOKENS = 1024
+_CACHE_STEP = 128
+
+
+def _schema_tokens(response_format: Any, model: str) -> int:
+    if response_format is None:
+        return 0
+    from .._structured.packing import _counter, _rf_tokens
+
+    return _rf_tokens(response_format, _counter(model))
+
+
+def _answer_tokens(sends: Any, model: str, *, packed: bool, multi: bool, reasons: bool) -> float | None:
+    """Completion tokens of one classify answer (a label's JSON; averaged over labels), or None
+    when the answer's length is not known from the schema (free text, extract, reasons)."""
+    if sends.labels is None or reasons:
+        return None
+    from .tokens import count_text_tokens
+
+    field = "labels" if multi else "label"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        texts = [orjson.dumps({"id": 10, field: [x] if multi else x} if packed else {field: [x] if multi else x})
+                 for x in sends.labels]  # fmt: skip
+        sizes = [count_text_tokens(t.decode() + ("," if packed else ""), model) for t in texts]
+    return sum(sizes) / len(sizes)
+
+
+def _cacheable_prefix(requests: list[tuple[list[dict[str, Any]], int]], rf: Any, model: str) -> int:
+    """Prompt tokens the provider's cache can serve on every request after the first: the
+    first two requests' common beginning (the schema, then the messages), counted when it is
+    at least CACHE_MIN_TOKENS long, in steps of _CACHE_STEP; 0 with fewer than 2 requests."""
+    if len(requests) < 2:
+        return 0
+    from .tokens import count_text_tokens
+
+    head = orjson.dumps(rf).decode() + "\n" if rf is not None else ""
+    a, b = (head + "\n".join(str(m.get("content", "")) for m in r[0]) for r in requests[:2])
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    tokens = count_text_tokens(a[:n], model) if n >= CACHE_MIN_TOKENS else 0
+    return tokens - tokens % _CACHE_STEP if tokens >= CACHE_MIN_TOKENS else 0
+
+
+def _pick(data: Any, template: Any, settings: Settings, k: int, seed: int | None, extra: Any = None) -> Any:
+    """k random rows asking distinct prompts (NA rows excluded), in frame order."""
+    with Store(None) as scratch:
+        plan = make_plan(data, template, settings, scratch, extra=extra)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(plan.keys), size=min(k, len(plan.keys)), replace=False)
+    rows = np.sort(plan.first_row[chosen])
+    return data.iloc[rows]
+
+
+def _output(n: int, observed: np.ndarray | None, limit: int | None, assumed: int | None) -> tuple[Range, str]:
+    """Completion tokens of ``n`` requests, and how that figure was arrived at."""
+    if observed is not None and len(observed):
+        m = len(observed)
+        mean = float(observed.mean())
+        half = 2 * float(observed.std(ddof=1)) / math.sqrt(m) if m > 1 else 0.0
+        lo = max(float(observed.min()), mean - half)
+        hi = min(float(observed.max()), mean + half)
+        if limit:
+            hi = min(hi, limit)
+        basis = f"from {m:,} sampled answer{'s' if m > 1 else ''}: mean {mean:,.1f} per answer"
+        return Range(round(n * lo), round(n * mean), round(n * hi)), basis
+    note = " (the sample gave no answers)" if observed is not None else ""
+    if assumed is not None:
+        per = min(assumed, limit) if limit else assumed
+        return Range(n * per, n * per, n * per), f"assumed {per:,} per answer (output_tokens=){note}"
+    if limit:
+        return Range(0, None, n * limit), f"at most max_tokens={limit:,} per answer; sample=k measures it{note}"
+    per = DEFAULT_OUTPUT_TOKENS
+    return (
+        Range(n * per, n * per, n * per),
+        f"assumed {per} per answer: pass sample=k to measure, max_tokens= to bound{note}",
+    )
+
+
+def plan_counts(plan: Any) -> dict[str, Any]:
+    """The figures every estimate reads off a plan: rows, NA-skipped rows, distinct
+    requests, rows answered from the cache and what those cost when paid (dollars)."""
+    codes = plan.codes
+    outcomes = plan.outcomes
+    return {
+        "rows": len(codes),
+        "skipped": int((codes < 0).sum()),
+        "unique": len(plan.keys),
+        "cached": int(outcomes.from_cache.sum()),
+        "saved": float(np.nansum(outcomes.cost[outcomes.from_cache])),
+    }

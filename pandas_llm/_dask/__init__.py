@@ -1,0 +1,1 @@
+"""Past one machine: the Dask accessor, the shared account limit, its coordinator."""

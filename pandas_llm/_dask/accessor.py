@@ -1,0 +1,236 @@
+"""``ddf.llm`` on Dask DataFrames and Series: the pandas verbs, run by every partition.
+
+    import pandas_llm, dask.dataframe as dd
+    ddf = dd.from_pandas(df, npartitions=8)
+    out = ddf.llm.map("Translate to French: {text}", model="gpt-4o-mini")  # lazy
+    out.compute()                                                          # sends
+
+``map``, ``extract`` and ``classify`` take the same keywords as on pandas and return a
+lazy Dask Series / DataFrame aligned to the partitions' index; its ``meta`` (dtypes,
+columns, categories) comes from running the pandas verb on the empty ``meta`` frame, so
+it is exactly what a partition returns and no request is sent to know it (a bad template
+or keyword fails here, at once). ``estimate`` is eager.
+
+Each partition runs the pandas engine on its worker with the settings in force on the
+driver when the verb was called (``configure()`` / ``with settings()`` / keywords), the
+cache path made absolute, and no progress display on the workers.
+
+Registration: importing pandas_llm does not import Dask (it takes seconds); the accessor
+is registered as soon as ``dask.dataframe`` is imported, before or after pandas_llm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.abc
+import importlib.util
+import os
+import sys
+import threading
+from typing import Any
+
+import pandas as pd
+
+from ..config import Settings, _defaults, current_settings
+from ..errors import ConfigError
+
+__all__ = ["DaskLLMAccessor", "install"]
+
+
+class DaskLLMAccessor:
+    """``ddf.llm`` / ``dseries.llm``: the pandas verbs, lazily, one run per partition."""
+
+    def __init__(self, obj: Any):
+        self._obj = obj
+
+    def map(self, template: Any, *, schema: Any = None, details: bool = False, **options: Any) -> Any:
+        """Lazy :meth:`pandas_llm.LLMAccessor.map`: a Dask Series of strings (or the details
+        DataFrame), one value per row, aligned to the partitions' index."""
+        return self._lazy("map", template, {"schema": schema, "details": details}, options)
+
+    def extract(self, template: Any, schema: Any, *, flatten: bool | str = False, details: bool = False,
+                **options: Any) -> Any:  # fmt: skip
+        """Lazy :meth:`pandas_llm.LLMAccessor.extract`: a Dask DataFrame, one typed column per field."""
+        return self._lazy("extract", template, {"schema": schema, "flatten": flatten, "details": details}, options)
+
+    def classify(self, template: Any, labels: Any, *, multi: bool = False, reasons: bool = False,
+                 details: bool = False, **options: Any) -> Any:  # fmt: skip
+        """Lazy :meth:`pandas_llm.LLMAccessor.classify`: a categorical Dask Series of the labels."""
+        verb_kw = {"labels": labels, "multi": multi, "reasons": reasons, "details": details}
+        return self._lazy("classify", template, verb_kw, options)
+
+    def estimate(self, template: Any, *, sample: int | None = None, output_tokens: int | None = None,
+                 seed: int | None = None, **options: Any) -> Any:  # fmt: skip
+        """Eager :meth:`pandas_llm.LLMAccessor.estimate` over the whole collection.
+
+        The template's columns (all columns for a function template) are computed and
+        brought to the driver, then estimated as one pandas frame: dedup across partitions
+        and ``sample=`` are exact. Returns an ``Estimate``."""
+        from ..accessor import LLMAccessor
+        from .._plan.prompts import compile_template
+
+        settings = _driver_settings(options)
+        obj = self._obj
+        if not _is_series(obj) and not callable(template):
+            columns = list(compile_template(template, [str(c) for c in obj.columns], series=False).columns)
+            obj = obj[[c for c in obj.columns if str(c) in columns]]
+        data = obj.compute()
+        token = _defaults.set(settings)
+        try:
+            return LLMAccessor(data).estimate(template, sample=sample, output_tokens=output_tokens, seed=seed)
+        finally:
+            _defaults.reset(token)
+
+    def _lazy(self, verb: str, template: Any, verb_kw: dict[str, Any], options: dict[str, Any]) -> Any:
+        settings = _driver_settings(options)
+        if settings.mode != "realtime":
+            raise ConfigError(
+                f"mode={settings.mode!r} is not available on Dask yet: each partition would submit and wait for "
+                "its own Batch API job. Use mode='realtime' on Dask, or compute the frame and use the pandas "
+                "accessor's mode='batch' (the same requests and cache keys)."
+            )
+        if settings.max_cost is not None:
+            raise ConfigError(
+                "max_cost is not available on Dask yet: each partition would apply it on its own, so the "
+                "compute could spend the cap once per partition. Run ddf.llm.estimate(...) first, or compute "
+                "the frame and use the pandas accessor's max_cost."
+            )
+        meta = _partition(self._obj._meta, verb, template, verb_kw, dataclasses.replace(settings, cache=False))
+        account = _cluster_limit(settings)
+        return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, account, meta=meta)
+
+
+def _is_series(obj: Any) -> bool:
+    return isinstance(getattr(obj, "_meta", None), pd.Series)
+
+
+def _driver_settings(options: dict[str, Any]) -> Settings:
+    """The driver's settings for this call, as the workers will use them."""
+    settings = current_settings().merged(**options)
+    path = settings.cache_path
+    cache: Any = False if path is None else os.path.abspath(path)  # the workers' cwd may differ
+    if path is not None:
+        from .._store.leases import warn_if_network
+
+        warn_if_network(cache, stacklevel=4)
+    return dataclasses.replace(settings, cache=cache, progress=False)
+
+
+def _partition(part: Any, verb: str, template: Any, verb_kw: dict[str, Any], settings: Settings,
+               account: str | None = None) -> Any:  # fmt: skip
+    """One partition's run, on its worker, with the driver's settings and the shared limit."""
+    from ..accessor import LLMAccessor
+    from .._run.run import limiter_wrapper
+
+    token = _defaults.set(settings)
+    wrap = limiter_wrapper.set(_shared_limit(settings, account) if len(part) else None)
+    try:
+        return getattr(LLMAccessor(part), verb)(template, **verb_kw)
+    finally:
+        limiter_wrapper.reset(wrap)
+        _defaults.reset(token)
+
+
+# ---- one account limit for the cluster (shared_limit.py) ---------------------------------
+
+
+def _account(settings: Settings) -> tuple[str, str]:
+    return settings.endpoint, settings.model
+
+
+def _cluster_limit(settings: Settings) -> str | None:
+    """The account's name for the coordinator on the driver's distributed scheduler (whose
+    plugin is installed there once), or None without a distributed client."""
+    if "distributed" not in sys.modules:
+        return None  # no distributed client can exist: partitions share an in-process coordinator
+    from distributed import get_client
+
+    from .coordinator import ensure_plugin
+
+    try:
+        client = get_client()
+    except ValueError:
+        return None
+    ensure_plugin(client)
+    return "\0".join(_account(settings))
+
+
+def _shared_limit(settings: Settings, account: str | None) -> Any:
+    """A Limiter -> SharedLimiter wrapper reaching the account's coordinator."""
+    from .limit import SharedLimiter, local_coordinator
+
+    remote = None
+    if account is not None:
+        from .coordinator import remote_coordinator
+
+        remote = remote_coordinator(account)  # None: computed without a distributed worker
+    ask, pause = remote if remote is not None else local_coordinator(_account(settings))
+    return lambda inner: SharedLimiter(inner, ask, pause, rpm=settings.rpm, tpm=settings.tpm)
+
+
+# ---- registration -------------------------------------------------------------------------
+
+_registered = False
+_lock = threading.Lock()
+
+
+def _register() -> None:
+    global _registered
+    with _lock:
+        if _registered:
+            return
+        from dask.dataframe.extensions import register_dataframe_accessor, register_series_accessor
+
+        register_dataframe_accessor("llm")(DaskLLMAccessor)
+        register_series_accessor("llm")(DaskLLMAccessor)
+        _registered = True
+
+
+class _WhenImported(importlib.abc.MetaPathFinder):
+    """Registers the accessor right after ``dask.dataframe`` is imported (it is not ours to import:
+    ~3 s), by wrapping that one module's ``exec_module``; then steps out of ``sys.meta_path``."""
+
+    _busy = False
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "dask.dataframe" or self._busy:
+            return None
+        self._busy = True
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._busy = False
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            _uninstall_hook()
+            _register()
+
+        loader.exec_module = exec_module  # this loader object serves this one module only
+        return spec
+
+
+_hook: _WhenImported | None = None
+
+
+def _uninstall_hook() -> None:
+    global _hook
+    if _hook is not None and _hook in sys.meta_path:
+        sys.meta_path.remove(_hook)
+    _hook = None
+
+
+def install() -> None:
+    """Register ``ddf.llm`` now if Dask's DataFrame is imported, else when it is (no-op without Dask)."""
+    global _hook
+    if "dask.dataframe" in sys.modules and hasattr(sys.modules["dask.dataframe"], "DataFrame"):
+        _register()
+        return
+    if _hook is not None or importlib.util.find_spec("dask") is None:
+        return
+    _hook = _WhenImported()
+    sys.meta_path.insert(0, _hook)

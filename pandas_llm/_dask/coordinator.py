@@ -1,0 +1,65 @@
+"""The account limits' coordinators on the Dask scheduler (imported only with ``distributed``).
+
+One :class:`~pandas_llm._dask.limit.Coordinator` per account (endpoint, model) lives in a
+scheduler plugin, reached by the workers through two scheduler handlers. On the scheduler,
+not in an actor on a worker: a worker can die mid-compute (its tasks are rerun elsewhere),
+the scheduler is the cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from distributed import get_worker
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.utils import sync
+
+from .limit import Coordinator
+
+__all__ = ["LimitsPlugin", "ensure_plugin", "remote_coordinator"]
+
+NAME = "pandas-llm-limits"
+
+
+class LimitsPlugin(SchedulerPlugin):
+    name = NAME
+
+    def __init__(self) -> None:
+        self.coordinators: dict[str, Coordinator] = {}
+
+    async def start(self, scheduler: Any) -> None:
+        scheduler.handlers["pandas_llm_grant"] = self.grant
+        scheduler.handlers["pandas_llm_pause"] = self.pause
+
+    def grant(self, account: str, tokens: int, rpm: float | None, tpm: float | None, known: bool) -> Any:
+        coord = self.coordinators.setdefault(account, Coordinator())
+        return list(coord.grant(tokens, rpm, tpm, known))
+
+    def pause(self, account: str, seconds: float) -> None:
+        self.coordinators.setdefault(account, Coordinator()).pause(seconds)
+
+
+def ensure_plugin(client: Any) -> None:
+    """Install the plugin on ``client``'s scheduler unless it is there (its coordinators stay)."""
+    there = client.run_on_scheduler(lambda dask_scheduler: NAME in dask_scheduler.plugins)
+    if not there:
+        client.register_plugin(LimitsPlugin(), name=NAME)
+
+
+def remote_coordinator(account: str) -> tuple[Callable[..., Any], Callable[[float], None]] | None:
+    """``(ask, pause)`` reaching the scheduler's coordinator of ``account`` from this worker
+    (blocking calls, for any thread of the worker's process); None outside a worker."""
+    try:
+        worker = get_worker()
+    except ValueError:
+        return None
+    scheduler, loop = worker.scheduler, worker.loop
+
+    def ask(tokens: int, rpm: float | None, tpm: float | None, known: bool) -> tuple[float, int, int, float]:
+        out = sync(loop, scheduler.pandas_llm_grant, account=account, tokens=tokens, rpm=rpm, tpm=tpm, known=known)
+        return tuple(out)  # type: ignore[return-value]
+
+    def pause(seconds: float) -> None:
+        sync(loop, scheduler.pandas_llm_pause, account=account, seconds=seconds)
+
+    return ask, pause

@@ -1,0 +1,128 @@
+"""Results: per-request outcomes, assembled into a Series / DataFrame aligned to the input.
+
+Outcomes are kept per distinct request in flat numpy arrays (not one object per row),
+then broadcast to rows through the dedup codes at the end.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._store.store import Record
+
+__all__ = ["Outcomes", "STATUS_MEANING"]
+
+#: What each per-row status means, for the failure warning and the docs.
+STATUS_MEANING = {
+    "ok": "answered",
+    "skipped": "not sent: a cell used by the template was NA",
+    "error": "the endpoint refused the request (HTTP 400 or similar) or answered with an error",
+    "failed": "transient errors persisted after every retry",
+    "length": "cut off at max_tokens (finish_reason=length)",
+    "content_filter": "withheld or refused by the provider's content filter (finish_reason or an HTTP 400 about the prompt's content)",
+    "refused": "the model refused to answer",
+    "empty": "the model answered with an empty string",
+    "invalid": "the answer did not match the schema",
+    "budget": "not sent: it could have taken the run over max_cost",
+    "too_long": "not sent: the prompt does not fit the model's context window",
+    "token_limit": "its batch was refused over the account's enqueued-token limit: lower batch_limits={'enqueued_tokens': ...}",
+    "stopped": "not sent: the run was stopped (interrupt or fatal error)",
+    "deadline": "not sent: the run's deadline passed first",
+    "expired": "its batch expired before answering it; a rerun submits it again",
+    "cancelled": "its batch was cancelled before answering it; a rerun submits it again",
+}
+
+
+class Outcomes:
+    """One slot per distinct request; filled from the cache and as answers arrive."""
+
+    def __init__(self, n: int):
+        self.output = np.full(n, None, dtype=object)
+        self.status = np.full(n, None, dtype=object)
+        self.error = np.full(n, None, dtype=object)
+        self.finish_reason = np.full(n, None, dtype=object)
+        self.prompt_tokens = np.zeros(n, dtype=np.int64)
+        self.completion_tokens = np.zeros(n, dtype=np.int64)
+        self.cached_tokens = np.zeros(n, dtype=np.int64)
+        self.cost = np.full(n, np.nan)
+        self.attempts = np.zeros(n, dtype=np.int64)
+        self.from_cache = np.zeros(n, dtype=bool)
+
+    def fill(self, u: int, r: Record, *, from_cache: bool = False) -> None:
+        self.output[u] = r.output
+        self.status[u] = r.status
+        self.error[u] = r.error
+        self.finish_reason[u] = r.finish_reason
+        self.prompt_tokens[u] = r.prompt_tokens
+        self.completion_tokens[u] = r.completion_tokens
+        self.cached_tokens[u] = r.cached_tokens
+        self.cost[u] = np.nan if r.cost is None else r.cost
+        self.attempts[u] = r.attempts
+        self.from_cache[u] = from_cache
+
+    def records(self, keys: Any, model: str | None = None) -> list[Record]:
+        """A Record for every slot with an outcome from the endpoint or the cache (not the
+        unsent ones): what a recreated cache file must hold again."""
+        unsent = {None, "budget", "stopped", "deadline", "unsent", "skipped", "expired", "cancelled"}
+        out = []
+        for u in np.flatnonzero([st not in unsent for st in self.status]).tolist():
+            cost = self.cost[u]
+            out.append(Record(
+                keys[u], self.status[u], self.output[u], self.finish_reason[u], int(self.prompt_tokens[u]),
+                int(self.completion_tokens[u]), int(self.cached_tokens[u]), None if np.isnan(cost) else float(cost),
+                self.error[u], int(self.attempts[u]), model,
+            ))  # fmt: skip
+        return out
+
+    def mark_unsent(self, status: str) -> int:
+        """Label every slot that got no outcome (the run stopped before sending it); return how many."""
+        empty = self.status == None  # noqa: E711 - elementwise
+        self.status[empty] = status
+        return int(empty.sum())
+
+    def series(self, codes: np.ndarray, index: pd.Index, name: Any = None) -> pd.Series:
+        """The answers per row: string dtype, NA where a row was skipped or failed."""
+        ok = self.status == "ok"
+        per_unique = np.where(ok, self.output, None)
+        values = _take(per_unique, codes, None)
+        return pd.Series(pd.array(values, dtype="string"), index=index, name=name, copy=False)
+
+    def details(self, codes: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        """Per-row status, error, finish_reason, tokens, cost, attempts and from_cache."""
+        ok = self.status == "ok"
+        frame = pd.DataFrame(
+            {
+                "output": pd.array(_take(np.where(ok, self.output, None), codes, None), dtype="string"),
+                "status": pd.array(_take(self.status, codes, "skipped"), dtype="string"),
+                "error": pd.array(_take(self.error, codes, None), dtype="string"),
+                "finish_reason": pd.array(_take(self.finish_reason, codes, None), dtype="string"),
+                "prompt_tokens": pd.array(_take(self.prompt_tokens, codes, 0), dtype="Int64"),
+                "completion_tokens": pd.array(_take(self.completion_tokens, codes, 0), dtype="Int64"),
+                "cached_tokens": pd.array(_take(self.cached_tokens, codes, 0), dtype="Int64"),
+                "cost": pd.array(_take(self.cost, codes, np.nan), dtype="Float64"),
+                "attempts": pd.array(_take(self.attempts, codes, 0), dtype="Int64"),
+                "from_cache": _take(self.from_cache, codes, False).astype(bool),
+            },
+            index=index,
+        )
+        return frame
+
+    def row_status_counts(self, codes: np.ndarray) -> Counter:
+        statuses = _take(self.status, codes, "skipped")
+        return Counter(statuses.tolist())
+
+
+def _take(per_unique: np.ndarray, codes: np.ndarray, fill: Any) -> np.ndarray:
+    """Broadcast per-request values to rows; code -1 (a skipped row) gets ``fill``."""
+    if len(codes) == 0:
+        return per_unique[:0]
+    out = per_unique[np.maximum(codes, 0)] if len(per_unique) else np.full(len(codes), fill, dtype=object)
+    skipped = codes < 0
+    if skipped.any():
+        out = out.astype(object) if out.dtype != object and fill is None else out.copy()
+        out[skipped] = fill
+    return out

@@ -1,0 +1,330 @@
+"""Planning: every stage before the first request — prompts, requests, dedup, cache lookup.
+
+Nothing here spends money, so every mistake in the arguments surfaces here, before any
+call. The plan keeps one int per row and one per distinct request, never the rendered
+prompts nor their keys: those are rendered again, lazily, for the requests that are sent.
+For ``str`` templates a row's key is hashed straight from the formatted text (the JSON
+around it is serialised once), ~1.2 µs a row; dedup and the cache look-up are in bulk
+(dedup.py, resume.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from .._store.store import Store
+from ..config import Settings
+from .dedup import KEY_SIZE, Keys, dedup
+from ..errors import PandasLLMError, TemplateError
+from .prompts import Row, Template, compile_template, render_column, to_messages
+from .requests import RequestBuilder
+from .lookup import load_cached
+from .outcomes import Outcomes
+from .._run.engine import Sized
+
+__all__ = ["Plan", "make_plan"]
+
+
+@dataclass
+class Plan:
+    """What a run will do: per-row codes into distinct requests, and which need sending."""
+
+    index: pd.Index
+    codes: np.ndarray  # per row: distinct-request number, -1 for a skipped row
+    keys: Sequence[bytes]  # per distinct request (dedup.Keys: recomputed once released)
+    first_row: np.ndarray  # per distinct request: the first row that asked it
+    todo: np.ndarray  # distinct requests not answered by the cache, in row order
+    outcomes: Outcomes
+    builder: RequestBuilder
+    _render: Any  # position -> messages
+    _encode: Any = None  # position -> (key, body), the fast way when the template allows
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.codes)
+
+    def jobs(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """(distinct request, key, body) for each request to send, rendered on demand."""
+        return Sized(self._jobs(), len(self.todo))
+
+    def _jobs(self) -> Iterator[tuple[int, bytes, bytes]]:
+        encode = self._encode or (lambda i: self.builder.encode(self._render(i)))
+        first = self.first_row
+        for u in self.todo.tolist():
+            key, body = encode(first[u])
+            yield u, key, body
+
+    def body_of(self, u: int) -> bytes:
+        return self.builder.encode(self._render(self.first_row[u]))[1]
+
+
+def make_plan(
+    data: pd.DataFrame | pd.Series,
+    template: Any,
+    settings: Settings,
+    store: Store,
+    *,
+    extra: dict[str, Any] | None = None,
+    kind: Any = None,
+) -> Plan:
+    """Render, key, dedup and look up every row of ``data``; raise before spending on bad input.
+
+    ``kind`` (endpoints.py): another endpoint's request builder and outcome slots."""
+    series = isinstance(data, pd.Series)
+    frame = data.to_frame(name="__value__") if series else data
+    columns = list(frame.columns)
+    names = ([data.name] if data.name is not None else []) if series else columns
+    tmpl = compile_template(template, names, series=series)
+    if series and not tmpl.is_callable:
+        tmpl = Template(tmpl.source, ("__value__",) * len(tmpl.columns), tmpl._fmt, tmpl.raw)
+    if not series and not tmpl.is_callable:
+        _check_duplicates(frame, tmpl.columns)  # duplicates the template does not read are fine
+    builder = RequestBuilder(settings, extra=extra) if kind is None else kind.builder(settings)
+    arrays = None if tmpl.is_callable else _values(frame, tmpl, settings)
+    render = _renderer(frame, tmpl, settings, arrays)
+    skip = _skip_mask(frame, tmpl, settings)
+    if tmpl.is_callable:
+        encode, keybuf, skip = _callable_keys(frame, builder, render, len(frame))
+    else:
+        encode, keybuf = _keys(tmpl, settings, builder, render, arrays, skip, len(frame), frame.index)
+    codes, first, blob = dedup(keybuf, skip)
+    del keybuf
+    keys = Keys(blob, lambda u: encode(first[u])[0])
+    outcomes = Outcomes(len(keys)) if kind is None else kind.outcomes(len(keys))
+    load_cached(store, keys, outcomes)
+    keys.release()  # the engine gets each key with its body; 32 bytes a row saved
+    todo = np.flatnonzero(~outcomes.from_cache)
+    return Plan(frame.index, codes, keys, first, todo, outcomes, builder, render, encode)
+
+
+_CHUNK = 1 << 16  # rows rendered at a time while keying (bounds the temporary strings)
+
+
+def _check_duplicates(frame: pd.DataFrame, used: Sequence[Any]) -> None:
+    dupes = frame.columns[frame.columns.duplicated()]
+    clash = sorted({str(c) for c in used if c in set(dupes)})
+    if clash:
+        raise TemplateError(
+            f"the template reads {clash}, and the frame has several columns of that name; "
+            "rename them first (e.g. df.columns = [...])"
+        )
+
+
+def _callable_keys(frame: pd.DataFrame, builder: RequestBuilder, render, n: int):
+    """``(encode, keybuf, skip)`` for a function template: each row rendered once; a row whose
+    function read an NA cell under ``na="skip"`` is skipped (``render`` returns None)."""
+    keybuf = bytearray(KEY_SIZE * n)
+    skip = np.zeros(n, dtype=bool)
+
+    def encode(i: int) -> tuple[bytes, bytes]:
+        return builder.encode(render(i))
+
+    for i in range(n):
+        messages = render(i)
+        if messages is None:
+            skip[i] = True
+            continue
+        keybuf[KEY_SIZE * i : KEY_SIZE * (i + 1)] = builder.encode(messages)[0]
+    return encode, keybuf, (skip if skip.any() else None)
+
+
+def _format_failure(tmpl: Template, arrays, index: pd.Index, exc: Exception) -> TemplateError:
+    """The row that a format spec cannot format, and why (``{text:%Y}`` on a str)."""
+    for i in range(len(index)):
+        try:
+            tmpl._fmt.format(*[a[i] for a in arrays])  # type: ignore[union-attr]
+        except Exception as row_exc:  # noqa: BLE001 - reported with its row
+            exc = row_exc
+            where = f" on row {index[i]!r}"
+            break
+    else:
+        where = ""
+    return TemplateError(
+        f"the template {tmpl.source!r} cannot be formatted{where}: {type(exc).__name__}: {exc}. "
+        "Check the format specs after ':' (e.g. {price:.2f} needs a number), or use a function template."
+    )
+
+
+def _keys(tmpl: Template, settings: Settings, builder: RequestBuilder, render, arrays, skip, n: int, index=None):
+    """``(encode, keybuf)``: a row -> (key, body) function, and every row's key end to end."""
+    try:
+        return _keys_unchecked(tmpl, settings, builder, render, arrays, skip, n)
+    except PandasLLMError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        raise _format_failure(tmpl, arrays, index if index is not None else pd.RangeIndex(n), exc) from exc
+
+
+def _keys_unchecked(tmpl: Template, settings: Settings, builder: RequestBuilder, render, arrays, skip, n: int):
+    keybuf = bytearray(KEY_SIZE * n)
+    rows = range(n) if skip is None else np.flatnonzero(~skip)
+    system = settings.system
+    codec = builder.text_codec([{"role": "system", "content": system}] if system is not None else [])
+    if codec is None:
+        encode = lambda i: builder.encode(render(i))  # noqa: E731
+
+        for i in rows:
+            keybuf[KEY_SIZE * i : KEY_SIZE * (i + 1)] = encode(i)[0]
+        return encode, keybuf
+    fmt = tmpl._fmt.format  # type: ignore[union-attr]
+    if len(arrays) == 1:
+        only = arrays[0]
+
+        def encode(i: int) -> tuple[bytes, bytes]:
+            return codec.encode(fmt(only[i]))
+
+    else:
+
+        def encode(i: int) -> tuple[bytes, bytes]:
+            return codec.encode(fmt(*[a[i] for a in arrays]))
+
+    pre, tail, dumps = codec._pre, codec.tail, orjson.dumps
+    positions = np.arange(n) if skip is None else rows
+    for start in range(0, len(positions), _CHUNK):
+        at = positions[start : start + _CHUNK]
+        if skip is None:
+            cols = [a[start : start + _CHUNK].tolist() for a in arrays]
+        else:
+            cols = [a[at].tolist() for a in arrays]
+        if len(cols) == 1:
+            texts = map(fmt, cols[0])
+        elif cols:
+            texts = (fmt(*values) for values in zip(*cols))
+        else:
+            texts = [fmt()] * len(at)
+        for i, text in zip(at.tolist(), texts):
+            h = pre.copy()
+            h.update(dumps(text))
+            h.update(tail)
+            keybuf[KEY_SIZE * i : KEY_SIZE * (i + 1)] = h.digest()
+    return encode, keybuf
+
+
+def _values(frame: pd.DataFrame, tmpl: Template, settings: Settings) -> list[np.ndarray]:
+    """One object array per placeholder slot: the cells rendered (prompts.render_value), or
+    raw where the placeholder has a format spec; NA as "" when ``na="empty"``."""
+    arrays = []
+    raw_flags = tmpl.raw or (False,) * len(tmpl.columns)
+    for col, raw in zip(tmpl.columns, raw_flags):
+        values = _cells(frame[col])
+        if settings.na == "empty":
+            values = np.where(pd.isna(values), "", values)
+        if not raw:
+            values = render_column(values, col, frame.index)
+        arrays.append(values)
+    return arrays
+
+
+def _cells(column: pd.Series) -> np.ndarray:
+    """The column as an object array; float32/float16 cells stay numpy scalars so they
+    render in their own shortest repr (``to_numpy(object)`` would widen them to float64)."""
+    dtype = column.dtype
+    npdt = getattr(dtype, "numpy_dtype", dtype)
+    if isinstance(npdt, np.dtype) and npdt.kind == "f" and npdt.itemsize < 8:
+        narrow = column.to_numpy(dtype=npdt, na_value=np.nan)
+        out = np.empty(len(narrow), dtype=object)
+        out[:] = list(narrow)
+        return out
+    return column.to_numpy(dtype=object)
+
+
+def _renderer(frame: pd.DataFrame, tmpl: Template, settings: Settings, arrays: list[np.ndarray] | None = None):
+    system = settings.system
+    if tmpl.is_callable:
+        names = [str(c) for c in frame.columns]
+        arrays = [frame.iloc[:, j].to_numpy(dtype=object) for j in range(frame.shape[1])]
+        dupes = {str(c) for c in frame.columns[frame.columns.duplicated()]}
+        na, index = settings.na, frame.index
+
+        def render_callable(i: int) -> list[dict] | None:
+            """The row's messages; None under ``na="skip"`` when the function read an NA cell."""
+            row = _ReadRow(zip(names, (a[i] for a in arrays)), na=na, ambiguous=dupes)
+            try:
+                out = tmpl.render_row(row)
+            except PandasLLMError:
+                raise
+            except Exception as exc:
+                raise TemplateError(
+                    f"the template function failed on row {index[i]!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if row._read_na:
+                return None
+            return to_messages(out, system)
+
+        return render_callable
+    if arrays is None:
+        arrays = _values(frame, tmpl, settings)
+    fmt = tmpl.render
+    head = [{"role": "system", "content": system}] if system is not None else []
+    if len(arrays) == 1:
+        only = arrays[0]
+
+        def render_one(i: int) -> list[dict]:
+            return [*head, {"role": "user", "content": fmt((only[i],))}]
+
+        return render_one
+
+    def render_many(i: int) -> list[dict]:
+        return [*head, {"role": "user", "content": fmt([a[i] for a in arrays])}]
+
+    return render_many
+
+
+class _ReadRow(Row):
+    """A function template's row that applies ``na=`` to the cells the function reads
+    (``row["col"]``, ``row.col``, ``row.get("col")``; ``values()``/``items()`` read them all):
+    under ``"skip"`` reading an NA cell skips the row, under ``"empty"`` it reads as ""."""
+
+    def __init__(self, cells: Any, *, na: str, ambiguous: set[str]):
+        super().__init__(cells)
+        self._na, self._ambiguous, self._read_na = na, ambiguous, False
+
+    def _seen(self, name: Any, value: Any) -> Any:
+        if name in self._ambiguous:
+            raise TemplateError(
+                f"the template function reads {name!r}, and the frame has several columns of that name; rename them first"
+            )
+        if _is_na(value):
+            if self._na == "empty":
+                return ""
+            self._read_na = True
+        return value
+
+    def __getitem__(self, name: Any) -> Any:
+        return self._seen(name, super().__getitem__(name))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def get(self, name: Any, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+    def values(self):  # type: ignore[override]
+        return [self[k] for k in self]
+
+    def items(self):  # type: ignore[override]
+        return [(k, self[k]) for k in self]
+
+
+def _is_na(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value)) if np.ndim(value) == 0 else False
+    except (TypeError, ValueError):
+        return False
+
+
+def _skip_mask(frame: pd.DataFrame, tmpl: Template, settings: Settings) -> np.ndarray | None:
+    if tmpl.is_callable or settings.na != "skip" or not tmpl.columns:
+        return None
+    mask = frame[list(tmpl.columns)].isna().any(axis=1).to_numpy()
+    return mask if mask.any() else None

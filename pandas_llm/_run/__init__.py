@@ -1,0 +1,1 @@
+"""Realtime execution: the Run, the engine, the rate limiter, the budget."""

@@ -1,0 +1,360 @@
+"""One run, end to end: plan (no spending), execute (the engine), assemble (the result).
+
+The accessor builds a ``Run``; the sync API drives ``execute`` on the background loop,
+the async API awaits it on the caller's loop. Either way the same code runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import warnings
+import weakref
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from . import inflight
+from .._backends import make_backend
+from .budget import Budget, ContextCheck, Meter
+from .._store.store import Store
+from ..config import Settings
+from ..errors import FatalAPIError, LocalServerError, find_stack_level as caller_stacklevel
+from .._store.leases import Claims, warn_if_network
+from .._plan.planner import Plan, make_plan
+from .._display.progress import make_observer
+from .limiter import Limiter
+from .._plan.outcomes import STATUS_MEANING
+from .engine import Engine, RetryPolicy, RunStats
+
+__all__ = ["Run", "RunReport", "RunWarning", "last_run"]
+
+
+class RunWarning(UserWarning):
+    """Some rows of a run did not get an answer; the warning says how many and why."""
+
+
+@dataclass
+class RunReport:
+    """What the last run did: its figures, and per-row details on demand."""
+
+    stats: RunStats
+    plan: Plan
+    packing: Any = None  # packing.PackingReport when rows_per_request > 1
+
+    @property
+    def details(self) -> pd.DataFrame:
+        """Per row: output, status, error, finish_reason, tokens, cost, attempts, from_cache."""
+        return self.plan.outcomes.details(self.plan.codes, self.plan.index)
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        """The rows without an answer, with their status and error."""
+        d = self.details
+        return d[d["status"] != "ok"]
+
+    def summary(self) -> str:
+        s = self.stats
+        cost = f"${s.cost:.4f}" if s.cost_known else "price unknown"
+        if s.lost_answers:  # sent, answer lost: the provider may bill them
+            worst = f"up to ${s.possibly_billed:.4f}" if s.cost_known else "price unknown"
+            cost += f" + {worst} possibly billed ({s.lost_answers} answers lost)"
+        return (
+            f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "
+            f"{s.sent_done} requests sent ({s.ok} ok"
+            + (f", {s.attempts} HTTP attempts" if getattr(s, "attempts", 0) > s.sent_done else "")  # retries
+            + f"), {s.prompt_tokens} prompt{cached_share(s)} + "
+            f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"
+        ) + (f"; {self.packing}" if self.packing is not None else "")
+
+    def __repr__(self) -> str:
+        return f"<RunReport {self.stats.outcome}: {self.summary()}>"
+
+
+def cached_share(stats: RunStats) -> str:
+    """`` (N from the provider's prompt cache, P%)`` when some prompt tokens were, else ""."""
+    if not stats.cached_tokens or not stats.prompt_tokens:
+        return ""
+    return f" ({stats.cached_tokens} from the provider's prompt cache, {stats.cached_tokens / stats.prompt_tokens:.0%})"
+
+
+_last: RunReport | None = None
+
+
+def last_run() -> RunReport | None:
+    """The report of the most recent run in this process (``None`` before the first)."""
+    return _last
+
+
+#: Set by a Dask partition (pandas_llm._dask.accessor): wraps each run's Limiter so the cluster shares
+#: one account limit (shared_limit.py). Read when the Run is built, in the caller's thread.
+limiter_wrapper: ContextVar[Callable[[Limiter], Any] | None] = ContextVar("pandas_llm_limiter_wrapper", default=None)
+
+
+class Run:
+    """Plan at construction (raises on bad input before any request), then execute."""
+
+    #: Frames from the failure warning up to the user's line (user -> verb -> result -> warn).
+
+    def __init__(
+        self, data: pd.DataFrame | pd.Series | None, template: Any, settings: Settings, *, extra=None, validate=None,
+        packing=None, plan: Plan | None = None, kind=None,
+    ):  # fmt: skip
+        """``validate``: answer text -> error or None (see Engine); ``packing``: a packing.Packer;
+        ``plan``: send this plan's ``todo`` instead of planning ``data`` (the rows a packed batch
+        sends again on their own); ``kind``: a non-chat endpoint (endpoints.py), with
+        ``packing`` its grouping.Grouper."""
+        self.settings = settings
+        self.validate = validate
+        self.packing = packing
+        self._limiter: Limiter | None = None  # one per run, shared by every engine of the run
+        self._wrap_limiter = limiter_wrapper.get()
+        self._context = ContextCheck.for_model(settings.model) if kind is None else None  # None: not known
+        self._engines: list[Engine] = []
+        self._stopping = False
+        self.name = data.name if isinstance(data, pd.Series) else None
+        if settings.cache_path is not None:
+            warn_if_network(settings.cache_path, stacklevel=caller_stacklevel())
+        self._token = inflight.open_run()  # before reading the cache: see inflight.py
+        weakref.finalize(self, inflight.close_run, self._token)  # a Run planned but never executed (batch jobs)
+        try:
+            self.store = Store(settings.cache_path)  # proves it can write before anything is planned
+        except BaseException:
+            inflight.close_run(self._token)
+            raise
+        try:
+            if plan is None:
+                plan = make_plan(data, template, settings, self.store, extra=extra, kind=kind)
+            self.plan = plan
+            if packing is not None:
+                packing.prepare(plan, self.store)  # packed answers from the cache; narrows plan.todo
+            meter = Meter.for_settings if kind is None else kind.meter
+            self.meter = meter(settings) if len(plan.todo) or settings.max_cost else None
+            self.backend = make_backend(settings, kind) if len(plan.todo) else None
+        except BaseException:
+            inflight.close_run(self._token)
+            self.store.close()
+            raise
+        codes = plan.codes
+        sent = codes >= 0
+        cached_rows = int(plan.outcomes.from_cache[codes[sent]].sum()) if len(plan.keys) else 0
+        self.stats = RunStats(
+            total=len(codes),
+            unique=len(plan.keys),
+            skipped=int((~sent).sum()),
+            cached=cached_rows,
+            cached_unique=int(plan.outcomes.from_cache.sum()),
+            to_send=len(plan.todo),
+            saved_cost=float(np.nansum(plan.outcomes.cost)),
+            max_cost=settings.max_cost,
+        )
+        if self.meter is not None and self.meter.price_unknown():
+            self.stats.cost_known = False  # tokens are shown, dollars say "price unknown"
+        self.budget = Budget(settings.max_cost, self.meter, stats=self.stats) if settings.max_cost else None
+
+    async def execute(self, *, on_update: Callable[[RunStats], None] | None = None) -> None:
+        stats = self.stats
+        stats.started = time.monotonic()
+        observer = make_observer(self.settings.progress)
+        observer.start(stats)
+        updates = [observer.update] + ([on_update] if on_update else [])
+        global _last
+        _last = RunReport(stats, self.plan, self.packing and self.packing.report)
+        try:
+            if self.backend is not None:
+                def engine(**kw: Any) -> Engine:
+                    return self._engine(lambda s: [f(s) for f in updates], **kw)
+
+                async def send() -> None:
+                    if self.packing is None:
+                        await self._send(engine)
+                    else:
+                        await self.packing.send(self.plan, engine)
+
+                ticker = asyncio.ensure_future(_tick(observer, stats))
+                try:
+                    await self._until_stopped(asyncio.ensure_future(send()))
+                finally:
+                    ticker.cancel()
+            stats.outcome = "done"
+        except asyncio.CancelledError:
+            stats.outcome = "interrupted"
+            raise
+        except (FatalAPIError, LocalServerError):  # LocalServerError: the local server died
+            stats.outcome = "failed"
+            raise
+        finally:
+            stats.finished = time.monotonic()
+            unsent = "budget" if stats.budget_reached else "deadline" if stats.deadline_reached else "stopped"
+            n_unsent = self.plan.outcomes.mark_unsent(unsent)
+            if n_unsent:
+                stats.unsent[unsent] += n_unsent
+            if self.backend is not None:
+                await self.backend.aclose()
+            observer.close(stats)
+            inflight.close_run(self._token)
+            self.store.close()
+
+    async def _until_stopped(self, task: asyncio.Future) -> None:
+        """Await ``task``; the first cancel stops sending and lets the requests in flight
+        finish and commit (their answers are paid for), a second abandons them at once."""
+        while True:
+            try:
+                await asyncio.shield(task)
+                break
+            except asyncio.CancelledError:
+                if task.done() and task.cancelled() or self._stopping:
+                    task.cancel()
+                    await asyncio.wait([task])  # the engine commits what it holds, then ends
+                    raise
+                self._stopping = True
+                for e in self._engines:
+                    e.stop()
+        if self._stopping:
+            raise asyncio.CancelledError
+
+    async def _send(self, engine: Callable[..., Engine]) -> None:
+        """Send the plan's requests; with a cache file, claim them first (leases.py) so another
+        process on the same file does not pay for them too, and wait for the ones it claimed."""
+        if self.store.path is None:
+            await engine().run(self.plan.jobs())
+            return
+        plan, stats, deadline = self.plan, self.stats, self.settings.deadline
+        rows_of: list[Any] = []
+
+        def on_cached(u: int, record: Any) -> None:  # answered by another process meanwhile
+            if not rows_of:
+                rows_of.append(np.bincount(plan.codes[plan.codes >= 0], minlength=len(plan.keys)))
+            plan.outcomes.fill(u, record, from_cache=True)
+            stats.cached_unique += 1
+            stats.cached += int(rows_of[0][u])
+            stats.to_send -= 1
+            stats.saved_cost += record.cost or 0.0
+
+        claims = Claims(self.store, on_cached, chunk=max(64, 2 * self.settings.concurrency))
+
+        def on_result(u: int, record: Any) -> None:
+            plan.outcomes.fill(u, record)
+            claims.settled(record.key)
+
+        def stop() -> bool:
+            if deadline is not None and time.monotonic() - stats.started > deadline:
+                stats.deadline_reached = True
+            return stats.budget_reached or stats.deadline_reached or self._stopping
+
+        renew = asyncio.ensure_future(claims.renewing())
+        try:
+            await engine(on_result=on_result).run(claims.jobs(plan.jobs()))
+            await claims.wait(lambda jobs: engine(on_result=on_result).run(jobs), stop=stop)
+        finally:
+            renew.cancel()
+            claims.release()
+
+    def _engine(self, on_update: Callable[[RunStats], None], **overrides: Any) -> Engine:
+        s = self.settings
+        outcomes = self.plan.outcomes
+        options: dict[str, Any] = dict(on_result=outcomes.fill, validate=self.validate, invalid_retries=s.invalid_retries)
+        options.update(overrides)
+        if self._limiter is None:
+            self._limiter = Limiter.for_settings(s)
+            if self._wrap_limiter is not None:
+                self._limiter = self._wrap_limiter(self._limiter)
+        plan = self.plan
+        engine = Engine(
+            backend=self.backend,
+            store=self.store,
+            stats=self.stats,
+            concurrency=s.concurrency,
+            retry=RetryPolicy(max_attempts=s.max_attempts, deadline=s.deadline),
+            limiter=self._limiter,
+            on_update=on_update,
+            model=s.model,
+            **options,
+            cost=self.meter.cost,
+            budget=self.budget,
+            worst_case=self.meter.lost,
+            too_long=self._context.error if self._context is not None else None,
+            token=self._token,
+            everything=lambda: plan.outcomes.records(plan.keys, s.model),
+        )
+        self._engines.append(engine)
+        if self._stopping:
+            engine.stop()
+        return engine
+
+    def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
+        plan = self.plan
+        self._warn_failures()
+        if details:
+            return plan.outcomes.details(plan.codes, plan.index)
+        return plan.outcomes.series(plan.codes, plan.index, name=self.name)
+
+    def _warn_failures(self) -> None:
+        stats = self.stats
+        for note in stats.store_notes:
+            warnings.warn(note, RunWarning, stacklevel=caller_stacklevel())
+        if stats.store_error is not None:
+            warnings.warn(
+                f"{stats.unsaved:,} answers are in this result but NOT in the cache file: "
+                f"{type(stats.store_error).__name__}: {stats.store_error} Keep this result: running "
+                "the call again would pay for them again.",
+                RunWarning,
+                stacklevel=caller_stacklevel(),
+            )
+        budget = ""
+        if self.settings.max_cost is not None:
+            budget = (
+                f". max_cost=${self.settings.max_cost:g} stopped the run after ${self.stats.cost:.4g}"
+                + (f" (and up to ${self.stats.possibly_billed:.4g} possibly billed for {self.stats.lost_answers} "
+                   "answers lost to timeouts)" if self.stats.lost_answers else "")
+                + " (raise max_cost, or set max_tokens for a tighter worst case per request)"
+            )  # fmt: skip
+        deadline = ""
+        if self.stats.deadline_reached:
+            deadline = f". deadline={self.settings.deadline:g} s stopped the sending" + (
+                f": {self.stats.stop_note}" if self.stats.stop_note else ""
+            )
+        warn_failures(self.plan, self.stats.total, budget_note=budget, deadline_note=deadline)
+
+
+def warn_failures(
+    plan: Plan, total: int, *, budget_note: str = "", resend: str = "retries", deadline_note: str = ""
+) -> None:
+    """One RunWarning counting the rows without an answer by kind, pointing at the caller's line."""
+    counts = plan.outcomes.row_status_counts(plan.codes)
+    bad = {k: v for k, v in counts.items() if k not in ("ok", "skipped")}
+    if not bad:
+        return
+    kinds = ", ".join(f"{n} {k} ({STATUS_MEANING.get(k, k)})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1]))
+    if "budget" in bad:
+        kinds += budget_note
+    if "deadline" in bad:
+        kinds += deadline_note
+    again = f"Running the same call again {resend} only these rows; answered rows come from the cache."
+    if "too_long" in bad:  # a rerun cannot fix these
+        again = ("Rows too_long need a shorter input or a model with a larger context window; "
+                 + (f"running the same call again {resend} only the others." if len(bad) > 1 else "a rerun will not fix them."))  # fmt: skip
+    warnings.warn(
+        f"{sum(bad.values())} of {total} rows have no answer: {kinds}. Their values are NA; "
+        f"see pandas_llm.last_run().failures (or pass details=True). {again}",
+        RunWarning,
+        stacklevel=caller_stacklevel(),
+    )
+
+
+def record_run(report: RunReport) -> None:
+    """Make ``report`` what :func:`last_run` returns (the Batch API's jobs report here too)."""
+    global _last
+    _last = report
+
+
+async def _tick(observer: Any, stats: RunStats, every: float = 0.25) -> None:
+    """Keep the display moving (ETA, in-flight, pauses) when no answer arrives for a while."""
+    while True:
+        await asyncio.sleep(every)
+        observer.update(stats)

@@ -1,0 +1,1 @@
+"""Structured answers: schemas, parsing, typed columns, labels, packing."""

@@ -1,0 +1,342 @@
+"""Structured verbs: ``extract``, ``classify`` and ``map(schema=...)`` / packing, as one run each.
+
+This module wires the stages together for the accessor: the schema (schema.py) becomes
+the request's ``response_format`` and, where needed, an instruction; every answer is
+validated before it is stored (parse.py, through the engine's ``validate`` hook);
+``rows_per_request`` packs rows (packing.py); the stored answers become typed columns
+(columns.py).
+
+Prompt layout: what is fixed comes first and the row's content last, so providers'
+automatic prompt caching can reuse the prefix. Instructions this library adds (the
+labels, the schema for ``json_object``) go into the system message, after the user's
+own ``system=``. A template that puts a ``{column}`` before a long fixed instruction
+defeats that caching; :func:`check_prompt_order` warns about it (PromptOrderWarning).
+"""
+
+from __future__ import annotations
+
+import string
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from ._structured.columns import build_frame, columns_for, take
+from .config import Settings, current_settings
+from .errors import ConfigError
+from ._batch.packed import PackedBatchJob, start_packed
+from ._batch.job import BatchJob, start
+from ._structured.packing import Packer
+from ._structured.parse import Parser
+from ._run.run import Run
+from ._plan.planner import Plan
+from ._plan.prompts import to_messages
+from ._structured.schema import Schema, as_schema
+
+__all__ = ["PromptOrderWarning", "Prepared", "Requests", "prepare", "requests_for", "job_verb", "check_prompt_order", "classify_schema", "LONG_FIXED_TEXT"]
+
+#: Fixed text longer than this (characters) after a ``{column}`` triggers the warning.
+LONG_FIXED_TEXT = 1000
+#: The JSON field of classify's reason. It sorts before "label"/"labels" on purpose:
+#: canonical requests sort keys, and the model must write the reason before the label.
+REASON_FIELD = "explanation"
+
+
+class PromptOrderWarning(UserWarning):
+    """A template puts row content before a long fixed instruction (prompt caching is lost)."""
+
+
+def check_prompt_order(template: Any, *, stacklevel: int = 3) -> None:
+    """Warn when a str template has a ``{column}`` before ``LONG_FIXED_TEXT`` characters of
+    fixed text: providers cache the longest common *prefix*, so that text is paid in full
+    on every row. Put the instructions first (or in ``system=``) and the columns last."""
+    if not isinstance(template, str):
+        return
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError:
+        return  # compile_template reports it
+    seen_field = False
+    after = 0
+    for literal, field_name, _, _ in parts:
+        if seen_field:
+            after += len(literal)
+        if field_name is not None:
+            seen_field = True
+    if seen_field and after >= LONG_FIXED_TEXT:
+        warnings.warn(
+            f"the template has {after} characters of fixed text after its first {{column}}. Providers "
+            "cache the common beginning of prompts (cheaper, faster), so put the fixed instructions "
+            "first, or in system=..., and the {column} placeholders at the end.",
+            PromptOrderWarning,
+            stacklevel=stacklevel,
+        )
+
+
+@dataclass
+class Prepared:
+    """A planned structured run: ``await execute()`` (or run it sync), then ``result()``."""
+
+    run: Run
+    finish: Callable[[bool], Any]
+
+    async def execute(self, **kw: Any) -> None:
+        await self.run.execute(**kw)
+
+    def result(self, *, details: bool = False) -> Any:
+        return self.finish(details)
+
+
+def prepare(
+    data: pd.DataFrame | pd.Series,
+    template: Any,
+    options: Mapping[str, Any],
+    *,
+    verb: str,
+    schema: Any = None,
+    labels: Any = None,
+    multi: bool = False,
+    reasons: bool = False,
+    flatten: bool | str = False,
+) -> Prepared | Run | BatchJob:
+    """Plan one verb's run (nothing is sent). ``verb``: "map", "extract" or "classify".
+
+    ``mode="batch"`` (or ``"auto"`` when it picks the Batch API) gives a ``BatchJob`` whose
+    JSONL lines carry the very request bodies a realtime run sends (response_format,
+    instruction), so realtime and batch share cache keys; its answers are checked by the
+    same parser, and ``job.result()`` is assembled by the same finisher as the verb's.
+    An invalid batch answer stays ``invalid`` until the next run (see collect.py)."""
+    settings = current_settings().merged(**options)
+    batch = settings.mode != "realtime"
+    sends = requests_for(settings, template, verb=verb, schema=schema, labels=labels, multi=multi, reasons=reasons)
+    spec, labels, packer, extra = sends.spec, sends.labels, sends.packer, sends.extra
+    template, run_settings = sends.template, sends.settings
+    if spec is None and packer is None:
+        if batch:
+            return start(data, template, settings)  # a BatchJob, or a Run for mode="auto" when small
+        return Run(data, template, settings)  # plain map: the core path, untouched
+    parser = Parser(spec) if spec is not None else None
+    validate = parser and parser.error
+    if batch and packer is not None:  # packs in the batch files, then the rows they missed alone
+        run = start_packed(data, template, run_settings, packer, extra=extra, validate=validate)
+    elif batch:  # the same requests (so the same keys) and the same check as realtime
+        run = start(data, template, run_settings, extra=extra, validate=validate)
+    else:
+        run = Run(data, template, run_settings, extra=extra, validate=validate, packing=packer)
+    if parser is None:
+        return run if isinstance(run, BatchJob) else Prepared(run, lambda details: run.result(details=details))
+    report = run._report if isinstance(run, BatchJob) else run.result  # no wrapper: warnings keep their stacklevel
+    rows = run.rows if isinstance(run, PackedBatchJob) else run.plan
+    finish = _finisher(rows, run.name, report, spec, parser, verb, labels=labels, multi=multi,
+                       reasons=reasons, flatten=flatten)  # fmt: skip
+    if isinstance(run, BatchJob):
+        run.finish = finish  # job.result() assembles the result as the verb does
+        return run
+    return Prepared(run, finish)
+
+
+@dataclass
+class Requests:
+    """What a verb's run sends, known before any data: see :func:`requests_for`."""
+
+    settings: Settings  # the run's settings (system= carries the added instruction)
+    template: Any  # the template as the run renders it
+    extra: dict[str, Any] | None  # {"response_format": ...} of a structured verb
+    spec: Schema | None  # the row's answer schema (None: text)
+    labels: list[Any] | None  # classify's labels
+    packer: Packer | None  # rows_per_request > 1
+
+
+def requests_for(settings: Settings, template: Any, *, verb: str, schema: Any = None, labels: Any = None,
+                 multi: bool = False, reasons: bool = False) -> Requests:  # fmt: skip
+    """The requests one verb call sends (the same for a run and for its estimate); checks the
+    arguments, raising ConfigError. A plain ``map`` (no schema, no packing) is returned as given."""
+    task: str | None = None
+    if verb == "classify":
+        schema, task, labels = classify_schema(labels, multi=multi, reasons=reasons)
+    elif verb == "extract" and schema is None:
+        raise ConfigError("extract needs schema=: a pydantic model, a JSON schema dict, or 'json_object'")
+    if schema is None and settings.rows_per_request == 1:
+        return Requests(settings, template, None, None, labels, None)
+    spec = as_schema(schema) if schema is not None else None
+    if spec is not None and "response_format" in settings.params:
+        raise ConfigError("pass either schema= or response_format=, not both")
+    mode = settings.structured
+    added = _join(task, spec.instruction(mode) if spec is not None else None)
+    single_system = _join(settings.system, added)
+    packer = None
+    if settings.rows_per_request > 1:
+        packer = Packer(settings, settings.rows_per_request, row=spec, single_system=single_system,
+                        head=_join(settings.system, task), mode=mode, template=template)  # fmt: skip
+    if callable(template) and not isinstance(template, str) and added:
+        template = _with_instruction(template, settings.system, added)
+        run_settings = replace(settings, system=None)  # the wrapper adds it (same text as below)
+    else:
+        run_settings = replace(settings, system=single_system)
+    extra = {"response_format": spec.response_format(mode)} if spec is not None else None
+    return Requests(run_settings, template, extra, spec, labels, packer)
+
+
+def job_verb(schema: Any, labels: Any, *, multi: bool, reasons: bool, flatten: bool | str) -> dict[str, Any]:
+    """``submit``'s verb, as :func:`prepare` keywords: ``labels=`` classify, ``schema=`` extract, else map.
+
+    >>> job_verb(None, ["a", "b"], multi=False, reasons=True, flatten=False)["verb"]
+    'classify'
+    """
+    if labels is not None:
+        if schema is not None:
+            raise ConfigError("pass labels= (a classify job) or schema= (an extract job), not both")
+        if flatten:
+            raise ConfigError("flatten= goes with schema= (an extract job), not with labels=")
+        return {"verb": "classify", "labels": labels, "multi": multi, "reasons": reasons}
+    if multi or reasons:
+        raise ConfigError("multi= and reasons= go with labels=, e.g. submit('{text}', labels=['a', 'b'], multi=True)")
+    if schema is not None:
+        return {"verb": "extract", "schema": schema, "flatten": flatten}
+    if flatten:
+        raise ConfigError("flatten= goes with schema= (an extract job)")
+    return {"verb": "map"}
+
+
+def classify_schema(labels: Any, *, multi: bool = False, reasons: bool = False) -> tuple[dict, str, list]:
+    """``(json schema, instruction, labels)`` for a classification over ``labels``.
+
+    ``labels``: strings, integers, ``[True, False]``, or ``{label: description}``.
+
+    >>> schema, text, labels = classify_schema(["bug", "feature"])
+    >>> schema["properties"]["label"]
+    {'type': 'string', 'enum': ['bug', 'feature']}
+    """
+    described: dict[Any, str] = {}
+    if isinstance(labels, Mapping):
+        described = {k: str(v) for k, v in labels.items() if v}
+        labels = list(labels)
+    elif isinstance(labels, (str, bytes)) or not isinstance(labels, (Sequence, pd.Index, np.ndarray)):
+        raise ConfigError("labels= must be a list of labels, e.g. labels=['billing', 'bug', 'other'], or [True, False]")
+    labels = list(labels.tolist() if hasattr(labels, "tolist") else labels)
+    if not labels:
+        raise ConfigError("labels= is empty; give at least two labels")
+    if all(isinstance(x, bool) for x in labels):
+        if sorted(labels) != [False, True]:
+            raise ConfigError(f"boolean labels must be exactly [True, False], got {labels!r}")
+        if multi:
+            raise ConfigError("multi=True needs a label set, not [True, False]")
+        kind: dict[str, Any] = {"type": "boolean"}
+        words = "true or false"
+    elif all(isinstance(x, str) for x in labels) or all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
+        if len(set(labels)) != len(labels):
+            dupes = sorted({str(x) for x in labels if labels.count(x) > 1})
+            raise ConfigError(f"labels= has duplicates: {dupes}")
+        if any(isinstance(x, str) and not x.strip() for x in labels):
+            raise ConfigError("labels= has an empty label")
+        if len(labels) == 1 and not multi:
+            raise ConfigError(
+                f"labels={labels!r} has one label: every row would get it, and each answer would be paid "
+                "for nothing. Give at least two labels, labels=[True, False] for a yes/no question, or "
+                "multi=True to ask which rows it applies to."
+            )
+        kind = {"type": "string" if isinstance(labels[0], str) else "integer", "enum": labels}
+        words = orjson.dumps(labels).decode()[1:-1].replace(",", ", ")
+    else:
+        raise ConfigError(f"labels= must be all strings, all integers, or [True, False]; got {labels!r}")
+    name = "labels" if multi else "label"
+    props: dict[str, Any] = {}
+    if reasons:
+        props[REASON_FIELD] = {"type": "string", "description": "one short sentence: why this label"}
+    props[name] = {"type": "array", "items": kind} if multi else kind
+    schema = {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+    if kind["type"] == "boolean":
+        text = "Answer the question about the input with true or false."
+    elif multi:
+        text = f"Classify the input: choose every label that applies (none, one or several) from: {words}."
+    else:
+        text = f"Classify the input: answer with exactly one of these labels: {words}."
+    if described:
+        text += "\nWhat the labels mean:\n" + "\n".join(f"- {k}: {v}" for k, v in described.items())
+    if reasons:
+        text += f'\nFirst give a short reason in "{REASON_FIELD}", then the {name.rstrip("s")}.'
+    return schema, text + "\nReply in JSON.", labels
+
+
+def _finisher(plan: Plan, name: Any, report: Callable[[bool], Any], spec: Schema, parser: Parser, verb: str,
+              **how: Any) -> Callable[[bool], Any]:  # fmt: skip
+    """The verb's result from a finished run's outcomes; ``report(details=True)``: per-row details
+    (and the failure warning) of a realtime Run or a BatchJob alike."""
+
+    def finish(details: bool) -> Any:
+        values = _parse_outcomes(plan.outcomes, parser)
+        info = report(details=True)  # warns once about failed rows, counting "invalid" too
+        if verb == "map":
+            out: Any = pd.Series(take(_objects(values), plan.codes), index=plan.index, name=name)
+        elif verb == "extract":
+            columns = columns_for(spec, how["flatten"]) if spec.schema is not None else None
+            out = build_frame(values, plan.codes, plan.index, columns)
+        else:
+            out = _classified(values, plan.codes, plan.index, name, **how)
+        if not details:
+            return out
+        frame = out.to_frame() if isinstance(out, pd.Series) else out
+        clash = [c for c in info.columns if c in frame.columns]
+        return pd.concat([frame, info.rename(columns={c: f"_{c}" for c in clash})], axis=1)
+
+    return finish
+
+
+def _parse_outcomes(outcomes: Any, parser: Parser) -> list[Any]:
+    """Parse every stored answer once per distinct request; a stored answer that no
+    longer validates (a pydantic validator changed) becomes ``invalid``, never a value."""
+    values: list[Any] = [None] * len(outcomes.status)
+    for u in np.flatnonzero(outcomes.status == "ok").tolist():
+        value, error = parser.parse(outcomes.output[u])
+        if error is None:
+            values[u] = value
+        else:
+            outcomes.status[u], outcomes.error[u] = "invalid", error
+    return values
+
+
+def _classified(values: list[Any], codes: np.ndarray, index: pd.Index, name: Any, *, labels: list, multi: bool,
+                reasons: bool, **_: Any) -> pd.Series | pd.DataFrame:  # fmt: skip
+    field = "labels" if multi else "label"
+    picked = [v.get(field) if isinstance(v, dict) else None for v in values]
+    if multi:
+        order = {x: i for i, x in enumerate(labels)}
+        picked = [None if p is None else sorted({order[x]: x for x in p if x in order}.values(), key=order.get)
+                  for p in picked]  # fmt: skip
+        column = take(_objects(picked), codes)
+    elif all(isinstance(x, bool) for x in labels):
+        column = take(pd.array(picked, dtype="boolean"), codes)
+    else:
+        column = take(pd.Categorical(picked, categories=labels), codes)
+    if not reasons:
+        return pd.Series(column, index=index, name=name)
+    why = [v.get(REASON_FIELD) if isinstance(v, dict) else None for v in values]
+    return pd.DataFrame({field: column, "reason": take(pd.array(why, dtype="string"), codes)}, index=index)
+
+
+def _objects(values: list[Any]) -> Any:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return pd.array(arr, dtype=object)
+
+
+def _join(*parts: str | None) -> str | None:
+    text = "\n\n".join(p for p in parts if p)
+    return text or None
+
+
+def _with_instruction(fn: Callable[..., Any], system: str | None, added: str) -> Callable[..., Any]:
+    """A template function whose messages carry our instruction in the system message."""
+
+    def render(row: Any) -> list[dict[str, Any]]:
+        messages = to_messages(fn(row), None)
+        if messages and messages[0].get("role") == "system":
+            first = {**messages[0], "content": _join(messages[0].get("content"), added)}
+            return [first, *messages[1:]]
+        return [{"role": "system", "content": _join(system, added)}, *messages]
+
+    render.__qualname__ = getattr(fn, "__qualname__", "template")
+    return render
