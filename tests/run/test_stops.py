@@ -7,7 +7,7 @@ import asyncio
 
 import pandas as pd
 import pytest
-from vclock import VirtualTime
+from helpers import VirtualTime
 
 import pandas_llm
 from pandas_llm import QuotaError, RequestShapeError, RunWarning

@@ -21,9 +21,9 @@ from pandas_llm._batch.client import BatchAPI
 from pandas_llm.errors import RetryableError
 from pandas_llm.testing import LLMServer
 
-from childproc import kill_when
+from helpers import kill_when
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture

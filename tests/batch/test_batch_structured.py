@@ -17,9 +17,9 @@ import pandas_llm
 from pandas_llm import ConfigError, RunWarning
 from pandas_llm.testing import LLMServer
 
-from childproc import kill_when
+from helpers import kill_when
 
-from test_structured import Everything, expected
+from helpers import Everything, expected
 
 LABELS = ["billing", "bug", "feature", "other"]
 
@@ -515,7 +515,7 @@ def test_the_readme_batch_structured_example_runs(srv, opts):
         stars: int
         summary: str
 
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("Structured verbs go through the Batch API too", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     df = pd.DataFrame({"review": ["Arrived late, works fine.", "Great value, a gift for my dad."]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from vclock import VirtualTime
+from helpers import VirtualTime
 
 from pandas_llm.config import Settings
 from pandas_llm._run.limiter import Limiter, parse_duration, remembered_limits

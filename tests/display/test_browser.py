@@ -28,7 +28,7 @@ import pytest
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-OUTPUT = Path(__file__).parents[1] / "test-output" / "browser"
+OUTPUT = Path(__file__).parents[2] / "test-output" / "browser"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]  # fmt: skip
 
@@ -73,7 +73,7 @@ def lab(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     port = free_port()
-    src = str(Path(__file__).parents[1])
+    src = str(Path(__file__).parents[2])
     env = dict(
         os.environ,
         JUPYTERLAB_SETTINGS_DIR=str(settings),

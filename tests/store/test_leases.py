@@ -15,7 +15,7 @@ import pytest
 import pandas_llm
 from pandas_llm._store import leases
 from pandas_llm._store.store import Store
-from childproc import ROOT
+from helpers import ROOT
 
 CHILD = """
 import sys, pandas as pd, pandas_llm

@@ -8,7 +8,7 @@ import asyncio
 
 import pandas as pd
 import pytest
-from vclock import VirtualTime
+from helpers import VirtualTime
 
 import pandas_llm  # noqa: F401 - registers the accessor
 from pandas_llm._backends import Completion

@@ -18,42 +18,7 @@ from pandas_llm._structured.schema import as_schema
 from pandas_llm.testing import LLMServer
 from pandas_llm.testing.structured import value_for
 
-
-class Color(str, Enum):
-    red = "red"
-    blue = "blue"
-
-
-class Address(BaseModel):
-    city: str
-    zip: Optional[str] = None
-
-
-class Everything(BaseModel):
-    sentiment: Literal["positive", "negative", "neutral"]
-    stars: int = Field(ge=1, le=5)
-    summary: str
-    score: float
-    ok: bool
-    color: Color
-    rank: Literal[1, 2, 3]
-    maybe: Optional[int] = None
-    tags: list[str]
-    address: Address
-
-
-EXPECTED_DTYPES = {
-    "sentiment": pd.CategoricalDtype(["positive", "negative", "neutral"]),
-    "stars": "Int64",
-    "summary": "string",
-    "score": "Float64",
-    "ok": "boolean",
-    "color": pd.CategoricalDtype(["red", "blue"]),
-    "rank": pd.CategoricalDtype([1, 2, 3]),
-    "maybe": "Int64",
-    "tags": object,
-    "address": object,
-}
+from helpers import EXPECTED_DTYPES, Address, Color, Everything, expected
 
 
 def frame(n: int, prefix: str = "review") -> pd.DataFrame:
@@ -420,7 +385,7 @@ def test_the_readme_structured_example_runs(server, opts):
     import pathlib
     import re
 
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("### Structured results", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     df = pd.DataFrame({"review": ["Arrived late, works fine.", "Great value, a gift for my dad."]})
