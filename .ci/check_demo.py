@@ -35,7 +35,9 @@ def problems(log: str) -> list[str]:
         found.append(f"the first run did not answer every row: {first}")
     if first["sent"] < first["distinct"] or first["cached"] != 0:
         found.append(f"the first run's requests did not reach the server: {first}")
-    if not (second["cached"] == second["rows"] == first["rows"] and second["sent"] == 0 and second["ok"] == second["rows"]):
+    if not (
+        second["cached"] == second["rows"] == first["rows"] and second["sent"] == 0 and second["ok"] == second["rows"]
+    ):
         found.append(f"the second run did not come from the cache: {second}")
     return found
 

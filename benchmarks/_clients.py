@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def make_frame(n: int):
@@ -46,6 +47,7 @@ def _measure(n: int, frame_mb: float, work: Callable[[], int]) -> dict[str, Any]
 
 def pandas_llm_client(args: Any, template: str, model: str) -> dict[str, Any]:
     import pandas_llm  # noqa: F401 - registers the accessor
+
     try:  # its HTTP client, imported before the clock like the others'
         import pandas_llm._backends.wire  # noqa: F401
     except ImportError:  # an older pandas-llm (the "before" figures)
@@ -118,7 +120,9 @@ def floor_client(args: Any, template: str, model: str) -> dict[str, Any]:
             async def worker() -> None:
                 nonlocal ok
                 for text in it:
-                    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": template.format(text=text)}]})
+                    body = orjson.dumps(
+                        {"model": model, "messages": [{"role": "user", "content": template.format(text=text)}]}
+                    )
                     async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
                         data = orjson.loads(await resp.read())
                     ok += resp.status == 200 and bool(data["choices"][0]["message"]["content"])

@@ -25,9 +25,9 @@ import openai
 import pandas as pd
 
 import pandas_llm
+from pandas_llm._cost.tokens import encoding_for
 from pandas_llm.pricing import cost, price_for
 from pandas_llm.testing import LLMServer
-from pandas_llm._cost.tokens import encoding_for
 
 MODEL = "gpt-4o-mini"
 LABELS = ["billing", "bug", "feature request", "account access", "other"]
@@ -58,13 +58,32 @@ consistent: two tickets asking for the same thing go to the same queue whatever 
 Ticket:
 """
 
-SUBJECTS = ["my invoice", "the desktop app", "file sync", "our team plan", "two-factor login", "the API",
-            "shared folders", "the mobile app", "exports to CSV", "my password", "the dashboard", "a refund"]
-PROBLEMS = ["shows the wrong total since last week", "stopped working after the update yesterday",
-            "charges us twice for the same month", "would be much better with a dark mode",
-            "keeps asking for a code that never arrives", "fails with error 500 when the file is large",
-            "needs an integration with our accounting software", "locked me out after three attempts",
-            "is slower than it used to be on every computer in the office", "lists users who left months ago"]
+SUBJECTS = [
+    "my invoice",
+    "the desktop app",
+    "file sync",
+    "our team plan",
+    "two-factor login",
+    "the API",
+    "shared folders",
+    "the mobile app",
+    "exports to CSV",
+    "my password",
+    "the dashboard",
+    "a refund",
+]
+PROBLEMS = [
+    "shows the wrong total since last week",
+    "stopped working after the update yesterday",
+    "charges us twice for the same month",
+    "would be much better with a dark mode",
+    "keeps asking for a code that never arrives",
+    "fails with error 500 when the file is large",
+    "needs an integration with our accounting software",
+    "locked me out after three attempts",
+    "is slower than it used to be on every computer in the office",
+    "lists users who left months ago",
+]
 CONTEXT = ["We have been customers for three years and are mostly happy.", "This is urgent for our audit.",
            "Our office manager noticed it first.", "I already tried restarting and reinstalling.",
            "Please get back to me by email rather than phone.", "Several colleagues see the same thing.",
@@ -119,7 +138,9 @@ def main() -> None:
           f"instruction ~{count(INSTRUCTION)} tokens in the template, {len(LABELS)} labels, {MODEL} list prices\n")  # fmt: skip
     base = serial_loop(df, count)
     per_k = 1000 / n
-    header = f"{'configuration':62} {'$ / 1,000 rows':>14} {'x cheaper':>9} {'labelled':>9} {'estimate':>9} {'error':>7}"
+    header = (
+        f"{'configuration':62} {'$ / 1,000 rows':>14} {'x cheaper':>9} {'labelled':>9} {'estimate':>9} {'error':>7}"
+    )
     print(header)
     print(f"{'serial loop (one request per row)':62} {base * per_k:>14.4f} {1.0:>9.2f} {n:>9,}")
     with tempfile.TemporaryDirectory() as tmp, LLMServer(tokens=count, prompt_cache=True) as srv:

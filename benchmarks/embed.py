@@ -25,9 +25,9 @@ DIMS = 256
 def client(rows: int, dims: int, cache: str, base_url: str, concurrency: int) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import pandas as pd
+    from _clients import _rss_mb
 
     import pandas_llm
-    from _clients import _rss_mb
 
     s = pd.Series([f"review {i}: the parcel came on time and it works" for i in range(rows)])
     import resource

@@ -145,7 +145,9 @@ def main() -> None:
     twice = sum(per_kill)
     minimum = sum(in_flight)
     extra = [t - m for t, m in zip(per_kill, in_flight)]
-    print(f"rows {args.rows}, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms, {kills} kills during sending")
+    print(
+        f"rows {args.rows}, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms, {kills} kills during sending"
+    )
     print(f"answers paid twice: {twice}; physical minimum (billed, not yet answered at the kills): {minimum}")
     if minimum:
         print(f"extra (answered before the kill, not on disk): {sum(extra)} = {100 * sum(extra) / minimum:+.1f}% of the minimum, "

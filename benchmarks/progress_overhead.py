@@ -18,15 +18,14 @@ import time
 from collections import Counter
 
 import orjson
-
 import pandas as pd
 
 import pandas_llm
+from pandas_llm._display.notebook import WidgetObserver
 from pandas_llm._display.progress import TqdmObserver
 from pandas_llm._run.budget import Meter
-from pandas_llm.pricing import price_for
 from pandas_llm._run.engine import RunStats
-from pandas_llm._display.notebook import WidgetObserver
+from pandas_llm.pricing import price_for
 
 
 def per_call(fn, n: int) -> float:
@@ -59,8 +58,15 @@ def main() -> None:
     print(f"tqdm draw:                    {per_call(lambda: bar.update(s), 5_000) * 1e6:7.1f} µs")
     bar.close(s)
 
-    body = orjson.dumps({"model": "gpt-4o-mini", "max_tokens": 50, "messages": [
-        {"role": "user", "content": "Translate to French: " + "a fairly ordinary review sentence " * 3}]})
+    body = orjson.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "max_tokens": 50,
+            "messages": [
+                {"role": "user", "content": "Translate to French: " + "a fairly ordinary review sentence " * 3}
+            ],
+        }
+    )
     meter = Meter("gpt-4o-mini", price_for("gpt-4o-mini"))
     print(f"budget worst case / request:  {per_call(lambda: meter.worst_case(body), 20_000) * 1e6:7.1f} µs")
 
@@ -75,7 +81,9 @@ def main() -> None:
             "no display": lambda: dict(progress=False),
             "tqdm": lambda: dict(progress=TqdmObserver(file=io.StringIO())),
             "widget": lambda: dict(progress=WidgetObserver(display=lambda w: None)),
-            "widget + max_cost": lambda: dict(progress=WidgetObserver(display=lambda w: None), max_cost=1000.0, max_tokens=50),
+            "widget + max_cost": lambda: dict(
+                progress=WidgetObserver(display=lambda w: None), max_cost=1000.0, max_tokens=50
+            ),
         }
         for name, make in [*cases.items(), *cases.items()]:  # twice, interleaved
             kw = make()

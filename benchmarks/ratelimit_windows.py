@@ -117,7 +117,9 @@ def run(case: Case) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-c", "--case", action="append", help="plain, quantized, bucket, each +429; plain+chaos (default all)")
+    p.add_argument(
+        "-c", "--case", action="append", help="plain, quantized, bucket, each +429; plain+chaos (default all)"
+    )
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     import pandas_llm  # noqa: F401 - registers the accessor

@@ -16,10 +16,10 @@ import timeit
 import numpy as np
 import pandas as pd
 
-from pandas_llm._store.store import Store
-from pandas_llm.config import Settings
 from pandas_llm._plan.planner import make_plan
 from pandas_llm._plan.prompts import render_column
+from pandas_llm._store.store import Store
+from pandas_llm.config import Settings
 
 N = 200_000
 
@@ -44,10 +44,12 @@ def main() -> None:
     print(f"{N:,} rows; best of 3")
     for name, column in columns().items():
         values = column.to_numpy(dtype=object)
-        render = min(timeit.repeat(lambda: render_column(values, name), number=1, repeat=3)) / N
+        render = (
+            min(timeit.repeat(lambda values=values, name=name: render_column(values, name), number=1, repeat=3)) / N
+        )
         frame = pd.DataFrame({"c": column})
 
-        def plan() -> None:
+        def plan(frame: pd.DataFrame = frame) -> None:
             with Store(None) as store:
                 make_plan(frame, "Summarise: {c}", settings, store)
 

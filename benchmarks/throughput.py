@@ -54,13 +54,23 @@ class Scenario:
 def scenarios(quick: bool) -> dict[str, Scenario]:
     k = 1_000_000
     return {
-        "zero": Scenario("zero", 2_000 if quick else 5_000, 50, clients=("pandas-llm", "pandas-llm+warm", "naive", "floor")),
+        "zero": Scenario(
+            "zero", 2_000 if quick else 5_000, 50, clients=("pandas-llm", "pandas-llm+warm", "naive", "floor")
+        ),
         "latency": Scenario(
-            "latency", 2_000 if quick else 5_000, 200, latency_ms=100,
+            "latency",
+            2_000 if quick else 5_000,
+            200,
+            latency_ms=100,
             clients=("pandas-llm", "pandas-llm+warm", "naive", "floor"),
         ),
         "ratelimit": Scenario(
-            "ratelimit", 1_000 if quick else 3_000, 200, latency_ms=50, rpm=6000, window=1.0,
+            "ratelimit",
+            1_000 if quick else 3_000,
+            200,
+            latency_ms=50,
+            rpm=6000,
+            window=1.0,
             clients=("pandas-llm", "pandas-llm+warm", "pandas-llm+rpm", "naive"),
         ),
         "memory": Scenario("memory", 100_000 if quick else k, 50, clients=("pandas-llm",)),

@@ -7,10 +7,15 @@ Importing registers the accessors and does nothing else: no logging set-up, no I
 installed, ``ddf.llm`` is registered when ``dask.dataframe`` is imported (see pandas_llm._dask.accessor).
 """
 
+from ._batch.job import BatchJob
+from ._batch.status import BatchStatus
+from ._cost.estimate import Estimate
+from ._dask.accessor import install as _install_dask
+from ._run.run import RunReport, RunWarning, last_run
+from ._store.ledger import list_batches
+from ._structured.packing import PackingReport
 from .accessor import LLMAccessor
 from .accessor import register as _register
-from ._dask.accessor import install as _install_dask
-from ._batch.status import BatchStatus
 from .config import BatchLimits, Settings, configure, current_settings, settings
 from .errors import (
     APIError,
@@ -26,11 +31,6 @@ from .errors import (
     StoreError,
     TemplateError,
 )
-from ._cost.estimate import Estimate
-from ._structured.packing import PackingReport
-from ._batch.job import BatchJob
-from ._store.ledger import list_batches
-from ._run.run import RunReport, RunWarning, last_run
 from .pricing import Price
 from .verbs import PromptOrderWarning
 

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 import pandas_llm
+
 from .errors import FatalAPIError, LocalServerError, PandasLLMError
 from .testing import LLMServer
 
@@ -150,7 +151,10 @@ def run(rows: int | None = None, progress: bool = True, endpoint: str = "auto") 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pandas_llm demo", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rows", type=int, default=None, help=f"use only the first N reviews (default: all; {LOCAL_ROWS} for the real model)"
+        "--rows",
+        type=int,
+        default=None,
+        help=f"use only the first N reviews (default: all; {LOCAL_ROWS} for the real model)",
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(

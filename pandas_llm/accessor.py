@@ -18,11 +18,11 @@ from typing import Any
 
 import pandas as pd
 
-from ._run import loop as _runner
-from ._cost import estimate as _estimate
-from .config import Settings, current_settings
-from ._cost.estimate import Estimate
 from ._batch.job import BatchJob
+from ._cost import estimate as _estimate
+from ._cost.estimate import Estimate
+from ._run import loop as _runner
+from .config import Settings, current_settings
 from .verbs import check_prompt_order, job_verb, prepare
 
 __all__ = ["LLMAccessor"]
@@ -46,7 +46,9 @@ class LLMAccessor:
         ctx = contextvars.copy_context()  # planning renders every row: off the caller's loop
         return await asyncio.to_thread(ctx.run, prepare, self._obj, template, options, **structured)
 
-    def map(self, template: Any, *, schema: Any = None, details: bool = False, **options: Any) -> pd.Series | pd.DataFrame:
+    def map(
+        self, template: Any, *, schema: Any = None, details: bool = False, **options: Any
+    ) -> pd.Series | pd.DataFrame:
         """Send one prompt per row; return the answers as a string Series aligned to the index.
 
         ``template`` is a ``str.format`` template naming columns (``"Translate: {text}"``;

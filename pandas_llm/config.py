@@ -21,9 +21,10 @@ import difflib
 import math
 import numbers
 import os
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +148,11 @@ class Settings:
                 "packed_fallback must be 'realtime' (rows a packed batch did not answer are sent alone at once, "
                 f"at realtime prices) or 'batch' (in one more batch of single-row requests), got {self.packed_fallback!r}"
             )
-        if isinstance(self.batch_threshold, bool) or not isinstance(self.batch_threshold, int) or self.batch_threshold < 1:
+        if (
+            isinstance(self.batch_threshold, bool)
+            or not isinstance(self.batch_threshold, int)
+            or self.batch_threshold < 1
+        ):
             raise ConfigError(f"batch_threshold must be a whole number >= 1, got {self.batch_threshold!r}")
         if not (_is_number(self.poll_interval) and self.poll_interval > 0):
             raise ConfigError(f"poll_interval must be a positive number of seconds, got {self.poll_interval!r}")
@@ -244,7 +249,7 @@ class Settings:
             return f"callable:{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
         return (self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
 
-    def merged(self, **overrides: Any) -> "Settings":
+    def merged(self, **overrides: Any) -> Settings:
         """A copy with ``overrides`` applied; generation parameters go into ``params``."""
         own = {f.name for f in dataclasses.fields(self)}
         params = dict(self.params)
@@ -339,8 +344,10 @@ PARAM_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prediction": (_of(Mapping), "a dict"),
     "user": (_of(str), "a string"),
     "store": (_of(bool), "True or False"),
-    "metadata": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
-                 "a dict of strings"),  # fmt: skip
+    "metadata": (
+        lambda v: isinstance(v, Mapping) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
+        "a dict of strings",
+    ),  # fmt: skip
 }
 
 

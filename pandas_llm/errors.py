@@ -29,7 +29,8 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "PandasLLMError",

@@ -68,9 +68,9 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from urllib.parse import urlsplit
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import LocalServerError
 
@@ -100,9 +100,10 @@ _BAD_BUILD = {signal.SIGSEGV, signal.SIGILL, signal.SIGBUS}
 def reinstall_command() -> str:
     """The command that rebuilds llama-cpp-python portably into this interpreter's environment."""
     return (
-        f'{_BUILD} {sys.executable} -m pip install --no-cache-dir --force-reinstall --no-deps '
+        f"{_BUILD} {sys.executable} -m pip install --no-cache-dir --force-reinstall --no-deps "
         f'"llama-cpp-python=={LLAMA_CPP_VERSION}"'
     )
+
 
 # Modules ``python -m llama_cpp.server`` imports besides llama_cpp (its [server] extra).
 _SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
@@ -461,10 +462,7 @@ def _missing_server_modules() -> str | None:
     missing = [m for m in ("llama_cpp", *_SERVER_MODULES) if importlib.util.find_spec(m) is None]
     if not missing:
         return None
-    return (
-        f"the local model server is not installed (missing: {', '.join(missing)}). "
-        f"Install it with: {INSTALL}"
-    )
+    return f"the local model server is not installed (missing: {', '.join(missing)}). Install it with: {INSTALL}"
 
 
 def _answers(url: str) -> bool:

@@ -18,9 +18,9 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from .errors import ConfigError
-from typing import Any
 
 __all__ = ["Price", "cost", "price_for", "resolve_price"]
 
@@ -80,7 +80,11 @@ class Price:
         for name, value in (("input", input), ("output", output), ("cached_input", cached_input)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise ConfigError(f"Price.per_million: {name} must be a number of dollars, not {value!r}")
-        if isinstance(batch_discount, bool) or not isinstance(batch_discount, int | float) or not 0 <= batch_discount <= 1:
+        if (
+            isinstance(batch_discount, bool)
+            or not isinstance(batch_discount, int | float)
+            or not 0 <= batch_discount <= 1
+        ):
             raise ConfigError(f"batch_discount must be between 0 and 1, not {batch_discount!r}")
         if cached_input is None:
             cached_input = input

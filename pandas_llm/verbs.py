@@ -17,26 +17,37 @@ from __future__ import annotations
 
 import string
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
-from ._structured.columns import build_frame, columns_for, take
-from .config import Settings, current_settings
-from .errors import ConfigError
-from ._batch.packed import PackedBatchJob, start_packed
 from ._batch.job import BatchJob, start
-from ._structured.packing import Packer
-from ._structured.parse import Parser
-from ._run.run import Run
+from ._batch.packed import PackedBatchJob, start_packed
 from ._plan.planner import Plan
 from ._plan.prompts import to_messages
+from ._run.run import Run
+from ._structured.columns import build_frame, columns_for, take
+from ._structured.packing import Packer
+from ._structured.parse import Parser
 from ._structured.schema import Schema, as_schema
+from .config import Settings, current_settings
+from .errors import ConfigError
 
-__all__ = ["PromptOrderWarning", "Prepared", "Requests", "prepare", "requests_for", "job_verb", "check_prompt_order", "classify_schema", "LONG_FIXED_TEXT"]
+__all__ = [
+    "PromptOrderWarning",
+    "Prepared",
+    "Requests",
+    "prepare",
+    "requests_for",
+    "job_verb",
+    "check_prompt_order",
+    "classify_schema",
+    "LONG_FIXED_TEXT",
+]
 
 #: Fixed text longer than this (characters) after a ``{column}`` triggers the warning.
 LONG_FIXED_TEXT = 1000

@@ -17,8 +17,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import Any, Awaitable, Callable, Literal, Optional
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, Field
@@ -27,6 +28,7 @@ from pandas_llm._structured.schema import as_schema
 from pandas_llm.testing.structured import value_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 class VirtualTime:
     def __init__(self, start: float = 0.0):
@@ -95,14 +97,14 @@ def kill_when(script: str, ready: Callable[[], bool], *, timeout: float = 60.0) 
     assert proc.returncode == -signal.SIGKILL
 
 
-class Color(str, Enum):
+class Color(str, Enum):  # noqa: UP042 (the form users write)
     red = "red"
     blue = "blue"
 
 
 class Address(BaseModel):
     city: str
-    zip: Optional[str] = None
+    zip: str | None = None
 
 
 class Everything(BaseModel):
@@ -113,7 +115,7 @@ class Everything(BaseModel):
     ok: bool
     color: Color
     rank: Literal[1, 2, 3]
-    maybe: Optional[int] = None
+    maybe: int | None = None
     tags: list[str]
     address: Address
 

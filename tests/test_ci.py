@@ -23,9 +23,7 @@ Cache:    /tmp/pandas-llm-demo-x/cache.sqlite
 First run : 20 rows, 20 distinct prompts, 0 rows from cache, 20 requests sent, 20 answered, 0 failed, 1156 prompt + 283 completion tokens, $0.0003, 11.09s
 Second run: 20 rows, 20 distinct prompts, 20 rows from cache, 0 requests sent, 20 answered, 0 failed, 0 prompt + 0 completion tokens, $0.0000, 0.00s
 """
-LOOPBACK = REAL.replace(
-    "a real LLM, SmolLM2-135M-Instruct on llama.cpp's server at", "the built-in loopback server at"
-)
+LOOPBACK = REAL.replace("a real LLM, SmolLM2-135M-Instruct on llama.cpp's server at", "the built-in loopback server at")
 ALL_FAILED = REAL.replace("20 requests sent, 20 answered, 0 failed", "120 requests sent, 0 answered, 20 failed")
 NOT_CACHED = REAL.replace("20 rows from cache, 0 requests sent", "0 rows from cache, 20 requests sent")
 

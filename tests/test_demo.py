@@ -62,8 +62,8 @@ def test_demo_exits_non_zero_with_one_line_when_no_row_is_answered(monkeypatch, 
 def test_demo_exits_non_zero_when_the_endpoint_is_dead(monkeypatch, capsys):
     import socket
 
-    from pandas_llm._run import engine as scheduler
     from pandas_llm._demo import Endpoint
+    from pandas_llm._run import engine as scheduler
 
     monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
     with socket.socket() as s:
@@ -73,7 +73,9 @@ def test_demo_exits_non_zero_when_the_endpoint_is_dead(monkeypatch, capsys):
     class Nobody:
         requests = 0
 
-    code, out, err = _demo_against(monkeypatch, capsys, Endpoint("nobody", dict(base_url=url, api_key="k"), Nobody(), None))
+    code, out, err = _demo_against(
+        monkeypatch, capsys, Endpoint("nobody", dict(base_url=url, api_key="k"), Nobody(), None)
+    )
     assert code == 1 and err.startswith(f"error: cannot reach {url}") and "First run" not in out
 
 

@@ -91,7 +91,9 @@ def test_one_refused_input_fails_only_its_row(server, opts):
 def test_a_refusal_naming_no_input_is_bisected(server, opts):
     texts = [f"t{i}" for i in range(16)]
     texts[5] = "poison"
-    body = {"error": {"message": "'$.input' is invalid. Please check the API reference.", "type": "invalid_request_error"}}
+    body = {
+        "error": {"message": "'$.input' is invalid. Please check the API reference.", "type": "invalid_request_error"}
+    }
     server.inject(400, match="poison", times=100, body=body)  # OpenAI's words: no index named
     with pytest.warns(pandas_llm.RunWarning):
         v = pd.Series(texts).llm.embed(dimensions=DIMS, **opts)
@@ -295,7 +297,9 @@ def test_estimate_embed_and_moderate(server, opts, tmp_path):
     s = pd.Series(["hello world", "bye", "hello world", None])
     est = s.llm.estimate(verb="embed", cache=tmp_path / "c.sqlite")
     assert (est.rows, est.skipped, est.unique, est.to_send, est.input_tokens) == (4, 1, 2, 2, 3)
-    assert est.cost.expected == pytest.approx(3 * 0.02 / 1e6) and est.batch_cost.expected == pytest.approx(1.5 * 0.02 / 1e6)
+    assert est.cost.expected == pytest.approx(3 * 0.02 / 1e6) and est.batch_cost.expected == pytest.approx(
+        1.5 * 0.02 / 1e6
+    )
     s.llm.embed(cache=tmp_path / "c.sqlite", **opts)
     assert s.llm.estimate(verb="embed", cache=tmp_path / "c.sqlite", base_url=server.base_url).to_send == 0
     mod = s.llm.estimate(verb="moderate", cache=False)
@@ -347,7 +351,8 @@ def test_embed_max_cost_stops_before_going_over(server, opts):
     assert not np.isnan(v).any()
     with pytest.warns(pandas_llm.RunWarning, match="budget"):
         v = pd.Series([f"other text {i}" for i in range(100)]).llm.embed(
-            dimensions=DIMS, max_cost=5e-6, inputs_per_request=10, **opts)
+            dimensions=DIMS, max_cost=5e-6, inputs_per_request=10, **opts
+        )
     stats = pandas_llm.last_run().stats
     assert stats.cost <= 5e-6 and stats.budget_reached
     assert 0 < int((~np.isnan(v[:, 0])).sum()) < 100

@@ -103,7 +103,7 @@ def test_life_cycle_port_from_log_and_clean_stop(fake):
     assert "Uvicorn running on" in srv.log()  # the log outlives the process
     srv.stop()  # twice is fine
     with pytest.raises(LocalServerError, match="not running"):
-        srv.base_url
+        _ = srv.base_url
 
 
 def test_a_crash_at_start_up_quotes_the_log(fake, monkeypatch):

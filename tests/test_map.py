@@ -182,8 +182,16 @@ def test_details_and_last_run(server, opts):
     df = pd.DataFrame({"text": ["a", "b", "a"]})
     d = df.llm.map("{text}", details=True, **opts)
     assert list(d.columns) == [
-        "output", "status", "error", "finish_reason", "prompt_tokens",
-        "completion_tokens", "cached_tokens", "cost", "attempts", "from_cache",
+        "output",
+        "status",
+        "error",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cost",
+        "attempts",
+        "from_cache",
     ]
     assert d["status"].tolist() == ["ok"] * 3
     assert (d["prompt_tokens"] > 0).all()

@@ -28,7 +28,9 @@ def executed(path: Path, tmp_path_factory) -> nbformat.NotebookNode:
     if path not in _executed:
         nb = nbformat.read(path, as_version=4)
         where = tmp_path_factory.mktemp(path.stem)
-        client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(where)}})
+        client = nbclient.NotebookClient(
+            nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(where)}}
+        )
         client.execute()  # raises CellExecutionError on any error, naming the cell
         _executed[path] = nb
     return _executed[path]

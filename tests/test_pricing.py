@@ -165,7 +165,8 @@ def test_per_million_rejects_bad_discounts(bad):
 
 
 @pytest.mark.parametrize(
-    ("value", "error"), [(-1e-7, ConfigError), (math.nan, ConfigError), (math.inf, ConfigError), ("0.1", ConfigError), (True, ConfigError)]
+    ("value", "error"),
+    [(-1e-7, ConfigError), (math.nan, ConfigError), (math.inf, ConfigError), ("0.1", ConfigError), (True, ConfigError)],
 )
 def test_price_rejects_bad_values(value, error):
     with pytest.raises(error, match="output"):

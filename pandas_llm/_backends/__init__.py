@@ -13,7 +13,8 @@ Each maps its foreign errors to pandas_llm.errors at this boundary and nowhere e
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, NamedTuple, Protocol
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol
 
 __all__ = ["Backend", "Completion", "make_backend", "content_text"]
 

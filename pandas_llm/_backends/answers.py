@@ -24,7 +24,8 @@ place for every backend: ``scheduler.completion_record``.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 

@@ -21,10 +21,11 @@ import errno
 import re
 import socket
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from ..errors import APIError, FatalAPIError, QuotaError, RateLimitError, RequestError, RetryableError
 from .._run.limits import parse_duration
+from ..errors import APIError, FatalAPIError, QuotaError, RateLimitError, RequestError, RetryableError
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600)) - {501}  # 501: not implemented, ever
 FATAL_STATUS = frozenset({401, 403, 404})
@@ -97,7 +98,7 @@ def _http_date(value: str, now: float | None) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # RFC 9110 dates are GMT
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
@@ -122,7 +123,9 @@ def error_for_status(
         )
     if status == 429 and detail.startswith("Request too large"):
         # larger than the whole per-minute budget: no wait makes it fit
-        return RequestError(f"HTTP 429 from {where}: {detail} Shorten the prompt or lower max_tokens.", status=status, code=code)
+        return RequestError(
+            f"HTTP 429 from {where}: {detail} Shorten the prompt or lower max_tokens.", status=status, code=code
+        )
     if status == 429:
         wait = retry_after(headers)
         if wait is None:
@@ -217,7 +220,8 @@ CONTENT_CODES = frozenset({
 })  # fmt: skip
 _CONTENT_MESSAGE = re.compile(
     r"content (?:management |filter|policy)|content_filter|usage polic|flagged as potentially|"
-    r"safety system|ResponsibleAIPolicyViolation", re.I,
+    r"safety system|ResponsibleAIPolicyViolation",
+    re.I,
 )
 
 
@@ -293,7 +297,11 @@ def _error_detail(body: Any) -> tuple[str, str | None, str | None]:
         if isinstance(err, Mapping):
             code = err.get("code") or err.get("type")
             param = err.get("param")
-            return str(err.get("message") or err), code if isinstance(code, str) else None, param if isinstance(param, str) else None
+            return (
+                str(err.get("message") or err),
+                code if isinstance(code, str) else None,
+                param if isinstance(param, str) else None,
+            )
         if isinstance(err, str):
             return err, None, None
         if body.get("object") == "error" and body.get("message"):  # vLLM

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -28,7 +29,7 @@ __all__ = ["FunctionBackend"]
 class FunctionBackend:
     def __init__(self, fn: Callable[..., Any], *, concurrency: int, timeout: float):
         self._fn = fn
-        self._async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        self._async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
         self._pool = None if self._async else ThreadPoolExecutor(concurrency, thread_name_prefix="pandas-llm-fn")
         self._timeout = timeout
 

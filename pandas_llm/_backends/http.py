@@ -7,7 +7,6 @@ object models, no second retry layer (the scheduler owns retries).
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
@@ -68,7 +67,7 @@ class HTTPBackend:
                 headers = resp.headers
         except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
             raise RetryableError(connection_error_text(self.endpoint, exc), code="connection") from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise lost(f"no answer within the timeout from {self.endpoint}", "timeout") from exc
         except aiohttp.ClientError as exc:  # dropped after sending: it may be billed
             raise lost(connection_error_text(self.endpoint, exc), "connection") from exc

@@ -14,11 +14,10 @@ from typing import Any
 
 import orjson
 
+from ..config import GENERATION_PARAMS
 from . import Completion
 from .answers import read_answer
-from ..config import GENERATION_PARAMS
 from .errors import from_openai
-
 
 __all__ = ["OpenAIClientBackend"]
 

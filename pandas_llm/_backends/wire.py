@@ -266,7 +266,9 @@ class WireBackend:
         waiter = conn.waiter
         if waiter is not None and not waiter.done():
             conn.waiter = None
-            waiter.set_exception(lost(f"no answer within the timeout ({self._timeout} s) from {self.endpoint}", "timeout"))
+            waiter.set_exception(
+                lost(f"no answer within the timeout ({self._timeout} s) from {self.endpoint}", "timeout")
+            )
         conn.close()
 
     async def aclose(self) -> None:

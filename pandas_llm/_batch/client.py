@@ -22,15 +22,16 @@ import asyncio
 import inspect
 import logging
 import os
-from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
-from ..errors import APIError, ConfigError, FatalAPIError, RetryableError, remember_secret
-from .._run.engine import RetryPolicy
-from .._run.stopping import quota_stop
 from .._backends.errors import from_openai
 from .._backends.openai_client import _timeout
+from .._run.engine import RetryPolicy
+from .._run.stopping import quota_stop
+from ..errors import APIError, ConfigError, FatalAPIError, RetryableError, remember_secret
 
 __all__ = ["BatchAPI", "BatchInfo", "ENDPOINT", "PART_KEY", "JOB_KEY", "NoBatchAPIError"]
 
@@ -74,7 +75,8 @@ def _info(batch: Any) -> BatchInfo:
     errors = None
     if batch.errors is not None and batch.errors.data:
         errors = "; ".join(
-            f"{e.code}: {e.message}" + (f" (line {e.line})" if getattr(e, "line", None) else "") for e in batch.errors.data
+            f"{e.code}: {e.message}" + (f" (line {e.line})" if getattr(e, "line", None) else "")
+            for e in batch.errors.data
         )
     return BatchInfo(
         batch.id,
@@ -127,7 +129,7 @@ class BatchAPI:
     def __repr__(self) -> str:  # never the key its headers hold
         return f"<{type(self).__name__} {self.endpoint}>"
 
-    async def __aenter__(self) -> "BatchAPI":
+    async def __aenter__(self) -> BatchAPI:
         import openai
 
         self._openai = openai
@@ -168,7 +170,9 @@ class BatchAPI:
                 raise
             raise mapped from exc
         except (AttributeError, TypeError, ValueError) as exc:  # the SDK could not build its object
-            raise self._not_batch(what, f"a reply that is not a Batch API object ({type(exc).__name__}: {exc})") from exc
+            raise self._not_batch(
+                what, f"a reply that is not a Batch API object ({type(exc).__name__}: {exc})"
+            ) from exc
         if isinstance(result, (str, bytes)) or result is None:
             text = result.decode("utf-8", "replace") if isinstance(result, bytes) else str(result)
             raise self._not_batch(what, f"{text[:120]!r}")
@@ -176,7 +180,7 @@ class BatchAPI:
             raise self._not_batch(what, f"an object without {expect!r}: {str(result)[:120]!r}")
         return result
 
-    def _not_batch(self, what: str, answered: str) -> "NoBatchAPIError":
+    def _not_batch(self, what: str, answered: str) -> NoBatchAPIError:
         reason = f"{what} at {self.endpoint} answered {answered}, not a Batch API reply"
         exc = NoBatchAPIError(
             f"this endpoint has no Batch API ({reason}); use mode='realtime' (or check base_url).",
@@ -239,8 +243,13 @@ class BatchAPI:
         files = self._client.files
         try:
             f = await self._retrying(
-                lambda: self._sdk(files.create, file=(filename, data, "application/jsonl"), purpose="batch", what="POST /files",
-                                  timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT))  # fmt: skip
+                lambda: self._sdk(
+                    files.create,
+                    file=(filename, data, "application/jsonl"),
+                    purpose="batch",
+                    what="POST /files",
+                    timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT),
+                )  # fmt: skip
             )
         except APIError as exc:
             absent = self._absent(exc, "POST /files")
@@ -256,7 +265,12 @@ class BatchAPI:
         while True:
             try:
                 batch = await self._sdk(
-                    batches.create, what="POST /batches", input_file_id=file_id, endpoint=endpoint, completion_window="24h", metadata=metadata
+                    batches.create,
+                    what="POST /batches",
+                    input_file_id=file_id,
+                    endpoint=endpoint,
+                    completion_window="24h",
+                    metadata=metadata,
                 )
                 return _info(batch)
             except FatalAPIError as exc:
@@ -284,7 +298,9 @@ class BatchAPI:
         """Ask the API to cancel; a batch that already finished is returned as it is."""
         batches = self._client.batches
         try:
-            return _info(await self._retrying(lambda: self._sdk(batches.cancel, batch_id, what="POST /batches/{id}/cancel")))
+            return _info(
+                await self._retrying(lambda: self._sdk(batches.cancel, batch_id, what="POST /batches/{id}/cancel"))
+            )
         except APIError as exc:
             if exc.status != 400:
                 raise
@@ -299,7 +315,9 @@ class BatchAPI:
             kwargs: dict[str, Any] = {"limit": 100}
             if after:
                 kwargs["after"] = after
-            page = await self._retrying(lambda: self._sdk(batches.list, what="GET /batches", expect="data", **kwargs))
+            page = await self._retrying(
+                lambda kwargs=kwargs: self._sdk(batches.list, what="GET /batches", expect="data", **kwargs)
+            )
             data = list(page.data)
             for batch in data:
                 meta = batch.metadata or {}
@@ -321,7 +339,13 @@ class BatchAPI:
                 yield line
 
     async def _read(self, files: Any, file_id: str) -> bytes:
-        content = await self._sdk(files.content, file_id, what="GET /files/{id}/content", expect=None, timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT))
+        content = await self._sdk(
+            files.content,
+            file_id,
+            what="GET /files/{id}/content",
+            expect=None,
+            timeout=max(self.settings.request_timeout, _TRANSFER_TIMEOUT),
+        )
         return content.content
 
     async def delete_file(self, file_id: str) -> None:

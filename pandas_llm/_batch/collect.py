@@ -17,17 +17,18 @@ like every row that is not ``ok``, the next run sends it again.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._backends import Completion
-from .client import BatchAPI, BatchInfo
-from .status import BatchStats
-from .files import parse_line
-from .._store.store import Record, Store
-from .._store.ledger import Ledger
 from .._plan.planner import Plan
+from .._store.ledger import Ledger
+from .._store.store import Record, Store
 from ..pricing import Price
 from ..pricing import cost as price_cost
+from .client import BatchAPI, BatchInfo
+from .files import parse_line
+from .status import BatchStats
 
 __all__ = ["Collector"]
 

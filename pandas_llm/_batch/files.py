@@ -14,19 +14,20 @@ same key a realtime answer would have.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import orjson
 
 from .._backends.answers import judge
-from .client import ENDPOINT
 from .._backends.errors import error_for_status
+from .._run.engine import completion_record
+from .._run.stopping import row_status
 from .._store.store import Record
 from ..config import BatchLimits
 from ..errors import APIError, RequestError, RetryableError
-from .._run.engine import completion_record
-from .._run.stopping import row_status
+from .client import ENDPOINT
 
 __all__ = ["PartData", "split_parts", "parse_line", "UNANSWERED_CODES"]
 
@@ -99,7 +100,12 @@ def split_parts(
 
 
 def parse_line(
-    raw: bytes, *, cost: Callable[[Any], float | None], model: str | None, endpoint: str, tools: bool = False,
+    raw: bytes,
+    *,
+    cost: Callable[[Any], float | None],
+    model: str | None,
+    endpoint: str,
+    tools: bool = False,
     answer: Any = None,
 ) -> tuple[bytes | None, Record | None, str | None]:
     """``(key, record, unanswered)`` for one output / error line.
@@ -124,7 +130,13 @@ def parse_line(
             if c.outputs is not None and len(c.outputs) != 1:
                 raise RequestError(f"{len(c.outputs)} results for one input", code="bad_response")
         except APIError as exc:
-            kind = "failed" if isinstance(exc, RetryableError) else row_status(exc) if isinstance(exc, RequestError) else "error"
+            kind = (
+                "failed"
+                if isinstance(exc, RetryableError)
+                else row_status(exc)
+                if isinstance(exc, RequestError)
+                else "error"
+            )
             return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None
         if c.outputs is not None:  # a list-input endpoint (endpoints.py): one input per line
             return key, Record(key, "ok", c.outputs[0], None, c.prompt_tokens, 0, 0, cost(c), None, 1, model), None
@@ -137,5 +149,7 @@ def parse_line(
         return key, Record(key, "failed", error=f"batch error {code}: {message}", model=model), None
     status = (response or {}).get("status_code") or 500
     exc = error_for_status(status, (response or {}).get("body"), None, endpoint=endpoint, model=model)
-    kind = "failed" if isinstance(exc, RetryableError) else row_status(exc) if isinstance(exc, RequestError) else "error"
+    kind = (
+        "failed" if isinstance(exc, RetryableError) else row_status(exc) if isinstance(exc, RequestError) else "error"
+    )
     return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None

@@ -33,26 +33,27 @@ import itertools
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
+from .._display.progress import make_observer
+from .._plan.planner import Plan, make_plan
 from .._run import loop as _runner
 from .._run import run as _pipeline
-from .client import JOB_KEY, PART_KEY, BatchAPI
-from .status import BatchProgress, BatchStats, BatchStatus
-from .files import PartData, split_parts
 from .._run.budget import Budget, ContextCheck, Meter
+from .._store.ledger import Ledger, Part
 from .._store.store import Record, Store
-from .collect import Collector
 from ..config import Settings
 from ..errors import ConfigError, FatalAPIError, RequestError
-from .._store.ledger import Ledger, Part
-from .._plan.planner import Plan, make_plan
 from ..pricing import resolve_price
-from .._display.progress import make_observer
+from .client import JOB_KEY, PART_KEY, BatchAPI
+from .collect import Collector
+from .files import PartData, split_parts
+from .status import BatchProgress, BatchStats, BatchStatus
 
 __all__ = ["BatchJob", "start"]
 
@@ -172,13 +173,15 @@ class BatchJob:
 
     def __repr__(self) -> str:
         s = self.stats
-        return f"<BatchJob {self.id}: {s.phase}, {s.to_send} of {s.unique} requests to send, {len(self._parts)} batches>"
+        return (
+            f"<BatchJob {self.id}: {s.phase}, {s.to_send} of {s.unique} requests to send, {len(self._parts)} batches>"
+        )
 
     def _repr_html_(self) -> str:
         return self._snapshot()._repr_html_()  # as of the last call; status() polls
 
     # -- the sync API -------------------------------------------------------------------------
-    def submit(self) -> "BatchJob":
+    def submit(self) -> BatchJob:
         """Send the requests not cached and not already in flight; returns at once."""
         _runner.run_sync(self.asubmit)
         return self
@@ -201,7 +204,7 @@ class BatchJob:
         return _runner.run_sync(self.acancel)
 
     # -- the async API --------------------------------------------------------------------------
-    async def asubmit(self) -> "BatchJob":
+    async def asubmit(self) -> BatchJob:
         async with self._session() as (ledger, api):
             await self._submit(ledger, api)
         return self
@@ -235,7 +238,9 @@ class BatchJob:
             return
         settings = self.settings
         progress = settings.progress
-        observer = make_observer(BatchProgress(text=progress == "text") if progress is True or progress == "text" else progress)
+        observer = make_observer(
+            BatchProgress(text=progress == "text") if progress is True or progress == "text" else progress
+        )
         stats = self.stats
         _pipeline.record_run(_pipeline.RunReport(stats, self.plan))
         observer.start(stats)
@@ -250,7 +255,9 @@ class BatchJob:
                     if self._finished:
                         break
                     changed = self._fingerprint() != before
-                    interval = settings.poll_interval if changed else min(interval * _BACKOFF, _CAP * settings.poll_interval)
+                    interval = (
+                        settings.poll_interval if changed else min(interval * _BACKOFF, _CAP * settings.poll_interval)
+                    )
                     await self.sleep(interval)
             stats.outcome = "done"
         except asyncio.CancelledError:
@@ -373,7 +380,6 @@ class BatchJob:
             self._pending = split_parts(self._within_budget(over), limits,
                                         self._tokens_of() if limits.enqueued_tokens is not None else None)  # fmt: skip
 
-
     def _tokens_of(self) -> Callable[[bytes], int]:
         from .._cost.tokens import count_message_tokens, count_text_tokens
 
@@ -421,8 +427,13 @@ class BatchJob:
 
     async def _send(self, ledger: Ledger, api: BatchAPI, part: PartData) -> None:
         s = self.stats
-        ledger.add_job(self.id, endpoint=self.settings.endpoint, model=self.settings.model, rows=s.total,
-                       requests=s.to_send - s.attached)  # fmt: skip  (once; later calls are no-ops)
+        ledger.add_job(
+            self.id,
+            endpoint=self.settings.endpoint,
+            model=self.settings.model,
+            rows=s.total,
+            requests=s.to_send - s.attached,
+        )  # fmt: skip  (once; later calls are no-ops)
         pid = uuid.uuid4().hex
         ledger.add_part(pid, job=self.id, endpoint=self.settings.endpoint, keys=part.keys, tokens=part.tokens,
                         nbytes=len(part.data), rows=self._row_entries(part.keys))  # fmt: skip
@@ -529,7 +540,9 @@ class BatchJob:
     def _finish(self, ledger: Ledger) -> None:
         """Every batch is collected: fill what other processes collected, label the rest."""
         over_budget = self._budget is not None and self._budget.exhausted
-        self._collector.finish(ledger.store, unsent="cancelled" if self._cancelled else "budget" if over_budget else "stopped")
+        self._collector.finish(
+            ledger.store, unsent="cancelled" if self._cancelled else "budget" if over_budget else "stopped"
+        )
         self._finished = True
         self.stats.phase = "cancelled" if self._cancelled else "done"
 
@@ -554,5 +567,3 @@ class BatchJob:
         if details:
             return plan.outcomes.details(plan.codes, plan.index)
         return plan.outcomes.series(plan.codes, plan.index, name=self.name)
-
-

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .._plan.outcomes import Outcomes
+from .._plan.planner import Plan, make_plan
 from .._run import run as _pipeline
+from .._store.ledger import Ledger, row_entry
 from .._store.store import Record, Store
+from .._structured.packing import Packer, _envelope_error, packed_key
 from ..config import Settings
 from .job import BatchJob, _batch_possible, check_batch
-from .._store.ledger import Ledger, row_entry
-from .._structured.packing import Packer, _envelope_error, packed_key
-from .._plan.planner import Plan, make_plan
-from .._plan.outcomes import Outcomes
 
 __all__ = ["PackedBatchJob", "start_packed"]
 
@@ -44,7 +45,11 @@ def start_packed(data: pd.DataFrame | pd.Series, template: Any, settings: Settin
     name = data.name if isinstance(data, pd.Series) else None
     if settings.mode == "auto":
         run = _pipeline.Run(data, template, settings, extra=extra, validate=validate, packing=packer)
-        if len(run.plan.todo) < settings.batch_threshold or settings.max_cost is not None or not _batch_possible(settings):
+        if (
+            len(run.plan.todo) < settings.batch_threshold
+            or settings.max_cost is not None
+            or not _batch_possible(settings)
+        ):
             return run
         run.store.close()
         with Store(settings.cache_path) as store:
@@ -102,7 +107,9 @@ class PackedBatchJob(BatchJob):
         s.saved_cost = float(np.nansum(rows.outcomes.cost[rows.outcomes.from_cache]))
 
     @staticmethod
-    def _held_packs(rows: Plan, packer: Packer, ledger: Ledger) -> tuple[list[tuple[int, bytes, bytes]], list[int], set[int]]:
+    def _held_packs(
+        rows: Plan, packer: Packer, ledger: Ledger
+    ) -> tuple[list[tuple[int, bytes, bytes]], list[int], set[int]]:
         """What open batches (of an earlier run, maybe killed) hold of ``rows.todo``, by row key.
 
         Returns the packs in flight, rebuilt exactly as they were sent (same rows, same order,
@@ -149,7 +156,11 @@ class PackedBatchJob(BatchJob):
 
     def _row_entries(self, keys: list[bytes]) -> list[bytes]:
         row_keys = self.rows.keys
-        return [row_entry(key, i, packed_key(row_keys[u])) for key in keys for i, u in enumerate(self._members_of.get(key, ()))]
+        return [
+            row_entry(key, i, packed_key(row_keys[u]))
+            for key in keys
+            for i, u in enumerate(self._members_of.get(key, ()))
+        ]
 
     def _split(self, u: int, record: Record, store: Store) -> None:
         packer = self.packer

@@ -14,12 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._store.ledger import Part
 from .._display.progress import TqdmObserver
 from .._run.engine import RunStats
+from .._store.ledger import Part
 
 __all__ = ["BatchStats", "BatchStatus", "BatchProgress"]
-
 
 
 @dataclass
@@ -90,7 +89,8 @@ class BatchStatus:
         if s.cost_known and s.realtime_cost > s.cost:
             saved = f" (realtime would be {_money(s.realtime_cost, True)})"
         return (
-            f"{c['rows']} rows" + (f" ({c['skipped']} skipped: NA cells)" if c["skipped"] else "")
+            f"{c['rows']} rows"
+            + (f" ({c['skipped']} skipped: NA cells)" if c["skipped"] else "")
             + f", {c['requests']} distinct requests: {c['from_cache']} from cache, "
             f"{c['attached']} re-attached, {c['submitted']} submitted, {c['queued']} queued; "
             f"{c['collected']} collected ({c['ok']} ok, {c['failed']} failed); "

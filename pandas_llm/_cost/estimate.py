@@ -22,20 +22,21 @@ from __future__ import annotations
 import html
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 import pandas as pd
 
+from .._display.progress import money
+from .._plan.planner import make_plan
 from .._run.budget import context_window
 from .._store.store import Store
 from ..config import Settings
 from ..errors import ConfigError
-from .._plan.planner import make_plan
 from ..pricing import Price, resolve_price
-from .._display.progress import money
 from .tokens import count_message_tokens, encoding_name_for
 
 __all__ = ["Estimate", "Range", "estimate", "compare_models", "DEFAULT_OUTPUT_TOKENS", "CACHE_MIN_TOKENS"]
@@ -94,6 +95,7 @@ class Estimate:
         if self.mode == "batch":
             return self.cached_input_tokens * (p.batch_input - p.batch_cached_input)
         return self.cached_input_tokens * (p.input - p.cached_input)
+
     too_long: int = 0  # distinct prompts that cannot fit the context window: map does not send them
     context_window: int | None = None  # the model's, in tokens, if known
 
@@ -121,10 +123,23 @@ class Estimate:
             ("rows", f"{self.rows:,}", f"{self.skipped:,} skipped (NA cells)" if self.skipped else ""),
             ("unique prompts", f"{self.unique:,}", "after dedup" if self.unique != self.rows - self.skipped else ""),
             ("cache hits", f"{self.cached:,}", f"saved {money(self.saved)}" if self.saved > 0 else ""),
-            ("to send", f"{self.to_send:,}", "" if self.requests in (None, self.to_send)
-             else f"in {self.requests:,} requests (rows_per_request)"),
-            *([("too long", f"{self.too_long:,}", f"over the {self.context_window:,}-token context window: not sent; "
-                "shorten them or use a larger-context model")] if self.too_long else []),  # fmt: skip
+            (
+                "to send",
+                f"{self.to_send:,}",
+                "" if self.requests in (None, self.to_send) else f"in {self.requests:,} requests (rows_per_request)",
+            ),
+            *(
+                [
+                    (
+                        "too long",
+                        f"{self.too_long:,}",
+                        f"over the {self.context_window:,}-token context window: not sent; "
+                        "shorten them or use a larger-context model",
+                    )
+                ]
+                if self.too_long
+                else []
+            ),  # fmt: skip
             (
                 "input tokens",
                 f"{self.input_tokens:,}",
@@ -134,7 +149,13 @@ class Estimate:
         ]
         for label, value in (("cost, realtime", self.cost), ("cost, Batch API", self.batch_cost)):
             if value is None:
-                rows.append((label, "price unknown", f"pass prices= to price {self.model!r}" if label.endswith("realtime") else ""))
+                rows.append(
+                    (
+                        label,
+                        "price unknown",
+                        f"pass prices= to price {self.model!r}" if label.endswith("realtime") else "",
+                    )
+                )
             else:
                 note = "" if value.expected is not None else "upper bound (max_tokens)"
                 if (self.mode == "batch") == label.endswith("API"):
@@ -142,8 +163,14 @@ class Estimate:
                 rows.append((label, _range(value, money), note))
         saving = self.cache_saving
         if self.cached_input_tokens and saving is not None:
-            rows.append(("prompt cache", f"-{money(saving)}", f"if the provider caches the {self.cache_prefix_tokens:,}"
-                         f"-token fixed prefix: {self.cached_input_tokens:,} input tokens at the cached rate"))
+            rows.append(
+                (
+                    "prompt cache",
+                    f"-{money(saving)}",
+                    f"if the provider caches the {self.cache_prefix_tokens:,}"
+                    f"-token fixed prefix: {self.cached_input_tokens:,} input tokens at the cached rate",
+                )
+            )
         if self.max_cost is not None and self.expected_cost is not None:
             rows.append(("max_cost", money(self.max_cost), self._budget_note()))
         if self.sampled:

@@ -47,6 +47,7 @@ class BPEFileError(PandasLLMError, RuntimeError):
 class MissingDependency(PandasLLMError, ModuleNotFoundError):
     """A package pandas-llm needs for this is not installed; the message says which."""
 
+
 __all__ = [
     "approx_message_tokens",
     "count_message_tokens",
@@ -226,8 +227,7 @@ def _warn_unknown(model: str) -> None:
             return
         _warned_models.add(model)
     warnings.warn(
-        f"no known tokenizer for model {model!r}; counting tokens with o200k_base, "
-        "so counts are estimates",
+        f"no known tokenizer for model {model!r}; counting tokens with o200k_base, so counts are estimates",
         UserWarning,
         stacklevel=3,
     )
@@ -262,7 +262,5 @@ def _bpe_path(name: str) -> Path:
     # 70 MB extension module (~0.4 s) that is not needed, only its data files are.
     spec = importlib.util.find_spec("bpe_openai")
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependency(
-            "bpe-openai is required for offline token counts: pip install bpe-openai"
-        )
+        raise MissingDependency("bpe-openai is required for offline token counts: pip install bpe-openai")
     return Path(next(iter(spec.submodule_search_locations))) / "data" / f"{name}.tiktoken.gz"

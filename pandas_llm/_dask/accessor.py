@@ -66,8 +66,8 @@ class DaskLLMAccessor:
         The template's columns (all columns for a function template) are computed and
         brought to the driver, then estimated as one pandas frame: dedup across partitions
         and ``sample=`` are exact. Returns an ``Estimate``."""
-        from ..accessor import LLMAccessor
         from .._plan.prompts import compile_template
+        from ..accessor import LLMAccessor
 
         settings = _driver_settings(options)
         obj = self._obj
@@ -119,8 +119,8 @@ def _driver_settings(options: dict[str, Any]) -> Settings:
 def _partition(part: Any, verb: str, template: Any, verb_kw: dict[str, Any], settings: Settings,
                account: str | None = None) -> Any:  # fmt: skip
     """One partition's run, on its worker, with the driver's settings and the shared limit."""
-    from ..accessor import LLMAccessor
     from .._run.run import limiter_wrapper
+    from ..accessor import LLMAccessor
 
     token = _defaults.set(settings)
     wrap = limiter_wrapper.set(_shared_limit(settings, account) if len(part) else None)

@@ -8,7 +8,8 @@ the scheduler is the cluster.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from distributed import get_worker
 from distributed.diagnostics.plugin import SchedulerPlugin

@@ -23,7 +23,8 @@ import asyncio
 import math
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._run.limits import remembered_limits
 

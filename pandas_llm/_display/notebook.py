@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .progress import Snapshot, ThrottledObserver
 from .._run.engine import RunStats
+from .progress import Snapshot, ThrottledObserver
 
 __all__ = ["WidgetObserver"]
 

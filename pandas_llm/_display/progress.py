@@ -27,8 +27,9 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from .._plan.outcomes import STATUS_MEANING
 from .._run.engine import RunStats
@@ -407,7 +408,12 @@ class LogObserver:
     """Logs the run's summary on the ``pandas_llm`` logger when it ends."""
 
     def start(self, stats: RunStats) -> None:
-        log.debug("pandas-llm run started: %d rows, %d distinct requests, %d to send", stats.total, stats.unique, stats.to_send)
+        log.debug(
+            "pandas-llm run started: %d rows, %d distinct requests, %d to send",
+            stats.total,
+            stats.unique,
+            stats.to_send,
+        )
 
     def update(self, stats: RunStats) -> None:
         pass

@@ -15,7 +15,7 @@ freed at once, instead of a dict of a million bytes objects (~200 MB, several se
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd

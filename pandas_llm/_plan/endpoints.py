@@ -23,18 +23,19 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import orjson
 
 from .._backends import Completion
-from .._run.budget import Meter
 from .._backends.errors import error_in_answer
+from .._run.budget import Meter
 from ..errors import FatalAPIError, PandasLLMError, RequestError, TemplateError
 from ..pricing import Price, resolve_price
-from .requests import KEY_VERSION, TextCodec
 from .outcomes import Outcomes
+from .requests import KEY_VERSION, TextCodec
 
 __all__ = ["Moderations", "Embeddings", "MODERATION_CATEGORIES"]
 

@@ -16,16 +16,17 @@ Other failures (after the engine's retries) are every row's of that request.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
 
+from .._run.stopping import ShapeWatch
 from .._store.store import Record, Store
 from .endpoints import PER_TOKEN_LIST
 from .planner import Plan
-from .._run.stopping import ShapeWatch
 
 __all__ = ["Grouper", "GroupingReport"]
 
@@ -154,15 +155,31 @@ class Grouper:
             return []
         return [(m[0], record._replace(key=m[1], output=None)) for m in group]
 
-    def _rows(self, group: list[tuple[int, bytes, str, int]], record: Record, outputs: list[Any]) -> list[tuple[int, Record]]:
+    def _rows(
+        self, group: list[tuple[int, bytes, str, int]], record: Record, outputs: list[Any]
+    ) -> list[tuple[int, Record]]:
         """Per-row records; the request's tokens and cost shared in proportion to each text's size."""
         sizes = np.fromiter((max(m[3], 1) for m in group), dtype=np.float64, count=len(group))
         weights = sizes / sizes.sum()
         tokens = _split_int(record.prompt_tokens, weights)
         cost = None if record.cost is None else (record.cost * weights).tolist()
         return [
-            (m[0], Record(m[1], "ok", out, None, int(t), 0, 0, None if cost is None else cost[i], None,
-                          record.attempts, record.model))  # fmt: skip
+            (
+                m[0],
+                Record(
+                    m[1],
+                    "ok",
+                    out,
+                    None,
+                    int(t),
+                    0,
+                    0,
+                    None if cost is None else cost[i],
+                    None,
+                    record.attempts,
+                    record.model,
+                ),
+            )  # fmt: skip
             for i, (m, out, t) in enumerate(zip(group, outputs, tokens))
         ]
 

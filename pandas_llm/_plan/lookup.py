@@ -15,7 +15,8 @@ Only ``ok`` answers are used; failed ones are sent again.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,22 +10,23 @@ around it is serialised once), ~1.2 µs a row; dedup and the cache look-up are i
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
+from .._run.engine import Sized
 from .._store.store import Store
 from ..config import Settings
-from .dedup import KEY_SIZE, Keys, dedup
 from ..errors import PandasLLMError, TemplateError
-from .prompts import Row, Template, compile_template, render_column, to_messages
-from .requests import RequestBuilder
+from .dedup import KEY_SIZE, Keys, dedup
 from .lookup import load_cached
 from .outcomes import Outcomes
-from .._run.engine import Sized
+from .prompts import Row, Template, compile_template, render_column, to_messages
+from .requests import RequestBuilder
 
 __all__ = ["Plan", "make_plan"]
 

@@ -39,10 +39,10 @@ import difflib
 import json
 import math
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -132,9 +132,7 @@ def compile_template(template: Any, columns: Sequence[Any], *, series: bool = Fa
             raise TemplateError(f"nested placeholders in a format spec are not allowed: {{{field_name}:{spec}}}")
         if series:
             if field_name not in ("", "0") and field_name not in by_name:
-                raise TemplateError(
-                    f"a Series template uses '{{}}' for the value; {{{field_name}}} is unknown"
-                )
+                raise TemplateError(f"a Series template uses '{{}}' for the value; {{{field_name}}} is unknown")
             column = SERIES_FIELD
         else:
             if field_name not in by_name:
@@ -153,9 +151,7 @@ def compile_template(template: Any, columns: Sequence[Any], *, series: bool = Fa
         else:
             index = len(used)
             used.append(slot)
-        parts.append(
-            "{" + str(index) + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-        )
+        parts.append("{" + str(index) + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}")
     return Template(template, tuple(c for c, _ in used), "".join(parts), tuple(r for _, r in used))
 
 
@@ -175,7 +171,7 @@ def _names_hint(field_name: str, columns: Sequence[Any]) -> str:
             return (
                 f" The column {name!r} cannot be named in a str template (':' starts a format spec, "
                 "'!' a conversion, '{' '}' '[' '.' are template syntax). Use a function template, e.g. "
-                f"df.llm.map(lambda row: f\"Translate: {{row[{name!r}]}}\") or rename the column."
+                f'df.llm.map(lambda row: f"Translate: {{row[{name!r}]}}") or rename the column.'
             )
     return ""
 
@@ -190,12 +186,12 @@ class _NotUTF8(Exception):
 def render_value(value: Any) -> str:
     """The text a cell becomes in a prompt (see the module docstring for the table).
 
-        >>> render_value(np.array(["red", "blue"])), render_value(["red", "blue"])
-        ('["red", "blue"]', '["red", "blue"]')
-        >>> render_value(0.1 + 0.2), render_value(np.float32(0.1)), render_value(3.0)
-        ('0.30000000000000004', '0.1', '3.0')
-        >>> render_value("café".encode()), render_value({"a": [1, None, float("nan")]})
-        ('café', '{"a": [1, null, NaN]}')
+    >>> render_value(np.array(["red", "blue"])), render_value(["red", "blue"])
+    ('["red", "blue"]', '["red", "blue"]')
+    >>> render_value(0.1 + 0.2), render_value(np.float32(0.1)), render_value(3.0)
+    ('0.30000000000000004', '0.1', '3.0')
+    >>> render_value("café".encode()), render_value({"a": [1, None, float("nan")]})
+    ('café', '{"a": [1, null, NaN]}')
     """
     t = type(value)
     if t is str:

@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from ..config import Settings
 from .._structured.schema import response_format_fragment
+from ..config import Settings
 
 __all__ = ["RequestBuilder", "TextCodec", "KEY_VERSION", "is_reasoning_model"]
 
@@ -79,7 +79,7 @@ class RequestBuilder:
     def key_of(self, raw: bytes) -> bytes:
         return hashlib.sha256(self._prefix + raw).digest()
 
-    def text_codec(self, head_messages: list[dict[str, Any]]) -> "TextCodec | None":
+    def text_codec(self, head_messages: list[dict[str, Any]]) -> TextCodec | None:
         """A fast encoder for bodies whose messages are ``head_messages`` + one user text."""
         return TextCodec.build(self, head_messages)
 
@@ -103,14 +103,14 @@ class TextCodec:
         self._pre = hashlib.sha256(prefix + head)
 
     @classmethod
-    def build(cls, builder: RequestBuilder, head_messages: list[dict[str, Any]]) -> "TextCodec | None":
+    def build(cls, builder: RequestBuilder, head_messages: list[dict[str, Any]]) -> TextCodec | None:
         raw = builder.encode([*head_messages, {"role": "user", "content": _MARK}])[1]
         mark = orjson.dumps(_MARK)
         if raw.count(mark) != 1:
             return None  # the marker also appears in a parameter: use the general path
         pos = raw.index(mark)
         codec = cls(builder._prefix, raw[:pos], raw[pos + len(mark) :])
-        probe = "a \"quoted\" {text}\n with ünïcode \u2028 and \x00"
+        probe = 'a "quoted" {text}\n with ünïcode \u2028 and \x00'
         if codec.encode(probe) != builder.encode([*head_messages, {"role": "user", "content": probe}]):
             return None
         return codec

@@ -45,10 +45,10 @@ from typing import Any
 import orjson
 
 from .._backends import Completion
+from .._cost.tokens import count_message_tokens, encoding_name_for
 from .._store.store import Record
 from ..errors import ConfigError
 from ..pricing import Price, cost, resolve_price
-from .._cost.tokens import count_message_tokens, encoding_name_for
 
 __all__ = ["Budget", "ContextCheck", "Hold", "Meter", "context_window", "max_output_tokens"]
 
@@ -132,9 +132,7 @@ def _look_up(model: str, prices: Any) -> Future:
 class Meter:
     """Prices one run's requests. ``price`` None means "price unknown": costs are None."""
 
-    def __init__(
-        self, model: str, price: Price | None | Future, *, max_output: int | None = None, batch: bool = False
-    ):
+    def __init__(self, model: str, price: Price | None | Future, *, max_output: int | None = None, batch: bool = False):
         self.model = model
         self._price, self._pending = (None, price) if isinstance(price, Future) else (price, None)
         self.max_output = max_output

@@ -7,17 +7,18 @@ verb's value. The endpoint is a kind (endpoints.py); rows go many per request (g
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
-from ..config import current_settings
 from .._plan.endpoints import Embeddings, Moderations
-from ..errors import ConfigError
 from .._plan.grouping import Grouper
+from ..config import current_settings
+from ..errors import ConfigError
 from .run import Run
 
 __all__ = ["EndpointRun", "prepare_moderate", "prepare_embed", "DEFAULT_MODERATION_MODEL", "DEFAULT_EMBEDDING_MODEL"]
@@ -73,11 +74,15 @@ def _check_per_request(value: Any) -> None:
         raise ConfigError(f"inputs_per_request must be a whole number >= 1 or None, got {value!r}")
 
 
-def prepare_moderate(data: Any, template: Any, options: Mapping[str, Any], *, inputs_per_request: Any = None) -> EndpointRun:
+def prepare_moderate(
+    data: Any, template: Any, options: Mapping[str, Any], *, inputs_per_request: Any = None
+) -> EndpointRun:
     settings = _settings(options, DEFAULT_MODERATION_MODEL, "moderate")
     _check_per_request(inputs_per_request)
     if settings.mode == "batch":
-        raise ConfigError("moderate() runs in realtime only: the moderation endpoint is free, the Batch API saves nothing")
+        raise ConfigError(
+            "moderate() runs in realtime only: the moderation endpoint is free, the Batch API saves nothing"
+        )
     settings = settings.merged(mode="realtime")
     kind = Moderations()
     run = Run(data, template_for(data, template, "moderate"), settings, kind=kind,
@@ -116,8 +121,8 @@ def prepare_embed(
 def _embed_job(data: Any, template: Any, settings: Any, kind: Embeddings, as_series: bool, name: Any) -> Any:
     """``embed(mode="batch")``: one Batch API line per distinct text, keyed as in realtime."""
     from .._batch.client import BatchAPI
-    from .._store.store import Store
     from .._plan.planner import make_plan
+    from .._store.store import Store
 
     if settings.max_cost is not None:
         raise ConfigError(
@@ -134,8 +139,8 @@ def _embed_job(data: Any, template: Any, settings: Any, kind: Embeddings, as_ser
 
 
 def _job(plan: Any, settings: Any, kind: Embeddings, as_series: bool, name: Any) -> Any:
-    from . import run as pipeline
     from .._batch.job import BatchJob
+    from . import run as pipeline
 
     job = BatchJob(plan, settings, name=name, kind=kind)
 
@@ -170,10 +175,10 @@ def estimate_endpoint(data: Any, template: Any, options: Mapping[str, Any], verb
     models, else ~4 characters a token) and dollars, realtime and Batch API. No output tokens."""
     import warnings
 
-    from .._store.store import Store
     from .._cost.estimate import Estimate, Range, plan_counts
-    from .._plan.planner import make_plan
     from .._cost.tokens import count_text_tokens, encoding_name_for
+    from .._plan.planner import make_plan
+    from .._store.store import Store
 
     moderate = verb == "moderate"
     settings = _settings(options, DEFAULT_MODERATION_MODEL if moderate else DEFAULT_EMBEDDING_MODEL, verb)

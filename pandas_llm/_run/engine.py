@@ -49,18 +49,27 @@ import asyncio
 import operator
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import orjson
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from .._backends import Backend, Completion
-from .._store.store import Record, Store
-from . import inflight
 from .._store.committer import Committer
-from ..errors import FatalAPIError, LocalServerError, PandasLLMError, RateLimitError, RequestError, RetryableError, StoreError
-from ..errors import redact
+from .._store.store import Record, Store
+from ..errors import (
+    FatalAPIError,
+    LocalServerError,
+    PandasLLMError,
+    RateLimitError,
+    RequestError,
+    RetryableError,
+    StoreError,
+    redact,
+)
+from . import inflight
 from .limiter import Limiter
 from .stopping import ShapeWatch, come_back, quota_stop, row_status
 
@@ -353,7 +362,9 @@ class Engine:
         if exc is None:
             self.stats.store_trouble = None
         else:
-            self.stats.store_trouble = "waiting for the cache lock" if exc.busy else f"cannot write the cache, retrying ({exc})"
+            self.stats.store_trouble = (
+                "waiting for the cache lock" if exc.busy else f"cannot write the cache, retrying ({exc})"
+            )
         self.on_update(self.stats)
 
     def _replaced(self, n: int) -> None:
@@ -401,7 +412,9 @@ class Engine:
                         if exc.maybe_billed:  # dropped after sending: counted as possibly billed
                             await self._lost(body, hold, False)
                         why = f"{exc} (after {attempts} attempts; not sent again: the endpoint is gone)"
-                        return self._stop_run(stop, Record(key, "failed", error=why, attempts=attempts, model=self.model))
+                        return self._stop_run(
+                            stop, Record(key, "failed", error=why, attempts=attempts, model=self.model)
+                        )
                 elif exc.status is not None:
                     self._heard += 1
                 elif exc.code == "timeout":
@@ -415,7 +428,9 @@ class Engine:
                         if stop is not None:
                             return self._stop_run(stop, Record(key, UNSENT))
                         if self._past_deadline(wait):  # no request can be sent before the deadline: stop sending
-                            self._halt(f"{exc} The limit clears in {come_back(wait)}, after the deadline ({deadline:g} s).")
+                            self._halt(
+                                f"{exc} The limit clears in {come_back(wait)}, after the deadline ({deadline:g} s)."
+                            )
                             return Record(key, UNSENT)
                         stats.retries += 1
                         continue
@@ -430,10 +445,14 @@ class Engine:
                     return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
                                   "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
                 if not again:
-                    return Record(key, "failed", error=f"{exc} (after {attempts} attempts)", attempts=attempts, model=self.model)
+                    return Record(
+                        key, "failed", error=f"{exc} (after {attempts} attempts)", attempts=attempts, model=self.model
+                    )
                 stop = quota_stop(exc, wait, deadline)
                 if stop is not None:
-                    return self._stop_run(stop, Record(key, "failed", error=str(exc), attempts=attempts, model=self.model))
+                    return self._stop_run(
+                        stop, Record(key, "failed", error=str(exc), attempts=attempts, model=self.model)
+                    )
                 stats.retries += 1
                 await self.sleep(wait)
                 continue
@@ -461,7 +480,9 @@ class Engine:
                 stats.in_flight -= 1
                 self._sending.discard(task)  # type: ignore[arg-type]
             self._heard += 1
-            limiter.done(reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers)
+            limiter.done(
+                reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers
+            )
             return self._record(key, completion, reserved, attempts, body)
 
     async def _process_validated(self, job: Job, hold: Any = None) -> Record:
@@ -495,7 +516,9 @@ class Engine:
             stats.cost += cost
         if c.outputs is not None:  # many inputs in one request: the split hook makes the rows' records
             self._shape.answered = True
-            return Record(key, "ok", c.outputs, c.finish_reason, c.prompt_tokens, 0, 0, cost, None, attempts, self.model)
+            return Record(
+                key, "ok", c.outputs, c.finish_reason, c.prompt_tokens, 0, 0, cost, None, attempts, self.model
+            )
         tools = c.finish_reason in _TOOL_FINISH and "tools" in orjson.loads(body)  # parsed on that rare path only
         record = completion_record(key, c, cost, attempts, self.model, tools=tools)
         if record.status == "ok":
@@ -591,7 +614,7 @@ class Sized:
     def __init__(self, items: Iterable[Any], count: int):
         self._it, self._left = iter(items), count
 
-    def __iter__(self) -> "Sized":
+    def __iter__(self) -> Sized:
         return self
 
     def __next__(self) -> Any:
@@ -621,6 +644,7 @@ def _with_spent(record: Record, rejected: list[Record]) -> Record:
         cost=None if any(c is None for c in costs) else sum(costs),
         attempts=record.attempts + sum(r.attempts for r in rejected),
     )
+
 
 def completion_record(
     key: bytes, c: Completion, cost: float | None, attempts: int, model: str | None, *, tools: bool = False

@@ -53,7 +53,9 @@ def close_run(token: int) -> None:
     with _lock:
         _active.discard(token)
         oldest = min(_active, default=None)
-        stale = [k for k, e in _entries.items() if e.committed_at is not None and (oldest is None or e.committed_at < oldest)]
+        stale = [
+            k for k, e in _entries.items() if e.committed_at is not None and (oldest is None or e.committed_at < oldest)
+        ]
         for key in stale:
             del _entries[key]
 

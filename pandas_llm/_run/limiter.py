@@ -53,9 +53,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-from .window import Credit
 from .limits import (
     _BOUNDLESS,
     OVERLOAD_WORDS,
@@ -66,8 +66,10 @@ from .limits import (
     remember,
     remembered_limits,
 )
+from .window import Credit
 
 __all__ = ["Limiter", "parse_duration", "remembered_limits"]
+
 
 class _Pace:
     """One budget as a GCRA schedule: ``tat`` is when the budget is next fully free."""
@@ -141,7 +143,7 @@ class Limiter:
         self._count, self._count_from, self._last_rate = 0, now, 0.0
 
     @classmethod
-    def for_settings(cls, settings: Any, **options: Any) -> "Limiter":
+    def for_settings(cls, settings: Any, **options: Any) -> Limiter:
         """The limiter for a run: the user's ``rpm``/``tpm``, else what this process learned."""
         params = settings.params
         max_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
@@ -448,7 +450,9 @@ class Limiter:
                 self._provisional = False
             self._remember()
 
-    def rate_limited(self, ticket: int, retry_after: float | None, headers: Any = None, message: str | None = None) -> float:
+    def rate_limited(
+        self, ticket: int, retry_after: float | None, headers: Any = None, message: str | None = None
+    ) -> float:
         """A 429: pause every worker, then ramp back up. Returns the pause in seconds.
         ``message``: the 429's error message, which may name the limit it hit."""
         # sending on credit found the window's edge: the pace alone was not at fault,

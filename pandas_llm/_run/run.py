@@ -7,30 +7,30 @@ the async API awaits it on the caller's loop. Either way the same code runs.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import inflight
 from .._backends import make_backend
-from .budget import Budget, ContextCheck, Meter
+from .._display.progress import make_observer
+from .._plan.outcomes import STATUS_MEANING
+from .._plan.planner import Plan, make_plan
+from .._store.leases import Claims, warn_if_network
 from .._store.store import Store
 from ..config import Settings
-from ..errors import FatalAPIError, LocalServerError, find_stack_level as caller_stacklevel
-from .._store.leases import Claims, warn_if_network
-from .._plan.planner import Plan, make_plan
-from .._display.progress import make_observer
-from .limiter import Limiter
-from .._plan.outcomes import STATUS_MEANING
+from ..errors import FatalAPIError, LocalServerError
+from ..errors import find_stack_level as caller_stacklevel
+from . import inflight
+from .budget import Budget, ContextCheck, Meter
 from .engine import Engine, RetryPolicy, RunStats
+from .limiter import Limiter
 
 __all__ = ["Run", "RunReport", "RunWarning", "last_run"]
 
@@ -65,12 +65,15 @@ class RunReport:
             worst = f"up to ${s.possibly_billed:.4f}" if s.cost_known else "price unknown"
             cost += f" + {worst} possibly billed ({s.lost_answers} answers lost)"
         return (
-            f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "
-            f"{s.sent_done} requests sent ({s.ok} ok"
-            + (f", {s.attempts} HTTP attempts" if getattr(s, "attempts", 0) > s.sent_done else "")  # retries
-            + f"), {s.prompt_tokens} prompt{cached_share(s)} + "
-            f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"
-        ) + (f"; {self.packing}" if self.packing is not None else "")
+            (
+                f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "
+                f"{s.sent_done} requests sent ({s.ok} ok"
+                + (f", {s.attempts} HTTP attempts" if getattr(s, "attempts", 0) > s.sent_done else "")  # retries
+                + f"), {s.prompt_tokens} prompt{cached_share(s)} + "
+                f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"
+            )
+            + (f"; {self.packing}" if self.packing is not None else "")
+        )
 
     def __repr__(self) -> str:
         return f"<RunReport {self.stats.outcome}: {self.summary()}>"
@@ -167,6 +170,7 @@ class Run:
         _last = RunReport(stats, self.plan, self.packing and self.packing.report)
         try:
             if self.backend is not None:
+
                 def engine(**kw: Any) -> Engine:
                     return self._engine(lambda s: [f(s) for f in updates], **kw)
 
@@ -258,7 +262,9 @@ class Run:
     def _engine(self, on_update: Callable[[RunStats], None], **overrides: Any) -> Engine:
         s = self.settings
         outcomes = self.plan.outcomes
-        options: dict[str, Any] = dict(on_result=outcomes.fill, validate=self.validate, invalid_retries=s.invalid_retries)
+        options: dict[str, Any] = dict(
+            on_result=outcomes.fill, validate=self.validate, invalid_retries=s.invalid_retries
+        )
         options.update(overrides)
         if self._limiter is None:
             self._limiter = Limiter.for_settings(s)

@@ -28,11 +28,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from .store import FileReplaced, Record, Store
 from ..errors import StoreError
+from .store import FileReplaced, Record, Store
 
 __all__ = ["Committer"]
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
 import socket
+import sqlite3
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from .store import Record, Store
 
@@ -190,7 +191,7 @@ class Claims:
                 self.waiting.pop(key, None)
         return mine
 
-    def _transaction(self) -> "_Tx":
+    def _transaction(self) -> _Tx:
         return _Tx(self)
 
 

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 import pandas as pd

@@ -18,7 +18,8 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 from ..errors import ConfigError, StoreError, redact
 
@@ -40,7 +41,7 @@ class Record(NamedTuple):
     attempts: int = 1
     model: str | None = None
 
-    def redacted(self) -> "Record":
+    def redacted(self) -> Record:
         """This record with any API key in its error text masked (errors.redact)."""
         return self if self.error is None else self._replace(error=redact(self.error))
 
@@ -133,7 +134,10 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
     ("005_batch_keys_by_key", "CREATE INDEX batch_keys_by_key ON batch_keys (key)"),
     # Requests a run is sending, so another process on this file waits for them (leases.py).
-    ("006_leases", "CREATE TABLE leases (key BLOB PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID"),
+    (
+        "006_leases",
+        "CREATE TABLE leases (key BLOB PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
+    ),
 ]
 
 _UPSERT = f"""
@@ -292,7 +296,7 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -415,7 +419,9 @@ def _prove_writable(conn: sqlite3.Connection, path: str) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             # a write statement (rolled back): a read-only file passes BEGIN but fails here
-            conn.execute("UPDATE migrations SET applied_at = applied_at WHERE rowid = (SELECT min(rowid) FROM migrations)")
+            conn.execute(
+                "UPDATE migrations SET applied_at = applied_at WHERE rowid = (SELECT min(rowid) FROM migrations)"
+            )
         finally:
             conn.execute("ROLLBACK")
     except sqlite3.OperationalError as exc:

@@ -23,8 +23,9 @@ dedup codes, so a frame with many repeated prompts costs little to assemble.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

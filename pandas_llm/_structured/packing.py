@@ -35,23 +35,32 @@ from __future__ import annotations
 import hashlib
 import string
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
 
+from .._plan.planner import Plan
+from .._plan.requests import RequestBuilder
+from .._run.engine import Sized
 from .._store.store import Record, Store
 from ..config import Settings
 from ..errors import ConfigError
 from .parse import Parser, strip_fences
-from .._plan.planner import Plan
-from .._plan.requests import RequestBuilder
-from .._run.engine import Sized
 from .schema import Schema, as_schema
 
-__all__ = ["Packer", "PackingReport", "packed_key", "template_edges", "PACK_FORMAT", "ITEM_OPEN", "ITEM_CLOSE",
-           "ITEM_MARK"]
+__all__ = [
+    "Packer",
+    "PackingReport",
+    "packed_key",
+    "template_edges",
+    "PACK_FORMAT",
+    "ITEM_OPEN",
+    "ITEM_CLOSE",
+    "ITEM_MARK",
+]
 
 #: Bumped when the packed prompt or answer format changes (part of every packed row's key).
 PACK_FORMAT = b"pandas-llm/packed-row/2\n"
@@ -63,10 +72,10 @@ TEMPLATE_OPEN, TEMPLATE_CLOSE = "<template>", "</template>"
 TEXT_FIELD = "answer"
 
 _INSTRUCTION = (
-    "The input holds several independent items, each between <item id=\"N\"> and </item>. "
+    'The input holds several independent items, each between <item id="N"> and </item>. '
     "Treat every item as a separate request: apply the instructions to each item on its own, "
-    "as if it were the only input. Reply with one JSON object {{\"items\": [...]}} holding exactly "
-    "one entry per item, in the same order, each with the item's \"{id}\" (an integer) and {fields}."
+    'as if it were the only input. Reply with one JSON object {{"items": [...]}} holding exactly '
+    'one entry per item, in the same order, each with the item\'s "{id}" (an integer) and {fields}.'
 )
 _SHARED = (
     "The input starts with a <template> block: each item's full input is that template with "
@@ -125,7 +134,8 @@ class PackingReport:
         why = ", ".join(f"{n} {k}" for k, n in self.fallback_reasons.most_common())
         return (
             f"packing {self.rows_per_request} rows/request: {self.packs} packs answered "
-            f"{self.rows_packed} rows, {self.fallback_rows} rows sent alone" + (f" ({why})" if why else "")
+            f"{self.rows_packed} rows, {self.fallback_rows} rows sent alone"
+            + (f" ({why})" if why else "")
             + (f" {self.fallback_via}" if self.fallback_via and self.fallback_rows else "")
             + f"; prompt tokens ~{self.prompt_tokens_sent} instead of ~{self.prompt_tokens_single} "
             f"(saved ~{self.saved_prompt_tokens}, {self.saved_fraction:.0%})"
@@ -167,7 +177,9 @@ class Packer:
         if edges is not None and (k - 1) * len("".join(edges)) <= len(_SHARED) + 2 * len(TEMPLATE_OPEN) + 12:
             edges = None
         self._edges = edges
-        self._shared = "" if edges is None else f"{TEMPLATE_OPEN}\n{edges[0]}{ITEM_MARK}{edges[1]}\n{TEMPLATE_CLOSE}\n\n"
+        self._shared = (
+            "" if edges is None else f"{TEMPLATE_OPEN}\n{edges[0]}{ITEM_MARK}{edges[1]}\n{TEMPLATE_CLOSE}\n\n"
+        )
         instruction = _INSTRUCTION.format(id=self._id, fields=fields) + (" " + _SHARED if edges else "")
         parts = [head, instruction, envelope.instruction(mode)]
         self._system = "\n\n".join(p for p in parts if p)
@@ -425,7 +437,11 @@ def _scaled(settings: Settings, k: int) -> Settings:
 
 
 def _counter(model: str) -> Callable[[list[dict[str, Any]]], int]:
-    from .._cost.tokens import approx_message_tokens, count_message_tokens, encoding_name_for  # tiktoken: only when packing
+    from .._cost.tokens import (  # tiktoken: only when packing
+        approx_message_tokens,
+        count_message_tokens,
+        encoding_name_for,
+    )
 
     if encoding_name_for(model) is None:
         return approx_message_tokens

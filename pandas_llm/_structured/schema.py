@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -151,8 +152,7 @@ def as_schema(schema: Any) -> Schema:
         name = name or raw.get("title")
     else:
         raise ConfigError(
-            "schema= must be a pydantic model class, a JSON schema dict, or 'json_object'; "
-            f"got {type(schema).__name__}"
+            f"schema= must be a pydantic model class, a JSON schema dict, or 'json_object'; got {type(schema).__name__}"
         )
     raw = copy.deepcopy(raw)
     _check_keywords(raw, raw, "schema")

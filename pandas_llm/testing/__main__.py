@@ -30,10 +30,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rpm", type=int, default=None, help="requests per minute")
     p.add_argument("--tpm", type=int, default=None, help="tokens per minute")
     p.add_argument("--window", type=float, default=60.0, help="rate-limit window in seconds (default 60)")
-    p.add_argument("--limit-kind", choices=("sliding", "quantized", "bucket"), default="sliding",
-                   help="how the limits count: a sliding window, fixed slots of --window seconds, a token bucket")
-    p.add_argument("--limit-reset", choices=("window", "refill"), default="window",
-                   help="x-ratelimit-reset-*: until the window is whole again, or the refill time of what is used")
+    p.add_argument(
+        "--limit-kind",
+        choices=("sliding", "quantized", "bucket"),
+        default="sliding",
+        help="how the limits count: a sliding window, fixed slots of --window seconds, a token bucket",
+    )
+    p.add_argument(
+        "--limit-reset",
+        choices=("window", "refill"),
+        default="window",
+        help="x-ratelimit-reset-*: until the window is whole again, or the refill time of what is used",
+    )
     p.add_argument("--rpd", type=int, default=None, help="a per-day request budget reported in the request headers")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer API_KEY")
     p.add_argument("--error-rate", type=_error_rate, action="append", default=[], metavar="STATUS=RATE")

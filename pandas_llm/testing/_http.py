@@ -33,7 +33,16 @@ import orjson
 
 from .._backends.wire import dechunk
 
-__all__ = ["Request", "Response", "Handler", "HTTPProtocol", "RESET", "default_error", "error_response", "json_response"]
+__all__ = [
+    "Request",
+    "Response",
+    "Handler",
+    "HTTPProtocol",
+    "RESET",
+    "default_error",
+    "error_response",
+    "json_response",
+]
 
 #: Returned by a handler: reset the connection instead of answering.
 RESET: Any = object()

@@ -307,9 +307,13 @@ class BatchEndpoints:
         with self._lock:
             f = self.file_store.get(body.get("input_file_id"))
             if f is None:
-                return error_response(400, f"Invalid input_file_id {body.get('input_file_id')!r}.", param="input_file_id")
+                return error_response(
+                    400, f"Invalid input_file_id {body.get('input_file_id')!r}.", param="input_file_id"
+                )
             if f.purpose != "batch":
-                return error_response(400, "The input file must be uploaded with purpose 'batch'.", param="input_file_id")
+                return error_response(
+                    400, "The input file must be uploaded with purpose 'batch'.", param="input_file_id"
+                )
             b = _Batch(self._new_id("batch"), f.id, metadata, int(time.time()), time.monotonic(),
                        endpoint=body["endpoint"])  # fmt: skip
             b.times["created_at"] = b.created_at
@@ -359,7 +363,9 @@ class BatchEndpoints:
         if not b.lines:
             return [_err("empty_file", "The input file has no requests.")]
         if len(b.lines) > self.max_requests:
-            return [_err("too_many_requests", f"A batch holds at most {self.max_requests} requests, got {len(b.lines)}.")]
+            return [
+                _err("too_many_requests", f"A batch holds at most {self.max_requests} requests, got {len(b.lines)}.")
+            ]
         if len(models) > 1:
             return [_err("mixed_models", f"All requests of a batch must use one model, got {sorted(models)}.")]
         b.model = models.pop()

@@ -249,7 +249,7 @@ class RateLimiter:
 
     def _report(self, now: float) -> list[tuple[str, str]]:
         rows = []
-        for i, (limit, cap) in enumerate(((self.rpm, self._req_cap), (self.tpm, self._tok_cap))):
+        for i, limit in enumerate((self.rpm, self.tpm)):
             if not limit:
                 rows.append((UNLIMITED_RPM if i == 0 else UNLIMITED_TPM,) * 2 + ("0s",))
                 continue

@@ -241,9 +241,7 @@ class LLMServer:
             # backlog: a client opening hundreds of connections at once (concurrency=200)
             # overflows asyncio's default of 100; the dropped SYNs wait a 1 s retransmission.
             server = loop.run_until_complete(
-                loop.create_server(
-                    lambda: HTTPProtocol(self.routes, self._conns), self.host, self.port, backlog=4096
-                )
+                loop.create_server(lambda: HTTPProtocol(self.routes, self._conns), self.host, self.port, backlog=4096)
             )
             self.port = server.sockets[0].getsockname()[1]
             self._loop = loop

@@ -195,7 +195,9 @@ def _gen(node: Any, root: Any, seed: str, path: str) -> Any:
         return [_gen(node.get("items", {}), root, seed, f"{path}[{i}]") for i in range(n)]
     if t == "integer":
         low = node.get("minimum", node.get("exclusiveMinimum", -1) + 1 if "exclusiveMinimum" in node else 0)
-        high = node.get("maximum", node.get("exclusiveMaximum", low + 100) - 1 if "exclusiveMaximum" in node else low + 99)
+        high = node.get(
+            "maximum", node.get("exclusiveMaximum", low + 100) - 1 if "exclusiveMaximum" in node else low + 99
+        )
         return int(low + h % (int(high) - int(low) + 1))
     if t == "number":
         low, high = node.get("minimum", 0), node.get("maximum", 100)

@@ -15,8 +15,8 @@ import pandas_llm
 from pandas_llm import QuotaError, RunWarning
 from pandas_llm._backends import Completion
 from pandas_llm._backends.errors import retry_after
-from pandas_llm._store.store import Record, Store
 from pandas_llm._run.engine import completion_record
+from pandas_llm._store.store import Record, Store
 
 
 def chat(content, finish_reason="stop"):
@@ -64,7 +64,9 @@ def test_a_value_that_is_not_text_never_reaches_the_store_as_is():
     rec = completion_record(b"k" * 32, Completion([1, 2], "stop"), None, 1, "m")  # type: ignore[arg-type]
     assert rec.status == "error" and rec.output is None and "list" in rec.error
     with Store(":memory:") as store:  # anything that slips past completion_record: a row error, no crash
-        store.write([Record(b"a" * 32, "ok", ["x"]), Record(b"b" * 32, "ok", b"\x00vec"), Record(b"c" * 32, "ok", "fine")])
+        store.write(
+            [Record(b"a" * 32, "ok", ["x"]), Record(b"b" * 32, "ok", b"\x00vec"), Record(b"c" * 32, "ok", "fine")]
+        )
         got = {r.key[:1]: r for r in store.lookup([b"a" * 32, b"b" * 32, b"c" * 32])}
     assert got[b"a"].status == "error" and "list" in got[b"a"].error
     assert got[b"b"].output == b"\x00vec" and got[b"c"].output == "fine"
@@ -246,7 +248,9 @@ def test_a_sync_function_call_that_never_got_a_thread_is_not_possibly_billed():
     body = b'{"model":"m","messages":[{"role":"user","content":"%s"}]}'
 
     async def go():
-        return await asyncio.gather(backend.complete(body % b"a"), backend.complete(body % b"b"), return_exceptions=True)
+        return await asyncio.gather(
+            backend.complete(body % b"a"), backend.complete(body % b"b"), return_exceptions=True
+        )
 
     try:
         first, second = asyncio.run(go())

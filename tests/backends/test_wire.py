@@ -14,12 +14,18 @@ from pandas_llm.config import Settings
 from pandas_llm.errors import RateLimitError, RetryableError
 
 ANSWER = orjson.dumps(
-    {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    {
+        "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
 )
 
 
 def ok(body: bytes = ANSWER, extra: str = "") -> bytes:
-    return f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
+    return (
+        f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode()
+        + body
+    )
 
 
 class Scripted:
@@ -32,7 +38,7 @@ class Scripted:
         self.heads: list[bytes] = []
         self.connections = 0
 
-    async def __aenter__(self) -> "Scripted":
+    async def __aenter__(self) -> Scripted:
         self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self

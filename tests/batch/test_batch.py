@@ -16,12 +16,11 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from helpers import kill_when
 from pandas_llm import ConfigError, RunWarning
 from pandas_llm._batch.client import BatchAPI
 from pandas_llm.errors import RetryableError
 from pandas_llm.testing import LLMServer
-
-from helpers import kill_when
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -138,7 +137,7 @@ def test_a_cached_row_is_never_in_a_batch(srv, opts):
     assert out.tolist() == expected(df)
     sent = b"".join(f.data for f in srv.batches.uploads)
     assert len(sent.splitlines()) == 60
-    assert all(f"row {i}\"".encode() not in sent for i in range(40))
+    assert all(f'row {i}"'.encode() not in sent for i in range(40))
     assert set(srv.prompt_counts.values()) == {1}
 
 

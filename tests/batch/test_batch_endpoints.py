@@ -50,7 +50,7 @@ def test_auto_falls_back_to_realtime_with_one_line_saying_why(srv, opts, status,
 @pytest.mark.parametrize("status", [404, 501])
 def test_batch_mode_says_the_endpoint_has_no_batch_api(srv, opts, status):
     srv.batches.without_batch_api(status)
-    with pytest.raises(NoBatchAPIError, match=r"this endpoint has no Batch API \(HTTP %d on POST /files" % status) as err:
+    with pytest.raises(NoBatchAPIError, match=rf"this endpoint has no Batch API \(HTTP {status} on POST /files") as err:
         frame(5).llm.map("Say: {text}", mode="batch", **opts)
     assert "use mode='realtime'" in str(err.value) and isinstance(err.value, FatalAPIError)
     assert srv.requests == 0  # nothing was sent anywhere

@@ -14,12 +14,9 @@ import pytest
 from pydantic import BaseModel
 
 import pandas_llm
+from helpers import Everything, expected, kill_when
 from pandas_llm import ConfigError, RunWarning
 from pandas_llm.testing import LLMServer
-
-from helpers import kill_when
-
-from helpers import Everything, expected
 
 LABELS = ["billing", "bug", "feature", "other"]
 
@@ -298,7 +295,9 @@ def test_packing_with_the_batch_api_gives_the_values_of_single_requests(srv, opt
     packed = getattr(df.llm, verb)(FIXED + "{text}", mode="batch", rows_per_request=20, **kw, **opts)
     (pd.testing.assert_frame_equal if verb == "extract" else pd.testing.assert_series_equal)(packed, single)
     assert srv.requests == 0 and srv.batches.batches_created == 1 and srv.batches.lines_answered == 3
-    assert all(FIXED not in line["body"]["messages"][-1]["content"].split("</template>")[1] for line in batch_lines(srv))
+    assert all(
+        FIXED not in line["body"]["messages"][-1]["content"].split("</template>")[1] for line in batch_lines(srv)
+    )
     report = pandas_llm.last_run().packing
     assert (report.rows_packed, report.fallback_rows) == (47, 0)
     # every row is cached under its own packed key: a realtime packed run (any k) pays nothing
@@ -363,7 +362,9 @@ def _packed_script(srv, opts, n: int, **kw) -> str:
 
 def _uploaded_rows(srv) -> Counter:
     """Row text -> how many batch lines (packs or single requests) carried it."""
-    return Counter(t for line in batch_lines(srv) for t in re.findall(r"ticket \d+", line["body"]["messages"][-1]["content"]))
+    return Counter(
+        t for line in batch_lines(srv) for t in re.findall(r"ticket \d+", line["body"]["messages"][-1]["content"])
+    )
 
 
 def _closed_parts(cache: str) -> int:
@@ -375,7 +376,9 @@ def _closed_parts(cache: str) -> int:
 
 
 def _rerun(opts, n: int, **kw) -> pd.Series:
-    out = frame(n, "ticket").llm.classify("Route: {text}", labels=LABELS, mode="batch", rows_per_request=10, **kw, **opts)
+    out = frame(n, "ticket").llm.classify(
+        "Route: {text}", labels=LABELS, mode="batch", rows_per_request=10, **kw, **opts
+    )
     assert out.notna().all()
     return out
 
@@ -462,8 +465,11 @@ def test_max_cost_caps_a_batch_job_at_batch_prices(srv, opts):
     assert srv.batches.batches_created == answered  # each sent once its predecessor's cost was known
     assert (pandas_llm.last_run().details["status"] == "budget").sum() == 12 - answered
     price = pandas_llm.pricing.price_for("gpt-4o-mini")
-    assert stats.cost == pytest.approx(pandas_llm.pricing.cost(price, prompt_tokens=srv.prompt_tokens,
-                                                               completion_tokens=srv.completion_tokens, batch=True))
+    assert stats.cost == pytest.approx(
+        pandas_llm.pricing.cost(
+            price, prompt_tokens=srv.prompt_tokens, completion_tokens=srv.completion_tokens, batch=True
+        )
+    )
 
 
 def test_max_cost_with_a_packed_batch_counts_packs_and_the_realtime_fallback(srv, opts):

@@ -8,9 +8,9 @@ import pytest
 
 import pandas_llm
 from pandas_llm._cost.estimate import DEFAULT_OUTPUT_TOKENS, Range
+from pandas_llm._cost.tokens import count_message_tokens
 from pandas_llm.pricing import price_for
 from pandas_llm.testing import LLMServer
-from pandas_llm._cost.tokens import count_message_tokens
 
 
 def varied(messages, model):
@@ -99,12 +99,16 @@ def server_tokens(prompt: str) -> int:
 
 
 def test_price_unknown_and_explicit_prices(server, frame, tmp_path):
-    est = frame.llm.estimate("{t}", model="estimate-test-llama", **opts(server, tmp_path))  # no warning: the table says it
+    est = frame.llm.estimate(
+        "{t}", model="estimate-test-llama", **opts(server, tmp_path)
+    )  # no warning: the table says it
     assert est.cost is None and est.batch_cost is None and not est.input_exact
     assert "price unknown" in repr(est) and "pass prices=" in repr(est)
     assert "tokenizer unknown, counted with o200k_base" in repr(est)
     price = pandas_llm.Price.per_million(input=1.0, output=2.0, batch_discount=0.0)
-    est = frame.llm.estimate("{t}", model="estimate-test-llama", prices=price, output_tokens=10, **opts(server, tmp_path))
+    est = frame.llm.estimate(
+        "{t}", model="estimate-test-llama", prices=price, output_tokens=10, **opts(server, tmp_path)
+    )
     assert est.cost.expected == pytest.approx(est.input_tokens * 1e-6 + 1000 * 2e-6)
     assert est.batch_cost == est.cost
 
@@ -177,7 +181,9 @@ def billed(srv, batch=False):
                                    batch=batch)  # fmt: skip
 
 
-@pytest.mark.parametrize("kw", [{}, {"rows_per_request": 20}, {"mode": "batch"}, {"rows_per_request": 10, "system": "Be exact."}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"rows_per_request": 20}, {"mode": "batch"}, {"rows_per_request": 10, "system": "Be exact."}]
+)
 def test_classify_estimate_is_within_15_percent_of_the_bill(tmp_path, kw):
     df = tickets()
     with tiktoken_server() as srv:

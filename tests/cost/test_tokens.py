@@ -26,12 +26,26 @@ SAMPLES = [
 ]
 
 COOKBOOK_MESSAGES = [  # from OpenAI's cookbook "How to count tokens with tiktoken"
-    {"role": "system", "content": "You are a helpful, pattern-following assistant that translates corporate jargon into plain English."},
+    {
+        "role": "system",
+        "content": "You are a helpful, pattern-following assistant that translates corporate jargon into plain English.",
+    },
     {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
     {"role": "system", "name": "example_assistant", "content": "Things working well together will increase revenue."},
-    {"role": "system", "name": "example_user", "content": "Let's circle back when we have more time to touch base on opportunities for increased leverage."},
-    {"role": "system", "name": "example_assistant", "content": "Let's talk later when we're less busy about how to do better."},
-    {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for the client deliverable."},
+    {
+        "role": "system",
+        "name": "example_user",
+        "content": "Let's circle back when we have more time to touch base on opportunities for increased leverage.",
+    },
+    {
+        "role": "system",
+        "name": "example_assistant",
+        "content": "Let's talk later when we're less busy about how to do better.",
+    },
+    {
+        "role": "user",
+        "content": "This late pivot means we don't have time to boil the ocean for the client deliverable.",
+    },
 ]
 
 
@@ -169,7 +183,10 @@ def test_content_parts_count_their_text(offline):
 def test_approx_is_chars_over_four():
     messages = [{"role": "user", "content": "x" * 40}]
     assert tokens.approx_message_tokens(messages) == 3 + 3 + 1 + 10
-    assert tokens.approx_message_tokens([{"role": "user", "content": [{"type": "text", "text": "x" * 41}]}]) == 3 + 3 + 1 + 11
+    assert (
+        tokens.approx_message_tokens([{"role": "user", "content": [{"type": "text", "text": "x" * 41}]}])
+        == 3 + 3 + 1 + 11
+    )
 
 
 def test_approx_errs_high_on_english_prose(offline):

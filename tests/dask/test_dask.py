@@ -12,12 +12,12 @@ import subprocess
 import sys
 import time
 
+import dask.dataframe as dd
 import pandas as pd
 import pytest
-
-import dask.dataframe as dd
-import pandas_llm
 from distributed import Client, LocalCluster
+
+import pandas_llm
 from pandas_llm.testing import LLMServer
 
 REVIEW = {
@@ -102,7 +102,12 @@ def test_estimate_is_the_pandas_estimate(server, opts):
     df = pd.concat([frame(6), frame(6)])  # duplicates across partitions: dedup is over the whole frame
     est = dd.from_pandas(df, npartitions=3).llm.estimate("Say: {text}", **opts)
     want = df.llm.estimate("Say: {text}", **opts)
-    assert (est.rows, est.unique, est.to_send, est.input_tokens) == (want.rows, want.unique, want.to_send, want.input_tokens)
+    assert (est.rows, est.unique, est.to_send, est.input_tokens) == (
+        want.rows,
+        want.unique,
+        want.to_send,
+        want.input_tokens,
+    )
     assert est.unique == 6 and server.requests == 0
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from pandas_llm._run.limiter import Limiter
 from pandas_llm._dask.limit import Coordinator, SharedLimiter
+from pandas_llm._run.limiter import Limiter
 
 
 def spend(coord: Coordinator, t: list[float], seconds: float, tokens: int = 0, **limits) -> list[float]:

@@ -13,9 +13,9 @@ import pytest
 
 import pandas_llm
 from pandas_llm._display import progress
+from pandas_llm._display.notebook import WidgetObserver
 from pandas_llm._display.progress import LogObserver, Snapshot, ThrottledObserver, TqdmObserver, make_observer
 from pandas_llm._run.engine import RunStats
-from pandas_llm._display.notebook import WidgetObserver
 
 
 class Clock:
@@ -242,7 +242,11 @@ def test_widget_budget_and_price_unknown():
     s.budget_reached, s.outcome, s.finished, s.unsent = True, "done", 101.0, Counter(budget=90)
     obs.close(s)
     assert obs.bar.bar_style == "warning"
-    assert "price unknown" in obs.text and "stopped at max_cost" in obs.text and "90 not sent (max_cost reached)" in obs.text
+    assert (
+        "price unknown" in obs.text
+        and "stopped at max_cost" in obs.text
+        and "90 not sent (max_cost reached)" in obs.text
+    )
     assert "run again with a higher max_cost" in obs.text
 
 
@@ -313,7 +317,9 @@ def test_run_summary_is_logged(llm_server, caplog):
         df.llm.map("{t}", **kw)
     (record,) = [r for r in caplog.records if r.name == "pandas_llm"]
     assert record.levelno == logging.INFO
-    assert record.getMessage().startswith("pandas-llm run done: 3 rows, 2 distinct requests, 0 from cache, 2 sent, 2 ok")
+    assert record.getMessage().startswith(
+        "pandas-llm run done: 3 rows, 2 distinct requests, 0 from cache, 2 sent, 2 ok"
+    )
     assert "$0.00000" in record.getMessage()  # gpt-4o-mini is priced
 
 

@@ -10,16 +10,24 @@ import pytest
 
 import pandas_llm  # noqa: F401
 from pandas_llm._plan import lookup as resume
-from pandas_llm._store.store import Record, Store
-from pandas_llm.config import Settings
 from pandas_llm._plan.dedup import Keys, dedup
+from pandas_llm._plan.outcomes import Outcomes
 from pandas_llm._plan.planner import _renderer, make_plan
 from pandas_llm._plan.prompts import compile_template
 from pandas_llm._plan.requests import RequestBuilder
-from pandas_llm._plan.outcomes import Outcomes
+from pandas_llm._store.store import Record, Store
+from pandas_llm.config import Settings
 from pandas_llm.testing import LLMServer
 
-TEXTS = ["plain", 'a "quote" and \\ backslash', "ünïcödé ✓ 🎉", "line\nbreak\ttab", "\u2028\u2029\x00\x1f", "{braces}", ""]
+TEXTS = [
+    "plain",
+    'a "quote" and \\ backslash',
+    "ünïcödé ✓ 🎉",
+    "line\nbreak\ttab",
+    "\u2028\u2029\x00\x1f",
+    "{braces}",
+    "",
+]
 
 
 @pytest.mark.parametrize("system", [None, "Be brief."])
@@ -130,7 +138,11 @@ def records(n: int) -> list[Record]:
             out.append(Record(key, "failed", error="boom", attempts=2))
         else:
             cost = None if i % 3 == 0 else i / 1000
-            out.append(Record(key, "ok", f"out {i}", "stop" if i % 7 else "length", i, 2 * i, i % 3, cost, None, 1 + i % 2, "m"))
+            out.append(
+                Record(
+                    key, "ok", f"out {i}", "stop" if i % 7 else "length", i, 2 * i, i % 3, cost, None, 1 + i % 2, "m"
+                )
+            )
     return out
 
 

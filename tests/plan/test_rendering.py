@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 import pandas_llm  # noqa: F401
-from pandas_llm._store.store import Store
-from pandas_llm.config import Settings
-from pandas_llm.errors import PandasLLMError, TemplateError
 from pandas_llm._plan.planner import make_plan
 from pandas_llm._plan.prompts import render_value
 from pandas_llm._plan.requests import RequestBuilder
+from pandas_llm._store.store import Store
+from pandas_llm.config import Settings
+from pandas_llm.errors import PandasLLMError, TemplateError
 
 
 def test_two_long_arrays_that_differ_are_two_requests_with_their_own_answers(server, opts):
@@ -142,14 +142,18 @@ def _norm(v):
 
 
 def _gen(rng: random.Random, depth: int = 0):
-    kinds = ["str", "int", "float", "f32", "bool", "none", "bytes"] + (["list", "tuple", "array", "dict"] if depth < 3 else [])
+    kinds = ["str", "int", "float", "f32", "bool", "none", "bytes"] + (
+        ["list", "tuple", "array", "dict"] if depth < 3 else []
+    )
     kind = rng.choice(kinds)
     if kind == "str":
         return rng.choice(["", "a", "b", "1", "null", "true", "NaN", "a, b", '"', "[1]", "é", "{x}", " ", "a\nb"])
     if kind == "int":
         return rng.choice([0, 1, -1, 10**20, np.int64(7), np.int8(-3)])
     if kind == "float":
-        return rng.choice([0.1, 0.30000000000000004, 0.1 + 0.2, 1.0, -0.0, 1e16, 1e-7, float("inf"), float("nan"), np.float64(2.5)])
+        return rng.choice(
+            [0.1, 0.30000000000000004, 0.1 + 0.2, 1.0, -0.0, 1e16, 1e-7, float("inf"), float("nan"), np.float64(2.5)]
+        )
     if kind == "f32":
         return np.float32(rng.choice([0.1, 2.5, 1e10]))
     if kind == "bool":

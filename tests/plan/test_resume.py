@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-from contextlib import closing
 import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 
 import pandas as pd
 
-from pandas_llm.config import Settings
 from pandas_llm._plan.requests import RequestBuilder
+from pandas_llm.config import Settings
 from pandas_llm.testing import LLMServer, answer_for
 
 N = 2000

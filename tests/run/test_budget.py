@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm._run.budget import Budget, Meter, max_output_tokens
 from pandas_llm._backends import Completion
+from pandas_llm._cost.tokens import count_message_tokens
+from pandas_llm._run.budget import Budget, Meter, max_output_tokens
+from pandas_llm._run.engine import RunStats
 from pandas_llm._store.store import Record
 from pandas_llm.pricing import Price, cost, price_for
-from pandas_llm._run.engine import RunStats
 from pandas_llm.testing import LLMServer
-from pandas_llm._cost.tokens import count_message_tokens
 
 PRICE = Price.per_million(input=1.0, output=2.0, cached_input=0.5)  # $1e-6 in, $2e-6 out
 
@@ -148,7 +148,9 @@ def test_max_cost_with_unknown_price_is_a_config_error_before_any_request(server
 
 def test_max_cost_with_unknown_output_limit_needs_max_tokens(server):
     df = pd.DataFrame({"t": ["a", "b"]})
-    kw = dict(model="my-llama", prices=PRICE, max_cost=1.0, base_url=server.base_url, api_key="x", cache=False, progress=False)
+    kw = dict(
+        model="my-llama", prices=PRICE, max_cost=1.0, base_url=server.base_url, api_key="x", cache=False, progress=False
+    )
     with pytest.raises(pandas_llm.ConfigError, match="pass max_tokens"):
         df.llm.map("{t}", **kw)
     assert server.requests == 0
@@ -175,7 +177,9 @@ def test_the_cap_is_never_exceeded_by_what_the_server_billed(concurrency):
     cap = 0.0012
     with LLMServer(answer=varied) as srv:
         kw = dict(base_url=srv.base_url, api_key="x", cache=False, progress=False, concurrency=concurrency)
-        with pytest.warns(pandas_llm.RunWarning, match=r"budget \(not sent: it could have taken the run over max_cost\)"):
+        with pytest.warns(
+            pandas_llm.RunWarning, match=r"budget \(not sent: it could have taken the run over max_cost\)"
+        ):
             out = df.llm.map("{t}", max_tokens=80, max_cost=cap, **kw)
         billed = cost(price, prompt_tokens=srv.prompt_tokens, completion_tokens=srv.completion_tokens)
         report = pandas_llm.last_run()
@@ -214,7 +218,9 @@ def test_budget_rows_are_sent_by_a_rerun_with_more_budget(tmp_path):
 def test_a_cap_below_one_request_sends_nothing(server):
     df = pd.DataFrame({"t": ["a", "b", "c"]})
     with pytest.warns(pandas_llm.RunWarning, match="3 budget"):
-        out = df.llm.map("{t}", max_cost=1e-9, max_tokens=10, base_url=server.base_url, api_key="x", cache=False, progress=False)
+        out = df.llm.map(
+            "{t}", max_cost=1e-9, max_tokens=10, base_url=server.base_url, api_key="x", cache=False, progress=False
+        )
     assert out.isna().all() and server.requests == 0
 
 
@@ -248,7 +254,9 @@ def test_the_cap_holds_with_packed_requests(server, opts):
     df = pd.DataFrame({"t": [f"Review of item {i}" for i in range(400)]})
     cap = 0.006  # a pack of 10 reserves ~$0.0015: 10 rows' max_tokens, times 3 (2 resends if its envelope is invalid)
     with pytest.warns(pandas_llm.RunWarning, match="budget"):
-        out = df.llm.extract("{t}", schema=REVIEW, rows_per_request=10, max_tokens=60, max_cost=cap, cache=False, **opts)
+        out = df.llm.extract(
+            "{t}", schema=REVIEW, rows_per_request=10, max_tokens=60, max_cost=cap, cache=False, **opts
+        )
     assert server.structured.packed_requests > 0
     assert 0 < billed(server) <= cap
     assert out["sentiment"].notna().sum() > 0 and out["sentiment"].isna().sum() > 0
@@ -280,7 +288,9 @@ def test_max_cost_with_the_batch_api_holds_the_cap(server, opts, tmp_path):
 
 def test_auto_mode_stays_realtime_under_a_cap(server, opts, tmp_path):
     df = pd.DataFrame({"t": [f"row {i}" for i in range(20)]})
-    out = df.llm.map("{t}", mode="auto", batch_threshold=10, max_cost=1.0, max_tokens=20, cache=tmp_path / "c.sqlite", **opts)
+    out = df.llm.map(
+        "{t}", mode="auto", batch_threshold=10, max_cost=1.0, max_tokens=20, cache=tmp_path / "c.sqlite", **opts
+    )
     assert out.notna().all()
     assert server.batches.batches_created == 0 and server.completed == 20
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from pandas_llm._cost.tokens import count_message_tokens
 from pandas_llm._run import budget
 from pandas_llm._run.budget import ContextCheck, context_window, max_output_tokens
-from pandas_llm._cost.tokens import count_message_tokens
 
 HUGE = "word " * 250_000  # ~250,000 tokens: twice gpt-4o-mini's 128k window
 

@@ -6,7 +6,6 @@ import contextlib
 import socket
 import threading
 import time
-import urllib.error
 
 import orjson
 import pandas as pd
@@ -181,7 +180,7 @@ def _backend_options(kind: str, base_url: str, monkeypatch, stack) -> dict:
                 with urllib.request.urlopen(req, timeout=5) as resp:
                     return orjson.loads(resp.read())["choices"][0]["message"]["content"]
             except urllib.error.URLError as exc:
-                raise exc.reason if isinstance(exc.reason, OSError) else exc
+                raise (exc.reason if isinstance(exc.reason, OSError) else exc) from None
 
         return {"client": call}
     return {"base_url": base_url, "api_key": "k"}

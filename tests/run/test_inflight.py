@@ -36,7 +36,9 @@ def test_four_threads_sharing_prompts_pay_once_per_distinct_prompt(tmp_path, cac
             cache = tmp_path / ("c.sqlite" if caches == "one cache file" else f"c{k}.sqlite")
             try:
                 start.wait()
-                out = frames[k].llm.map("Say {t}", base_url=srv.base_url, api_key="x", cache=cache, concurrency=32, progress=False)
+                out = frames[k].llm.map(
+                    "Say {t}", base_url=srv.base_url, api_key="x", cache=cache, concurrency=32, progress=False
+                )
                 results[k] = out.tolist()
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)

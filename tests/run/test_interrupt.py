@@ -55,7 +55,10 @@ def committed(path: Path) -> int:
 
 
 def start(srv: LLMServer, cache: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(pandas_llm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(pandas_llm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    )
     return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, srv.base_url, str(cache)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -147,7 +150,9 @@ def test_cancelling_amap_once_keeps_the_answers_in_flight(tmp_path):
 
     async def main(srv: LLMServer) -> None:
         task = asyncio.ensure_future(
-            df.llm.amap("Say {t}", base_url=srv.base_url, api_key="x", cache=cache, concurrency=CONCURRENCY, progress=False)
+            df.llm.amap(
+                "Say {t}", base_url=srv.base_url, api_key="x", cache=cache, concurrency=CONCURRENCY, progress=False
+            )
         )
         while srv.completed < 16:
             await asyncio.sleep(0.01)

@@ -12,9 +12,9 @@ import pytest
 import pandas_llm
 from pandas_llm import FatalAPIError
 from pandas_llm._backends.errors import error_for_status
-from pandas_llm.pricing import cost, price_for
 from pandas_llm._display.progress import Snapshot
 from pandas_llm._run.engine import RunStats
+from pandas_llm.pricing import cost, price_for
 from pandas_llm.testing import LLMServer
 
 LONG = "word " * 40  # ~51 completion tokens at the server's estimate
@@ -43,8 +43,15 @@ def billed(srv: LLMServer) -> float:
 
 
 def kw(srv: LLMServer, **more):
-    return {"base_url": srv.base_url, "api_key": "x", "cache": False, "progress": False, "timeout": 0.1,
-            "max_tokens": 60, **more}
+    return {
+        "base_url": srv.base_url,
+        "api_key": "x",
+        "cache": False,
+        "progress": False,
+        "timeout": 0.1,
+        "max_tokens": 60,
+        **more,
+    }
 
 
 def test_max_cost_holds_against_what_the_server_billed_for_answers_lost_to_timeouts(slow, fast_retries):

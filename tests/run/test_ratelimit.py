@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import VirtualTime
 
-from pandas_llm.config import Settings
+from helpers import VirtualTime
 from pandas_llm._run.limiter import Limiter, parse_duration, remembered_limits
+from pandas_llm.config import Settings
 
 
 def headers(rpm=None, tpm=None, rem_r=None, rem_t=None, reset_r="1s", reset_t="1s"):
@@ -322,10 +322,9 @@ async def test_a_provisional_limit_grows_while_no_429_comes():
 def test_docstring_examples_run():
     import doctest
 
-    from pandas_llm._plan import dedup
+    from pandas_llm._plan import dedup, requests
     from pandas_llm._run import limiter as ratelimit
     from pandas_llm._run import limits as ratelimit_headers
-    from pandas_llm._plan import requests
 
     for module in (ratelimit, ratelimit_headers, dedup, requests):
         assert doctest.testmod(module).failed == 0, module.__name__
@@ -466,7 +465,9 @@ async def test_remaining_falling_faster_than_requests_means_a_short_window_and_t
     lim = limiter(vt, observe_every=0.0)
     lim.observe(headers(rpm=600, rem_r=599, reset_r="50ms"))
     # a 1-s window reported per minute: each request takes 60 from remaining, a second gives it back
-    sent = await _run_against(vt, lim, 4, lambda n, times: max(0, 600 - 60 * sum(1 for s in times if s >= int(times[-1]))))
+    sent = await _run_against(
+        vt, lim, 4, lambda n, times: max(0, 600 - 60 * sum(1 for s in times if s >= int(times[-1])))
+    )
     assert lim.credit.quantized
     assert all(abs(c - 10) <= 1 for c in per_second(sent, 4)[1:])  # the pace alone
 

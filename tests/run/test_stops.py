@@ -7,16 +7,16 @@ import asyncio
 
 import pandas as pd
 import pytest
-from helpers import VirtualTime
 
 import pandas_llm
+from helpers import VirtualTime
 from pandas_llm import QuotaError, RequestShapeError, RunWarning
 from pandas_llm._backends import Completion
+from pandas_llm._display.progress import Snapshot
+from pandas_llm._run.engine import Engine, RetryPolicy, RunStats
+from pandas_llm._run.limiter import Limiter
 from pandas_llm._store.store import Store
 from pandas_llm.errors import RateLimitError
-from pandas_llm._display.progress import Snapshot
-from pandas_llm._run.limiter import Limiter
-from pandas_llm._run.engine import Engine, RetryPolicy, RunStats
 from pandas_llm.testing import LLMServer
 
 #: OpenAI's answer to max_tokens on an o-series model (here behind a deployment name the
@@ -78,7 +78,9 @@ def test_the_same_400_after_an_answer_is_each_rows_error(server, opts):
 
 def test_refusals_of_a_rows_own_content_never_stop_the_run(server, opts):
     for i in (0, 1, 2, 3):  # the same words for every long row, as some servers send them
-        server.inject(400, match=f"row {i}", body={"error": {"message": "the request exceeds the available context size"}})
+        server.inject(
+            400, match=f"row {i}", body={"error": {"message": "the request exceeds the available context size"}}
+        )
     with pytest.warns(RunWarning, match="4 error"):
         out = frame(10).llm.map("{text}", concurrency=1, **opts)
     assert out.notna().sum() == 6 and server.requests == 10
@@ -121,12 +123,14 @@ def test_reasoning_models_get_max_completion_tokens_and_their_reasoning_tokens_a
 
 
 def test_max_cost_reserves_reasoning_tokens_through_max_completion_tokens(server, opts):
+    from pandas_llm._plan.requests import RequestBuilder
     from pandas_llm._run.budget import Meter
     from pandas_llm.config import Settings
-    from pandas_llm._plan.requests import RequestBuilder
 
     price = pandas_llm.Price.per_million(input=1.0, output=10.0)
-    settings = Settings(model="o3-mini", base_url=server.base_url, params={"max_tokens": 1000}, prices=price, max_cost=1.0)
+    settings = Settings(
+        model="o3-mini", base_url=server.base_url, params={"max_tokens": 1000}, prices=price, max_cost=1.0
+    )
     _, body = RequestBuilder(settings).encode([{"role": "user", "content": "hi"}])
     assert b'"max_completion_tokens":1000' in body and b'"max_tokens"' not in body
     assert Meter.for_settings(settings).worst_case(body) >= 1000 * 10.0 / 1e6  # reasoning + answer at the output price
@@ -155,10 +159,24 @@ def test_402_out_of_credit_stops_the_run_at_once(server, opts):
     "fault, says",
     [
         (dict(retry_after=86400), "24 h 0 min"),
-        (dict(body={"error": {"message": "Quota exceeded for metric: generate_content_free_tier_requests, "
-                                          "limit: 0, model: gemini-2.5-pro", "code": 429}}), "limit is 0"),  # fmt: skip
-        (dict(body={"error": {"message": "You have reached your daily request limit.", "code": "rate_limit_exceeded"}}),
-         "daily quota"),
+        (
+            dict(
+                body={
+                    "error": {
+                        "message": "Quota exceeded for metric: generate_content_free_tier_requests, "
+                        "limit: 0, model: gemini-2.5-pro",
+                        "code": 429,
+                    }
+                }
+            ),
+            "limit is 0",
+        ),  # fmt: skip
+        (
+            dict(
+                body={"error": {"message": "You have reached your daily request limit.", "code": "rate_limit_exceeded"}}
+            ),
+            "daily quota",
+        ),
     ],
 )
 def test_a_429_that_will_not_clear_stops_the_run_and_says_when_to_come_back(server, opts, fault, says):
@@ -181,7 +199,13 @@ def test_a_503_asking_to_come_back_tomorrow_stops_the_run(server, opts):
 
 def test_a_429_whose_wait_ends_after_the_deadline_returns_at_once_with_what_was_answered(server, opts):
     limit = "Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 10000, Used 10000, Requested 1."
-    server.inject(429, times=1000, match="row 3", retry_after=30, body={"error": {"message": limit, "code": "rate_limit_exceeded"}})
+    server.inject(
+        429,
+        times=1000,
+        match="row 3",
+        retry_after=30,
+        body={"error": {"message": limit, "code": "rate_limit_exceeded"}},
+    )
     with pytest.warns(RunWarning, match="deadline=5 s stopped the sending: HTTP 429") as warned:
         d = frame(20).llm.map("{text}", concurrency=1, deadline=5, details=True, **opts)
     assert d["status"].tolist() == ["ok"] * 3 + ["deadline"] * 17
@@ -270,6 +294,7 @@ def test_the_loopback_server_imitates_reasoning_models_and_deepseeks_402():
     import urllib.request
 
     with LLMServer() as srv:
+
         def post(body):
             req = urllib.request.Request(srv.base_url + "/chat/completions", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})  # fmt: skip

@@ -8,14 +8,14 @@ import asyncio
 
 import pandas as pd
 import pytest
-from helpers import VirtualTime
 
 import pandas_llm  # noqa: F401 - registers the accessor
+from helpers import VirtualTime
 from pandas_llm._backends import Completion
+from pandas_llm._run.engine import Engine, RetryPolicy, RunStats
+from pandas_llm._run.limiter import Limiter
 from pandas_llm._store.store import Store
 from pandas_llm.errors import RateLimitError
-from pandas_llm._run.limiter import Limiter
-from pandas_llm._run.engine import Engine, RetryPolicy, RunStats
 from pandas_llm.testing import LLMServer
 
 
@@ -62,7 +62,9 @@ def test_a_request_larger_than_the_token_limit_is_that_rows_error_not_retried_fo
 class FakeBackend:
     """Answers at once on virtual time; the first ``fail`` calls get a 429."""
 
-    def __init__(self, vt: VirtualTime, fail: int = 0, retry_after: float | None = 2.0, message="HTTP 429", headers=None):
+    def __init__(
+        self, vt: VirtualTime, fail: int = 0, retry_after: float | None = 2.0, message="HTTP 429", headers=None
+    ):
         self.vt, self.fail, self.retry_after = vt, fail, retry_after
         self.message, self.headers = message, headers
         self.calls: list[tuple[float, bytes]] = []
@@ -249,7 +251,9 @@ async def test_reservations_are_sized_after_the_first_answer_brings_a_token_limi
     limiter = Limiter(initial_burst=1, headroom=1.0, clock=vt.clock, sleep=vt.sleep)
     backend = UsageBackend(vt, {"x-ratelimit-limit-tokens": "600", "x-ratelimit-remaining-tokens": "600"})
     with Store(None) as store:
-        eng = Engine(backend=backend, store=store, stats=stats, concurrency=5, limiter=limiter, clock=vt.clock, sleep=vt.sleep)
+        eng = Engine(
+            backend=backend, store=store, stats=stats, concurrency=5, limiter=limiter, clock=vt.clock, sleep=vt.sleep
+        )
         await vt.run(eng.run(jobs(6)))
     assert stats.ok == 6 and limiter.tokens is not None
     # the ones that waited for the first answer each booked tokens: paced, not a burst at t=0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from contextlib import closing
 import stat
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 
 import pandas as pd
 import pytest

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from helpers import ROOT
 from pandas_llm._store import leases
 from pandas_llm._store.store import Store
-from helpers import ROOT
 
 CHILD = """
 import sys, pandas as pd, pandas_llm
@@ -33,9 +33,7 @@ def test_two_processes_started_together_pay_each_request_about_once(server, tmp_
     path = str(tmp_path / "shared.sqlite")
     go = str(time.time() + 1.5)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    procs = [
-        subprocess.Popen([sys.executable, "-c", CHILD, server.base_url, path, go], env=env) for _ in range(2)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, server.base_url, path, go], env=env) for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     counts = server.prompt_counts
     assert len(counts) == 2000
@@ -132,7 +130,9 @@ def test_the_claims_of_a_dead_process_of_this_host_are_taken_over_at_once(server
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(child.stdout)  # it has exited
     with Store(path) as store:
-        store.conn.execute("INSERT INTO leases VALUES (?, ?, ?)", (key, f"{socket.gethostname()}:{dead_pid}:x", time.time() + 60))
+        store.conn.execute(
+            "INSERT INTO leases VALUES (?, ?, ?)", (key, f"{socket.gethostname()}:{dead_pid}:x", time.time() + 60)
+        )
     started = time.monotonic()
     out = pd.Series(["a"]).llm.map("Say: {}", cache=path, **opts)
     assert out.tolist() == ["echo: Say: a"] and server.count("Say: a") == 1

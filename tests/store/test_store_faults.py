@@ -18,7 +18,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -91,7 +90,9 @@ def make_writable(p: Path) -> None:
 
 
 @pytest.mark.parametrize("checks", ["file modes", "sqlite only"])
-@pytest.mark.parametrize("case", ["read-only file", "read-only -shm", "read-only directory", "new file, read-only directory"])
+@pytest.mark.parametrize(
+    "case", ["read-only file", "read-only -shm", "read-only directory", "new file, read-only directory"]
+)
 def test_a_cache_that_cannot_be_written_is_refused_before_paying(server, opts, tmp_path, monkeypatch, case, checks):
     if checks == "sqlite only":  # the write SQLite is made to attempt catches it without the mode checks
         import pandas_llm._store.store
@@ -193,7 +194,9 @@ def test_a_lock_held_past_patience_returns_the_answers_with_a_warning(tmp_path, 
     with LLMServer(latency=0.01) as srv:
         holder = hold_lock(path, 20, 1.0, stop, seen)
         with pytest.warns(RunWarning) as warned:
-            out = frame().llm.map("Say {t}", cache=path, base_url=srv.base_url, api_key="x", concurrency=4, progress=False)
+            out = frame().llm.map(
+                "Say {t}", cache=path, base_url=srv.base_url, api_key="x", concurrency=4, progress=False
+            )
         stop.set()
         holder.join()
         billed = srv.completed

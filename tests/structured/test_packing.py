@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from typing import Literal, Optional
+from typing import Literal
 
 import pandas as pd
 import pytest
@@ -21,7 +21,7 @@ class Ticket(BaseModel):
     urgency: int
     summary: str
     refund: bool
-    amount: Optional[float] = None
+    amount: float | None = None
     tags: list[str]
 
 
@@ -249,7 +249,7 @@ def test_a_packed_prompt_holds_the_fixed_text_once_before_the_rows(opts):
     frame(6).llm.classify(INSTRUCTION + "{text}", labels=LABELS, rows_per_request=6, client=fn, progress=False)
     user = bodies[0][-1]["content"]
     assert user.count("You route support tickets") == 20  # once, not once per row
-    assert user.startswith("<template>\n" + INSTRUCTION + "<item/>\n</template>\n\n<item id=\"1\">\nticket number 000\n")
+    assert user.startswith("<template>\n" + INSTRUCTION + '<item/>\n</template>\n\n<item id="1">\nticket number 000\n')
     assert "<template> block" in bodies[0][0]["content"]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import orjson
 import pandas as pd
@@ -17,7 +17,7 @@ from pandas_llm._structured.schema import as_schema
 
 class Opt(BaseModel):
     a: int
-    b: Optional[str] = None
+    b: str | None = None
 
 
 class WithDefault(BaseModel):
@@ -40,7 +40,9 @@ def test_pydantic_optional_fields_become_required_nullable_in_strict_mode():
 
 def test_schemas_that_strict_mode_would_change_are_sent_non_strict():
     assert not as_schema(WithDefault).strict  # b=5 is not "nullable, default null"
-    assert not as_schema({"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": True}).strict
+    assert not as_schema(
+        {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": True}
+    ).strict
     assert not as_schema({"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}}).strict
     assert not as_schema({"type": "object", "properties": {"a": {"type": "string"}}}).strict  # a optional, not nullable
     dated = {"type": "object", "properties": {"a": {"type": "string", "format": "date"}}, "required": ["a"]}
@@ -52,7 +54,9 @@ def test_canonical_form_drops_titles_sorts_keywords_keeps_property_order():
     a = {"type": "object", "title": "T", "properties": {"z": {"type": "string", "title": "Z"},
                                                           "a": {"title": "A", "type": "integer"}}}  # fmt: skip
     b = {"properties": {"z": {"type": "string"}, "a": {"type": "integer"}}, "type": "object"}
-    assert orjson.dumps(as_schema(a).response_format("json_schema")) != orjson.dumps(as_schema(b).response_format("json_schema"))  # name differs
+    assert orjson.dumps(as_schema(a).response_format("json_schema")) != orjson.dumps(
+        as_schema(b).response_format("json_schema")
+    )  # name differs
     assert as_schema(a).sent == as_schema(b).sent and list(as_schema(a).sent["properties"]) == ["z", "a"]
     titled = {"type": "object", "properties": {"title": {"type": "string", "title": "Title"}}}
     assert as_schema(titled).sent["properties"] == {"title": {"type": "string"}}  # a field named title stays
@@ -60,7 +64,11 @@ def test_canonical_form_drops_titles_sorts_keywords_keeps_property_order():
 
 def test_response_format_wrappers_are_accepted():
     inner = {"type": "object", "properties": {"a": {"type": "string"}}}
-    for given in (inner, {"name": "thing", "schema": inner}, {"type": "json_schema", "json_schema": {"name": "thing", "schema": inner}}):
+    for given in (
+        inner,
+        {"name": "thing", "schema": inner},
+        {"type": "json_schema", "json_schema": {"name": "thing", "schema": inner}},
+    ):
         assert as_schema(given).properties == {"a": {"type": "string"}}
     assert as_schema({"name": "thing", "schema": inner}).name == "thing"
 
@@ -120,7 +128,7 @@ def test_dtype_mapping():
         s: str
         lit: Literal["x", "y"]
         lit_b: Literal[True]
-        oi: Optional[int] = None
+        oi: int | None = None
         lst: list[int]
         d: dict[str, int]
         u: int | str
@@ -146,4 +154,7 @@ def test_a_validator_that_raises_anything_is_an_error_not_a_crash():
         def boom(cls, v):
             raise RuntimeError("validator bug")
 
-    assert Parser(as_schema(Touchy)).parse('{"a": 1}') == (None, "the model's validation raised RuntimeError: validator bug")
+    assert Parser(as_schema(Touchy)).parse('{"a": 1}') == (
+        None,
+        "the model's validation raised RuntimeError: validator bug",
+    )

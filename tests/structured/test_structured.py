@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import warnings
-from enum import Enum
-from typing import Literal, Optional
 
 import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 import pandas_llm
+from helpers import EXPECTED_DTYPES, Address, Everything, expected
 from pandas_llm import ConfigError, PromptOrderWarning, RunWarning
-from pandas_llm._structured.schema import as_schema
 from pandas_llm.testing import LLMServer
 from pandas_llm.testing.structured import value_for
-
-from helpers import EXPECTED_DTYPES, Address, Color, Everything, expected
 
 
 def frame(n: int, prefix: str = "review") -> pd.DataFrame:
     return pd.DataFrame({"text": [f"{prefix} {i}" for i in range(n)]})
-
-
-def expected(schema, prompts):
-    """What the loopback server answers, row by row: its documented deterministic value."""
-    sent = as_schema(schema).sent
-    return [value_for(sent, p) for p in prompts]
 
 
 def test_extract_gives_one_typed_column_per_field(server, opts):
@@ -252,8 +242,15 @@ def test_a_label_outside_the_set_is_invalid_not_a_value():
 
 @pytest.mark.parametrize(
     "labels, multi",
-    [([], False), (["a", "a"], False), ("abc", False), ([True], False), ([True, False], True), (["a", 1], False),
-     ([""], False)],  # fmt: skip
+    [
+        ([], False),
+        (["a", "a"], False),
+        ("abc", False),
+        ([True], False),
+        ([True, False], True),
+        (["a", 1], False),
+        ([""], False),
+    ],  # fmt: skip
 )
 def test_bad_label_sets_fail_before_any_request(server, opts, labels, multi):
     with pytest.raises(ConfigError):
@@ -296,7 +293,7 @@ def test_cache_reuse_across_schema_changes(server, opts):
 
     class Address2(BaseModel):
         city: str
-        zip: Optional[str] = None
+        zip: str | None = None
         country: str
 
     Address2.__name__ = "Address"
@@ -372,8 +369,8 @@ def test_warns_when_a_column_comes_before_a_long_instruction(server, opts):
 
 
 def test_response_format_keeps_property_order_in_the_request():
-    from pandas_llm.config import Settings
     from pandas_llm._plan.requests import RequestBuilder
+    from pandas_llm.config import Settings
 
     rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "object", "properties": {"why": {"type": "string"}, "answer": {"type": "string"}}}}}  # fmt: skip

@@ -59,7 +59,9 @@ def test_round_trip_answers_equal_the_realtime_endpoint(srv, client):
     out = _results(client, b.output_file_id)
     assert sorted(x["custom_id"] for x in out) == sorted(x["custom_id"] for x in lines)
     assert [x["custom_id"] for x in out] != [x["custom_id"] for x in lines]  # shuffled
-    realtime = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "prompt 7"}], temperature=0)
+    realtime = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "prompt 7"}], temperature=0
+    )
     by_id = {x["custom_id"]: x["response"]["body"] for x in out}
     assert by_id["id-7"]["choices"][0]["message"]["content"] == realtime.choices[0].message.content
     assert by_id["id-7"]["usage"] == realtime.usage.model_dump(exclude_none=True) | {

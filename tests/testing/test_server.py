@@ -136,9 +136,7 @@ def test_chat_body_seam_counts_like_a_paid_answer(srv):
 def test_length_truncation(srv, param):
     text = "a long prompt " * 10
     with client(srv) as c:
-        r = c.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": text}], **{param: 3}
-        )
+        r = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}], **{param: 3})
     assert r.choices[0].finish_reason == "length"
     assert r.choices[0].message.content == answer_for([{"role": "user", "content": text}], "m")[:12]
     assert r.usage.completion_tokens == 3
@@ -190,9 +188,11 @@ def test_inject_via_sdk_and_match(srv):
     with client(srv) as c:
 
         def ask(text: str) -> str | None:
-            return c.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": text}]
-            ).choices[0].message.content
+            return (
+                c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
+                .choices[0]
+                .message.content
+            )
 
         assert ask("row 1") == "echo: row 1"
         for _ in range(2):
@@ -488,7 +488,9 @@ def test_refill_reset_on_a_plain_minute_reads_like_a_short_window():
     lim = RateLimiter(rpm=1200, clock=lambda: 0.0, reset="refill")
     h = dict(lim.acquire(1).headers)
     assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"], h["x-ratelimit-reset-requests"]) == (
-        "1200", "1199", "50ms",
+        "1200",
+        "1199",
+        "50ms",
     )
 
 
