@@ -10,9 +10,9 @@ from __future__ import annotations
 def prefill(path: str, n: int, template: str, model: str, base_url: str) -> None:
     from _clients import make_frame
 
+    from pandas_llm._config import Settings
     from pandas_llm._plan.planner import make_plan
     from pandas_llm._store.store import Record, Store
-    from pandas_llm.config import Settings
 
     df = make_frame(n)
     settings = Settings(model=model, base_url=base_url, api_key="x", cache=path, progress=False)

@@ -26,7 +26,7 @@ import pandas as pd
 
 import pandas_llm
 from pandas_llm._cost.tokens import encoding_for
-from pandas_llm.pricing import cost, price_for
+from pandas_llm._pricing import cost, price_for
 from pandas_llm.testing import LLMServer
 
 MODEL = "gpt-4o-mini"

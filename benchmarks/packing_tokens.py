@@ -50,7 +50,7 @@ TASKS = {
 
 
 def main() -> None:
-    with importlib.resources.files("pandas_llm.data").joinpath("reviews.csv").open() as f:
+    with importlib.resources.files("pandas_llm._data").joinpath("reviews.csv").open() as f:
         df = pd.read_csv(f)
     print(f"{len(df)} rows (bundled reviews.csv), model gpt-4o-mini, loopback server\n")
     print(f"{'task':32} {'k':>3} {'requests':>8} {'estimate':>9} {'server':>8} {'saved (est / server)':>22}")

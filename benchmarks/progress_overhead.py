@@ -23,9 +23,9 @@ import pandas as pd
 import pandas_llm
 from pandas_llm._display.notebook import WidgetObserver
 from pandas_llm._display.progress import TqdmObserver
+from pandas_llm._pricing import price_for
 from pandas_llm._run.budget import Meter
 from pandas_llm._run.engine import RunStats
-from pandas_llm.pricing import price_for
 
 
 def per_call(fn, n: int) -> float:

@@ -16,10 +16,10 @@ import timeit
 import numpy as np
 import pandas as pd
 
+from pandas_llm._config import Settings
 from pandas_llm._plan.planner import make_plan
 from pandas_llm._plan.prompts import render_column
 from pandas_llm._store.store import Store
-from pandas_llm.config import Settings
 
 N = 200_000
 

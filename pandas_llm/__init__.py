@@ -7,17 +7,14 @@ Importing registers the accessors and does nothing else: no logging set-up, no I
 installed, ``ddf.llm`` is registered when ``dask.dataframe`` is imported (see pandas_llm._dask.accessor).
 """
 
+from ._accessor import LLMAccessor
+from ._accessor import register as _register
 from ._batch.job import BatchJob
 from ._batch.status import BatchStatus
+from ._config import BatchLimits, Settings, configure, current_settings, settings
 from ._cost.estimate import Estimate
 from ._dask.accessor import install as _install_dask
-from ._run.run import RunReport, RunWarning, last_run
-from ._store.ledger import list_batches
-from ._structured.packing import PackingReport
-from .accessor import LLMAccessor
-from .accessor import register as _register
-from .config import BatchLimits, Settings, configure, current_settings, settings
-from .errors import (
+from ._errors import (
     APIError,
     ConfigError,
     FatalAPIError,
@@ -31,8 +28,11 @@ from .errors import (
     StoreError,
     TemplateError,
 )
-from .pricing import Price
-from .verbs import PromptOrderWarning
+from ._pricing import Price
+from ._run.run import RunReport, RunWarning, last_run
+from ._store.ledger import list_batches
+from ._structured.packing import PackingReport
+from ._verbs import PromptOrderWarning
 
 __version__ = "0.1.0"
 

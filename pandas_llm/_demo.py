@@ -29,7 +29,7 @@ import pandas as pd
 
 import pandas_llm
 
-from .errors import FatalAPIError, LocalServerError, PandasLLMError
+from ._errors import FatalAPIError, LocalServerError, PandasLLMError
 from .testing import LLMServer
 
 TEMPLATE = "Summarise this review of a {product} in five words: {review}"
@@ -41,7 +41,7 @@ LOCAL_ROWS = 20
 
 def load_reviews() -> pd.DataFrame:
     """The bundled sample: 300 short product reviews (review_id, product, stars, review)."""
-    with resources.files("pandas_llm.data").joinpath("reviews.csv").open("rb") as f:
+    with resources.files("pandas_llm._data").joinpath("reviews.csv").open("rb") as f:
         return pd.read_csv(f)
 
 

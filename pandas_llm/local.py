@@ -72,7 +72,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import LocalServerError
+from ._errors import LocalServerError
 
 __all__ = [
     "LocalServer", "LocalServerError", "check_endpoint", "find_model", "unavailable_reason",

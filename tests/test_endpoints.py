@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm.errors import ConfigError
+from pandas_llm._errors import ConfigError
 from pandas_llm.testing import LLMServer
 from pandas_llm.testing.endpoints import embedding_for, moderation_for
 
@@ -102,7 +102,7 @@ def test_a_refusal_naming_no_input_is_bisected(server, opts):
 
 
 def test_a_parameter_every_request_refuses_stops_the_run_early(server, opts):
-    from pandas_llm.errors import RequestShapeError
+    from pandas_llm._errors import RequestShapeError
 
     with pytest.raises(RequestShapeError, match="dimensions"):
         pd.Series([f"t{i}" for i in range(64)]).llm.embed(dimensions=5000, inputs_per_request=8, **opts)

@@ -9,9 +9,26 @@ import pandas_llm
 
 
 def test_all_is_exactly_the_public_names():
-    public = {n for n in dir(pandas_llm) if not n.startswith("_")}
-    modules = {n for n in public if type(getattr(pandas_llm, n)).__name__ == "module"}
-    assert set(pandas_llm.__all__) == public - modules
+    """Every internal module is private (a leading underscore), so no subtraction is needed:
+    the only public modules are pandas_llm.testing and pandas_llm.local, imported on demand."""
+    code = "import pandas_llm; print(sorted(n for n in dir(pandas_llm) if not n.startswith('_')))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == str(sorted(pandas_llm.__all__))
+
+
+def test_the_only_public_modules_are_testing_and_local():
+    import pkgutil
+
+    names = {m.name for m in pkgutil.iter_modules(pandas_llm.__path__) if not m.name.startswith("_")}
+    assert names == {"testing", "local", "errors"}  # errors: a deprecated alias, see below
+
+
+def test_the_old_errors_module_still_imports_with_a_deprecation_warning():
+    code = "import warnings; warnings.simplefilter('error');from pandas_llm.errors import PandasLLMError"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode != 0 and "DeprecationWarning: pandas_llm.errors is deprecated" in res.stderr
+    res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
 
 
 def test_import_registers_accessors_and_does_nothing_else(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 
 import pandas_llm
 from pandas_llm import local
-from pandas_llm.errors import LocalServerError, PandasLLMError
+from pandas_llm._errors import LocalServerError, PandasLLMError
 
 # A stand-in for ``python -m llama_cpp.server``: logs uvicorn's start-up line with the
 # port it bound, answers GET /v1/models and chat completions (after FAKE_DELAY seconds),

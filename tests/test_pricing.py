@@ -10,9 +10,9 @@ import genai_prices
 import pytest
 from genai_prices.types import Tier, TieredPrices
 
-from pandas_llm import pricing
-from pandas_llm.errors import ConfigError
-from pandas_llm.pricing import Price, cost, price_for, resolve_price
+from pandas_llm import _pricing as pricing
+from pandas_llm._errors import ConfigError
+from pandas_llm._pricing import Price, cost, price_for, resolve_price
 
 M = 1_000_000
 

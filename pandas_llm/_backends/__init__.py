@@ -7,7 +7,7 @@
 - ``OpenAIClientBackend`` (openai_client.py): a user's own ``openai.AsyncOpenAI``/``OpenAI`` client.
 - ``FunctionBackend`` (function.py): any ``(messages, **params) -> str`` function, sync or async.
 
-Each maps its foreign errors to pandas_llm.errors at this boundary and nowhere else.
+Each maps its foreign errors to pandas_llm._errors at this boundary and nowhere else.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def make_backend(settings: Any, kind: Any = None) -> Backend:
 
     ``kind`` (endpoints.py) names another endpoint than chat completions: its ``path``
     and ``read(raw, headers, *, endpoint, model) -> Completion`` for a 200."""
-    from ..errors import remember_secret
+    from .._errors import remember_secret
 
     client = settings.client
     remember_secret(settings.api_key or os.environ.get("OPENAI_API_KEY"))
@@ -70,7 +70,7 @@ def make_backend(settings: Any, kind: Any = None) -> Backend:
 
         return OpenAIClientBackend(client, timeout=settings.timeout, **route)
     if kind is not None:
-        from ..errors import ConfigError
+        from .._errors import ConfigError
 
         raise ConfigError(
             f"client= functions answer chat messages only; {kind.path} needs an OpenAI-compatible "
@@ -80,7 +80,7 @@ def make_backend(settings: Any, kind: Any = None) -> Backend:
         from .function import FunctionBackend
 
         return FunctionBackend(client, concurrency=settings.concurrency, timeout=settings.request_timeout)
-    from ..errors import ConfigError
+    from .._errors import ConfigError
 
     raise ConfigError(
         "client= must be an openai.AsyncOpenAI / openai.OpenAI client or a function "

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import FatalAPIError, RequestError
+from .._errors import FatalAPIError, RequestError
 from . import Completion, content_text, parse_completion
 from .errors import error_in_answer
 

@@ -1,4 +1,4 @@
-"""Mapping HTTP failures to pandas_llm.errors, shared by the HTTP and openai-client backends.
+"""Mapping HTTP failures to pandas_llm._errors, shared by the HTTP and openai-client backends.
 
 Besides the status, the body decides a few cases that would not clear by retrying:
 HTTP 402 (out of credit, as DeepSeek sends) and ``insufficient_quota`` are a QuotaError;
@@ -24,8 +24,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .._errors import APIError, FatalAPIError, QuotaError, RateLimitError, RequestError, RetryableError
 from .._run.limits import parse_duration
-from ..errors import APIError, FatalAPIError, QuotaError, RateLimitError, RequestError, RetryableError
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600)) - {501}  # 501: not implemented, ever
 FATAL_STATUS = frozenset({401, 403, 404})

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import APIError, RequestError, RetryableError
+from .._errors import APIError, RequestError, RetryableError
 from . import Completion
 from .errors import lost
 

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..errors import ConfigError, RetryableError
+from .._errors import ConfigError, RetryableError
 from . import Completion
 from .answers import read_answer
 from .errors import connection_error_text, error_for_status, lost

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ..config import GENERATION_PARAMS
+from .._config import GENERATION_PARAMS
 from . import Completion
 from .answers import read_answer
 from .errors import from_openai

@@ -4,7 +4,7 @@
 (it is closed at the end, so a job can be driven from any event loop). The client is
 built with ``max_retries=0``; transient failures (408/409/429/5xx, timeouts, connection
 errors) are retried here with the scheduler's backoff, honouring ``retry-after``.
-Errors are mapped to pandas_llm.errors at this boundary, as for the realtime backends.
+Errors are mapped to pandas_llm._errors at this boundary, as for the realtime backends.
 
 Creating a batch is not idempotent, so ``submit`` never blindly retries it: after a
 transient failure it first looks for a batch carrying the part's id in its metadata
@@ -29,9 +29,9 @@ import orjson
 
 from .._backends.errors import from_openai
 from .._backends.openai_client import _timeout
+from .._errors import APIError, ConfigError, FatalAPIError, RetryableError, remember_secret
 from .._run.engine import RetryPolicy
 from .._run.stopping import quota_stop
-from ..errors import APIError, ConfigError, FatalAPIError, RetryableError, remember_secret
 
 __all__ = ["BatchAPI", "BatchInfo", "ENDPOINT", "PART_KEY", "JOB_KEY", "NoBatchAPIError"]
 

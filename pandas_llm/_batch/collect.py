@@ -22,10 +22,10 @@ from typing import Any
 
 from .._backends import Completion
 from .._plan.planner import Plan
+from .._pricing import Price
+from .._pricing import cost as price_cost
 from .._store.ledger import Ledger
 from .._store.store import Record, Store
-from ..pricing import Price
-from ..pricing import cost as price_cost
 from .client import BatchAPI, BatchInfo
 from .files import parse_line
 from .status import BatchStats

@@ -4,7 +4,7 @@ Each line's ``custom_id`` is the request's cache key in hex, so a result is matc
 its request whatever order the API returns them in, and lands in the cache under the
 same key a realtime answer would have.
 
-    >>> from pandas_llm.config import BatchLimits
+    >>> from pandas_llm._config import BatchLimits
     >>> jobs = [(u, bytes([u]) * 32, b'{"model":"m","messages":[]}') for u in range(5)]
     >>> [len(p.keys) for p in split_parts(jobs, BatchLimits(requests=2))]
     [2, 2, 1]
@@ -22,11 +22,11 @@ import orjson
 
 from .._backends.answers import judge
 from .._backends.errors import error_for_status
+from .._config import BatchLimits
+from .._errors import APIError, RequestError, RetryableError
 from .._run.engine import completion_record
 from .._run.stopping import row_status
 from .._store.store import Record
-from ..config import BatchLimits
-from ..errors import APIError, RequestError, RetryableError
 from .client import ENDPOINT
 
 __all__ = ["PartData", "split_parts", "parse_line", "UNANSWERED_CODES"]

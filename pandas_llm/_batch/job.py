@@ -40,16 +40,16 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from .._config import Settings
 from .._display.progress import make_observer
+from .._errors import ConfigError, FatalAPIError, RequestError
 from .._plan.planner import Plan, make_plan
+from .._pricing import resolve_price
 from .._run import loop as _runner
 from .._run import run as _pipeline
 from .._run.budget import Budget, ContextCheck, Meter
 from .._store.ledger import Ledger, Part
 from .._store.store import Record, Store
-from ..config import Settings
-from ..errors import ConfigError, FatalAPIError, RequestError
-from ..pricing import resolve_price
 from .client import JOB_KEY, PART_KEY, BatchAPI
 from .collect import Collector
 from .files import PartData, split_parts

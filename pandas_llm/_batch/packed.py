@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._config import Settings
 from .._plan.outcomes import Outcomes
 from .._plan.planner import Plan, make_plan
 from .._run import run as _pipeline
 from .._store.ledger import Ledger, row_entry
 from .._store.store import Record, Store
 from .._structured.packing import Packer, _envelope_error, packed_key
-from ..config import Settings
 from .job import BatchJob, _batch_possible, check_batch
 
 __all__ = ["PackedBatchJob", "start_packed"]

@@ -30,13 +30,13 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from .._config import Settings
 from .._display.progress import money
+from .._errors import ConfigError
 from .._plan.planner import make_plan
+from .._pricing import Price, resolve_price
 from .._run.budget import context_window
 from .._store.store import Store
-from ..config import Settings
-from ..errors import ConfigError
-from ..pricing import Price, resolve_price
 from .tokens import count_message_tokens, encoding_name_for
 
 __all__ = ["Estimate", "Range", "estimate", "compare_models", "DEFAULT_OUTPUT_TOKENS", "CACHE_MIN_TOKENS"]
@@ -244,7 +244,7 @@ def estimate(
     ``run_sample(subset) -> details frame`` runs the sample (the accessor passes its own
     verb with ``details=True`` and the same options). Raises ConfigError as the verb would.
     """
-    from ..verbs import requests_for  # structured imports the run machinery; estimate is lighter
+    from .._verbs import requests_for  # structured imports the run machinery; estimate is lighter
 
     for name, value in (("sample", sample), ("output_tokens", output_tokens)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

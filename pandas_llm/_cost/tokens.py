@@ -37,7 +37,7 @@ from typing import Any
 
 import tiktoken
 
-from ..errors import PandasLLMError
+from .._errors import PandasLLMError
 
 
 class BPEFileError(PandasLLMError, RuntimeError):

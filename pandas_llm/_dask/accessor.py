@@ -31,8 +31,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import Settings, _defaults, current_settings
-from ..errors import ConfigError
+from .._config import Settings, _defaults, current_settings
+from .._errors import ConfigError
 
 __all__ = ["DaskLLMAccessor", "install"]
 
@@ -66,8 +66,8 @@ class DaskLLMAccessor:
         The template's columns (all columns for a function template) are computed and
         brought to the driver, then estimated as one pandas frame: dedup across partitions
         and ``sample=`` are exact. Returns an ``Estimate``."""
+        from .._accessor import LLMAccessor
         from .._plan.prompts import compile_template
-        from ..accessor import LLMAccessor
 
         settings = _driver_settings(options)
         obj = self._obj
@@ -119,8 +119,8 @@ def _driver_settings(options: dict[str, Any]) -> Settings:
 def _partition(part: Any, verb: str, template: Any, verb_kw: dict[str, Any], settings: Settings,
                account: str | None = None) -> Any:  # fmt: skip
     """One partition's run, on its worker, with the driver's settings and the shared limit."""
+    from .._accessor import LLMAccessor
     from .._run.run import limiter_wrapper
-    from ..accessor import LLMAccessor
 
     token = _defaults.set(settings)
     wrap = limiter_wrapper.set(_shared_limit(settings, account) if len(part) else None)

@@ -12,7 +12,7 @@ Cache keys are per row: sha256 of the key version, base URL, endpoint path and t
 canonical one-row request ``{"input": text, "model": ..., "dimensions": ...}``, so a
 row's answer is found again whatever other rows shared its request.
 
-    >>> from pandas_llm.config import Settings
+    >>> from pandas_llm._config import Settings
     >>> key, raw = Embeddings(dimensions=8).builder(Settings(model="text-embedding-3-small")).encode(
     ...     [{"role": "user", "content": "hi"}])
     >>> raw
@@ -31,9 +31,9 @@ import orjson
 
 from .._backends import Completion
 from .._backends.errors import error_in_answer
+from .._errors import FatalAPIError, PandasLLMError, RequestError, TemplateError
+from .._pricing import Price, resolve_price
 from .._run.budget import Meter
-from ..errors import FatalAPIError, PandasLLMError, RequestError, TemplateError
-from ..pricing import Price, resolve_price
 from .outcomes import Outcomes
 from .requests import KEY_VERSION, TextCodec
 

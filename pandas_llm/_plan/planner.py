@@ -18,10 +18,10 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from .._config import Settings
+from .._errors import PandasLLMError, TemplateError
 from .._run.engine import Sized
 from .._store.store import Store
-from ..config import Settings
-from ..errors import PandasLLMError, TemplateError
 from .dedup import KEY_SIZE, Keys, dedup
 from .lookup import load_cached
 from .outcomes import Outcomes

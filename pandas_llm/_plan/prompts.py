@@ -48,7 +48,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from ..errors import TemplateError
+from .._errors import TemplateError
 
 __all__ = ["Template", "compile_template", "to_messages", "Row", "render_value", "render_column"]
 

@@ -10,7 +10,7 @@ For OpenAI's reasoning models (o1, o3, o4 series, the gpt-5 family), which refus
 ``max_tokens``, ``max_tokens=`` is sent as ``max_completion_tokens`` (it then bounds the
 hidden reasoning tokens and the visible answer together); the key follows what is sent.
 
-    >>> from pandas_llm.config import Settings
+    >>> from pandas_llm._config import Settings
     >>> b = RequestBuilder(Settings(model="m", base_url="http://x/v1", params={"temperature": 0}))
     >>> key, raw = b.encode([{"role": "user", "content": "hi"}])
     >>> len(key), raw
@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
+from .._config import Settings
 from .._structured.schema import response_format_fragment
-from ..config import Settings
 
 __all__ = ["RequestBuilder", "TextCodec", "KEY_VERSION", "is_reasoning_model"]
 

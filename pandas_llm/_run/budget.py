@@ -24,7 +24,7 @@ gateway's 504: ``RetryableError.maybe_billed``) may still be billed by the provi
 charged at its worst case (``Budget.lost``), and its retry needs a fresh reservation, so
 the cap holds against what the provider bills even when no answer arrives.
 
-    >>> from pandas_llm.pricing import Price
+    >>> from pandas_llm._pricing import Price
     >>> m = Meter("gpt-4o-mini", Price.per_million(input=1.0, output=2.0), max_output=100)
     >>> b = Budget(0.001, m)
     >>> b.try_reserve(0.0004), b.try_reserve(0.0004), b.try_reserve(0.0004)
@@ -46,9 +46,9 @@ import orjson
 
 from .._backends import Completion
 from .._cost.tokens import count_message_tokens, encoding_name_for
+from .._errors import ConfigError
+from .._pricing import Price, cost, resolve_price
 from .._store.store import Record
-from ..errors import ConfigError
-from ..pricing import Price, cost, resolve_price
 
 __all__ = ["Budget", "ContextCheck", "Hold", "Meter", "context_window", "max_output_tokens"]
 

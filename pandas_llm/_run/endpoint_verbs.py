@@ -15,10 +15,10 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from .._config import current_settings
+from .._errors import ConfigError
 from .._plan.endpoints import Embeddings, Moderations
 from .._plan.grouping import Grouper
-from ..config import current_settings
-from ..errors import ConfigError
 from .run import Run
 
 __all__ = ["EndpointRun", "prepare_moderate", "prepare_embed", "DEFAULT_MODERATION_MODEL", "DEFAULT_EMBEDDING_MODEL"]

@@ -57,9 +57,7 @@ import orjson
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from .._backends import Backend, Completion
-from .._store.committer import Committer
-from .._store.store import Record, Store
-from ..errors import (
+from .._errors import (
     FatalAPIError,
     LocalServerError,
     PandasLLMError,
@@ -69,6 +67,8 @@ from ..errors import (
     StoreError,
     redact,
 )
+from .._store.committer import Committer
+from .._store.store import Record, Store
 from . import inflight
 from .limiter import Limiter
 from .stopping import ShapeWatch, come_back, quota_stop, row_status

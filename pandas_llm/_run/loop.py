@@ -15,7 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ..errors import PandasLLMError
+from .._errors import PandasLLMError
 
 T = TypeVar("T")
 

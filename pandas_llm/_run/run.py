@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 
 from .._backends import make_backend
+from .._config import Settings
 from .._display.progress import make_observer
+from .._errors import FatalAPIError, LocalServerError
+from .._errors import find_stack_level as caller_stacklevel
 from .._plan.outcomes import STATUS_MEANING
 from .._plan.planner import Plan, make_plan
 from .._store.leases import Claims, warn_if_network
 from .._store.store import Store
-from ..config import Settings
-from ..errors import FatalAPIError, LocalServerError
-from ..errors import find_stack_level as caller_stacklevel
 from . import inflight
 from .budget import Budget, ContextCheck, Meter
 from .engine import Engine, RetryPolicy, RunStats

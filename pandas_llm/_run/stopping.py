@@ -13,7 +13,7 @@
   it (rows not sent: status ``deadline``). Quotas the body names (402, a limit of 0, a
   daily quota) are decided where errors are mapped: backends/errors.py.
 
-    >>> from pandas_llm.errors import RequestError
+    >>> from pandas_llm._errors import RequestError
     >>> w = ShapeWatch()
     >>> e = RequestError("HTTP 400: Unsupported parameter: 'max_tokens'", status=400,
     ...                  code="unsupported_parameter", param="max_tokens")
@@ -27,7 +27,7 @@ import re
 import time
 from collections import Counter
 
-from ..errors import FatalAPIError, QuotaError, RateLimitError, RequestError, RequestShapeError, RetryableError
+from .._errors import FatalAPIError, QuotaError, RateLimitError, RequestError, RequestShapeError, RetryableError
 
 __all__ = ["ShapeWatch", "quota_stop", "come_back", "row_status", "MAX_RETRY_AFTER"]
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import StoreError
+from .._errors import StoreError
 from .store import FileReplaced, Record, Store
 
 __all__ = ["Committer"]

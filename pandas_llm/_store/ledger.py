@@ -214,7 +214,7 @@ def list_batches(cache: str | os.PathLike | bool = True) -> pd.DataFrame:
     For finding batches after a restart without re-running the cell; ``open`` marks the
     ones whose results are not collected yet (re-running the same call collects them).
     """
-    from ..config import DEFAULT_CACHE
+    from .._config import DEFAULT_CACHE
 
     path = DEFAULT_CACHE if cache is True else None if cache is False else os.fspath(cache)
     if path is None or not os.path.exists(path):

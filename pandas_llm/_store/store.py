@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from ..errors import ConfigError, StoreError, redact
+from .._errors import ConfigError, StoreError, redact
 
 __all__ = ["Store", "Record", "MIGRATIONS"]
 

@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .._config import Settings
+from .._errors import ConfigError
 from .._plan.planner import Plan
 from .._plan.requests import RequestBuilder
 from .._run.engine import Sized
 from .._store.store import Record, Store
-from ..config import Settings
-from ..errors import ConfigError
 from .parse import Parser, strip_fences
 from .schema import Schema, as_schema
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ConfigError
+from .._errors import ConfigError
 
 __all__ = ["Schema", "as_schema", "STRUCTURED_MODES", "response_format_fragment", "resolve"]
 

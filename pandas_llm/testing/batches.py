@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import ConfigError
+from .._errors import ConfigError
 from ._http import Request, Response, default_error, error_response, json_response
 from .answers import InvalidRequest, estimate_tokens, last_user_content, prompt_tokens
 from .files import FileStore

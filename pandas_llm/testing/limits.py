@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from .._errors import ConfigError
 from ._http import Response, error_response
 
 __all__ = ["RateLimiter", "Decision", "format_duration", "rate_limit_response", "UNLIMITED_RPM", "UNLIMITED_TPM"]

@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ConfigError, PandasLLMError
+from .._errors import ConfigError, PandasLLMError
 from ._http import RESET, HTTPProtocol, Request, Response, default_error, error_response, json_response
 from .answers import AnswerFn, Completion, InvalidRequest, answer_for, complete, estimate_tokens, message_text
 from .batches import BatchEndpoints

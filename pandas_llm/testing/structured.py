@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ConfigError
+from .._errors import ConfigError
 from .answers import InvalidRequest, answer_for, last_user_content
 
 __all__ = ["StructuredAnswers", "value_for", "FAULT_KINDS"]

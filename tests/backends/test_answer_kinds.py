@@ -221,7 +221,7 @@ def test_batch_mode_names_what_the_server_answered_instead_of_a_batch_reply(serv
 def test_url_encoded_forms_of_the_key_are_redacted():
     import urllib.parse
 
-    from pandas_llm.errors import redact
+    from pandas_llm._errors import redact
 
     key = "sk-proj/abc+def=ghi&jkl"
     for form in (key, urllib.parse.quote(key), urllib.parse.quote_plus(key), urllib.parse.quote(key, safe="")):
@@ -234,7 +234,7 @@ def test_a_sync_function_call_that_never_got_a_thread_is_not_possibly_billed():
     import threading
 
     from pandas_llm._backends.function import FunctionBackend
-    from pandas_llm.errors import RetryableError
+    from pandas_llm._errors import RetryableError
 
     gate = threading.Event()
     calls = []

@@ -10,8 +10,8 @@ import pytest
 
 from pandas_llm._backends import make_backend
 from pandas_llm._backends.wire import WireBackend
-from pandas_llm.config import Settings
-from pandas_llm.errors import RateLimitError, RetryableError
+from pandas_llm._config import Settings
+from pandas_llm._errors import RateLimitError, RetryableError
 
 ANSWER = orjson.dumps(
     {

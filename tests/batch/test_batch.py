@@ -19,7 +19,7 @@ import pandas_llm
 from helpers import kill_when
 from pandas_llm import ConfigError, RunWarning
 from pandas_llm._batch.client import BatchAPI
-from pandas_llm.errors import RetryableError
+from pandas_llm._errors import RetryableError
 from pandas_llm.testing import LLMServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -424,7 +424,7 @@ def test_an_output_file_gone_before_collection_is_sent_again(srv, opts):
 
 def test_cancel_before_submitting_sends_nothing(srv, opts):
     from pandas_llm._batch.job import start
-    from pandas_llm.config import current_settings
+    from pandas_llm._config import current_settings
 
     job = start(frame(5), "Say: {text}", current_settings().merged(mode="batch", **opts))
     status = job.cancel()
@@ -458,7 +458,7 @@ def test_interrupted_wait_leaves_the_batches_to_a_rerun(srv, opts):
 
 def test_transient_api_errors_are_retried_with_backoff(srv, opts):
     from pandas_llm._batch.job import start
-    from pandas_llm.config import current_settings
+    from pandas_llm._config import current_settings
 
     waits = []
 

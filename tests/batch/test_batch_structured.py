@@ -464,9 +464,9 @@ def test_max_cost_caps_a_batch_job_at_batch_prices(srv, opts):
     assert stats.cost <= cap and 1 < answered < 12 and stats.budget_reached
     assert srv.batches.batches_created == answered  # each sent once its predecessor's cost was known
     assert (pandas_llm.last_run().details["status"] == "budget").sum() == 12 - answered
-    price = pandas_llm.pricing.price_for("gpt-4o-mini")
+    price = pandas_llm._pricing.price_for("gpt-4o-mini")
     assert stats.cost == pytest.approx(
-        pandas_llm.pricing.cost(
+        pandas_llm._pricing.cost(
             price, prompt_tokens=srv.prompt_tokens, completion_tokens=srv.completion_tokens, batch=True
         )
     )

@@ -9,7 +9,7 @@ import pytest
 import pandas_llm
 from pandas_llm._cost.estimate import DEFAULT_OUTPUT_TOKENS, Range
 from pandas_llm._cost.tokens import count_message_tokens
-from pandas_llm.pricing import price_for
+from pandas_llm._pricing import price_for
 from pandas_llm.testing import LLMServer
 
 
@@ -176,7 +176,7 @@ def tiktoken_server(**kw):
 
 
 def billed(srv, batch=False):
-    return pandas_llm.pricing.cost(price_for("gpt-4o-mini"), prompt_tokens=srv.prompt_tokens,
+    return pandas_llm._pricing.cost(price_for("gpt-4o-mini"), prompt_tokens=srv.prompt_tokens,
                                    completion_tokens=srv.completion_tokens, cached_tokens=srv.cached_tokens,
                                    batch=batch)  # fmt: skip
 

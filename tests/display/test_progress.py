@@ -337,7 +337,7 @@ def test_import_configures_no_logging_and_prints_nothing():
 
 # -- cost in a real run -------------------------------------------------------------------
 def test_cost_is_summed_stored_and_saved_by_the_cache(llm_server, tmp_path):
-    from pandas_llm.pricing import cost, price_for
+    from pandas_llm._pricing import cost, price_for
 
     df = pd.DataFrame({"t": [f"row number {i}" for i in range(40)]})
     kw = dict(base_url=llm_server.base_url, api_key="x", cache=tmp_path / "c.sqlite", progress=False)

@@ -123,7 +123,7 @@ def test_the_readme_local_model_example_runs(needs_local, tmp_path, monkeypatch)
 
 def test_costs_are_computed_at_the_alias_table_price(options):
     # The server answers as "gpt-4o-mini": costs are what the run would cost there.
-    from pandas_llm.pricing import cost, price_for
+    from pandas_llm._pricing import cost, price_for
 
     df = pd.DataFrame({"word": ["bread", "good night", "the red car"]})
     d = df.llm.map("{word}", system=TRANSLATE, details=True, **options)

@@ -54,7 +54,7 @@ def test_configure_and_nested_blocks():
             assert "temperature" not in pandas_llm.current_settings().params
         assert pandas_llm.current_settings().model == "gpt-4o-mini"
     finally:
-        pandas_llm.config._session = old
+        pandas_llm._config._session = old
 
 
 def test_with_block_does_not_leak_into_other_threads():

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from pandas_llm._config import Settings
 from pandas_llm._display.progress import Snapshot, TqdmObserver
-from pandas_llm.config import Settings
-from pandas_llm.errors import ConfigError, PandasLLMError, TemplateError
+from pandas_llm._errors import ConfigError, PandasLLMError, TemplateError
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm  # noqa: F401
+from pandas_llm._config import Settings
 from pandas_llm._plan import lookup as resume
 from pandas_llm._plan.dedup import Keys, dedup
 from pandas_llm._plan.outcomes import Outcomes
@@ -16,7 +17,6 @@ from pandas_llm._plan.planner import _renderer, make_plan
 from pandas_llm._plan.prompts import compile_template
 from pandas_llm._plan.requests import RequestBuilder
 from pandas_llm._store.store import Record, Store
-from pandas_llm.config import Settings
 from pandas_llm.testing import LLMServer
 
 TEXTS = [

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 import pandas_llm  # noqa: F401
+from pandas_llm._config import Settings
+from pandas_llm._errors import PandasLLMError, TemplateError
 from pandas_llm._plan.planner import make_plan
 from pandas_llm._plan.prompts import render_value
 from pandas_llm._plan.requests import RequestBuilder
 from pandas_llm._store.store import Store
-from pandas_llm.config import Settings
-from pandas_llm.errors import PandasLLMError, TemplateError
 
 
 def test_two_long_arrays_that_differ_are_two_requests_with_their_own_answers(server, opts):

@@ -13,8 +13,8 @@ from contextlib import closing
 
 import pandas as pd
 
+from pandas_llm._config import Settings
 from pandas_llm._plan.requests import RequestBuilder
-from pandas_llm.config import Settings
 from pandas_llm.testing import LLMServer, answer_for
 
 N = 2000

@@ -12,10 +12,10 @@ import pytest
 import pandas_llm
 from pandas_llm._backends import Completion
 from pandas_llm._cost.tokens import count_message_tokens
+from pandas_llm._pricing import Price, cost, price_for
 from pandas_llm._run.budget import Budget, Meter, max_output_tokens
 from pandas_llm._run.engine import RunStats
 from pandas_llm._store.store import Record
-from pandas_llm.pricing import Price, cost, price_for
 from pandas_llm.testing import LLMServer
 
 PRICE = Price.per_million(input=1.0, output=2.0, cached_input=0.5)  # $1e-6 in, $2e-6 out
@@ -307,8 +307,8 @@ def test_batch_results_are_priced_with_explicit_prices(server, opts, tmp_path):
 def test_without_max_cost_the_price_is_looked_up_while_the_first_requests_fly():
     from concurrent.futures import Future
 
+    from pandas_llm._config import Settings
     from pandas_llm._run.budget import Meter
-    from pandas_llm.config import Settings
 
     meter = Meter.for_settings(Settings(model="gpt-4o-mini", cache=False))
     assert meter.price is not None and meter.price.input * 1e6 == pytest.approx(0.15)

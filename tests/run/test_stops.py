@@ -13,10 +13,10 @@ from helpers import VirtualTime
 from pandas_llm import QuotaError, RequestShapeError, RunWarning
 from pandas_llm._backends import Completion
 from pandas_llm._display.progress import Snapshot
+from pandas_llm._errors import RateLimitError
 from pandas_llm._run.engine import Engine, RetryPolicy, RunStats
 from pandas_llm._run.limiter import Limiter
 from pandas_llm._store.store import Store
-from pandas_llm.errors import RateLimitError
 from pandas_llm.testing import LLMServer
 
 #: OpenAI's answer to max_tokens on an o-series model (here behind a deployment name the
@@ -123,9 +123,9 @@ def test_reasoning_models_get_max_completion_tokens_and_their_reasoning_tokens_a
 
 
 def test_max_cost_reserves_reasoning_tokens_through_max_completion_tokens(server, opts):
+    from pandas_llm._config import Settings
     from pandas_llm._plan.requests import RequestBuilder
     from pandas_llm._run.budget import Meter
-    from pandas_llm.config import Settings
 
     price = pandas_llm.Price.per_million(input=1.0, output=10.0)
     settings = Settings(

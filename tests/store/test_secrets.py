@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from pandas_llm._errors import FatalAPIError, RequestError, redact
 from pandas_llm._store.store import Store
-from pandas_llm.errors import FatalAPIError, RequestError, redact
 
 KEY = "sk-proj-Zq9SECRETsecret0123456789abcdef"
 
@@ -25,7 +25,7 @@ def test_repr_and_str_of_every_settings_object_mask_the_key(opts, tmp_path):
         assert KEY not in str(pandas_llm.current_settings())
         assert "api_key='[redacted]'" in repr(pandas_llm.current_settings())
     finally:
-        pandas_llm.config._session = old
+        pandas_llm._config._session = old
     with pandas_llm.settings(api_key="a-local-server-key-123", extra_body={"api-key": "azure0123456789abcdef"}) as s:
         for text in (repr(s), str(s), f"{s}", repr([s])):
             assert "a-local-server-key-123" not in text and "azure0123456789abcdef" not in text
@@ -134,7 +134,7 @@ def test_existing_loose_files_are_tightened_on_every_open(tmp_path, umask_000):
 def test_backends_holding_the_key_do_not_show_it(server):
     from pandas_llm._backends import make_backend
     from pandas_llm._batch.client import BatchAPI
-    from pandas_llm.config import Settings
+    from pandas_llm._config import Settings
 
     for base_url in (server.base_url, "https://example.invalid/v1"):
         settings = Settings(base_url=base_url, api_key=KEY)

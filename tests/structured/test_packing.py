@@ -270,8 +270,8 @@ def test_cached_prompt_tokens_are_reported_and_priced_at_the_cached_rate(opts):
         frame(3).llm.classify("{text}", labels=LABELS, system="Route tickets. " * 400, **o)
         stats = pandas_llm.last_run().stats
     assert stats.cached_tokens == srv.cached_tokens > 0
-    price = pandas_llm.pricing.price_for("gpt-4o-mini")
-    expected = pandas_llm.pricing.cost(price, prompt_tokens=srv.prompt_tokens,
+    price = pandas_llm._pricing.price_for("gpt-4o-mini")
+    expected = pandas_llm._pricing.cost(price, prompt_tokens=srv.prompt_tokens,
                                        completion_tokens=srv.completion_tokens, cached_tokens=srv.cached_tokens)  # fmt: skip
     assert stats.cost == pytest.approx(expected)
     assert "from the provider's prompt cache" in pandas_llm.last_run().summary()

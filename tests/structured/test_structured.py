@@ -369,8 +369,8 @@ def test_warns_when_a_column_comes_before_a_long_instruction(server, opts):
 
 
 def test_response_format_keeps_property_order_in_the_request():
+    from pandas_llm._config import Settings
     from pandas_llm._plan.requests import RequestBuilder
-    from pandas_llm.config import Settings
 
     rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "object", "properties": {"why": {"type": "string"}, "answer": {"type": "string"}}}}}  # fmt: skip

@@ -19,11 +19,11 @@ from typing import Any
 import pandas as pd
 
 from ._batch.job import BatchJob
+from ._config import Settings, current_settings
 from ._cost import estimate as _estimate
 from ._cost.estimate import Estimate
 from ._run import loop as _runner
-from .config import Settings, current_settings
-from .verbs import check_prompt_order, job_verb, prepare
+from ._verbs import check_prompt_order, job_verb, prepare
 
 __all__ = ["LLMAccessor"]
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import ConfigError
+from ._errors import ConfigError
 
 __all__ = ["Price", "cost", "price_for", "resolve_price"]
 

@@ -27,6 +27,8 @@ import pandas as pd
 
 from ._batch.job import BatchJob, start
 from ._batch.packed import PackedBatchJob, start_packed
+from ._config import Settings, current_settings
+from ._errors import ConfigError
 from ._plan.planner import Plan
 from ._plan.prompts import to_messages
 from ._run.run import Run
@@ -34,8 +36,6 @@ from ._structured.columns import build_frame, columns_for, take
 from ._structured.packing import Packer
 from ._structured.parse import Parser
 from ._structured.schema import Schema, as_schema
-from .config import Settings, current_settings
-from .errors import ConfigError
 
 __all__ = [
     "PromptOrderWarning",

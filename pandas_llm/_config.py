@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, redact
+from ._errors import ConfigError, redact
 
 __all__ = ["Settings", "BatchLimits", "settings", "configure", "current_settings", "GENERATION_PARAMS"]
 
@@ -358,7 +358,7 @@ def check_params(params: Mapping[str, Any]) -> None:
         >>> check_params({"temperature": "hot"})
         Traceback (most recent call last):
         ...
-        pandas_llm.errors.ConfigError: temperature='hot': the API takes a number from 0 to 2
+        pandas_llm._errors.ConfigError: temperature='hot': the API takes a number from 0 to 2
     """
     for name, value in params.items():
         rule = PARAM_CHECKS.get(name)
@@ -367,7 +367,7 @@ def check_params(params: Mapping[str, Any]) -> None:
 
 
 def _check_prices(prices: Any) -> None:
-    from .pricing import Price
+    from ._pricing import Price
 
     if isinstance(prices, Price):
         return
