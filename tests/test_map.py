@@ -198,3 +198,57 @@ def test_details_and_last_run(server, opts):
     report = pandas_llm.last_run()
     assert report.stats.total == 3 and report.stats.unique == 2
     assert report.details["output"].tolist() == d["output"].tolist()
+
+
+# -- a run that fails with an error that is not the API's -----------------------------------
+def _failing_store(monkeypatch):
+    """Writing answers to the sidecar raises an error that is neither the API's nor a StoreError
+    (a bug): the run must stop, end "failed" and say so."""
+    from pandas_llm._store.store import Store
+
+    def write(self, records):
+        raise ZeroDivisionError("a bug in the store")
+
+    monkeypatch.setattr(Store, "write", write)
+
+
+def test_a_non_api_error_ends_the_run_failed_and_the_bar_says_so(opts, monkeypatch):
+    import io
+
+    from pandas_llm._display.progress import TqdmObserver
+
+    _failing_store(monkeypatch)
+    out = io.StringIO()
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(20)]})
+    with pytest.raises(ZeroDivisionError):
+        df.llm.map("{text}", **{**opts, "progress": TqdmObserver(file=out)})
+    assert pandas_llm.last_run().stats.outcome == "failed"
+    assert "pandas-llm (failed)" in out.getvalue() and "(running)" not in out.getvalue()
+
+
+def test_a_non_api_error_ends_the_widget_failed(opts, monkeypatch):
+    from pandas_llm._display.notebook import WidgetObserver
+
+    _failing_store(monkeypatch)
+    widget = WidgetObserver(display=lambda obj: None)
+    df = pd.DataFrame({"text": ["a", "b", "c"]})
+    with pytest.raises(ZeroDivisionError):
+        df.llm.map("{text}", **{**opts, "progress": widget})
+    assert pandas_llm.last_run().stats.outcome == "failed"
+    assert "stopped after" in widget.text and "done in" not in widget.text
+    assert "the run stopped on an error" in widget.text
+    assert widget.bar.bar_style == "danger"
+
+
+def test_a_non_api_error_ends_a_batch_job_failed(opts, monkeypatch):
+    import io
+
+    from pandas_llm._batch.status import BatchProgress
+
+    _failing_store(monkeypatch)
+    out = io.StringIO()
+    df = pd.DataFrame({"text": ["a", "b", "c"]})
+    with pytest.raises(ZeroDivisionError):
+        df.llm.map("{text}", mode="batch", poll_interval=0.005, **{**opts, "progress": BatchProgress(file=out)})
+    assert pandas_llm.last_run().stats.outcome == "failed"
+    assert "pandas-llm batch (failed)" in out.getvalue()

@@ -265,8 +265,8 @@ class BatchJob:
             log.info("pandas-llm: stopped waiting; the batches keep running at the API and are recorded in the "
                      "sidecar: run the same call again to collect them (or job.cancel())")  # fmt: skip
             raise
-        except FatalAPIError:
-            stats.outcome = "failed"
+        except BaseException as exc:  # an API stop, a store error, a bug in a callback
+            stats.outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             raise
         finally:
             stats.finished = time.monotonic()

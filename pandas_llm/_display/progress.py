@@ -240,7 +240,7 @@ class Snapshot:
         if self.outcome == "interrupted":
             return f"{self.ok:,} answers are kept in the cache: run the same call again to resume"
         if self.outcome in ("failed", "stopped"):
-            return "the endpoint refused the run (see the error); answers so far are kept in the cache"
+            return "the run stopped on an error (see it); answers so far are kept in the cache"
         if self.budget_reached:
             return "max_cost reached: run again with a higher max_cost to send the rest"
         if self.deadline_reached:

@@ -21,7 +21,6 @@ import pandas as pd
 from .._backends import make_backend
 from .._config import Settings
 from .._display.progress import make_observer
-from .._errors import FatalAPIError, LocalServerError
 from .._errors import find_stack_level as caller_stacklevel
 from .._plan.outcomes import STATUS_MEANING
 from .._plan.planner import Plan, make_plan
@@ -189,8 +188,8 @@ class Run:
         except asyncio.CancelledError:
             stats.outcome = "interrupted"
             raise
-        except (FatalAPIError, LocalServerError):  # LocalServerError: the local server died
-            stats.outcome = "failed"
+        except BaseException as exc:  # an API stop, a dead local server, a store error, a bug in a callback
+            stats.outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             raise
         finally:
             stats.finished = time.monotonic()
