@@ -25,7 +25,7 @@ from pandas_llm._display.notebook import WidgetObserver
 from pandas_llm._display.progress import TqdmObserver
 from pandas_llm._pricing import price_for
 from pandas_llm._run.budget import Meter
-from pandas_llm._run.engine import RunStats
+from pandas_llm._stats import RunStats
 
 
 def per_call(fn, n: int) -> float:

@@ -29,7 +29,8 @@ from ._errors import (
     TemplateError,
 )
 from ._pricing import Price
-from ._run.run import RunReport, RunWarning, last_run
+from ._run.run import RunWarning
+from ._stats import RunReport, last_run
 from ._store.ledger import list_batches
 from ._structured.packing import PackingReport
 from ._verbs import PromptOrderWarning

@@ -48,6 +48,7 @@ from .._pricing import resolve_price
 from .._run import loop as _runner
 from .._run import run as _pipeline
 from .._run.budget import Budget, ContextCheck, Meter
+from .._stats import RunReport, record_run
 from .._store.ledger import Ledger, Part
 from .._store.store import Record, Store
 from .client import JOB_KEY, PART_KEY, BatchAPI
@@ -242,7 +243,7 @@ class BatchJob:
             BatchProgress(text=progress == "text") if progress is True or progress == "text" else progress
         )
         stats = self.stats
-        _pipeline.record_run(_pipeline.RunReport(stats, self.plan))
+        record_run(RunReport(stats, self.plan))
         observer.start(stats)
         interval = settings.poll_interval
         try:
@@ -562,7 +563,7 @@ class BatchJob:
     def _report(self, details: bool) -> pd.Series | pd.DataFrame:
         """The stored answers as a string Series (or per-row details); warns about failed rows."""
         plan = self.plan
-        _pipeline.record_run(_pipeline.RunReport(self.stats, plan))
+        record_run(RunReport(self.stats, plan))
         _pipeline.warn_failures(plan, self.stats.total, resend="submits")
         if details:
             return plan.outcomes.details(plan.codes, plan.index)

@@ -28,6 +28,7 @@ from .._config import Settings
 from .._plan.outcomes import Outcomes
 from .._plan.planner import Plan, make_plan
 from .._run import run as _pipeline
+from .._stats import RunReport, record_run
 from .._store.ledger import Ledger, row_entry
 from .._store.store import Record, Store
 from .._structured.packing import Packer, _envelope_error, packed_key
@@ -174,7 +175,7 @@ class PackedBatchJob(BatchJob):
         if not self._resent:
             self._resent = True
             await self._resend()
-        _pipeline.record_run(_pipeline.RunReport(self.stats, self.rows, self.packer.report))
+        record_run(RunReport(self.stats, self.rows, self.packer.report))
 
     async def _resend(self) -> None:
         """Label the rows of packs never answered; send the rows that need their own request."""
@@ -237,7 +238,7 @@ class PackedBatchJob(BatchJob):
 
     def _report(self, details: bool) -> pd.Series | pd.DataFrame:
         plan = self.rows
-        _pipeline.record_run(_pipeline.RunReport(self.stats, plan, self.packer.report))
+        record_run(RunReport(self.stats, plan, self.packer.report))
         _pipeline.warn_failures(plan, self.stats.total, resend="submits")
         if details:
             return plan.outcomes.details(plan.codes, plan.index)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._display.progress import TqdmObserver
-from .._run.engine import RunStats
+from .._stats import RunStats
 from .._store.ledger import Part
 
 __all__ = ["BatchStats", "BatchStatus", "BatchProgress"]

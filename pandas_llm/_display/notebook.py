@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._run.engine import RunStats
+from .._stats import RunStats
 from .progress import Snapshot, ThrottledObserver
 
 __all__ = ["WidgetObserver"]

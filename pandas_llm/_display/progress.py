@@ -13,7 +13,7 @@ object with ``start/update/close`` is used as given. Every run also logs its sum
 ``pandas_llm`` logger (INFO); nothing here configures logging. A display that raises is
 switched off with a log message: drawing never stops a run.
 
-    >>> from pandas_llm._run.engine import RunStats
+    >>> from pandas_llm._stats import RunStats
     >>> s = RunStats(total=10, unique=10, to_send=10, sent_done=4, ok=4, cost=0.02, started=0.0)
     >>> snap = Snapshot.of(s, now=2.0)
     >>> snap.rate, snap.eta, round(snap.projected, 4)
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._plan.outcomes import STATUS_MEANING
-from .._run.engine import RunStats
+from .._stats import RunStats
 
 __all__ = [
     "Observer",

@@ -19,6 +19,7 @@ from .._config import current_settings
 from .._errors import ConfigError
 from .._plan.endpoints import Embeddings, Moderations
 from .._plan.grouping import Grouper
+from .._stats import RunReport, record_run
 from .run import Run
 
 __all__ = ["EndpointRun", "prepare_moderate", "prepare_embed", "DEFAULT_MODERATION_MODEL", "DEFAULT_EMBEDDING_MODEL"]
@@ -145,7 +146,7 @@ def _job(plan: Any, settings: Any, kind: Embeddings, as_series: bool, name: Any)
     job = BatchJob(plan, settings, name=name, kind=kind)
 
     def finish(details: bool) -> Any:
-        pipeline.record_run(pipeline.RunReport(job.stats, plan))
+        record_run(RunReport(job.stats, plan))
         pipeline.warn_failures(plan, job.stats.total, resend="submits")
         if details:
             return plan.outcomes.details(plan.codes, plan.index)

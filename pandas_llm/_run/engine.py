@@ -48,9 +48,8 @@ from __future__ import annotations
 import asyncio
 import operator
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -67,13 +66,14 @@ from .._errors import (
     StoreError,
     redact,
 )
+from .._stats import RunStats
 from .._store.committer import Committer
 from .._store.store import Record, Store
 from . import inflight
 from .limiter import Limiter
 from .stopping import ShapeWatch, come_back, quota_stop, row_status
 
-__all__ = ["Engine", "RunStats", "Job", "RetryPolicy", "completion_record", "DEAD_AFTER"]
+__all__ = ["Engine", "Job", "RetryPolicy", "completion_record", "DEAD_AFTER"]
 
 Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
 
@@ -90,61 +90,6 @@ DEAD_AFTER = 4
 _STOPS = (FatalAPIError, LocalServerError)
 #: The status of a job the engine did not send (deadline passed, run stopping); never stored.
 UNSENT = "unsent"
-
-
-@dataclass
-class RunStats:
-    """Live counters of one run; observers read them, the engine writes them."""
-
-    total: int = 0  # rows in the frame
-    unique: int = 0  # distinct requests among them
-    skipped: int = 0  # rows not sent (NA cells)
-    cached: int = 0  # rows answered from the cache
-    cached_unique: int = 0  # distinct requests answered from the cache
-    to_send: int = 0  # distinct requests that need the endpoint
-    sent_done: int = 0  # of those, finished (ok or failed), committed
-    ok: int = 0  # of those, succeeded
-    failed: Counter = field(default_factory=Counter)  # by status / error kind
-    in_flight: int = 0
-    retries: int = 0
-    attempts: int = 0  # HTTP attempts (a request's first send and each retry)
-    rate_limited: int = 0  # 429s at the account's limit (every worker paused)
-    overloaded: int = 0  # 429s with the limit not reached (server busy): that request retried
-    timeouts: int = 0  # attempts that got no answer within the timeout
-    prompt_tokens: int = 0
-    completion_tokens: int = 0  # every output token billed, reasoning tokens included
-    reasoning_tokens: int = 0  # of those, a reasoning model's hidden ones
-    cached_tokens: int = 0
-    cost: float = 0.0
-    cost_known: bool = True
-    saved_cost: float = 0.0  # what the cached rows cost when they were paid for
-    max_cost: float | None = None  # the budget cap, if any (budget.py)
-    reserved_cost: float = 0.0  # worst cases reserved by requests in flight
-    budget_reached: bool = False  # the next request could have gone over max_cost
-    lost_answers: int = 0  # attempts sent whose answer was lost (timed out, dropped): maybe billed
-    possibly_billed: float = 0.0  # their worst case, USD: counted in max_cost, not in cost
-    unsent: Counter = field(default_factory=Counter)  # distinct requests never sent, by status
-    deadline_reached: bool = False  # the deadline passed (or a 429's wait ended after it): sending stopped
-    stop_note: str | None = None  # why sending stopped early, for the failure warning (a 429's message)
-    paused_until: float = 0.0
-    stopping: bool = False  # stopped by the user: finishing the requests in flight
-    store_trouble: str | None = None  # why commits are waiting ("waiting for the cache lock")
-    store_error: StoreError | None = None  # the committer gave up: some answers are not on disk
-    unsaved: int = 0  # distinct answers in the result but not on disk (store_error)
-    store_notes: list = field(default_factory=list)  # warnings for the user (cache file recreated)
-    shared: int = 0  # distinct requests answered by another run of this process in flight
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
-    outcome: str = "running"  # running | done | interrupted | stopped | failed
-
-    @property
-    def done_rows(self) -> int:
-        """Distinct requests settled: from cache plus finished sends."""
-        return self.cached_unique + self.sent_done
-
-    @property
-    def elapsed(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
 
 
 @dataclass(frozen=True)

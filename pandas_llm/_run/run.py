@@ -12,7 +12,6 @@ import warnings
 import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,73 +23,19 @@ from .._display.progress import make_observer
 from .._errors import find_stack_level as caller_stacklevel
 from .._plan.outcomes import STATUS_MEANING
 from .._plan.planner import Plan, make_plan
+from .._stats import RunReport, RunStats, record_run
 from .._store.leases import Claims, warn_if_network
 from .._store.store import Store
 from . import inflight
 from .budget import Budget, ContextCheck, Meter
-from .engine import Engine, RetryPolicy, RunStats
+from .engine import Engine, RetryPolicy
 from .limiter import Limiter
 
-__all__ = ["Run", "RunReport", "RunWarning", "last_run"]
+__all__ = ["Run", "RunWarning"]
 
 
 class RunWarning(UserWarning):
     """Some rows of a run did not get an answer; the warning says how many and why."""
-
-
-@dataclass
-class RunReport:
-    """What the last run did: its figures, and per-row details on demand."""
-
-    stats: RunStats
-    plan: Plan
-    packing: Any = None  # packing.PackingReport when rows_per_request > 1
-
-    @property
-    def details(self) -> pd.DataFrame:
-        """Per row: output, status, error, finish_reason, tokens, cost, attempts, from_cache."""
-        return self.plan.outcomes.details(self.plan.codes, self.plan.index)
-
-    @property
-    def failures(self) -> pd.DataFrame:
-        """The rows without an answer, with their status and error."""
-        d = self.details
-        return d[d["status"] != "ok"]
-
-    def summary(self) -> str:
-        s = self.stats
-        cost = f"${s.cost:.4f}" if s.cost_known else "price unknown"
-        if s.lost_answers:  # sent, answer lost: the provider may bill them
-            worst = f"up to ${s.possibly_billed:.4f}" if s.cost_known else "price unknown"
-            cost += f" + {worst} possibly billed ({s.lost_answers} answers lost)"
-        return (
-            (
-                f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "
-                f"{s.sent_done} requests sent ({s.ok} ok"
-                + (f", {s.attempts} HTTP attempts" if getattr(s, "attempts", 0) > s.sent_done else "")  # retries
-                + f"), {s.prompt_tokens} prompt{cached_share(s)} + "
-                f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"
-            )
-            + (f"; {self.packing}" if self.packing is not None else "")
-        )
-
-    def __repr__(self) -> str:
-        return f"<RunReport {self.stats.outcome}: {self.summary()}>"
-
-
-def cached_share(stats: RunStats) -> str:
-    """`` (N from the provider's prompt cache, P%)`` when some prompt tokens were, else ""."""
-    if not stats.cached_tokens or not stats.prompt_tokens:
-        return ""
-    return f" ({stats.cached_tokens} from the provider's prompt cache, {stats.cached_tokens / stats.prompt_tokens:.0%})"
-
-
-_last: RunReport | None = None
-
-
-def last_run() -> RunReport | None:
-    """The report of the most recent run in this process (``None`` before the first)."""
-    return _last
 
 
 #: Set by a Dask partition (pandas_llm._dask.accessor): wraps each run's Limiter so the cluster shares
@@ -165,8 +110,7 @@ class Run:
         observer = make_observer(self.settings.progress)
         observer.start(stats)
         updates = [observer.update] + ([on_update] if on_update else [])
-        global _last
-        _last = RunReport(stats, self.plan, self.packing and self.packing.report)
+        record_run(RunReport(stats, self.plan, self.packing and self.packing.report))
         try:
             if self.backend is not None:
 
@@ -350,12 +294,6 @@ def warn_failures(
         RunWarning,
         stacklevel=caller_stacklevel(),
     )
-
-
-def record_run(report: RunReport) -> None:
-    """Make ``report`` what :func:`last_run` returns (the Batch API's jobs report here too)."""
-    global _last
-    _last = report
 
 
 async def _tick(observer: Any, stats: RunStats, every: float = 0.25) -> None:

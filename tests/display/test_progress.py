@@ -15,7 +15,7 @@ import pandas_llm
 from pandas_llm._display import progress
 from pandas_llm._display.notebook import WidgetObserver
 from pandas_llm._display.progress import LogObserver, Snapshot, ThrottledObserver, TqdmObserver, make_observer
-from pandas_llm._run.engine import RunStats
+from pandas_llm._stats import RunStats
 
 
 class Clock:

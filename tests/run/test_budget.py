@@ -14,7 +14,7 @@ from pandas_llm._backends import Completion
 from pandas_llm._cost.tokens import count_message_tokens
 from pandas_llm._pricing import Price, cost, price_for
 from pandas_llm._run.budget import Budget, Meter, max_output_tokens
-from pandas_llm._run.engine import RunStats
+from pandas_llm._stats import RunStats
 from pandas_llm._store.store import Record
 from pandas_llm.testing import LLMServer
 

@@ -14,7 +14,7 @@ from pandas_llm import FatalAPIError
 from pandas_llm._backends.errors import error_for_status
 from pandas_llm._display.progress import Snapshot
 from pandas_llm._pricing import cost, price_for
-from pandas_llm._run.engine import RunStats
+from pandas_llm._stats import RunStats
 from pandas_llm.testing import LLMServer
 
 LONG = "word " * 40  # ~51 completion tokens at the server's estimate

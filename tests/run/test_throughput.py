@@ -13,8 +13,9 @@ import pandas_llm  # noqa: F401 - registers the accessor
 from helpers import VirtualTime
 from pandas_llm._backends import Completion
 from pandas_llm._errors import RateLimitError
-from pandas_llm._run.engine import Engine, RetryPolicy, RunStats
+from pandas_llm._run.engine import Engine, RetryPolicy
 from pandas_llm._run.limiter import Limiter
+from pandas_llm._stats import RunStats
 from pandas_llm._store.store import Store
 from pandas_llm.testing import LLMServer
 

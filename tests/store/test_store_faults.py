@@ -235,7 +235,7 @@ def test_a_cache_deleted_during_a_run_is_recreated_with_every_answer(tmp_path, w
             time.sleep(0.005)
 
     with LLMServer(latency=0.01) as srv:
-        pandas_llm._run.run._last = None
+        pandas_llm._stats._last = None
         deleter = threading.Thread(target=delete_midway, daemon=True)
         deleter.start()
         with pytest.warns(RunWarning, match="deleted or replaced"):
