@@ -1,7 +1,6 @@
-"""Shared fixtures: a loopback server per test and a private working directory.
+"""Shared fixtures: a loopback server per test, and keywords pointing a verb at it.
 
-Every test runs in its own temporary directory, so the default sidecar
-(.pandas_llm/cache.sqlite) never leaks between tests or into the checkout.
+Every test runs in its own temporary directory (the repository's conftest.py).
 """
 
 from __future__ import annotations
@@ -12,14 +11,6 @@ import pytest
 from pandas_llm.testing import LLMServer
 
 pytest_plugins = ["pandas_llm.testing.pytest_plugin"]  # the fixture users opt in to, tested as they use it
-
-
-@pytest.fixture(autouse=True)
-def _private_cwd(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    yield tmp_path
 
 
 @pytest.fixture

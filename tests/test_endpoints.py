@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import doctest
 
 import numpy as np
 import pandas as pd
@@ -212,14 +211,6 @@ def test_openai_client_backend(server):
     assert m["flagged"].tolist() == [True]
     sync_client.close()
     asyncio.run(client.close())
-
-
-def test_doctests():
-    from pandas_llm._plan import endpoints
-    from pandas_llm.testing import endpoints as server_endpoints
-
-    for module in (endpoints, server_endpoints):
-        assert doctest.testmod(module).failed == 0, module.__name__
 
 
 # -- resume ---------------------------------------------------------------------------------

@@ -319,17 +319,6 @@ async def test_a_provisional_limit_grows_while_no_429_comes():
     assert lim.requests.rate == pytest.approx(start * 1.1**2)
 
 
-def test_docstring_examples_run():
-    import doctest
-
-    from pandas_llm._plan import dedup, requests
-    from pandas_llm._run import limiter as ratelimit
-    from pandas_llm._run import limits as ratelimit_headers
-
-    for module in (ratelimit, ratelimit_headers, dedup, requests):
-        assert doctest.testmod(module).failed == 0, module.__name__
-
-
 async def test_429s_at_a_known_limit_add_margin_that_quiet_time_gives_back():
     vt = VirtualTime()
     lim = limiter(vt, rpm=600, ramp_seconds=0.5)

@@ -451,15 +451,6 @@ def test_explicit_window_scales_the_per_minute_figures():
     assert 1 <= int(results[3][1]["retry-after"]) <= 30
 
 
-def test_docstring_examples_run():
-    import doctest
-
-    from pandas_llm.testing import answers, limits, server
-
-    for module in (pandas_llm.testing, server, limits, answers):
-        assert doctest.testmod(module).failed == 0, module.__name__
-
-
 def test_quantized_slots_refuse_with_room_left_in_the_minute():
     now = [10.2]
     lim = RateLimiter(rpm=600, window=1, clock=lambda: now[0], kind="quantized")  # 10 per wall-clock second
