@@ -6,18 +6,23 @@ the structured tests share.
 - ``kill_when``: run a script in a child process and SIGKILL it once a condition holds.
 - ``Everything`` / ``expected``: a schema with every field kind, and what the loopback
   server answers for it.
+- ``readme_blocks`` / ``run_block``: the README's code blocks, and running one as a notebook cell.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import heapq
+import inspect
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
@@ -138,3 +143,59 @@ def expected(schema, prompts):
     """What the loopback server answers, row by row: its documented deterministic value."""
     sent = as_schema(schema).sent
     return [value_for(sent, p) for p in prompts]
+
+
+README = os.path.join(ROOT, "README.md")
+# Written on the line before a block that tests/test_docs.py does not run; a reader of the rendered README never sees it.
+NOT_RUN = re.compile(r"<!-- not run by tests/test_docs\.py: (?P<why>.+?) -->\s*$", re.S)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced code block of the README."""
+
+    id: str  # the section's heading, as a slug, and "-2", "-3" for its later blocks
+    line: int  # of the opening fence
+    lang: str
+    code: str
+    not_run: str | None  # why tests/test_docs.py does not run it (the comment before the block)
+
+
+def readme_blocks(lang: str = "python") -> list[Block]:
+    """The README's ``lang`` blocks in order, each named after the section it sits in."""
+    with open(README, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    blocks: list[Block] = []
+    slug, seen, i = "top", {}, 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#") and not line.startswith("#!"):
+            title = re.split(r"[:(]", line.lstrip("#").strip(), maxsplit=1)[0]
+            slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+        if line.startswith("```") and line != "```":
+            start, body = i, []
+            i += 1
+            while lines[i] != "```":
+                body.append(lines[i])
+                i += 1
+            if line[3:] == lang:
+                seen[slug] = seen.get(slug, 0) + 1
+                before = next((text for text in reversed(lines[:start]) if text.strip()), "")
+                match = NOT_RUN.match(before)
+                blocks.append(Block(
+                    id=slug if seen[slug] == 1 else f"{slug}-{seen[slug]}", line=start + 1, lang=lang,
+                    code="\n".join(body) + "\n", not_run=match and match["why"],
+                ))  # fmt: skip
+        i += 1
+    return blocks
+
+
+def run_block(block: Block, namespace: dict[str, Any]) -> dict[str, Any]:
+    """Run ``block`` in ``namespace`` as a notebook cell would (a top-level ``await`` too); errors
+    point at the README's own line numbers."""
+    source = "\n" * block.line + block.code
+    code = compile(source, README, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    result = eval(code, namespace)
+    if inspect.iscoroutine(result):
+        asyncio.run(result)
+    return namespace

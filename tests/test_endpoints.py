@@ -319,23 +319,6 @@ def test_a_server_answering_lists_per_token_gets_one_text_per_request(server, op
     assert seen == [3, 1, 1, 1]
 
 
-def test_the_readme_section_runs(server, opts):
-    import pathlib
-    import re
-
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("### Moderation and embeddings", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    df = pd.DataFrame({"review": ["Arrived late, works fine.", "I will kill the courier", "Arrived late, works fine."]})
-    namespace = {"df": df}
-    with pandas_llm.settings(**opts):
-        exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)
-    assert namespace["risky"].index.tolist() == [1]
-    assert namespace["vectors"].shape == (3, 256) and namespace["vectors"].dtype == np.float32
-    assert df["vec"].iloc[0].shape == (1536,)
-    assert namespace["est"].unique == 2
-
-
 def test_embed_max_cost_stops_before_going_over(server, opts):
     s = pd.Series([f"text number {i}" for i in range(100)])
     v = s.llm.embed(dimensions=DIMS, max_cost=1.0, **opts)

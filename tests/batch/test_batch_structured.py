@@ -511,28 +511,6 @@ def test_the_failure_warning_points_at_the_callers_line(srv, opts):
     assert {w.filename for w in caught} == {__file__}
 
 
-def test_the_readme_batch_structured_example_runs(srv, opts):
-    import pathlib
-    import re
-    from typing import Literal
-
-    class Review(BaseModel):
-        sentiment: Literal["positive", "negative", "mixed"]
-        stars: int
-        summary: str
-
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("Structured verbs go through the Batch API too", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    df = pd.DataFrame({"review": ["Arrived late, works fine.", "Great value, a gift for my dad."]})
-    namespace = {"df": df, "Review": Review}
-    with pandas_llm.settings(**opts):
-        exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)
-    assert df["topic"].dtype == pd.CategoricalDtype(["quality", "delivery", "other"])
-    assert namespace["out"].dtypes.astype(str).tolist() == ["category", "Int64", "string"]
-    assert srv.batches.batches_created == 2 and srv.requests == 0
-
-
 def test_auto_mode_packs_in_realtime_when_small_and_through_the_batch_api_when_large(srv, opts, tmp_path):
     df = frame(30)
     small = df.llm.classify("{text}", labels=LABELS, mode="auto", rows_per_request=10, **fresh(opts, tmp_path, "a"))

@@ -107,17 +107,14 @@ def test_the_demo_uses_the_real_model(needs_local):
 
 
 def test_the_readme_local_model_example_runs(needs_local, tmp_path, monkeypatch):
-    import pathlib
-    import re
+    from helpers import readme_blocks, run_block
 
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("**A real small model, offline, on the CPU**", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (block,) = [b for b in readme_blocks() if "LocalServer()" in b.code]  # tests/test_docs.py runs the others
     df = pd.DataFrame({"review": ["Arrived late, works fine.", "Great value, a gift for my dad."]})
     monkeypatch.chdir(tmp_path)  # the default cache file goes here
     namespace = {"df": df}
     with pandas_llm.settings(progress=False):
-        exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)
+        run_block(block, namespace)
     assert df["short"].notna().all() and (df["short"].str.len() > 0).all()
 
 

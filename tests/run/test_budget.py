@@ -262,21 +262,6 @@ def test_the_cap_holds_with_packed_requests(server, opts):
     assert out["sentiment"].notna().sum() > 0 and out["sentiment"].isna().sum() > 0
 
 
-def test_the_readme_cost_example_runs(server, opts):
-    import pathlib
-    import re
-
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("### Progress, cost and a budget", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    df = pd.DataFrame({"review": ["Arrived late, works fine.", "Great value, a gift for my dad."]})
-    namespace = {"df": df}
-    with pandas_llm.settings(**opts):
-        exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)
-    assert df["fr"].notna().all()
-    assert server.completed == 2  # the sample ran both prompts; map found them in the cache
-
-
 # -- the Batch API: requests go into batch files only within the cap, at batch prices -------
 def test_max_cost_with_the_batch_api_holds_the_cap(server, opts, tmp_path):
     df = pd.DataFrame({"t": [f"row {i}" for i in range(20)]})

@@ -378,22 +378,6 @@ def test_response_format_keeps_property_order_in_the_request():
     assert list(orjson.loads(body)["response_format"]["json_schema"]["schema"]["properties"]) == ["why", "answer"]
 
 
-def test_the_readme_structured_example_runs(server, opts):
-    import pathlib
-    import re
-
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("### Structured results", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    df = pd.DataFrame({"review": ["Arrived late, works fine.", "Great value, a gift for my dad."]})
-    namespace = {"df": df}
-    with pandas_llm.settings(**opts):
-        exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)
-    assert namespace["out"].dtypes.astype(str).tolist() == ["category", "Int64", "string"]
-    assert df["topic"].dtype == "category" and df["gift"].dtype == "boolean"
-    assert list(namespace["tags"].columns) == ["labels", "reason"]
-
-
 @pytest.mark.parametrize("verb", ["map", "extract", "classify"])
 def test_warnings_point_at_the_callers_line(server, opts, verb):
     """So that a notebook shows them for every cell, not once per session."""
