@@ -6,6 +6,8 @@ the structured tests share.
 - ``kill_when``: run a script in a child process and SIGKILL it once a condition holds.
 - ``Everything`` / ``expected``: a schema with every field kind, and what the loopback
   server answers for it.
+- ``frame`` / ``echoes``: rows of text, and what the loopback server's echo answers to them.
+- ``varied`` (answers of very different lengths) and ``billed`` (what the server charged).
 - ``readme_blocks`` / ``run_block``: the README's code blocks, and running one as a notebook cell.
 """
 
@@ -29,6 +31,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from pandas_llm._pricing import cost, price_for
 from pandas_llm._structured.schema import as_schema
 from pandas_llm.testing.structured import value_for
 
@@ -100,6 +103,30 @@ def kill_when(script: str, ready: Callable[[], bool], *, timeout: float = 60.0) 
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+def frame(n: int, prefix: str = "row", start: int = 0) -> pd.DataFrame:
+    """``n`` rows in a ``text`` column: "row 0", "row 1", ... (from ``start``)."""
+    return pd.DataFrame({"text": [f"{prefix} {i}" for i in range(start, start + n)]})
+
+
+def echoes(df: pd.DataFrame, template: str = "Say: ") -> list[str]:
+    """The loopback server's default answers to ``template`` + each row's text."""
+    return [f"echo: {template}{t}" for t in df["text"]]
+
+
+def varied(messages: list[dict[str, Any]], model: str) -> str:
+    """An ``LLMServer(answer=...)`` whose answers differ widely in length (by the prompt's last number)."""
+    n = int(messages[-1]["content"].rsplit(" ", 1)[1])
+    return "word " * (1 + (n * 37) % 60)
+
+
+def billed(server: Any, batch: bool = False) -> float:
+    """Dollars the loopback server charged so far, at gpt-4o-mini's price."""
+    return cost(
+        price_for("gpt-4o-mini"), prompt_tokens=server.prompt_tokens, completion_tokens=server.completion_tokens,
+        cached_tokens=server.cached_tokens, batch=batch,
+    )  # fmt: skip
 
 
 class Color(str, Enum):  # noqa: UP042 (the form users write)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from decimal import Decimal
 
 import genai_prices
@@ -18,14 +17,8 @@ M = 1_000_000
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
+def offline(no_network):
     """No network, and every look-up done afresh under that condition."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
     price_for.cache_clear()
     yield
     price_for.cache_clear()

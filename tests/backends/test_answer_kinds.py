@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from helpers import frame
 from pandas_llm import QuotaError, RunWarning
 from pandas_llm._backends import Completion
 from pandas_llm._backends.errors import retry_after
@@ -27,17 +28,13 @@ def chat(content, finish_reason="stop"):
     }  # fmt: skip
 
 
-def frame(n=4):
-    return pd.DataFrame({"text": [f"row {i}" for i in range(n)]})
-
-
 # -- 1. content as a list of parts ---------------------------------------------------------
 
 
 def test_content_parts_are_read_as_their_text_joined_in_order(server, run):
     parts = [{"type": "text", "text": "Bon"}, {"type": "text", "text": "jour"}]
     server.inject(200, match="row 1", body=chat(parts))
-    d = run(frame(), details=True)
+    d = run(frame(4), details=True)
     assert d["status"].tolist() == ["ok"] * 4 and d.loc[1, "output"] == "Bonjour"
 
 
@@ -52,12 +49,12 @@ def test_content_parts_are_read_as_their_text_joined_in_order(server, run):
 def test_content_that_is_not_text_is_that_rows_error_and_the_run_goes_on(server, run, content, says):
     server.inject(200, match="row 2", body=chat(content))
     with pytest.warns(RunWarning, match="1 error"):
-        d = run(frame(), details=True)
+        d = run(frame(4), details=True)
     assert d["status"].tolist() == ["ok", "ok", "error", "ok"]
     assert "message.content" in d.loc[2, "error"] and says in d.loc[2, "error"]
     assert pd.isna(d.loc[2, "output"]) and d.loc[2, "prompt_tokens"] == 7  # billed tokens kept
     server.reset_counters()
-    assert run(frame()).tolist() == [f"echo: row {i}" for i in range(4)] and server.requests == 1  # saved, rerun fixes
+    assert run(frame(4)).tolist() == [f"echo: row {i}" for i in range(4)] and server.requests == 1  # saved, rerun fixes
 
 
 def test_a_value_that_is_not_text_never_reaches_the_store_as_is():
@@ -77,7 +74,7 @@ def test_a_client_function_returning_a_completion_with_foreign_content_is_a_row_
         return Completion({"oops": 1}, "stop") if "row 1" in messages[-1]["content"] else "fine"
 
     with pytest.warns(RunWarning):
-        d = frame().llm.map("{text}", client=fn, progress=False, details=True)
+        d = frame(4).llm.map("{text}", client=fn, progress=False, details=True)
     assert d["status"].tolist() == ["ok", "error", "ok", "ok"] and "dict" in d.loc[1, "error"]
 
 
@@ -88,12 +85,12 @@ def test_an_empty_answer_is_a_failure_of_its_own_kept_and_retried_by_a_rerun(ser
     server.inject(200, match="row 0", body=chat(""))
     server.inject(200, match="row 3", body=chat("   "))  # whitespace-only: the model's answer
     with pytest.warns(RunWarning, match="1 empty"):
-        d = run(frame(), details=True)
+        d = run(frame(4), details=True)
     assert d.loc[0, "status"] == "empty" and pd.isna(d.loc[0, "output"]) and "empty string" in d.loc[0, "error"]
     assert d.loc[0, "completion_tokens"] == 3 and d.loc[3, "status"] == "ok" and d.loc[3, "output"] == "   "
     assert server.requests == 4  # not resent within the run
     server.reset_counters()
-    out = run(frame())
+    out = run(frame(4))
     assert out[0] == "echo: row 0" and server.requests == 1
 
 
@@ -290,5 +287,5 @@ def test_a_finish_reason_or_refusal_of_another_type_is_judged_not_bound(server, 
     body["choices"][0]["finish_reason"] = {"type": "stop"}
     server.inject(200, match="row 1", body=body)
     with pytest.warns(RunWarning, match="1 error"):
-        d = run(frame(), details=True)
+        d = run(frame(4), details=True)
     assert d["status"].tolist() == ["ok", "error", "ok", "ok"] and isinstance(d.loc[1, "finish_reason"], str)

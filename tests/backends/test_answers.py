@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from helpers import frame
 from pandas_llm import FatalAPIError, RunWarning
 from pandas_llm._backends import Completion, parse_completion
 from pandas_llm._batch.files import parse_line
@@ -28,20 +29,16 @@ def chat(content, finish_reason, **choice):
 GATEWAY_ERROR = chat("", "error", error={"code": 502, "message": "Upstream worker died"})
 
 
-def frame(n=4):
-    return pd.DataFrame({"text": [f"row {i}" for i in range(n)]})
-
-
 def test_finish_reason_error_is_that_rows_error_never_cached_as_ok(server, run):
     server.inject(200, match="row 1", body=GATEWAY_ERROR)
     with pytest.warns(RunWarning, match="1 error"):
-        d = run(frame(), details=True)
+        d = run(frame(4), details=True)
     assert d["status"].tolist() == ["ok", "error", "ok", "ok"]
     assert "Upstream worker died" in d.loc[1, "error"] and d.loc[1, "finish_reason"] == "error"
     assert pd.isna(d.loc[1, "output"]) and d.loc[1, "prompt_tokens"] == 5  # its usage is kept: it may be billed
     assert server.requests == 4  # not retried within the run
     server.reset_counters()
-    out = run(frame())  # the rerun sends only that row again, and it is answered this time
+    out = run(frame(4))  # the rerun sends only that row again, and it is answered this time
     assert out.tolist() == [f"echo: row {i}" for i in range(4)] and server.requests == 1
 
 
@@ -49,7 +46,7 @@ def test_finish_reason_error_is_that_rows_error_never_cached_as_ok(server, run):
 def test_an_unknown_or_missing_finish_reason_is_no_answer(server, run, reason):
     server.inject(200, match="row 2", body=chat("half an answ", reason))
     with pytest.warns(RunWarning):
-        d = run(frame(), details=True)
+        d = run(frame(4), details=True)
     assert d.loc[2, "status"] == "error" and pd.isna(d.loc[2, "output"])
     assert d["status"].tolist().count("ok") == 3 and server.requests == 4
 
@@ -67,7 +64,7 @@ def test_an_error_object_without_evidence_of_a_passing_fault_is_that_rows_error(
     server.inject(200, match="row 0", body={"error": {"message": "Provider returned error", "code": 400}})
     server.inject(200, match="row 3", body={"error": "upstream failed"})
     with pytest.warns(RunWarning, match="2 error"):
-        d = run(frame(), details=True)
+        d = run(frame(4), details=True)
     assert d["status"].tolist() == ["error", "ok", "ok", "error"]
     assert "Provider returned error" in d.loc[0, "error"] and "upstream failed" in d.loc[3, "error"]
     assert "HTTP 200" in d.loc[0, "error"]
@@ -80,7 +77,7 @@ def test_an_error_object_naming_a_passing_fault_is_retried_as_that_status(server
     monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
     server.inject(200, match="row 1", times=2, body={"error": {"message": "Bad gateway", "code": 502}})
     server.inject(200, match="row 2", body={"error": {"message": "Overloaded", "type": "overloaded_error"}})
-    out = run(frame())
+    out = run(frame(4))
     assert out.notna().all() and server.requests == 4 + 3
     assert pandas_llm.last_run().stats.retries == 3
 
@@ -96,7 +93,7 @@ def test_an_error_object_saying_no_credit_stops_the_run(server, run):
 def test_a_complete_event_stream_is_read_as_the_answer_it_is(server, run):
     server.inject(200, match="row 1", shape="sse")
     server.inject(200, match="row 2", shape="json+done")
-    d = run(frame(), details=True)
+    d = run(frame(4), details=True)
     assert d["output"].tolist() == [f"echo: row {i}" for i in range(4)]
     assert (d["status"] == "ok").all() and server.requests == 4
     assert d.loc[1, "completion_tokens"] > 0 and d.loc[1, "cost"] > 0  # the usage of its last chunk
@@ -123,7 +120,7 @@ def test_a_200_that_is_not_a_chat_completion_stops_the_run(server, run, body):
 def test_no_choices_is_that_rows_error(server, run):
     server.inject(200, match="row 1", body={"id": "x", "object": "chat.completion", "choices": []})
     with pytest.warns(RunWarning):
-        d = run(frame(), details=True)
+        d = run(frame(4), details=True)
     assert d.loc[1, "status"] == "error" and "no choices" in d.loc[1, "error"]
 
 

@@ -7,21 +7,13 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from helpers import billed, varied
 from pandas_llm._cost.estimate import DEFAULT_OUTPUT_TOKENS, Range
 from pandas_llm._cost.tokens import count_message_tokens
 from pandas_llm._pricing import price_for
 from pandas_llm.testing import LLMServer
 
-
-def varied(messages, model):
-    n = int(messages[-1]["content"].rsplit(" ", 1)[1])
-    return "word " * (1 + (n * 37) % 60)
-
-
-@pytest.fixture
-def server():
-    with LLMServer(answer=varied) as srv:
-        yield srv
+pytestmark = pytest.mark.server(answer=varied)
 
 
 @pytest.fixture
@@ -173,12 +165,6 @@ def tiktoken_server(**kw):
 
     enc = encoding_for("gpt-4o-mini")
     return LLMServer(tokens=lambda text: len(enc.encode(text, disallowed_special=())), **kw)
-
-
-def billed(srv, batch=False):
-    return pandas_llm._pricing.cost(price_for("gpt-4o-mini"), prompt_tokens=srv.prompt_tokens,
-                                   completion_tokens=srv.completion_tokens, cached_tokens=srv.cached_tokens,
-                                   batch=batch)  # fmt: skip
 
 
 @pytest.mark.parametrize(

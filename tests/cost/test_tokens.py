@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import socket
 import warnings
 
 import pytest
@@ -56,15 +55,8 @@ def _clear_caches() -> None:
 
 
 @pytest.fixture
-def offline(monkeypatch, tmp_path):
+def offline(no_network, monkeypatch, tmp_path):
     """No network, an empty tiktoken cache, and the encodings loaded afresh."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
     cache_dir = tmp_path / "tiktoken-cache"
     cache_dir.mkdir()
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache_dir))

@@ -28,7 +28,7 @@ REVIEW = {
 
 
 @pytest.fixture(scope="module")
-def client():
+def dask_client():
     cluster = LocalCluster(n_workers=4, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                            worker_dashboard_address=None)  # fmt: skip
     c = Client(cluster)  # the default client: ddf.llm finds it to share the account limit
@@ -111,58 +111,58 @@ def test_estimate_is_the_pandas_estimate(server, opts):
     assert est.unique == 6 and server.requests == 0
 
 
-def test_workers_answer_every_row_aligned_and_rerun_sends_nothing(client, server, opts):
+def test_workers_answer_every_row_aligned_and_rerun_sends_nothing(dask_client, server, opts):
     df = frame(200)
     ddf = dd.from_pandas(df, npartitions=8)
-    out = client.compute(ddf.llm.map("Say: {text}", **opts)).result()
+    out = dask_client.compute(ddf.llm.map("Say: {text}", **opts)).result()
     assert out.index.equals(df.index)
     assert out.tolist() == [f"echo: Say: {t}" for t in df["text"]]
     assert server.requests == 200
     server.reset_counters()
-    again = client.compute(ddf.llm.map("Say: {text}", **opts)).result()
+    again = dask_client.compute(ddf.llm.map("Say: {text}", **opts)).result()
     assert again.equals(out)
     assert server.requests == 0
     # and the driver's own pandas run finds every answer in its sidecar
     assert df.llm.map("Say: {text}", **opts).equals(out) and server.requests == 0
 
 
-def test_classify_and_extract_on_workers(client, server, opts):
+def test_classify_and_extract_on_workers(dask_client, server, opts):
     df = frame(40)
     ddf = dd.from_pandas(df, npartitions=4)
-    labels = client.compute(ddf.llm.classify("{text}", labels=["billing", "bug"], **opts)).result()
-    fields = client.compute(ddf.llm.extract("Review: {text}", schema=REVIEW, **opts)).result()
+    labels = dask_client.compute(ddf.llm.classify("{text}", labels=["billing", "bug"], **opts)).result()
+    fields = dask_client.compute(ddf.llm.extract("Review: {text}", schema=REVIEW, **opts)).result()
     assert labels.equals(df.llm.classify("{text}", labels=["billing", "bug"], **opts))
     assert fields.equals(df.llm.extract("Review: {text}", schema=REVIEW, **opts))
     assert fields.index.equals(df.index)
 
 
-def test_one_account_limit_for_four_worker_processes(client):
+def test_one_account_limit_for_four_worker_processes(dask_client):
     # 6,000 RPM in 1 s windows: each worker alone would learn the whole limit from the headers
     with LLMServer(rpm=6000, window=1.0, latency=0.02) as srv:
         opts = {"base_url": srv.base_url, "api_key": "x", "progress": False}
         df = frame(600)
-        out = client.compute(dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", **opts)).result()
+        out = dask_client.compute(dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", **opts)).result()
         assert out.tolist() == [f"echo: Say: {t}" for t in df["text"]]
         assert srv.completed == 600
         assert srv.rate_limited <= 0.01 * srv.requests, (srv.rate_limited, srv.requests)
 
 
-def test_a_worker_killed_mid_compute_costs_at_most_its_requests_in_flight(client, server, opts):
+def test_a_worker_killed_mid_compute_costs_at_most_its_requests_in_flight(dask_client, server, opts):
     server.latency = 0.05
     df = frame(400)
     lazy = dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", concurrency=4, **opts)
-    future = client.compute(lazy)
+    future = dask_client.compute(lazy)
     deadline = time.monotonic() + 60
     while server.requests < 60:
         assert time.monotonic() < deadline and not future.done()
         time.sleep(0.01)
-    victim = sorted(client.scheduler_info()["workers"])[0]
+    victim = sorted(dask_client.scheduler_info()["workers"])[0]
     with contextlib.suppress(Exception):
-        client.run(os._exit, 1, workers=[victim])  # the nanny starts a new one; Dask reruns its tasks
+        dask_client.run(os._exit, 1, workers=[victim])  # the nanny starts a new one; Dask reruns its tasks
     out = future.result(timeout=120)
     assert out.tolist() == [f"echo: Say: {t}" for t in df["text"]]
     paid_twice = sum(n - 1 for n in server.prompt_counts.values())
     assert paid_twice <= 4, paid_twice  # what the killed worker had in flight
     server.reset_counters()
-    again = client.compute(dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", **opts)).result()
+    again = dask_client.compute(dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", **opts)).result()
     assert again.equals(out) and server.requests == 0

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from helpers import billed, varied
 from pandas_llm._backends import Completion
 from pandas_llm._cost.tokens import count_message_tokens
 from pandas_llm._pricing import Price, cost, price_for
@@ -164,10 +165,6 @@ def test_max_cost_must_be_positive(bad):
 
 
 # -- a real run against the loopback server ------------------------------------------------
-def varied(messages, model):
-    """Answers of very different lengths, so reservations and real costs differ widely."""
-    n = int(messages[-1]["content"].rsplit(" ", 1)[1])
-    return "word " * (1 + (n * 37) % 60)
 
 
 @pytest.mark.parametrize("concurrency", [1, 16])
@@ -230,10 +227,6 @@ REVIEW = {
     "properties": {"sentiment": {"enum": ["positive", "negative"]}, "summary": {"type": "string"}},
     "required": ["sentiment", "summary"],
 }
-
-
-def billed(srv: LLMServer) -> float:
-    return cost(price_for("gpt-4o-mini"), prompt_tokens=srv.prompt_tokens, completion_tokens=srv.completion_tokens)
 
 
 def test_the_cap_holds_when_invalid_answers_are_asked_again(server, opts):

@@ -17,14 +17,6 @@ from pandas_llm._run import engine as scheduler
 from pandas_llm.testing import LLMServer
 
 
-@pytest.fixture
-def fast_retries(monkeypatch):
-    """Backoff without real waiting, so retry tests take milliseconds."""
-    from pandas_llm._run import engine as scheduler
-
-    monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
-
-
 def test_429_with_retry_after_is_retried(server, opts):
     server.inject(429, times=3, retry_after_ms=20)
     df = pd.DataFrame({"text": [f"r{i}" for i in range(20)]})

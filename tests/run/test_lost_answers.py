@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from helpers import billed
 from pandas_llm import FatalAPIError
 from pandas_llm._backends.errors import error_for_status
 from pandas_llm._display.progress import Snapshot
-from pandas_llm._pricing import cost, price_for
 from pandas_llm._stats import RunStats
 from pandas_llm.testing import LLMServer
 
@@ -24,22 +24,8 @@ def long_answer(messages, model):
     return LONG
 
 
-@pytest.fixture
-def fast_retries(monkeypatch):
-    from pandas_llm._run import engine as scheduler
-
-    monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
-
-
-@pytest.fixture
-def slow():
-    """Answers (and bills) every request, but only after the client's 0.1 s timeout."""
-    with LLMServer(latency=0.4, answer=long_answer) as srv:
-        yield srv
-
-
-def billed(srv: LLMServer) -> float:
-    return cost(price_for("gpt-4o-mini"), prompt_tokens=srv.prompt_tokens, completion_tokens=srv.completion_tokens)
+# Answers (and bills) every request, but only after the client's 0.1 s timeout.
+SLOW = pytest.mark.server(latency=0.4, answer=long_answer)
 
 
 def kw(srv: LLMServer, **more):
@@ -54,29 +40,31 @@ def kw(srv: LLMServer, **more):
     }
 
 
-def test_max_cost_holds_against_what_the_server_billed_for_answers_lost_to_timeouts(slow, fast_retries):
+@SLOW
+def test_max_cost_holds_against_what_the_server_billed_for_answers_lost_to_timeouts(server, fast_retries):
     df = pd.DataFrame({"t": [f"row {i}" for i in range(12)]})
     cap = 0.0004
     with pytest.warns(pandas_llm.RunWarning, match=r"possibly billed for \d+ answers lost"):
-        out = df.llm.map("{t}", max_cost=cap, concurrency=4, max_attempts=3, **kw(slow))
+        out = df.llm.map("{t}", max_cost=cap, concurrency=4, max_attempts=3, **kw(server))
     assert out.isna().all()
     stats = pandas_llm.last_run().stats
-    assert slow.completed > 0  # the server ran (and billed) them
-    assert billed(slow) <= cap  # before: 36 generations, ~3x the cap, while the run said $0
-    assert stats.cost == 0.0 and stats.lost_answers == slow.completed
-    assert billed(slow) <= stats.possibly_billed <= cap  # the worst case covers the bill
+    assert server.completed > 0  # the server ran (and billed) them
+    assert billed(server) <= cap  # before: 36 generations, ~3x the cap, while the run said $0
+    assert stats.cost == 0.0 and stats.lost_answers == server.completed
+    assert billed(server) <= stats.possibly_billed <= cap  # the worst case covers the bill
     assert stats.budget_reached
     assert "possibly billed" in pandas_llm.last_run().summary()
 
 
-def test_lost_answers_are_shown_apart_without_max_cost(slow, fast_retries):
+@SLOW
+def test_lost_answers_are_shown_apart_without_max_cost(server, fast_retries):
     df = pd.DataFrame({"t": [f"row {i}" for i in range(4)]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pandas_llm.RunWarning)
-        df.llm.map("{t}", concurrency=4, max_attempts=2, **kw(slow))
+        df.llm.map("{t}", concurrency=4, max_attempts=2, **kw(server))
     stats = pandas_llm.last_run().stats
-    assert stats.lost_answers == slow.completed == 8
-    assert stats.possibly_billed >= billed(slow) > 0
+    assert stats.lost_answers == server.completed == 8
+    assert stats.possibly_billed >= billed(server) > 0
     snap = Snapshot.of(stats, now=stats.finished)
     assert "possibly billed (8 answers lost)" in snap.money()
     assert "possibly billed (8 answers lost)" in snap.summary()
@@ -152,9 +140,9 @@ def test_the_client_backend_passes_the_timeout_only_when_given():
 def test_requests_abandoned_in_flight_when_the_run_stops_are_counted_as_possibly_billed(server, tmp_path):
     # three requests hang at the server while a fourth gets a 401, which stops the run: the
     # three were sent and the server may bill them, so they count, never silently dropped
-    server.inject(hang=True, match="slow", times=3)
+    server.inject(hang=True, match="server", times=3)
     server.inject(401, match="boom")
-    df = pd.DataFrame({"text": ["slow 0", "slow 1", "slow 2", "boom"]})
+    df = pd.DataFrame({"text": ["server 0", "server 1", "server 2", "boom"]})
     with pytest.raises(FatalAPIError):
         df.llm.map("{text}", base_url=server.base_url, api_key="k", progress=False, concurrency=4,
                    max_tokens=10, cache=str(tmp_path / "c.sqlite"))  # fmt: skip

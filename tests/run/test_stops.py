@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from helpers import VirtualTime
+from helpers import VirtualTime, frame
 from pandas_llm import QuotaError, RequestShapeError, RunWarning
 from pandas_llm._backends import Completion
 from pandas_llm._display.progress import Snapshot
@@ -41,10 +41,6 @@ LLAMA_CPP_JSON_SCHEMA = {
         "code": None,
     }
 }
-
-
-def frame(n):
-    return pd.DataFrame({"text": [f"row {i}" for i in range(n)]})
 
 
 # -- item 2: the same request error on every row ---------------------------------------------

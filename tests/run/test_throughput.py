@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pandas as pd
 import pytest
 
 import pandas_llm  # noqa: F401 - registers the accessor
-from helpers import VirtualTime
+from helpers import VirtualTime, frame
 from pandas_llm._backends import Completion
 from pandas_llm._errors import RateLimitError
 from pandas_llm._run.engine import Engine, RetryPolicy
@@ -18,10 +17,6 @@ from pandas_llm._run.limiter import Limiter
 from pandas_llm._stats import RunStats
 from pandas_llm._store.store import Store
 from pandas_llm.testing import LLMServer
-
-
-def frame(n: int) -> pd.DataFrame:
-    return pd.DataFrame({"text": [f"row {i}" for i in range(n)]})
 
 
 @pytest.mark.parametrize("limits", [dict(rpm=6000), dict(tpm=60_000)])

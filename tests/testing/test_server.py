@@ -33,7 +33,7 @@ def chat(content: str, **extra: Any) -> dict[str, Any]:
 
 
 def request(
-    srv: LLMServer,
+    server: LLMServer,
     body: Any = None,
     *,
     method: str = "POST",
@@ -41,7 +41,7 @@ def request(
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     """One request on a fresh connection: (status, lower-cased headers, parsed JSON body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
         conn.request(method, path, body=data, headers={"content-type": "application/json", **(headers or {})})
@@ -52,14 +52,8 @@ def request(
         conn.close()
 
 
-def client(srv: LLMServer, **kw: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=srv.base_url, api_key=kw.pop("api_key", "x"), max_retries=0, **kw)
-
-
-@pytest.fixture
-def srv():
-    with LLMServer() as s:
-        yield s
+def client(server: LLMServer, **kw: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=kw.pop("api_key", "x"), max_retries=0, **kw)
 
 
 # -- shape ------------------------------------------------------------------------------
@@ -67,9 +61,9 @@ def test_public_names():
     assert pandas_llm.testing.__all__ == ["LLMServer", "answer_for"]
 
 
-def test_openai_sdk_parses_the_answer(srv):
+def test_openai_sdk_parses_the_answer(server):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Translate: cat"}]
-    with client(srv) as c:
+    with client(server) as c:
         r = c.chat.completions.create(model="gpt-4o-mini", messages=messages)
     assert r.object == "chat.completion" and r.model == "gpt-4o-mini" and r.id
     choice = r.choices[0]
@@ -83,8 +77,8 @@ def test_openai_sdk_parses_the_answer(srv):
     assert r.usage.prompt_tokens_details.cached_tokens == 0
 
 
-def test_raw_body_is_exactly_openai_shaped(srv):
-    status, _, body = request(srv, chat("hi"))
+def test_raw_body_is_exactly_openai_shaped(server):
+    status, _, body = request(server, chat("hi"))
     assert status == 200
     assert set(body) == {"id", "object", "created", "model", "choices", "usage"}
     assert body["choices"] == [
@@ -100,8 +94,8 @@ def test_distinct_prompts_get_distinct_answers_and_custom_answer():
     assert body["choices"][0]["message"]["content"] == "gpt-4o-mini:ABC"
 
 
-def test_models_endpoint_and_strict_models(srv):
-    status, _, body = request(srv, method="GET", path="/v1/models")
+def test_models_endpoint_and_strict_models(server):
+    status, _, body = request(server, method="GET", path="/v1/models")
     assert status == 200 and "gpt-4o-mini" in [m["id"] for m in body["data"]]
     with LLMServer(models=["tiny"]) as s:
         with client(s) as c:
@@ -112,38 +106,38 @@ def test_models_endpoint_and_strict_models(srv):
 
 
 # -- counters ---------------------------------------------------------------------------
-def test_counters(srv):
-    with client(srv) as c:
+def test_counters(server):
+    with client(server) as c:
         for text in ["row 1", "row 2", "row 1"]:
             c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
-    srv.inject(500)
-    assert request(srv, chat("row 3"))[0] == 500
-    assert (srv.requests, srv.completed, srv.injected, srv.rate_limited) == (4, 3, 1, 0)
-    assert srv.prompt_counts == {"row 1": 2, "row 2": 1}
-    assert srv.count("row 1") == 2 and srv.count("row") == 3 and srv.count("row 3") == 0
-    srv.reset_counters()
-    assert (srv.requests, srv.completed, srv.injected, srv.prompt_counts) == (0, 0, 0, {})
+    server.inject(500)
+    assert request(server, chat("row 3"))[0] == 500
+    assert (server.requests, server.completed, server.injected, server.rate_limited) == (4, 3, 1, 0)
+    assert server.prompt_counts == {"row 1": 2, "row 2": 1}
+    assert server.count("row 1") == 2 and server.count("row") == 3 and server.count("row 3") == 0
+    server.reset_counters()
+    assert (server.requests, server.completed, server.injected, server.prompt_counts) == (0, 0, 0, {})
 
 
-def test_chat_body_seam_counts_like_a_paid_answer(srv):
-    body = srv.chat_body(chat("batch row"))
+def test_chat_body_seam_counts_like_a_paid_answer(server):
+    body = server.chat_body(chat("batch row"))
     assert body["choices"][0]["message"]["content"] == "echo: batch row"
-    assert srv.completed == 1 and srv.count("batch row") == 1 and srv.requests == 0
+    assert server.completed == 1 and server.count("batch row") == 1 and server.requests == 0
 
 
 # -- answers ----------------------------------------------------------------------------
 @pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
-def test_length_truncation(srv, param):
+def test_length_truncation(server, param):
     text = "a long prompt " * 10
-    with client(srv) as c:
+    with client(server) as c:
         r = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}], **{param: 3})
     assert r.choices[0].finish_reason == "length"
     assert r.choices[0].message.content == answer_for([{"role": "user", "content": text}], "m")[:12]
     assert r.usage.completion_tokens == 3
 
 
-def test_content_filter(srv):
-    with client(srv) as c:
+def test_content_filter(server):
+    with client(server) as c:
         r = c.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "bad [[content_filter]] row"}]
         )
@@ -162,30 +156,30 @@ def test_content_filter(srv):
         (b"{not json", None),
     ],
 )
-def test_bad_requests_are_openai_shaped_400s(srv, body, param):
-    status, headers, err = request(srv, body)
+def test_bad_requests_are_openai_shaped_400s(server, body, param):
+    status, headers, err = request(server, body)
     assert status == 400
     assert set(err["error"]) == {"message", "type", "param", "code"}
     assert err["error"]["type"] == "invalid_request_error" and err["error"]["param"] == param
     assert all(h in headers for h in RATE_HEADERS)
-    assert srv.requests == 1 and srv.completed == 0
+    assert server.requests == 1 and server.completed == 0
 
 
 # -- faults -----------------------------------------------------------------------------
-def test_inject_429_with_retry_after_headers(srv):
-    srv.inject(429, retry_after=2, retry_after_ms=1500)
-    status, headers, err = request(srv, chat("x"))
+def test_inject_429_with_retry_after_headers(server):
+    server.inject(429, retry_after=2, retry_after_ms=1500)
+    status, headers, err = request(server, chat("x"))
     assert status == 429
     assert headers["retry-after"] == "2" and headers["retry-after-ms"] == "1500"
     assert err["error"]["type"] == "requests" and err["error"]["code"] == "rate_limit_exceeded"
     assert all(h in headers for h in RATE_HEADERS)
-    assert request(srv, chat("x"))[0] == 200
-    assert (srv.injected, srv.rate_limited, srv.completed) == (1, 0, 1)
+    assert request(server, chat("x"))[0] == 200
+    assert (server.injected, server.rate_limited, server.completed) == (1, 0, 1)
 
 
-def test_inject_via_sdk_and_match(srv):
-    srv.inject(500, times=2, match="row 2")
-    with client(srv) as c:
+def test_inject_via_sdk_and_match(server):
+    server.inject(500, times=2, match="row 2")
+    with client(server) as c:
 
         def ask(text: str) -> str | None:
             return (
@@ -200,15 +194,15 @@ def test_inject_via_sdk_and_match(srv):
                 ask("row 2")
             assert info.value.status_code == 500
         assert ask("row 2") == "echo: row 2"
-        srv.inject(429)
+        server.inject(429)
         with pytest.raises(openai.RateLimitError):
             ask("row 3")
-    assert srv.prompt_counts == {"row 1": 1, "row 2": 1}
+    assert server.prompt_counts == {"row 1": 1, "row 2": 1}
 
 
-def test_inject_custom_body(srv):
-    srv.inject(200, body=b"not json at all")
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+def test_inject_custom_body(server):
+    server.inject(200, body=b"not json at all")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         conn.request("POST", "/v1/chat/completions", body=orjson.dumps(chat("x")))
         resp = conn.getresponse()
@@ -216,36 +210,36 @@ def test_inject_custom_body(srv):
     finally:
         conn.close()
     with pytest.raises(ValueError):
-        srv.inject(200)
+        server.inject(200)
 
 
-def test_inject_hang_until_client_timeout(srv):
-    srv.inject(hang=True)
-    with client(srv, timeout=0.3) as c:
+def test_inject_hang_until_client_timeout(server):
+    server.inject(hang=True)
+    with client(server, timeout=0.3) as c:
         with pytest.raises(openai.APITimeoutError):
             c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
         r = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert r.choices[0].message.content == "echo: x"
-    assert (srv.requests, srv.completed, srv.injected) == (2, 1, 1)
+    assert (server.requests, server.completed, server.injected) == (2, 1, 1)
 
 
 def test_stop_closes_a_hung_connection():
-    srv = LLMServer().start()
-    srv.inject(hang=True)
-    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    server = LLMServer().start()
+    server.inject(hang=True)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     try:
         body = orjson.dumps(chat("x"))
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
         deadline = time.monotonic() + 10
-        while srv.requests == 0 and time.monotonic() < deadline:
+        while server.requests == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
-        srv.stop()
+        server.stop()
         assert sock.recv(100) == b""  # closed by the server, no answer
     finally:
         sock.close()
 
 
-def test_api_key(srv):
+def test_api_key(server):
     with LLMServer(api_key="sk-right") as s:
         with client(s, api_key="sk-wrong") as c:
             with pytest.raises(openai.AuthenticationError) as info:
@@ -347,15 +341,15 @@ def test_format_duration():
 
 
 # -- HTTP -------------------------------------------------------------------------------
-def test_unknown_path_and_wrong_method(srv):
-    status, _, err = request(srv, method="GET", path="/v1/nope")
+def test_unknown_path_and_wrong_method(server):
+    status, _, err = request(server, method="GET", path="/v1/nope")
     assert status == 404 and "error" in err
-    status, headers, err = request(srv, method="GET", path="/v1/chat/completions")
+    status, headers, err = request(server, method="GET", path="/v1/chat/completions")
     assert status == 405 and headers["allow"] == "POST" and "error" in err
 
 
-def test_keep_alive_chunked_and_connection_close(srv):
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+def test_keep_alive_chunked_and_connection_close(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         for i in range(3):
             conn.request("POST", "/v1/chat/completions", body=orjson.dumps(chat(f"k{i}")))
@@ -368,10 +362,10 @@ def test_keep_alive_chunked_and_connection_close(srv):
         assert resp.getheader("connection") == "close" and resp.read()
     finally:
         conn.close()
-    assert srv.completed == 5
+    assert server.completed == 5
 
 
-def test_route_table_seam(srv):
+def test_route_table_seam(server):
     seen = []
 
     def upload(req):
@@ -381,36 +375,36 @@ def test_route_table_seam(srv):
     async def content(req):
         return pandas_llm.testing._http.Response(200, req.path.encode(), content_type="application/octet-stream")
 
-    srv.routes[("POST", "/v1/files")] = upload
-    srv.routes[("GET", "/v1/files/*")] = content
+    server.routes[("POST", "/v1/files")] = upload
+    server.routes[("GET", "/v1/files/*")] = content
     multipart = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n{"x":1}\r\n--b--\r\n'
     status, _, body = request(
-        srv, multipart, path="/v1/files", headers={"content-type": "multipart/form-data; boundary=b"}
+        server, multipart, path="/v1/files", headers={"content-type": "multipart/form-data; boundary=b"}
     )
     assert status == 200 and body == {"id": "file-1", "bytes": len(multipart)}
     assert seen[0].body == multipart and seen[0].headers["content-type"].startswith("multipart/form-data")
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
         conn.request("GET", "/v1/files/file-1/content?x=1")
         assert conn.getresponse().read() == b"/v1/files/file-1/content"
     finally:
         conn.close()
-    assert request(srv, method="PUT", path="/v1/files/file-1")[0] == 405  # GET and DELETE are routed
+    assert request(server, method="PUT", path="/v1/files/file-1")[0] == 405  # GET and DELETE are routed
 
 
 # -- lifecycle --------------------------------------------------------------------------
 def test_lifecycle_and_fixed_port():
-    srv = LLMServer()
-    srv.start()
+    server = LLMServer()
+    server.start()
     try:
-        assert srv.base_url == f"http://127.0.0.1:{srv.port}/v1" and srv.url + "/v1" == srv.base_url
+        assert server.base_url == f"http://127.0.0.1:{server.port}/v1" and server.url + "/v1" == server.base_url
         with pytest.raises(RuntimeError):
-            srv.start()
+            server.start()
         with pytest.raises(OSError):
-            LLMServer(port=srv.port).start()  # port taken: the bind error reaches the caller
+            LLMServer(port=server.port).start()  # port taken: the bind error reaches the caller
     finally:
-        srv.stop()
-    srv.stop()  # idempotent
+        server.stop()
+    server.stop()  # idempotent
 
 
 def test_pytest_fixture(llm_server):
@@ -498,8 +492,8 @@ def test_per_day_request_headers_like_groq():
 
 def test_tokens_option_counts_with_the_given_tokenizer():
     words = lambda text: len(text.split())  # noqa: E731
-    with LLMServer(tokens=words) as srv:
-        client = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
+    with LLMServer(tokens=words) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
         r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three"}])
         client.close()
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (3, 4)  # "echo: one two three"
@@ -507,8 +501,8 @@ def test_tokens_option_counts_with_the_given_tokenizer():
 
 def test_prompt_cache_bills_a_repeated_prefix_of_1024_tokens_or_more_as_cached():
     fixed = "x" * 5000  # ~1,250 tokens at len // 4
-    with LLMServer(prompt_cache=True) as srv:
-        client = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
+    with LLMServer(prompt_cache=True) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
 
         def ask(system, user):
             r = client.chat.completions.create(model="gpt-4o-mini", messages=[
@@ -522,4 +516,4 @@ def test_prompt_cache_bills_a_repeated_prefix_of_1024_tokens_or_more_as_cached()
     assert first[1] == 0
     assert second[1] % 128 == 0 and 1024 <= second[1] <= second[0]
     assert [c for _, c in short] == [0, 0]
-    assert srv.cached_tokens == second[1]
+    assert server.cached_tokens == second[1]

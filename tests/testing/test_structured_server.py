@@ -40,13 +40,6 @@ def envelope(row: dict) -> dict:
             "additionalProperties": False, "$defs": row.get("$defs", {})}  # fmt: skip
 
 
-@pytest.fixture
-def client(server):
-    c = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
-    yield c
-    c.close()
-
-
 def ask(client: openai.OpenAI, content: str, rf: dict, system: str | None = None) -> str:
     messages: list[Any] = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": content}
