@@ -59,13 +59,11 @@ def test_demo_exits_non_zero_with_one_line_when_no_row_is_answered(monkeypatch, 
     assert line.startswith("error: no row was answered (6 length); the first error: finish_reason=length")
 
 
-def test_demo_exits_non_zero_when_the_endpoint_is_dead(monkeypatch, capsys):
+def test_demo_exits_non_zero_when_the_endpoint_is_dead(monkeypatch, capsys, fast_retries):
     import socket
 
     from pandas_llm._demo import Endpoint
-    from pandas_llm._run import engine as scheduler
 
-    monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"

@@ -259,10 +259,7 @@ def test_a_sync_function_call_that_never_got_a_thread_is_not_possibly_billed():
     assert "not called" in str(second) and calls == ["a"]
 
 
-def test_the_summary_counts_http_attempts_beside_requests(server, opts, monkeypatch):
-    from pandas_llm._run import engine as scheduler
-
-    monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
+def test_the_summary_counts_http_attempts_beside_requests(server, opts, fast_retries):
     server.inject(503, times=2, match="row 1")
     frame(3).llm.map("{text}", **opts)
     summary = pandas_llm.last_run().summary()

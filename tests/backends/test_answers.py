@@ -71,10 +71,7 @@ def test_an_error_object_without_evidence_of_a_passing_fault_is_that_rows_error(
     assert server.requests == 4  # never retried blindly
 
 
-def test_an_error_object_naming_a_passing_fault_is_retried_as_that_status(server, run, monkeypatch):
-    from pandas_llm._run import engine as scheduler
-
-    monkeypatch.setattr(scheduler.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
+def test_an_error_object_naming_a_passing_fault_is_retried_as_that_status(server, run, fast_retries):
     server.inject(200, match="row 1", times=2, body={"error": {"message": "Bad gateway", "code": 502}})
     server.inject(200, match="row 2", body={"error": {"message": "Overloaded", "type": "overloaded_error"}})
     out = run(frame(4))
