@@ -74,8 +74,15 @@ def sandbox(tmp_path: pathlib.Path, demo_output: str, test_output: str) -> tuple
     readme = ROOT.joinpath("README.md").read_text()
     demo, tests = readme_commands()
     readme = readme.replace(demo, 'mkdir -p .venv && touch ran-1 && cat "demo.out"', 1)
-    readme = readme.replace(tests, 'test -e ran-1 && touch ran-2 && cat "tests.out"', 1)
+    readme = readme.replace(tests, 'test -e ran-1 && touch ran-2 && cp -r venv-bin .venv/bin && cat "tests.out"', 1)
     (repo / "README.md").write_text(readme)
+    # the .venv's python as command 2 leaves it, for the checks after it: it logs what it is asked
+    # to run, and fails when asked for what the file fail-check names
+    (repo / "venv-bin").mkdir()
+    (repo / "venv-bin" / "python").write_text(
+        '#!/bin/sh\necho "$*" >> checks.log\nif [ -e fail-check ] && [ "$*" = "$(cat fail-check)" ]; then exit 3; fi\n'
+    )
+    (repo / "venv-bin" / "python").chmod(0o755)
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     (bin_ / "chromium").write_text("#!/bin/sh\n")
@@ -91,6 +98,20 @@ def test_ci_runs_readme_command_1_verbatim_then_the_tests(tmp_path):
     assert 'CI: README command 1: mkdir -p .venv && touch ran-1 && cat "demo.out"' in res.stdout
     assert "CI: README command 1 ran the real model" in res.stdout
     assert re.search(r"CI: README command 1 took \d+ s", res.stdout)
+    assert (repo / "checks.log").read_text().splitlines() == CHECKS
+
+
+# What .ci/run asks of the .venv's python after the tests, in order.
+CHECKS = ["-m pip install -q -e .[dev]", "-m ruff format --check .", "-m ruff check ."]
+
+
+@pytest.mark.parametrize("failing", CHECKS[1:])
+def test_ci_fails_when_a_check_after_the_tests_fails(failing, tmp_path):
+    repo, env = sandbox(tmp_path, REAL, "1 passed")
+    (repo / "fail-check").write_text(failing)
+    res = subprocess.run([str(repo / ".ci/run")], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 1 and f"CI: '.venv/bin/python {failing}' failed." in res.stderr
+    assert (repo / "checks.log").read_text().splitlines() == CHECKS[: CHECKS.index(failing) + 1]
 
 
 @pytest.mark.parametrize(
