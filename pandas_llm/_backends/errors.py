@@ -15,17 +15,14 @@ closed before a whole answer) and ``code="timeout"`` (no answer within ``timeout
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import errno
 import re
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from .._errors import APIError, FatalAPIError, QuotaError, RateLimitError, RequestError, RetryableError
-from .._run.limits import parse_duration
+from .headers import hinted_wait, retry_after
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600)) - {501}  # 501: not implemented, ever
 FATAL_STATUS = frozenset({401, 403, 404})
@@ -65,43 +62,6 @@ def lost(message: str, code: str) -> RetryableError:
     return exc
 
 
-def retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after``, if present.
-
-    ``retry-after`` is seconds or an HTTP date (RFC 9110: ``Wed, 21 Oct 2037 07:28:00 GMT``),
-    read relative to ``now`` (``time.time()``); a date in the past is 0.
-
-        >>> retry_after({"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, now=40.0)
-        60.0
-    """
-    if not headers:
-        return None
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return _http_date(value, now)
-    return None
-
-
-def _http_date(value: str, now: float | None) -> float | None:
-    """Seconds from ``now`` until the HTTP date ``value`` (0 if past), None if it is no date."""
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
 def error_for_status(
     status: int,
     body: Any,
@@ -129,7 +89,7 @@ def error_for_status(
     if status == 429:
         wait = retry_after(headers)
         if wait is None:
-            wait = _hinted_wait(detail)
+            wait = hinted_wait(detail)
         if _LIMIT_ZERO.search(detail):
             return QuotaError(
                 f"HTTP 429 from {where}: {detail} The limit is 0: this key, plan or model has no quota "
@@ -281,13 +241,6 @@ def error_in_answer(body: Mapping[str, Any], headers: Mapping[str, str] | None, 
 _RESPONSE_FORMAT = re.compile(r"response_format|json_schema|response format", re.I)
 _LIMIT_ZERO = re.compile(r"\blimit:?\s*0(?![\d.])", re.I)  # "limit: 0", "Limit 0"
 _PER_DAY = re.compile(r"per day|\bdaily\b|\bRPD\b|\bTPD\b|PerDay", re.I)
-_TRY_AGAIN = re.compile(r"(?:try again|retry) in (?:about )?([\d.]+(?:ms|h|m|s)(?:[\d.]+(?:ms|h|m|s))*)", re.I)
-
-
-def _hinted_wait(detail: str) -> float | None:
-    """Seconds in a message's "Please try again in 5m37.6s" / "retry in 23.5s", if any."""
-    m = _TRY_AGAIN.search(detail)
-    return parse_duration(m.group(1)) if m else None
 
 
 def _error_detail(body: Any) -> tuple[str, str | None, str | None]:

@@ -18,34 +18,9 @@ import math
 import re
 import threading
 
+from .._backends.headers import parse_duration
+
 __all__ = ["parse_duration", "per_minute", "limit_in_message", "OVERLOAD_WORDS", "remembered_limits", "remember"]
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str | None) -> float | None:
-    """Seconds in an ``x-ratelimit-reset-*`` value: ``869ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h2m``.
-
-    A bare number is seconds; anything unreadable gives None.
-
-    >>> [parse_duration(s) for s in ("869ms", "1s", "6m0s", "1.5s", "2m59.56s", "0.5", "soon")]
-    [0.869, 1.0, 360.0, 1.5, 179.56, 0.5, None]
-    """
-    if not text:
-        return None
-    text = text.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    total, pos = 0.0, 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            return None
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    return round(total, 6) if pos == len(text) and pos else None
 
 
 def per_minute(reset: str | None) -> bool:
