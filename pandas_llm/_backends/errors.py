@@ -11,15 +11,22 @@ the error it names (``error_in_answer``).
 Every backend gives a failure without an HTTP answer one of two codes, which the engine
 counts alike: ``code="connection"`` (refused, reset, unreachable, DNS, the connection
 closed before a whole answer) and ``code="timeout"`` (no answer within ``timeout``).
+
+``map_errors(via, endpoint, model)`` is the one place a foreign failure becomes ours: every
+backend (and the Batch API client) runs its call inside it, naming the library it speaks
+(``via``: "aiohttp", "wire", "openai" or "function"); the table of that library maps each
+foreign exception to pandas_llm's, ``raise ... from`` the original. pandas_llm's own errors
+pass through, and an exception its table does not name propagates unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import socket
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
 
 from .._errors import APIError, FatalAPIError, QuotaError, RateLimitError, RequestError, RetryableError
 from .headers import hinted_wait, retry_after
@@ -285,3 +292,83 @@ def from_openai(exc: Exception, *, endpoint: str, model: str | None) -> APIError
         message = connection_error_text(endpoint, exc)
         return RetryableError(message, code="connection") if unsent else lost(message, "connection")
     return None
+
+
+class AnswerLost(Exception):
+    """Raised by a transport when the request was written and its answer did not (all) come."""
+
+
+#: How a foreign exception becomes ours: ``(exc, endpoint, model) -> APIError`` (None: leave it).
+Rule = Callable[[Any, str, "str | None"], "APIError | None"]
+Via = Literal["aiohttp", "wire", "openai", "function"]
+
+
+def _unsent(exc: BaseException, endpoint: str, model: str | None) -> APIError:
+    """Could not connect: nothing was sent, so nothing can be billed."""
+    return RetryableError(connection_error_text(endpoint, exc), code="connection")
+
+
+def _dropped(exc: BaseException, endpoint: str, model: str | None) -> APIError:
+    """Dropped after sending: the server may have run (and billed) the request."""
+    return lost(connection_error_text(endpoint, exc), "connection")
+
+
+def _timed_out(exc: BaseException, endpoint: str, model: str | None) -> APIError:
+    return lost(f"no answer within the timeout from {endpoint}", "timeout")
+
+
+def _openai(exc: Exception, endpoint: str, model: str | None) -> APIError | None:
+    return from_openai(exc, endpoint=endpoint, model=model)
+
+
+def _named(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+_FUNCTION: dict[type[BaseException], Rule] = {
+    TimeoutError: lambda exc, e, m: lost(_named(exc), "timeout"),  # it may have paid for a call it did not finish
+    ConnectionError: lambda exc, e, m: RetryableError(_named(exc), code="connection"),
+    Exception: lambda exc, e, m: RequestError(_named(exc), code=type(exc).__name__),  # that row's error
+}
+#: wire: ``OSError`` comes from connecting only (a request written and lost is AnswerLost).
+_WIRE: dict[type[BaseException], Rule] = {AnswerLost: _dropped, OSError: _unsent}
+
+
+def _table(via: Via) -> dict[type[BaseException], Rule]:
+    """The rules for one library, most specific first (imported only when a failure needs them)."""
+    if via == "wire":
+        return _WIRE
+    if via == "function":
+        return _FUNCTION
+    if via == "aiohttp":
+        import aiohttp
+
+        return {aiohttp.ClientConnectorError: _unsent, TimeoutError: _timed_out, aiohttp.ClientError: _dropped}
+    if via == "openai":
+        import openai
+
+        return {openai.OpenAIError: _openai}
+    raise ValueError(f"no error table for {via!r}")
+
+
+@contextlib.contextmanager
+def map_errors(via: Via, endpoint: str, model: str | None = None) -> Iterator[None]:
+    """Run a backend's call, turning the failures of the library ``via`` into pandas_llm's errors.
+
+    >>> with map_errors("function", "http://localhost:8000/v1"):
+    ...     raise KeyError("choices")
+    Traceback (most recent call last):
+    pandas_llm._errors.RequestError: KeyError: 'choices'
+    """
+    try:
+        yield
+    except APIError:
+        raise
+    except Exception as exc:
+        for kind, rule in _table(via).items():
+            if isinstance(exc, kind):
+                mapped = rule(exc, endpoint, model)
+                if mapped is None:
+                    break
+                raise mapped from exc
+        raise

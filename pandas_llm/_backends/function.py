@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from .._errors import APIError, RequestError, RetryableError
+from .._errors import RequestError, RetryableError
 from . import Completion
-from .errors import lost
+from .errors import map_errors
 
 __all__ = ["FunctionBackend"]
 
@@ -43,24 +43,18 @@ class FunctionBackend:
             started = True
             return self._fn(messages, **params)
 
-        try:
-            async with asyncio.timeout(self._timeout):
-                if self._async:
-                    out = await self._fn(messages, **params)
-                else:
-                    out = await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except APIError:
-            raise
-        except TimeoutError as exc:
-            if not started:  # timed out waiting for a free thread: never handed to the function, not billed
-                raise RetryableError(f"no free thread within the timeout ({self._timeout:g} s): the function "
-                                     "was not called", code="timeout") from exc  # fmt: skip
-            # the function may have paid for a call it did not finish
-            raise lost(f"{type(exc).__name__}: {exc}", "timeout") from exc  # the codes every backend uses
-        except ConnectionError as exc:
-            raise RetryableError(f"{type(exc).__name__}: {exc}", code="connection") from exc
-        except Exception as exc:
-            raise RequestError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__) from exc
+        with map_errors("function", "the client function"):  # the codes every backend uses
+            try:
+                async with asyncio.timeout(self._timeout):
+                    if self._async:
+                        out = await self._fn(messages, **params)
+                    else:
+                        out = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            except TimeoutError as exc:
+                if not started:  # timed out waiting for a free thread: never handed to the function, not billed
+                    raise RetryableError(f"no free thread within the timeout ({self._timeout:g} s): the function "
+                                         "was not called", code="timeout") from exc  # fmt: skip
+                raise
         if isinstance(out, Completion):
             return out
         if out is not None and not isinstance(out, str):

@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .._errors import ConfigError, RetryableError
+from .._errors import ConfigError
 from . import Completion
 from .answers import read_answer
-from .errors import connection_error_text, error_for_status, lost
+from .errors import error_for_status, map_errors
 
 __all__ = ["HTTPBackend"]
 
@@ -60,17 +60,11 @@ class HTTPBackend:
 
     async def complete(self, body: bytes) -> Completion:
         session = self._session or self._open()
-        try:
+        with map_errors("aiohttp", self.endpoint, self.model):
             async with session.post(self._url, data=body) as resp:
                 raw = await resp.read()
                 status = resp.status
                 headers = resp.headers
-        except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
-            raise RetryableError(connection_error_text(self.endpoint, exc), code="connection") from exc
-        except TimeoutError as exc:
-            raise lost(f"no answer within the timeout from {self.endpoint}", "timeout") from exc
-        except aiohttp.ClientError as exc:  # dropped after sending: it may be billed
-            raise lost(connection_error_text(self.endpoint, exc), "connection") from exc
         if status == 200:
             return self._read(raw, headers, endpoint=self.endpoint, model=self.model)
         try:

@@ -17,7 +17,7 @@ import orjson
 from .._config import GENERATION_PARAMS
 from . import Completion
 from .answers import read_answer
-from .errors import from_openai
+from .errors import map_errors
 
 __all__ = ["OpenAIClientBackend"]
 
@@ -52,18 +52,13 @@ class OpenAIClientBackend:
         extra = {k: params.pop(k) for k in list(params) if k not in _KNOWN} if self._chat else {}
         if extra:
             params["extra_body"] = extra
-        try:
+        with map_errors("openai", self.endpoint, params.get("model")):
             if self._async:
                 raw = await self._create(**params)
             else:
                 raw = await asyncio.to_thread(self._create, **params)
             content = raw.content
             headers = raw.headers
-        except self._openai.OpenAIError as exc:
-            mapped = from_openai(exc, endpoint=self.endpoint, model=params.get("model"))
-            if mapped is None:
-                raise
-            raise mapped from exc
         return self._read(content, headers, endpoint=self.endpoint, model=params.get("model"))
 
     async def aclose(self) -> None:

@@ -22,17 +22,17 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .._errors import ConfigError, RetryableError
+from .._errors import ConfigError
 from . import Completion
 from .answers import read_answer
-from .errors import connection_error_text, error_for_status, lost
+from .errors import AnswerLost, error_for_status, lost, map_errors
 
 __all__ = ["WireBackend"]
 
 MAX_HEAD = 64 * 1024
 
 
-class _Broken(Exception):
+class _Broken(AnswerLost):
     """The connection failed; ``answered`` is False when nothing of the answer had arrived."""
 
     def __init__(self, message: str, answered: bool):
@@ -213,12 +213,8 @@ class WireBackend:
 
     async def complete(self, body: bytes) -> Completion:
         data = self._head + str(len(body)).encode() + b"\r\n\r\n" + body
-        try:
+        with map_errors("wire", self.endpoint, self.model):  # _Broken: written, answer lost; OSError: unsent
             status, headers, raw = await self._exchange(data)
-        except _Broken as exc:  # the request was written: the server may have run (and billed) it
-            raise lost(connection_error_text(self.endpoint, exc), "connection") from exc
-        except OSError as exc:  # could not connect: nothing was sent
-            raise RetryableError(connection_error_text(self.endpoint, exc), code="connection") from exc
         if status == 200:
             return self._read(raw, headers, endpoint=self.endpoint, model=self.model)
         try:

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
-from .._backends.errors import from_openai
+from .._backends.errors import map_errors
 from .._backends.openai_client import _timeout
 from .._errors import APIError, ConfigError, FatalAPIError, RetryableError, remember_secret
 from .._run.engine import RetryPolicy
@@ -158,17 +158,15 @@ class BatchAPI:
         SDK hands back as a str or fails to read; or an object without ``expect``) raises
         NoBatchAPIError naming ``what`` was asked and what the server answered."""
         try:
-            if self._async:
-                result = await fn(*args, **kwargs)
-            else:
-                result = await asyncio.to_thread(fn, *args, **kwargs)
-        except self._openai.OpenAIError as exc:
-            mapped = from_openai(exc, endpoint=self.endpoint, model=self.model)
-            if mapped is None:
-                if getattr(exc, "status_code", None) is None and not isinstance(exc, self._openai.APIConnectionError):
-                    raise self._not_batch(what, f"a reply the SDK could not read ({exc})") from exc
-                raise
-            raise mapped from exc
+            with map_errors("openai", self.endpoint, self.model):
+                if self._async:
+                    result = await fn(*args, **kwargs)
+                else:
+                    result = await asyncio.to_thread(fn, *args, **kwargs)
+        except self._openai.OpenAIError as exc:  # one the mapping leaves as it is
+            if getattr(exc, "status_code", None) is None and not isinstance(exc, self._openai.APIConnectionError):
+                raise self._not_batch(what, f"a reply the SDK could not read ({exc})") from exc
+            raise
         except (AttributeError, TypeError, ValueError) as exc:  # the SDK could not build its object
             raise self._not_batch(
                 what, f"a reply that is not a Batch API object ({type(exc).__name__}: {exc})"
