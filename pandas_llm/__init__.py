@@ -16,13 +16,13 @@ from ._cost.estimate import Estimate
 from ._dask.accessor import install as _install_dask
 from ._errors import (
     APIError,
+    BadRequestError,
     ConfigError,
     FatalAPIError,
     LocalServerError,
     PandasLLMError,
     QuotaError,
     RateLimitError,
-    RequestError,
     RequestShapeError,
     RetryableError,
     StoreError,
@@ -53,7 +53,7 @@ __all__ = [
     "PromptOrderWarning",
     "QuotaError",
     "RateLimitError",
-    "RequestError",
+    "BadRequestError",
     "RequestShapeError",
     "RetryableError",
     "RunReport",
@@ -70,3 +70,9 @@ __all__ = [
 
 _register()
 _install_dask()  # ddf.llm once dask.dataframe is imported (never imports Dask itself)
+
+
+def __getattr__(name: str):  # RequestError: BadRequestError's old name, with a DeprecationWarning
+    from ._errors import deprecated_name
+
+    return deprecated_name(__name__, name)

@@ -9,7 +9,8 @@ or cache boundary only, with ``raise ... from exc`` so the original stays visibl
     ├── APIError               a request failed (``status`` holds the HTTP status, if any)
     │   ├── RetryableError     408 / 409 / 429 / 5xx, timeouts, connection errors
     │   │   └── RateLimitError 429: every worker pauses, not only the one that got it
-    │   ├── RequestError       400 and other answers that are that row's own fault
+    │   ├── BadRequestError    400 and other answers that are that row's own fault
+    │   │                      (``RequestError``: its old name, deprecated)
     │   └── FatalAPIError      401 / 403 / 404: the whole run stops at once
     │       ├── QuotaError     402, insufficient_quota, a daily quota or a limit of 0, a
     │       │                  retry-after too long to wait: ``retry_after`` says when to come back
@@ -39,7 +40,7 @@ __all__ = [
     "APIError",
     "RetryableError",
     "RateLimitError",
-    "RequestError",
+    "BadRequestError",
     "FatalAPIError",
     "QuotaError",
     "RequestShapeError",
@@ -157,8 +158,34 @@ class RateLimitError(RetryableError):
     """HTTP 429: the account's rate limit was hit."""
 
 
-class RequestError(APIError):
-    """The endpoint refused this one request (HTTP 400 and the like); not retried."""
+class BadRequestError(APIError):
+    """The endpoint refused this one request (HTTP 400 and the like); not retried.
+
+    OpenAI's name for a 400. Its old name ``RequestError`` is a deprecated alias: it read as
+    httpx's ``RequestError``, which means the opposite (the request never got an answer)."""
+
+
+#: Old names still importable, with a DeprecationWarning: ``{old: (new name, object)}``.
+DEPRECATED = {"RequestError": ("BadRequestError", BadRequestError)}
+
+
+def deprecated_name(module: str, name: str) -> Any:
+    """The object a deprecated name stands for, with a DeprecationWarning (a module's ``__getattr__``)."""
+    if name not in DEPRECATED:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    import warnings
+
+    new, obj = DEPRECATED[name]
+    warnings.warn(
+        f"{module}.{name} is deprecated: use {module}.{new} (the endpoint refused this one request, HTTP 400)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return obj
+
+
+def __getattr__(name: str) -> Any:
+    return deprecated_name(__name__, name)
 
 
 class FatalAPIError(APIError):

@@ -14,3 +14,9 @@ warnings.warn(
     DeprecationWarning,
     stacklevel=2,
 )
+
+
+def __getattr__(name: str):  # RequestError: BadRequestError's old name, with a DeprecationWarning
+    from ._errors import deprecated_name
+
+    return deprecated_name("pandas_llm", name)

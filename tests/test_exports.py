@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import pandas_llm
 
 
@@ -42,3 +44,24 @@ def test_import_registers_accessors_and_does_nothing_else(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "" and res.stderr == ""
+
+
+def test_request_error_is_bad_request_error_under_its_deprecated_old_name():
+    """A 400 is OpenAI's BadRequestError; the old name read as httpx's RequestError (the opposite)."""
+    import warnings
+
+    from pandas_llm import _errors
+
+    assert "BadRequestError" in pandas_llm.__all__ and "RequestError" not in pandas_llm.__all__
+    for module in (pandas_llm, _errors):
+        with pytest.warns(DeprecationWarning, match="RequestError is deprecated: use .*BadRequestError"):
+            assert module.RequestError is pandas_llm.BadRequestError
+    with pytest.warns(DeprecationWarning, match="RequestError is deprecated"):
+        from pandas_llm import RequestError
+    assert issubclass(RequestError, pandas_llm.APIError)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pandas_llm.errors import RequestError as old
+    assert old is pandas_llm.BadRequestError
+    with pytest.raises(AttributeError):
+        pandas_llm.NoSuchError  # noqa: B018

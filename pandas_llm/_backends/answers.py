@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from .._errors import FatalAPIError, RequestError
+from .._errors import BadRequestError, FatalAPIError
 from . import Completion, content_text, parse_completion
 from .errors import error_in_answer
 
@@ -57,7 +57,7 @@ def judge(data: Any, headers: Mapping[str, str] | None, *, endpoint: str, model:
             except (KeyError, IndexError, TypeError, AttributeError):
                 pass
         elif isinstance(choices, list):
-            raise RequestError(f"HTTP 200 from {_where(endpoint, model)} answered with no choices: {_clip(data)}",
+            raise BadRequestError(f"HTTP 200 from {_where(endpoint, model)} answered with no choices: {_clip(data)}",
                                code="no_choices")  # fmt: skip
     raise FatalAPIError(
         f"HTTP 200 from {_where(endpoint, model)} is not a chat completion: {_clip(data)}. Check that base_url "

@@ -5,7 +5,7 @@ HTTP 402 (out of credit, as DeepSeek sends) and ``insufficient_quota`` are a Quo
 so is a 429 whose body says the limit is 0 (Gemini's free tier for a model it excludes),
 or names a daily quota without saying when to retry. A 5xx whose message names
 ``response_format`` / ``json_schema`` (llama.cpp answers 500 to ``json_schema``) is the
-request's fault: a RequestError, not retried. An HTTP 200 carrying an error object is
+request's fault: a BadRequestError, not retried. An HTTP 200 carrying an error object is
 the error it names (``error_in_answer``).
 
 Every backend gives a failure without an HTTP answer one of two codes, which the engine
@@ -28,7 +28,7 @@ import socket
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
-from .._errors import APIError, FatalAPIError, QuotaError, RateLimitError, RequestError, RetryableError
+from .._errors import APIError, BadRequestError, FatalAPIError, QuotaError, RateLimitError, RetryableError
 from .headers import hinted_wait, retry_after
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600)) - {501}  # 501: not implemented, ever
@@ -90,7 +90,7 @@ def error_for_status(
         )
     if status == 429 and detail.startswith("Request too large"):
         # larger than the whole per-minute budget: no wait makes it fit
-        return RequestError(
+        return BadRequestError(
             f"HTTP 429 from {where}: {detail} Shorten the prompt or lower max_tokens.", status=status, code=code
         )
     if status == 429:
@@ -120,7 +120,7 @@ def error_for_status(
         )
     if status >= 500 and _RESPONSE_FORMAT.search(detail):
         # llama.cpp answers a json_schema it does not support with 500: every row would get it
-        return RequestError(
+        return BadRequestError(
             f"HTTP {status} from {where}: {detail}", status=status, code="unsupported_response_format",
             param="response_format",
         )  # fmt: skip
@@ -137,7 +137,7 @@ def error_for_status(
         exc.maybe_billed = status in BILLED_STATUS
         return exc
     if status in (400, 422) and content_refusal(body, code, detail):
-        return RequestError(
+        return BadRequestError(
             f"HTTP {status} from {where}: the provider refused this row's content: {detail}",
             status=status, code="content_filter", param=param,
         )  # fmt: skip
@@ -163,7 +163,7 @@ def error_for_status(
         )
     if param is None and _RESPONSE_FORMAT.search(detail):
         param = "response_format"
-    return RequestError(f"HTTP {status} from {where}: {detail}", status=status, code=code, param=param)
+    return BadRequestError(f"HTTP {status} from {where}: {detail}", status=status, code=code, param=param)
 
 
 #: Error codes and types that say which HTTP status an error object stands for (an error
@@ -214,7 +214,7 @@ def error_in_answer(body: Mapping[str, Any], headers: Mapping[str, str] | None, 
     It is judged as the HTTP status its ``code`` (or ``status``) is, or the status its
     ``code`` / ``type`` names (``server_error``: 500, ``rate_limit_exceeded``: 429, ...):
     retried if that status is, fatal if that status is. Without such evidence it is that
-    row's error (RequestError, with the server's message), not retried within the run.
+    row's error (BadRequestError, with the server's message), not retried within the run.
     """
     err = body.get("error")
     err = err if isinstance(err, Mapping) else body
@@ -235,7 +235,7 @@ def error_in_answer(body: Mapping[str, Any], headers: Mapping[str, str] | None, 
     if status is None:
         detail, code, param = _error_detail(body)
         where = f"{endpoint} (model {model!r})" if model else endpoint
-        return RequestError(
+        return BadRequestError(
             f"HTTP 200 from {where} carried an error instead of an answer: {detail}",
             code=code if isinstance(code, str) else "error_in_answer", param=param,
         )  # fmt: skip
@@ -328,7 +328,7 @@ def _named(exc: BaseException) -> str:
 _FUNCTION: dict[type[BaseException], Rule] = {
     TimeoutError: lambda exc, e, m: lost(_named(exc), "timeout"),  # it may have paid for a call it did not finish
     ConnectionError: lambda exc, e, m: RetryableError(_named(exc), code="connection"),
-    Exception: lambda exc, e, m: RequestError(_named(exc), code=type(exc).__name__),  # that row's error
+    Exception: lambda exc, e, m: BadRequestError(_named(exc), code=type(exc).__name__),  # that row's error
 }
 #: wire: ``OSError`` comes from connecting only (a request written and lost is AnswerLost).
 _WIRE: dict[type[BaseException], Rule] = {AnswerLost: _dropped, OSError: _unsent}
@@ -358,7 +358,7 @@ def map_errors(via: Via, endpoint: str, model: str | None = None) -> Iterator[No
     >>> with map_errors("function", "http://localhost:8000/v1"):
     ...     raise KeyError("choices")
     Traceback (most recent call last):
-    pandas_llm._errors.RequestError: KeyError: 'choices'
+    pandas_llm._errors.BadRequestError: KeyError: 'choices'
     """
     try:
         yield

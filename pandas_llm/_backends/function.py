@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from .._errors import RequestError, RetryableError
+from .._errors import BadRequestError, RetryableError
 from . import Completion
 from .errors import map_errors
 
@@ -58,7 +58,7 @@ class FunctionBackend:
         if isinstance(out, Completion):
             return out
         if out is not None and not isinstance(out, str):
-            raise RequestError(f"the client function returned {type(out).__name__}, expected str", code="bad_return")
+            raise BadRequestError(f"the client function returned {type(out).__name__}, expected str", code="bad_return")
         return Completion(out, "stop")
 
     async def aclose(self) -> None:

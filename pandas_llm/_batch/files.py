@@ -23,7 +23,7 @@ import orjson
 from .._backends.answers import judge
 from .._backends.errors import error_for_status
 from .._config import BatchLimits
-from .._errors import APIError, RequestError, RetryableError
+from .._errors import APIError, BadRequestError, RetryableError
 from .._run.engine import completion_record
 from .._run.stopping import row_status
 from .._store.store import Record
@@ -128,13 +128,13 @@ def parse_line(
         try:  # judged as a realtime 200 is: an error object or a body that is no answer is no answer
             c = (answer or judge)(response.get("body"), None, endpoint=endpoint, model=model)
             if c.outputs is not None and len(c.outputs) != 1:
-                raise RequestError(f"{len(c.outputs)} results for one input", code="bad_response")
+                raise BadRequestError(f"{len(c.outputs)} results for one input", code="bad_response")
         except APIError as exc:
             kind = (
                 "failed"
                 if isinstance(exc, RetryableError)
                 else row_status(exc)
-                if isinstance(exc, RequestError)
+                if isinstance(exc, BadRequestError)
                 else "error"
             )
             return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None
@@ -150,6 +150,10 @@ def parse_line(
     status = (response or {}).get("status_code") or 500
     exc = error_for_status(status, (response or {}).get("body"), None, endpoint=endpoint, model=model)
     kind = (
-        "failed" if isinstance(exc, RetryableError) else row_status(exc) if isinstance(exc, RequestError) else "error"
+        "failed"
+        if isinstance(exc, RetryableError)
+        else row_status(exc)
+        if isinstance(exc, BadRequestError)
+        else "error"
     )
     return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None

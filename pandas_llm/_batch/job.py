@@ -42,7 +42,7 @@ import pandas as pd
 
 from .._config import Settings
 from .._display.progress import make_observer
-from .._errors import ConfigError, FatalAPIError, RequestError
+from .._errors import BadRequestError, ConfigError, FatalAPIError
 from .._plan.planner import Plan, make_plan
 from .._pricing import resolve_price
 from .._run import loop as _runner
@@ -449,7 +449,7 @@ class BatchJob:
         ledger.set_file(pid, file_id)
         try:
             info = await api.create(file_id, self._metadata(pid, len(part.keys)), **self._endpoint())
-        except (RequestError, FatalAPIError) as exc:
+        except (BadRequestError, FatalAPIError) as exc:
             ledger.close(pid, "abandoned", str(exc))  # refused: nothing was created
             self._parts.remove(pid)
             self._next = part
@@ -479,7 +479,7 @@ class BatchJob:
         if info is None:
             try:
                 info = await api.create(p.input_file_id, self._metadata(p.part, p.requests), **self._endpoint())
-            except (RequestError, FatalAPIError) as exc:
+            except (BadRequestError, FatalAPIError) as exc:
                 self._abandon(ledger, p.part, "abandoned", f"could not create the batch: {exc}")
                 await api.discard(p.input_file_id)
                 return ledger.part(p.part)

@@ -31,7 +31,7 @@ import orjson
 
 from .._backends import Completion
 from .._backends.errors import error_in_answer
-from .._errors import FatalAPIError, PandasLLMError, RequestError, TemplateError
+from .._errors import BadRequestError, FatalAPIError, PandasLLMError, TemplateError
 from .._pricing import Price, resolve_price
 from .._run.budget import Meter
 from .outcomes import Outcomes
@@ -217,7 +217,7 @@ class Embeddings(_Kind):
         if [d["index"] for d in items] != list(range(len(items))):
             raise Unreadable("embedding indexes are not 0..n-1")
         if len(items) > 1 and any(_per_token(d["embedding"]) for d in items):
-            raise RequestError(PER_TOKEN_LIST, code="per_token_list")
+            raise BadRequestError(PER_TOKEN_LIST, code="per_token_list")
         outputs = [_vector_bytes(d["embedding"]) for d in items]
         usage = data.get("usage") or {}
         return Completion(None, "stop", usage.get("prompt_tokens") or 0, 0, 0, headers, outputs=outputs)

@@ -57,11 +57,11 @@ from tenacity import RetryCallState, wait_exponential_jitter
 
 from .._backends import Backend, Completion
 from .._errors import (
+    BadRequestError,
     FatalAPIError,
     LocalServerError,
     PandasLLMError,
     RateLimitError,
-    RequestError,
     RetryableError,
     StoreError,
     redact,
@@ -401,7 +401,7 @@ class Engine:
                 stats.retries += 1
                 await self.sleep(wait)
                 continue
-            except RequestError as exc:
+            except BadRequestError as exc:
                 limiter.release(reserved)
                 self._heard += 1
                 record = Record(key, row_status(exc), error=str(exc), attempts=attempts, model=self.model)

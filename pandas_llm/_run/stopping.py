@@ -13,9 +13,9 @@
   it (rows not sent: status ``deadline``). Quotas the body names (402, a limit of 0, a
   daily quota) are decided where errors are mapped: backends/errors.py.
 
-    >>> from pandas_llm._errors import RequestError
+    >>> from pandas_llm._errors import BadRequestError
     >>> w = ShapeWatch()
-    >>> e = RequestError("HTTP 400: Unsupported parameter: 'max_tokens'", status=400,
+    >>> e = BadRequestError("HTTP 400: Unsupported parameter: 'max_tokens'", status=400,
     ...                  code="unsupported_parameter", param="max_tokens")
     >>> type(w.refused(e, b"{}")).__name__
     'RequestShapeError'
@@ -27,7 +27,7 @@ import re
 import time
 from collections import Counter
 
-from .._errors import FatalAPIError, QuotaError, RateLimitError, RequestError, RequestShapeError, RetryableError
+from .._errors import BadRequestError, FatalAPIError, QuotaError, RateLimitError, RequestShapeError, RetryableError
 
 __all__ = ["ShapeWatch", "quota_stop", "come_back", "row_status", "MAX_RETRY_AFTER"]
 
@@ -55,7 +55,7 @@ class ShapeWatch:
         self.answered = False  # an answer arrived: the request's shape is fine
         self._seen: Counter[str] = Counter()
 
-    def refused(self, exc: RequestError, body: bytes) -> RequestShapeError | None:
+    def refused(self, exc: BadRequestError, body: bytes) -> RequestShapeError | None:
         """The error that stops the run after ``exc`` (a row's refusal), or None."""
         if self.answered:
             return None
@@ -79,13 +79,13 @@ class ShapeWatch:
         )
 
 
-def row_status(exc: RequestError) -> str:
+def row_status(exc: BadRequestError) -> str:
     """A refused row's status: ``content_filter`` when a content filter refused it (as for
     ``finish_reason="content_filter"``), else ``error``."""
     return "content_filter" if exc.code == "content_filter" else "error"
 
 
-def advice(exc: RequestError, body: bytes) -> str:
+def advice(exc: BadRequestError, body: bytes) -> str:
     """What to change in the call for a refusal of the request's shape."""
     param, text = exc.param or "", str(exc)
     if param == "response_format" or "json_schema" in text or "response_format" in text:

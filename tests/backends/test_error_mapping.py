@@ -11,7 +11,7 @@ import pytest
 
 import pandas_llm
 from pandas_llm._backends.errors import AnswerLost, map_errors
-from pandas_llm._errors import APIError, RequestError, RetryableError
+from pandas_llm._errors import APIError, BadRequestError, RetryableError
 
 PACKAGE = pathlib.Path(pandas_llm.__file__).parent
 URL = "http://127.0.0.1:9/v1"
@@ -36,7 +36,7 @@ def mapped(via: str, exc: BaseException) -> BaseException:
         ("wire", ConnectionRefusedError(111, "refused"), RetryableError, "connection", False, "connection refused"),
         ("function", TimeoutError("slow"), RetryableError, "timeout", True, "TimeoutError: slow"),
         ("function", ConnectionResetError("gone"), RetryableError, "connection", False, "ConnectionResetError: gone"),
-        ("function", KeyError("choices"), RequestError, "KeyError", False, "KeyError: 'choices'"),
+        ("function", KeyError("choices"), BadRequestError, "KeyError", False, "KeyError: 'choices'"),
     ],
 )  # fmt: skip
 def test_each_library_maps_to_our_errors(via, exc, kind, code, billed, text):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm._errors import FatalAPIError, RequestError, redact
+from pandas_llm._errors import BadRequestError, FatalAPIError, redact
 from pandas_llm._store.store import Store
 
 KEY = "sk-proj-Zq9SECRETsecret0123456789abcdef"
@@ -74,7 +74,7 @@ def test_a_fatal_error_message_is_redacted(server, opts):
     with pytest.raises(FatalAPIError) as info:
         df.llm.map("{text}", **{**opts, "api_key": KEY}, cache=False)
     assert KEY not in str(info.value) and "HTTP 401" in str(info.value)
-    assert KEY not in str(RequestError(f"echo {KEY}"))
+    assert KEY not in str(BadRequestError(f"echo {KEY}"))
 
 
 def test_the_store_redacts_whatever_error_it_is_given(tmp_path):
