@@ -31,8 +31,6 @@ from typing import Any
 
 import orjson
 
-from .._backends.wire import dechunk
-
 __all__ = [
     "Request",
     "Response",
@@ -42,6 +40,7 @@ __all__ = [
     "default_error",
     "error_response",
     "json_response",
+    "later",
 ]
 
 #: Returned by a handler: reset the connection instead of answering.
@@ -324,8 +323,41 @@ def _lookup(routes: dict[tuple[str, str], Handler], method: str, path: str) -> t
 
 
 def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
-    """Decode a chunked body starting at ``pos``; None if it is not complete yet."""
-    try:
-        return dechunk(buf, pos)
-    except ValueError:
-        raise _BadRequest("malformed chunk size") from None
+    """``(body, end)`` of a chunked body starting at ``pos`` (RFC 9112 7.1: ``size[;ext]CRLF
+    data CRLF`` ... ``0 CRLF [trailer lines] CRLF``); None if it is not complete yet.
+
+    The server's own reading, not the wire client's (pandas_llm._backends.wire), so that a
+    bug in one is caught by loopback tests of the other."""
+    body = bytearray()
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        size_field = bytes(buf[pos:eol]).partition(b";")[0].strip()
+        try:
+            size = int(size_field, 16)
+        except ValueError:
+            raise _BadRequest("malformed chunk size") from None
+        if size < 0:
+            raise _BadRequest("malformed chunk size")
+        if size == 0:  # the last chunk: trailer lines (ignored) up to an empty line
+            end = buf.find(b"\r\n\r\n", eol)
+            return None if end < 0 else (bytes(body), end + 4)
+        data = eol + 2
+        if len(buf) < data + size + 2:
+            return None
+        body += buf[data : data + size]
+        pos = data + size + 2
+
+
+def later(delay: float, resp: Response) -> asyncio.Future[Response]:
+    """A future that resolves to ``resp`` after ``delay`` seconds (a slow server's answer)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Response] = loop.create_future()
+
+    def fire() -> None:
+        if not fut.done():  # the client may have gone away meanwhile
+            fut.set_result(resp)
+
+    loop.call_later(delay, fire)
+    return fut

@@ -25,6 +25,7 @@ reasoning tokens (``usage.completion_tokens_details.reasoning_tokens``, included
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "Completion",
     "InvalidRequest",
     "answer_for",
+    "cached_tokens",
     "complete",
     "estimate_tokens",
     "is_reasoning_model",
@@ -230,3 +232,26 @@ def _check_reasoning_request(body: Mapping[str, Any]) -> None:
             f"Invalid value: '{effort}'. Supported values are: 'minimal', 'low', 'medium', and 'high'.",
             "reasoning_effort", "invalid_value",
         )  # fmt: skip
+
+
+#: Characters between two prompt prefixes compared by ``prompt_cache``.
+_CACHE_STEP = 256
+
+
+def cached_tokens(text: str, n_prompt: int, seen: set[bytes], lock: Any, tokens: Callable[[str], int]) -> int:
+    """Tokens of the longest prefix of ``text`` sent before (>= 1,024, in steps of 128), as
+    OpenAI's automatic prompt caching bills them; ``seen`` (prefix hashes) learns ``text``'s."""
+    h, hit, step = hashlib.blake2b(digest_size=16), 0, _CACHE_STEP
+    found: list[bytes] = []
+    for end in range(step, len(text) + 1, step):
+        h.update(text[end - step : end].encode())
+        digest = h.copy().digest()
+        found.append(digest)
+        if digest in seen:
+            hit = end
+    with lock:
+        seen.update(found)
+    if not hit:
+        return 0
+    n = tokens(text[:hit])
+    return min(n_prompt, n - n % 128) if n >= 1024 else 0

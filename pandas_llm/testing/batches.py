@@ -47,63 +47,20 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from .._errors import ConfigError
 from ._http import Request, Response, default_error, error_response, json_response
-from .answers import InvalidRequest, estimate_tokens, last_user_content, prompt_tokens
+from .answers import estimate_tokens, prompt_tokens
+from .batch_timeline import ACTIVE, ENDPOINTS, Batch, LineFault, Timeline, batch_error, batch_object
 from .files import FileStore
-
-if TYPE_CHECKING:
-    from .server import LLMServer
 
 __all__ = ["BatchEndpoints"]
 
-ENDPOINT = "/v1/chat/completions"
-#: The endpoints batches accept (embeddings lines are answered by testing/endpoints.py).
-ENDPOINTS = (ENDPOINT, "/v1/embeddings")
-_ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
-_TERMINAL = ("completed", "failed", "expired", "cancelled")
 
-
-@dataclass
-class _LineFault:
-    match: str | None
-    status: int
-    message: str
-    times: int | None
-
-
-@dataclass
-class _Batch:
-    id: str
-    input_file_id: str
-    metadata: dict[str, Any] | None
-    created_at: int
-    t0: float
-    lines: list[tuple[str, Any]] = field(default_factory=list)
-    model: str | None = None
-    tokens: int = 0
-    status: str = "validating"
-    errors: list[dict[str, Any]] | None = None
-    expire_fraction: float | None = None
-    progress: float = 0.0  # 0..1: the share of lines answered so far
-    held_since: float | None = None
-    cancel_at: float | None = None
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    completed: int = 0
-    failed: int = 0
-    times: dict[str, int] = field(default_factory=dict)
-    fault_after_create: bool = False
-    endpoint: str = "/v1/chat/completions"
-
-
-class BatchEndpoints:
+class BatchEndpoints(Timeline):
     """Files and batches for one ``LLMServer`` (its ``srv.batches``). See the module docstring.
 
     Options: ``delay`` seconds from creation to completion; ``shuffle`` the output order;
@@ -114,7 +71,7 @@ class BatchEndpoints:
 
     def __init__(
         self,
-        server: LLMServer,
+        server: Any,  # the LLMServer serving these (check_auth, chat_body, endpoints, routes)
         *,
         delay: float = 0.0,
         shuffle: bool = True,
@@ -132,8 +89,8 @@ class BatchEndpoints:
         self.file_store = FileStore(server.check_auth, self._lock, self._ids)
         #: Every file by id (uploads, outputs and error files).
         self.files = self.file_store.files
-        self.batches: dict[str, _Batch] = {}
-        self._line_faults: list[_LineFault] = []
+        self.batches: dict[str, Batch] = {}
+        self._line_faults: list[LineFault] = []
         self._expire: list[float] = []
         self._create_faults = 0
         self._stall_after: int | None = None
@@ -218,7 +175,7 @@ class BatchEndpoints:
         """Lines whose last user message contains ``match`` (every line if None) go to the
         error file with HTTP ``status`` instead of an answer; ``times`` bounds how many."""
         with self._lock:
-            self._line_faults.append(_LineFault(match, status, message or f"Injected error {status}.", times))
+            self._line_faults.append(LineFault(match, status, message or f"Injected error {status}.", times))
 
     def fail_requests(self, status: int = 503, *, times: int = 1, retry_after: float | None = None) -> None:
         """The next ``times`` requests to ``/v1/files`` or ``/v1/batches`` answer ``status``
@@ -278,7 +235,7 @@ class BatchEndpoints:
     def active(self) -> int:
         """Batches not finished yet."""
         with self._lock:
-            return sum(1 for b in self.batches.values() if self._advance(b) in _ACTIVE)
+            return sum(1 for b in self.batches.values() if self._advance(b) in ACTIVE)
 
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids):08d}"
@@ -314,7 +271,7 @@ class BatchEndpoints:
                 return error_response(
                     400, "The input file must be uploaded with purpose 'batch'.", param="input_file_id"
                 )
-            b = _Batch(self._new_id("batch"), f.id, metadata, int(time.time()), time.monotonic(),
+            b = Batch(self._new_id("batch"), f.id, metadata, int(time.time()), time.monotonic(),
                        endpoint=body["endpoint"])  # fmt: skip
             b.times["created_at"] = b.created_at
             if self._held:
@@ -326,18 +283,18 @@ class BatchEndpoints:
                 b.expire_fraction = self._expire.pop(0)
             self.batches[b.id] = b
             self.batches_created += 1
-            active = sum(1 for x in self.batches.values() if x.status in _ACTIVE)
+            active = sum(1 for x in self.batches.values() if x.status in ACTIVE)
             self.peak_active = max(self.peak_active, active)
             if self._create_faults:
                 self._create_faults -= 1
                 return error_response(500, "The server had an error processing your request.", "server_error")
             if self._stall_after is not None and self.batches_created > self._stall_after:
                 return asyncio.get_running_loop().create_future()  # never answered
-            return json_response(200, self._obj(b))
+            return json_response(200, batch_object(b))
 
-    def _validate(self, b: _Batch, data: bytes) -> list[dict[str, Any]] | None:
+    def _validate(self, b: Batch, data: bytes) -> list[dict[str, Any]] | None:
         if len(data) > self.max_bytes:
-            return [_err("file_too_large", f"The input file is larger than {self.max_bytes} bytes.")]
+            return [batch_error("file_too_large", f"The input file is larger than {self.max_bytes} bytes.")]
         seen: set[str] = set()
         models: set[str] = set()
         for n, raw in enumerate(data.splitlines(), 1):
@@ -348,11 +305,11 @@ class BatchEndpoints:
                 custom_id, body = line["custom_id"], line["body"]
                 ok = line.get("method") == "POST" and line.get("url") == b.endpoint and isinstance(body, dict)
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                return [_err("invalid_json_line", "This line is not valid JSON or lacks custom_id / body.", n)]
+                return [batch_error("invalid_json_line", "This line is not valid JSON or lacks custom_id / body.", n)]
             if not ok:
-                return [_err("invalid_request", f"Each line needs method POST, url {b.endpoint} and a body.", n)]
+                return [batch_error("invalid_request", f"Each line needs method POST, url {b.endpoint} and a body.", n)]
             if custom_id in seen:
-                return [_err("duplicate_custom_id", f"The custom_id {custom_id!r} is used more than once.", n)]
+                return [batch_error("duplicate_custom_id", f"The custom_id {custom_id!r} is used more than once.", n)]
             seen.add(custom_id)
             models.add(str(body.get("model")))
             b.lines.append((custom_id, body))
@@ -361,18 +318,20 @@ class BatchEndpoints:
             elif isinstance(body.get("input"), str):
                 b.tokens += estimate_tokens(body["input"])
         if not b.lines:
-            return [_err("empty_file", "The input file has no requests.")]
+            return [batch_error("empty_file", "The input file has no requests.")]
         if len(b.lines) > self.max_requests:
             return [
-                _err("too_many_requests", f"A batch holds at most {self.max_requests} requests, got {len(b.lines)}.")
+                batch_error(
+                    "too_many_requests", f"A batch holds at most {self.max_requests} requests, got {len(b.lines)}."
+                )
             ]
         if len(models) > 1:
-            return [_err("mixed_models", f"All requests of a batch must use one model, got {sorted(models)}.")]
+            return [batch_error("mixed_models", f"All requests of a batch must use one model, got {sorted(models)}.")]
         b.model = models.pop()
         if self.enqueued_tokens is not None:
-            queued = sum(x.tokens for x in self.batches.values() if x.status in _ACTIVE)
+            queued = sum(x.tokens for x in self.batches.values() if x.status in ACTIVE)
             if queued + b.tokens > self.enqueued_tokens:
-                return [_err("token_limit_exceeded",
+                return [batch_error("token_limit_exceeded",
                              f"Enqueued token limit reached for {b.model}: Limit {self.enqueued_tokens}, "
                              f"enqueued {queued}, this batch {b.tokens}.")]  # fmt: skip
         return None
@@ -388,7 +347,7 @@ class BatchEndpoints:
             if b is None:
                 return error_response(404, f"No batch found with id {batch_id!r}.", code="not_found")
             self._advance(b)
-            return json_response(200, self._obj(b))
+            return json_response(200, batch_object(b))
 
     def _cancel(self, request: Request) -> Response:
         denied = self.server.check_auth(request)
@@ -408,7 +367,7 @@ class BatchEndpoints:
             b.status = "cancelling"
             b.times["cancelling_at"] = int(time.time())
             self.batches_cancelled += 1
-            return json_response(200, self._obj(b))
+            return json_response(200, batch_object(b))
 
     def _list(self, request: Request) -> Response:
         denied = self.server.check_auth(request)
@@ -424,7 +383,7 @@ class BatchEndpoints:
             page = ordered[:limit]
             for b in page:
                 self._advance(b)
-            data = [self._obj(b) for b in page]
+            data = [batch_object(b) for b in page]
         return json_response(
             200,
             {
@@ -432,150 +391,3 @@ class BatchEndpoints:
                 "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None,
             },
         )  # fmt: skip
-
-    # -- progress -----------------------------------------------------------------------
-    def _advance(self, b: _Batch) -> str:
-        """Move ``b`` along its timeline; returns its status."""
-        if b.status in _TERMINAL:
-            return b.status
-        now = time.monotonic()
-        if b.status == "validating" and b.errors is not None:
-            self._finish_failed(b)
-            return b.status
-        if b.status == "cancelling":
-            self._finish(b, "cancelled")
-            return b.status
-        elapsed = (b.held_since if b.held_since is not None else now) - b.t0
-        progress = 1.0 if self.delay <= 0 else elapsed / self.delay
-        if b.held_since is not None:
-            progress = min(progress, 0.5)
-        stamp = int(time.time())
-        if progress >= 0.1 and "in_progress_at" not in b.times:
-            b.times["in_progress_at"] = stamp
-        b.progress = min(1.0, max(0.0, (progress - 0.1) / 0.8))
-        if progress >= 1.0 and b.expire_fraction is not None:
-            b.progress = b.expire_fraction
-            self._finish(b, "expired")
-        elif progress >= 1.0:
-            b.times.setdefault("finalizing_at", stamp)
-            self._finish(b, "completed")
-        elif progress >= 0.9:
-            b.status = "finalizing"
-            b.times.setdefault("finalizing_at", stamp)
-        elif progress >= 0.1 or b.held_since is not None:
-            b.status = "in_progress"
-            b.times.setdefault("in_progress_at", stamp)
-        if b.status in ("in_progress", "finalizing"):
-            b.completed = int(len(b.lines) * b.progress)
-        return b.status
-
-    def _finish_failed(self, b: _Batch) -> None:
-        b.status = "failed"
-        b.times["failed_at"] = int(time.time())
-
-    def _finish(self, b: _Batch, status: str) -> None:
-        """Answer the lines (all, or the share reached), write the output and error files."""
-        n_answer = len(b.lines) if status == "completed" else int(len(b.lines) * b.progress)
-        order = list(range(len(b.lines)))
-        if self.shuffle:
-            self._rng.shuffle(order)
-        answered = set(order[:n_answer]) if status != "completed" else None
-        out, err = [], []
-        unanswered_code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(status)
-        for i in order:
-            custom_id, body = b.lines[i]
-            if answered is not None and i not in answered:
-                message = ("This request could not be executed before the completion window expired."
-                           if status == "expired" else "This request was not executed because the batch was cancelled.")  # fmt: skip
-                err.append(_line(b, custom_id, None, {"code": unanswered_code, "message": message}))
-                continue
-            fault = self._take_line_fault(body)
-            if fault is not None:
-                err.append(_line(b, custom_id, _error_body(fault.status, fault.message), None))
-                continue
-            try:
-                answer = self._answer(b, body)
-            except InvalidRequest as exc:
-                err.append(_line(b, custom_id, _error_body(400, str(exc), exc.param), None))
-                continue
-            out.append(_line(b, custom_id, {"status_code": 200, "request_id": f"req_{b.id}_{i}", "body": answer}, None))
-        b.completed, b.failed = len(out), len(err) - (len(b.lines) - n_answer if answered is not None else 0)
-        self.lines_answered += len(out)
-        self.lines_failed += b.failed
-        if out:
-            b.output_file_id = self.file_store.add(f"{b.id}_output.jsonl", "batch_output", b"".join(out)).id
-        if err:
-            b.error_file_id = self.file_store.add(f"{b.id}_error.jsonl", "batch_output", b"".join(err)).id
-        b.status = status
-        b.times[f"{status}_at"] = int(time.time())
-
-    def _answer(self, b: _Batch, body: dict[str, Any]) -> dict[str, Any]:
-        """One line's 200 body, as the realtime endpoint answers it (raises InvalidRequest)."""
-        if b.endpoint == ENDPOINT:
-            return self.server.chat_body(body)
-        from .endpoints import _inputs, _Invalid
-
-        try:
-            answer, tokens = self.server.endpoints.embeddings_body(body, _inputs(body))
-        except _Invalid as exc:
-            raise InvalidRequest(str(exc), exc.param) from exc
-        with self.server._lock:
-            self.server.prompt_tokens += tokens
-            for text in _inputs(body):
-                self.server._counts[text] += 1
-        return answer
-
-    def _take_line_fault(self, body: Mapping[str, Any]) -> _LineFault | None:
-        if not self._line_faults:
-            return None
-        messages = body.get("messages")
-        prompt = last_user_content(messages) if isinstance(messages, list) else str(body.get("input", ""))
-        for fault in self._line_faults:
-            if fault.match is None or fault.match in prompt:
-                if fault.times is not None:
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self._line_faults.remove(fault)
-                return fault
-        return None
-
-    def _obj(self, b: _Batch) -> dict[str, Any]:
-        total = len(b.lines) if b.errors is None else 0
-        return {
-            "id": b.id,
-            "object": "batch",
-            "endpoint": b.endpoint,
-            "errors": {"object": "list", "data": b.errors} if b.errors and b.status == "failed" else None,
-            "input_file_id": b.input_file_id,
-            "completion_window": "24h",
-            "status": b.status,
-            "output_file_id": b.output_file_id,
-            "error_file_id": b.error_file_id,
-            "created_at": b.created_at,
-            "in_progress_at": b.times.get("in_progress_at"),
-            "expires_at": b.created_at + 86400,
-            "finalizing_at": b.times.get("finalizing_at"),
-            "completed_at": b.times.get("completed_at"),
-            "failed_at": b.times.get("failed_at"),
-            "expired_at": b.times.get("expired_at"),
-            "cancelling_at": b.times.get("cancelling_at"),
-            "cancelled_at": b.times.get("cancelled_at"),
-            "request_counts": {"total": total, "completed": b.completed, "failed": b.failed},
-            "metadata": b.metadata,
-            "model": b.model,
-        }
-
-
-def _err(code: str, message: str, line: int | None = None) -> dict[str, Any]:
-    return {"code": code, "message": message, "param": None, "line": line}
-
-
-def _error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    return {"status_code": status, "request_id": "req_error",
-            "body": {"error": {"message": message, "type": kind, "param": param, "code": None}}}  # fmt: skip
-
-
-def _line(b: _Batch, custom_id: str, response: Any, error: Any) -> bytes:
-    return orjson.dumps({"id": f"batch_req_{b.id}_{custom_id}", "custom_id": custom_id, "response": response,
-                         "error": error}) + b"\n"  # fmt: skip

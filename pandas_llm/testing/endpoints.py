@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ._http import Request, Response, error_response
+from ._http import Request, Response, error_response, later
 from .answers import estimate_tokens
 
 __all__ = ["KEYWORDS", "embedding_for", "moderation_for", "ListEndpoints"]
@@ -112,9 +112,7 @@ class ListEndpoints:
 
             return asyncio.get_running_loop().create_future()
         if srv.latency > 0:
-            from .server import _later
-
-            return _later(srv.latency, resp)
+            return later(srv.latency, resp)
         return resp
 
     def _response(self, request: Request, answer: Any) -> Response | None:
@@ -125,10 +123,10 @@ class ListEndpoints:
             return denied
         try:
             body = orjson.loads(request.body)
-            texts = _inputs(body)
+            texts = input_texts(body)
         except orjson.JSONDecodeError as exc:
             return error_response(400, f"Invalid JSON body: {exc}", headers=headers)
-        except _Invalid as exc:
+        except InvalidInput as exc:
             return error_response(400, str(exc), param=exc.param, headers=headers)
         if srv.strict_models and body.get("model") not in srv.models:
             return error_response(
@@ -150,7 +148,7 @@ class ListEndpoints:
                 return random_fault
         try:
             data, tokens = answer(body, texts)
-        except _Invalid as exc:
+        except InvalidInput as exc:
             return error_response(400, str(exc), param=exc.param, headers=headers)
         decision = srv.limiter.acquire(tokens)
         if not decision.allowed:
@@ -180,27 +178,27 @@ class ListEndpoints:
         return None
 
     def embeddings_body(self, body: dict[str, Any], texts: list[str]) -> tuple[dict[str, Any], int]:
-        """The 200 body of an embeddings request and its prompt tokens (raises _Invalid)."""
+        """The 200 body of an embeddings request and its prompt tokens (raises InvalidInput)."""
         model = body["model"]
         dims = body.get("dimensions")
         full = _dims(model)
         if dims is None:
             dims = full
         elif isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= full:
-            raise _Invalid(f"Invalid 'dimensions': expected an integer in [1, {full}], got {dims!r}.", "dimensions")
+            raise InvalidInput(f"Invalid 'dimensions': expected an integer in [1, {full}], got {dims!r}.", "dimensions")
         fmt = body.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
-            raise _Invalid(f"Invalid 'encoding_format': {fmt!r}.", "encoding_format")
+            raise InvalidInput(f"Invalid 'encoding_format': {fmt!r}.", "encoding_format")
         counts = [estimate_tokens(t) for t in texts]
         for n in counts:
             if n > MAX_INPUT_TOKENS:
-                raise _Invalid(
+                raise InvalidInput(
                     f"This model's maximum context length is {MAX_INPUT_TOKENS + 1} tokens, however you "
                     f"requested {n} tokens ({n} in your prompt; 0 for the completion). Please reduce your prompt."
                 )
         total = sum(counts)
         if total > MAX_REQUEST_TOKENS:
-            raise _Invalid(f"Requested {total} tokens, max {MAX_REQUEST_TOKENS} tokens per request", "input")
+            raise InvalidInput(f"Requested {total} tokens, max {MAX_REQUEST_TOKENS} tokens per request", "input")
         data = []
         for i, text in enumerate(texts):
             v = embedding_for(text, dims)
@@ -216,25 +214,27 @@ class ListEndpoints:
         return answer, sum(estimate_tokens(t) for t in texts)
 
 
-class _Invalid(ValueError):
+class InvalidInput(ValueError):
+    """A list endpoint's request is invalid (a 400 naming ``param``)."""
+
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
 
 
-def _inputs(body: Any) -> list[str]:
+def input_texts(body: Any) -> list[str]:
     if not isinstance(body, dict):
-        raise _Invalid("The request body must be a JSON object.")
+        raise InvalidInput("The request body must be a JSON object.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _Invalid("you must provide a model parameter", "model")
+        raise InvalidInput("you must provide a model parameter", "model")
     value = body.get("input")
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list) or not texts:
-        raise _Invalid("'input' must be a string or a non-empty array of strings.", "input")
+        raise InvalidInput("'input' must be a string or a non-empty array of strings.", "input")
     if len(texts) > MAX_INPUTS:
-        raise _Invalid(f"'input' holds {len(texts)} items, the maximum is {MAX_INPUTS}.", "input")
+        raise InvalidInput(f"'input' holds {len(texts)} items, the maximum is {MAX_INPUTS}.", "input")
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t:
-            raise _Invalid(f"Invalid 'input[{i}]': expected a non-empty string.", f"input[{i}]")
+            raise InvalidInput(f"Invalid 'input[{i}]': expected a non-empty string.", f"input[{i}]")
     return texts

@@ -35,23 +35,31 @@ serves the Batch API through both.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from .._errors import ConfigError, PandasLLMError
-from ._http import RESET, HTTPProtocol, Request, Response, default_error, error_response, json_response
-from .answers import AnswerFn, Completion, InvalidRequest, answer_for, complete, estimate_tokens, message_text
+from ._http import RESET, HTTPProtocol, Request, Response, error_response, json_response, later
+from .answers import (
+    AnswerFn,
+    Completion,
+    InvalidRequest,
+    answer_for,
+    cached_tokens,
+    complete,
+    estimate_tokens,
+    message_text,
+)
 from .batches import BatchEndpoints
 from .endpoints import ListEndpoints
+from .faults import SHAPES, Fault, Faults
 from .limits import RateLimiter, rate_limit_response
 from .structured import StructuredAnswers
 
@@ -66,24 +74,7 @@ class ServerStateError(PandasLLMError, RuntimeError):
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5", "gpt-5-mini", "o3-mini")
 
 
-#: Characters between two prompt prefixes compared by ``prompt_cache``.
-_CACHE_STEP = 256
-
-
-@dataclass(slots=True)
-class _Fault:
-    status: int
-    times: int
-    match: str | None
-    retry_after: float | None
-    retry_after_ms: float | None
-    hang: bool
-    body: Any
-    shape: str | None = None
-    reset: bool = False
-
-
-class LLMServer:
+class LLMServer(Faults):
     """An OpenAI-compatible server on a background thread. See the module docstring.
 
     Options (all keyword-only):
@@ -144,7 +135,7 @@ class LLMServer:
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._faults: list[_Fault] = []
+        self._faults: list[Fault] = []
         self._counts: Counter[str] = Counter()
         self.requests = self.completed = self.rate_limited = self.injected = 0
         #: usage billed in the answers sent (``usage.prompt_tokens`` / ``completion_tokens`` summed)
@@ -285,82 +276,6 @@ class LLMServer:
             self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
         self.structured.reset()
 
-    # -- faults -------------------------------------------------------------------------
-    def inject(
-        self,
-        status: int = 500,
-        *,
-        times: int = 1,
-        match: str | None = None,
-        retry_after: float | str | None = None,
-        retry_after_ms: float | None = None,
-        hang: bool = False,
-        body: Any = None,
-        shape: str | None = None,
-        reset: bool = False,
-    ) -> None:
-        """Make the next ``times`` chat requests whose last user message contains ``match``
-        (any request if None) fail with ``status`` and an OpenAI-style error body.
-
-        ``retry_after`` / ``retry_after_ms`` add those headers (a str ``retry_after`` is sent
-        as given, e.g. an HTTP date); ``body`` (dict, str or bytes)
-        replaces the error body (with a 2xx status, it replaces the answer: a gateway's
-        ``{"error": {...}}``, a ``finish_reason: "error"``); ``hang=True`` never answers:
-        the connection stays open until the client gives up. ``shape`` answers with status
-        200 and the request's real answer (counted as answered), written as a server that
-        ignores ``stream: false`` writes it: ``"sse"`` an event stream of chunks (usage in
-        the last, then ``data: [DONE]``), ``"sse_cut"`` the same stream cut before its
-        ``finish_reason``, ``"json+done"`` the JSON answer followed by ``data: [DONE]``.
-        ``reset=True`` answers nothing and resets the connection (TCP RST), as a server that
-        crashed or a proxy cutting the line does (``status`` is then unused).
-        Faults are consumed in the order they were injected.
-        """
-        if times < 1:
-            raise ConfigError(f"times must be >= 1, got {times!r}")
-        if shape is not None and (shape not in _SHAPES or status != 200 or body is not None or hang):
-            raise ConfigError(f"shape= is one of {sorted(_SHAPES)}, with status 200 and no body= or hang=")
-        if 200 <= status < 300 and body is None and not (hang or reset) and shape is None:
-            raise ConfigError("a 2xx fault needs body= or shape=")
-        with self._lock:
-            self._faults.append(_Fault(status, times, match, retry_after, retry_after_ms, hang, body, shape, reset))
-
-    def clear_faults(self) -> None:
-        """Drop faults not consumed yet."""
-        with self._lock:
-            self._faults.clear()
-
-    def _take_fault(self, prompt: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.match is None or fault.match in prompt:
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self._faults.remove(fault)
-                    self.injected += 1
-                    return fault
-        return None
-
-    def _random_fault(self, headers: Any) -> Response | None:
-        """One draw against ``error_rate``: the injected error's response, or None (answer)."""
-        draw, acc = self._rng.random(), 0.0
-        for status, p in self.error_rate.items():
-            acc += p
-            if draw < acc:
-                with self._lock:
-                    self.injected += 1
-                return default_error(status, headers)
-        return None
-
-    def _fault_response(self, fault: _Fault, headers: list[tuple[str, str]]) -> Response:
-        if fault.retry_after is not None:
-            headers.append(("retry-after", _number(fault.retry_after)))
-        if fault.retry_after_ms is not None:
-            headers.append(("retry-after-ms", _number(fault.retry_after_ms)))
-        if fault.body is None:
-            return default_error(fault.status, headers)
-        body = fault.body if isinstance(fault.body, bytes | str) else orjson.dumps(fault.body)
-        return Response(fault.status, body, headers)
-
     # -- endpoints ----------------------------------------------------------------------
     def check_auth(self, request: Request) -> Response | None:
         """The 401 response if ``api_key`` is set and the request's bearer differs."""
@@ -380,7 +295,7 @@ class LLMServer:
         if resp is RESET:
             return resp
         if self.latency > 0:
-            return _later(self.latency, resp)
+            return later(self.latency, resp)
         return resp
 
     def _chat_response(self, request: Request) -> Response | None:
@@ -407,7 +322,7 @@ class LLMServer:
             fault = self._take_fault(done.prompt)
             if fault is not None and fault.shape is not None:
                 answer = self._record(body["model"], done, body)
-                return Response(200, _SHAPES[fault.shape](answer), self.limiter.headers(), "text/event-stream")
+                return Response(200, SHAPES[fault.shape](answer), self.limiter.headers(), "text/event-stream")
             if fault is not None:
                 if fault.reset:
                     return RESET
@@ -433,23 +348,8 @@ class LLMServer:
         """Tokens of the longest prompt prefix sent before (>= 1,024, in steps of 128)."""
         parts = [str(body["response_format"])] if self.structured.handles(body) else []
         parts += [f"{m.get('role')}:{message_text(m.get('content'))}" for m in body["messages"]]
-        text = "\n".join(parts)
-        h, hit, seen = hashlib.blake2b(digest_size=16), 0, self._prefixes
-        assert seen is not None
-        step = _CACHE_STEP
-        found: list[bytes] = []
-        for end in range(step, len(text) + 1, step):
-            h.update(text[end - step : end].encode())
-            digest = h.copy().digest()
-            found.append(digest)
-            if digest in seen:
-                hit = end
-        with self._lock:
-            seen.update(found)
-        if not hit:
-            return 0
-        n = self.tokens(text[:hit])
-        return min(n_prompt, n - n % 128) if n >= 1024 else 0
+        assert self._prefixes is not None
+        return cached_tokens("\n".join(parts), n_prompt, self._prefixes, self._lock, self.tokens)
 
     def _record(self, model: str, done: Completion, body: Mapping[str, Any]) -> dict[str, Any]:
         cached = self._cached(body, done.prompt_tokens) if self._prefixes is not None else 0
@@ -499,45 +399,3 @@ class LLMServer:
             }
         stats["cpu_seconds"] = time.process_time()
         return json_response(200, stats)
-
-
-def _sse(answer: dict[str, Any], *, cut: bool = False) -> bytes:
-    """``answer`` as the event stream a streaming server writes: a role chunk, the content in
-    pieces, a chunk with the finish_reason and the usage, then ``data: [DONE]``."""
-    head = {k: answer[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-    choice = answer["choices"][0]
-    content = choice["message"]["content"] or ""
-    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
-    deltas += [{"content": content[i : i + 8]} for i in range(0, len(content), 8)]
-    chunks = [head | {"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
-    if not cut:
-        end = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
-        chunks.append(head | {"choices": [end], "usage": answer["usage"]})
-    events = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
-    return events if cut else events + b"data: [DONE]\n\n"
-
-
-#: What ``inject(shape=...)`` writes for a 200: answer dict -> body bytes.
-_SHAPES: dict[str, Callable[[dict[str, Any]], bytes]] = {
-    "sse": _sse,
-    "sse_cut": lambda answer: _sse(answer, cut=True),
-    "json+done": lambda answer: orjson.dumps(answer) + b"\n\ndata: [DONE]\n\n",
-}
-
-
-def _number(value: float | str) -> str:
-    if isinstance(value, str):  # sent as given: an HTTP date
-        return value
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
-def _later(delay: float, resp: Response) -> asyncio.Future[Response]:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[Response] = loop.create_future()
-
-    def fire() -> None:
-        if not fut.done():  # the client may have gone away meanwhile
-            fut.set_result(resp)
-
-    loop.call_later(delay, fire)
-    return fut

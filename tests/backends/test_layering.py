@@ -38,3 +38,24 @@ def test_backends_import_only_the_ground_and_themselves():
     for path in modules("_backends"):
         above = {n for n in imported(path) if not n.startswith(allowed)}
         assert not above, f"{path.name} imports {sorted(above)}"
+
+
+def test_testing_imports_only_the_errors_and_itself():
+    allowed = ("pandas_llm._errors", "pandas_llm.testing")
+    for path in modules("testing"):
+        above = {n for n in imported(path) if not n.startswith(allowed)}
+        assert not above, f"testing/{path.name} imports {sorted(above)}"
+
+
+def test_testing_has_no_import_cycle():
+    graph = {p.stem: {n.rsplit(".", 1)[-1] for n in imported(p) if n.startswith("pandas_llm.testing.")}
+             for p in modules("testing")}  # fmt: skip
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = sorted(m for m in graph if reaches(m, m, {m}))
+    assert not cycles, f"modules on an import cycle: {cycles}"

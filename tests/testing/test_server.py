@@ -517,3 +517,34 @@ def test_prompt_cache_bills_a_repeated_prefix_of_1024_tokens_or_more_as_cached()
     assert second[1] % 128 == 0 and 1024 <= second[1] <= second[0]
     assert [c for _, c in short] == [0, 0]
     assert server.cached_tokens == second[1]
+
+
+def test_chunked_bodies_with_extensions_and_trailers_sent_in_pieces(server):
+    """The server reads chunked bodies itself (not with the wire client's code it tests)."""
+    body = orjson.dumps(chat("pieces"))
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    data = head + b"%x;ext=1\r\n%s\r\n%x\r\n%s\r\n0\r\nX-Trailer: t\r\n\r\n" % (7, body[:7], len(body) - 7, body[7:])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for i in range(0, len(data), 5):  # the body arrives in small pieces
+            sock.sendall(data[i : i + 5])
+            time.sleep(0.001)
+        sock.sendall(head + b"zz\r\n{}\r\n0\r\n\r\n")  # a malformed chunk size on the kept-alive connection
+        got = b""
+        while got.count(b"HTTP/1.1") < 2:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            got += piece
+    assert b"echo: pieces" in got and b"HTTP/1.1 400" in got and b"malformed chunk size" in got
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"5\r\nhello\r\n0\r\n\r\n", b"5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nA: b\r\nC: d\r\n\r\nNEXT", b"5\r\nhel",
+     b"0\r\n\r\n", b"0\r\nA: b\r\n", b"a\r\n0123456789\r\n0\r\n"],
+)  # fmt: skip
+def test_the_server_and_the_wire_client_read_chunked_bodies_alike(data):
+    from pandas_llm._backends.wire import dechunk
+    from pandas_llm.testing._http import _dechunk
+
+    assert _dechunk(bytearray(data), 0) == dechunk(bytearray(data), 0)
