@@ -334,21 +334,25 @@ _FUNCTION: dict[type[BaseException], Rule] = {
 _WIRE: dict[type[BaseException], Rule] = {AnswerLost: _dropped, OSError: _unsent}
 
 
-def _table(via: Via) -> dict[type[BaseException], Rule]:
-    """The rules for one library, most specific first (imported only when a failure needs them)."""
-    if via == "wire":
-        return _WIRE
-    if via == "function":
-        return _FUNCTION
-    if via == "aiohttp":
-        import aiohttp
+def _aiohttp() -> dict[type[BaseException], Rule]:
+    import aiohttp
 
-        return {aiohttp.ClientConnectorError: _unsent, TimeoutError: _timed_out, aiohttp.ClientError: _dropped}
-    if via == "openai":
-        import openai
+    return {aiohttp.ClientConnectorError: _unsent, TimeoutError: _timed_out, aiohttp.ClientError: _dropped}
 
-        return {openai.OpenAIError: _openai}
-    raise ValueError(f"no error table for {via!r}")
+
+def _openai_sdk() -> dict[type[BaseException], Rule]:
+    import openai
+
+    return {openai.OpenAIError: _openai}
+
+
+#: The rules of each library, most specific first (a library is imported only when a failure needs its rules).
+_TABLES: dict[str, Callable[[], dict[type[BaseException], Rule]]] = {
+    "wire": lambda: _WIRE,
+    "function": lambda: _FUNCTION,
+    "aiohttp": _aiohttp,
+    "openai": _openai_sdk,
+}
 
 
 @contextlib.contextmanager
@@ -365,7 +369,7 @@ def map_errors(via: Via, endpoint: str, model: str | None = None) -> Iterator[No
     except APIError:
         raise
     except Exception as exc:
-        for kind, rule in _table(via).items():
+        for kind, rule in _TABLES[via]().items():
             if isinstance(exc, kind):
                 mapped = rule(exc, endpoint, model)
                 if mapped is None:
