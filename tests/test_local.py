@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm import local
+from pandas_llm import _local, local
 from pandas_llm._errors import LocalServerError, PandasLLMError
 
 # A stand-in for ``python -m llama_cpp.server``: logs uvicorn's start-up line with the
@@ -307,5 +308,14 @@ def test_the_readme_gives_the_same_install_and_rebuild_commands():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
         readme = f.read()
-    assert local._INSTALL_SERVER in readme and local._INSTALL_MODEL in readme
+    assert _local._INSTALL_SERVER in readme and _local._INSTALL_MODEL in readme
     assert local.reinstall_command().replace(sys.executable, "python") in readme
+
+
+def test_the_public_names_stay_and_the_child_process_lives_in_a_private_module():
+    for name in local.__all__:
+        assert hasattr(local, name), name
+    assert {"MODEL_ENV", "MODEL_FILE"} <= set(dir(local))
+    assert local.find_model is _local.find_model and local.INSTALL == _local.INSTALL
+    for path in (local.__file__, _local.__file__):
+        assert len(pathlib.Path(path).read_text().splitlines()) <= 400, path
