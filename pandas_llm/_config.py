@@ -244,6 +244,8 @@ class Settings:
         """The base URL requests go to; part of the cache key (never the API key)."""
         if self.client is not None and hasattr(self.client, "base_url"):
             return str(self.client.base_url).rstrip("/")
+        if self.client is not None and isinstance(getattr(self.client, "endpoint", None), str):
+            return self.client.endpoint.rstrip("/")  # a Backend object (pandas_llm.testing.MockBackend)
         if self.client is not None:
             fn = self.client
             return f"callable:{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"

@@ -96,6 +96,10 @@ def cost_check(ns: dict[str, Any], server) -> None:
     assert server.completed == 2  # the sample ran both prompts; map found them in the cache
 
 
+def mock_check(ns: dict[str, Any], server) -> None:
+    assert ns["refused"].requests and server.requests == 0  # answered in process, not by the server
+
+
 def dask_setup(ns: dict[str, Any]) -> None:
     Path("reviews").mkdir()  # two files for the block's dd.read_parquet("reviews/*.parquet")
     for part in range(2):
@@ -130,6 +134,7 @@ CASES = {
     "moderation-and-embeddings": Case(endpoints_check, frame=endpoints_frame),
     "progress-cost-and-a-budget": Case(cost_check),
     "past-one-machine": Case(dask_check, setup=dask_setup, teardown=dask_teardown),
+    "testing-your-own-code": Case(mock_check),
 }
 
 

@@ -6,12 +6,17 @@
   opts out).
 - ``OpenAIClientBackend`` (openai_client.py): a user's own ``openai.AsyncOpenAI``/``OpenAI`` client.
 - ``FunctionBackend`` (function.py): any ``(messages, **params) -> str`` function, sync or async.
+- ``TransportBackend`` (transport.py): an object answering with HTTP answers in process
+  (``pandas_llm.testing.MockBackend``), read like answers from the network.
+- a user's own :class:`Backend` object, used as it is.
 
-Each maps its foreign errors to pandas_llm._errors at this boundary and nowhere else.
+Each maps its foreign errors to pandas_llm._errors at this boundary and nowhere else
+(``errors.map_errors``).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
@@ -39,7 +44,18 @@ class Completion(NamedTuple):
 
 
 class Backend(Protocol):
-    """Sends one canonical request body (JSON bytes) and returns its completion."""
+    """What ``client=`` accepts besides an openai client or a function: any object with these.
+
+    ``complete(body)`` sends one request, ``body`` being the canonical JSON bytes of the
+    chat request (``model``, ``messages``, the generation parameters, ``response_format``),
+    and returns its :class:`Completion`; the engine judges it (only ``finish_reason`` "stop"
+    with content is an answer). It raises pandas_llm's errors: ``RetryableError`` (retried;
+    ``RateLimitError`` pauses every worker), ``BadRequestError`` (that row's error) or
+    ``FatalAPIError`` (the run stops); any other exception fails the run. It may be called
+    concurrently (``concurrency`` at once), and from another event loop on each run.
+    ``aclose()`` is never called by pandas-llm on a Backend given as ``client=``: it is
+    yours. ``endpoint`` (optional, a str) names it in the cache key.
+    """
 
     async def complete(self, body: bytes) -> Completion: ...
 
@@ -65,6 +81,12 @@ def make_backend(settings: Any, kind: Any = None) -> Backend:
         from .http import HTTPBackend
 
         return HTTPBackend(settings, **route)
+    if inspect.iscoroutinefunction(getattr(client, "respond", None)):  # pandas_llm.testing.MockBackend
+        from .transport import TransportBackend
+
+        return TransportBackend(client, model=settings.model, **({} if kind is None else {"read": kind.read}))
+    if inspect.iscoroutinefunction(getattr(client, "complete", None)) and kind is None:
+        return _Borrowed(client)
     if hasattr(client, "chat") and hasattr(client, "base_url"):
         from .openai_client import OpenAIClientBackend
 
@@ -73,7 +95,7 @@ def make_backend(settings: Any, kind: Any = None) -> Backend:
         from .._errors import ConfigError
 
         raise ConfigError(
-            f"client= functions answer chat messages only; {kind.path} needs an OpenAI-compatible "
+            f"client= functions and Backend objects answer chat messages only; {kind.path} needs an OpenAI-compatible "
             "endpoint: pass base_url= (and api_key=) or an openai client"
         )
     if callable(client):
@@ -83,9 +105,21 @@ def make_backend(settings: Any, kind: Any = None) -> Backend:
     from .._errors import ConfigError
 
     raise ConfigError(
-        "client= must be an openai.AsyncOpenAI / openai.OpenAI client or a function "
-        f"(messages, **params) -> str, got {type(client).__name__}"
+        "client= must be an openai.AsyncOpenAI / openai.OpenAI client, a function "
+        f"(messages, **params) -> str or a Backend (async complete(body) -> Completion), got {type(client).__name__}"
     )
+
+
+class _Borrowed:
+    """A user's Backend object, used as it is; closing it is theirs (``aclose`` leaves it open)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.complete = backend.complete
+        self.endpoint = str(getattr(backend, "endpoint", "") or type(backend).__qualname__)
+
+    async def aclose(self) -> None:
+        return None
 
 
 def content_text(content: Any) -> Any:

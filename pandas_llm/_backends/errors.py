@@ -14,7 +14,7 @@ closed before a whole answer) and ``code="timeout"`` (no answer within ``timeout
 
 ``map_errors(via, endpoint, model)`` is the one place a foreign failure becomes ours: every
 backend (and the Batch API client) runs its call inside it, naming the library it speaks
-(``via``: "aiohttp", "wire", "openai" or "function"); the table of that library maps each
+(``via``: "aiohttp", "wire", "openai", "function" or "transport"); the table of that library maps each
 foreign exception to pandas_llm's, ``raise ... from`` the original. pandas_llm's own errors
 pass through, and an exception its table does not name propagates unchanged.
 """
@@ -300,7 +300,7 @@ class AnswerLost(Exception):
 
 #: How a foreign exception becomes ours: ``(exc, endpoint, model) -> APIError`` (None: leave it).
 Rule = Callable[[Any, str, "str | None"], "APIError | None"]
-Via = Literal["aiohttp", "wire", "openai", "function"]
+Via = Literal["aiohttp", "wire", "openai", "function", "transport"]
 
 
 def _unsent(exc: BaseException, endpoint: str, model: str | None) -> APIError:
@@ -330,6 +330,9 @@ _FUNCTION: dict[type[BaseException], Rule] = {
     ConnectionError: lambda exc, e, m: RetryableError(_named(exc), code="connection"),
     Exception: lambda exc, e, m: BadRequestError(_named(exc), code=type(exc).__name__),  # that row's error
 }
+#: A transport that answers in process (a mock): its TimeoutError is a lost answer, its
+#: ConnectionError a refused connection; anything else is a bug of its own and propagates.
+_TRANSPORT: dict[type[BaseException], Rule] = {TimeoutError: _timed_out, ConnectionError: _unsent}
 #: wire: ``OSError`` comes from connecting only (a request written and lost is AnswerLost).
 _WIRE: dict[type[BaseException], Rule] = {AnswerLost: _dropped, OSError: _unsent}
 
@@ -350,6 +353,7 @@ def _openai_sdk() -> dict[type[BaseException], Rule]:
 _TABLES: dict[str, Callable[[], dict[type[BaseException], Rule]]] = {
     "wire": lambda: _WIRE,
     "function": lambda: _FUNCTION,
+    "transport": lambda: _TRANSPORT,
     "aiohttp": _aiohttp,
     "openai": _openai_sdk,
 }

@@ -21,11 +21,14 @@ real API's ``x-ratelimit-*`` headers, and injects faults on demand::
     >>> remaining, srv.prompt_counts["Translate to French: cat"]
     ('599', 1)
 
+``MockBackend(handler)`` answers from a function instead, in process (``client=MockBackend(...)``).
+
 In pytest, the ``llm_server`` fixture (registered by this package's pytest plugin)
 yields a started ``LLMServer()``. From a shell: ``python -m pandas_llm.testing --port 8000``.
 """
 
 from .answers import answer_for
+from .mock import MockBackend
 from .server import LLMServer
 
-__all__ = ["LLMServer", "answer_for"]
+__all__ = ["LLMServer", "MockBackend", "answer_for"]

@@ -58,7 +58,7 @@ def client(server: LLMServer, **kw: Any) -> openai.OpenAI:
 
 # -- shape ------------------------------------------------------------------------------
 def test_public_names():
-    assert pandas_llm.testing.__all__ == ["LLMServer", "answer_for"]
+    assert pandas_llm.testing.__all__ == ["LLMServer", "MockBackend", "answer_for"]
 
 
 def test_openai_sdk_parses_the_answer(server):
