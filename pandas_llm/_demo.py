@@ -30,6 +30,7 @@ import pandas as pd
 import pandas_llm
 
 from ._errors import FatalAPIError, LocalServerError, PandasLLMError
+from ._pricing import money
 from .testing import LLMServer
 
 TEMPLATE = "Summarise this review of a {product} in five words: {review}"
@@ -59,7 +60,7 @@ def _answered() -> tuple[int, int]:
 def _summary(label: str, seconds: float, server_requests: int) -> str:
     s = pandas_llm.last_run().stats
     ok, failed = _answered()
-    cost = f"${s.cost:.4f}" if s.cost_known else "price unknown"
+    cost = money(s.cost if s.cost_known else None)
     return (
         f"{label}: {s.total} rows, {s.unique} distinct prompts, {s.cached} rows from cache, "
         f"{server_requests} requests sent, {ok} answered, {failed} failed, {s.prompt_tokens} prompt + "

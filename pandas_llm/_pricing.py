@@ -10,6 +10,11 @@ repeated model ~0.05 µs (lru_cache). Per-row arithmetic is ``cost`` (~0.2 µs).
 (0.15, 0.3)
 >>> round(cost(price, prompt_tokens=1_000, completion_tokens=200, cached_tokens=400), 8)
 0.00024
+>>> money(0.00024)
+'$0.000240'
+
+``usage_cost`` is the one way an answer is priced, realtime and Batch API alike (from the
+usage the endpoint reported, which may be odd); ``money`` the one way dollars are written.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 from ._errors import ConfigError
 
-__all__ = ["Price", "cost", "price_for", "resolve_price"]
+__all__ = ["Price", "cost", "money", "price_for", "resolve_price", "usage_cost"]
 
 _PER_MILLION = 1_000_000
 _BATCH_CONTEXT = {"processing": "batch"}
@@ -129,6 +134,59 @@ def cost(
         rates = price.input, price.cached_input, price.output
     uncached = prompt_tokens - cached_tokens
     return uncached * rates[0] + cached_tokens * rates[1] + completion_tokens * rates[2]
+
+
+def usage_cost(
+    price: Price | None,
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    batch: bool = False,
+) -> float | None:
+    """USD for one answer from the usage its endpoint reported; None if that cannot be known.
+
+    The one pricing of an answer, realtime and Batch API alike. Usage as servers report it
+    may be odd: no usage at all (0 prompt and 0 completion tokens) leaves the cost unknown
+    unless every rate is 0 (a free endpoint costs $0 whatever it reports), and more cached
+    tokens than prompt tokens count as all the prompt cached.
+
+    >>> p = Price.per_million(input=1.0, output=2.0, cached_input=0.5)
+    >>> round(usage_cost(p, prompt_tokens=100, completion_tokens=10, cached_tokens=500), 8)
+    7e-05
+    >>> usage_cost(p, prompt_tokens=0, completion_tokens=0) is None, usage_cost(None, prompt_tokens=1, completion_tokens=1)
+    (True, None)
+    """
+    if price is None:
+        return None
+    prompt_tokens, completion_tokens = max(0, prompt_tokens), max(0, completion_tokens)
+    if prompt_tokens == 0 and completion_tokens == 0:
+        return 0.0 if _free(price) else None
+    cached = min(max(0, cached_tokens), prompt_tokens)
+    return cost(
+        price, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached, batch=batch
+    )
+
+
+def _free(price: Price) -> bool:
+    return not any(getattr(price, f.name) for f in fields(price))
+
+
+def money(amount: float | None) -> str:
+    """Dollars with the precision that matters (three significant digits below $1):
+    ``$12.35``, ``$0.0123``, ``$0.000045``; None is ``price unknown``.
+
+    >>> money(1234.5), money(0.5), money(0.01234), money(0.0000456), money(0), money(None)
+    ('$1,234.50', '$0.500', '$0.0123', '$0.0000456', '$0.00', 'price unknown')
+    """
+    if amount is None:
+        return "price unknown"
+    if amount == 0:
+        return "$0.00"
+    if abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    decimals = 2 - math.floor(math.log10(abs(amount)))  # three significant digits
+    return f"${amount:.{decimals}f}"
 
 
 @functools.lru_cache(maxsize=512)

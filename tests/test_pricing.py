@@ -181,3 +181,74 @@ def test_resolve_price_prefers_the_callers_price():
     # A mapping that does not name the model falls back to the table.
     assert resolve_price("gpt-4o-mini", {"my-local-model": mine}) == price_for("gpt-4o-mini")
     assert resolve_price("gpt-4o-mini") == price_for("gpt-4o-mini")
+
+
+# -- one pricing of an answer, realtime and Batch API alike --------------------------------
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 100, "completion_tokens": 10, "cached_tokens": 500},  # more cached than prompt
+        {"prompt_tokens": 0, "completion_tokens": 0},  # no usage reported
+        {"prompt_tokens": 1000, "completion_tokens": 100, "cached_tokens": 400},
+    ],
+)
+def test_realtime_and_batch_price_the_same_usage_alike(usage):
+    from pandas_llm._backends import Completion
+    from pandas_llm._batch.collect import Collector
+    from pandas_llm._batch.status import BatchStats
+    from pandas_llm._cost.meter import Meter
+
+    price = Price.per_million(input=1.0, output=2.0, cached_input=0.5, batch_discount=0)  # batch = realtime
+    answer = Completion("hi", **usage)
+    stats = BatchStats()
+    batch = Collector(None, stats, model="gpt-4o-mini", endpoint="", price=price).cost(answer)
+    realtime = Meter("gpt-4o-mini", price).cost(answer)
+    assert batch == realtime == pricing.usage_cost(price, **usage)
+    assert stats.realtime_cost == (realtime or 0.0)
+
+
+def test_usage_cost_of_odd_usage():
+    p = Price.per_million(input=1.0, output=2.0, cached_input=0.5)
+    # more cached tokens than prompt tokens: all the prompt at the cached rate
+    assert pricing.usage_cost(p, prompt_tokens=100, completion_tokens=10, cached_tokens=500) == pytest.approx(
+        100 * 0.5e-6 + 10 * 2e-6
+    )
+    assert pricing.usage_cost(p, prompt_tokens=0, completion_tokens=0) is None  # unknown, not free
+    free = Price.per_million(input=0, output=0)
+    assert pricing.usage_cost(free, prompt_tokens=0, completion_tokens=0) == 0.0  # free whatever it reports
+    assert pricing.usage_cost(None, prompt_tokens=5, completion_tokens=5) is None
+
+
+# -- one money formatter ---------------------------------------------------------------------
+def test_money_has_three_significant_digits_below_a_dollar():
+    assert pricing.money(None) == "price unknown"
+    assert pricing.money(0) == "$0.00"
+    assert pricing.money(0.000123456) == "$0.000123"
+    assert pricing.money(0.0000456) == "$0.0000456"
+    assert pricing.money(2.5) == "$2.50"
+    assert pricing.money(1234.5) == "$1,234.50"
+
+
+def test_every_display_of_money_uses_the_one_formatter():
+    from pandas_llm._batch.status import BatchProgress, BatchStats, BatchStatus
+    from pandas_llm._display import progress
+
+    assert progress.money is pricing.money
+    stats = BatchStats(cost=0.0000456, realtime_cost=0.0000912)
+    text = repr(BatchStatus("job", "done", stats))
+    assert "cost at batch prices $0.0000456 (realtime would be $0.0000912)" in text  # not "$0.0000"
+    shown = {}
+
+    class Bar:
+        n = 0
+
+        def set_postfix(self, post, refresh):
+            shown.update(post)
+
+        def refresh(self):
+            pass
+
+    bar = BatchProgress()
+    bar.bar = Bar()
+    bar.update(stats, force=True)
+    assert shown["cost"] == "$0.0000456"

@@ -22,8 +22,7 @@ from typing import Any
 
 from .._backends import Completion
 from .._plan.planner import Plan
-from .._pricing import Price
-from .._pricing import cost as price_cost
+from .._pricing import Price, usage_cost
 from .._store.ledger import Ledger
 from .._store.store import Record, Store
 from .client import BatchAPI, BatchInfo
@@ -103,18 +102,16 @@ class Collector:
         log.info("pandas-llm: collected batch %s (%s): %d results", info.id, info.status, len(seen))
 
     def cost(self, c: Completion) -> float | None:
-        price = self.price
-        if price is None:
-            return None
-        try:
-            realtime = price_cost(price, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                                  cached_tokens=c.cached_tokens)  # fmt: skip
-            batch = price_cost(price, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                               cached_tokens=c.cached_tokens, batch=True)  # fmt: skip
-        except ValueError:
-            return None
-        self.stats.realtime_cost += realtime
-        return batch
+        """The answer at Batch API rates (the realtime price is added to ``realtime_cost``)."""
+        usage = {
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "cached_tokens": c.cached_tokens,
+        }
+        realtime = usage_cost(self.price, **usage)
+        if realtime is not None:
+            self.stats.realtime_cost += realtime
+        return usage_cost(self.price, **usage, batch=True)
 
     def write(self, store: Store, records: list[Record]) -> None:
         """Commit, then count (never the other way round)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._display.progress import TqdmObserver
+from .._pricing import money
 from .._stats import RunStats
 from .._store.ledger import Part
 
@@ -43,10 +44,6 @@ class BatchStats(RunStats):
 
     def states(self) -> Counter:
         return Counter(p.state for p in self.parts)
-
-
-def _money(value: float, known: bool) -> str:
-    return f"${value:,.4f}" if known else "price unknown"
 
 
 @dataclass
@@ -87,14 +84,14 @@ class BatchStatus:
         c = self.counts()
         saved = ""
         if s.cost_known and s.realtime_cost > s.cost:
-            saved = f" (realtime would be {_money(s.realtime_cost, True)})"
+            saved = f" (realtime would be {money(s.realtime_cost)})"
         return (
             f"{c['rows']} rows"
             + (f" ({c['skipped']} skipped: NA cells)" if c["skipped"] else "")
             + f", {c['requests']} distinct requests: {c['from_cache']} from cache, "
             f"{c['attached']} re-attached, {c['submitted']} submitted, {c['queued']} queued; "
             f"{c['collected']} collected ({c['ok']} ok, {c['failed']} failed); "
-            f"cost at batch prices {_money(s.cost, s.cost_known)}{saved}"
+            f"cost at batch prices {money(s.cost if s.cost_known else None)}{saved}"
         )
 
     def __repr__(self) -> str:
@@ -159,7 +156,7 @@ class BatchProgress(TqdmObserver):
             if stats.queued:
                 post["queued"] = stats.queued
         post["failed"] = sum(stats.failed.values())
-        post["cost"] = _money(stats.cost, stats.cost_known)
+        post["cost"] = money(stats.cost if stats.cost_known else None)
         bar.set_postfix(post, refresh=False)
         bar.refresh()
 

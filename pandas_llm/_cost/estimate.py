@@ -31,12 +31,11 @@ import orjson
 import pandas as pd
 
 from .._config import Settings
-from .._display.progress import money
 from .._errors import ConfigError
 from .._plan.planner import make_plan
-from .._pricing import Price, resolve_price
-from .._run.budget import context_window
+from .._pricing import Price, money, resolve_price
 from .._store.store import Store
+from .models import context_window
 from .tokens import count_message_tokens, encoding_name_for
 
 __all__ = ["Estimate", "Range", "estimate", "compare_models", "DEFAULT_OUTPUT_TOKENS", "CACHE_MIN_TOKENS"]

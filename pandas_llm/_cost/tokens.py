@@ -38,6 +38,7 @@ from typing import Any
 import tiktoken
 
 from .._errors import PandasLLMError
+from .models import CL100K, O200K, family
 
 
 class BPEFileError(PandasLLMError, RuntimeError):
@@ -56,8 +57,6 @@ __all__ = [
     "encoding_name_for",
 ]
 
-O200K = "o200k_base"
-CL100K = "cl100k_base"
 
 # The definitions below are tiktoken_ext/openai_public.py's, copied rather than called
 # because those constructors fetch the ranks from a URL. They are fixed for each
@@ -92,23 +91,6 @@ _SPECS: dict[str, dict[str, Any]] = {
     },
 }
 
-# First match wins, so the o-series and gpt-4o/4.1/4.5 come before plain "gpt-4".
-_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("gpt-4o", O200K),
-    ("chatgpt-4o", O200K),
-    ("gpt-4.1", O200K),
-    ("gpt-4.5", O200K),
-    ("gpt-5", O200K),
-    ("gpt-oss", O200K),  # o200k_harmony: the same ranks, only extra special tokens
-    ("o1", O200K),
-    ("o3", O200K),
-    ("o4", O200K),
-    ("gpt-4", CL100K),
-    ("gpt-3.5", CL100K),
-    ("gpt-35", CL100K),  # Azure deployment spelling
-    ("text-embedding-", CL100K),
-)
-
 # OpenAI's chat format: every message is wrapped in <|start|>{role}\n{content}<|end|>
 # (3 tokens beyond role and content); a "name" costs one more; every reply is primed
 # with <|start|>assistant<|message|> (3 tokens). The OpenAI cookbook's figures.
@@ -123,7 +105,7 @@ _loaded: dict[str, tiktoken.Encoding] = {}
 
 
 def encoding_name_for(model: str) -> str | None:
-    """The tiktoken encoding name for ``model``, or None if the model is unknown.
+    """The tiktoken encoding name for ``model`` (its family in models.py), or None if unknown.
 
     Fine-tune names (``ft:gpt-4o-mini:org::id``) and provider prefixes
     (``openai/gpt-4o``) are understood.
@@ -131,11 +113,8 @@ def encoding_name_for(model: str) -> str | None:
     >>> encoding_name_for("gpt-4o-mini"), encoding_name_for("gpt-4"), encoding_name_for("llama3")
     ('o200k_base', 'cl100k_base', None)
     """
-    name = model.lower().removeprefix("ft:").rpartition("/")[2]
-    for prefix, encoding in _PREFIXES:
-        if name.startswith(prefix):
-            return encoding
-    return None
+    f = family(model)
+    return None if f is None else f.encoding
 
 
 @functools.lru_cache(maxsize=512)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._plan.outcomes import STATUS_MEANING
+from .._pricing import money
 from .._stats import RunStats
 
 __all__ = [
@@ -266,22 +266,6 @@ class Snapshot:
 
 
 _UNSENT = {"budget": "max_cost reached", "stopped": "the run stopped first", "deadline": "the deadline passed first"}
-
-
-def money(amount: float | None) -> str:
-    """Dollars with the precision that matters: ``$12.35``, ``$0.0123``, ``$0.000045``.
-
-    >>> money(1234.5), money(0.5), money(0.01234), money(0.0000456), money(0)
-    ('$1,234.50', '$0.500', '$0.0123', '$0.0000456', '$0.00')
-    """
-    if amount is None:
-        return "price unknown"
-    if amount == 0:
-        return "$0.00"
-    if abs(amount) >= 1:
-        return f"${amount:,.2f}"
-    decimals = 2 - math.floor(math.log10(abs(amount)))  # three significant digits
-    return f"${amount:.{decimals}f}"
 
 
 def duration(seconds: float) -> str:

@@ -31,9 +31,9 @@ import orjson
 
 from .._backends import Completion
 from .._backends.errors import error_in_answer
+from .._cost.meter import Meter
 from .._errors import BadRequestError, FatalAPIError, PandasLLMError, TemplateError
 from .._pricing import Price, resolve_price
-from .._run.budget import Meter
 from .outcomes import Outcomes
 from .requests import KEY_VERSION, TextCodec
 

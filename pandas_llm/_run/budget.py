@@ -1,10 +1,7 @@
 """Dollars for one run: the cost of each answer, and the ``max_cost`` cap as reservations.
 
-``Meter`` prices a run's requests at one ``Price``: ``cost(completion)`` is what an answer
-cost (from the usage the endpoint reported, cached input tokens at their discount), and
-``worst_case(body)`` the most a request can cost before it is sent: its prompt tokens at
-the input price plus the most output tokens it may produce (its ``max_tokens``, else the
-model's output limit) at the output price.
+``Meter`` (_cost/meter.py) prices a run's requests at one ``Price``: ``cost(completion)``
+is what an answer cost, ``worst_case(body)`` the most a request can cost before it is sent.
 
 ``Budget`` holds ``max_cost``. Before a request is sent its worst case is reserved; when
 the answer arrives the reservation is released and the real cost charged. A request
@@ -38,176 +35,16 @@ the cap holds against what the provider bills even when no answer arrives.
 from __future__ import annotations
 
 import asyncio
-import threading
-from concurrent.futures import Future
 from typing import Any
 
 import orjson
 
-from .._backends import Completion
+from .._cost.meter import Meter
+from .._cost.models import context_window, family, max_output_tokens
 from .._cost.tokens import count_message_tokens, encoding_name_for
-from .._errors import ConfigError
-from .._pricing import Price, cost, resolve_price
 from .._store.store import Record
 
 __all__ = ["Budget", "ContextCheck", "Hold", "Meter", "context_window", "max_output_tokens"]
-
-# Published limits of OpenAI models: (name prefix, most output tokens, context window).
-# First prefix match wins, so the longer names come first. A request can never produce
-# more completion tokens than the output limit, and its prompt plus its max_tokens must fit
-# the context window (the API refuses it otherwise, after the prompt was sent).
-_LIMITS: tuple[tuple[str, int, int], ...] = (
-    ("gpt-4o-mini", 16_384, 128_000),
-    ("gpt-4o", 16_384, 128_000),
-    ("chatgpt-4o", 16_384, 128_000),
-    ("gpt-4.1", 32_768, 1_047_576),
-    ("gpt-4.5", 16_384, 128_000),
-    ("gpt-4-turbo", 4_096, 128_000),
-    ("gpt-4-1106", 4_096, 128_000),
-    ("gpt-4-0125", 4_096, 128_000),
-    ("gpt-4-32k", 8_192, 32_768),
-    ("gpt-4", 8_192, 8_192),
-    ("gpt-3.5", 4_096, 16_385),
-    ("gpt-5", 128_000, 400_000),
-    ("o1-mini", 65_536, 128_000),
-    ("o1", 100_000, 200_000),
-    ("o3", 100_000, 200_000),
-    ("o4", 100_000, 200_000),
-)
-
-
-def _limits(model: str) -> tuple[str, int, int] | None:
-    name = model.lower().removeprefix("ft:").rpartition("/")[2]
-    for limits in _LIMITS:
-        if name.startswith(limits[0]):
-            return limits
-    return None
-
-
-def context_window(model: str) -> int | None:
-    """The context window of ``model`` in tokens (prompt and answer together), or None if unknown.
-
-    >>> context_window("gpt-4o-mini"), context_window("openai/gpt-4.1-nano"), context_window("my-llama")
-    (128000, 1047576, None)
-    """
-    limits = _limits(model)
-    return None if limits is None else limits[2]
-
-
-def max_output_tokens(model: str, *, provider: str | None = None) -> int | None:
-    """The most completion tokens ``model`` can produce in one answer, or None if unknown.
-
-    OpenAI's published output limits; for other models in the price table, the context
-    window (prompt and answer share it, so it bounds the answer too).
-
-    >>> max_output_tokens("gpt-4o-mini"), max_output_tokens("ft:gpt-4.1-mini:org::x"), max_output_tokens("my-llama")
-    (16384, 32768, None)
-    """
-    limits = _limits(model)
-    if limits is not None:
-        return limits[1]
-    try:
-        from genai_prices import Usage, calc_price
-
-        window = calc_price(Usage(), model, provider_id=provider).model.context_window
-    except LookupError:
-        return None
-    return int(window) if window else None
-
-
-def _look_up(model: str, prices: Any) -> Future:
-    """``resolve_price(model, prices)`` on a thread of its own."""
-    future: Future = Future()
-
-    def work() -> None:
-        try:
-            future.set_result(resolve_price(model, prices))
-        except BaseException as exc:  # handed to whoever reads the price
-            future.set_exception(exc)
-
-    threading.Thread(target=work, name="pandas-llm-prices", daemon=True).start()
-    return future
-
-
-class Meter:
-    """Prices one run's requests. ``price`` None means "price unknown": costs are None."""
-
-    def __init__(self, model: str, price: Price | None | Future, *, max_output: int | None = None, batch: bool = False):
-        self.model = model
-        self._price, self._pending = (None, price) if isinstance(price, Future) else (price, None)
-        self.max_output = max_output
-        self.batch = batch  # worst cases at Batch API rates
-        self._tiktoken = encoding_name_for(model) is not None
-
-    @property
-    def price(self) -> Price | None:
-        """The price per token (None: unknown); waits for a look-up still under way."""
-        if self._pending is not None:
-            self._price, self._pending = self._pending.result(), None
-        return self._price
-
-    def price_unknown(self) -> bool:
-        """True once the price is known to be unknown (False while it is being looked up)."""
-        return self._pending is None and self._price is None
-
-    @classmethod
-    def for_settings(cls, settings: Any, *, batch: bool = False) -> Meter:
-        """The meter for a run (``batch``: a Batch API job's, worst cases at batch rates);
-        raises ConfigError if ``max_cost`` is set but cannot be enforced."""
-        if settings.max_cost is None and not isinstance(settings.prices, Price):
-            # The price table takes ~0.3 s to import the first time: a run without max_cost
-            # needs the price only when the first answer arrives, so it is looked up meanwhile.
-            return cls(settings.model, _look_up(settings.model, settings.prices), batch=batch)
-        price = resolve_price(settings.model, settings.prices)
-        meter = cls(settings.model, price, batch=batch)
-        if settings.max_cost is None:
-            return meter
-        if price is None:
-            raise ConfigError(
-                f"max_cost={settings.max_cost} needs the price of {settings.model!r}, which the price "
-                "table does not know. Pass prices=pandas_llm.Price.per_million(input=..., output=...) "
-                "(USD per million tokens), or drop max_cost."
-            )
-        params = settings.params
-        if params.get("max_completion_tokens") is None and params.get("max_tokens") is None:
-            meter.max_output = max_output_tokens(settings.model)
-            if meter.max_output is None:
-                raise ConfigError(
-                    f"max_cost={settings.max_cost} needs a bound on the length of each answer, and the "
-                    f"output limit of {settings.model!r} is not known: pass max_tokens=..."
-                )
-        return meter
-
-    def cost(self, c: Completion) -> float | None:
-        """USD for one answer, from its usage; None if the price or the usage is unknown."""
-        if self.price is None or (c.prompt_tokens == 0 and c.completion_tokens == 0):
-            return None
-        return cost(
-            self.price,
-            prompt_tokens=c.prompt_tokens,
-            completion_tokens=c.completion_tokens,
-            cached_tokens=min(c.cached_tokens, c.prompt_tokens),
-        )
-
-    def worst_case(self, body: bytes) -> float:
-        """The most the request ``body`` can cost (USD), before it is sent."""
-        price = self.price
-        if price is None:
-            return 0.0
-        request = orjson.loads(body)
-        prompt = -(-len(body) // 4)  # a tokenizer-free bound: an unknown tokenizer, tools, schemas
-        if self._tiktoken:
-            prompt = max(prompt, count_message_tokens(request.get("messages") or [], self.model))
-        limit = request.get("max_completion_tokens") or request.get("max_tokens") or self.max_output or 0
-        if self.batch:
-            return prompt * price.batch_input + limit * price.batch_output
-        return prompt * price.input + limit * price.output
-
-    def lost(self, body: bytes) -> float:
-        """What an attempt sent whose answer was lost may have been billed: its worst case (USD)."""
-        if self.max_output is None and self.price is not None:
-            self.max_output = max_output_tokens(self.model) or 0  # without max_cost it was not needed yet
-        return self.worst_case(body)
 
 
 class Hold:
@@ -240,10 +77,10 @@ class ContextCheck:
     @classmethod
     def for_model(cls, model: str) -> ContextCheck | None:
         """The check for ``model``; None when its window (or tokenizer) is not known."""
-        limits = _limits(model)
-        if limits is None or encoding_name_for(model) is None:
+        f = family(model)
+        if f is None or f.context_window is None or f.max_output is None or encoding_name_for(model) is None:
             return None
-        return cls(model, limits[2], limits[1])
+        return cls(model, f.context_window, f.max_output)
 
     def error(self, body: bytes) -> str | None:
         """Why the request ``body`` cannot fit, with the sizes; None if it fits."""
