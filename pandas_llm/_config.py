@@ -18,52 +18,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import math
-import numbers
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import Any, Literal
 
 from ._errors import ConfigError, redact
+from ._params import GENERATION_PARAMS, check_params, is_number, is_whole
 
 __all__ = ["Settings", "BatchLimits", "settings", "configure", "current_settings", "GENERATION_PARAMS"]
 
 DEFAULT_CACHE = os.path.join(".pandas_llm", "cache.sqlite")
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT = 60.0  # seconds per request when timeout= is not given (and no client= brings its own)
-
-#: Chat-completions parameters that change the answer; passed through by their API names.
-GENERATION_PARAMS = frozenset(
-    {
-        "temperature",
-        "max_tokens",
-        "max_completion_tokens",
-        "top_p",
-        "seed",
-        "stop",
-        "frequency_penalty",
-        "presence_penalty",
-        "logit_bias",
-        "logprobs",
-        "top_logprobs",
-        "response_format",
-        "reasoning_effort",
-        "verbosity",
-        "service_tier",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "modalities",
-        "prediction",
-        "user",
-        "store",
-        "metadata",
-    }
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,14 +57,140 @@ class BatchLimits:
                 raise ConfigError(f"BatchLimits.{name} must be a whole number >= 1, got {value!r}")
 
 
+Mode = Literal["realtime", "batch", "auto"]
+Structured = Literal["json_schema", "json_object"]
+Fallback = Literal["realtime", "batch"]
+NA = Literal["skip", "empty"]
+
+
+def _positive_or_none(name: str, value: Any) -> None:  # seconds, dollars, per minute
+    if value is not None and not (is_number(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
+
+
+def _whole(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How fast requests go: at most ``concurrency`` requests in flight, ``rpm`` requests and
+    ``tpm`` tokens per minute (None: learned from the endpoint's rate-limit headers)."""
+
+    concurrency: int
+    rpm: float | None
+    tpm: float | None
+
+    def __post_init__(self) -> None:
+        if not is_whole(self.concurrency) or self.concurrency < 1:
+            raise ConfigError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
+        _positive_or_none("rpm", self.rpm)
+        _positive_or_none("tpm", self.tpm)
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How long to wait: ``timeout`` seconds per request (None: 60, or a ``client=``'s own),
+    ``max_attempts`` sends of one request (retries included), ``deadline`` seconds for the
+    whole run (None: none)."""
+
+    timeout: float | None
+    max_attempts: int
+    deadline: float | None
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and not (is_number(self.timeout) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a positive number of seconds or None, got {self.timeout!r}")
+        if not is_whole(self.max_attempts) or self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be a whole number >= 1, got {self.max_attempts!r}")
+        _positive_or_none("deadline", self.deadline)
+
+
+@dataclass(frozen=True)
+class Spending:
+    """Money: ``max_cost`` dollars at most for the run (None: no cap); ``prices`` a Price
+    (dollars per token) for every model, or ``{model: Price}`` (None: the price table)."""
+
+    max_cost: float | None
+    prices: Any
+
+    def __post_init__(self) -> None:
+        from ._pricing import Price
+
+        _positive_or_none("max_cost", self.max_cost)
+        prices = self.prices
+        if prices is None or isinstance(prices, Price):
+            return
+        if not (
+            isinstance(prices, Mapping) and all(isinstance(k, str) and isinstance(v, Price) for k, v in prices.items())
+        ):
+            raise ConfigError(
+                "prices must be a pandas_llm.Price, e.g. prices=Price.per_million(input=0.15, output=0.60) "
+                f"(USD per million tokens), or a dict {{model name: Price}}; got {prices!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Answers:
+    """How structured answers are asked for: ``structured`` (the request's response format),
+    ``rows_per_request`` rows packed in one request, ``invalid_retries`` resends of an answer
+    that fails its schema."""
+
+    structured: Structured
+    rows_per_request: int
+    invalid_retries: int
+
+    def __post_init__(self) -> None:
+        if self.structured not in ("json_schema", "json_object"):
+            raise ConfigError(
+                "structured must be 'json_schema' (the standard structured-output request) or "
+                f"'json_object' (for servers with JSON mode only, e.g. llama.cpp), got {self.structured!r}"
+            )
+        _whole("rows_per_request", self.rows_per_request, 1)
+        _whole("invalid_retries", self.invalid_retries, 0)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """The Batch API: ``mode``; ``batch_threshold`` requests to send from which ``"auto"``
+    goes batch; ``packed_fallback`` for rows a pack did not answer; ``poll_interval`` seconds
+    between polls at first; ``batch_limits`` (requests, bytes, tokens per batch file)."""
+
+    mode: Mode
+    batch_threshold: int
+    packed_fallback: Fallback
+    poll_interval: float
+    batch_limits: BatchLimits
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("realtime", "batch", "auto"):
+            raise ConfigError(
+                f"mode must be 'realtime', 'batch' (the Batch API: half price, results within 24h) "
+                f"or 'auto' (batch from batch_threshold requests), got {self.mode!r}"
+            )
+        if self.packed_fallback not in ("realtime", "batch"):
+            raise ConfigError(
+                "packed_fallback must be 'realtime' (rows a packed batch did not answer are sent alone at once, "
+                f"at realtime prices) or 'batch' (in one more batch of single-row requests), got {self.packed_fallback!r}"
+            )
+        _whole("batch_threshold", self.batch_threshold, 1)
+        if not (is_number(self.poll_interval) and self.poll_interval > 0):
+            raise ConfigError(f"poll_interval must be a positive number of seconds, got {self.poll_interval!r}")
+        if not isinstance(self.batch_limits, BatchLimits):
+            raise ConfigError(
+                "batch_limits must be a BatchLimits or a dict such as {'requests': 10000, 'enqueued_tokens': 2_000_000}"
+            )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything a run needs besides the frame and the template.
 
     ``params`` holds the generation parameters (temperature, max_tokens, seed, ...);
-    ``extra_body`` holds anything else the endpoint accepts. Both are part of the cache key.
-    ``structured`` ("json_schema" | "json_object"), ``rows_per_request`` (packing) and
-    ``invalid_retries`` (resends of an answer that fails its schema) serve the schema verbs.
+    ``extra_body`` anything else the endpoint accepts; both are part of the cache key. The
+    other fields are read in groups, with their units: ``pacing``, ``patience``,
+    ``spending``, ``answers`` (the schema verbs) and ``batch``.
     """
 
     model: str = "gpt-4o-mini"
@@ -111,18 +205,18 @@ class Settings:
     base_url: str | None = None
     api_key: str | None = None
     client: Any = None
-    na: str = "skip"
+    na: NA = "skip"
     rpm: float | None = None
     tpm: float | None = None
     max_cost: float | None = None
     deadline: float | None = None
-    structured: str = "json_schema"
+    structured: Structured = "json_schema"
     rows_per_request: int = 1
     invalid_retries: int = 2
-    mode: str = "realtime"  # realtime | batch | auto (batch from batch_threshold requests to send)
+    mode: Mode = "realtime"  # realtime | batch | auto (batch from batch_threshold requests to send)
     batch_threshold: int = 5000
     #: mode="batch" with rows_per_request: rows a pack did not answer go alone "realtime" | "batch"
-    packed_fallback: str = "realtime"
+    packed_fallback: Fallback = "realtime"
     poll_interval: float = 5.0  # first wait between Batch API polls; grows to 12x while nothing changes
     batch_limits: BatchLimits = field(default_factory=BatchLimits)
     prices: Any = None  # a pricing.Price for every model, or {model: Price}; None: the price table
@@ -138,24 +232,6 @@ class Settings:
                 "bar everywhere, for frontends that cannot draw widgets), False (nothing), or an "
                 f"object with start/update/close methods; got {progress!r}"
             )
-        if self.mode not in ("realtime", "batch", "auto"):
-            raise ConfigError(
-                f"mode must be 'realtime', 'batch' (the Batch API: half price, results within 24h) "
-                f"or 'auto' (batch from batch_threshold requests), got {self.mode!r}"
-            )
-        if self.packed_fallback not in ("realtime", "batch"):
-            raise ConfigError(
-                "packed_fallback must be 'realtime' (rows a packed batch did not answer are sent alone at once, "
-                f"at realtime prices) or 'batch' (in one more batch of single-row requests), got {self.packed_fallback!r}"
-            )
-        if (
-            isinstance(self.batch_threshold, bool)
-            or not isinstance(self.batch_threshold, int)
-            or self.batch_threshold < 1
-        ):
-            raise ConfigError(f"batch_threshold must be a whole number >= 1, got {self.batch_threshold!r}")
-        if not (_is_number(self.poll_interval) and self.poll_interval > 0):
-            raise ConfigError(f"poll_interval must be a positive number of seconds, got {self.poll_interval!r}")
         if isinstance(self.batch_limits, Mapping):
             unknown = set(self.batch_limits) - {"requests", "file_bytes", "enqueued_tokens"}
             if unknown:
@@ -163,40 +239,24 @@ class Settings:
                     f"unknown batch_limits key(s) {sorted(unknown)}; use requests, file_bytes, enqueued_tokens"
                 )
             object.__setattr__(self, "batch_limits", BatchLimits(**self.batch_limits))
-        elif not isinstance(self.batch_limits, BatchLimits):
-            raise ConfigError(
-                "batch_limits must be a BatchLimits or a dict such as {'requests': 10000, 'enqueued_tokens': 2_000_000}"
-            )
+        # the groups check their own fields; built once, read by the stages that need them
+        batch = BatchOptions(
+            self.mode, self.batch_threshold, self.packed_fallback, self.poll_interval, self.batch_limits
+        )
+        object.__setattr__(self, "_batch", batch)
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
-        if not _is_whole(self.concurrency) or self.concurrency < 1:
-            raise ConfigError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
-        if self.timeout is not None and not (_is_number(self.timeout) and self.timeout > 0):
-            raise ConfigError(f"timeout must be a positive number of seconds or None, got {self.timeout!r}")
-        if not _is_whole(self.max_attempts) or self.max_attempts < 1:
-            raise ConfigError(f"max_attempts must be a whole number >= 1, got {self.max_attempts!r}")
+        object.__setattr__(self, "_pacing", Pacing(self.concurrency, self.rpm, self.tpm))
+        object.__setattr__(self, "_patience", Patience(self.timeout, self.max_attempts, self.deadline))
         if self.na not in ("skip", "empty"):
             raise ConfigError(
                 f"na must be 'skip' (NA cells give NA without a call) or 'empty' "
                 f"(NA cells render as ''), got {self.na!r}"
             )
-        for name in ("rpm", "tpm", "max_cost", "deadline"):
-            value = getattr(self, name)
-            if value is not None and not (_is_number(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
-        if self.structured not in ("json_schema", "json_object"):
-            raise ConfigError(
-                "structured must be 'json_schema' (the standard structured-output request) or "
-                f"'json_object' (for servers with JSON mode only, e.g. llama.cpp), got {self.structured!r}"
-            )
-        for name in ("rows_per_request", "invalid_retries"):
-            value, low = getattr(self, name), 1 if name == "rows_per_request" else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+        object.__setattr__(self, "_answers", Answers(self.structured, self.rows_per_request, self.invalid_retries))
         if self.system is not None and not isinstance(self.system, str):
             raise ConfigError("system must be a string (the system message) or None")
-        if self.prices is not None:
-            _check_prices(self.prices)
+        object.__setattr__(self, "_spending", Spending(self.max_cost, self.prices))
         if not (isinstance(self.cache, (bool, str, os.PathLike)) or self.cache is None):
             raise ConfigError(
                 f"cache must be True (the default file {DEFAULT_CACHE}), a path such as "
@@ -212,6 +272,27 @@ class Settings:
         if unknown:
             raise ConfigError(_unknown_message(sorted(unknown)))
         check_params(self.params)
+
+    # The settings in small groups, each a frozen value with its units (read-only views).
+    @property
+    def pacing(self) -> Pacing:
+        return self._pacing  # type: ignore[attr-defined]
+
+    @property
+    def patience(self) -> Patience:
+        return self._patience  # type: ignore[attr-defined]
+
+    @property
+    def spending(self) -> Spending:
+        return self._spending  # type: ignore[attr-defined]
+
+    @property
+    def batch(self) -> BatchOptions:
+        return self._batch  # type: ignore[attr-defined]
+
+    @property
+    def answers(self) -> Answers:
+        return self._answers  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         # the key is masked: a settings object shown in a notebook must not write it into the .ipynb
@@ -281,104 +362,6 @@ def mask_key(key: Any) -> str:
     ("'[redacted]'", 'None')
     """
     return "None" if key is None else "'[redacted]'"
-
-
-def _is_whole(value: Any) -> bool:
-    """An integer, not a bool (``concurrency=True`` is a mistake, not 1)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value: Any) -> bool:
-    """A real number, not a bool, not NaN."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and value == value
-
-
-def _in_range(low: float, high: float) -> Callable[[Any], bool]:
-    return lambda v: _is_number(v) and low <= v <= high
-
-
-def _whole_from(low: int, high: float = math.inf) -> Callable[[Any], bool]:
-    return lambda v: _is_whole(v) and low <= v <= high
-
-
-def _stop(v: Any) -> bool:
-    if isinstance(v, str):
-        return True
-    return isinstance(v, (list, tuple)) and 1 <= len(v) <= 4 and all(isinstance(x, str) for x in v)
-
-
-def _logit_bias(v: Any) -> bool:
-    if not isinstance(v, Mapping):
-        return False
-    for token, bias in v.items():
-        if not (_is_whole(token) or (isinstance(token, str) and token.isdigit())):
-            return False
-        if not (_is_number(bias) and -100 <= bias <= 100):
-            return False
-    return True
-
-
-def _of(*types: type) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, types) and not (bool not in types and isinstance(v, bool))
-
-
-#: The chat-completions parameters checked before any request: name -> (check, what the API takes).
-PARAM_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "temperature": (_in_range(0, 2), "a number from 0 to 2"),
-    "top_p": (_in_range(0, 1), "a number from 0 to 1"),
-    "max_tokens": (_whole_from(1), "a whole number >= 1 (tokens)"),
-    "max_completion_tokens": (_whole_from(1), "a whole number >= 1 (tokens)"),
-    "frequency_penalty": (_in_range(-2, 2), "a number from -2 to 2"),
-    "presence_penalty": (_in_range(-2, 2), "a number from -2 to 2"),
-    "seed": (_is_whole, "a whole number"),
-    "stop": (_stop, "a string or a list of 1 to 4 strings"),
-    "logprobs": (_of(bool), "True or False"),
-    "top_logprobs": (_whole_from(0, 20), "a whole number from 0 to 20"),
-    "logit_bias": (_logit_bias, "a dict {token id: bias from -100 to 100}"),
-    "response_format": (_of(Mapping), "a dict such as {'type': 'json_object'} (or pass schema=)"),
-    "reasoning_effort": (_of(str), "a string such as 'low', 'medium' or 'high'"),
-    "verbosity": (_of(str), "a string such as 'low', 'medium' or 'high'"),
-    "service_tier": (_of(str), "a string such as 'auto', 'default' or 'flex'"),
-    "tools": (_of(list, tuple), "a list of tool definitions"),
-    "tool_choice": (_of(str, Mapping), "'none', 'auto', 'required' or a dict"),
-    "parallel_tool_calls": (_of(bool), "True or False"),
-    "modalities": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v), "a list of strings"),
-    "prediction": (_of(Mapping), "a dict"),
-    "user": (_of(str), "a string"),
-    "store": (_of(bool), "True or False"),
-    "metadata": (
-        lambda v: isinstance(v, Mapping) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
-        "a dict of strings",
-    ),  # fmt: skip
-}
-
-
-def check_params(params: Mapping[str, Any]) -> None:
-    """Raise ConfigError for a generation parameter the API would refuse (or, worse, accept
-    and bill): checked before any request, with the API's name and range in the message.
-
-        >>> check_params({"temperature": "hot"})
-        Traceback (most recent call last):
-        ...
-        pandas_llm._errors.ConfigError: temperature='hot': the API takes a number from 0 to 2
-    """
-    for name, value in params.items():
-        rule = PARAM_CHECKS.get(name)
-        if rule is not None and not rule[0](value):
-            raise ConfigError(f"{name}={value!r}: the API takes {rule[1]}")
-
-
-def _check_prices(prices: Any) -> None:
-    from ._pricing import Price
-
-    if isinstance(prices, Price):
-        return
-    if isinstance(prices, Mapping) and all(isinstance(k, str) and isinstance(v, Price) for k, v in prices.items()):
-        return
-    raise ConfigError(
-        "prices must be a pandas_llm.Price, e.g. prices=Price.per_million(input=0.15, output=0.60) "
-        f"(USD per million tokens), or a dict {{model name: Price}}; got {prices!r}"
-    )
 
 
 def _unknown_message(names: list[str]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .._config import GENERATION_PARAMS
+from .._params import CHAT_FIELDS
 from . import Completion
 from .answers import read_answer
 from .errors import map_errors
@@ -22,7 +22,7 @@ from .errors import map_errors
 __all__ = ["OpenAIClientBackend"]
 
 #: Body fields the SDK's create() takes by name; anything else goes in extra_body.
-_KNOWN = GENERATION_PARAMS | {"model", "messages", "n"}
+_KNOWN = CHAT_FIELDS
 
 
 def _timeout(seconds: float | None) -> dict[str, Any]:
