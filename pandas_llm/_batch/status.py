@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._display.progress import TqdmObserver
+from .._display.progress import TqdmObserver, bar_class
 from .._pricing import money
 from .._stats import RunStats
 from .._store.ledger import Part
@@ -135,11 +135,7 @@ class BatchProgress(TqdmObserver):
         self.text = text
 
     def start(self, stats: RunStats) -> None:
-        if self.text:
-            from tqdm.std import tqdm
-        else:
-            from tqdm.auto import tqdm
-
+        tqdm = bar_class(self.text)
         self.bar = tqdm(total=stats.unique, initial=stats.cached_unique, unit="req", desc="pandas-llm batch",
                         **self.kwargs)  # fmt: skip
 

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .._stats import RunStats
-from .progress import Snapshot, ThrottledObserver
+from .observer import ThrottledObserver
+from .snapshot import Snapshot
 
 __all__ = ["WidgetObserver"]
 
