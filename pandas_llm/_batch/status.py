@@ -12,14 +12,24 @@ import html
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .._display.progress import TqdmObserver, bar_class
 from .._pricing import money
 from .._stats import RunStats
 from .._store.ledger import Part
 
-__all__ = ["BatchStats", "BatchStatus", "BatchProgress"]
+__all__ = ["BatchPhase", "BatchProgress", "BatchState", "BatchStats", "BatchStatus", "JobState"]
+
+#: Where a job is: planning its requests, submitting batches, waiting for them, or over.
+BatchPhase = Literal["planning", "submitting", "waiting", "done", "cancelled"]
+#: What ``job.status().state`` says: batches being created, running, or the job's end.
+JobState = Literal["submitting", "in_progress", "done", "partial", "cancelled"]
+#: One batch's status as the Batch API reports it (the ledger's ``Part.state`` is one of these,
+#: or its own "new", "uploaded", "abandoned" before and after the API knows the batch).
+BatchState = Literal[
+    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
+]
 
 
 @dataclass
@@ -31,7 +41,7 @@ class BatchStats(RunStats):
     submitted: int = 0  # requests in batches this job created
     queued: int = 0  # requests waiting for the enqueued-token budget
     realtime_cost: float = 0.0  # what the collected answers would have cost in realtime
-    phase: str = "planning"  # planning | submitting | waiting | done | cancelled
+    phase: BatchPhase = "planning"
 
     @property
     def server_done(self) -> int:
@@ -51,7 +61,7 @@ class BatchStatus:
     """A snapshot of a job: ``state``, one row per batch, and the job's figures."""
 
     job: str
-    state: str  # submitting | in_progress | done | partial | cancelled
+    state: JobState
     stats: BatchStats
     taken_at: float = field(default_factory=time.time)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._plan.outcomes import STATUS_MEANING
+from .._plan.outcomes import STATUS_MEANING, Unsent
 from .._pricing import money
 from .._stats import RunStats
 
@@ -190,7 +190,7 @@ class Snapshot:
         """The headline once the run has ended: ``done in 12.3 s``, ``interrupted after 3.0 s``..."""
         if self.outcome == "interrupted":
             return f"interrupted after {self.elapsed:.1f} s"
-        if self.outcome in ("failed", "stopped"):
+        if self.outcome == "failed":
             return f"stopped after {self.elapsed:.1f} s"
         if self.budget_reached:
             return f"stopped at max_cost after {self.elapsed:.1f} s"
@@ -204,7 +204,7 @@ class Snapshot:
         """What to do next, once a run has ended early; None if it did not."""
         if self.outcome == "interrupted":
             return f"{self.ok:,} answers are kept in the cache: run the same call again to resume"
-        if self.outcome in ("failed", "stopped"):
+        if self.outcome == "failed":
             return "the run stopped on an error (see it); answers so far are kept in the cache"
         if self.budget_reached:
             return "max_cost reached: run again with a higher max_cost to send the rest"
@@ -230,7 +230,11 @@ class Snapshot:
         return text + (f". Failures: {failures}" if failures else "")
 
 
-_UNSENT = {"budget": "max_cost reached", "stopped": "the run stopped first", "deadline": "the deadline passed first"}
+_UNSENT: dict[Unsent, str] = {
+    "budget": "max_cost reached",
+    "stopped": "the run stopped first",
+    "deadline": "the deadline passed first",
+}
 
 
 def duration(seconds: float) -> str:

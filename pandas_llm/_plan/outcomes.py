@@ -7,17 +7,34 @@ then broadcast to rows through the dedup codes at the end.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 from .._store.store import Record
 
-__all__ = ["Outcomes", "STATUS_MEANING"]
+__all__ = ["Outcomes", "RowStatus", "STATUS_MEANING", "Unsent"]
+
+#: Why a row was never sent (the engine's own marker for a job it did not send is "unsent").
+Unsent = Literal["skipped", "budget", "stopped", "deadline", "expired", "cancelled"]
+#: A row's status in ``last_run().details``: "ok", a failure, or why it was never sent.
+RowStatus = Literal[
+    "ok",
+    "error",
+    "failed",
+    "length",
+    "content_filter",
+    "refused",
+    "empty",
+    "invalid",
+    "too_long",
+    "token_limit",
+    Unsent,
+]
 
 #: What each per-row status means, for the failure warning and the docs.
-STATUS_MEANING = {
+STATUS_MEANING: dict[RowStatus, str] = {
     "ok": "answered",
     "skipped": "not sent: a cell used by the template was NA",
     "error": "the endpoint refused the request (HTTP 400 or similar) or answered with an error",
@@ -67,7 +84,7 @@ class Outcomes:
     def records(self, keys: Any, model: str | None = None) -> list[Record]:
         """A Record for every slot with an outcome from the endpoint or the cache (not the
         unsent ones): what a recreated cache file must hold again."""
-        unsent = {None, "budget", "stopped", "deadline", "unsent", "skipped", "expired", "cancelled"}
+        unsent = {None, "unsent", *get_args(Unsent)}
         out = []
         for u in np.flatnonzero([st not in unsent for st in self.status]).tolist():
             cost = self.cost[u]
@@ -78,7 +95,7 @@ class Outcomes:
             ))  # fmt: skip
         return out
 
-    def mark_unsent(self, status: str) -> int:
+    def mark_unsent(self, status: Unsent) -> int:
         """Label every slot that got no outcome (the run stopped before sending it); return how many."""
         empty = self.status == None  # noqa: E711 - elementwise
         self.status[empty] = status
