@@ -14,13 +14,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
 from ._errors import StoreError
+from ._pricing import money
 
-__all__ = ["RunStats", "RunReport", "last_run", "record_run", "cached_share"]
+__all__ = ["RunOutcome", "RunStats", "RunReport", "last_run", "record_run", "cached_share"]
+
+#: How a run (or a Batch API job) stands: under way, or how it ended.
+RunOutcome = Literal["running", "done", "interrupted", "failed"]
 
 
 @dataclass
@@ -66,7 +70,7 @@ class RunStats:
     shared: int = 0  # distinct requests answered by another run of this process in flight
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
-    outcome: str = "running"  # running | done | interrupted | stopped | failed
+    outcome: RunOutcome = "running"
 
     @property
     def done_rows(self) -> int:
@@ -99,9 +103,9 @@ class RunReport:
 
     def summary(self) -> str:
         s = self.stats
-        cost = f"${s.cost:.4f}" if s.cost_known else "price unknown"
+        cost = money(s.cost if s.cost_known else None)
         if s.lost_answers:  # sent, answer lost: the provider may bill them
-            worst = f"up to ${s.possibly_billed:.4f}" if s.cost_known else "price unknown"
+            worst = f"up to {money(s.possibly_billed)}" if s.cost_known else "price unknown"
             cost += f" + {worst} possibly billed ({s.lost_answers} answers lost)"
         return (
             (

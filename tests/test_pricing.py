@@ -252,3 +252,7 @@ def test_every_display_of_money_uses_the_one_formatter():
     bar.bar = Bar()
     bar.update(stats, force=True)
     assert shown["cost"] == "$0.0000456"
+    from pandas_llm._stats import RunReport, RunStats
+
+    report = RunReport(RunStats(cost=0.0000456, lost_answers=2, possibly_billed=0.25, started=0.0, finished=1.0), None)
+    assert "$0.0000456 + up to $0.250 possibly billed" in report.summary()  # not "$0.0000 + up to $0.2500"

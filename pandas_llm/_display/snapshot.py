@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .._plan.outcomes import STATUS_MEANING, Unsent
 from .._pricing import money
-from .._stats import RunStats
+from .._stats import RunOutcome, RunStats
 
 __all__ = ["Snapshot", "duration"]
 
@@ -25,7 +25,7 @@ __all__ = ["Snapshot", "duration"]
 class Snapshot:
     """The figures a display shows, computed from RunStats at one instant (``now``)."""
 
-    outcome: str
+    outcome: RunOutcome
     rows: int  # rows in the frame
     total: int  # distinct requests
     done: int  # distinct requests settled: from cache + sent and committed

@@ -23,6 +23,7 @@ from .._display.progress import make_observer
 from .._errors import find_stack_level as caller_stacklevel
 from .._plan.outcomes import STATUS_MEANING
 from .._plan.planner import Plan, make_plan
+from .._pricing import money
 from .._stats import RunReport, RunStats, record_run
 from .._store.leases import Claims, warn_if_network
 from .._store.store import Store
@@ -258,8 +259,8 @@ class Run:
         budget = ""
         if self.settings.max_cost is not None:
             budget = (
-                f". max_cost=${self.settings.max_cost:g} stopped the run after ${self.stats.cost:.4g}"
-                + (f" (and up to ${self.stats.possibly_billed:.4g} possibly billed for {self.stats.lost_answers} "
+                f". max_cost={money(self.settings.max_cost)} stopped the run after {money(self.stats.cost)}"
+                + (f" (and up to {money(self.stats.possibly_billed)} possibly billed for {self.stats.lost_answers} "
                    "answers lost to timeouts)" if self.stats.lost_answers else "")
                 + " (raise max_cost, or set max_tokens for a tighter worst case per request)"
             )  # fmt: skip

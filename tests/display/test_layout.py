@@ -17,7 +17,7 @@ def imports_of(path: pathlib.Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level:
-            here = "_display" if node.level == 1 else ""
+            here = "_display" if node.level == 1 else ""  # level 2: a sibling package (_run, _stats)
             name = ".".join(p for p in (here, node.module or "") if p)
             if node.module is None:  # from . import x
                 name += "." + node.names[0].name
@@ -59,3 +59,8 @@ def test_one_notebook_or_terminal_decision(monkeypatch):
     # the Batch API's bar asks the same question (no tqdm.auto of its own)
     source = (DISPLAY.parent / "_batch" / "status.py").read_text()
     assert "tqdm.auto" not in source and "bar_class" in source
+
+
+def test_the_displays_import_nothing_from_the_run():
+    for path in DISPLAY.glob("*.py"):
+        assert not [m for m in imports_of(path) if m.startswith("_run")], path.name

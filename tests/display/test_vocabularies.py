@@ -85,3 +85,17 @@ def test_batch_phases_and_job_states_are_the_typed_vocabularies():
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "state" for t in node.targets):
             states |= strings(node.value)
     assert states and states <= set(typing.get_args(batch_status.JobState))
+
+
+def test_run_outcomes_checked_are_outcomes_set():
+    from pandas_llm._stats import RunOutcome
+
+    allowed = set(typing.get_args(RunOutcome))
+    found = words("outcome")
+    assert outside(found, allowed) == {}  # "stopped" was checked by the displays, never set
+    assigned = set()
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign) and any(_named(t, "outcome") for t in node.targets):
+                assigned |= strings(node.value)
+    assert assigned | {"running"} == allowed  # and every outcome is one a run can end with
