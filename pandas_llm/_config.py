@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._errors import ConfigError, redact
-from ._params import GENERATION_PARAMS, check_params, is_number, is_whole
+from ._params import CHAT_FIELDS, GENERATION_PARAMS, check_params, is_number, is_whole
 
-__all__ = ["Settings", "BatchLimits", "settings", "configure", "current_settings", "GENERATION_PARAMS"]
+__all__ = ["Settings", "BatchLimits", "settings", "configure", "current_settings", "CHAT_FIELDS", "GENERATION_PARAMS"]
 
 DEFAULT_CACHE = os.path.join(".pandas_llm", "cache.sqlite")
 OPENAI_BASE_URL = "https://api.openai.com/v1"

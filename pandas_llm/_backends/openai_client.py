@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .._params import CHAT_FIELDS
+from .._config import CHAT_FIELDS
 from . import Completion
 from .answers import read_answer
 from .errors import map_errors
