@@ -5,7 +5,7 @@ one result per text, in order. It says how to key one row, how to build a reques
 from several rows, how to read the answer into one stored value per row, what one
 request may hold, how to price it and how to turn the stored values into the verb's
 result. Everything else (planning, dedup, the cache, the engine with its limiter and
-retries, progress, ``last_run()``) is the chat machinery, unchanged; grouping.py packs
+retries, progress, ``last_run()``) is the chat machinery, unchanged; _run/grouping.py packs
 the rows into requests and splits the answers back.
 
 Cache keys are per row: sha256 of the key version, base URL, endpoint path and the
@@ -223,7 +223,7 @@ class Embeddings(_Kind):
         return Completion(None, "stop", usage.get("prompt_tokens") or 0, 0, 0, headers, outputs=outputs)
 
 
-#: The error of a list answered with one vector per token (grouping.py resends its texts one by one).
+#: The error of a list answered with one vector per token (_run/grouping.py resends its texts one by one).
 PER_TOKEN_LIST = (
     "the server answered one vector per token for a list input; llama-cpp-python's server mixes the texts "
     "of one such request, so they are sent one per request"

@@ -10,7 +10,7 @@ around it is serialised once), ~1.2 µs a row; dedup and the cache look-up are i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,6 @@ import pandas as pd
 
 from .._config import Settings
 from .._errors import PandasLLMError, TemplateError
-from .._run.engine import Sized
 from .._store.store import Store
 from .dedup import KEY_SIZE, Keys, dedup
 from .lookup import load_cached
@@ -329,3 +328,24 @@ def _skip_mask(frame: pd.DataFrame, tmpl: Template, settings: Settings) -> np.nd
         return None
     mask = frame[list(tmpl.columns)].isna().any(axis=1).to_numpy()
     return mask if mask.any() else None
+
+
+class Sized:
+    """An iterator that knows how many items it will give (``operator.length_hint``), so
+    the engine starts no more workers than there are jobs."""
+
+    __slots__ = ("_it", "_left")
+
+    def __init__(self, items: Iterable[Any], count: int):
+        self._it, self._left = iter(items), count
+
+    def __iter__(self) -> Sized:
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._it)
+        self._left -= 1
+        return item
+
+    def __length_hint__(self) -> int:
+        return max(0, self._left)

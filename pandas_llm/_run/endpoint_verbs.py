@@ -18,8 +18,8 @@ import pandas as pd
 from .._config import current_settings
 from .._errors import ConfigError
 from .._plan.endpoints import Embeddings, Moderations
-from .._plan.grouping import Grouper
 from .._stats import RunReport, record_run
+from .grouping import Grouper
 from .run import Run
 
 __all__ = ["EndpointRun", "prepare_moderate", "prepare_embed", "DEFAULT_MODERATION_MODEL", "DEFAULT_EMBEDDING_MODEL"]

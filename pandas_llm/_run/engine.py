@@ -550,27 +550,6 @@ class Engine:
         return deadline is not None and (self.clock() + wait - self.stats.started) > deadline
 
 
-class Sized:
-    """An iterator that knows how many items it will give (``operator.length_hint``), so
-    the engine starts no more workers than there are jobs."""
-
-    __slots__ = ("_it", "_left")
-
-    def __init__(self, items: Iterable[Any], count: int):
-        self._it, self._left = iter(items), count
-
-    def __iter__(self) -> Sized:
-        return self
-
-    def __next__(self) -> Any:
-        item = next(self._it)
-        self._left -= 1
-        return item
-
-    def __length_hint__(self) -> int:
-        return max(0, self._left)
-
-
 def _reseeded(body: bytes, n: int) -> bytes:
     """The same request with ``seed`` moved on by ``n`` (key order kept: schemas stay ordered)."""
     data = orjson.loads(body)

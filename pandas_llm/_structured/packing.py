@@ -44,9 +44,8 @@ import orjson
 
 from .._config import Settings
 from .._errors import ConfigError
-from .._plan.planner import Plan
+from .._plan.planner import Plan, Sized
 from .._plan.requests import RequestBuilder
-from .._run.engine import Sized
 from .._store.store import Record, Store
 from .parse import Parser, strip_fences
 from .schema import Schema, as_schema

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .._run.stopping import ShapeWatch
+from .._plan.endpoints import PER_TOKEN_LIST
+from .._plan.planner import Plan
 from .._store.store import Record, Store
-from .endpoints import PER_TOKEN_LIST
-from .planner import Plan
+from .stopping import ShapeWatch
 
 __all__ = ["Grouper", "GroupingReport"]
 
