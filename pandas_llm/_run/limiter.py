@@ -6,25 +6,20 @@ Every worker asks the limiter before sending. The limiter paces requests smoothl
 so there are no bursts for a sliding-window server to reject) on two budgets at once:
 
 - requests per minute: one per request;
-- tokens per minute: the prompt (estimated from the body's size, calibrated against the
-  real ``usage`` of earlier answers; tiktoken costs 8-50 µs per request, too much for
-  the hot path) plus ``max_tokens``, or a running estimate of the answer's length when
-  unset. When the answer arrives the reservation is corrected to what the server
-  charged: the real prompt tokens plus ``max_tokens`` if set (OpenAI counts it when
-  admitting the request), else the real completion tokens.
+- tokens per minute: the prompt plus the answer, estimated (estimate.py). When the
+  answer arrives the reservation is corrected to what the server charged: the real
+  prompt tokens plus ``max_tokens`` if set (OpenAI counts it when admitting the
+  request), else the real completion tokens.
 
-Beyond that even pace, requests the ``x-ratelimit-remaining-requests`` header says
-remain may go at once (ratelimit_window.Credit): slowly at first, more while answers
-show a window of a minute, never again once the window shows itself quantized.
+The limiter is made of three parts: this pacing, the token estimates (estimate.py) and
+the limits learned from the server (learning.py reads the headers and 429 messages that
+limits.py parses; window.py decides when ``x-ratelimit-remaining-requests`` is credit that
+may go at once, ahead of the even pace: slowly at first, more while answers show a window
+of a minute, never again once the window shows itself quantized).
 
-Limits come from ``rpm=``/``tpm=`` or from the ``x-ratelimit-limit-*`` headers of every
-response (the lower wins). A header limit whose reset is longer than a minute counts
-over a longer window (Groq's per-day requests) and is not paced by; a 429 whose message
-names its per-minute limit (``... per min (RPM): Limit 30 ...``) sets that budget, and a
-header figure that differs from it is no longer trusted. Until a first answer says what the limits are, at most
-``initial_burst`` requests go out. ``x-ratelimit-remaining-*`` at zero holds sending for
-the time the server needs to refill what the next request takes. A 429 pauses every
-worker for its ``retry-after`` (or a doubling backoff) when it is about the limit
+Limits come from ``rpm=``/``tpm=`` or from the server (the lower wins). Until a first
+answer says what the limits are, at most ``initial_burst`` requests go out. A 429 pauses
+every worker for its ``retry-after`` (or a doubling backoff) when it is about the limit
 (:meth:`Limiter.is_limit`: a 429 whose headers show room left, or that says the server
 is overloaded, is retried by the engine for that request alone), then sending resumes on a ramp
 from ``ramp_floor`` of the limit to all of it, not as a burst: over ten times the pause,
@@ -53,37 +48,18 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .limits import (
-    _BOUNDLESS,
-    OVERLOAD_WORDS,
-    _number,
-    limit_in_message,
-    parse_duration,
-    per_minute,
-    remember,
-    remembered_limits,
-)
+from .estimate import TokenEstimate
+from .learning import LimitLearning, Pace
+from .limits import remembered_limits
 from .window import Credit
 
-__all__ = ["Limiter", "parse_duration", "remembered_limits"]
+__all__ = ["Limiter"]
 
 
-class _Pace:
-    """One budget as a GCRA schedule: ``tat`` is when the budget is next fully free."""
-
-    __slots__ = ("rate", "user", "told", "tat")
-
-    def __init__(self, per_minute: float, user: bool, now: float, told: bool = False):
-        self.rate = per_minute / 60.0  # units per second
-        self.user = user  # set by the user (a server figure may only lower it)
-        self.told = told  # named by a 429's message: the headers' figure may not replace it
-        self.tat = now
-
-
-class Limiter:
+class Limiter(LimitLearning):
     """Requests-per-minute and tokens-per-minute budget shared by all workers of a run."""
 
     def __init__(
@@ -107,8 +83,8 @@ class Limiter:
     ):
         self.clock, self.sleep = clock, sleep
         now = clock()
-        self.requests = _Pace(rpm, True, now) if rpm else None
-        self.tokens = _Pace(tpm, True, now) if tpm else None
+        self.requests = Pace(rpm, True, now) if rpm else None
+        self.tokens = Pace(tpm, True, now) if tpm else None
         self.max_tokens = max_tokens
         self.headroom, self.ramp_seconds, self.ramp_floor = headroom, ramp_seconds, ramp_floor
         self.backoff, self.max_backoff = backoff, max_backoff
@@ -134,11 +110,7 @@ class Limiter:
         self._first_sent: float | None = None
         self._sent_unknown = 0
         self._known: asyncio.Event | None = None
-        # token estimates: prompt tokens per body byte, and the answer's length
-        self._ratio = 0.5  # conservative until calibrated by real usage (English JSON is ~0.25)
-        self._ratio_seen = 0.0
-        self._answer = 256.0
-        self._answers_seen = 0
+        self.estimate = TokenEstimate()  # prompt tokens per body byte, and the answer's length
         # admissions per second, for a provisional limit when a 429 comes with no figures
         self._count, self._count_from, self._last_rate = 0, now, 0.0
 
@@ -157,9 +129,9 @@ class Limiter:
             rpm, tpm = known
             now = lim.clock()
             if rpm and lim.requests is None:
-                lim.requests = _Pace(rpm, False, now)
+                lim.requests = Pace(rpm, False, now)
             if tpm and lim.tokens is None:
-                lim.tokens = _Pace(tpm, False, now)
+                lim.tokens = Pace(tpm, False, now)
             lim._unknown = False
         return lim
 
@@ -168,8 +140,7 @@ class Limiter:
         """Tokens to book for a request with this body (0 when no token limit is known)."""
         if self.tokens is None:
             return 0
-        out = self.max_tokens or math.ceil(1.25 * self._answer)
-        return math.ceil(len(body) * self._ratio) + 4 + out
+        return self.estimate.tokens(len(body), self.max_tokens)
 
     async def acquire(self, tokens: int = 0) -> int:
         """Wait until a request of ``tokens`` tokens fits every budget and take it; returns
@@ -223,7 +194,7 @@ class Limiter:
             self.credit.admitted(on_credit)
             return self._epoch, tokens
 
-    def _may_use_credit(self, req: _Pace | None, tok: _Pace | None, now: float) -> bool:
+    def _may_use_credit(self, req: Pace | None, tok: Pace | None, now: float) -> bool:
         return (
             req is not None and not req.user and not self._provisional and self.paused_until <= now
             and (tok is None or tok.tat <= now) and now >= self._ramp_to and self.credit.may_send(now)
@@ -281,17 +252,7 @@ class Limiter:
         elif self._unknown:
             self._no_limits()
         self._level = 0
-        if prompt_tokens and size:
-            ratio = prompt_tokens / size
-            if ratio > self._ratio_seen:
-                self._ratio_seen = ratio
-                self._ratio = 1.15 * ratio
-            elif self._ratio > 1.15 * self._ratio_seen:  # still the initial guess
-                self._ratio = 1.15 * self._ratio_seen
-        if completion_tokens or prompt_tokens:
-            self._answers_seen += 1
-            weight = max(0.05, 1.0 / self._answers_seen)
-            self._answer += weight * (completion_tokens - self._answer)
+        self.estimate.learn(size, prompt_tokens, completion_tokens)
         used = prompt_tokens + (self.max_tokens or completion_tokens)
         self.settle(reserved, used)
         self.credit.answered()
@@ -318,137 +279,6 @@ class Limiter:
         tok.tat = tat if tat > floor else floor
         if used < reserved and self._nudge is not None:
             self._nudge.set()  # the request waiting for the budget may go sooner
-
-    # -- server feedback -------------------------------------------------------------
-    def observe(self, headers: Mapping[str, str] | None) -> None:
-        """Keep in step with the server's ``x-ratelimit-*`` headers (any case-insensitive mapping)."""
-        if not headers:
-            if self._unknown:
-                self._no_limits()
-            return
-        get = headers.get
-        learned = False
-        for name, attr in (("requests", "requests"), ("tokens", "tokens")):
-            limit = _number(get("x-ratelimit-limit-" + name))
-            if limit:
-                learned = True
-                pace = getattr(self, attr)
-                reset = get("x-ratelimit-reset-" + name)
-                if name in self._not_per_minute or not per_minute(reset):
-                    self._not_minute(attr)
-                    continue  # a per-day figure paced as per minute would bring 429s: learn from them
-                if limit >= _BOUNDLESS[name]:
-                    pass  # a budget no single process can reach: no pacing needed
-                elif pace is None:
-                    self._set_pace(attr, limit)
-                elif pace.user and limit / 60.0 >= pace.rate:
-                    pass  # the user asked for less than the server allows
-                elif pace.told:
-                    pass  # a 429 named the per-minute limit; this header counts something else
-                elif abs(pace.rate * 60.0 - limit) > 1e-6:
-                    pace.rate = limit / 60.0
-                    if attr == "requests":
-                        self._provisional = False
-            remaining = get("x-ratelimit-remaining-" + name)
-            if remaining is not None and limit:
-                self._keep_in_step(name, _number(remaining), limit, get("x-ratelimit-reset-" + name))
-                if name == "requests" and limit < _BOUNDLESS[name] and _number(remaining) is not None:
-                    self.credit.observe(self.clock(), limit, _number(remaining))  # type: ignore[arg-type]
-        if learned:
-            self._remember()
-            if self._unknown:
-                self._known_now()
-        elif self._unknown:
-            self._no_limits()
-
-    def _remember(self) -> None:
-        if self.key is not None:
-            rpm = self.requests.rate * 60 if self.requests is not None and not self._provisional else None
-            tpm = self.tokens.rate * 60 if self.tokens is not None else None
-            remember(self.key, rpm, tpm)
-
-    def _set_pace(self, attr: str, limit: float) -> None:
-        now = self.clock()
-        pace = _Pace(limit, False, now)
-        if attr == "requests" and self._first_sent is not None:
-            # requests sent before the limit was known count against it
-            pace.tat = max(now, self._first_sent + self._sent_unknown / (pace.rate * self.headroom))
-        setattr(self, attr, pace)
-
-    def _keep_in_step(self, name: str, remaining: float | None, limit: float, reset: str | None) -> None:
-        if remaining is None:
-            return
-        need = 1.0 if name == "requests" else float(self.reserve(b"") or 1)
-        if remaining >= need:
-            return
-        # The server has no room for the next request: hold until it refills that much.
-        wait = (need - remaining) / (limit / 60.0)
-        until = parse_duration(reset)
-        if until is not None:
-            wait = min(wait, until)
-        pace = self.requests if name == "requests" else self.tokens
-        if pace is not None and wait > 0:
-            pace.tat = max(pace.tat, self.clock() + wait)
-
-    def _not_minute(self, attr: str) -> None:
-        """The headers' limit for ``attr`` counts over more than a minute: do not pace by it."""
-        self._not_per_minute.add(attr)
-        pace = getattr(self, attr)
-        if pace is not None and not pace.user and not pace.told:
-            setattr(self, attr, None)  # learned from those headers: forget it
-            if attr == "requests":
-                self._provisional = False
-
-    def is_limit(self, headers: Any = None, message: str | None = None, reserved: int = 0) -> bool:
-        """Whether a 429 says the account's limit is reached (True: pause everyone) or only
-        that the server is busy (False: retry that one request, keep the pace).
-
-        In order: a message naming the limit (``Limit 500, Used 500``) is a limit; else
-        ``x-ratelimit-remaining-*`` headers with room for this request (one request,
-        ``reserved`` tokens) are not, and one without room is; else a message about the
-        rate limit or quota is; one saying the server is overloaded or to try again
-        later is not; anything else is treated as a limit. Reads the headers' figures.
-        """
-        if headers:
-            self.observe(headers)
-        if limit_in_message(message) is not None:
-            return True
-        if headers:
-            get, seen = headers.get, False
-            for name, need in (("requests", 1.0), ("tokens", float(reserved or 1))):
-                remaining = _number(get("x-ratelimit-remaining-" + name))
-                if remaining is not None:
-                    seen = True
-                    if remaining < need:
-                        return True
-            if seen:
-                return False
-        text = (message or "").lower()
-        if "rate limit" in text or "quota" in text:
-            return True
-        return not any(word in text for word in OVERLOAD_WORDS)
-
-    def _learn_from_message(self, message: str | None) -> None:
-        """A 429 that names its limit: pace by it when it is per minute (the lower wins)."""
-        named = limit_in_message(message)
-        if named is None:
-            return
-        attr, window, limit, _, _ = named
-        pace = getattr(self, attr)
-        if window != 60.0:
-            if pace is not None and not pace.user and abs(pace.rate * 60.0 - limit) <= 1e-6 * limit:
-                self._not_minute(attr)  # the headers' figure was this per-day limit
-            return
-        if pace is not None and not pace.user and not pace.told and abs(pace.rate * 60.0 - limit) > 0.01 * limit:
-            self._not_per_minute.add(attr)  # the headers count something other than this limit
-        if pace is None or limit / 60.0 < pace.rate or not pace.user:
-            if pace is None:
-                pace = _Pace(limit, False, self.clock(), told=True)
-                setattr(self, attr, pace)
-            pace.rate, pace.told = limit / 60.0, True
-            if attr == "requests":
-                self._provisional = False
-            self._remember()
 
     def rate_limited(
         self, ticket: int, retry_after: float | None, headers: Any = None, message: str | None = None
@@ -479,7 +309,7 @@ class Limiter:
         if self.requests is None and self._last_rate + self._count > 0 and fresh:
             elapsed = max(1e-3, now - self._count_from)
             observed = max(self._last_rate, self._count / elapsed)
-            self.requests = _Pace(0.8 * observed * 60.0, False, now)
+            self.requests = Pace(0.8 * observed * 60.0, False, now)
             self._provisional = True
         self.pause(retry_after, ramp=not probing)
         return retry_after
@@ -501,18 +331,3 @@ class Limiter:
         for pace in (self.requests, self.tokens):
             if pace is not None:
                 pace.tat = until
-
-    # -- learning state --------------------------------------------------------------
-    def _known_now(self) -> None:
-        self._unknown = False
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._known is not None:
-            self._known.set()
-            self._known = None  # waiters look again; later ones wait on a new event
-
-    def _no_limits(self) -> None:
-        """An answer came without limit headers: the server has none we can learn."""
-        self._remember()
-        self._known_now()
