@@ -70,9 +70,9 @@ def run(request, server, monkeypatch):
 @pytest.fixture
 def fast_retries(monkeypatch):
     """Backoff without real waiting, so retry tests take milliseconds."""
-    from pandas_llm._run import engine
+    from pandas_llm._run.retry import RetryPolicy
 
-    monkeypatch.setattr(engine.RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
+    monkeypatch.setattr(RetryPolicy, "backoff", lambda self, attempt, retry_after: 0.001)
 
 
 @pytest.fixture

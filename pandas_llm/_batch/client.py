@@ -30,7 +30,7 @@ import orjson
 from .._backends.errors import map_errors
 from .._backends.openai_client import _timeout
 from .._errors import APIError, ConfigError, FatalAPIError, RetryableError, remember_secret
-from .._run.engine import RetryPolicy
+from .._run.retry import RetryPolicy
 from .._run.stopping import quota_stop
 
 __all__ = ["BatchAPI", "BatchInfo", "ENDPOINT", "PART_KEY", "JOB_KEY", "NoBatchAPIError"]

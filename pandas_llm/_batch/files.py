@@ -24,7 +24,7 @@ from .._backends.answers import judge
 from .._backends.errors import error_for_status
 from .._config import BatchLimits
 from .._errors import APIError, BadRequestError, RetryableError
-from .._run.engine import completion_record
+from .._run.judge import completion_record
 from .._run.stopping import row_status
 from .._store.store import Record
 from .client import ENDPOINT

@@ -12,35 +12,8 @@ Stopping (``stop()``: the first Ctrl-C, Jupyter's stop button, a first cancel of
 timeout), so their answers, already paid for, are committed; cancelling the run
 abandons them at once.
 
-Retries: 408/409/5xx, timeouts and connection errors up to ``max_attempts`` with
-exponential backoff and jitter (tenacity's strategy), honouring ``retry-after``. A 429
-at the account's limit pauses every worker through the limiter and is retried until the
-run's deadline, not a fixed small count; a 429 whose headers or message show the limit
-is not reached (the server is overloaded: ``Limiter.is_limit``) is retried like a 5xx,
-for that request only, without slowing the others. A 400 is that row's error.
-401/403/404 stop the whole run at once.
-What will not clear stops the run early (stopping.py): the same refusal of the request's
-shape on the first answers, a 429 asking for a wait beyond 10 min with no deadline.
-
-The deadline is checked before every send (first tries and retries alike): once it has
-passed, or a 429's wait ends after it, nothing more is sent; workers waiting for the
-limiter are woken and stop, requests in flight are kept, and rows not sent are left for
-the caller to label (``stats.deadline_reached``).
-
-A dead endpoint stops the run in seconds, not after every row has used its attempts:
-when one request has failed ``DEAD_AFTER`` times in a row (or ``max_attempts``, if fewer)
-on connection-level errors (refused, reset, unreachable, DNS: ``code="connection"`` from
-every backend) and the endpoint answered nothing at all meanwhile, the run raises
-FatalAPIError naming the base URL. A blip (a few refusals, then answers) is retried as
-usual. On each connection failure the engine also asks ``pandas_llm.local`` whether a
-LocalServer of this process serves that URL and has died: then LocalServerError, at once.
-
-Validation (``validate=``, used when a schema is set): an answer the hook rejects is
-asked again up to ``invalid_retries`` times, then stored as ``invalid`` with the hook's
-error. A resend is a fresh request with ``seed`` moved on by the resend number (so a
-seeded or temperature>0 model can answer differently, and a rerun resends the same
-sequence); the tokens and cost of the rejected answers are added to the row's record.
-Without ``validate`` the workers never enter that path.
+Sending one job (the limiter, retries, the deadline, a dead endpoint, validation) is
+send.py; judging an answer judge.py; the retry policy retry.py.
 """
 
 from __future__ import annotations
@@ -49,64 +22,27 @@ import asyncio
 import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from tenacity import RetryCallState, wait_exponential_jitter
-
 from .._backends import Backend, Completion
-from .._errors import (
-    BadRequestError,
-    FatalAPIError,
-    LocalServerError,
-    PandasLLMError,
-    RateLimitError,
-    RetryableError,
-    StoreError,
-    redact,
-)
+from .._errors import FatalAPIError, LocalServerError, PandasLLMError, StoreError
 from .._stats import RunStats
 from .._store.committer import Committer
 from .._store.store import Record, Store
 from . import inflight
 from .limiter import Limiter
-from .stopping import ShapeWatch, come_back, quota_stop, row_status
+from .retry import RetryPolicy
+from .send import UNSENT, Job, Sending
+from .stopping import ShapeWatch
 
-__all__ = ["Engine", "Job", "RetryPolicy", "completion_record", "DEAD_AFTER"]
+__all__ = ["Engine", "Job", "RetryPolicy"]
 
-Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
-
-#: finish_reason values of a finished answer: "stop", and the natural ends of Hugging Face TGI.
-_DONE_FINISH = frozenset({"stop", "eos_token", "stop_sequence"})
-#: finish_reason values that are failures with a status of their own, never a value.
-_FAILED_FINISH = {"length": "length", "model_length": "length", "content_filter": "content_filter"}
-#: finish_reason values of a tool call: an answer only when the request asked for tools.
-_TOOL_FINISH = frozenset({"tool_calls", "function_call"})
-#: Connection failures in a row of one request, with no answer from the endpoint meanwhile,
-#: after which the endpoint counts as dead (about 4 s with the default backoff).
-DEAD_AFTER = 4
 #: What stops a whole run (recorded in Engine._fatal, re-raised once the others have stopped).
 _STOPS = (FatalAPIError, LocalServerError)
-#: The status of a job the engine did not send (deadline passed, run stopping); never stored.
-UNSENT = "unsent"
+_DEFAULT_RETRY = RetryPolicy()
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 6
-    wait: Callable[[RetryCallState], float] = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)
-    deadline: float | None = None  # seconds from start; bounds rate-limit retries
-
-    def backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        return self.wait(state)
-
-
-class Engine:
+class Engine(Sending):
     """Runs jobs through a backend with bounded concurrency and commits each result."""
 
     def __init__(
@@ -116,7 +52,7 @@ class Engine:
         store: Store,
         stats: RunStats,
         concurrency: int,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = _DEFAULT_RETRY,
         limiter: Limiter | None = None,
         cost: Callable[[Completion], float | None] = lambda c: None,
         reserve_tokens: Callable[[bytes], int] | None = None,  # default: the limiter's estimate
@@ -318,303 +254,6 @@ class Engine:
             f"created again and holds the {n:,} answers of this run"
         )
 
-    async def _process(self, job: Job, hold: Any = None) -> Record:
-        """Send ``job`` until it is answered or fails; ``hold``: its budget.Hold under max_cost."""
-        _, key, body = job
-        stats = self.stats
-        limiter = self.limiter
-        reserve = self.reserve_tokens
-        attempts = 0
-        failures = 0
-        deadline = self.retry.deadline
-        failure: RetryableError | None = None
-        down, heard = 0, -1  # this request's connection failures in a row; self._heard at the last
-        while True:
-            if self._stop or (deadline is not None and self._past_deadline(0)):
-                return self._unsent(key, attempts, failure)
-            if reserve is None:
-                ticket, reserved = await limiter.admit(body)
-            else:
-                reserved = reserve(body)
-                ticket = await limiter.acquire(reserved)
-            if self._stop or (deadline is not None and self._past_deadline(0)):  # the wait may have crossed it
-                limiter.release(reserved)
-                return self._unsent(key, attempts, failure)
-            attempts += 1
-            stats.attempts += 1
-            stats.in_flight += 1
-            task = asyncio.current_task()
-            self._sending.add(task)  # type: ignore[arg-type]
-            try:
-                completion = await self.backend.complete(body)
-            except RetryableError as exc:
-                limiter.release(reserved)
-                if exc.code == "connection":
-                    down = down + 1 if heard == self._heard else 1
-                    heard = self._heard
-                    stop = self._unreachable(exc, down)
-                    if stop is not None:
-                        if exc.maybe_billed:  # dropped after sending: counted as possibly billed
-                            await self._lost(body, hold, False)
-                        why = f"{exc} (after {attempts} attempts; not sent again: the endpoint is gone)"
-                        return self._stop_run(
-                            stop, Record(key, "failed", error=why, attempts=attempts, model=self.model)
-                        )
-                elif exc.status is not None:
-                    self._heard += 1
-                elif exc.code == "timeout":
-                    stats.timeouts += 1
-                if isinstance(exc, RateLimitError):
-                    if limiter.is_limit(exc.headers, str(exc), reserved):
-                        stats.rate_limited += 1
-                        wait = limiter.rate_limited(ticket, exc.retry_after, exc.headers, str(exc))
-                        stats.paused_until = limiter.paused_until
-                        stop = quota_stop(exc, wait, deadline)
-                        if stop is not None:
-                            return self._stop_run(stop, Record(key, UNSENT))
-                        if self._past_deadline(wait):  # no request can be sent before the deadline: stop sending
-                            self._halt(
-                                f"{exc} The limit clears in {come_back(wait)}, after the deadline ({deadline:g} s)."
-                            )
-                            return Record(key, UNSENT)
-                        stats.retries += 1
-                        continue
-                    # the server is busy, the account's limit is not reached: retried like a
-                    # 5xx, this request alone after its retry-after or backoff; nobody pauses
-                    stats.overloaded += 1
-                failures += 1
-                failure = exc
-                wait = self.retry.backoff(failures, exc.retry_after)
-                again = failures < self.retry.max_attempts and not self._past_deadline(wait)
-                if exc.maybe_billed and not await self._lost(body, hold, again):
-                    return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
-                                  "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
-                if not again:
-                    return Record(
-                        key, "failed", error=f"{exc} (after {attempts} attempts)", attempts=attempts, model=self.model
-                    )
-                stop = quota_stop(exc, wait, deadline)
-                if stop is not None:
-                    return self._stop_run(
-                        stop, Record(key, "failed", error=str(exc), attempts=attempts, model=self.model)
-                    )
-                stats.retries += 1
-                await self.sleep(wait)
-                continue
-            except BadRequestError as exc:
-                limiter.release(reserved)
-                self._heard += 1
-                record = Record(key, row_status(exc), error=str(exc), attempts=attempts, model=self.model)
-                stop = None if self._refused_before(key, record) else self._shape.refused(exc, body)
-                return record if stop is None else self._stop_run(stop, record)
-            except FatalAPIError as exc:
-                self._fatal = self._fatal or exc
-                self._stop = True
-                raise
-            except asyncio.CancelledError:
-                limiter.release(reserved)
-                # abandoned in flight (the run stopped on another worker's fatal error, or a
-                # second interrupt): the server may have run it and billed it, so count it
-                stats.lost_answers += 1
-                stats.possibly_billed += self.worst_case(body)
-                raise
-            except BaseException:
-                limiter.release(reserved)
-                raise
-            finally:
-                stats.in_flight -= 1
-                self._sending.discard(task)  # type: ignore[arg-type]
-            self._heard += 1
-            limiter.done(
-                reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers
-            )
-            return self._record(key, completion, reserved, attempts, body)
-
-    async def _process_validated(self, job: Job, hold: Any = None) -> Record:
-        """``_process``, then resend while the answer fails ``validate`` (bounded)."""
-        record = await self._process(job, hold)
-        rejected: list[Record] = []
-        while record.status == "ok":
-            error = self.validate(record.output)  # type: ignore[misc]
-            if error is None:
-                break
-            if len(rejected) >= self.invalid_retries or self._stop:
-                record = record._replace(status="invalid", error=error)
-                break
-            rejected.append(record._replace(status="invalid", error=error))
-            self.stats.retries += 1
-            record = await self._process((job[0], job[1], _reseeded(job[2], len(rejected))), hold)
-            if record.status == UNSENT:  # the resend was not sent (deadline): keep the paid answer
-                record = rejected.pop()
-        return _with_spent(record, rejected) if rejected else record
-
-    def _record(self, key: bytes, c: Completion, reserved: int, attempts: int, body: bytes) -> Record:
-        stats = self.stats
-        cost = self.cost(c)
-        stats.prompt_tokens += c.prompt_tokens
-        stats.completion_tokens += c.completion_tokens
-        stats.reasoning_tokens += c.reasoning_tokens
-        stats.cached_tokens += c.cached_tokens
-        if cost is None:
-            stats.cost_known = False
-        else:
-            stats.cost += cost
-        if c.outputs is not None:  # many inputs in one request: the split hook makes the rows' records
-            self._shape.answered = True
-            return Record(
-                key, "ok", c.outputs, c.finish_reason, c.prompt_tokens, 0, 0, cost, None, attempts, self.model
-            )
-        tools = c.finish_reason in _TOOL_FINISH and "tools" in orjson.loads(body)  # parsed on that rare path only
-        record = completion_record(key, c, cost, attempts, self.model, tools=tools)
-        if record.status == "ok":
-            self._shape.answered = True
-        return record
-
-    def _unsent(self, key: bytes, attempts: int, failure: RetryableError | None) -> Record:
-        """A job not sent (again) because the deadline passed or the run is stopping."""
-        if self.retry.deadline is not None and not self._stop:
-            self._halt(None)
-        if failure is None:
-            return Record(key, UNSENT)  # never sent: the caller labels it (deadline, stopped)
-        why = "the deadline passed" if self.stats.deadline_reached else "the run stopped"
-        return Record(key, "failed", error=f"{failure} (after {attempts} attempts; not sent again: {why})",
-                      attempts=attempts, model=self.model)  # fmt: skip
-
-    def _refused_before(self, key: bytes, record: Record) -> bool:
-        """True if an earlier run stored this same refusal for ``key``: it does not count
-        toward the same-400 stop (stopping.ShapeWatch), so rows refused for themselves, which
-        a rerun sends first, cannot stop every rerun before the others are sent."""
-        if self._shape.answered or self.store is None:
-            return False
-        try:
-            stored = next(iter(self.store.lookup([key])), None)
-        except Exception:  # a busy or vanished file: count it, as without the cache
-            return False
-        return stored is not None and stored.status == record.status and stored.error == redact(record.error)
-
-    def _stop_run(self, exc: PandasLLMError, record: Record) -> Record:
-        """Stop the run with ``exc`` once this job's ``record`` is kept (see _work)."""
-        self._fatal = self._fatal or exc
-        self._stop = True
-        return record
-
-    def _halt(self, note: str | None) -> None:
-        """The deadline: stop sending; wake the workers that wait (those in flight finish)."""
-        stats = self.stats
-        if not stats.deadline_reached:
-            stats.deadline_reached = True
-            stats.stop_note = stats.stop_note or note
-            self._stop = True
-            for w in self._workers:
-                if w not in self._sending and w is not asyncio.current_task():
-                    w.cancel()
-
     async def _watch_deadline(self) -> None:
         await self.sleep(max(0.0, self.stats.started + self.retry.deadline - self.clock()))  # type: ignore[operator]
         self._halt(None)
-
-    async def _lost(self, body: bytes, hold: Any, again: bool) -> bool:
-        """An attempt was sent and its answer lost: count its worst case as possibly billed,
-        charge it to max_cost; False if its retry (``again``) no longer fits under the cap."""
-        stats = self.stats
-        billed = self.worst_case(body)
-        stats.lost_answers += 1
-        stats.possibly_billed += billed
-        if hold is None:
-            return True
-        return await self.budget.lost(hold, billed, again=again) or not again
-
-    def _unreachable(self, exc: RetryableError, down: int) -> PandasLLMError | None:
-        """The error that stops the run after a connection failure, or None to retry: the
-        LocalServer serving this URL died, or ``down`` failures in a row mean the endpoint is gone."""
-        endpoint = getattr(self.backend, "endpoint", None)
-        if endpoint:
-            from ..local import check_endpoint
-
-            try:
-                check_endpoint(endpoint)
-            except LocalServerError as died:
-                return died
-        if down < min(DEAD_AFTER, self.retry.max_attempts):
-            return None
-        return FatalAPIError(
-            f"cannot reach {endpoint or 'the endpoint of the client function'}: {down} connection attempts "
-            f"in a row failed with no answer from it meanwhile (last: {exc}). Is the server running, and "
-            "is base_url right? The run stopped; answered rows are kept in the cache: run the same call "
-            "again to send the rest.",
-            code="unreachable",
-        )
-
-    def _past_deadline(self, wait: float) -> bool:
-        deadline = self.retry.deadline
-        return deadline is not None and (self.clock() + wait - self.stats.started) > deadline
-
-
-def _reseeded(body: bytes, n: int) -> bytes:
-    """The same request with ``seed`` moved on by ``n`` (key order kept: schemas stay ordered)."""
-    data = orjson.loads(body)
-    seed = data.get("seed")
-    data["seed"] = (seed if isinstance(seed, int) else 0) + n
-    return orjson.dumps(data)
-
-
-def _with_spent(record: Record, rejected: list[Record]) -> Record:
-    """``record`` charged with what the rejected answers before it cost (nothing paid is lost)."""
-    costs = [r.cost for r in (*rejected, record)]
-    return record._replace(
-        prompt_tokens=record.prompt_tokens + sum(r.prompt_tokens for r in rejected),
-        completion_tokens=record.completion_tokens + sum(r.completion_tokens for r in rejected),
-        cached_tokens=record.cached_tokens + sum(r.cached_tokens for r in rejected),
-        cost=None if any(c is None for c in costs) else sum(costs),
-        attempts=record.attempts + sum(r.attempts for r in rejected),
-    )
-
-
-def completion_record(
-    key: bytes, c: Completion, cost: float | None, attempts: int, model: str | None, *, tools: bool = False
-) -> Record:
-    """The Record for an answer, judged the same for every backend and the Batch API.
-
-    Only a finished answer with content is ``ok``: finish_reason ``stop`` (TGI's
-    ``eos_token`` / ``stop_sequence``), or ``tool_calls`` when the request asked for
-    ``tools``. A cut-off (``length``), filtered or refused answer is a failure with its own
-    status; an error the server put in the choice, any other finish_reason (a gateway's
-    ``"error"``, vLLM's ``"abort"``, none at all) or no content is that row's ``error``,
-    with the server's message: never a value, and sent again by the next run. Its tokens
-    and cost are kept (it may have been billed). An empty string (``""``) is the failure
-    ``empty``; whitespace-only text is kept as the model's answer. Content that is not a
-    str (a list with parts other than text, a number) is that row's ``error``: the output
-    of a Record is always ``str | None``.
-    """
-    reason = c.finish_reason
-    status = _FAILED_FINISH.get(reason)  # type: ignore[arg-type]
-    error = None
-    text = c.text
-    if text is not None and not isinstance(text, str):  # never bind a foreign type in the store
-        from .._backends import describe_content
-
-        status, error, text = "error", f"finish_reason={reason}: {describe_content(text)}", None
-    elif c.error is not None:
-        status, error = "error", f"finish_reason={reason}: the server answered with an error: {c.error}"
-    elif status is not None:
-        error = f"finish_reason={reason}: the answer was cut off or withheld"
-        if status == "length":
-            error = f"finish_reason={reason}: the answer hit max_tokens and was cut off; raise max_tokens"
-    elif reason not in _DONE_FINISH and not (tools and reason in _TOOL_FINISH):
-        status = "error"
-        if reason in _TOOL_FINISH:
-            error = f"finish_reason={reason}: the model called a tool, but the request asked for no tools"
-        elif reason is None:
-            error = "the answer has no finish_reason, so it may be incomplete: not counted as an answer"
-        else:
-            error = f"finish_reason={reason!r}: the server ended the answer abnormally (no message given)"
-    elif c.refusal:
-        status, error = "refused", f"the model refused: {c.refusal}"
-    elif text is None:
-        status, error = "error", "the answer had no content" + (" (it called a tool)" if reason in _TOOL_FINISH else "")
-    elif text == "":
-        status, error = "empty", f"finish_reason={reason}: the answer was an empty string"
-    return Record(
-        key, status or "ok", text, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.cached_tokens,
-        cost, error, attempts, model,
-    )  # fmt: skip

@@ -16,7 +16,7 @@ from helpers import frame
 from pandas_llm import QuotaError, RunWarning
 from pandas_llm._backends import Completion
 from pandas_llm._backends.errors import retry_after
-from pandas_llm._run.engine import completion_record
+from pandas_llm._run.judge import completion_record
 from pandas_llm._store.store import Record, Store
 
 

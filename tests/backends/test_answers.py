@@ -12,7 +12,7 @@ from helpers import frame
 from pandas_llm import FatalAPIError, RunWarning
 from pandas_llm._backends import Completion, parse_completion
 from pandas_llm._batch.files import parse_line
-from pandas_llm._run.engine import completion_record
+from pandas_llm._run.judge import completion_record
 
 
 def chat(content, finish_reason, **choice):

@@ -13,7 +13,7 @@ import pytest
 
 import pandas_llm
 from pandas_llm import ConfigError, FatalAPIError, RunWarning, TemplateError
-from pandas_llm._run import engine as scheduler
+from pandas_llm._run import send
 from pandas_llm.testing import LLMServer
 
 
@@ -191,7 +191,7 @@ def test_ten_thousand_rows_against_a_closed_port_stop_in_a_handful_of_requests(f
     assert report.stats.outcome == "failed" and report.stats.ok == 0
     statuses = report.details["status"].value_counts()
     assert "ok" not in statuses and statuses.get("stopped", 0) >= 10_000 - 16
-    assert report.stats.retries <= 16 * scheduler.DEAD_AFTER  # a handful per worker, not 6 x 10,000
+    assert report.stats.retries <= 16 * send.DEAD_AFTER  # a handful per worker, not 6 x 10,000
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
@@ -228,8 +228,8 @@ def test_an_answer_between_connection_failures_keeps_the_run_going(server, fast_
 
 
 def test_dead_after_connection_failures_in_a_row(server, fast_retries):
-    server.inject(reset=True, times=scheduler.DEAD_AFTER)
-    with pytest.raises(FatalAPIError, match=rf"{scheduler.DEAD_AFTER} connection attempts in a row"):
+    server.inject(reset=True, times=send.DEAD_AFTER)
+    with pytest.raises(FatalAPIError, match=rf"{send.DEAD_AFTER} connection attempts in a row"):
         pd.DataFrame({"text": ["a", "b"]}).llm.map("{text}", concurrency=1, **_opts(server))
     # with fewer attempts allowed than that, the endpoint is dead after max_attempts
     server.inject(reset=True, times=2)
