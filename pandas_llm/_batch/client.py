@@ -3,7 +3,7 @@
 ``BatchAPI`` is an async context manager that holds one SDK client for one operation
 (it is closed at the end, so a job can be driven from any event loop). The client is
 built with ``max_retries=0``; transient failures (408/409/429/5xx, timeouts, connection
-errors) are retried here with the scheduler's backoff, honouring ``retry-after``.
+errors) are retried here with the realtime runs' policy (_run/retry.py), honouring ``retry-after``.
 Errors are mapped to pandas_llm._errors at this boundary, as for the realtime backends.
 
 Creating a batch is not idempotent, so ``submit`` never blindly retries it: after a
@@ -29,9 +29,8 @@ import orjson
 
 from .._backends.errors import map_errors
 from .._backends.openai_client import _timeout
-from .._errors import APIError, ConfigError, FatalAPIError, RetryableError, remember_secret
-from .._run.retry import RetryPolicy
-from .._run.stopping import quota_stop
+from .._errors import APIError, ConfigError, FatalAPIError, remember_secret
+from .._run.retry import RetryPolicy, retrying
 
 __all__ = ["BatchAPI", "BatchInfo", "ENDPOINT", "PART_KEY", "JOB_KEY", "NoBatchAPIError"]
 
@@ -189,18 +188,7 @@ class BatchAPI:
         return exc
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        failures = 0
-        while True:
-            try:
-                return await call()
-            except RetryableError as exc:
-                failures += 1
-                if failures >= self.retry.max_attempts:
-                    raise
-                stop = quota_stop(exc, 0.0, None)  # a retry-after of hours is a quota: never wait it here
-                if stop is not None:
-                    raise stop from exc
-                await self.sleep(self.retry.backoff(failures, exc.retry_after))
+        return await retrying(call, self.retry, sleep=self.sleep)
 
     def _absent(self, exc: APIError, what: str) -> APIError:
         """``exc`` as a NoBatchAPIError when its status says the endpoint lacks ``what``."""
@@ -259,8 +247,8 @@ class BatchAPI:
     async def create(self, file_id: str, metadata: dict[str, str], endpoint: str = ENDPOINT) -> BatchInfo:
         """Create the batch for ``file_id`` exactly once, even when the answer to the create is lost."""
         batches = self._client.batches
-        failures = 0
-        while True:
+
+        async def create() -> BatchInfo:
             try:
                 batch = await self._sdk(
                     batches.create,
@@ -270,23 +258,20 @@ class BatchAPI:
                     completion_window="24h",
                     metadata=metadata,
                 )
-                return _info(batch)
             except FatalAPIError as exc:
                 absent = self._absent(exc, "POST /batches")
                 if absent is exc:
                     raise
                 raise absent from exc
-            except RetryableError as exc:
-                failures += 1
-                found = await self.find(part=metadata.get(PART_KEY), file_id=file_id)
-                if found is not None:
-                    return found
-                if failures >= self.retry.max_attempts:
-                    raise
-                stop = quota_stop(exc, 0.0, None)
-                if stop is not None:
-                    raise stop from exc
-                await self.sleep(self.retry.backoff(failures, exc.retry_after))
+            return _info(batch)
+
+        # after a failure, the batch may exist already (created before the answer was lost)
+        return await retrying(
+            create,
+            self.retry,
+            sleep=self.sleep,
+            recover=lambda: self.find(part=metadata.get(PART_KEY), file_id=file_id),
+        )
 
     async def retrieve(self, batch_id: str) -> BatchInfo:
         batches = self._client.batches

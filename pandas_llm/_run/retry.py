@@ -1,28 +1,79 @@
-"""Retries: how many times a failure is sent again, and how long to wait between.
+"""Retries: which failures are sent again, how many times, and how long to wait between.
 
-Exponential backoff with jitter (tenacity's strategy), honouring ``retry-after``;
-``deadline`` (seconds from the start of a run) bounds the engine's retries.
+One policy for the engine's requests and the Batch API's calls: ``max_attempts`` sends,
+a wait of ``retry-after`` when the server gave one (``retry-after-ms``, seconds or an
+HTTP date: read by the backends), else an exponential backoff with jitter,
+``min(cap, base * 2 ** (failures - 1) + uniform(0, jitter))`` seconds; ``deadline``
+(seconds from the start of a run) bounds the engine's retries. The engine's loop
+(send.py) also waits for the limiter and pauses every worker on a 429 at the account's
+limit, so it reads the policy itself; every other call goes through :func:`retrying`.
+
+    >>> policy = RetryPolicy(jitter=0.0)
+    >>> [policy.backoff(n, None) for n in (1, 2, 3, 8)]
+    [0.5, 1.0, 2.0, 30.0]
+    >>> policy.backoff(1, 7.5)  # the server's retry-after wins
+    7.5
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from tenacity import RetryCallState, wait_exponential_jitter
+from .._errors import RetryableError
+from .stopping import quota_stop
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RetryPolicy", "retrying"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How often a failure is sent again and how long to wait first (seconds)."""
+
     max_attempts: int = 6
-    wait: Callable[[RetryCallState], float] = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)
     deadline: float | None = None  # seconds from start; bounds rate-limit retries
+    base: float = 0.5  # the first backoff, seconds (doubled on each failure)
+    cap: float = 30.0  # the longest backoff, seconds
+    jitter: float = 0.5  # at most this many seconds added at random, so workers do not retry in step
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait after the ``attempt``-th failure; the server's ``retry_after`` if given."""
         if retry_after is not None:
             return retry_after
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        return self.wait(state)
+        return min(self.cap, self.base * 2.0 ** (attempt - 1) + random.uniform(0.0, self.jitter))
+
+
+async def retrying(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    recover: Callable[[], Awaitable[T | None]] | None = None,
+) -> T:
+    """``await call()``, sent again on a RetryableError up to ``policy.max_attempts`` times.
+
+    ``recover``, after each failure, may find the result another way (a batch the server
+    created before the connection broke) and end the retries. A wait of hours (a quota,
+    quota_stop) is never slept here: it raises at once.
+    """
+    failures = 0
+    while True:
+        try:
+            return await call()
+        except RetryableError as exc:
+            failures += 1
+            if recover is not None:
+                found = await recover()
+                if found is not None:
+                    return found
+            if failures >= policy.max_attempts:
+                raise
+            stop = quota_stop(exc, 0.0, None)  # a retry-after of hours is a quota: never wait it here
+            if stop is not None:
+                raise stop from exc
+            await sleep(policy.backoff(failures, exc.retry_after))
