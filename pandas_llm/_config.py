@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._errors import ConfigError, redact
-from ._params import CHAT_FIELDS, GENERATION_PARAMS, check_params, is_number, is_whole
+from ._params import CHAT_FIELDS, GENERATION_PARAMS, check_params, check_positive, check_whole, is_number, is_whole
 
 __all__ = ["Settings", "BatchLimits", "settings", "configure", "current_settings", "CHAT_FIELDS", "GENERATION_PARAMS"]
 
@@ -63,16 +63,6 @@ Fallback = Literal["realtime", "batch"]
 NA = Literal["skip", "empty"]
 
 
-def _positive_or_none(name: str, value: Any) -> None:  # seconds, dollars, per minute
-    if value is not None and not (is_number(value) and value > 0):
-        raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
-
-
-def _whole(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class Pacing:
     """How fast requests go: at most ``concurrency`` requests in flight, ``rpm`` requests and
@@ -85,8 +75,8 @@ class Pacing:
     def __post_init__(self) -> None:
         if not is_whole(self.concurrency) or self.concurrency < 1:
             raise ConfigError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
-        _positive_or_none("rpm", self.rpm)
-        _positive_or_none("tpm", self.tpm)
+        check_positive("rpm", self.rpm)
+        check_positive("tpm", self.tpm)
 
 
 @dataclass(frozen=True)
@@ -104,7 +94,7 @@ class Patience:
             raise ConfigError(f"timeout must be a positive number of seconds or None, got {self.timeout!r}")
         if not is_whole(self.max_attempts) or self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be a whole number >= 1, got {self.max_attempts!r}")
-        _positive_or_none("deadline", self.deadline)
+        check_positive("deadline", self.deadline)
 
 
 @dataclass(frozen=True)
@@ -118,7 +108,7 @@ class Spending:
     def __post_init__(self) -> None:
         from ._pricing import Price
 
-        _positive_or_none("max_cost", self.max_cost)
+        check_positive("max_cost", self.max_cost)
         prices = self.prices
         if prices is None or isinstance(prices, Price):
             return
@@ -147,8 +137,8 @@ class Answers:
                 "structured must be 'json_schema' (the standard structured-output request) or "
                 f"'json_object' (for servers with JSON mode only, e.g. llama.cpp), got {self.structured!r}"
             )
-        _whole("rows_per_request", self.rows_per_request, 1)
-        _whole("invalid_retries", self.invalid_retries, 0)
+        check_whole("rows_per_request", self.rows_per_request, 1)
+        check_whole("invalid_retries", self.invalid_retries, 0)
 
 
 @dataclass(frozen=True)
@@ -174,7 +164,7 @@ class BatchOptions:
                 "packed_fallback must be 'realtime' (rows a packed batch did not answer are sent alone at once, "
                 f"at realtime prices) or 'batch' (in one more batch of single-row requests), got {self.packed_fallback!r}"
             )
-        _whole("batch_threshold", self.batch_threshold, 1)
+        check_whole("batch_threshold", self.batch_threshold, 1)
         if not (is_number(self.poll_interval) and self.poll_interval > 0):
             raise ConfigError(f"poll_interval must be a positive number of seconds, got {self.poll_interval!r}")
         if not isinstance(self.batch_limits, BatchLimits):

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._errors import ConfigError
 
-__all__ = ["CHAT_FIELDS", "GENERATION_PARAMS", "PARAM_CHECKS", "check_params"]
+__all__ = ["CHAT_FIELDS", "GENERATION_PARAMS", "PARAM_CHECKS", "check_params", "check_positive", "check_whole"]
 
 
 def is_whole(value: Any) -> bool:
@@ -91,6 +91,17 @@ PARAM_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a dict of strings",
     ),  # fmt: skip
 }
+
+
+def check_positive(name: str, value: Any) -> None:
+    """A positive number (seconds, dollars, per minute) or None."""
+    if value is not None and not (is_number(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
+
+
+def check_whole(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
 
 
 def check_params(params: Mapping[str, Any]) -> None:
