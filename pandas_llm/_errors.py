@@ -233,7 +233,8 @@ def find_stack_level() -> int:
     import sys
 
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame, level = sys._getframe(1), 1
+    frame: Any = sys._getframe(1)
+    level = 1
     while frame is not None:
         if not frame.f_code.co_filename.startswith(package):
             break

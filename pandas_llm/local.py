@@ -363,6 +363,8 @@ class LocalServer:
                             tail=self._tail())  # fmt: skip
 
     def _reported_port(self) -> int | None:
+        if self._log_path is None:
+            return None
         with open(self._log_path, "rb") as f:
             match = _PORT_LINE.search(f.read())
         return int(match.group(1)) if match else None

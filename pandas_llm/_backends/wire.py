@@ -161,7 +161,7 @@ def _answer(buf: bytearray, eof: bool):
 def dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
     """Decode a chunked body starting at ``pos``: ``(body, end)``, or None while it is
     incomplete; ValueError on a malformed chunk size. Shared with the loopback server."""
-    parts = []
+    parts: list[bytes] = []
     while True:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:

@@ -23,6 +23,7 @@ import inspect
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
@@ -52,6 +53,8 @@ _ABSENT = frozenset({404, 405, 501})
 
 class NoBatchAPIError(FatalAPIError):
     """The endpoint has no Batch API (``/files`` or ``/batches`` answer 404, 405 or 501)."""
+
+    reason: str | None = None  # what the server answered instead, when it answered something else
 
 
 class BatchInfo(NamedTuple):
@@ -298,8 +301,8 @@ class BatchAPI:
             kwargs: dict[str, Any] = {"limit": 100}
             if after:
                 kwargs["after"] = after
-            page = await self._retrying(
-                lambda kwargs=kwargs: self._sdk(batches.list, what="GET /batches", expect="data", **kwargs)
+            page: Any = await self._retrying(
+                partial(self._sdk, batches.list, what="GET /batches", expect="data", **kwargs)
             )
             data = list(page.data)
             for batch in data:

@@ -10,7 +10,6 @@ counters and its process CPU seconds, for benchmarks run from another process.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .server import LLMServer
 
@@ -65,4 +64,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -96,7 +96,7 @@ class BatchEndpoints(Timeline):
         self._stall_after: int | None = None
         self._request_faults: list[tuple[int, float | None]] = []
         self._held = False
-        self.missing: int | None = None  # an HTTP status: serve no Batch API (without_batch_api)
+        self.missing: int | str | None = None  # an HTTP status: serve no Batch API (without_batch_api)
         self.reset_counters()
         routes = {
             **self.file_store.routes(),
@@ -192,7 +192,7 @@ class BatchEndpoints(Timeline):
                 return Response(200, "<!doctype html><html><body>Gateway UI</body></html>", content_type="text/html")
             if missing == 400:
                 return error_response(400, f"Invalid URL ({request.method} {request.path})", "invalid_request_error")
-            if missing is not None:
+            if isinstance(missing, int):
                 return error_response(missing, f"{request.method} {request.path} is not supported by this server.",
                                       "invalid_request_error" if missing == 405 else "NotImplementedError")  # fmt: skip
             with self._lock:

@@ -21,7 +21,7 @@ class Fault:
     status: int
     times: int
     match: str | None
-    retry_after: float | None
+    retry_after: float | str | None  # a str is sent as given (an HTTP date)
     retry_after_ms: float | None
     hang: bool
     body: Any

@@ -212,13 +212,14 @@ class RateLimiter:
             slot = math.floor(now / self.window)
             if slot != self._slot:
                 self._slot, self._slot_req, self._slot_tok = slot, 0, 0
-            used = (self._slot_req, self._slot_tok)
+            used: tuple[float, float] = (self._slot_req, self._slot_tok)
             room = (self._req_cap - used[0], self._tok_cap - used[1])
             wait = (slot + 1) * self.window - now  # the next slot
             caps, scale = (self._req_cap, self._tok_cap), self._scale
         else:
-            room = tuple(lvl if cap else math.inf for lvl, cap in zip(self._level, (self.rpm, self.tpm)))
-            used = tuple((cap or 0) - lvl for lvl, cap in zip(self._level, (self.rpm, self.tpm)))
+            (req_level, tok_level), (rpm, tpm) = self._level, (self.rpm, self.tpm)
+            room = (req_level if rpm else math.inf, tok_level if tpm else math.inf)
+            used = ((rpm or 0) - req_level, (tpm or 0) - tok_level)
             caps, scale = (self.rpm or math.inf, self.tpm or math.inf), 1.0
         for i, (name, limit, want) in enumerate((("requests", self.rpm, 1), ("tokens", self.tpm, tokens))):
             if want <= room[i] + 1e-9:

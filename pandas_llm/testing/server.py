@@ -391,7 +391,7 @@ class LLMServer(Faults):
 
     def _stats(self, request: Request) -> Response:
         with self._lock:
-            stats = {
+            stats: dict[str, float] = {
                 "requests": self.requests,
                 "completed": self.completed,
                 "rate_limited": self.rate_limited,
