@@ -6,7 +6,8 @@ HTTP date: read by the backends), else an exponential backoff with jitter,
 ``min(cap, base * 2 ** (failures - 1) + uniform(0, jitter))`` seconds; ``deadline``
 (seconds from the start of a run) bounds the engine's retries. The engine's loop
 (send.py) also waits for the limiter and pauses every worker on a 429 at the account's
-limit, so it reads the policy itself; every other call goes through :func:`retrying`.
+limit, so it reads the policy itself; every other call goes through :func:`retrying`,
+which is tenacity's ``AsyncRetrying`` with this policy's stop and wait.
 
     >>> policy = RetryPolicy(jitter=0.0)
     >>> [policy.backoff(n, None) for n in (1, 2, 3, 8)]
@@ -22,6 +23,8 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from .._errors import RetryableError
 from .stopping import quota_stop
@@ -57,12 +60,16 @@ async def retrying(
 ) -> T:
     """``await call()``, sent again on a RetryableError up to ``policy.max_attempts`` times.
 
-    ``recover``, after each failure, may find the result another way (a batch the server
-    created before the connection broke) and end the retries. A wait of hours (a quota,
-    quota_stop) is never slept here: it raises at once.
+    tenacity's ``AsyncRetrying`` drives the loop: it stops after ``max_attempts``, waits
+    ``policy.backoff`` (the server's retry-after first) with the injected ``sleep``, and
+    re-raises the last error. ``recover``, after each failure, may find the result another
+    way (a batch the server created before the connection broke) and end the retries. A
+    wait of hours (a quota, quota_stop) is never slept here: it raises at once.
     """
     failures = 0
-    while True:
+
+    async def attempt() -> T:
+        nonlocal failures
         try:
             return await call()
         except RetryableError as exc:
@@ -71,9 +78,21 @@ async def retrying(
                 found = await recover()
                 if found is not None:
                     return found
-            if failures >= policy.max_attempts:
-                raise
-            stop = quota_stop(exc, 0.0, None)  # a retry-after of hours is a quota: never wait it here
-            if stop is not None:
-                raise stop from exc
-            await sleep(policy.backoff(failures, exc.retry_after))
+            if failures < policy.max_attempts:
+                stop = quota_stop(exc, 0.0, None)  # a retry-after of hours is a quota: never wait it here
+                if stop is not None:
+                    raise stop from exc
+            raise
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        return policy.backoff(state.attempt_number, getattr(exc, "retry_after", None))
+
+    retry = AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts),
+        wait=wait,
+        retry=retry_if_exception_type(RetryableError),
+        sleep=sleep,
+        reraise=True,
+    )
+    return await retry(attempt)
