@@ -12,7 +12,6 @@ from ._accessor import register as _register
 from ._batch.job import BatchJob
 from ._batch.status import BatchStatus
 from ._config import BatchLimits, Settings, configure, current_settings, settings
-from ._cost.estimate import Estimate
 from ._dask.accessor import install as _install_dask
 from ._errors import (
     APIError,
@@ -34,6 +33,7 @@ from ._stats import RunReport, last_run
 from ._store.ledger import list_batches
 from ._structured.packing import PackingReport
 from ._verbs import PromptOrderWarning
+from ._verbs.figures import Estimate
 
 __version__ = "0.1.0"
 

@@ -14,16 +14,17 @@ to the input's index.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 
-from ._batch.job import BatchJob
 from ._config import Settings, current_settings
-from ._cost import estimate as _estimate
-from ._cost.estimate import Estimate
 from ._run import loop as _runner
 from ._verbs import check_prompt_order, job_verb, prepare
+from ._verbs import estimate as _estimate
+from ._verbs.endpoints import prepare_embed, prepare_moderate
+from ._verbs.figures import Estimate
 
 __all__ = ["LLMAccessor"]
 
@@ -34,17 +35,30 @@ class LLMAccessor:
     def __init__(self, obj: pd.DataFrame | pd.Series):
         self._obj = obj
 
-    # Each public verb calls check_prompt_order and run.result itself, so that warnings point
-    # at the user's line (a notebook then shows them for every cell, not once per session).
-    def _prepare(self, template: Any, options: dict[str, Any], **structured: Any) -> Any:
-        return prepare(self._obj, template, options, **structured)
+    # Every verb: plan (raises on bad input before anything is sent), wait, assemble. The
+    # template's layout is checked in the caller's thread, so its warning points at the user's line.
+    def _value(self, plan: Callable[..., Any], details: bool, template: Any, options: dict[str, Any],
+               **kw: Any) -> Any:  # fmt: skip
+        if plan is prepare:
+            check_prompt_order(template)
+        job = plan(self._obj, template, options, **kw)
+        _runner.run_sync(job.wait)
+        return job.result(details=details)
 
-    async def _aprepare(self, template: Any, options: dict[str, Any], **structured: Any) -> Any:
+    async def _avalue(self, plan: Callable[..., Any], details: bool, template: Any, options: dict[str, Any],
+                      **kw: Any) -> Any:  # fmt: skip
+        job = await self._aplan(plan, template, options, **kw)
+        await job.wait()
+        return job.result(details=details)
+
+    async def _aplan(self, plan: Callable[..., Any], template: Any, options: dict[str, Any], **kw: Any) -> Any:
         import asyncio
         import contextvars
 
+        if plan is prepare:
+            check_prompt_order(template)
         ctx = contextvars.copy_context()  # planning renders every row: off the caller's loop
-        return await asyncio.to_thread(ctx.run, prepare, self._obj, template, options, **structured)
+        return await asyncio.to_thread(ctx.run, plan, self._obj, template, options, **kw)
 
     def map(
         self, template: Any, *, schema: Any = None, details: bool = False, **options: Any
@@ -65,12 +79,7 @@ class LLMAccessor:
         ``mode="batch"`` goes through the Batch API (half price; waits until done, see
         :meth:`submit`); ``mode="auto"`` does so from ``batch_threshold`` requests to send.
         """
-        check_prompt_order(template)
-        run = self._prepare(template, options, verb="map", schema=schema)
-        if isinstance(run, BatchJob):
-            return run.result(details=details)
-        _runner.run_sync(run.execute)
-        return run.result(details=details)
+        return self._value(prepare, details, template, options, verb="map", schema=schema)
 
     def submit(self, template: Any, *, schema: Any = None, labels: Any = None, multi: bool = False,
                reasons: bool = False, flatten: bool | str = False, **options: Any) -> Any:  # fmt: skip
@@ -88,24 +97,18 @@ class LLMAccessor:
         """
         check_prompt_order(template)
         verb = job_verb(schema, labels, multi=multi, reasons=reasons, flatten=flatten)
-        return self._prepare(template, {**options, "mode": "batch"}, **verb).submit()
+        return prepare(self._obj, template, {**options, "mode": "batch"}, **verb).submit()
 
     async def asubmit(self, template: Any, *, schema: Any = None, labels: Any = None, multi: bool = False,
                       reasons: bool = False, flatten: bool | str = False, **options: Any) -> Any:  # fmt: skip
         """The coroutine twin of :meth:`submit`."""
-        check_prompt_order(template)
         verb = job_verb(schema, labels, multi=multi, reasons=reasons, flatten=flatten)
-        job = await self._aprepare(template, {**options, "mode": "batch"}, **verb)
+        job = await self._aplan(prepare, template, {**options, "mode": "batch"}, **verb)
         return await job.asubmit()
 
     async def amap(self, template: Any, *, schema: Any = None, details: bool = False, **options: Any) -> Any:
         """The coroutine twin of :meth:`map`, for code already inside an event loop."""
-        check_prompt_order(template)
-        run = await self._aprepare(template, options, verb="map", schema=schema)
-        if isinstance(run, BatchJob):
-            return await run.aresult(details=details)
-        await run.execute()
-        return run.result(details=details)
+        return await self._avalue(prepare, details, template, options, verb="map", schema=schema)
 
     def extract(
         self, template: Any, schema: Any, *, flatten: bool | str = False, details: bool = False, **options: Any
@@ -133,22 +136,12 @@ class LLMAccessor:
             >>> out.dtypes.astype(str).tolist()
             ['category', 'Int64']
         """
-        check_prompt_order(template)
-        run = self._prepare(template, options, verb="extract", schema=schema, flatten=flatten)
-        if isinstance(run, BatchJob):
-            return run.result(details=details)
-        _runner.run_sync(run.execute)
-        return run.result(details=details)
+        return self._value(prepare, details, template, options, verb="extract", schema=schema, flatten=flatten)
 
     async def aextract(self, template: Any, schema: Any, *, flatten: bool | str = False, details: bool = False,
                        **options: Any) -> pd.DataFrame:  # fmt: skip
         """The coroutine twin of :meth:`extract`."""
-        check_prompt_order(template)
-        run = await self._aprepare(template, options, verb="extract", schema=schema, flatten=flatten)
-        if isinstance(run, BatchJob):
-            return await run.aresult(details=details)
-        await run.execute()
-        return run.result(details=details)
+        return await self._avalue(prepare, details, template, options, verb="extract", schema=schema, flatten=flatten)
 
     def classify(
         self,
@@ -177,22 +170,14 @@ class LLMAccessor:
             >>> str(out.dtype), set(out) <= {"billing", "bug"}
             ('category', True)
         """
-        check_prompt_order(template)
-        run = self._prepare(template, options, verb="classify", labels=labels, multi=multi, reasons=reasons)
-        if isinstance(run, BatchJob):
-            return run.result(details=details)
-        _runner.run_sync(run.execute)
-        return run.result(details=details)
+        return self._value(prepare, details, template, options, verb="classify", labels=labels, multi=multi,
+                           reasons=reasons)  # fmt: skip
 
     async def aclassify(self, template: Any, labels: Any, *, multi: bool = False, reasons: bool = False,
                         details: bool = False, **options: Any) -> pd.Series | pd.DataFrame:  # fmt: skip
         """The coroutine twin of :meth:`classify`."""
-        check_prompt_order(template)
-        run = await self._aprepare(template, options, verb="classify", labels=labels, multi=multi, reasons=reasons)
-        if isinstance(run, BatchJob):
-            return await run.aresult(details=details)
-        await run.execute()
-        return run.result(details=details)
+        return await self._avalue(prepare, details, template, options, verb="classify", labels=labels, multi=multi,
+                                  reasons=reasons)  # fmt: skip
 
     def moderate(
         self, template: Any = None, *, model: str = "omni-moderation-latest", details: bool = False,
@@ -218,18 +203,14 @@ class LLMAccessor:
             >>> out["flagged"].tolist(), str(out["violence_score"].dtype)
             ([False, True], 'Float64')
         """
-        run = self._prepare_endpoint("moderate", template, {**options, "model": model},
-                                     inputs_per_request=inputs_per_request)  # fmt: skip
-        _runner.run_sync(run.execute)
-        return run.result(details=details)
+        return self._value(prepare_moderate, details, template, {**options, "model": model},
+                           inputs_per_request=inputs_per_request)  # fmt: skip
 
     async def amoderate(self, template: Any = None, *, model: str = "omni-moderation-latest", details: bool = False,
                         inputs_per_request: int | None = None, **options: Any) -> pd.DataFrame:  # fmt: skip
         """The coroutine twin of :meth:`moderate`."""
-        run = await self._aprepare_endpoint("moderate", template, {**options, "model": model},
-                                            inputs_per_request=inputs_per_request)  # fmt: skip
-        await run.execute()
-        return run.result(details=details)
+        return await self._avalue(prepare_moderate, details, template, {**options, "model": model},
+                                  inputs_per_request=inputs_per_request)  # fmt: skip
 
     def embed(
         self, template: Any = None, *, model: str = "text-embedding-3-small", dimensions: int | None = None,
@@ -258,35 +239,16 @@ class LLMAccessor:
             >>> v.shape, v.dtype.name, bool((v[0] == v[2]).all())
             ((3, 8), 'float32', True)
         """
-        run = self._prepare_endpoint("embed", template, {**options, "model": model}, dimensions=dimensions,
-                                     as_series=as_series, inputs_per_request=inputs_per_request)  # fmt: skip
-        if not isinstance(run, BatchJob):
-            _runner.run_sync(run.execute)
-        return run.result(details=details)
+        return self._value(prepare_embed, details, template, {**options, "model": model}, dimensions=dimensions,
+                           as_series=as_series, inputs_per_request=inputs_per_request)  # fmt: skip
 
     async def aembed(self, template: Any = None, *, model: str = "text-embedding-3-small", dimensions: int | None = None,
                      as_series: bool = False, details: bool = False, inputs_per_request: int | None = None,
                      **options: Any) -> Any:  # fmt: skip
         """The coroutine twin of :meth:`embed`."""
-        run = await self._aprepare_endpoint("embed", template, {**options, "model": model}, dimensions=dimensions,
-                                            as_series=as_series, inputs_per_request=inputs_per_request)  # fmt: skip
-        if isinstance(run, BatchJob):
-            return await run.aresult(details=details)
-        await run.execute()
-        return run.result(details=details)
-
-    def _prepare_endpoint(self, verb: str, template: Any, options: dict[str, Any], **kw: Any) -> Any:
-        from ._run import endpoint_verbs
-
-        prepare_verb = endpoint_verbs.prepare_moderate if verb == "moderate" else endpoint_verbs.prepare_embed
-        return prepare_verb(self._obj, template, options, **kw)
-
-    async def _aprepare_endpoint(self, verb: str, template: Any, options: dict[str, Any], **kw: Any) -> Any:
-        import asyncio
-        import contextvars
-
-        ctx = contextvars.copy_context()
-        return await asyncio.to_thread(ctx.run, self._prepare_endpoint, verb, template, options, **kw)
+        return await self._avalue(prepare_embed, details, template, {**options, "model": model},
+                                  dimensions=dimensions, as_series=as_series,
+                                  inputs_per_request=inputs_per_request)  # fmt: skip
 
     def estimate(
         self,
@@ -316,16 +278,14 @@ class LLMAccessor:
         (cached, so not paid twice) to measure output length. Shows as a table in a notebook.
 
         ``models=["gpt-4o-mini", "gpt-4.1-nano", ...]``: a DataFrame instead, one row per
-        model (see ``pandas_llm._cost.estimate.compare_models``). Raises ConfigError as the verb would.
+        model (see ``pandas_llm._verbs.estimate.compare_models``). Raises ConfigError as the verb would.
 
         ``verb="embed"`` / ``"moderate"``: what :meth:`embed` / :meth:`moderate` would send
         (``template`` may be None on a Series; ``dimensions=`` for embed); no output tokens.
         """
         if verb in ("embed", "moderate"):
-            from ._run.endpoint_verbs import estimate_endpoint
-
             dimensions = options.pop("dimensions", None)
-            return estimate_endpoint(self._obj, template, options, verb, dimensions=dimensions)
+            return _estimate.estimate_endpoint(self._obj, template, options, verb, dimensions=dimensions)
         settings = current_settings().merged(**options)
         verb = "classify" if labels is not None else "extract" if schema is not None else "map"
         kw = dict(schema=schema, labels=labels, multi=multi, reasons=reasons)

@@ -42,8 +42,8 @@ import pandas as pd
 
 from .._config import Settings
 from .._display.progress import make_observer
-from .._errors import BadRequestError, ConfigError, FatalAPIError
-from .._plan.planner import Plan, make_plan
+from .._errors import BadRequestError, FatalAPIError
+from .._plan.planner import Plan
 from .._pricing import resolve_price
 from .._run import loop as _runner
 from .._run import run as _pipeline
@@ -56,60 +56,12 @@ from .collect import Collector
 from .files import PartData, split_parts
 from .status import BatchProgress, BatchStats, BatchStatus
 
-__all__ = ["BatchJob", "start"]
+__all__ = ["BatchJob"]
 
 log = logging.getLogger("pandas_llm")
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _BACKOFF, _CAP = 1.5, 12  # poll waits grow 1.5x while nothing changes, up to 12x poll_interval
-
-
-def start(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, *, extra=None, validate=None) -> Any:
-    """The run this call means: a ``BatchJob`` (mode batch, or auto at ``batch_threshold``
-    requests to send and more) or a realtime ``pipeline.Run``. Plans (and so raises on bad
-    input) before anything is sent. ``extra`` / ``validate``: the request fields and the
-    answer check of a schema (structured.py), the same for both, so keys are identical."""
-    if settings.mode == "auto":
-        run = _pipeline.Run(data, template, settings, extra=extra, validate=validate)
-        small = len(run.plan.todo) < settings.batch_threshold
-        if small or settings.max_cost is not None or not _batch_possible(settings):  # max_cost: realtime only
-            return run
-        missing = _runner.run_sync(lambda: _no_batch_api(settings))
-        if missing is not None:
-            log.warning("pandas-llm: mode='auto' sends %d requests in realtime: %s has no Batch API (%s)",
-                        len(run.plan.todo), settings.endpoint, missing)  # fmt: skip
-            return run
-        run.store.close()
-        return BatchJob(run.plan, settings, name=run.name, validate=validate)
-    check_batch(settings)
-    store = Store(settings.cache_path)
-    try:
-        plan = make_plan(data, template, settings, store, extra=extra)
-    finally:
-        store.close()
-    return BatchJob(plan, settings, name=data.name if isinstance(data, pd.Series) else None, validate=validate)
-
-
-async def _no_batch_api(settings: Settings) -> str | None:
-    """Why the endpoint cannot take batches (it serves no Batch API), or None."""
-    async with BatchAPI(settings) as api:
-        return await api.available()
-
-
-def check_batch(settings: Settings) -> None:
-    """Raise ConfigError, before planning, for what a Batch API job cannot do with ``settings``
-    (a function client, no API key; max_cost without a price or an output bound)."""
-    BatchAPI(settings)
-    if settings.max_cost is not None:
-        Meter.for_settings(settings, batch=True)
-
-
-def _batch_possible(settings: Settings) -> bool:
-    try:
-        BatchAPI(settings)
-    except ConfigError:
-        return False
-    return True
 
 
 class BatchJob:
@@ -120,8 +72,8 @@ class BatchJob:
     concurrently on one job.
 
     ``validate``: answer text -> error or None (a schema's check, see collect.py);
-    ``finish``: ``details -> result``, the verb's own result assembly (structured.py sets
-    it for extract / classify / schema=), else the answers as a string Series.
+    ``finish``: ``(job, details) -> result``, the verb's own result assembly (extract,
+    classify, schema=, embed), else the answers as a string Series.
     """
 
     def __init__(
@@ -133,10 +85,12 @@ class BatchJob:
         validate: Callable[[str | None], str | None] | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         kind: Any = None,
+        finish: Callable[[Any, bool], Any] | None = None,
     ):
         self.plan = plan
+        self.rows = plan  # the row plan the result is assembled from (a packed job's differs)
         self.kind = kind  # a list-input endpoint (endpoints.py): one input per line, its url and reader
-        self.finish: Callable[[bool], Any] | None = None
+        self.finish = finish
         self.settings = settings
         self.name = name
         self.id = uuid.uuid4().hex[:16]
@@ -158,6 +112,7 @@ class BatchJob:
         self._submitted = False
         self._cancelled = False
         self._finished = False
+        self._waited = False  # wait() ran to its end: result() has nothing more to wait for
         self._mem_store: Store | None = None  # cache=False: one in-memory sidecar for the job's life
         #: max_cost: worst cases reserved at batch rates, settled as batches are collected
         self._budget = Budget(settings.max_cost, Meter.for_settings(settings, batch=True), stats=self.stats) \
@@ -196,7 +151,8 @@ class BatchJob:
         """Wait (with progress) until every batch is finished and collected; the answers as a
         Series aligned to the frame, or what the verb returns (classify's categorical,
         extract's typed columns; ``details=True`` adds per-row status, error, tokens, cost)."""
-        _runner.run_sync(self.await_done)
+        if not self._waited:
+            _runner.run_sync(self.wait)
         return self._result(details)
 
     def cancel(self) -> BatchStatus:
@@ -217,8 +173,13 @@ class BatchJob:
         return self._snapshot()
 
     async def aresult(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
-        await self.await_done()
+        await self.wait()
         return self._result(details)
+
+    async def wait(self) -> None:
+        """Submit if needed and wait until every batch is collected (the ``Job`` protocol)."""
+        await self.await_done()
+        self._waited = True
 
     async def acancel(self) -> BatchStatus:
         async with self._session() as (ledger, api):
@@ -558,13 +519,15 @@ class BatchJob:
         return BatchStatus(self.id, state, s)
 
     def _result(self, details: bool) -> Any:
-        return self.finish(details) if self.finish is not None else self._report(details)
+        if self.finish is not None:
+            return self.finish(self, details)
+        self.warn()
+        return _pipeline.answers(self.rows, self.name, details)
 
-    def _report(self, details: bool) -> pd.Series | pd.DataFrame:
-        """The stored answers as a string Series (or per-row details); warns about failed rows."""
-        plan = self.plan
-        record_run(RunReport(self.stats, plan))
-        _pipeline.warn_failures(plan, self.stats.total, resend="submits")
-        if details:
-            return plan.outcomes.details(plan.codes, plan.index)
-        return plan.outcomes.series(plan.codes, plan.index, name=self.name)
+    def warn(self) -> None:
+        """Make this job what ``last_run()`` reports; one RunWarning for the rows without an answer."""
+        record_run(RunReport(self.stats, self.rows, self._packing_report()))
+        _pipeline.warn_failures(self.rows, self.stats.total, resend="submits")
+
+    def _packing_report(self) -> Any:
+        return None

@@ -26,40 +26,17 @@ import pandas as pd
 
 from .._config import Settings
 from .._plan.outcomes import Outcomes
-from .._plan.planner import Plan, make_plan
+from .._plan.planner import Plan
 from .._run import run as _pipeline
 from .._stats import RunReport, record_run
 from .._store.ledger import Ledger, row_entry
 from .._store.store import Record, Store
 from .._structured.packing import Packer, _envelope_error, packed_key
-from .job import BatchJob, _batch_possible, check_batch
+from .job import BatchJob
 
-__all__ = ["PackedBatchJob", "start_packed"]
+__all__ = ["PackedBatchJob"]
 
 log = logging.getLogger("pandas_llm")
-
-
-def start_packed(data: pd.DataFrame | pd.Series, template: Any, settings: Settings, packer: Packer, *,
-                 extra: Any = None, validate: Callable[[str | None], str | None] | None = None) -> Any:  # fmt: skip
-    """``jobs.start`` for packed runs: a ``PackedBatchJob``, or for ``mode="auto"`` under
-    ``batch_threshold`` rows to send a realtime packed ``pipeline.Run``."""
-    name = data.name if isinstance(data, pd.Series) else None
-    if settings.mode == "auto":
-        run = _pipeline.Run(data, template, settings, extra=extra, validate=validate, packing=packer)
-        if (
-            len(run.plan.todo) < settings.batch_threshold
-            or settings.max_cost is not None
-            or not _batch_possible(settings)
-        ):
-            return run
-        run.store.close()
-        with Store(settings.cache_path) as store:
-            return PackedBatchJob(run.plan, packer, settings, store, name=name, validate=validate)
-    check_batch(settings)
-    with Store(settings.cache_path) as store:
-        plan = make_plan(data, template, settings, store, extra=extra)
-        packer.prepare(plan, store)
-        return PackedBatchJob(plan, packer, settings, store, name=name, validate=validate)
 
 
 class PackedBatchJob(BatchJob):
@@ -99,6 +76,7 @@ class PackedBatchJob(BatchJob):
                      packer._builder, None, lambda i: (keys[i], bodies[i]))  # fmt: skip
         packs.body_of = lambda u: bodies[u]  # type: ignore[method-assign]
         super().__init__(packs, settings, name=name, validate=_envelope_error, **kw)
+        self.rows = rows  # the result is the rows', the batch lines are the packs
         self._collector.on_result = self._split
         s, codes = self.stats, rows.codes
         sent = codes >= 0
@@ -236,10 +214,5 @@ class PackedBatchJob(BatchJob):
         s.cost += more.cost
         s.cost_known = s.cost_known and more.cost_known
 
-    def _report(self, details: bool) -> pd.Series | pd.DataFrame:
-        plan = self.rows
-        record_run(RunReport(self.stats, plan, self.packer.report))
-        _pipeline.warn_failures(plan, self.stats.total, resend="submits")
-        if details:
-            return plan.outcomes.details(plan.codes, plan.index)
-        return plan.outcomes.series(plan.codes, plan.index, name=self.name)
+    def _packing_report(self) -> Any:
+        return self.packer.report

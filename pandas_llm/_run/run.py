@@ -32,7 +32,7 @@ from .budget import Budget, ContextCheck, Meter
 from .engine import Engine, RetryPolicy
 from .limiter import Limiter
 
-__all__ = ["Run", "RunWarning"]
+__all__ = ["Run", "RunWarning", "answers"]
 
 
 class RunWarning(UserWarning):
@@ -47,17 +47,18 @@ limiter_wrapper: ContextVar[Callable[[Limiter], Any] | None] = ContextVar("panda
 class Run:
     """Plan at construction (raises on bad input before any request), then execute."""
 
-    #: Frames from the failure warning up to the user's line (user -> verb -> result -> warn).
-
     def __init__(
         self, data: pd.DataFrame | pd.Series | None, template: Any, settings: Settings, *, extra=None, validate=None,
-        packing=None, plan: Plan | None = None, kind=None,
+        packing=None, plan: Plan | None = None, kind=None, finish: Callable[[Any, bool], Any] | None = None,
     ):  # fmt: skip
         """``validate``: answer text -> error or None (see Engine); ``packing``: a packing.Packer;
         ``plan``: send this plan's ``todo`` instead of planning ``data`` (the rows a packed batch
-        sends again on their own); ``kind``: a non-chat endpoint (endpoints.py), with
-        ``packing`` its grouping.Grouper."""
+        sends again on their own, or a plan the dispatch made to choose realtime or batch);
+        ``kind``: a non-chat endpoint (endpoints.py), with ``packing`` its grouping.Grouper;
+        ``finish``: ``(run, details) -> result``, the verb's own assembly (else the answers as
+        a string Series)."""
         self.settings = settings
+        self.finish = finish
         self.validate = validate
         self.packing = packing
         self._limiter: Limiter | None = None  # one per run, shared by every engine of the run
@@ -104,6 +105,15 @@ class Run:
         if self.meter is not None and self.meter.price_unknown():
             self.stats.cost_known = False  # tokens are shown, dollars say "price unknown"
         self.budget = Budget(settings.max_cost, self.meter, stats=self.stats) if settings.max_cost else None
+
+    @property
+    def rows(self) -> Plan:
+        """The row plan (codes, index, outcomes) the result is assembled from."""
+        return self.plan
+
+    async def wait(self) -> None:
+        """Send what the cache lacks and wait until the run ends (the ``Job`` protocol)."""
+        await self.execute()
 
     async def execute(self, *, on_update: Callable[[RunStats], None] | None = None) -> None:
         stats = self.stats
@@ -237,14 +247,16 @@ class Run:
             engine.stop()
         return engine
 
-    def result(self, *, details: bool = False) -> pd.Series | pd.DataFrame:
-        plan = self.plan
-        self._warn_failures()
-        if details:
-            return plan.outcomes.details(plan.codes, plan.index)
-        return plan.outcomes.series(plan.codes, plan.index, name=self.name)
+    def result(self, *, details: bool = False) -> Any:
+        """The verb's result once the run has ended: the answers as a string Series aligned to
+        the input (or what ``finish`` assembles); ``details=True``: per-row details."""
+        if self.finish is not None:
+            return self.finish(self, details)
+        self.warn()
+        return answers(self.plan, self.name, details)
 
-    def _warn_failures(self) -> None:
+    def warn(self) -> None:
+        """One RunWarning for the rows without an answer (and the cache's troubles)."""
         stats = self.stats
         for note in stats.store_notes:
             warnings.warn(note, RunWarning, stacklevel=caller_stacklevel())
@@ -270,6 +282,13 @@ class Run:
                 f": {self.stats.stop_note}" if self.stats.stop_note else ""
             )
         warn_failures(self.plan, self.stats.total, budget_note=budget, deadline_note=deadline)
+
+
+def answers(plan: Plan, name: Any, details: bool) -> pd.Series | pd.DataFrame:
+    """The answers as a string Series aligned to the input, or the per-row details."""
+    if details:
+        return plan.outcomes.details(plan.codes, plan.index)
+    return plan.outcomes.series(plan.codes, plan.index, name=name)
 
 
 def warn_failures(

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .._config import Settings
+from .._config import Settings, Structured
 from .._errors import ConfigError
 from .._plan.planner import Plan, Sized
 from .._plan.requests import RequestBuilder
@@ -153,7 +153,7 @@ class Packer:
     """
 
     def __init__(
-        self, settings: Settings, k: int, *, row: Schema | None, single_system: str | None, head: str | None, mode: str,
+        self, settings: Settings, k: int, *, row: Schema | None, single_system: str | None, head: str | None, structured: Structured,
         template: Any = None,
     ):  # fmt: skip
         if k < 2:
@@ -180,12 +180,14 @@ class Packer:
             "" if edges is None else f"{TEMPLATE_OPEN}\n{edges[0]}{ITEM_MARK}{edges[1]}\n{TEMPLATE_CLOSE}\n\n"
         )
         instruction = _INSTRUCTION.format(id=self._id, fields=fields) + (" " + _SHARED if edges else "")
-        parts = [head, instruction, envelope.instruction(mode)]
+        parts = [head, instruction, envelope.instruction(structured)]
         self._system = "\n\n".join(p for p in parts if p)
-        self._builder = RequestBuilder(_scaled(settings, k), extra={"response_format": envelope.response_format(mode)})
+        self._builder = RequestBuilder(
+            _scaled(settings, k), extra={"response_format": envelope.response_format(structured)}
+        )
         self._model = settings.model
         self._count = _counter(settings.model)
-        self._rf_single = _rf_tokens(row.response_format(mode) if row is not None else None, self._count)
+        self._rf_single = _rf_tokens(row.response_format(structured) if row is not None else None, self._count)
         self._rf_pack = _rf_tokens(self._builder.base["response_format"], self._count)
         self._members: dict[int, list[int]] = {}
         self._fallback: list[int] = []

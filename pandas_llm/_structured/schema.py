@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from .._config import Structured
 from .._errors import ConfigError
 
 __all__ = ["Schema", "as_schema", "STRUCTURED_MODES", "response_format_fragment", "resolve"]
@@ -87,19 +88,19 @@ class Schema:
     def properties(self) -> dict[str, Any]:
         return (self.schema or {}).get("properties", {})
 
-    def response_format(self, mode: str) -> orjson.Fragment:
-        """The ``response_format`` body field for ``structured=mode``."""
+    def response_format(self, structured: Structured) -> orjson.Fragment:
+        """The ``response_format`` body field for ``structured=`` ("json_schema" | "json_object")."""
         if self.sent is None:
             return response_format_fragment({"type": "json_object"})
-        if mode == "json_object":
+        if structured == "json_object":
             return response_format_fragment({"type": "json_object", "schema": self.sent})
         spec = {"name": self.name, "schema": self.sent, "strict": self.strict}
         return response_format_fragment({"type": "json_schema", "json_schema": spec})
 
-    def instruction(self, mode: str) -> str | None:
+    def instruction(self, structured: Structured) -> str | None:
         """Text for the system message: none with json_schema (the API enforces the
         schema), the schema itself with json_object (the model must be told)."""
-        if mode == "json_schema" and self.sent is not None:
+        if structured == "json_schema" and self.sent is not None:
             return None
         if self.sent is None:
             return "Reply with a single JSON object and nothing else."

@@ -402,8 +402,8 @@ def test_an_output_file_gone_before_collection_is_sent_again(server, batch_opts)
 
 
 def test_cancel_before_submitting_sends_nothing(server, batch_opts):
-    from pandas_llm._batch.job import start
     from pandas_llm._config import current_settings
+    from pandas_llm._verbs.dispatch import start
 
     job = start(frame(5), "Say: {text}", current_settings().merged(mode="batch", **batch_opts))
     status = job.cancel()
@@ -436,8 +436,8 @@ def test_interrupted_wait_leaves_the_batches_to_a_rerun(server, batch_opts):
 
 
 def test_transient_api_errors_are_retried_with_backoff(server, batch_opts):
-    from pandas_llm._batch.job import start
     from pandas_llm._config import current_settings
+    from pandas_llm._verbs.dispatch import start
 
     waits = []
 
@@ -467,3 +467,53 @@ def test_batch_mode_packs_plain_map(server, batch_opts):
     assert df.llm.map("Say: {text}", rows_per_request=2, mode="batch", **batch_opts).tolist() == [
         "echo: Say: a", "echo: Say: b", "echo: Say: c"]  # fmt: skip
     assert server.requests == 0 and server.batches.lines_answered == 2
+
+
+# -- the one dispatch ------------------------------------------------------------------------
+@pytest.mark.parametrize("rows_per_request", [1, 2])
+def test_auto_plans_once_and_builds_only_the_job_it_picks(server, batch_opts, monkeypatch, rows_per_request):
+    """mode="auto" plans the rows once and builds a realtime Run only when it sends in realtime."""
+    from pandas_llm._plan import planner
+    from pandas_llm._run.run import Run
+    from pandas_llm._verbs import dispatch
+
+    runs, plans = [], []
+    init, make_plan = Run.__init__, planner.make_plan
+    monkeypatch.setattr(Run, "__init__", lambda self, *a, **kw: runs.append(1) or init(self, *a, **kw))
+    monkeypatch.setattr(dispatch, "make_plan", lambda *a, **kw: plans.append(1) or make_plan(*a, **kw))
+    kw = dict(mode="auto", batch_threshold=5, rows_per_request=rows_per_request, **batch_opts)
+    frame(20).llm.map("Say: {text}", **kw)
+    assert server.batches.batches_created == 1 and (runs, plans) == ([], [1])  # batch: no Run at all
+    frame(3, start=100).llm.map("Say: {text}", **kw)
+    assert server.batches.batches_created == 1 and (runs, plans) == ([1], [1, 1])  # realtime: the same plan
+
+
+def test_realtime_and_batch_jobs_share_wait_and_result(server, batch_opts):
+    import asyncio
+
+    from pandas_llm._batch.job import BatchJob
+    from pandas_llm._run.run import Run
+    from pandas_llm._verbs import prepare
+
+    want = echoes(frame(4))
+    for mode, cls in (("realtime", Run), ("batch", BatchJob)):
+        job = prepare(frame(4), "Say: {text}", {**batch_opts, "mode": mode, "cache": False}, verb="map")
+        assert type(job) is cls
+        asyncio.run(job.wait())
+        assert job.result().tolist() == want
+        assert job.result(details=True)["status"].eq("ok").all()
+
+
+def test_nothing_below_the_verbs_imports_them():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(ROOT) / "pandas_llm"
+    below = [p for p in root.rglob("*.py") if p.parent.name not in ("_verbs", "_dask") and p.parent != root]
+    below += [root / name for name in ("_config.py", "_errors.py", "_pricing.py")]
+    for path in below:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and "_verbs" in node.module:
+                raise AssertionError(f"{path.relative_to(root)} imports {node.module}")
+            if isinstance(node, ast.ImportFrom) and node.module is None and node.level == 2:
+                assert all("_verbs" not in a.name for a in node.names), path

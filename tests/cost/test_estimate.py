@@ -8,9 +8,9 @@ import pytest
 
 import pandas_llm
 from helpers import billed, varied
-from pandas_llm._cost.estimate import DEFAULT_OUTPUT_TOKENS, Range
 from pandas_llm._cost.tokens import count_message_tokens
 from pandas_llm._pricing import price_for
+from pandas_llm._verbs.estimate import DEFAULT_OUTPUT_TOKENS, Range
 from pandas_llm.testing import LLMServer
 
 pytestmark = pytest.mark.server(answer=varied)

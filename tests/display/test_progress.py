@@ -325,7 +325,7 @@ def test_run_summary_is_logged(llm_server, caplog):
 
 def test_import_configures_no_logging_and_prints_nothing():
     code = (
-        "import logging, pandas_llm, pandas_llm._display.progress, pandas_llm._display.notebook, pandas_llm._cost.estimate, pandas_llm._run.budget\n"
+        "import logging, pandas_llm, pandas_llm._display.progress, pandas_llm._display.notebook, pandas_llm._verbs.estimate, pandas_llm._run.budget\n"
         "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n"
         "assert logging.getLogger('pandas_llm').handlers == []\n"
         "assert logging.getLogger('pandas_llm').level == logging.NOTSET\n"

@@ -390,3 +390,23 @@ def test_warnings_point_at_the_callers_line(server, opts, verb):
         getattr(frame(1).llm, verb)("{text}" + "x" * 2000, **kw, **opts)
     assert {w.category for w in caught} == {RunWarning, PromptOrderWarning}
     assert {w.filename for w in caught} == {__file__}
+
+
+@pytest.mark.parametrize("mode", ["realtime", "batch"])
+def test_each_answer_is_parsed_once(server, opts, monkeypatch, mode):
+    """The engine's (or the batch collector's) check keeps the value it parsed: the result does
+    not parse the answer again. Answers from the cache are parsed once, when assembled."""
+    from pandas_llm._structured.parse import Parser
+
+    calls = []
+    parse = Parser.parse
+    monkeypatch.setattr(Parser, "parse", lambda self, text: calls.append(text) or parse(self, text))
+    df = frame(30)
+    kw = dict(poll_interval=0.005) if mode == "batch" else {}
+    out = df.llm.extract("{text}", schema=Everything, mode=mode, cache="c.sqlite", **kw, **opts)
+    assert out["stars"].notna().all()
+    assert len(calls) == 30  # one parse per answer (was two: the check, then the result)
+    calls.clear()
+    again = df.llm.extract("{text}", schema=Everything, mode=mode, cache="c.sqlite", **kw, **opts)
+    pd.testing.assert_frame_equal(again, out)
+    assert len(calls) == 30  # from the cache: parsed when the result is assembled, once

@@ -25,21 +25,18 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from ._batch.job import BatchJob, start
-from ._batch.packed import PackedBatchJob, start_packed
-from ._config import Settings, current_settings
-from ._errors import ConfigError
-from ._plan.planner import Plan
-from ._plan.prompts import to_messages
-from ._run.run import Run
-from ._structured.columns import build_frame, columns_for, take
-from ._structured.packing import Packer
-from ._structured.parse import Parser
-from ._structured.schema import Schema, as_schema
+from .._config import Settings, current_settings
+from .._errors import ConfigError, find_stack_level
+from .._plan.prompts import to_messages
+from .._structured.columns import build_frame, columns_for, take
+from .._structured.packing import Packer
+from .._structured.parse import Parser
+from .._structured.schema import Schema, as_schema
+from .dispatch import Job, start
 
 __all__ = [
     "PromptOrderWarning",
-    "Prepared",
+    "Answers",
     "Requests",
     "prepare",
     "requests_for",
@@ -60,7 +57,7 @@ class PromptOrderWarning(UserWarning):
     """A template puts row content before a long fixed instruction (prompt caching is lost)."""
 
 
-def check_prompt_order(template: Any, *, stacklevel: int = 3) -> None:
+def check_prompt_order(template: Any) -> None:
     """Warn when a str template has a ``{column}`` before ``LONG_FIXED_TEXT`` characters of
     fixed text: providers cache the longest common *prefix*, so that text is paid in full
     on every row. Put the instructions first (or in ``system=``) and the columns last."""
@@ -83,22 +80,8 @@ def check_prompt_order(template: Any, *, stacklevel: int = 3) -> None:
             "cache the common beginning of prompts (cheaper, faster), so put the fixed instructions "
             "first, or in system=..., and the {column} placeholders at the end.",
             PromptOrderWarning,
-            stacklevel=stacklevel,
+            stacklevel=find_stack_level(),
         )
-
-
-@dataclass
-class Prepared:
-    """A planned structured run: ``await execute()`` (or run it sync), then ``result()``."""
-
-    run: Run
-    finish: Callable[[bool], Any]
-
-    async def execute(self, **kw: Any) -> None:
-        await self.run.execute(**kw)
-
-    def result(self, *, details: bool = False) -> Any:
-        return self.finish(details)
 
 
 def prepare(
@@ -112,41 +95,47 @@ def prepare(
     multi: bool = False,
     reasons: bool = False,
     flatten: bool | str = False,
-) -> Prepared | Run | BatchJob:
+) -> Job:
     """Plan one verb's run (nothing is sent). ``verb``: "map", "extract" or "classify".
 
-    ``mode="batch"`` (or ``"auto"`` when it picks the Batch API) gives a ``BatchJob`` whose
-    JSONL lines carry the very request bodies a realtime run sends (response_format,
-    instruction), so realtime and batch share cache keys; its answers are checked by the
-    same parser, and ``job.result()`` is assembled by the same finisher as the verb's.
-    An invalid batch answer stays ``invalid`` until the next run (see collect.py)."""
+    Returns a :class:`~pandas_llm._verbs.dispatch.Job` (realtime or batch, as ``mode=`` says):
+    ``await job.wait()``, then ``job.result(details)``. A batch job's JSONL lines carry the very
+    request bodies a realtime run sends (response_format, instruction), so realtime and batch
+    share cache keys; its answers are checked by the same parser, and its result is assembled
+    by the same finisher. An invalid batch answer stays ``invalid`` until the next run."""
     settings = current_settings().merged(**options)
-    batch = settings.mode != "realtime"
     sends = requests_for(settings, template, verb=verb, schema=schema, labels=labels, multi=multi, reasons=reasons)
-    spec, labels, packer, extra = sends.spec, sends.labels, sends.packer, sends.extra
-    template, run_settings = sends.template, sends.settings
-    if spec is None and packer is None:
-        if batch:
-            return start(data, template, settings)  # a BatchJob, or a Run for mode="auto" when small
-        return Run(data, template, settings)  # plain map: the core path, untouched
-    parser = Parser(spec) if spec is not None else None
-    validate = parser and parser.error
-    if batch and packer is not None:  # packs in the batch files, then the rows they missed alone
-        run = start_packed(data, template, run_settings, packer, extra=extra, validate=validate)
-    elif batch:  # the same requests (so the same keys) and the same check as realtime
-        run = start(data, template, run_settings, extra=extra, validate=validate)
-    else:
-        run = Run(data, template, run_settings, extra=extra, validate=validate, packing=packer)
-    if parser is None:
-        return run if isinstance(run, BatchJob) else Prepared(run, lambda details: run.result(details=details))
-    report = run._report if isinstance(run, BatchJob) else run.result  # no wrapper: warnings keep their stacklevel
-    rows = run.rows if isinstance(run, PackedBatchJob) else run.plan
-    finish = _finisher(rows, run.name, report, spec, parser, verb, labels=labels, multi=multi,
-                       reasons=reasons, flatten=flatten)  # fmt: skip
-    if isinstance(run, BatchJob):
-        run.finish = finish  # job.result() assembles the result as the verb does
-        return run
-    return Prepared(run, finish)
+    if sends.spec is None:  # plain map (maybe packed): the answers as a string Series
+        return start(data, sends.template, sends.settings, extra=sends.extra, packing=sends.packer)
+    answers = Answers(Parser(sends.spec))
+    finish = _finisher(sends.spec, answers, verb, labels=sends.labels, multi=multi, reasons=reasons, flatten=flatten)
+    return start(data, sends.template, sends.settings, extra=sends.extra, validate=answers.error,
+                 packing=sends.packer, finish=finish)  # fmt: skip
+
+
+class Answers:
+    """The answer check the engine (and a batch's collector) calls on every answer before it
+    is stored, keeping the value it parsed: the result takes it from here instead of parsing
+    the answer a second time. Answers read from the cache were not checked here: they are
+    parsed when the result is assembled (a stored answer that no longer validates is invalid)."""
+
+    def __init__(self, parser: Parser):
+        self.parser = parser
+        self._values: dict[str, Any] = {}
+
+    def error(self, text: str | None) -> str | None:
+        """The validation error of an answer, or None (then its value is kept)."""
+        value, error = self.parser.parse(text)
+        if error is None and text is not None:
+            self._values[text] = value
+        return error
+
+    def parse(self, text: str | None) -> tuple[Any, str | None]:
+        """``(value, None)`` or ``(None, error)``: the value kept by :meth:`error` (given once:
+        two requests with the same answer text get their own objects), else parsed now."""
+        if text is not None and text in self._values:
+            return self._values.pop(text), None
+        return self.parser.parse(text)
 
 
 @dataclass
@@ -175,19 +164,19 @@ def requests_for(settings: Settings, template: Any, *, verb: str, schema: Any = 
     spec = as_schema(schema) if schema is not None else None
     if spec is not None and "response_format" in settings.params:
         raise ConfigError("pass either schema= or response_format=, not both")
-    mode = settings.structured
-    added = _join(task, spec.instruction(mode) if spec is not None else None)
+    structured = settings.structured  # json_schema | json_object
+    added = _join(task, spec.instruction(structured) if spec is not None else None)
     single_system = _join(settings.system, added)
     packer = None
     if settings.rows_per_request > 1:
         packer = Packer(settings, settings.rows_per_request, row=spec, single_system=single_system,
-                        head=_join(settings.system, task), mode=mode, template=template)  # fmt: skip
+                        head=_join(settings.system, task), structured=structured, template=template)  # fmt: skip
     if callable(template) and not isinstance(template, str) and added:
         template = _with_instruction(template, settings.system, added)
         run_settings = replace(settings, system=None)  # the wrapper adds it (same text as below)
     else:
         run_settings = replace(settings, system=single_system)
-    extra = {"response_format": spec.response_format(mode)} if spec is not None else None
+    extra = {"response_format": spec.response_format(structured)} if spec is not None else None
     return Requests(run_settings, template, extra, spec, labels, packer)
 
 
@@ -272,23 +261,24 @@ def classify_schema(labels: Any, *, multi: bool = False, reasons: bool = False) 
     return schema, text + "\nReply in JSON.", labels
 
 
-def _finisher(plan: Plan, name: Any, report: Callable[[bool], Any], spec: Schema, parser: Parser, verb: str,
-              **how: Any) -> Callable[[bool], Any]:  # fmt: skip
-    """The verb's result from a finished run's outcomes; ``report(details=True)``: per-row details
-    (and the failure warning) of a realtime Run or a BatchJob alike."""
+def _finisher(spec: Schema, answers: Answers, verb: str, **how: Any) -> Callable[[Any, bool], Any]:
+    """The verb's result from a finished job's outcomes (a realtime Run or a BatchJob alike);
+    ``details=True`` adds per-row details. Warns once about failed rows, counting "invalid" too."""
 
-    def finish(details: bool) -> Any:
-        values = _parse_outcomes(plan.outcomes, parser)
-        info = report(details=True)  # warns once about failed rows, counting "invalid" too
+    def finish(job: Any, details: bool) -> Any:
+        plan = job.rows
+        values = _parse_outcomes(plan.outcomes, answers)
+        job.warn()
         if verb == "map":
-            out: Any = pd.Series(take(_objects(values), plan.codes), index=plan.index, name=name)
+            out: Any = pd.Series(take(_objects(values), plan.codes), index=plan.index, name=job.name)
         elif verb == "extract":
             columns = columns_for(spec, how["flatten"]) if spec.schema is not None else None
             out = build_frame(values, plan.codes, plan.index, columns)
         else:
-            out = _classified(values, plan.codes, plan.index, name, **how)
+            out = _classified(values, plan.codes, plan.index, job.name, **how)
         if not details:
             return out
+        info = plan.outcomes.details(plan.codes, plan.index)
         frame = out.to_frame() if isinstance(out, pd.Series) else out
         clash = [c for c in info.columns if c in frame.columns]
         return pd.concat([frame, info.rename(columns={c: f"_{c}" for c in clash})], axis=1)
@@ -296,12 +286,12 @@ def _finisher(plan: Plan, name: Any, report: Callable[[bool], Any], spec: Schema
     return finish
 
 
-def _parse_outcomes(outcomes: Any, parser: Parser) -> list[Any]:
-    """Parse every stored answer once per distinct request; a stored answer that no
-    longer validates (a pydantic validator changed) becomes ``invalid``, never a value."""
+def _parse_outcomes(outcomes: Any, answers: Answers) -> list[Any]:
+    """One value per distinct request, each answer parsed once (see :class:`Answers`); a stored
+    answer that no longer validates (a pydantic validator changed) becomes ``invalid``, never a value."""
     values: list[Any] = [None] * len(outcomes.status)
     for u in np.flatnonzero(outcomes.status == "ok").tolist():
-        value, error = parser.parse(outcomes.output[u])
+        value, error = answers.parse(outcomes.output[u])
         if error is None:
             values[u] = value
         else:
