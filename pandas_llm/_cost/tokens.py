@@ -37,7 +37,7 @@ from typing import Any
 
 import tiktoken
 
-from .._errors import PandasLLMError
+from .._errors import PandasLLMError, find_stack_level
 from .models import CL100K, O200K, family
 
 
@@ -208,7 +208,7 @@ def _warn_unknown(model: str) -> None:
     warnings.warn(
         f"no known tokenizer for model {model!r}; counting tokens with o200k_base, so counts are estimates",
         UserWarning,
-        stacklevel=3,
+        stacklevel=find_stack_level(),
     )
 
 

@@ -112,7 +112,7 @@ def _driver_settings(options: dict[str, Any]) -> Settings:
     if path is not None:
         from .._store.leases import warn_if_network
 
-        warn_if_network(cache, stacklevel=4)
+        warn_if_network(cache)
     return dataclasses.replace(settings, cache=cache, progress=False)
 
 

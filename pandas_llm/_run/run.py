@@ -20,7 +20,7 @@ import pandas as pd
 from .._backends import make_backend
 from .._config import Settings
 from .._display.progress import make_observer
-from .._errors import find_stack_level as caller_stacklevel
+from .._errors import find_stack_level
 from .._plan.outcomes import STATUS_MEANING
 from .._plan.planner import Plan, make_plan
 from .._pricing import money
@@ -68,7 +68,7 @@ class Run:
         self._stopping = False
         self.name = data.name if isinstance(data, pd.Series) else None
         if settings.cache_path is not None:
-            warn_if_network(settings.cache_path, stacklevel=caller_stacklevel())
+            warn_if_network(settings.cache_path)
         self._token = inflight.open_run()  # before reading the cache: see inflight.py
         weakref.finalize(self, inflight.close_run, self._token)  # a Run planned but never executed (batch jobs)
         try:
@@ -259,14 +259,14 @@ class Run:
         """One RunWarning for the rows without an answer (and the cache's troubles)."""
         stats = self.stats
         for note in stats.store_notes:
-            warnings.warn(note, RunWarning, stacklevel=caller_stacklevel())
+            warnings.warn(note, RunWarning, stacklevel=find_stack_level())
         if stats.store_error is not None:
             warnings.warn(
                 f"{stats.unsaved:,} answers are in this result but NOT in the cache file: "
                 f"{type(stats.store_error).__name__}: {stats.store_error} Keep this result: running "
                 "the call again would pay for them again.",
                 RunWarning,
-                stacklevel=caller_stacklevel(),
+                stacklevel=find_stack_level(),
             )
         budget = ""
         if self.settings.max_cost is not None:
@@ -312,7 +312,7 @@ def warn_failures(
         f"{sum(bad.values())} of {total} rows have no answer: {kinds}. Their values are NA; "
         f"see pandas_llm.last_run().failures (or pass details=True). {again}",
         RunWarning,
-        stacklevel=caller_stacklevel(),
+        stacklevel=find_stack_level(),
     )
 
 

@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from .._errors import find_stack_level
 from .store import Record, Store
 
 __all__ = ["Claims", "TTL", "RENEW", "NetworkFilesystemWarning", "warn_if_network"]
@@ -77,8 +78,8 @@ def filesystem_of(path: str) -> str | None:
     return kind
 
 
-def warn_if_network(path: str, stacklevel: int = 2) -> None:
-    """Warn (once per path) when the cache file is on a network filesystem."""
+def warn_if_network(path: str) -> None:
+    """Warn (once per path, at the user's line) when the cache file is on a network filesystem."""
     if path in _warned:
         return
     _warned.add(path)
@@ -89,7 +90,7 @@ def warn_if_network(path: str, stacklevel: int = 2) -> None:
             "work there, so answers can be lost or paid twice. Put the cache on a local disk (cache='/local/"
             "path.sqlite'); on Dask, each worker keeps its own local file.",
             NetworkFilesystemWarning,
-            stacklevel=stacklevel,
+            stacklevel=find_stack_level(),
         )
 
 
