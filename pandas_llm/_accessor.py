@@ -78,6 +78,27 @@ class LLMAccessor:
 
         ``mode="batch"`` goes through the Batch API (half price; waits until done, see
         :meth:`submit`); ``mode="auto"`` does so from ``batch_threshold`` requests to send.
+
+        Parameters:
+            template: the prompt per row (a ``str.format`` template or a function).
+            schema: None (text answers), a pydantic model or a JSON schema dict.
+            details: also return each row's ``status``, ``error``, ``finish_reason``, tokens,
+                ``cost``, ``attempts`` and ``from_cache``.
+            **options: settings for this call (see ``pandas_llm.settings``).
+
+        Returns:
+            A Series aligned to the input's index, dtype ``string`` (``object``: one dict per
+            row with ``schema=``), NA where a row has no answer; with ``details=True`` a
+            DataFrame: the answers (column ``output``) and the per-row details.
+
+        Raises:
+            ConfigError: a bad argument or template (TemplateError: an unknown ``{column}``),
+                before anything is sent.
+            FatalAPIError: the endpoint refused the whole run (401/403/404; QuotaError,
+                RequestShapeError); rows answered so far are in the cache.
+            KeyboardInterrupt: Ctrl-C or Jupyter's stop button (answers so far are kept).
+            RetryableError: the Batch API kept failing (``mode="batch"``); NoBatchAPIError: the
+                endpoint has no Batch API (``mode="batch"``).
         """
         return self._value(prepare, details, template, options, verb="map", schema=schema)
 
@@ -94,6 +115,17 @@ class LLMAccessor:
         ``labels=`` (with ``multi=``, ``reasons=``) makes it a :meth:`classify` job and
         ``schema=`` (with ``flatten=``) an :meth:`extract` job: the same requests, checks
         and cache keys as those verbs, and ``job.result()`` returns what they return.
+
+        Returns:
+            A ``BatchJob`` (batches submitted): ``status()``, ``result(details=False)``,
+            ``cancel()`` and their ``a*`` twins.
+
+        Raises:
+            ConfigError: a bad argument or template, a function ``client=``, no API key, or
+                both ``labels=`` and ``schema=``; nothing is sent.
+            NoBatchAPIError: the endpoint serves no Batch API.
+            FatalAPIError, RetryableError: the upload or batch creation was refused, or kept
+                failing; a rerun of the same call sends what was not submitted.
         """
         check_prompt_order(template)
         verb = job_verb(schema, labels, multi=multi, reasons=reasons, flatten=flatten)
@@ -135,6 +167,17 @@ class LLMAccessor:
             ...                          api_key="x", cache=False, progress=False)
             >>> out.dtypes.astype(str).tolist()
             ['category', 'Int64']
+
+        Returns:
+            A DataFrame with the input's index and one column per field (dtypes above; with
+            ``details=True`` the per-row details too, clashing names prefixed ``_``).
+
+        Raises:
+            ConfigError: a bad argument or template (TemplateError: an unknown ``{column}``),
+                before anything is sent.
+            FatalAPIError: the endpoint refused the whole run (401/403/404; QuotaError,
+                RequestShapeError); rows answered so far are in the cache.
+            KeyboardInterrupt: Ctrl-C or Jupyter's stop button (answers so far are kept).
         """
         return self._value(prepare, details, template, options, verb="extract", schema=schema, flatten=flatten)
 
@@ -169,6 +212,19 @@ class LLMAccessor:
             ...                           api_key="x", cache=False, progress=False)
             >>> str(out.dtype), set(out) <= {"billing", "bug"}
             ('category', True)
+
+        Returns:
+            A Series aligned to the index, dtype ``category`` over ``labels`` (``boolean`` for
+            ``[True, False]``, ``object`` lists with ``multi=True``), NA where a row has no
+            answer; a DataFrame (label, ``reason``) with ``reasons=True``; ``details=True``
+            adds the per-row details.
+
+        Raises:
+            ConfigError: a bad argument or template (TemplateError: an unknown ``{column}``),
+                before anything is sent.
+            FatalAPIError: the endpoint refused the whole run (401/403/404; QuotaError,
+                RequestShapeError); rows answered so far are in the cache.
+            KeyboardInterrupt: Ctrl-C or Jupyter's stop button (answers so far are kept).
         """
         return self._value(prepare, details, template, options, verb="classify", labels=labels, multi=multi,
                            reasons=reasons)  # fmt: skip
@@ -202,6 +258,17 @@ class LLMAccessor:
             ...     out = s.llm.moderate(base_url=srv.base_url, api_key="x", cache=False, progress=False)
             >>> out["flagged"].tolist(), str(out["violence_score"].dtype)
             ([False, True], 'Float64')
+
+        Returns:
+            A DataFrame aligned to the index (dtypes above); ``details=True``: the per-row
+            details instead.
+
+        Raises:
+            ConfigError: a bad argument or template (TemplateError: an unknown ``{column}``),
+                before anything is sent.
+            FatalAPIError: the endpoint refused the whole run (401/403/404; QuotaError,
+                RequestShapeError); rows answered so far are in the cache.
+            KeyboardInterrupt: Ctrl-C or Jupyter's stop button (answers so far are kept).
         """
         return self._value(prepare_moderate, details, template, {**options, "model": model},
                            inputs_per_request=inputs_per_request)  # fmt: skip
@@ -238,6 +305,18 @@ class LLMAccessor:
             ...     v = s.llm.embed(dimensions=8, base_url=srv.base_url, api_key="x", cache=False, progress=False)
             >>> v.shape, v.dtype.name, bool((v[0] == v[2]).all())
             ((3, 8), 'float32', True)
+
+        Returns:
+            ``numpy.ndarray`` of shape ``(n_rows, dimensions)``, dtype float32 (NaN rows where
+            a row has none); a Series of 1-D float32 arrays with ``as_series=True``; the
+            per-row details with ``details=True``.
+
+        Raises:
+            ConfigError: a bad argument or template (TemplateError: an unknown ``{column}``),
+                before anything is sent.
+            FatalAPIError: the endpoint refused the whole run (401/403/404; QuotaError,
+                RequestShapeError); rows answered so far are in the cache.
+            KeyboardInterrupt: Ctrl-C or Jupyter's stop button (answers so far are kept).
         """
         return self._value(prepare_embed, details, template, {**options, "model": model}, dimensions=dimensions,
                            as_series=as_series, inputs_per_request=inputs_per_request)  # fmt: skip
@@ -282,6 +361,17 @@ class LLMAccessor:
 
         ``verb="embed"`` / ``"moderate"``: what :meth:`embed` / :meth:`moderate` would send
         (``template`` may be None on a Series; ``dimensions=`` for embed); no output tokens.
+
+        Returns:
+            An ``Estimate`` (``rows``, ``unique``, ``cached``, ``to_send``, ``input_tokens``,
+            ``output_tokens`` and the dollar figures as ``Range(low, expected, high)``); with
+            ``models=`` a DataFrame indexed by ``model`` with float64 ``cost``, ``batch_cost``
+            and ``cost_per_1000_rows`` (NaN where the price is unknown).
+
+        Raises:
+            ConfigError: as the verb would (bad arguments, template or ``models=``), and for
+                ``sample=`` / ``output_tokens=`` that are not whole numbers >= 1.
+            FatalAPIError: only with ``sample=k``, as the verb would.
         """
         if verb in ("embed", "moderate"):
             dimensions = options.pop("dimensions", None)
