@@ -229,14 +229,17 @@ class StoreError(PandasLLMError):
 def find_stack_level() -> int:
     """The ``stacklevel`` that points a warning at the first frame outside pandas_llm, so a
     notebook shows it for the user's cell whatever the depth of our own call chain (as pandas'
-    ``find_stack_level``)."""
+    ``find_stack_level``). A coroutine verb (``await df.llm.amap(...)``) resumes under the
+    event loop, not under its caller: asyncio's own frames are skipped too, up to the line that
+    runs the loop (``asyncio.run(...)``)."""
+    import asyncio
     import sys
 
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    ours = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(asyncio.__file__) + os.sep)
     frame: Any = sys._getframe(1)
     level = 1
     while frame is not None:
-        if not frame.f_code.co_filename.startswith(package):
+        if not frame.f_code.co_filename.startswith(ours):
             break
         frame, level = frame.f_back, level + 1
     return level

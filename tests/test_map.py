@@ -252,3 +252,27 @@ def test_a_non_api_error_ends_a_batch_job_failed(opts, monkeypatch):
         df.llm.map("{text}", mode="batch", poll_interval=0.005, **{**opts, "progress": BatchProgress(file=out)})
     assert pandas_llm.last_run().stats.outcome == "failed"
     assert "pandas-llm batch (failed)" in out.getvalue()
+
+
+@pytest.mark.parametrize("verb", ["map", "map_batch", "amap", "extract", "embed"])
+def test_failure_warnings_point_at_the_callers_line(opts, verb):
+    """Every verb warns about its failed rows at the user's line, whatever its path inside."""
+    import warnings
+
+    long = "word " * 140_000  # over gpt-4o-mini's window (and embeddings' 8,191 tokens): too_long
+    s = pd.Series(["short", long])
+    kw = {**opts, "cache": False}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if verb == "map":
+            s.llm.map("{}", **kw)
+        elif verb == "map_batch":
+            s.llm.map("{}", mode="batch", poll_interval=0.005, **kw)
+        elif verb == "amap":
+            asyncio.run(s.llm.amap("{}", **kw))
+        elif verb == "extract":
+            s.llm.extract("{}", schema={"type": "object", "properties": {"a": {"type": "string"}}}, **kw)
+        else:
+            s.llm.embed(**kw)
+    assert [w.category for w in caught] == [pandas_llm.RunWarning], [str(w.message) for w in caught]
+    assert caught[0].filename == __file__ and "too_long" in str(caught[0].message)
