@@ -15,7 +15,7 @@ to the input's index.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
@@ -25,6 +25,9 @@ from ._verbs import check_prompt_order, job_verb, prepare
 from ._verbs import estimate as _estimate
 from ._verbs.endpoints import prepare_embed, prepare_moderate
 from ._verbs.figures import Estimate
+
+if TYPE_CHECKING:
+    from ._batch.job import BatchJob
 
 __all__ = ["LLMAccessor"]
 
@@ -54,11 +57,12 @@ class LLMAccessor:
     async def _aplan(self, plan: Callable[..., Any], template: Any, options: dict[str, Any], **kw: Any) -> Any:
         import asyncio
         import contextvars
+        import functools
 
         if plan is prepare:
             check_prompt_order(template)
         ctx = contextvars.copy_context()  # planning renders every row: off the caller's loop
-        return await asyncio.to_thread(ctx.run, plan, self._obj, template, options, **kw)
+        return await asyncio.to_thread(ctx.run, functools.partial(plan, self._obj, template, options, **kw))
 
     def map(
         self, template: Any, *, schema: Any = None, details: bool = False, **options: Any
@@ -129,7 +133,8 @@ class LLMAccessor:
         """
         check_prompt_order(template)
         verb = job_verb(schema, labels, multi=multi, reasons=reasons, flatten=flatten)
-        return prepare(self._obj, template, {**options, "mode": "batch"}, **verb).submit()
+        job = prepare(self._obj, template, {**options, "mode": "batch"}, **verb)
+        return cast("BatchJob", job).submit()  # mode="batch": always a BatchJob
 
     async def asubmit(self, template: Any, *, schema: Any = None, labels: Any = None, multi: bool = False,
                       reasons: bool = False, flatten: bool | str = False, **options: Any) -> Any:  # fmt: skip

@@ -75,7 +75,8 @@ def estimate(
     sends = requests_for(settings, template, verb=verb, schema=schema, labels=labels, multi=multi, reasons=reasons)
     price = resolve_price(settings.model, settings.prices)
     observed: np.ndarray | None = None
-    sampled, sample_cost = 0, 0.0
+    sampled = 0
+    sample_cost: float | None = 0.0
     if sample:
         if run_sample is None:
             raise ConfigError("estimate(sample=k) needs a way to run the sample")

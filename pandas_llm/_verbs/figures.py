@@ -154,15 +154,15 @@ class Estimate:
         return rows
 
     def _budget_note(self) -> str:
-        cost = self.expected_cost
-        assert cost is not None
+        cost, cap = self.expected_cost, self.max_cost
+        assert cost is not None and cap is not None
         worst = cost.high
-        if worst <= self.max_cost:
+        if worst <= cap:
             return "enough for the whole run"
         likely = cost.expected if cost.expected is not None else cost.high
-        if likely <= self.max_cost:
+        if likely <= cap:
             return "probably enough, not for the worst case: the run may stop early"
-        return f"the run will stop early, after about {min(1.0, self.max_cost / likely):.0%} of the requests"
+        return f"the run will stop early, after about {min(1.0, cap / likely):.0%} of the requests"
 
     def __repr__(self) -> str:
         rows = self.table()

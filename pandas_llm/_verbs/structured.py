@@ -305,7 +305,7 @@ def _classified(values: list[Any], codes: np.ndarray, index: pd.Index, name: Any
     picked = [v.get(field) if isinstance(v, dict) else None for v in values]
     if multi:
         order = {x: i for i, x in enumerate(labels)}
-        picked = [None if p is None else sorted({order[x]: x for x in p if x in order}.values(), key=order.get)
+        picked = [None if p is None else sorted({order[x]: x for x in p if x in order}.values(), key=order.__getitem__)
                   for p in picked]  # fmt: skip
         column = take(_objects(picked), codes)
     elif all(isinstance(x, bool) for x in labels):
