@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
-from ._config import Settings, current_settings
 from ._run import loop as _runner
 from ._verbs import check_prompt_order, job_verb, prepare
 from ._verbs import estimate as _estimate
@@ -120,6 +119,10 @@ class LLMAccessor:
         ``schema=`` (with ``flatten=``) an :meth:`extract` job: the same requests, checks
         and cache keys as those verbs, and ``job.result()`` returns what they return.
 
+        Parameters:
+            template, **options: as :meth:`map` (``mode`` is "batch").
+            schema, flatten: an :meth:`extract` job; labels, multi, reasons: a :meth:`classify` job.
+
         Returns:
             A ``BatchJob`` (batches submitted): ``status()``, ``result(details=False)``,
             ``cancel()`` and their ``a*`` twins.
@@ -173,16 +176,19 @@ class LLMAccessor:
             >>> out.dtypes.astype(str).tolist()
             ['category', 'Int64']
 
+        Parameters:
+            template, **options: as :meth:`map`.
+            schema: a pydantic model, a JSON schema dict, or ``"json_object"``.
+            flatten: nested objects as ``parent.child`` columns (True, or the separator).
+            details: add the per-row details.
+
         Returns:
             A DataFrame with the input's index and one column per field (dtypes above; with
             ``details=True`` the per-row details too, clashing names prefixed ``_``).
 
         Raises:
-            ConfigError: a bad argument or template (TemplateError: an unknown ``{column}``),
-                before anything is sent.
-            FatalAPIError: the endpoint refused the whole run (401/403/404; QuotaError,
-                RequestShapeError); rows answered so far are in the cache.
-            KeyboardInterrupt: Ctrl-C or Jupyter's stop button (answers so far are kept).
+            ConfigError: bad arguments or template, before anything is sent; FatalAPIError: the
+                endpoint refused the whole run; KeyboardInterrupt: as :meth:`map`.
         """
         return self._value(prepare, details, template, options, verb="extract", schema=schema, flatten=flatten)
 
@@ -218,6 +224,12 @@ class LLMAccessor:
             >>> str(out.dtype), set(out) <= {"billing", "bug"}
             ('category', True)
 
+        Parameters:
+            template, **options: as :meth:`map`.
+            labels: the label set (a list, ``{label: description}``, or ``[True, False]``).
+            multi: any number of labels per row; reasons: a short reason per row too.
+            details: add the per-row details.
+
         Returns:
             A Series aligned to the index, dtype ``category`` over ``labels`` (``boolean`` for
             ``[True, False]``, ``object`` lists with ``multi=True``), NA where a row has no
@@ -225,11 +237,8 @@ class LLMAccessor:
             adds the per-row details.
 
         Raises:
-            ConfigError: a bad argument or template (TemplateError: an unknown ``{column}``),
-                before anything is sent.
-            FatalAPIError: the endpoint refused the whole run (401/403/404; QuotaError,
-                RequestShapeError); rows answered so far are in the cache.
-            KeyboardInterrupt: Ctrl-C or Jupyter's stop button (answers so far are kept).
+            ConfigError: bad arguments or template, before anything is sent; FatalAPIError: the
+                endpoint refused the whole run; KeyboardInterrupt: as :meth:`map`.
         """
         return self._value(prepare, details, template, options, verb="classify", labels=labels, multi=multi,
                            reasons=reasons)  # fmt: skip
@@ -264,16 +273,18 @@ class LLMAccessor:
             >>> out["flagged"].tolist(), str(out["violence_score"].dtype)
             ([False, True], 'Float64')
 
+        Parameters:
+            template: the column, template or function giving each row's text (None on a Series).
+            model: the moderation model; inputs_per_request: texts per request (default 32).
+            details: the per-row details instead; **options: as :meth:`map`.
+
         Returns:
             A DataFrame aligned to the index (dtypes above); ``details=True``: the per-row
             details instead.
 
         Raises:
-            ConfigError: a bad argument or template (TemplateError: an unknown ``{column}``),
-                before anything is sent.
-            FatalAPIError: the endpoint refused the whole run (401/403/404; QuotaError,
-                RequestShapeError); rows answered so far are in the cache.
-            KeyboardInterrupt: Ctrl-C or Jupyter's stop button (answers so far are kept).
+            ConfigError: bad arguments or template, before anything is sent; FatalAPIError: the
+                endpoint refused the whole run; KeyboardInterrupt: as :meth:`map`.
         """
         return self._value(prepare_moderate, details, template, {**options, "model": model},
                            inputs_per_request=inputs_per_request)  # fmt: skip
@@ -311,17 +322,20 @@ class LLMAccessor:
             >>> v.shape, v.dtype.name, bool((v[0] == v[2]).all())
             ((3, 8), 'float32', True)
 
+        Parameters:
+            template: the column, template or function giving each row's text (None on a Series).
+            model, dimensions: the embedding model and its vector length (None: the model's).
+            as_series: a Series of vectors instead of a matrix; details: the per-row details.
+            inputs_per_request: texts per request; **options: as :meth:`map`.
+
         Returns:
             ``numpy.ndarray`` of shape ``(n_rows, dimensions)``, dtype float32 (NaN rows where
             a row has none); a Series of 1-D float32 arrays with ``as_series=True``; the
             per-row details with ``details=True``.
 
         Raises:
-            ConfigError: a bad argument or template (TemplateError: an unknown ``{column}``),
-                before anything is sent.
-            FatalAPIError: the endpoint refused the whole run (401/403/404; QuotaError,
-                RequestShapeError); rows answered so far are in the cache.
-            KeyboardInterrupt: Ctrl-C or Jupyter's stop button (answers so far are kept).
+            ConfigError: bad arguments or template, before anything is sent; FatalAPIError: the
+                endpoint refused the whole run; KeyboardInterrupt: as :meth:`map`.
         """
         return self._value(prepare_embed, details, template, {**options, "model": model}, dimensions=dimensions,
                            as_series=as_series, inputs_per_request=inputs_per_request)  # fmt: skip
@@ -367,6 +381,11 @@ class LLMAccessor:
         ``verb="embed"`` / ``"moderate"``: what :meth:`embed` / :meth:`moderate` would send
         (``template`` may be None on a Series; ``dimensions=`` for embed); no output tokens.
 
+        Parameters:
+            template, schema, labels, multi, reasons, **options: the verb's own arguments.
+            models: model names to compare; sample: prompts to run for real (k), seed: which.
+            output_tokens: the completion tokens assumed per answer; verb: "embed" / "moderate".
+
         Returns:
             An ``Estimate`` (``rows``, ``unique``, ``cached``, ``to_send``, ``input_tokens``,
             ``output_tokens`` and the dollar figures as ``Range(low, expected, high)``); with
@@ -378,26 +397,9 @@ class LLMAccessor:
                 ``sample=`` / ``output_tokens=`` that are not whole numbers >= 1.
             FatalAPIError: only with ``sample=k``, as the verb would.
         """
-        if verb in ("embed", "moderate"):
-            dimensions = options.pop("dimensions", None)
-            return _estimate.estimate_endpoint(self._obj, template, options, verb, dimensions=dimensions)
-        settings = current_settings().merged(**options)
-        verb = "classify" if labels is not None else "extract" if schema is not None else "map"
-        kw = dict(schema=schema, labels=labels, multi=multi, reasons=reasons)
-
-        def one(s: Settings) -> Estimate:
-            def run_sample(subset: pd.DataFrame | pd.Series) -> pd.DataFrame:
-                acc, o = LLMAccessor(subset), {**options, "model": s.model}
-                if verb == "classify":
-                    return acc.classify(template, labels, multi=multi, reasons=reasons, details=True, **o)
-                return acc.map(template, schema=schema, details=True, **o)
-
-            return _estimate.estimate(self._obj, template, s, verb=verb, **kw, sample=sample,
-                                      output_tokens=output_tokens, seed=seed, run_sample=run_sample)  # fmt: skip
-
-        if models is not None:
-            return _estimate.compare_models(models, settings, one)
-        return one(settings)
+        return _estimate.estimate_call(self._obj, template, options, verb=verb, schema=schema, labels=labels,
+                                       multi=multi, reasons=reasons, models=models, sample=sample,
+                                       output_tokens=output_tokens, seed=seed)  # fmt: skip
 
 
 def register() -> None:

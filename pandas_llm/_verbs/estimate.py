@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from .._config import Settings
+from .._config import Settings, current_settings
 from .._cost.models import context_window
 from .._cost.tokens import count_message_tokens, count_text_tokens, encoding_name_for
 from .._errors import ConfigError
@@ -40,8 +40,36 @@ from .endpoints import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODERATION_MODEL, _setti
 from .figures import DEFAULT_OUTPUT_TOKENS, Estimate, Range, plan_counts
 from .structured import requests_for
 
-__all__ = ["Estimate", "Range", "estimate", "estimate_endpoint", "compare_models", "DEFAULT_OUTPUT_TOKENS",
+__all__ = ["Estimate", "Range", "estimate", "estimate_call", "estimate_endpoint", "compare_models", "DEFAULT_OUTPUT_TOKENS",
            "CACHE_MIN_TOKENS"]  # fmt: skip
+
+
+def estimate_call(data: pd.DataFrame | pd.Series, template: Any, options: dict[str, Any], *, verb: str,
+                  schema: Any, labels: Any, multi: bool, reasons: bool, models: Any, sample: int | None,
+                  output_tokens: int | None, seed: int | None) -> Estimate | pd.DataFrame:  # fmt: skip
+    """``df.llm.estimate(...)``: the estimate of the verb its arguments name (``labels=``: classify,
+    ``schema=``: extract, else map; ``verb="embed"`` / ``"moderate"``), or one row per model
+    with ``models=``. A sample (``sample=k``) runs through the verb itself, ``details=True``."""
+    if verb in ("embed", "moderate"):
+        dimensions = options.pop("dimensions", None)
+        return estimate_endpoint(data, template, options, verb, dimensions=dimensions)
+    settings = current_settings().merged(**options)
+    verb = "classify" if labels is not None else "extract" if schema is not None else "map"
+    kw = dict(schema=schema, labels=labels, multi=multi, reasons=reasons)
+
+    def one(s: Settings) -> Estimate:
+        def run_sample(subset: pd.DataFrame | pd.Series) -> pd.DataFrame:
+            o = {**options, "model": s.model}
+            if verb == "classify":
+                return subset.llm.classify(template, labels, multi=multi, reasons=reasons, details=True, **o)
+            return subset.llm.map(template, schema=schema, details=True, **o)
+
+        return estimate(data, template, s, verb=verb, **kw, sample=sample, output_tokens=output_tokens, seed=seed,
+                        run_sample=run_sample)  # fmt: skip
+
+    if models is not None:
+        return compare_models(models, settings, one)
+    return one(settings)
 
 
 def estimate(
