@@ -1,9 +1,10 @@
 """Parse: an answer's text -> a validated value, or the reason it is not one.
 
 A parse failure is data, not a crash: :meth:`Parser.parse` returns ``(value, None)``
-or ``(None, error)``. The engine calls :meth:`Parser.error` on every answer before it
-is stored (an invalid answer is asked again, then stored as ``invalid`` with this
-error); the result stage parses the stored text once more to build the columns.
+or ``(None, error)``. The engine checks every answer before it is stored (an invalid
+answer is asked again, then stored as ``invalid`` with this error): :meth:`Parser.error`,
+or the verbs' twin that keeps the parsed value, so the result stage parses again only the
+answers read from the cache.
 
 Pydantic models are validated by pydantic (their validators run). JSON schema dicts
 are validated here, for the keywords schema.py lets through (anything else is refused
