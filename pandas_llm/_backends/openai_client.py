@@ -19,13 +19,13 @@ from . import Completion
 from .answers import read_answer
 from .errors import map_errors
 
-__all__ = ["OpenAIClientBackend"]
+__all__ = ["OpenAIClientBackend", "timeout_options"]
 
 #: Body fields the SDK's create() takes by name; anything else goes in extra_body.
 _KNOWN = CHAT_FIELDS
 
 
-def _timeout(seconds: float | None) -> dict[str, Any]:
+def timeout_options(seconds: float | None) -> dict[str, Any]:
     """``with_options`` keywords: a user's client keeps its own timeout unless ``timeout=`` was given."""
     return {} if seconds is None else {"timeout": seconds}
 
@@ -38,7 +38,7 @@ class OpenAIClientBackend:
 
         self._openai = openai
         self.endpoint = str(client.base_url).rstrip("/")
-        self._client = client.with_options(max_retries=0, **_timeout(timeout))
+        self._client = client.with_options(max_retries=0, **timeout_options(timeout))
         self._read = read
         self._chat = path == "/chat/completions"
         resource = {"/chat/completions": lambda c: c.chat.completions, "/embeddings": lambda c: c.embeddings,

@@ -160,7 +160,8 @@ def _answer(buf: bytearray, eof: bool):
 
 def dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
     """Decode a chunked body starting at ``pos``: ``(body, end)``, or None while it is
-    incomplete; ValueError on a malformed chunk size. Shared with the loopback server."""
+    incomplete; ValueError on a malformed chunk size. The loopback server reads chunked
+    bodies with its own code (testing/_http.py), never with this one."""
     parts: list[bytes] = []
     while True:
         eol = buf.find(b"\r\n", pos)

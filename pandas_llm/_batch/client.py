@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 
 from .._backends.errors import map_errors
-from .._backends.openai_client import _timeout
+from .._backends.openai_client import timeout_options
 from .._errors import APIError, ConfigError, FatalAPIError, remember_secret
 from .._run.retry import RetryPolicy, retrying
 
@@ -142,7 +142,7 @@ class BatchAPI:
             )
             self._own = True
         else:
-            self._client = client.with_options(max_retries=0, **_timeout(self.settings.timeout))
+            self._client = client.with_options(max_retries=0, **timeout_options(self.settings.timeout))
             self._async = inspect.iscoroutinefunction(self._client.batches.retrieve)
         return self
 
