@@ -103,7 +103,7 @@ class Engine(Sending):
         self._heard = 0  # answers of any kind (any HTTP status) from the endpoint so far
         self._shape = shape or ShapeWatch()  # grouping.py shares one across its rounds
         self._token = token
-        self._workers: list[asyncio.Future] = []
+        self._workers: list[asyncio.Task[None]] = []
         self._sending: set[asyncio.Task] = set()  # workers with a request in flight (kept at a halt or stop)
         self._parked: set[asyncio.Task] = set()  # workers cancelled by stop(): they return quietly
 

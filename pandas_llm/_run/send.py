@@ -71,7 +71,7 @@ class Sending:
     """The engine's sending of one job (mixed into Engine, which owns the state)."""
 
     backend: Backend
-    store: Store | None
+    store: Store
     stats: RunStats
     retry: RetryPolicy
     limiter: Limiter
@@ -88,7 +88,7 @@ class Sending:
     _stop: bool
     _heard: int
     _shape: ShapeWatch
-    _workers: list[asyncio.Future]
+    _workers: list[asyncio.Task[None]]
     _sending: set[asyncio.Task]
 
     async def _process(self, job: Job, hold: Any = None) -> Record:
@@ -334,6 +334,6 @@ def _with_spent(record: Record, rejected: list[Record]) -> Record:
         prompt_tokens=record.prompt_tokens + sum(r.prompt_tokens for r in rejected),
         completion_tokens=record.completion_tokens + sum(r.completion_tokens for r in rejected),
         cached_tokens=record.cached_tokens + sum(r.cached_tokens for r in rejected),
-        cost=None if any(c is None for c in costs) else sum(costs),
+        cost=None if any(c is None for c in costs) else sum(c for c in costs if c is not None),
         attempts=record.attempts + sum(r.attempts for r in rejected),
     )

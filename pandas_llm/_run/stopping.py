@@ -112,16 +112,16 @@ def quota_stop(exc: RetryableError, wait: float, deadline: float | None) -> Fata
     if deadline is not None or exc.retry_after is None or exc.retry_after <= MAX_RETRY_AFTER:
         return None
     limit = isinstance(exc, RateLimitError)
-    return (QuotaError if limit else FatalAPIError)(
+    message = (
         f"{exc} The provider asks to wait {come_back(exc.retry_after)}, longer than the "
         f"{MAX_RETRY_AFTER / 60:g} min a run without deadline= waits"
         + (": this is a quota, not a passing rate limit." if limit else ".")
         + " Run the same call again then (answered rows come from the cache), or pass deadline= to "
-        "return with what is answered by then.",
-        status=exc.status,
-        code=exc.code,
-        **({"retry_after": exc.retry_after} if limit else {}),
+        "return with what is answered by then."
     )
+    if limit:
+        return QuotaError(message, status=exc.status, code=exc.code, retry_after=exc.retry_after)
+    return FatalAPIError(message, status=exc.status, code=exc.code)
 
 
 def come_back(seconds: float, *, now: float | None = None) -> str:
