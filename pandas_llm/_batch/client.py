@@ -116,7 +116,7 @@ class BatchAPI:
         if client is not None and not (hasattr(client, "batches") and hasattr(client, "files")):
             raise ConfigError(
                 "mode='batch' needs the OpenAI Batch API: use base_url=/api_key= or client=openai.OpenAI(...) / "
-                "openai.AsyncOpenAI(...), not a plain function client"
+                "openai.AsyncOpenAI(...), not a plain function client or a Backend object (pandas_llm.testing.MockBackend)"
             )
         api_key = settings.api_key or os.environ.get("OPENAI_API_KEY")
         if client is None and not api_key and _OPENAI_HOST in self.endpoint:

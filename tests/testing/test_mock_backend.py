@@ -109,3 +109,24 @@ def test_client_accepts_a_backend_object_and_leaves_it_open():
     assert pd.Series(["ab"]).llm.map("{}", client=backend, **OPTIONS).tolist() == ["AB"]
     assert not backend.closed
     assert pandas_llm.last_run().stats.prompt_tokens == 3
+
+
+def test_embeddings_through_a_mock_and_no_batch_api_behind_one():
+    def handler(request):
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0]}
+            for i, t in enumerate(request["input"])
+        ]
+        return {
+            "object": "list",
+            "data": data,
+            "model": request["model"],
+            "usage": {"prompt_tokens": 2, "total_tokens": 2},
+        }
+
+    vectors = pd.Series(["a", "bcd"]).llm.embed(client=MockBackend(handler), cache=False, progress=False)
+    assert [list(v) for v in vectors] == [[1.0, 1.0], [3.0, 1.0]]
+    mock = MockBackend(lambda request: "x")
+    assert pd.Series(["a"]).llm.map("{}", client=mock, mode="auto", **OPTIONS).tolist() == ["x"]  # realtime
+    with pytest.raises(pandas_llm.ConfigError, match="not a plain function client or a Backend object"):
+        pd.Series(["a"]).llm.map("{}", client=mock, mode="batch", **OPTIONS)
