@@ -26,7 +26,6 @@ from .outcomes import Outcomes
 
 __all__ = ["load_cached"]
 
-_COLUMNS = "key, output, finish_reason, prompt_tokens, completion_tokens, cached_tokens, cost, attempts"
 _BATCH = 32768
 _SCAN_MIN_KEYS = 20_000  # below this, probing is fast whatever the cache's size
 _SCAN_RATIO = 3  # scan when the cache holds at most this many rows per key looked up
@@ -37,39 +36,30 @@ def load_cached(store: Store, keys: Keys | Sequence[bytes], outcomes: Outcomes) 
     k = len(keys)
     if k == 0:
         return 0
-    conn = store.conn
     blob = getattr(keys, "blob", None)
-    if blob is not None and k >= _SCAN_MIN_KEYS:
-        (rows,) = conn.execute("SELECT count(*) FROM results").fetchone()
-        if rows <= _SCAN_RATIO * k:
-            return _scan(conn, blob, k, outcomes)
-    return _probe(conn, keys, outcomes, max(1, min(store._chunk, _BATCH)))
+    if blob is not None and k >= _SCAN_MIN_KEYS and store.count() <= _SCAN_RATIO * k:
+        return _scan(store, blob, k, outcomes)
+    return _probe(store, keys, outcomes)
 
 
-def _probe(conn: Any, keys: Sequence[bytes], outcomes: Outcomes, step: int) -> int:
+def _probe(store: Store, keys: Sequence[bytes], outcomes: Outcomes) -> int:
     found = 0
-    sql = f"SELECT {_COLUMNS} FROM results WHERE status = 'ok' AND key IN "
-    for start in range(0, len(keys), step):
-        chunk = keys[start : start + step]
-        where = dict(zip(chunk, range(start, start + len(chunk))))
-        rows = conn.execute(sql + "(" + ",".join("?" * len(chunk)) + ")", chunk).fetchall()
+    step = min(_BATCH, store.max_keys)
+    for start, rows in store.answers(keys, step=step):
         if rows:
+            where = dict(zip(keys[start : start + step], range(start, start + step)))
             cols = list(zip(*rows))
             _fill(outcomes, np.fromiter((where[key] for key in cols[0]), np.int64, len(rows)), cols)
             found += len(rows)
     return found
 
 
-def _scan(conn: Any, blob: bytes, k: int, outcomes: Outcomes) -> int:
+def _scan(store: Store, blob: bytes, k: int, outcomes: Outcomes) -> int:
     mine = np.frombuffer(blob, dtype=np.uint64).reshape(k, 4)
     order = np.argsort(mine[:, 0], kind="stable")
     heads = mine[order, 0]
     found = 0
-    cur = conn.execute(f"SELECT {_COLUMNS} FROM results WHERE status = 'ok'")
-    while True:
-        rows = cur.fetchmany(_BATCH)
-        if not rows:
-            break
+    for rows in store.all_answers(_BATCH):
         cols = list(zip(*rows))
         joined = b"".join(cols[0])
         if len(joined) != KEY_SIZE * len(rows):  # a key of another size: not one of ours
@@ -89,7 +79,7 @@ def _scan(conn: Any, blob: bytes, k: int, outcomes: Outcomes) -> int:
 
 
 def _fill(outcomes: Outcomes, us: np.ndarray, cols: list[Sequence[Any]]) -> None:
-    """Write one batch of ``ok`` rows (columns as in ``_COLUMNS``) into the outcome arrays."""
+    """Write one batch of ``ok`` rows (the store's ``ANSWER_FIELDS``) into the outcome arrays."""
     n = len(us)
     outcomes.output[us] = _objects(cols[1], n)
     outcomes.status[us] = "ok"

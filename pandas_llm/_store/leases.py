@@ -192,8 +192,14 @@ class Claims:
                 self.waiting.pop(key, None)
         return mine
 
-    def _transaction(self) -> _Tx:
-        return _Tx(self)
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction of the store, dropping the settled claims first."""
+        with self.store.transaction() as conn:
+            settled, self._settled = self._settled, []
+            if settled:
+                conn.executemany("DELETE FROM leases WHERE key = ? AND owner = ?", [(k, self.owner) for k in settled])
+            yield conn
 
 
 def _dead(owner: str) -> bool:
@@ -209,32 +215,3 @@ def _dead(owner: str) -> bool:
     except (OSError, ValueError):
         return False
     return False
-
-
-class _Tx:
-    """One write transaction on the store's connection, dropping settled claims first."""
-
-    def __init__(self, claims: Claims):
-        self.claims = claims
-
-    def __enter__(self) -> Any:
-        store = self.claims.store
-        store._write_lock.acquire()  # the committer thread writes on the same connection
-        try:
-            store.conn.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            store._write_lock.release()
-            raise
-        settled, self.claims._settled = self.claims._settled, []
-        if settled:
-            store.conn.executemany(
-                "DELETE FROM leases WHERE key = ? AND owner = ?", [(k, self.claims.owner) for k in settled]
-            )
-        return store.conn
-
-    def __exit__(self, kind: Any, *exc: Any) -> None:
-        conn = self.claims.store.conn
-        try:
-            conn.execute("COMMIT" if kind is None else "ROLLBACK")
-        finally:
-            self.claims.store._write_lock.release()

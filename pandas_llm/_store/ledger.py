@@ -83,20 +83,19 @@ class Ledger:
 
     def __init__(self, store: Store):
         self.store = store
-        self.conn = store.conn
+
+    @property
+    def conn(self) -> Any:
+        return self.store.conn  # read at each use: the store may have reopened its file
 
     def _tx(self, statements: Iterable[tuple[str, Sequence[Any]]], many: tuple[str, Iterable] | None = None) -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        """One write transaction through the store (under its lock: the committer's thread
+        writes on the same connection)."""
+        with self.store.transaction() as conn:
             for sql, args in statements:
                 conn.execute(sql, args)
             if many is not None:
                 conn.executemany(*many)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def add_job(self, job: str, *, endpoint: str, model: str | None, rows: int, requests: int,
                 meta: dict[str, Any] | None = None) -> None:  # fmt: skip
@@ -160,11 +159,8 @@ class Ledger:
         out: dict[bytes, str] = {}
         if not keys or not self._any_open():
             return out
-        step = self.store._chunk
-        for start in range(0, len(keys), step):
-            chunk = keys[start : start + step]
-            sql = "SELECT key, part FROM batch_keys WHERE key IN (" + ",".join("?" * len(chunk)) + ")"
-            for key, part in self.conn.execute(sql, chunk):
+        for _, rows in self.store.select_in("SELECT key, part FROM batch_keys WHERE key IN", keys):
+            for key, part in rows:
                 out[bytes(key)] = part
         return out
 

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from pandas_llm import ConfigError
-from pandas_llm._store.store import MIGRATIONS, Record, Store
+from pandas_llm._store.migrations import MIGRATIONS
+from pandas_llm._store.store import Record, Store
 
 
 def test_default_path_and_private_mode(opts):

@@ -95,9 +95,9 @@ def make_writable(p: Path) -> None:
 )
 def test_a_cache_that_cannot_be_written_is_refused_before_paying(server, opts, tmp_path, monkeypatch, case, checks):
     if checks == "sqlite only":  # the write SQLite is made to attempt catches it without the mode checks
-        import pandas_llm._store.store
+        import pandas_llm._store.files
 
-        monkeypatch.setattr(pandas_llm._store.store, "_writable", lambda p: True)
+        monkeypatch.setattr(pandas_llm._store.files, "_writable", lambda p: True)
     folder = tmp_path / "caches"
     folder.mkdir()
     cache = folder / "cache.sqlite"
