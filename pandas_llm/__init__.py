@@ -28,10 +28,10 @@ from ._errors import (
     TemplateError,
 )
 from ._pricing import Price
+from ._run.packing import PackingReport
 from ._run.run import RunWarning
 from ._stats import RunReport, last_run
 from ._store.ledger import list_batches
-from ._structured.packing import PackingReport
 from ._verbs import PromptOrderWarning
 from ._verbs.figures import Estimate
 

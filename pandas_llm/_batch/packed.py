@@ -28,10 +28,11 @@ from .._config import Settings
 from .._plan.outcomes import Outcomes
 from .._plan.planner import Plan
 from .._run import run as _pipeline
+from .._run.packing import Packer, Rows
 from .._stats import RunReport, record_run
 from .._store.ledger import Ledger, row_entry
 from .._store.store import Record, Store
-from .._structured.packing import Packer, _envelope_error, packed_key
+from .._structured.packing import envelope_error, packed_key
 from .job import BatchJob
 
 __all__ = ["PackedBatchJob"]
@@ -56,14 +57,18 @@ class PackedBatchJob(BatchJob):
         pids: list[int] = []
         keys: list[bytes] = []
         bodies: list[bytes] = []
-        held, self._in_flight, taken = self._held_packs(rows, packer, Ledger(store))
+
+        def settle(answered: Rows) -> None:  # packs answered before a crash, split here
+            _commit(store, rows, answered)
+
+        held, self._in_flight, taken = self._held_packs(rows, packer, Ledger(store), settle)
         for u in self._in_flight:  # re-attached to in _resend, whatever packed_fallback says
             packer._fall_back(u, "in a batch in flight")
         todo = rows.todo
         if taken:
             rows.todo = np.asarray([u for u in todo.tolist() if u not in taken], dtype=np.int64)
         try:
-            for pid, key, body in itertools.chain(held, packer._pack_jobs(rows)):  # answered packs are split here
+            for pid, key, body in itertools.chain(held, packer.jobs(rows, settle)):
                 pids.append(pid)
                 keys.append(key)
                 bodies.append(body)
@@ -75,7 +80,7 @@ class PackedBatchJob(BatchJob):
         packs = Plan(pd.RangeIndex(n), np.arange(n), keys, np.arange(n), np.arange(n), Outcomes(n),
                      packer._builder, None, lambda i: (keys[i], bodies[i]))  # fmt: skip
         packs.body_of = lambda u: bodies[u]  # type: ignore[method-assign]
-        super().__init__(packs, settings, name=name, validate=_envelope_error, **kw)
+        super().__init__(packs, settings, name=name, validate=envelope_error, **kw)
         self.rows = rows  # the result is the rows', the batch lines are the packs
         self._collector.on_result = self._split
         s, codes = self.stats, rows.codes
@@ -87,7 +92,7 @@ class PackedBatchJob(BatchJob):
 
     @staticmethod
     def _held_packs(
-        rows: Plan, packer: Packer, ledger: Ledger
+        rows: Plan, packer: Packer, ledger: Ledger, settle: Callable[[Rows], None]
     ) -> tuple[list[tuple[int, bytes, bytes]], list[int], set[int]]:
         """What open batches (of an earlier run, maybe killed) hold of ``rows.todo``, by row key.
 
@@ -111,10 +116,10 @@ class PackedBatchJob(BatchJob):
             members = [slot.get(row) for _, row, _ in sorted(entries)]
             if any(u is None or u in used for u in members):
                 continue  # not all its rows are ours to wait for: they are packed afresh
-            contents = [packer._content(render(first[u])) for u in members]
+            contents = [packer.envelope.content(render(first[u])) for u in members]
             if any(c is None for c in contents):
                 continue
-            messages = packer._messages(contents)  # type: ignore[arg-type]
+            messages = packer.envelope.messages(contents)  # type: ignore[arg-type]
             key, body = packer._builder.encode(messages)
             if key != pack:
                 log.warning("pandas-llm: a batch in flight holds %d of these rows in a pack this call does not "
@@ -127,7 +132,7 @@ class PackedBatchJob(BatchJob):
             report.prompt_tokens_single += sum(packer._single_tokens(rows, u) for u in members)  # type: ignore[arg-type]
             cached = [r for r in store.lookup([key]) if r.status == "ok"] if store is not None else []
             if cached:  # answered, not yet split into rows
-                packer._on_pack(pid, cached[0], counted=False)
+                settle(packer.rows(pid, cached[0]))
                 continue
             report.packs += 1
             out.append((pid, key, body))
@@ -145,8 +150,7 @@ class PackedBatchJob(BatchJob):
         packer = self.packer
         if self._pids[u] not in packer._members:
             return  # split already (a result seen twice)
-        packer._store = store  # this poll's sidecar connection
-        packer._on_pack(self._pids[u], record)
+        _commit(store, self.rows, packer.rows(self._pids[u], record))  # this poll's sidecar connection
 
     async def await_done(self) -> None:
         await super().await_done()
@@ -216,3 +220,12 @@ class PackedBatchJob(BatchJob):
 
     def _packing_report(self) -> Any:
         return self.packer.report
+
+
+def _commit(store: Store, plan: Plan, rows: Rows) -> None:
+    """Commit a pack's rows, then fill them (the Batch API's results are written as they are
+    read, in transactions: collect.py; no committer thread here)."""
+    if rows:
+        store.write(r for _, r in rows)
+        for u, r in rows:
+            plan.outcomes.fill(u, r)

@@ -64,7 +64,7 @@ class Engine(Sending):
         budget: Any = None,
         worst_case: Callable[[bytes], float] = lambda body: 0.0,
         too_long: Callable[[bytes], str | None] | None = None,
-        split: Callable[[Job, Record], list[tuple[int, Record]]] | None = None,
+        split: Callable[[Job, Record], list[tuple[int | None, Record]]] | None = None,
         shape: ShapeWatch | None = None,
         flush_size: int = 256,
         clock: Callable[[], float] = time.monotonic,
@@ -88,11 +88,11 @@ class Engine(Sending):
         self.budget = budget  # budget.Budget: reserves each request's worst case (max_cost)
         self.worst_case = worst_case  # USD a lost answer may have been billed (budget.Meter.lost)
         self.too_long = too_long  # body -> why it cannot fit the context window (budget.ContextCheck)
-        self.split = split  # a multi-input request's record -> one record per row (endpoints.py)
+        self.split = split  # a request's record -> one record per row (grouping.py, packing.py)
         self.flush_size = flush_size
         self.clock = clock
         self.sleep = sleep
-        self._buffer: list[tuple[int, Record]] = []
+        self._buffer: list[tuple[int | None, Record]] = []
         self._flush_soon = False
         self._committer = Committer(
             store, self._count, on_idle=self.flush, on_trouble=self._store_trouble, on_lost=self._not_on_disk,
@@ -194,21 +194,25 @@ class Engine(Sending):
                     if self._fatal is not None:
                         raise self._fatal
                     return
-            if self.split is None:
-                self._buffer.append((job[0], record))
-            else:
-                self._buffer.extend(self.split(job, record))
-            if len(self._buffer) >= self.flush_size:
-                self.flush()
-            elif committer.backlog == 0 and not self._flush_soon:
-                # the writer is idle: hand over at the end of this loop turn, with whatever
-                # else arrived in it (batching only under load: the kill -9 window stays small)
-                self._flush_soon = True
-                asyncio.get_running_loop().call_soon(self.flush)
+            self.settle([(job[0], record)] if self.split is None else self.split(job, record))
             if self._fatal is not None:
                 raise self._fatal  # this job's record is kept; the siblings stop
             if committer.backlog >= committer.max_pending:
                 await committer.wait_oldest()
+
+    def settle(self, records: list[tuple[int | None, Record]]) -> None:
+        """Hand ``records`` to the commit thread; each is counted done (and given to
+        ``on_result``) once committed. Also for records known without sending (a pack
+        answered before a crash, rows refused before sending). A record whose index is
+        None is stored only, never counted (a packed request's own answer: its rows are)."""
+        self._buffer.extend(records)
+        if len(self._buffer) >= self.flush_size:
+            self.flush()
+        elif self._committer.backlog == 0 and not self._flush_soon:
+            # the writer is idle: hand over at the end of this loop turn, with whatever
+            # else arrived in it (batching only under load: the kill -9 window stays small)
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         """Hand buffered results to the commit thread; they count as done once committed."""
@@ -218,13 +222,15 @@ class Engine(Sending):
         batch, self._buffer = self._buffer, []
         self._committer.submit(batch)
 
-    def _count(self, batch: list[tuple[int, Record]], *, on_disk: bool = True) -> None:
+    def _count(self, batch: list[tuple[int | None, Record]], *, on_disk: bool = True) -> None:
         """On the loop, once ``batch`` is committed (never before)."""
         stats = self.stats
         inflight.committed([r.key for _, r in batch])
         if not on_disk:
-            stats.unsaved += len(batch)
+            stats.unsaved += sum(u is not None for u, _ in batch)
         for u, record in batch:
+            if u is None:  # stored only (see settle)
+                continue
             stats.sent_done += 1
             if record.status == "ok":
                 stats.ok += 1

@@ -79,10 +79,7 @@ class Grouper:
         while True:
             self._next = []
             run = engine(split=self._split, shape=self._shape)
-            try:
-                await run.run(self._jobs(groups))
-            finally:
-                self._settle_too_long(run.stats)
+            await run.run(self._jobs(groups, run.settle))
             if not self._next:
                 return
             groups = self._next
@@ -118,8 +115,13 @@ class Grouper:
             return len(text.encode())
         return count_text_tokens(text, self.model)
 
-    def _jobs(self, groups: Iterable[list[tuple[int, bytes, str, int]]]) -> Iterator[tuple[int, bytes, bytes]]:
+    def _jobs(
+        self, groups: Iterable[list[tuple[int, bytes, str, int]]], settle: Callable[[list[tuple[int, Record]]], None]
+    ) -> Iterator[tuple[int, bytes, bytes]]:
+        """The requests of ``groups``; the rows found too long meanwhile go to ``settle`` (the
+        engine commits them, then counts them like any failure)."""
         for group in groups:
+            self._settle_too_long(settle)
             if len(group) > self.k:  # k dropped to 1 (see _split) after this group was made
                 self._next.extend([m] for m in group)
                 continue
@@ -127,6 +129,7 @@ class Grouper:
             self._members[self._pid] = group
             self.report.requests += 1
             yield self._pid, group[0][1], self.kind.request(self._base, [m[2] for m in group])
+        self._settle_too_long(settle)
 
     # -- answers -------------------------------------------------------------------------
     def _split(self, job: tuple[int, bytes, bytes], record: Record) -> list[tuple[int, Record]]:
@@ -183,17 +186,12 @@ class Grouper:
             for i, (m, out, t) in enumerate(zip(group, outputs, tokens))
         ]
 
-    def _settle_too_long(self, stats: Any) -> None:
-        """Rows refused before sending: stored, shown and counted like any failure."""
+    def _settle_too_long(self, settle: Callable[[list[tuple[int, Record]]], None]) -> None:
+        """Rows refused before sending: committed, shown and counted like any failure."""
         rows, self._too_long = self._too_long, []
-        if not rows or self._plan is None or self._store is None:
-            return
-        self._store.write(r for _, r in rows)
-        for u, r in rows:
-            self._plan.outcomes.fill(u, r)
-        self.report.too_long += len(rows)
-        stats.sent_done += len(rows)
-        stats.failed["too_long"] += len(rows)
+        if rows:
+            self.report.too_long += len(rows)
+            settle(rows)
 
 
 class _OneInputShapeWatch(ShapeWatch):

@@ -28,8 +28,8 @@ import pandas as pd
 from .._config import Settings, current_settings
 from .._errors import ConfigError, find_stack_level
 from .._plan.prompts import to_messages
+from .._run.packing import Packer
 from .._structured.columns import build_frame, columns_for, take
-from .._structured.packing import Packer
 from .._structured.parse import Parser
 from .._structured.schema import Schema, as_schema
 from .dispatch import Job, start

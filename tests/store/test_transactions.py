@@ -115,6 +115,6 @@ def test_begin_immediate_is_written_once():
     hits = [
         p.name
         for p in (PACKAGE / "_store").glob("*.py")
-        for _ in re.finditer('execute("BEGIN IMMEDIATE', p.read_text())
+        for _ in re.finditer(re.escape('execute("BEGIN IMMEDIATE'), p.read_text())
     ]
     assert hits == ["store.py"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 from typing import Literal
 
 import pandas as pd
@@ -275,3 +276,73 @@ def test_cached_prompt_tokens_are_reported_and_priced_at_the_cached_rate(opts):
                                        completion_tokens=srv.completion_tokens, cached_tokens=srv.cached_tokens)  # fmt: skip
     assert stats.cost == pytest.approx(expected)
     assert "from the provider's prompt cache" in pandas_llm.last_run().summary()
+
+
+def spy_writes(monkeypatch) -> list[tuple[str, set[bytes]]]:
+    """Every Store.write: (the thread's name, the keys written)."""
+    from pandas_llm._store.store import Store
+
+    writes: list[tuple[str, set[bytes]]] = []
+    real = Store.write
+
+    def write(self, records):
+        records = list(records)
+        writes.append((threading.current_thread().name, {r.key for r in records}))
+        return real(self, records)
+
+    monkeypatch.setattr(Store, "write", write)
+    return writes
+
+
+def test_packed_answers_are_committed_by_the_commit_thread_with_their_pack(server, opts, monkeypatch):
+    writes = spy_writes(monkeypatch)
+    frame(12).llm.extract("{text}", schema=Ticket, rows_per_request=4, **{**opts, "cache": "c.sqlite"})
+    run = pandas_llm.last_run()
+    rows = {packed_key(k) for k in run.plan.keys}
+    written = set().union(*(keys for _, keys in writes))
+    assert rows <= written
+    assert {name.startswith("pandas-llm-commit") for name, keys in writes if keys & rows} == {True}
+    for _, keys in writes:  # each pack's answer in the same transaction as its rows
+        if keys & rows:
+            assert len(keys - rows) >= 1
+    stats = run.stats
+    assert (stats.to_send, stats.sent_done, stats.ok, sum(stats.failed.values())) == (12, 12, 12, 0)
+
+
+def test_a_pack_answered_before_a_crash_is_split_by_the_commit_thread(server, opts, monkeypatch):
+    opts = {**opts, "cache": "c.sqlite"}
+    df = frame(8)
+    first = df.llm.extract("{text}", schema=Ticket, rows_per_request=4, **opts)
+    keys = pandas_llm.last_run().plan.keys
+    with sqlite3.connect("c.sqlite") as db:  # as if killed between the pack's commit and its rows'
+        db.executemany("DELETE FROM results WHERE key = ?", [(packed_key(k),) for k in keys])
+    db.close()
+    writes = spy_writes(monkeypatch)
+    server.reset_counters()
+    again = df.llm.extract("{text}", schema=Ticket, rows_per_request=4, **opts)
+    pd.testing.assert_frame_equal(again, first)
+    assert server.requests == 0
+    rows = {packed_key(k) for k in keys}
+    assert rows <= set().union(*(k for _, k in writes))
+    assert {name.startswith("pandas-llm-commit") for name, k in writes if k & rows} == {True}
+    stats = pandas_llm.last_run().stats
+    assert (stats.to_send, stats.sent_done, stats.ok) == (8, 8, 8)
+
+
+def test_a_failed_pack_counts_none_of_its_rows_until_they_are_sent_alone(server, opts):
+    server.structured.inject("invalid_json", match="ticket number 001", times=3)
+    frame(8).llm.extract("{text}", schema=Ticket, rows_per_request=4, **opts)
+    stats = pandas_llm.last_run().stats
+    assert (stats.to_send, stats.sent_done, stats.ok, sum(stats.failed.values())) == (8, 8, 8, 0)
+    assert pandas_llm.last_run().packing.fallback_rows == 4
+
+
+def test_the_envelope_imports_nothing_from_the_planner_runner_or_store():
+    import ast
+    from pathlib import Path
+
+    import pandas_llm._structured.packing as envelope
+
+    tree = ast.parse(Path(envelope.__file__).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if m.lstrip(".").split(".")[0] in ("_plan", "_run", "_store", "_batch")]
