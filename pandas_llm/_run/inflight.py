@@ -22,11 +22,12 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-__all__ = ["open_run", "close_run", "claim", "answered", "committed", "wait"]
+__all__ = ["open_run", "close_run", "close_later", "claim", "answered", "committed", "wait"]
 
 _lock = threading.Lock()
 _seq = itertools.count(1)
 _active: set[int] = set()
+_closing: list[int] = []  # tokens closed by a finalizer, dropped from _active at the next locked call
 
 
 class _Entry:
@@ -44,6 +45,7 @@ _entries: dict[bytes, _Entry] = {}
 def open_run() -> int:
     """Call before reading the cache; returns the run's token (pass it to ``close_run``)."""
     with _lock:
+        _drain()
         token = next(_seq)
         _active.add(token)
         return token
@@ -51,6 +53,7 @@ def open_run() -> int:
 
 def close_run(token: int) -> None:
     with _lock:
+        _drain()
         _active.discard(token)
         oldest = min(_active, default=None)
         stale = [
@@ -58,6 +61,17 @@ def close_run(token: int) -> None:
         ]
         for key in stale:
             del _entries[key]
+
+
+def close_later(token: int) -> None:
+    """``close_run`` for a finalizer: the garbage collector may run it on a thread that holds
+    the lock (inside ``close_run``), so it only queues the token (list.append is atomic)."""
+    _closing.append(token)
+
+
+def _drain() -> None:
+    while _closing:
+        _active.discard(_closing.pop())
 
 
 def claim(key: bytes, token: int) -> Future | None:
@@ -94,6 +108,7 @@ def committed(keys: list[bytes]) -> None:
     """The owner's answers are on disk: a run planned from now on finds them in the cache,
     so keep them only for the runs already planned (none when this is the only run)."""
     with _lock:
+        _drain()
         keep = len(_active) > 1
         seq = next(_seq)
         entries = _entries

@@ -70,7 +70,7 @@ class Run:
         if settings.cache_path is not None:
             warn_if_network(settings.cache_path)
         self._token = inflight.open_run()  # before reading the cache: see inflight.py
-        weakref.finalize(self, inflight.close_run, self._token)  # a Run planned but never executed (batch jobs)
+        weakref.finalize(self, inflight.close_later, self._token)  # a Run planned but never executed (batch jobs)
         try:
             self.store = Store(settings.cache_path)  # proves it can write before anything is planned
         except BaseException:
