@@ -48,7 +48,7 @@ def _probe(store: Store, keys: Sequence[bytes], outcomes: Outcomes) -> int:
     for start, rows in store.answers(keys, step=step):
         if rows:
             where = dict(zip(keys[start : start + step], range(start, start + step)))
-            cols = list(zip(*rows))
+            cols: list[Sequence[Any]] = list(zip(*rows))
             _fill(outcomes, np.fromiter((where[key] for key in cols[0]), np.int64, len(rows)), cols)
             found += len(rows)
     return found
@@ -60,7 +60,7 @@ def _scan(store: Store, blob: bytes, k: int, outcomes: Outcomes) -> int:
     heads = mine[order, 0]
     found = 0
     for rows in store.all_answers(_BATCH):
-        cols = list(zip(*rows))
+        cols: list[Sequence[Any]] = list(zip(*rows))
         joined = b"".join(cols[0])
         if len(joined) != KEY_SIZE * len(rows):  # a key of another size: not one of ours
             cols[0] = tuple(key if len(key) == KEY_SIZE else b"\0" * KEY_SIZE for key in cols[0])
