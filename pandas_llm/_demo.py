@@ -50,15 +50,23 @@ class DemoError(PandasLLMError):
     """The demo could not show what it is for (no row was answered)."""
 
 
+def _last_run() -> pandas_llm.RunReport:
+    """The report of the map the demo just ran (every map records one)."""
+    report = pandas_llm.last_run()
+    if report is None:
+        raise DemoError("the demo's run left no report")
+    return report
+
+
 def _answered() -> tuple[int, int]:
     """Rows of the last run with an answer, and rows without one."""
-    status = pandas_llm.last_run().details["status"]
+    status = _last_run().details["status"]
     ok = int((status == "ok").sum())
     return ok, len(status) - ok
 
 
 def _summary(label: str, seconds: float, server_requests: int) -> str:
-    s = pandas_llm.last_run().stats
+    s = _last_run().stats
     ok, failed = _answered()
     cost = money(s.cost if s.cost_known else None)
     return (
@@ -70,7 +78,7 @@ def _summary(label: str, seconds: float, server_requests: int) -> str:
 
 def _nothing_answered() -> str:
     """Why no row got an answer, in one line: the failures by kind and the first error."""
-    d = pandas_llm.last_run().details
+    d = _last_run().details
     kinds = ", ".join(f"{n} {status}" for status, n in d["status"].value_counts().items())
     errors = d["error"].dropna()
     first = str(errors.iloc[0]).splitlines()[0][:300] if len(errors) else "no error recorded"

@@ -78,7 +78,7 @@ class Collector:
                     if len(buffer) >= _WRITE_EVERY:
                         self.write(store, buffer)
                         buffer = []
-                elif key in self.slot_of:
+                elif unanswered is not None and key in self.slot_of:
                     self.unanswered[self.slot_of[key]] = unanswered
         missing = keys - seen
         if missing and info.status == "completed":
@@ -103,15 +103,15 @@ class Collector:
 
     def cost(self, c: Completion) -> float | None:
         """The answer at Batch API rates (the realtime price is added to ``realtime_cost``)."""
-        usage = {
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "cached_tokens": c.cached_tokens,
-        }
-        realtime = usage_cost(self.price, **usage)
+
+        def priced(batch: bool) -> float | None:
+            return usage_cost(self.price, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                              cached_tokens=c.cached_tokens, batch=batch)  # fmt: skip
+
+        realtime = priced(batch=False)
         if realtime is not None:
             self.stats.realtime_cost += realtime
-        return usage_cost(self.price, **usage, batch=True)
+        return priced(batch=True)
 
     def write(self, store: Store, records: list[Record]) -> None:
         """Commit, then count (never the other way round)."""

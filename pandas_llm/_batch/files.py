@@ -148,12 +148,12 @@ def parse_line(
         message = error.get("message") if isinstance(error, dict) else str(error)
         return key, Record(key, "failed", error=f"batch error {code}: {message}", model=model), None
     status = (response or {}).get("status_code") or 500
-    exc = error_for_status(status, (response or {}).get("body"), None, endpoint=endpoint, model=model)
+    refused = error_for_status(status, (response or {}).get("body"), None, endpoint=endpoint, model=model)
     kind = (
         "failed"
-        if isinstance(exc, RetryableError)
-        else row_status(exc)
-        if isinstance(exc, BadRequestError)
+        if isinstance(refused, RetryableError)
+        else row_status(refused)
+        if isinstance(refused, BadRequestError)
         else "error"
     )
-    return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None
+    return key, Record(key, kind, error=f"{refused} (in a batch)", model=model), None

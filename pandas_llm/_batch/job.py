@@ -52,7 +52,7 @@ from .._store.store import Record, Store
 from .client import BatchAPI
 from .collect import Collector
 from .files import PartData
-from .status import BatchProgress, BatchStats, BatchStatus
+from .status import BatchProgress, BatchStats, BatchStatus, JobState
 from .submit import Submitter
 
 __all__ = ["BatchJob"]
@@ -303,6 +303,7 @@ class BatchJob(Submitter):
 
     def _snapshot(self) -> BatchStatus:
         s = self.stats
+        state: JobState
         if not self._finished:
             state = "submitting" if not self._submitted else "in_progress"
         elif self._cancelled:

@@ -113,23 +113,25 @@ class PackedBatchJob(BatchJob):
         render, first, store = rows._render, rows.first_row, packer._store
         report, out, used = packer.report, [], set(in_flight)
         for pack, entries in packs.items():
-            members = [slot.get(row) for _, row, _ in sorted(entries)]
-            if any(u is None or u in used for u in members):
+            found = [slot.get(row) for _, row, _ in sorted(entries)]
+            members = [u for u in found if u is not None and u not in used]
+            if len(members) < len(found):
                 continue  # not all its rows are ours to wait for: they are packed afresh
-            contents = [packer.envelope.content(render(first[u])) for u in members]
-            if any(c is None for c in contents):
+            rendered = [packer.envelope.content(render(first[u])) for u in members]
+            contents = [c for c in rendered if c is not None]
+            if len(contents) < len(rendered):
                 continue
-            messages = packer.envelope.messages(contents)  # type: ignore[arg-type]
+            messages = packer.envelope.messages(contents)
             key, body = packer._builder.encode(messages)
             if key != pack:
                 log.warning("pandas-llm: a batch in flight holds %d of these rows in a pack this call does not "
                             "rebuild (another template or settings); they are packed again", len(members))  # fmt: skip
                 continue
-            used.update(members)  # type: ignore[arg-type]
+            used.update(members)
             pid = -1 - len(used)  # the packs built afresh have ids from 1 up
-            packer._members[pid] = members  # type: ignore[assignment]
+            packer._members[pid] = members
             report.prompt_tokens_sent += packer._count(messages) + packer._rf_pack
-            report.prompt_tokens_single += sum(packer._single_tokens(rows, u) for u in members)  # type: ignore[arg-type]
+            report.prompt_tokens_single += sum(packer._single_tokens(rows, u) for u in members)
             cached = [r for r in store.lookup([key]) if r.status == "ok"] if store is not None else []
             if cached:  # answered, not yet split into rows
                 settle(packer.rows(pid, cached[0]))

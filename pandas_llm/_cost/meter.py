@@ -52,7 +52,8 @@ class Meter:
 
     def __init__(self, model: str, price: Price | None | Future, *, max_output: int | None = None, batch: bool = False):
         self.model = model
-        self._price, self._pending = (None, price) if isinstance(price, Future) else (price, None)
+        self._price: Price | None = None if isinstance(price, Future) else price
+        self._pending: Future | None = price if isinstance(price, Future) else None
         self.max_output = max_output
         self.batch = batch  # worst cases at Batch API rates
         self._tiktoken = encoding_name_for(model) is not None

@@ -58,7 +58,7 @@ def remote_coordinator(account: str) -> tuple[Callable[..., Any], Callable[[floa
 
     def ask(tokens: int, rpm: float | None, tpm: float | None, known: bool) -> tuple[float, int, int, float]:
         out = sync(loop, scheduler.pandas_llm_grant, account=account, tokens=tokens, rpm=rpm, tpm=tpm, known=known)
-        return tuple(out)  # type: ignore[return-value]
+        return tuple(out)
 
     def pause(seconds: float) -> None:
         sync(loop, scheduler.pandas_llm_pause, account=account, seconds=seconds)

@@ -51,6 +51,7 @@ def make_observer(progress: Any) -> Observer:
     ``True``: the widget in a Jupyter kernel, else the tqdm bar; ``"text"``: the tqdm bar
     everywhere; ``False``/``None``: no display; anything else is used as the display.
     """
+    display: Observer | None
     if progress is False or progress is None:
         display = None
     elif progress == "text":

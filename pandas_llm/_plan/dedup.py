@@ -104,7 +104,7 @@ class Keys(Sequence[bytes]):
     def __len__(self) -> int:
         return self._n
 
-    def __getitem__(self, u):  # type: ignore[override]
+    def __getitem__(self, u):
         if isinstance(u, slice):
             return [self[i] for i in range(*u.indices(self._n))]
         u = int(u)
@@ -114,7 +114,7 @@ class Keys(Sequence[bytes]):
             raise IndexError(u)
         if self.blob is not None:
             return self.blob[u * KEY_SIZE : (u + 1) * KEY_SIZE]
-        return self._recompute(u)  # type: ignore[misc]
+        return self._recompute(u)
 
     def __iter__(self) -> Iterator[bytes]:
         if self.blob is None:

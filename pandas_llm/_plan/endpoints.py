@@ -273,7 +273,7 @@ class _Vectors:
         if isinstance(u, (int, np.integer)):
             if value is None:
                 return
-            if self.matrix is not None and len(value) == 4 * self.dims:  # the engine's path: one row
+            if self.matrix is not None and len(value) == 4 * self.matrix.shape[1]:  # the engine's path: one row
                 self.matrix[u] = np.frombuffer(value, dtype="<f4")
             else:
                 self._put(np.asarray([u]), [value])
@@ -289,12 +289,13 @@ class _Vectors:
         if self.matrix is None:
             self.dims = self.dims or dims
             self.matrix = np.full((self.n, self.dims), np.nan, dtype=np.float32)
-        if any(len(v) != 4 * self.dims for v in values):
+        width = self.matrix.shape[1]  # the dimensions, known from here on
+        if any(len(v) != 4 * width for v in values):
             raise EmbeddingShapeError(
-                f"the endpoint answered vectors of different lengths (expected {self.dims} dimensions); "
+                f"the endpoint answered vectors of different lengths (expected {width} dimensions); "
                 "pass dimensions= or check the model"
             )
-        self.matrix[us] = np.frombuffer(raw, dtype="<f4").reshape(len(values), self.dims)
+        self.matrix[us] = np.frombuffer(raw, dtype="<f4").reshape(len(values), width)
 
     def __getitem__(self, u: Any) -> Any:
         return None  # the vectors are read through VectorOutcomes.matrix

@@ -78,7 +78,7 @@ def _scan(store: Store, blob: bytes, k: int, outcomes: Outcomes) -> int:
     return found
 
 
-def _fill(outcomes: Outcomes, us: np.ndarray, cols: list[Sequence[Any]]) -> None:
+def _fill(outcomes: Outcomes, us: np.ndarray, cols: Sequence[Sequence[Any]]) -> None:
     """Write one batch of ``ok`` rows (the store's ``ANSWER_FIELDS``) into the outcome arrays."""
     n = len(us)
     outcomes.output[us] = _objects(cols[1], n)

@@ -101,19 +101,22 @@ class Outcomes:
         self.status[empty] = status
         return int(empty.sum())
 
+    def _answers(self) -> np.ndarray:
+        """Each request's output where it is ok, None elsewhere."""
+        out = self.output.copy()
+        out[self.status != "ok"] = None
+        return out
+
     def series(self, codes: np.ndarray, index: pd.Index, name: Any = None) -> pd.Series:
         """The answers per row: string dtype, NA where a row was skipped or failed."""
-        ok = self.status == "ok"
-        per_unique = np.where(ok, self.output, None)
-        values = _take(per_unique, codes, None)
+        values = _take(self._answers(), codes, None)
         return pd.Series(pd.array(values, dtype="string"), index=index, name=name, copy=False)
 
     def details(self, codes: np.ndarray, index: pd.Index) -> pd.DataFrame:
         """Per-row status, error, finish_reason, tokens, cost, attempts and from_cache."""
-        ok = self.status == "ok"
         frame = pd.DataFrame(
             {
-                "output": pd.array(_take(np.where(ok, self.output, None), codes, None), dtype="string"),
+                "output": pd.array(_take(self._answers(), codes, None), dtype="string"),
                 "status": pd.array(_take(self.status, codes, "skipped"), dtype="string"),
                 "error": pd.array(_take(self.error, codes, None), dtype="string"),
                 "finish_reason": pd.array(_take(self.finish_reason, codes, None), dtype="string"),

@@ -184,13 +184,14 @@ def _keys_unchecked(tmpl: Template, settings: Settings, builder: RequestBuilder,
             return codec.encode(fmt(*[a[i] for a in arrays]))
 
     pre, tail, dumps = codec._pre, codec.tail, orjson.dumps
-    positions = np.arange(n) if skip is None else rows
+    positions = np.arange(n) if skip is None else np.asarray(rows)
     for start in range(0, len(positions), _CHUNK):
         at = positions[start : start + _CHUNK]
         if skip is None:
             cols = [a[start : start + _CHUNK].tolist() for a in arrays]
         else:
             cols = [a[at].tolist() for a in arrays]
+        texts: Iterable[str]
         if len(cols) == 1:
             texts = map(fmt, cols[0])
         elif cols:
@@ -237,13 +238,13 @@ def _renderer(frame: pd.DataFrame, tmpl: Template, settings: Settings, arrays: l
     system = settings.system
     if tmpl.is_callable:
         names = [str(c) for c in frame.columns]
-        arrays = [frame.iloc[:, j].to_numpy(dtype=object) for j in range(frame.shape[1])]
+        cells = [frame.iloc[:, j].to_numpy(dtype=object) for j in range(frame.shape[1])]
         dupes = {str(c) for c in frame.columns[frame.columns.duplicated()]}
         na, index = settings.na, frame.index
 
         def render_callable(i: int) -> list[dict] | None:
             """The row's messages; None under ``na="skip"`` when the function read an NA cell."""
-            row = _ReadRow(zip(names, (a[i] for a in arrays)), na=na, ambiguous=dupes)
+            row = _ReadRow(zip(names, (a[i] for a in cells)), na=na, ambiguous=dupes)
             try:
                 out = tmpl.render_row(row)
             except PandasLLMError:
@@ -309,10 +310,10 @@ class _ReadRow(Row):
     def get(self, name: Any, default: Any = None) -> Any:
         return self[name] if name in self else default
 
-    def values(self):  # type: ignore[override]
+    def values(self):
         return [self[k] for k in self]
 
-    def items(self):  # type: ignore[override]
+    def items(self):
         return [(k, self[k]) for k in self]
 
 

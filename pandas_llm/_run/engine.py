@@ -113,7 +113,7 @@ class Engine(Sending):
         self.stats.stopping = True
         for w in self._workers:
             if w not in self._sending and not w.done():
-                self._parked.add(w)  # type: ignore[arg-type]
+                self._parked.add(w)
                 w.cancel()
 
     async def run(self, jobs: Iterable[Job]) -> None:

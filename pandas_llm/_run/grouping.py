@@ -72,7 +72,7 @@ class Grouper:
 
     def prepare(self, plan: Plan, store: Store) -> None:
         self._plan, self._store = plan, store
-        self._base = plan.builder.base  # type: ignore[attr-defined]
+        self._base = plan.builder.base
 
     async def send(self, plan: Plan, engine: Callable[..., Any]) -> None:
         groups: Iterable[list[tuple[int, bytes, str, int]]] = self._groups(plan)

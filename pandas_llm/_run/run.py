@@ -21,7 +21,7 @@ from .._backends import make_backend
 from .._config import Settings
 from .._display.progress import make_observer
 from .._errors import find_stack_level
-from .._plan.outcomes import STATUS_MEANING
+from .._plan.outcomes import STATUS_MEANING, Unsent
 from .._plan.planner import Plan, make_plan
 from .._pricing import money
 from .._stats import RunReport, RunStats, record_run
@@ -104,7 +104,11 @@ class Run:
         )
         if self.meter is not None and self.meter.price_unknown():
             self.stats.cost_known = False  # tokens are shown, dollars say "price unknown"
-        self.budget = Budget(settings.max_cost, self.meter, stats=self.stats) if settings.max_cost else None
+        self.budget = (
+            Budget(settings.max_cost, self.meter, stats=self.stats)
+            if settings.max_cost and self.meter is not None  # a cap always has a meter: see above
+            else None
+        )
 
     @property
     def rows(self) -> Plan:
@@ -125,8 +129,12 @@ class Run:
         try:
             if self.backend is not None:
 
+                def notify(s: RunStats) -> None:
+                    for f in updates:
+                        f(s)
+
                 def engine(**kw: Any) -> Engine:
-                    return self._engine(lambda s: [f(s) for f in updates], **kw)
+                    return self._engine(notify, **kw)
 
                 async def send() -> None:
                     if self.packing is None:
@@ -148,7 +156,7 @@ class Run:
             raise
         finally:
             stats.finished = time.monotonic()
-            unsent = "budget" if stats.budget_reached else "deadline" if stats.deadline_reached else "stopped"
+            unsent: Unsent = "budget" if stats.budget_reached else "deadline" if stats.deadline_reached else "stopped"
             n_unsent = self.plan.outcomes.mark_unsent(unsent)
             if n_unsent:
                 stats.unsent[unsent] += n_unsent
@@ -214,6 +222,8 @@ class Run:
             claims.release()
 
     def _engine(self, on_update: Callable[[RunStats], None], **overrides: Any) -> Engine:
+        backend, meter = self.backend, self.meter
+        assert backend is not None and meter is not None, "an engine is built only when there is something to send"
         s = self.settings
         outcomes = self.plan.outcomes
         options: dict[str, Any] = dict(
@@ -226,7 +236,7 @@ class Run:
                 self._limiter = self._wrap_limiter(self._limiter)
         plan = self.plan
         engine = Engine(
-            backend=self.backend,
+            backend=backend,
             store=self.store,
             stats=self.stats,
             concurrency=s.concurrency,
@@ -235,9 +245,9 @@ class Run:
             on_update=on_update,
             model=s.model,
             **options,
-            cost=self.meter.cost,
+            cost=meter.cost,
             budget=self.budget,
-            worst_case=self.meter.lost,
+            worst_case=meter.lost,
             too_long=self._context.error if self._context is not None else None,
             token=self._token,
             everything=lambda: plan.outcomes.records(plan.keys, s.model),

@@ -196,7 +196,7 @@ class Sending:
                 raise
             finally:
                 stats.in_flight -= 1
-                self._sending.discard(task)  # type: ignore[arg-type]
+                self._sending.discard(task)
             self._heard += 1
             limiter.done(
                 reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers

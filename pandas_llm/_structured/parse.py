@@ -124,8 +124,9 @@ def validate(value: Any, node: Any, root: Mapping[str, Any], path: str) -> str |
     if "const" in node and not _same(value, node["const"]):
         return f"{where}: {_show(value)} is not {node['const']!r}"
     if "anyOf" in node:
-        errors = [validate(value, sub, root, path) for sub in node["anyOf"]]
-        if all(e is not None for e in errors):
+        found = [validate(value, sub, root, path) for sub in node["anyOf"]]
+        errors = [e for e in found if e is not None]
+        if len(errors) == len(found):
             return f"{where}: matches none of the allowed forms ({'; '.join(errors)})"
     if "oneOf" in node:
         n = sum(validate(value, sub, root, path) is None for sub in node["oneOf"])
