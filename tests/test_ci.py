@@ -102,7 +102,7 @@ def test_ci_runs_readme_command_1_verbatim_then_the_tests(tmp_path):
 
 
 # What .ci/run asks of the .venv's python after the tests, in order.
-CHECKS = ["-m pip install -q -e .[dev]", "-m ruff format --check .", "-m ruff check ."]
+CHECKS = ["-m pip install -q -e .[dev]", "-m ruff format --check .", "-m ruff check .", "-m mypy"]
 
 
 @pytest.mark.parametrize("failing", CHECKS[1:])
