@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import operator
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .._backends import Backend, Completion
@@ -222,7 +222,7 @@ class Engine(Sending):
         batch, self._buffer = self._buffer, []
         self._committer.submit(batch)
 
-    def _count(self, batch: list[tuple[int | None, Record]], *, on_disk: bool = True) -> None:
+    def _count(self, batch: Sequence[tuple[int | None, Record]], *, on_disk: bool = True) -> None:
         """On the loop, once ``batch`` is committed (never before)."""
         stats = self.stats
         inflight.committed([r.key for _, r in batch])
@@ -239,7 +239,7 @@ class Engine(Sending):
             self.on_result(u, record)
         self.on_update(stats)
 
-    def _not_on_disk(self, batch: list[tuple[int, Record]], exc: StoreError) -> None:
+    def _not_on_disk(self, batch: Sequence[tuple[int | None, Record]], exc: StoreError) -> None:
         """The committer gave up: the answers go to the result, flagged as not on disk."""
         self.stats.store_error = exc
         self.stats.store_trouble = None

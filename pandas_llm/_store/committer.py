@@ -78,7 +78,7 @@ class Committer:
     def backlog(self) -> int:
         return len(self._pending)
 
-    def submit(self, batch: Sequence[tuple[int, Record]]) -> None:
+    def submit(self, batch: Sequence[tuple[int | None, Record]]) -> None:
         """Commit ``batch`` on the writer thread, then ``on_committed(batch)`` on the loop."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="pandas-llm-commit")
