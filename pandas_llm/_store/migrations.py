@@ -8,11 +8,10 @@ transaction).
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .store import Store
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -92,14 +91,14 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
-def migrate(store: Store) -> None:
-    """Apply the migrations ``store``'s file lacks (another process may be applying them too)."""
-    conn = store.conn
+def migrate(conn: sqlite3.Connection, transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]) -> None:
+    """Apply the migrations the file behind ``conn`` lacks (another process may be applying
+    them too), the writes inside the store's ``transaction()``."""
     conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
     done = {name for (name,) in conn.execute("SELECT name FROM migrations")}
     if all(name in done for name, _ in MIGRATIONS):
         return
-    with store.transaction() as conn:
+    with transaction() as conn:
         done = {name for (name,) in conn.execute("SELECT name FROM migrations")}
         for name, sql in MIGRATIONS:
             if name not in done:

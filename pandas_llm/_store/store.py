@@ -138,7 +138,7 @@ class Store:
         if self.path is None:
             conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             self.conn = conn
-            migrate(self)
+            migrate(self.conn, self.transaction)
             return conn
         path = self.path
         check_or_create(path)  # refuses a read-only file before secure_files would chmod it
@@ -160,7 +160,7 @@ class Store:
                     f"{path!r} is a SQLite database but not a pandas-llm cache; it was left untouched. "
                     "Pass cache='other/path.sqlite' or cache=False."
                 )
-            migrate(self)
+            migrate(self.conn, self.transaction)
             secure_files(path)  # -wal and -shm exist now
             self._prove_writable()
             conn.execute(f"PRAGMA busy_timeout = {WRITE_BUSY_TIMEOUT_MS}")
