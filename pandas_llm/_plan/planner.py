@@ -135,9 +135,11 @@ def _callable_keys(frame: pd.DataFrame, builder: RequestBuilder, render, n: int)
 
 def _format_failure(tmpl: Template, arrays, index: pd.Index, exc: Exception) -> TemplateError:
     """The row that a format spec cannot format, and why (``{text:%Y}`` on a str)."""
+    fmt = tmpl._fmt
+    assert fmt is not None, "str templates only (a function template's rows are keyed by _callable_keys)"
     for i in range(len(index)):
         try:
-            tmpl._fmt.format(*[a[i] for a in arrays])  # type: ignore[union-attr]
+            fmt.format(*[a[i] for a in arrays])
         except Exception as row_exc:  # noqa: BLE001 - reported with its row
             exc = row_exc
             where = f" on row {index[i]!r}"
@@ -171,7 +173,8 @@ def _keys_unchecked(tmpl: Template, settings: Settings, builder: RequestBuilder,
         for i in rows:
             keybuf[KEY_SIZE * i : KEY_SIZE * (i + 1)] = encode(i)[0]
         return encode, keybuf
-    fmt = tmpl._fmt.format  # type: ignore[union-attr]
+    assert tmpl._fmt is not None, "str templates only (a function template's rows are keyed by _callable_keys)"
+    fmt = tmpl._fmt.format
     if len(arrays) == 1:
         only = arrays[0]
 

@@ -84,11 +84,15 @@ class Template:
         """Render one row given the values of ``columns`` (str templates only)."""
         raw = self.raw
         values = [v if (raw and raw[i]) or type(v) is str else render_value(v) for i, v in enumerate(values)]
-        return self._fmt.format(*values)  # type: ignore[union-attr]
+        fmt = self._fmt
+        assert fmt is not None, "a function template renders whole rows: render_row"
+        return fmt.format(*values)
 
     def render_row(self, row: Row) -> Any:
         """Render one row given all its cells (callable templates)."""
-        return self.source(row)  # type: ignore[operator]
+        source = self.source
+        assert not isinstance(source, str), "a str template renders the values of its columns: render"
+        return source(row)
 
 
 def compile_template(template: Any, columns: Sequence[Any], *, series: bool = False) -> Template:

@@ -74,7 +74,8 @@ def limit_in_message(message: str | None) -> tuple[str, float, float, float | No
         return float(text.replace(",", "")) if text else None
 
     window = 86_400.0 if m.group(2).lower() == "day" else 60.0
-    return m.group(1).lower(), window, num(m.group(3)), num(m.group(4)), num(m.group(5))  # type: ignore[return-value]
+    limit = float(m.group(3).replace(",", ""))  # the one number the pattern requires
+    return m.group(1).lower(), window, limit, num(m.group(4)), num(m.group(5))
 
 
 def _number(text: str | None) -> float | None:
