@@ -6,12 +6,12 @@ Every worker asks the limiter before sending. The limiter paces requests smoothl
 so there are no bursts for a sliding-window server to reject) on two budgets at once:
 
 - requests per minute: one per request;
-- tokens per minute: the prompt plus the answer, estimated (estimate.py). When the
+- tokens per minute: the prompt plus the answer, estimated (token_estimate.py). When the
   answer arrives the reservation is corrected to what the server charged: the real
   prompt tokens plus ``max_tokens`` if set (OpenAI counts it when admitting the
   request), else the real completion tokens.
 
-The limiter is made of three parts: this pacing, the token estimates (estimate.py) and
+The limiter is made of three parts: this pacing, the token estimates (token_estimate.py) and
 the limits learned from the server (learning.py reads the headers and 429 messages that
 limits.py parses; window.py decides when ``x-ratelimit-remaining-requests`` is credit that
 may go at once, ahead of the even pace: slowly at first, more while answers show a window
@@ -51,9 +51,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .estimate import TokenEstimate
 from .learning import LimitLearning, Pace
 from .limits import remembered_limits
+from .token_estimate import TokenEstimate
 from .window import Credit
 
 __all__ = ["Limiter"]
