@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from .._errors import BadRequestError, FatalAPIError
-from . import Completion, content_text, parse_completion
+from .base import Completion, content_text, parse_completion
 from .errors import error_in_answer
 
 __all__ = ["read_answer", "judge"]

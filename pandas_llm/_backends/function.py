@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from .._errors import BadRequestError, RetryableError
-from . import Completion
+from .base import Completion
 from .errors import map_errors
 
 __all__ = ["FunctionBackend"]

@@ -14,8 +14,8 @@ import aiohttp
 import orjson
 
 from .._errors import ConfigError
-from . import Completion
 from .answers import read_answer
+from .base import Completion
 from .errors import error_for_status, map_errors
 
 __all__ = ["HTTPBackend"]

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 from .._config import CHAT_FIELDS
-from . import Completion
 from .answers import read_answer
+from .base import Completion
 from .errors import map_errors
 
 __all__ = ["OpenAIClientBackend", "timeout_options"]

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from . import Completion
 from .answers import read_answer
+from .base import Completion
 from .errors import error_for_status, map_errors
 
 __all__ = ["TransportBackend"]

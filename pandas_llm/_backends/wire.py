@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from .._errors import ConfigError
-from . import Completion
 from .answers import read_answer
+from .base import Completion
 from .errors import AnswerLost, error_for_status, lost, map_errors
 
 __all__ = ["WireBackend"]
