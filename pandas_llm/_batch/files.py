@@ -130,14 +130,7 @@ def parse_line(
             if c.outputs is not None and len(c.outputs) != 1:
                 raise BadRequestError(f"{len(c.outputs)} results for one input", code="bad_response")
         except APIError as exc:
-            kind = (
-                "failed"
-                if isinstance(exc, RetryableError)
-                else row_status(exc)
-                if isinstance(exc, BadRequestError)
-                else "error"
-            )
-            return key, Record(key, kind, error=f"{exc} (in a batch)", model=model), None
+            return key, _refused(key, exc, model), None
         if c.outputs is not None:  # a list-input endpoint (endpoints.py): one input per line
             return key, Record(key, "ok", c.outputs[0], None, c.prompt_tokens, 0, 0, cost(c), None, 1, model), None
         return key, completion_record(key, c, cost(c), 1, model, tools=tools), None
@@ -149,11 +142,16 @@ def parse_line(
         return key, Record(key, "failed", error=f"batch error {code}: {message}", model=model), None
     status = (response or {}).get("status_code") or 500
     refused = error_for_status(status, (response or {}).get("body"), None, endpoint=endpoint, model=model)
-    kind = (
-        "failed"
-        if isinstance(refused, RetryableError)
-        else row_status(refused)
-        if isinstance(refused, BadRequestError)
-        else "error"
-    )
-    return key, Record(key, kind, error=f"{refused} (in a batch)", model=model), None
+    return key, _refused(key, refused, model), None
+
+
+def _refused(key: bytes, exc: APIError, model: str | None) -> Record:
+    """A batch line's error as its row's record: retryable -> "failed" (sent again on the
+    next run), a 400 -> its row status, anything else -> "error"."""
+    if isinstance(exc, RetryableError):
+        kind = "failed"
+    elif isinstance(exc, BadRequestError):
+        kind = row_status(exc)
+    else:
+        kind = "error"
+    return Record(key, kind, error=f"{exc} (in a batch)", model=model)
