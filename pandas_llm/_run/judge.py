@@ -10,7 +10,11 @@ __all__ = ["completion_record"]
 #: finish_reason values of a finished answer: "stop", and the natural ends of Hugging Face TGI.
 _DONE_FINISH = frozenset({"stop", "eos_token", "stop_sequence"})
 #: finish_reason values that are failures with a status of their own, never a value.
-_FAILED_FINISH = {"length": "length", "model_length": "length", "content_filter": "content_filter"}
+_FAILED_FINISH: dict[str | None, str] = {
+    "length": "length",
+    "model_length": "length",
+    "content_filter": "content_filter",
+}
 #: finish_reason values of a tool call: an answer only when the request asked for tools.
 _TOOL_FINISH = frozenset({"tool_calls", "function_call"})
 
@@ -32,7 +36,7 @@ def completion_record(
     of a Record is always ``str | None``.
     """
     reason = c.finish_reason
-    status = _FAILED_FINISH.get(reason)  # type: ignore[arg-type]
+    status = _FAILED_FINISH.get(reason)
     error = None
     text = c.text
     if text is not None and not isinstance(text, str):  # never bind a foreign type in the store

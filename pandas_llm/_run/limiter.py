@@ -230,9 +230,10 @@ class Limiter(LimitLearning):
         if at < self._ramp_to:
             done = max(0.0, (at - self._ramp_from) / (self._ramp_to - self._ramp_from))
             return self.headroom * self._slack * (self.ramp_floor + (1.0 - self.ramp_floor) * done)
-        if self._provisional and math.isfinite(self._ramp_to) and at >= self._ramp_to + self.ramp_seconds:
+        guessed = self.requests if self._provisional else None
+        if guessed is not None and math.isfinite(self._ramp_to) and at >= self._ramp_to + self.ramp_seconds:
             # a guessed limit and no 429 for a while: try 10% more
-            self.requests.rate *= 1.1  # type: ignore[union-attr]
+            guessed.rate *= 1.1
             self._ramp_to += self.ramp_seconds
         if self._slack < 1.0 and at >= self._calm_from + 10.0:
             self._slack = min(1.0, self._slack + 0.01)  # 10 s without a 429: give back 1%
