@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .._errors import StoreError
+from .._errors import ConfigError, StoreError
 from .store import FileReplaced, Record, Store
 
 __all__ = ["Committer"]
@@ -96,10 +96,18 @@ class Committer:
             if self.gave_up is not None:
                 raise self.gave_up
             try:
-                self.store.write(records)
-            except FileReplaced:
-                records = self._recreate(records)
-                continue
+                try:
+                    self.store.write(records)
+                except FileReplaced as replaced:
+                    try:
+                        records = self._recreate(records)
+                    except ConfigError as exc:  # no new file can be made there (its folder became a file)
+                        raise StoreError(
+                            f"the cache file {replaced.path!r} was deleted or replaced during the run and cannot "
+                            f"be created again: {exc}",
+                            path=replaced.path,
+                        ) from exc
+                    continue
             except StoreError as exc:
                 now = self.clock()
                 failing_since = now if failing_since is None else failing_since

@@ -192,11 +192,16 @@ class Store:
     def reopen(self) -> None:
         """Open the file at ``path`` again (after it was deleted or replaced), creating it if needed."""
         with self._write_lock:
+            old = self.conn
             try:
-                self.conn.close()
+                self._open()
+            except BaseException:  # the old connection stays, so reads and claims still work on it
+                self.conn = old
+                raise
+            try:
+                old.close()
             except sqlite3.Error:
                 pass
-            self.conn = self._open()
 
     def select_in(self, sql: str, keys: Sequence[Any], step: int | None = None) -> Iterator[tuple[int, list[Any]]]:
         """Run ``sql`` (ending in ``IN``) for ``keys`` chunk by chunk: ``(offset, rows)`` per chunk."""

@@ -249,3 +249,25 @@ def test_a_cache_deleted_during_a_run_is_recreated_with_every_answer(tmp_path, w
         assert srv.completed == ROWS  # the rerun paid for nothing
     with Store(path) as s:
         assert s.count("ok") == ROWS
+
+
+def test_a_cache_folder_replaced_by_a_file_returns_the_answers_with_a_store_error(tmp_path, monkeypatch):
+    """The file cannot be created again (its folder is now a file): the commits wait out
+    their patience, then the answers come back with a warning, not a raw sqlite3 error."""
+    from pandas_llm.testing import MockBackend
+
+    monkeypatch.setattr(committer_module, "PATIENCE", 0.3)
+    path = tmp_path / "sub" / "c.sqlite"
+
+    def handler(request):
+        if request["messages"][-1]["content"] == "Say row 20" and path.parent.is_dir():
+            shutil.rmtree(path.parent)
+            path.parent.write_text("not a folder")
+        return "ok"
+
+    with pytest.warns(RunWarning, match="NOT in the cache file"):
+        out = frame(40).llm.map("Say {t}", cache=path, client=MockBackend(handler), concurrency=2, progress=False)
+    stats = pandas_llm.last_run().stats
+    assert out.tolist() == ["ok"] * 40
+    assert stats.outcome == "done" and isinstance(stats.store_error, StoreError)
+    assert "cannot be created again" in str(stats.store_error)
