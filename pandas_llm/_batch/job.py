@@ -300,6 +300,9 @@ class BatchJob(Submitter):
         )
         self._finished = True
         self.stats.phase = "cancelled" if self._cancelled else "done"
+        if self.stats.outcome == "running":  # finished by status() or cancel(): wait() will not run its loop
+            self.stats.outcome = "done"
+            self.stats.finished = time.monotonic()
 
     def _snapshot(self) -> BatchStatus:
         s = self.stats

@@ -95,6 +95,15 @@ def test_submit_returns_at_once_and_ids_are_in_the_sidecar(server, batch_opts):
         assert conn.execute("SELECT count(*) FROM batch_parts WHERE open = 1").fetchone()[0] == 0
 
 
+def test_a_job_finished_by_status_reports_done_not_running(server, batch_opts):
+    df = frame(10)
+    job = df.llm.submit("Say: {text}", **batch_opts)
+    assert job.status().state == "done"  # collected here: result() has nothing left to wait for
+    assert job.result().tolist() == echoes(df)
+    stats = pandas_llm.last_run().stats
+    assert stats.outcome == "done" and stats.finished is not None
+
+
 def test_rerun_reattaches_to_batches_in_flight(server, batch_opts):
     server.batches.hold()
     df = frame(40)
