@@ -97,14 +97,17 @@ class _Conn(asyncio.Protocol):
                 self._fail("the connection closed in the middle of an answer")
             return
         waiter, self.waiter = self.waiter, None
+        if waiter is None or waiter.done():  # cancelled (the run stopped) before its answer came: nobody reads it
+            self.keep = False
+            return
         if isinstance(done, Exception):
             self.keep = False
-            waiter.set_exception(_Broken(f"unreadable HTTP answer: {done}", True))  # type: ignore[union-attr]
+            waiter.set_exception(_Broken(f"unreadable HTTP answer: {done}", True))
             return
         status, headers, body, used, keep = done
         del self.buf[:used]
         self.keep = keep and not eof
-        waiter.set_result((status, headers, body))  # type: ignore[union-attr]
+        waiter.set_result((status, headers, body))
 
     def _fail(self, message: str) -> None:
         waiter, self.waiter = self.waiter, None

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from pandas_llm._backends import make_backend
-from pandas_llm._backends.wire import WireBackend
+from pandas_llm._backends.wire import WireBackend, _Conn
 from pandas_llm._config import Settings
 from pandas_llm._errors import RateLimitError, RetryableError
 
@@ -197,3 +197,13 @@ def test_http_endpoints_get_the_lean_client_https_keeps_aiohttp(monkeypatch):
     assert type(make_backend(secure)).__name__ == "HTTPBackend"
     monkeypatch.setenv("PANDAS_LLM_HTTP", "aiohttp")
     assert type(make_backend(plain)).__name__ == "HTTPBackend"
+
+
+async def test_an_answer_arriving_for_a_cancelled_request_is_dropped_quietly():
+    """A run that stops cancels its requests in flight; an answer already on its way must not
+    raise InvalidStateError inside the transport (a 'Fatal error on transport' traceback)."""
+    conn = _Conn()
+    conn.waiter = asyncio.get_running_loop().create_future()
+    conn.waiter.cancel()
+    conn.data_received(ok())
+    assert conn.waiter is None and not conn.keep
