@@ -83,7 +83,14 @@ def _from_stream(raw: bytes, where: str) -> dict[str, Any]:
         raise _stream_error(where, "is not one JSON object: " + repr(head[:200]))
     events = _events(text)
     if not events:
-        raise _stream_error(where, "is neither JSON nor an event stream: " + repr(head[:200]))
+        raise FatalAPIError(  # a web page (a proxy's, a login's), not a stream: say what it is
+            f"HTTP 200 from {where} is not a chat completion (neither JSON nor an event stream): "
+            f"{head[:200]!r}. Check that base_url is an OpenAI-compatible endpoint (it usually ends in /v1) "
+            "and that no proxy or login page answers in its place. The run stopped rather than resend: the "
+            "server may bill every attempt.",
+            status=200,
+            code="bad_response",
+        )
     parts: list[str] | None = None
     refusal: list[str] = []
     finish = usage = error = None
