@@ -78,8 +78,20 @@ class _Borrowed:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.complete = backend.complete
+        self._complete = backend.complete
         self.endpoint = str(getattr(backend, "endpoint", "") or type(backend).__qualname__)
+
+    async def complete(self, body: bytes) -> Completion:
+        out = await self._complete(body)
+        if not isinstance(out, Completion):  # a str or a dict would fail later, far from its cause
+            from .._errors import ConfigError
+
+            raise ConfigError(
+                f"{type(self.backend).__qualname__}.complete() returned {type(out).__name__}: a Backend returns a "
+                "Completion (from pandas_llm._backends import Completion; Completion(text, finish_reason, "
+                "prompt_tokens, completion_tokens)), or pass a function (messages, **params) -> str as client="
+            )
+        return out
 
     async def aclose(self) -> None:
         return None

@@ -111,6 +111,19 @@ def test_client_accepts_a_backend_object_and_leaves_it_open():
     assert pandas_llm.last_run().stats.prompt_tokens == 3
 
 
+def test_a_backend_object_returning_text_is_told_to_return_a_completion():
+    class Plain:
+        async def complete(self, body: bytes):
+            return "just text"
+
+        async def aclose(self) -> None:
+            pass
+
+    with pytest.raises(pandas_llm.ConfigError, match="returned str: a Backend returns a Completion"):
+        pd.Series(["ab", "cd"]).llm.map("{}", client=Plain(), **OPTIONS)
+    assert pandas_llm.last_run().stats.outcome == "failed"
+
+
 def test_embeddings_through_a_mock_and_no_batch_api_behind_one():
     def handler(request):
         data = [
