@@ -10,7 +10,9 @@ others are in flight it waits for them to settle (they usually cost far less tha
 worst case); if it does not fit with nothing in flight, the budget is exhausted and no
 further request is sent. So the run's real cost never exceeds the cap, provided the
 endpoint bills no more than the worst case (tiktoken's exact count, and never less than
-one token per 4 bytes of the request body).
+one token per 4 bytes of the request body). An endpoint that bills more (another tokenizer,
+a gateway's hidden system prompt) can take the requests already in flight over it; from its
+first such answer on, every reservation is scaled by the largest overrun seen.
 
 A Batch API job (jobs.py) reserves the same way at Batch API rates: a request goes into a
 batch file only if its worst case fits; its reservation is settled when its batch is
@@ -109,6 +111,10 @@ class Budget:
         self.reserved = 0.0
         self.holders = 0
         self.exhausted = False
+        #: How many times its worst case the endpoint billed at most (1 while it billed no more): a
+        #: server counting more prompt tokens than tiktoken (another tokenizer, a gateway's own
+        #: system prompt) scales every later reservation, so the cap holds from then on.
+        self.overrun = 1.0
         self._changed: asyncio.Event | None = None
 
     def try_reserve(self, amount: float) -> bool | None:
@@ -142,6 +148,8 @@ class Budget:
         self.holders -= 1
         self.reserved = self.reserved - held if self.holders else 0.0  # no float residue when idle
         self.spent += actual
+        if held > 0 and actual > held:
+            self.overrun = max(self.overrun, actual / held)
         self._show()
         if self._changed is not None:
             self._changed.set()
@@ -163,7 +171,7 @@ class Budget:
         schema is asked again): each of them is reserved at the worst case. ``send`` passes
         ``hold`` to :meth:`lost` when an attempt's answer is lost.
         """
-        hold = Hold(self.meter.worst_case(job[2]) * sends)
+        hold = Hold(self.meter.worst_case(job[2]) * sends * self.overrun)
         if not await self.reserve(hold.amount):
             return None
         hold.held = True

@@ -198,6 +198,27 @@ def test_the_cap_is_never_exceeded_by_what_the_server_billed(concurrency):
         assert srv.completed == 300 and not pandas_llm.last_run().stats.budget_reached
 
 
+def test_an_endpoint_billing_more_than_the_worst_case_scales_the_later_reservations():
+    """A server that counts far more prompt tokens than tiktoken (a gateway's hidden system
+    prompt): after its first answer, each reservation is that much larger, so one request at
+    a time never goes over the cap."""
+    from pandas_llm.testing import MockBackend
+
+    def handler(request):
+        return {
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 100_000, "completion_tokens": 5},
+        }
+
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(50)]})
+    with pytest.warns(pandas_llm.RunWarning, match="budget"):
+        df.llm.map("Say {t}", client=MockBackend(handler), cache=False, progress=False, max_tokens=10,
+                   max_cost=0.05, concurrency=1)  # fmt: skip
+    stats = pandas_llm.last_run().stats
+    assert stats.cost <= 0.05 and stats.ok == 3  # $0.015 each: the 4th would have made $0.060
+
+
 def test_budget_rows_are_sent_by_a_rerun_with_more_budget(tmp_path):
     df = pd.DataFrame({"t": [f"Tell me about item {i}" for i in range(100)]})
     with LLMServer() as srv:
