@@ -169,6 +169,10 @@ class BatchAPI:
             if getattr(exc, "status_code", None) is None and not isinstance(exc, self._openai.APIConnectionError):
                 raise self._not_batch(what, f"a reply the SDK could not read ({exc})") from exc
             raise
+        except APIError as exc:  # mapped from the SDK's: say which call of the Batch API it was
+            if not getattr(exc, "__notes__", None):
+                exc.add_note(f"(the Batch API's {what} at {self.endpoint})")
+            raise
         except (AttributeError, TypeError, ValueError) as exc:  # the SDK could not build its object
             raise self._not_batch(
                 what, f"a reply that is not a Batch API object ({type(exc).__name__}: {exc})"

@@ -40,7 +40,7 @@ import pandas as pd
 
 from .._config import Settings
 from .._display.progress import make_observer
-from .._errors import FatalAPIError
+from .._errors import APIError, FatalAPIError
 from .._plan.planner import Plan
 from .._pricing import resolve_price
 from .._run import loop as _runner
@@ -245,6 +245,13 @@ class BatchJob(Submitter):
         try:
             async with BatchAPI(self.settings, sleep=self.sleep) as api:
                 yield Ledger(store), api
+        except APIError as exc:
+            if not isinstance(exc, FatalAPIError) and path is not None:  # a fault that outlived the retries
+                exc.add_note(
+                    "Every batch created so far is recorded in the cache file: run the same call again to "
+                    "resume (nothing is submitted twice), or pass mode='realtime'."
+                )
+            raise
         finally:
             if path is not None:
                 store.close()

@@ -464,8 +464,10 @@ def test_transient_api_errors_are_retried_with_backoff(server, batch_opts):
 
 def test_persistent_api_errors_raise_and_the_rerun_recovers(server, batch_opts):
     server.batches.fail_requests(503, times=100)
-    with pytest.raises(pandas_llm.RetryableError, match="HTTP 503"):
+    with pytest.raises(pandas_llm.RetryableError, match="HTTP 503") as err:
         frame(5).llm.submit("Say: {text}", max_attempts=2, **batch_opts)
+    notes = " ".join(err.value.__notes__)  # shown under the traceback: which call, and what to do
+    assert "the Batch API's POST /files" in notes and "run the same call again to resume" in notes
     server.batches.clear_faults()
     assert frame(5).llm.map("Say: {text}", mode="batch", **batch_opts).tolist() == echoes(frame(5))
     assert server.batches.batches_created == 1
