@@ -9,6 +9,7 @@ installed, ``ddf.llm`` is registered when ``dask.dataframe`` is imported (see pa
 
 from ._accessor import LLMAccessor
 from ._accessor import register as _register
+from ._backends.base import Backend, Completion
 from ._batch.job import BatchJob
 from ._batch.status import BatchStatus
 from ._config import BatchLimits, Settings, configure, current_settings, settings
@@ -39,9 +40,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
+    "Backend",
     "BatchJob",
     "BatchLimits",
     "BatchStatus",
+    "Completion",
     "ConfigError",
     "Estimate",
     "FatalAPIError",

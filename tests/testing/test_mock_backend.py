@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from pandas_llm._backends import Completion
+from pandas_llm import Completion  # the public name a Backend object returns
 from pandas_llm.testing import MockBackend
 
 OPTIONS = {"cache": False, "progress": False, "model": "gpt-4o-mini"}
