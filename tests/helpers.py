@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -226,3 +227,19 @@ def run_block(block: Block, namespace: dict[str, Any]) -> dict[str, Any]:
     if inspect.iscoroutine(result):
         asyncio.run(result)
     return namespace
+
+
+def spy_writes(monkeypatch: Any) -> list[tuple[str, list[Any]]]:
+    """Every ``Store.write`` while the test runs: (the writing thread's name, the records)."""
+    from pandas_llm._store.store import Store
+
+    writes: list[tuple[str, list[Any]]] = []
+    real = Store.write
+
+    def write(self: Any, records: Any) -> Any:
+        records = list(records)
+        writes.append((threading.current_thread().name, records))
+        return real(self, records)
+
+    monkeypatch.setattr(Store, "write", write)
+    return writes

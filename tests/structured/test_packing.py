@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import threading
 from typing import Literal
 
 import pandas as pd
@@ -12,6 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 import pandas_llm
+from helpers import spy_writes
 from pandas_llm import ConfigError, RunWarning
 from pandas_llm._structured.packing import packed_key
 from pandas_llm.testing import LLMServer
@@ -132,9 +132,7 @@ def test_a_packed_answer_committed_before_a_crash_is_not_paid_again(server, opts
     df = frame(10)
     first = df.llm.extract("{text}", schema=Ticket, rows_per_request=5, **opts)
     keys = pandas_llm.last_run().plan.keys
-    with sqlite3.connect("c.sqlite") as db:  # as if killed between the pack's commit and its rows'
-        db.executemany("DELETE FROM results WHERE key = ?", [(packed_key(k),) for k in keys])
-    db.close()
+    forget_rows_of_packs(keys)
     server.reset_counters()
     again = df.llm.extract("{text}", schema=Ticket, rows_per_request=5, **opts)
     pd.testing.assert_frame_equal(again, first)
@@ -278,25 +276,22 @@ def test_cached_prompt_tokens_are_reported_and_priced_at_the_cached_rate(opts):
     assert "from the provider's prompt cache" in pandas_llm.last_run().summary()
 
 
-def spy_writes(monkeypatch) -> list[tuple[str, set[bytes]]]:
-    """Every Store.write: (the thread's name, the keys written)."""
-    from pandas_llm._store.store import Store
+def keys_written(spied: list) -> list[tuple[str, set[bytes]]]:
+    """spy_writes' records as (thread name, the keys written)."""
+    return [(name, {r.key for r in records}) for name, records in spied]
 
-    writes: list[tuple[str, set[bytes]]] = []
-    real = Store.write
 
-    def write(self, records):
-        records = list(records)
-        writes.append((threading.current_thread().name, {r.key for r in records}))
-        return real(self, records)
-
-    monkeypatch.setattr(Store, "write", write)
-    return writes
+def forget_rows_of_packs(keys) -> None:
+    """As if killed between a pack's commit and its rows': the rows' answers are not on disk."""
+    with sqlite3.connect("c.sqlite") as db:
+        db.executemany("DELETE FROM results WHERE key = ?", [(packed_key(k),) for k in keys])
+    db.close()
 
 
 def test_packed_answers_are_committed_by_the_commit_thread_with_their_pack(server, opts, monkeypatch):
-    writes = spy_writes(monkeypatch)
+    spied = spy_writes(monkeypatch)
     frame(12).llm.extract("{text}", schema=Ticket, rows_per_request=4, **{**opts, "cache": "c.sqlite"})
+    writes = keys_written(spied)
     run = pandas_llm.last_run()
     rows = {packed_key(k) for k in run.plan.keys}
     written = set().union(*(keys for _, keys in writes))
@@ -314,12 +309,11 @@ def test_a_pack_answered_before_a_crash_is_split_by_the_commit_thread(server, op
     df = frame(8)
     first = df.llm.extract("{text}", schema=Ticket, rows_per_request=4, **opts)
     keys = pandas_llm.last_run().plan.keys
-    with sqlite3.connect("c.sqlite") as db:  # as if killed between the pack's commit and its rows'
-        db.executemany("DELETE FROM results WHERE key = ?", [(packed_key(k),) for k in keys])
-    db.close()
-    writes = spy_writes(monkeypatch)
+    forget_rows_of_packs(keys)
+    spied = spy_writes(monkeypatch)
     server.reset_counters()
     again = df.llm.extract("{text}", schema=Ticket, rows_per_request=4, **opts)
+    writes = keys_written(spied)
     pd.testing.assert_frame_equal(again, first)
     assert server.requests == 0
     rows = {packed_key(k) for k in keys}
