@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import urllib.parse
 from collections.abc import Iterable
 from typing import Any
@@ -176,12 +177,25 @@ def deprecated_name(module: str, name: str) -> Any:
     import warnings
 
     new, obj = DEPRECATED[name]
+    if sys._getframe(2).f_code.co_name == "_handle_fromlist":
+        return obj  # ``from pandas_llm import X`` asks twice (hasattr, then the import): warn once
     warnings.warn(
         f"{module}.{name} is deprecated: use {module}.{new} (the endpoint refused this one request, HTTP 400)",
         DeprecationWarning,
         stacklevel=3,
     )
     return obj
+
+
+def sentence(text: str) -> str:
+    """``text`` ended as a sentence (a period added unless it ends in ``.``, ``!`` or ``?``), so
+    that the sentence after it does not run into it.
+
+    >>> sentence("Used 200 of 200 requests per day"), sentence("Too many requests.")
+    ('Used 200 of 200 requests per day.', 'Too many requests.')
+    """
+    text = text.rstrip()
+    return text if not text or text[-1] in ".!?" else text + "."
 
 
 def __getattr__(name: str) -> Any:

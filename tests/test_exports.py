@@ -56,8 +56,9 @@ def test_request_error_is_bad_request_error_under_its_deprecated_old_name():
     for module in (pandas_llm, _errors):
         with pytest.warns(DeprecationWarning, match="RequestError is deprecated: use .*BadRequestError"):
             assert module.RequestError is pandas_llm.BadRequestError
-    with pytest.warns(DeprecationWarning, match="RequestError is deprecated"):
+    with pytest.warns(DeprecationWarning, match="RequestError is deprecated") as caught:
         from pandas_llm import RequestError
+    assert len(caught) == 1  # once, though ``from ... import`` asks the module twice
     assert issubclass(RequestError, pandas_llm.APIError)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

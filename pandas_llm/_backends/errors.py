@@ -28,7 +28,7 @@ import socket
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
-from .._errors import APIError, BadRequestError, FatalAPIError, QuotaError, RateLimitError, RetryableError
+from .._errors import APIError, BadRequestError, FatalAPIError, QuotaError, RateLimitError, RetryableError, sentence
 from .headers import hinted_wait, retry_after
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600)) - {501}  # 501: not implemented, ever
@@ -91,7 +91,9 @@ def error_for_status(
     if status == 429 and detail.startswith("Request too large"):
         # larger than the whole per-minute budget: no wait makes it fit
         return BadRequestError(
-            f"HTTP 429 from {where}: {detail} Shorten the prompt or lower max_tokens.", status=status, code=code
+            f"HTTP 429 from {where}: {sentence(detail)} Shorten the prompt or lower max_tokens.",
+            status=status,
+            code=code,
         )
     if status == 429:
         wait = retry_after(headers)
@@ -99,14 +101,14 @@ def error_for_status(
             wait = hinted_wait(detail)
         if _LIMIT_ZERO.search(detail):
             return QuotaError(
-                f"HTTP 429 from {where}: {detail} The limit is 0: this key, plan or model has no quota "
+                f"HTTP 429 from {where}: {sentence(detail)} The limit is 0: this key, plan or model has no quota "
                 "for these requests, so no wait clears it; use another model or plan.",
                 status=status,
                 code=code,
             )
         if wait is None and _PER_DAY.search(detail):
             return QuotaError(
-                f"HTTP 429 from {where}: {detail} A daily quota is spent and the provider did not say when it "
+                f"HTTP 429 from {where}: {sentence(detail)} A daily quota is spent and the provider did not say when it "
                 "resets: run the same call again after the reset (answered rows come from the cache).",
                 status=status,
                 code=code,

@@ -289,7 +289,7 @@ class Run:
         deadline = ""
         if self.stats.deadline_reached:
             deadline = f". deadline={self.settings.deadline:g} s stopped the sending" + (
-                f": {self.stats.stop_note}" if self.stats.stop_note else ""
+                f": {self.stats.stop_note.rstrip('.')}" if self.stats.stop_note else ""
             )
         warn_failures(self.plan, self.stats.total, budget_note=budget, deadline_note=deadline)
 

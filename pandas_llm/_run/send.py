@@ -48,6 +48,7 @@ from .._errors import (
     RateLimitError,
     RetryableError,
     redact,
+    sentence,
 )
 from .._stats import RunStats
 from .._store.store import Record, Store
@@ -147,7 +148,7 @@ class Sending:
                             return self._stop_run(stop, Record(key, UNSENT))
                         if self._past_deadline(wait):  # no request can be sent before the deadline: stop sending
                             self._halt(
-                                f"{exc} The limit clears in {come_back(wait)}, after the deadline ({deadline:g} s)."
+                                f"{sentence(str(exc))} The limit clears in {come_back(wait)}, after the deadline ({deadline:g} s)."
                             )
                             return Record(key, UNSENT)
                         stats.retries += 1

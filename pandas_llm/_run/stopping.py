@@ -27,7 +27,15 @@ import re
 import time
 from collections import Counter
 
-from .._errors import BadRequestError, FatalAPIError, QuotaError, RateLimitError, RequestShapeError, RetryableError
+from .._errors import (
+    BadRequestError,
+    FatalAPIError,
+    QuotaError,
+    RateLimitError,
+    RequestShapeError,
+    RetryableError,
+    sentence,
+)
 
 __all__ = ["ShapeWatch", "quota_stop", "come_back", "row_status", "MAX_RETRY_AFTER"]
 
@@ -113,7 +121,7 @@ def quota_stop(exc: RetryableError, wait: float, deadline: float | None) -> Fata
         return None
     limit = isinstance(exc, RateLimitError)
     message = (
-        f"{exc} The provider asks to wait {come_back(exc.retry_after)}, longer than the "
+        f"{sentence(str(exc))} The provider asks to wait {come_back(exc.retry_after)}, longer than the "
         f"{MAX_RETRY_AFTER / 60:g} min a run without deadline= waits"
         + (": this is a quota, not a passing rate limit." if limit else ".")
         + " Run the same call again then (answered rows come from the cache), or pass deadline= to "

@@ -166,7 +166,7 @@ def test_402_out_of_credit_stops_the_run_at_once(server, opts):
                     }
                 }
             ),
-            "limit is 0",
+            r"gemini-2\.5-pro\. The limit is 0",  # one sentence, then the next
         ),  # fmt: skip
         (
             dict(
@@ -207,6 +207,7 @@ def test_a_429_whose_wait_ends_after_the_deadline_returns_at_once_with_what_was_
         d = frame(20).llm.map("{text}", concurrency=1, deadline=5, details=True, **opts)
     assert d["status"].tolist() == ["ok"] * 3 + ["deadline"] * 17
     assert "30 s" in str(warned[0].message) and server.requests == 4  # nothing sent after the 429
+    assert ".." not in str(warned[0].message).replace("...", "")  # sentences end once
 
 
 def test_a_rate_limit_pause_within_the_deadline_is_waited_out(server, opts):
