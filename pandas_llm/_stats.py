@@ -105,8 +105,12 @@ class RunReport:
         s = self.stats
         cost = money(s.cost if s.cost_known else None)
         if s.lost_answers:  # sent, answer lost: the provider may bill them
-            worst = f"up to {money(s.possibly_billed)}" if s.cost_known else "price unknown"
-            cost += f" + {worst} possibly billed ({s.lost_answers} answers lost)"
+            lost = f"{s.lost_answers} answer{'s' if s.lost_answers != 1 else ''} lost"
+            cost += (
+                f" + up to {money(s.possibly_billed)} possibly billed ({lost})"
+                if s.cost_known
+                else f" ({lost}, possibly billed)"
+            )
         return (
             (
                 f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "

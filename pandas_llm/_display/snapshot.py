@@ -150,10 +150,13 @@ class Snapshot:
         return " · ".join(parts)
 
     def lost(self) -> str:
-        """``up to $0.0123 possibly billed (3 answers lost)``: sent, no answer, maybe paid for."""
-        amount = "price unknown" if self.cost is None else f"up to {money(self.possibly_billed)}"
+        """``up to $0.0123 possibly billed (3 answers lost)``: sent, no answer, maybe paid for
+        (``3 answers lost, possibly billed`` when the price is unknown)."""
         n = self.lost_answers
-        return f"{amount} possibly billed ({n:,} answer{'s' if n != 1 else ''} lost)"
+        lost = f"{n:,} answer{'s' if n != 1 else ''} lost"
+        if self.cost is None:
+            return f"{lost}, possibly billed"
+        return f"up to {money(self.possibly_billed)} possibly billed ({lost})"
 
     def trouble(self) -> str | None:
         """Retries, timeouts, rate-limit pauses and the budget, while they matter; else None."""

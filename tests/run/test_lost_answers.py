@@ -14,7 +14,7 @@ from helpers import billed
 from pandas_llm import FatalAPIError
 from pandas_llm._backends.errors import error_for_status
 from pandas_llm._display.progress import Snapshot
-from pandas_llm._stats import RunStats
+from pandas_llm._stats import RunReport, RunStats
 from pandas_llm.testing import LLMServer
 
 LONG = "word " * 40  # ~51 completion tokens at the server's estimate
@@ -106,7 +106,9 @@ def test_the_snapshot_words_for_lost_answers():
     stats.lost_answers, stats.possibly_billed = 1, 0.0123
     assert Snapshot.of(stats, now=1.0).lost() == "up to $0.0123 possibly billed (1 answer lost)"
     stats.cost_known = False
-    assert Snapshot.of(stats, now=1.0).lost() == "price unknown possibly billed (1 answer lost)"
+    assert Snapshot.of(stats, now=1.0).lost() == "1 answer lost, possibly billed"
+    summary = RunReport(stats, None).summary()  # the price unknown is said once, not twice
+    assert "price unknown (1 answer lost, possibly billed)" in summary and summary.count("price unknown") == 1
 
 
 # -- a user's own openai client keeps its timeout --------------------------------------------
