@@ -22,6 +22,7 @@ import asyncio
 import inspect
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
@@ -30,7 +31,7 @@ import orjson
 
 from .._backends.errors import map_errors
 from .._backends.openai_client import timeout_options
-from .._errors import APIError, ConfigError, FatalAPIError, remember_secret
+from .._errors import APIError, BadRequestError, ConfigError, FatalAPIError, remember_secret, sentence
 from .._run.retry import RetryPolicy, retrying
 
 __all__ = ["BatchAPI", "BatchInfo", "ENDPOINT", "PART_KEY", "JOB_KEY", "NoBatchAPIError"]
@@ -49,6 +50,8 @@ _TRANSFER_TIMEOUT = 600.0  # uploads and downloads of files up to 200 MB
 
 #: What a server without the Batch API answers on /files and /batches.
 _ABSENT = frozenset({404, 405, 501})
+#: A gateway's 400 for a path it does not route ("Invalid URL (POST /v1/files)").
+_UNKNOWN_PATH = re.compile(r"invalid url|unknown (url|path|route|endpoint)|no route|not found", re.I)
 
 
 class NoBatchAPIError(FatalAPIError):
@@ -198,8 +201,18 @@ class BatchAPI:
         return await retrying(call, self.retry, sleep=self.sleep)
 
     def _absent(self, exc: APIError, what: str) -> APIError:
-        """``exc`` as a NoBatchAPIError when its status says the endpoint lacks ``what``."""
-        if exc.status not in _ABSENT:
+        """``exc`` as a NoBatchAPIError when its status says the endpoint lacks ``what`` (404,
+        405, 501, or a gateway's 400 naming the path as unknown); any other 400 on the upload
+        or the create refuses the whole job, never one row: a FatalAPIError saying so."""
+        if exc.status == 400 and not _UNKNOWN_PATH.search(str(exc)):
+            refused = FatalAPIError(
+                f"the Batch API refused the job ({what} at {self.endpoint}): {sentence(str(exc))} Nothing was "
+                "submitted, so nothing is billed; fix what it names, or use mode='realtime'.",
+                status=400,
+                code=exc.code or "batch_refused",
+            )
+            return refused
+        if exc.status not in _ABSENT and exc.status != 400:
             return exc
         return NoBatchAPIError(
             f"this endpoint has no Batch API (HTTP {exc.status} on {what} at {self.endpoint}); use mode='realtime' "
@@ -265,7 +278,7 @@ class BatchAPI:
                     completion_window="24h",
                     metadata=metadata,
                 )
-            except FatalAPIError as exc:
+            except (FatalAPIError, BadRequestError) as exc:
                 absent = self._absent(exc, "POST /batches")
                 if absent is exc:
                     raise

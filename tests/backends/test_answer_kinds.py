@@ -286,3 +286,25 @@ def test_a_finish_reason_or_refusal_of_another_type_is_judged_not_bound(server, 
     with pytest.warns(RunWarning, match="1 error"):
         d = run(frame(4), details=True)
     assert d["status"].tolist() == ["ok", "error", "ok", "ok"] and isinstance(d.loc[1, "finish_reason"], str)
+
+
+def test_batch_mode_with_a_gateway_400_on_files_says_there_is_no_batch_api(server, opts):
+    from pandas_llm._batch.client import NoBatchAPIError
+
+    server.batches.without_batch_api(400)  # a gateway's "Invalid URL" for a path it does not route
+    with pytest.raises(NoBatchAPIError, match=r"no Batch API \(HTTP 400 on POST /files.*use mode='realtime'"):
+        frame(5).llm.map("{text}", mode="batch", **opts)
+    assert server.requests == 0
+
+
+def test_a_400_refusing_the_batch_file_stops_the_job_and_is_no_row_error(server, opts):
+    from pandas_llm._errors import BadRequestError, FatalAPIError
+
+    server.batches.fail_requests(400)  # the upload answers 400 with an OpenAI-style error body
+    with pytest.raises(
+        FatalAPIError,
+        match=r"refused the job \(POST /files .*HTTP 400.*Invalid request\. Nothing was submitted, so nothing is billed",
+    ) as e:
+        frame(5).llm.map("{text}", mode="batch", **opts)
+    assert not isinstance(e.value, BadRequestError)  # not "the endpoint refused this one request"
+    assert server.batches.batches_created == 0 and server.requests == 0
