@@ -113,7 +113,19 @@ def _driver_settings(options: dict[str, Any]) -> Settings:
         from .._store.leases import warn_if_network
 
         warn_if_network(cache)
-    return dataclasses.replace(settings, cache=cache, progress=False)
+    return dataclasses.replace(settings, cache=cache, progress=False, prices=_priced(settings))
+
+
+def _priced(settings: Settings) -> Any:
+    """``prices`` with the model's table price looked up here, once: every worker process would
+    otherwise import and read the price table (~0.3 s of CPU each) as its first answers arrive."""
+    from .._pricing import Price, price_for
+
+    prices = settings.prices
+    if isinstance(prices, Price) or (prices is not None and settings.model in prices):
+        return prices
+    price = price_for(settings.model)
+    return prices if price is None else {**(prices or {}), settings.model: price}
 
 
 def _partition(part: Any, verb: str, template: Any, verb_kw: dict[str, Any], settings: Settings,

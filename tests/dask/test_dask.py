@@ -166,3 +166,18 @@ def test_a_worker_killed_mid_compute_costs_at_most_its_requests_in_flight(dask_c
     server.reset_counters()
     again = dask_client.compute(dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", **opts)).result()
     assert again.equals(out) and server.requests == 0
+
+
+def test_the_table_price_is_looked_up_once_on_the_driver_not_on_every_worker():
+    from pandas_llm import Price
+    from pandas_llm._dask.accessor import _driver_settings
+    from pandas_llm._pricing import price_for
+
+    assert _driver_settings({"model": "gpt-4o-mini"}).prices == {"gpt-4o-mini": price_for("gpt-4o-mini")}
+    mine = Price.per_million(input=1.0, output=2.0)
+    assert _driver_settings({"model": "gpt-4o-mini", "prices": mine}).prices is mine  # the user's, as given
+    theirs = {"gpt-4o-mini": mine}
+    assert _driver_settings({"model": "gpt-4o-mini", "prices": theirs}).prices == theirs
+    assert _driver_settings({"model": "my-local-model"}).prices is None  # unknown: price unknown, as on pandas
+    both = _driver_settings({"model": "gpt-4o-mini", "prices": {"other": mine}}).prices
+    assert both == {"other": mine, "gpt-4o-mini": price_for("gpt-4o-mini")}
