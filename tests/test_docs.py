@@ -112,6 +112,11 @@ def dask_check(ns: dict[str, Any], server) -> None:
     assert server.completed == 6  # the block's own compute(); this one came from the cache
 
 
+def dask_batch_check(ns: dict[str, Any], server) -> None:
+    assert ns["fr"].compute().str.startswith("echo: Translate to French: ").all()
+    assert server.batches.batches_created == 1 and server.requests == 0  # the partitions sent nothing
+
+
 def dask_teardown(ns: dict[str, Any]) -> None:
     if "client" in ns:
         ns["client"].close()  # and the LocalCluster Client() started
@@ -134,6 +139,7 @@ CASES = {
     "moderation-and-embeddings": Case(endpoints_check, frame=endpoints_frame),
     "progress-cost-and-a-budget": Case(cost_check),
     "past-one-machine": Case(dask_check, setup=dask_setup, teardown=dask_teardown),
+    "past-one-machine-2": Case(dask_batch_check),
     "testing-your-own-code": Case(mock_check),
 }
 

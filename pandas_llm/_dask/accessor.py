@@ -9,7 +9,8 @@
 lazy Dask Series / DataFrame aligned to the partitions' index; its ``meta`` (dtypes,
 columns, categories) comes from running the pandas verb on the empty ``meta`` frame, so
 it is exactly what a partition returns and no request is sent to know it (a bad template
-or keyword fails here, at once). ``estimate`` is eager.
+or keyword fails here, at once). ``estimate`` is eager; so is ``mode="batch"`` (and ``"auto"``
+choosing batch): one Batch API job for the whole collection, run on the driver (batch.py).
 
 Each partition runs the pandas engine on its worker with the settings in force on the
 driver when the verb was called (``configure()`` / ``with settings()`` / keywords), the
@@ -83,19 +84,21 @@ class DaskLLMAccessor:
 
     def _lazy(self, verb: str, template: Any, verb_kw: dict[str, Any], options: dict[str, Any]) -> Any:
         settings = _driver_settings(options)
+        meta_settings = dataclasses.replace(settings, cache=False, mode="realtime", max_cost=None)
+        meta = _partition(self._obj._meta, verb, template, verb_kw, meta_settings)
         if settings.mode != "realtime":
-            raise ConfigError(
-                f"mode={settings.mode!r} is not available on Dask yet: each partition would submit and wait for "
-                "its own Batch API job. Use mode='realtime' on Dask, or compute the frame and use the pandas "
-                "accessor's mode='batch' (the same requests and cache keys)."
-            )
+            from .batch import batch_answers
+
+            out = batch_answers(self._obj, verb, template, verb_kw, options, meta)  # one job, on the driver
+            if out is not None:
+                return out
+            settings = dataclasses.replace(settings, mode="realtime")  # mode="auto" chose realtime
         if settings.max_cost is not None:
             raise ConfigError(
                 "max_cost is not available on Dask yet: each partition would apply it on its own, so the "
                 "compute could spend the cap once per partition. Run ddf.llm.estimate(...) first, or compute "
                 "the frame and use the pandas accessor's max_cost."
             )
-        meta = _partition(self._obj._meta, verb, template, verb_kw, dataclasses.replace(settings, cache=False))
         account = _cluster_limit(settings)
         return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, account, meta=meta)
 

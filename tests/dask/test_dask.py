@@ -90,10 +90,8 @@ def test_bad_template_fails_when_the_verb_is_called():
         ddf.llm.map("Say: {nope}", base_url="http://127.0.0.1:9/v1", api_key="x")
 
 
-def test_batch_mode_and_max_cost_are_refused_with_advice():
+def test_max_cost_is_refused_with_advice():
     ddf = dd.from_pandas(frame(4), npartitions=2)
-    with pytest.raises(pandas_llm.ConfigError, match="not available on Dask"):
-        ddf.llm.map("Say: {text}", mode="batch", base_url="http://127.0.0.1:9/v1", api_key="x")
     with pytest.raises(pandas_llm.ConfigError, match="once per partition"):
         ddf.llm.classify("{text}", labels=["a", "b"], max_cost=1.0, base_url="http://127.0.0.1:9/v1", api_key="x")
 
