@@ -15,16 +15,20 @@ chooses realtime, the verb is the lazy realtime one (the partitions send, at com
 
 The returned collection is still lazy and built on the input's own partitions (same
 index, divisions and lineage, so ``ddf.assign(out=...)`` needs no alignment): each
-partition takes its rows' values from the driver's result, which travels with the graph
-once (a worker on another host needs no access to the driver's sidecar). A row is found
-by its index label and the values of the template's columns (a 128-bit hash of both), so
-``out.partitions[i]`` or a culled graph still finds its rows. A partition never sends a
-request: a row the job did not answer (the input changed between the call and the
-compute) raises ConfigError naming the rows, never a silent request nor a silent NA.
+partition takes its rows' values from the driver's result, which reaches each worker once
+(scattered to the workers with a ``distributed`` client, else inside the graph), so a
+worker on another host needs no access to the driver's sidecar. A row is found by its index
+label and the values of the template's columns (hashed; rows of the driver's frame sharing
+a hash are checked to be the same row), so ``out.partitions[i]`` or a culled graph still
+finds its rows. A partition never sends a request: a row the job did not answer (the input
+changed between the call and the compute) raises ConfigError naming the rows, never a
+silent request nor a silent NA.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Any
 
 import pandas as pd
@@ -39,7 +43,7 @@ from .._verbs import prepare
 
 __all__ = ["batch_answers", "template_data"]
 
-_KEYS = ("pandas-llm:rows1", "pandas-llm:rows2")  # two 64-bit row hashes (hash keys: 16 bytes each)
+_KEYS = ("pandas-llm:rows1", "pandas-llm:rows2")  # two row hashes (the keys, 16 bytes each, salt text values)
 
 
 def template_data(obj: Any, template: Any) -> Any:
@@ -73,11 +77,27 @@ def batch_answers(obj: Any, verb: str, template: Any, verb_kw: dict[str, Any], o
         return None
     _runner.run_sync(job.wait)
     result = job.result(details=verb_kw.get("details", False))
-    import dask
-
-    payload = dask.delayed(_by_row(data, result), pure=True)  # one copy per worker, not one per partition
+    payload = _shipped(_by_row(data, result))
     columns = None if isinstance(data, pd.Series) else list(data.columns)
     return obj.map_partitions(_read, columns, payload, meta=meta)
+
+
+def _shipped(answers: Any) -> Any:
+    """``answers`` as one task every partition depends on (a worker fetches it once, not once per
+    partition). With a ``distributed`` client it is scattered to every worker now, not sent inside
+    the graph (which warns from 10 MiB on and goes through the scheduler): a copy per worker, so
+    a worker lost later does not take it along."""
+    import dask
+
+    client = None
+    if "distributed" in sys.modules:
+        from distributed import get_client
+
+        with contextlib.suppress(ValueError):  # no client: the threaded or process scheduler
+            client = get_client()
+    if client is None:
+        return dask.delayed(answers, pure=True)
+    return dask.delayed(client.scatter(answers, broadcast=True))
 
 
 def _row_hashes(data: pd.DataFrame | pd.Series) -> pd.MultiIndex:

@@ -159,6 +159,8 @@ def test_worker_processes_read_the_answers_from_the_graph(server, batch_opts):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                       worker_dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
         lazy = dd.from_pandas(df, npartitions=6).llm.map("Say: {text}", mode="batch", **batch_opts)
+        held = client.has_what()  # scattered to both workers (the row hashes, the answers), not in the graph
+        assert len(held) == 2 and all(len(keys) == 2 for keys in held.values())
         out = client.compute(lazy).result()
     assert out.tolist() == echoes(df) and out.index.equals(df.index)
     assert (server.batches.batches_created, server.batches.lines_answered, server.requests) == (1, 20, 0)
