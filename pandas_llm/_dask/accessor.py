@@ -39,7 +39,11 @@ __all__ = ["DaskLLMAccessor", "install"]
 
 
 class DaskLLMAccessor:
-    """``ddf.llm`` / ``dseries.llm``: the pandas verbs, lazily, one run per partition."""
+    """``ddf.llm`` / ``dseries.llm``: the pandas verbs, lazily, one run per partition.
+
+    ``mode="batch"`` (or ``"auto"`` choosing batch) runs one Batch API job for the whole
+    collection on the driver when the verb is called, and returns the same lazy collection,
+    whose partitions copy its answers without sending anything (see ``_dask/batch.py``)."""
 
     def __init__(self, obj: Any):
         self._obj = obj
