@@ -34,6 +34,7 @@ import pandas as pd
 
 from .._config import Settings, _defaults, current_settings
 from .._errors import ConfigError
+from .records import Home, home, on_worker
 
 __all__ = ["DaskLLMAccessor", "install"]
 
@@ -104,7 +105,8 @@ class DaskLLMAccessor:
                 "the frame and use the pandas accessor's max_cost."
             )
         account = _cluster_limit(settings)
-        return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, account, meta=meta)
+        where = home(settings.cache_path)  # the driver's sidecar, receiving what other hosts pay
+        return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, account, where, meta=meta)
 
 
 def _is_series(obj: Any) -> bool:
@@ -136,18 +138,20 @@ def _priced(settings: Settings) -> Any:
 
 
 def _partition(part: Any, verb: str, template: Any, verb_kw: dict[str, Any], settings: Settings,
-               account: str | None = None) -> Any:  # fmt: skip
-    """One partition's run, on its worker, with the driver's settings and the shared limit."""
+               account: str | None = None, where: Home | None = None) -> Any:  # fmt: skip
+    """One partition's run, on its worker, with the driver's settings and the shared limit; on
+    another host than the driver's, with a local sidecar whose records go to the driver's (records.py)."""
     from .._accessor import LLMAccessor
     from .._run.run import limiter_wrapper
 
-    token = _defaults.set(settings)
-    wrap = limiter_wrapper.set(_shared_limit(settings, account) if len(part) else None)
-    try:
-        return getattr(LLMAccessor(part), verb)(template, **verb_kw)
-    finally:
-        limiter_wrapper.reset(wrap)
-        _defaults.reset(token)
+    with on_worker(where if len(part) else None, settings) as settings:
+        token = _defaults.set(settings)
+        wrap = limiter_wrapper.set(_shared_limit(settings, account) if len(part) else None)
+        try:
+            return getattr(LLMAccessor(part), verb)(template, **verb_kw)
+        finally:
+            limiter_wrapper.reset(wrap)
+            _defaults.reset(token)
 
 
 # ---- one account limit for the cluster (shared_limit.py) ---------------------------------

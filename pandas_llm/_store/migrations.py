@@ -88,6 +88,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         "006_leases",
         "CREATE TABLE leases (key BLOB PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
     ),
+    # Facts about the file itself; ``file_id`` is random per file (a copy keeps it, a new file at the
+    # same path does not), so a Dask worker can tell the driver's sidecar from another (Store.file_id).
+    ("007_meta", "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"),
+    ("008_file_id", "INSERT INTO meta (name, value) VALUES ('file_id', lower(hex(randomblob(16))))"),
 ]
 
 

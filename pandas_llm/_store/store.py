@@ -20,14 +20,16 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from contextvars import ContextVar
+from typing import Any, NamedTuple, Protocol
 
 from .._errors import ConfigError, StoreError, redact
 from .files import ADVICE, check_or_create, secure_files
 from .migrations import MIGRATIONS, migrate
 
-__all__ = ["Store", "Record", "MIGRATIONS", "ANSWER_FIELDS", "FileReplaced"]
+__all__ = ["Store", "Record", "MIGRATIONS", "ANSWER_FIELDS", "FileReplaced", "Observer", "observer", "file_id_of"]
 
 
 class Record(NamedTuple):
@@ -82,6 +84,22 @@ WHERE results.status != 'ok'
 """
 
 
+class Observer(Protocol):
+    """Told what a Store commits and finds (a Dask partition on another host than the driver
+    sends both to the driver's sidecar: _dask/records.py)."""
+
+    def written(self, records: list[Record]) -> None:
+        """``records`` were committed (called on the committing thread, after the commit)."""
+
+    def found(self, keys: list[bytes]) -> None:
+        """``ok`` answers for ``keys`` were read from the file (cache hits)."""
+
+
+#: The observer of the Stores built in this context (read when a Store is built): set by a Dask
+#: partition around its run, None everywhere else.
+observer: ContextVar[Observer | None] = ContextVar("pandas_llm_store_observer", default=None)
+
+
 class FileReplaced(StoreError):
     """The cache file was deleted or replaced under an open Store (see ``Store.write``); the
     engine's committer reopens it and writes every answer of the run again."""
@@ -106,6 +124,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = None if path is None else os.fspath(path)
+        self.observer = observer.get()
         self._write_lock = threading.RLock()  # re-entrant: reopen() migrates under it
         self._ident: tuple[int, int] | None = None
         self.conn = self._open()
@@ -214,12 +233,20 @@ class Store:
     def lookup(self, keys: Sequence[bytes]) -> Iterator[Record]:
         """Yield the stored records among ``keys`` (any order; missing keys are skipped)."""
         for _, rows in self.select_in(f"SELECT {', '.join(_COLUMNS)} FROM results WHERE key IN", keys):
+            if self.observer is not None:
+                self.observer.found([row[0] for row in rows if row[1] == "ok"])
             yield from map(Record._make, rows)
 
     def answers(self, keys: Sequence[bytes], step: int | None = None) -> Iterator[tuple[int, list[tuple]]]:
         """The ``ok`` answers among ``keys``, chunk by chunk: ``(offset of the chunk in keys,
         rows)``, each row holding the fields of :data:`ANSWER_FIELDS` (resume reads these)."""
-        return self.select_in(f"SELECT {ANSWER_FIELDS} FROM results WHERE status = 'ok' AND key IN", keys, step)
+        chunks = self.select_in(f"SELECT {ANSWER_FIELDS} FROM results WHERE status = 'ok' AND key IN", keys, step)
+        return chunks if self.observer is None else self._found(chunks)
+
+    def _found(self, chunks: Iterator[tuple[int, list[tuple]]]) -> Iterator[tuple[int, list[tuple]]]:
+        for start, rows in chunks:
+            self.observer.found([row[0] for row in rows])  # type: ignore[union-attr]
+            yield start, rows
 
     def all_answers(self, batch: int) -> Iterator[list[tuple]]:
         """Every ``ok`` answer in the file, ``batch`` rows at a time (fields of :data:`ANSWER_FIELDS`)."""
@@ -253,6 +280,16 @@ class Store:
                     conn.executemany(_UPSERT, rows)
             except sqlite3.Error as exc:
                 raise _store_error(self.path, exc) from exc
+            if self.observer is not None:
+                self.observer.written([Record._make(row[: len(_COLUMNS)]) for row in rows])
+
+    @property
+    def file_id(self) -> str | None:
+        """This file's random id (kept by a copy, new for a new file at the same path); None in memory."""
+        if self.path is None:
+            return None
+        row = self.conn.execute("SELECT value FROM meta WHERE name = 'file_id'").fetchone()
+        return None if row is None else row[0]
 
     def count(self, status: str | None = None) -> int:
         """Rows in the results table (with ``status``, if given)."""
@@ -268,6 +305,24 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def file_id_of(path: str) -> str | None:
+    """The id of the pandas-llm cache at ``path`` (see ``Store.file_id``), read without creating
+    or changing anything; None when there is no such file, or it is not a cache with an id."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'file_id'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else row[0]
 
 
 def _enable_wal(conn: sqlite3.Connection, attempts: int = 50) -> None:

@@ -116,3 +116,21 @@ def test_wal_switch_retries_while_another_process_holds_the_file(tmp_path, monke
     monkeypatch.setattr(cache.time, "sleep", lambda s: None)
     cache._enable_wal(Flaky())
     assert calls == ["PRAGMA journal_mode = WAL"] * 3
+
+
+def test_each_file_has_its_own_id_read_without_changing_it(tmp_path):
+    import shutil
+
+    from pandas_llm._store.store import file_id_of
+
+    a, b = str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite")
+    assert file_id_of(a) is None and not os.path.exists(a)  # nothing created
+    with Store(a) as store:
+        first = store.file_id
+    with Store(a) as store:
+        assert store.file_id == first and len(first) == 32
+    with Store(b) as store:
+        assert store.file_id != first
+    shutil.copy(a, str(tmp_path / "copy.sqlite"))
+    assert file_id_of(str(tmp_path / "copy.sqlite")) == first == file_id_of(a)
+    assert Store(None).file_id is None

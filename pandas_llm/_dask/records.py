@@ -1,0 +1,239 @@
+"""One cache for the cluster: answers paid on another host reach the driver's sidecar.
+
+SQLite stays on local disk (its locks and WAL do not hold over a network filesystem), so
+a worker writes where it runs:
+
+- **On the driver's host** (same host name, and the file at the driver's path is the
+  driver's file: same random ``file_id``), a partition writes the driver's sidecar
+  itself, as a pandas run would; leases keep two processes from paying twice.
+- **On another host** (or the path holds another file there), the partition uses a
+  local sidecar: the driver's absolute path if it can be used on that host, else
+  ``dask-<file name>`` in the user's cache folder (``$XDG_CACHE_HOME/pandas-llm``, by
+  default ``~/.cache/pandas-llm``); never the driver's file through a shared folder.
+  Every record it commits is sent to the driver right after the commit, and the answers
+  it found in its local sidecar are sent when the partition ends; the driver writes them
+  into its sidecar through :meth:`Store.write` (by content key: an ``ok`` answer is
+  never replaced, an ``ok`` answer replaces an error). A killed worker loses what it
+  had in flight (and at worst the last commit's message); its answers of earlier
+  commits are already in the driver's sidecar.
+
+The messages ride :mod:`events` (the scheduler forwards a worker's structured event to
+the client before that task's result, so the driver's sidecar has every answer when
+``.compute()`` returns). The scheduler keeps the last events of a topic in memory
+(``distributed.admin.low-level-log-length``, 1,000), so records travel in messages of at
+most :data:`MAX_BYTES`, on one topic per driver sidecar and client (reused by every
+verb call): what the scheduler retains is bounded by 1,000 such messages, whatever the
+number of calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from .._errors import ConfigError, StoreError
+from .._store.store import Record, Store, file_id_of, observer
+from .events import Channel, _worker, send
+
+__all__ = ["Home", "home", "on_worker", "MAX_BYTES"]
+
+logger = logging.getLogger("pandas_llm")
+
+#: Bytes of records (outputs, errors, keys) per message, about; a bigger record goes alone.
+MAX_BYTES = 32_000
+#: Private test hook: a folder that stands for another host's disk (see ``_this_host``).
+HOST_ENV = "_PANDAS_LLM_TEST_HOST"
+#: Seconds the driver keeps retrying a write its sidecar refuses (another process holds the lock).
+PATIENCE = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Home:
+    """The driver's sidecar, as the partitions see it: where, which file, which host, and the
+    topic its records go to."""
+
+    path: str
+    file_id: str
+    host: str
+    topic: str
+
+
+def _this_host() -> tuple[str, str]:
+    """(this host's name, the root its absolute paths live under). The private hook
+    ``_PANDAS_LLM_TEST_HOST=<folder>`` makes a process a host of its own whose disk is
+    ``<folder>/<pid>`` (tests start worker processes with it: another host on one machine)."""
+    fake = os.environ.get(HOST_ENV)
+    if not fake:
+        return socket.gethostname(), os.sep
+    root = os.path.join(fake, str(os.getpid()))
+    return f"{socket.gethostname()}/{root}", root
+
+
+def _local(path: str, root: str) -> str:
+    return path if root == os.sep else os.path.join(root, path.lstrip(os.sep))
+
+
+# ---- the driver -----------------------------------------------------------------------------
+
+
+class _Receiver:
+    """Writes the records sent to one topic into the driver's sidecar."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.store: Store | None = None
+        self.lock = threading.Lock()
+        self.received = 0  # records, for the figures and the tests
+        self.bytes = 0
+        self.channel = Channel(self.handle)
+
+    def handle(self, msg: Any) -> None:
+        records = [Record(*fields) for fields in msg["records"]]
+        self.received += len(records)
+        self.bytes += msg.get("bytes", 0)
+        started = time.monotonic()
+        with self.lock:
+            while True:
+                try:
+                    if self.store is None:
+                        self.store = Store(self.path)
+                    self.store.write(records)
+                    return
+                except StoreError as exc:  # busy, or the file replaced: open it again and retry
+                    if self.store is not None and not exc.busy:
+                        self.store.close()
+                        self.store = None
+                    if time.monotonic() - started > PATIENCE:
+                        logger.warning("%d answers paid on Dask workers were not written to %r (%s); they are "
+                                       "in the workers' own sidecars", len(records), self.path, exc)  # fmt: skip
+                        return
+                    time.sleep(0.05)
+                except ConfigError as exc:
+                    logger.warning("%d answers paid on Dask workers were not written to %r (%s); they are in the "
+                                   "workers' own sidecars", len(records), self.path, exc)  # fmt: skip
+                    return
+
+
+_receivers: dict[tuple[Any, str], _Receiver] = {}
+_receivers_lock = threading.Lock()
+
+
+def home(path: str | None) -> Home | None:
+    """The driver's sidecar at ``path`` (created if needed, as a run would), with the topic its
+    partitions on other hosts send their records to (one per sidecar and client, reused);
+    None without a cache file or a distributed client (the partitions run in this process)."""
+    from .events import _default_client
+
+    client = _default_client()
+    if path is None or client is None:
+        return None
+    with _receivers_lock:
+        receiver = _receivers.get((client.id, path))
+        if receiver is None or receiver.channel._client is None:
+            receiver = _receivers[(client.id, path)] = _Receiver(path)
+    with Store(path) as store:
+        file_id = store.file_id
+    assert file_id is not None
+    return Home(path, file_id, _this_host()[0], receiver.channel.topic)
+
+
+def receiver(path: str) -> _Receiver | None:
+    """The receiver of the default client for the sidecar at ``path`` (tests, figures)."""
+    from .events import _default_client
+
+    client = _default_client()
+    return None if client is None else _receivers.get((client.id, path))
+
+
+# ---- a partition ----------------------------------------------------------------------------
+
+
+class _Shipper:
+    """A partition's :class:`Observer` on another host: sends each commit's records to the
+    driver; collects the keys of answers found in the local sidecar, sent at the end."""
+
+    def __init__(self, topic: str):
+        worker = _worker()  # found from the partition's thread only: commits come from another
+        self.post = (lambda msg: worker.log_event(topic, msg)) if worker is not None else (lambda msg: send(topic, msg))
+        self.hits: set[bytes] = set()
+        self.shipped: set[bytes] = set()
+
+    def written(self, records: list[Record]) -> None:
+        self._send(records)
+
+    def found(self, keys: list[bytes]) -> None:
+        self.hits.update(keys)
+
+    def finish(self, path: str) -> None:
+        keys = [k for k in self.hits if k not in self.shipped]
+        if not keys:
+            return
+        with Store(path) as store:
+            self._send([r for r in store.lookup(keys) if r.status == "ok"])
+
+    def _send(self, records: list[Record]) -> None:
+        batch: list[list[Any]] = []
+        size = 0
+        for r in records:
+            n = 96 + len(r.key) + len(r.output or "") + len(r.error or "") + len(r.finish_reason or "")
+            if batch and size + n > MAX_BYTES:
+                self.post({"records": batch, "bytes": size})
+                batch, size = [], 0
+            batch.append(list(r))
+            size += n
+            self.shipped.add(r.key)
+        if batch:
+            self.post({"records": batch, "bytes": size})
+
+
+class on_worker:
+    """``with on_worker(home, settings) as settings:`` around a partition's run: the settings to
+    run with (the driver's sidecar, or this host's own), shipping records when it is another host's."""
+
+    def __init__(self, where: Home | None, settings: Any):
+        self.where = where
+        self.settings = settings
+        self.shipper: _Shipper | None = None
+        self.path: str | None = None
+        self._token: Any = None
+
+    def __enter__(self) -> Any:
+        where = self.where
+        if where is None:
+            return self.settings
+        host, root = _this_host()
+        path = _local(where.path, root)
+        mine = file_id_of(path)
+        if host == where.host and mine == where.file_id:
+            return self.settings  # the driver's own file
+        if mine == where.file_id or not _usable(path):  # the driver's file seen through a shared folder
+            path = _fallback(where.path, root)
+        self.path = path
+        self.shipper = _Shipper(where.topic)
+        self._token = observer.set(self.shipper)
+        return dataclasses.replace(self.settings, cache=path)
+
+    def __exit__(self, kind: Any, *exc: object) -> None:
+        if self._token is None:
+            return
+        observer.reset(self._token)
+        if kind is None and self.shipper is not None and self.path is not None:
+            self.shipper.finish(self.path)
+
+
+def _usable(path: str) -> bool:
+    try:
+        Store(path).close()
+    except (ConfigError, StoreError, OSError):
+        return False
+    return True
+
+
+def _fallback(path: str, root: str) -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(_local(cache, root), "pandas-llm", f"dask-{os.path.basename(path)}")
