@@ -57,6 +57,7 @@ class Engine(Sending):
         cost: Callable[[Completion], float | None] = lambda c: None,
         reserve_tokens: Callable[[bytes], int] | None = None,  # default: the limiter's estimate
         on_result: Callable[[int, Record], None] = lambda u, r: None,
+        on_commit: Callable[[Sequence[tuple[int | None, Record]]], None] | None = None,
         on_update: Callable[[RunStats], None] = lambda s: None,
         model: str | None = None,
         validate: Callable[[str | None], str | None] | None = None,
@@ -81,6 +82,7 @@ class Engine(Sending):
         self.cost = cost
         self.reserve_tokens = reserve_tokens
         self.on_result = on_result
+        self.on_commit = on_commit  # every committed batch, stored-only records too (claimed.py)
         self.on_update = on_update
         self.model = model
         self.validate = validate
@@ -226,6 +228,8 @@ class Engine(Sending):
         """On the loop, once ``batch`` is committed (never before)."""
         stats = self.stats
         inflight.committed([r.key for _, r in batch])
+        if self.on_commit is not None:
+            self.on_commit(batch)
         if not on_disk:
             stats.unsaved += sum(u is not None for u, _ in batch)
         for u, record in batch:

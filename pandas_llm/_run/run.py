@@ -25,10 +25,11 @@ from .._plan.outcomes import STATUS_MEANING, Unsent
 from .._plan.planner import Plan, make_plan
 from .._pricing import money
 from .._stats import RunReport, RunStats, record_run
-from .._store.leases import Claims, warn_if_network
+from .._store.leases import warn_if_network
 from .._store.store import Store
 from . import inflight
 from .budget import Budget, ContextCheck, Meter
+from .claimed import Claimed
 from .engine import Engine, RetryPolicy
 from .limiter import Limiter
 
@@ -133,8 +134,8 @@ class Run:
                     for f in updates:
                         f(s)
 
-                def engine(**kw: Any) -> Engine:
-                    return self._engine(notify, **kw)
+                def engine(**kw: Any) -> Engine | Claimed:
+                    return self._claiming(lambda **more: self._engine(notify, **kw, **more))
 
                 async def send() -> None:
                     if self.packing is None:
@@ -184,16 +185,21 @@ class Run:
         if self._stopping:
             raise asyncio.CancelledError
 
-    async def _send(self, engine: Callable[..., Engine]) -> None:
-        """Send the plan's requests; with a cache file, claim them first (leases.py) so another
-        process on the same file does not pay for them too, and wait for the ones it claimed."""
+    async def _send(self, engine: Callable[..., Any]) -> None:
+        """Send the plan's requests (claimed first when there is a cache file: see ``_claiming``)."""
+        await engine().run(self.plan.jobs())
+
+    def _claiming(self, make: Callable[..., Engine]) -> Engine | Claimed:
+        """An engine, or with a cache file one that claims each request first (claimed.py), so
+        another process on the same file does not pay for it too and this run waits for the
+        ones it claimed."""
         if self.store.path is None:
-            await engine().run(self.plan.jobs())
-            return
+            return make()
         plan, stats, deadline = self.plan, self.stats, self.settings.deadline
         rows_of: list[Any] = []
 
-        def on_cached(u: int, record: Any) -> None:  # answered by another process meanwhile
+        def on_cached(job: Any, record: Any) -> None:  # a plain request answered by another process
+            u = job[0]
             if not rows_of:
                 rows_of.append(np.bincount(plan.codes[plan.codes >= 0], minlength=len(plan.keys)))
             plan.outcomes.fill(u, record, from_cache=True)
@@ -202,24 +208,12 @@ class Run:
             stats.to_send -= 1
             stats.saved_cost += record.cost or 0.0
 
-        claims = Claims(self.store, on_cached, chunk=max(64, 2 * self.settings.concurrency))
-
-        def on_result(u: int, record: Any) -> None:
-            plan.outcomes.fill(u, record)
-            claims.settled(record.key)
-
         def stop() -> bool:
             if deadline is not None and time.monotonic() - stats.started > deadline:
                 stats.deadline_reached = True
             return stats.budget_reached or stats.deadline_reached or self._stopping
 
-        renew = asyncio.ensure_future(claims.renewing())
-        try:
-            await engine(on_result=on_result).run(claims.jobs(plan.jobs()))
-            await claims.wait(lambda jobs: engine(on_result=on_result).run(jobs), stop=stop)
-        finally:
-            renew.cancel()
-            claims.release()
+        return Claimed(make, self.store, on_cached, chunk=max(64, 2 * self.settings.concurrency), stop=stop)
 
     def _engine(self, on_update: Callable[[RunStats], None], **overrides: Any) -> Engine:
         backend, meter = self.backend, self.meter

@@ -95,10 +95,10 @@ def warn_if_network(path: str) -> None:
 
 
 class Claims:
-    """One run's claims in ``store``. ``on_cached(u, record)``: a request answered by another
+    """One run's claims in ``store``. ``on_cached(job, record)``: a request answered by another
     process meanwhile (not sent by this run)."""
 
-    def __init__(self, store: Store, on_cached: Callable[[int, Record], None], *, chunk: int = 64,
+    def __init__(self, store: Store, on_cached: Callable[[Job, Record], None], *, chunk: int = 64,
                  clock: Callable[[], float] = time.time):  # fmt: skip
         self.store = store
         self.on_cached = on_cached
@@ -184,7 +184,7 @@ class Claims:
             key = job[1]
             if key in answered:
                 self.waiting.pop(key, None)
-                self.on_cached(job[0], answered[key])
+                self.on_cached(job, answered[key])
             elif key in busy:
                 if not waiting:
                     self.waiting[key] = job

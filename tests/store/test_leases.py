@@ -43,6 +43,33 @@ def test_two_processes_started_together_pay_each_request_about_once(server, tmp_
         assert conn.execute("SELECT count(*) FROM leases").fetchone()[0] == 0  # every claim dropped
 
 
+PACKED_CHILD = """
+import sys, time, pandas as pd, pandas_llm
+base_url, path, go = sys.argv[1], sys.argv[2], float(sys.argv[3])
+df = pd.DataFrame({"text": [f"ticket {i}" for i in range(1000)]})
+time.sleep(max(0.0, go - time.time()))  # both start together
+out = df.llm.classify("{text}", labels=["billing", "bug", "other"], rows_per_request=5, base_url=base_url,
+                      api_key="x", cache=path, progress=False, concurrency=8)
+assert out.notna().all(), "rows without a label"
+"""
+
+
+def test_two_packed_runs_started_together_pay_each_pack_about_once(server, tmp_path):
+    server.latency = 0.005
+    path = str(tmp_path / "shared.sqlite")
+    go = str(time.time() + 1.5)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-c", PACKED_CHILD, server.base_url, path, go], env=env)
+             for _ in range(2)]  # fmt: skip
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    counts = server.prompt_counts
+    assert len(counts) == 200  # 1,000 rows, 5 a request
+    paid_twice = sum(n - 1 for n in counts.values() if n > 1)
+    assert paid_twice <= 2 * 8, paid_twice
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
+
+
 def key_of(server, text: str, tmp_path) -> bytes:
     scratch = str(tmp_path / "scratch.sqlite")
     pd.Series([text]).llm.map("Say: {}", base_url=server.base_url, api_key="x", cache=scratch, progress=False)
