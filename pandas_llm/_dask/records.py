@@ -28,12 +28,15 @@ number of calls.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import logging
 import os
 import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 from .._errors import ConfigError, StoreError
@@ -48,6 +51,10 @@ logger = logging.getLogger("pandas_llm")
 MAX_BYTES = 32_000
 #: Private test hook: a folder that stands for another host's disk (see ``_this_host``).
 HOST_ENV = "_PANDAS_LLM_TEST_HOST"
+#: Keys per "which of these do you have" message (32 bytes each).
+WANT_KEYS = 1000
+#: Seconds a partition waits for the driver to say which answers it has.
+PULL_TIMEOUT = 30.0
 #: Seconds the driver keeps retrying a write its sidecar refuses (another process holds the lock).
 PATIENCE = 30.0
 
@@ -90,9 +97,13 @@ class _Receiver:
         self.lock = threading.Lock()
         self.received = 0  # records, for the figures and the tests
         self.bytes = 0
+        self.replied = 0  # records sent back to partitions that asked
         self.channel = Channel(self.handle)
 
     def handle(self, msg: Any) -> None:
+        if "want" in msg:
+            self._reply(msg["want"], msg["reply"])
+            return
         records = [Record(*fields) for fields in msg["records"]]
         self.received += len(records)
         self.bytes += msg.get("bytes", 0)
@@ -118,8 +129,33 @@ class _Receiver:
                                    "workers' own sidecars", len(records), self.path, exc)  # fmt: skip
                     return
 
+    def close(self) -> None:
+        self.channel.close()
+        with self.lock:
+            if self.store is not None:
+                self.store.close()
+                self.store = None
 
-_receivers: dict[tuple[Any, str], _Receiver] = {}
+    def _reply(self, keys: list[bytes], name: str) -> None:
+        """Put the ``ok`` records among ``keys`` in the Variable ``name`` (on the client's loop:
+        the set is sent without waiting for it)."""
+        from distributed import Variable
+
+        with self.lock:
+            try:
+                if self.store is None:
+                    self.store = Store(self.path)
+                rows = [list(r) for r in self.store.lookup(keys) if r.status == "ok"]
+            except Exception as exc:  # always answer: "none" makes the partition send what it has
+                logger.warning("could not read the answers %r has (%s); the workers send theirs", self.path, exc)
+                rows = []
+        self.replied += len(rows)
+        done = Variable(name, client=self.channel._client).set(rows)
+        if inspect.isawaitable(done):
+            asyncio.ensure_future(done)
+
+
+_receivers: dict[tuple[Any, str, str], _Receiver] = {}
 _receivers_lock = threading.Lock()
 
 
@@ -132,13 +168,15 @@ def home(path: str | None) -> Home | None:
     client = _default_client()
     if path is None or client is None:
         return None
-    with _receivers_lock:
-        receiver = _receivers.get((client.id, path))
-        if receiver is None or receiver.channel._client is None:
-            receiver = _receivers[(client.id, path)] = _Receiver(path)
     with Store(path) as store:
         file_id = store.file_id
     assert file_id is not None
+    with _receivers_lock:  # a new file at the path (the old one deleted): a new receiver
+        receiver = _receivers.get((client.id, path, file_id))
+        if receiver is None or receiver.channel._client is None:
+            for old in [k for k in _receivers if k[:2] == (client.id, path)]:
+                _receivers.pop(old).close()
+            receiver = _receivers[(client.id, path, file_id)] = _Receiver(path)
     return Home(path, file_id, _this_host()[0], receiver.channel.topic)
 
 
@@ -147,30 +185,55 @@ def receiver(path: str) -> _Receiver | None:
     from .events import _default_client
 
     client = _default_client()
-    return None if client is None else _receivers.get((client.id, path))
+    if client is None:
+        return None
+    file_id = file_id_of(path)
+    return None if file_id is None else _receivers.get((client.id, path, file_id))
 
 
 # ---- a partition ----------------------------------------------------------------------------
 
 
 class _Shipper:
-    """A partition's :class:`Observer` on another host: sends each commit's records to the
-    driver; collects the keys of answers found in the local sidecar, sent at the end."""
+    """A partition's :class:`Observer` on another host: asks the driver for the answers a plan
+    looks up (written into the local sidecar before it reads them), sends each commit's
+    records to the driver, and at the end the local answers the driver said it lacked."""
 
     def __init__(self, topic: str):
         worker = _worker()  # found from the partition's thread only: commits come from another
+        self.worker = worker
         self.post = (lambda msg: worker.log_event(topic, msg)) if worker is not None else (lambda msg: send(topic, msg))
-        self.hits: set[bytes] = set()
+        self.thread = threading.get_ident()
+        self.lacking: set[bytes] = set()  # asked, and the driver had no answer
         self.shipped: set[bytes] = set()
+        self.pulled = 0
+        self._pulling = False
 
     def written(self, records: list[Record]) -> None:
+        if self._pulling and threading.get_ident() == self.thread:
+            return  # the driver's own answers, written here
         self._send(records)
 
-    def found(self, keys: list[bytes]) -> None:
-        self.hits.update(keys)
+    def wanted(self, store: Store, keys: Any) -> None:
+        if threading.get_ident() != self.thread or self.worker is None:
+            return  # only while planning, on the partition's thread (never while sending)
+        keys = [bytes(k) for k in keys]
+        got = _ask(self.post, keys)
+        if got is None:  # no answer from the driver: send what this host has, at the end
+            self.lacking.update(keys)
+            return
+        self.lacking.update(set(keys) - {r.key for r in got})
+        if got:
+            self.pulled += len(got)
+            self.shipped.update(r.key for r in got)
+            self._pulling = True
+            try:
+                store.write(got)
+            finally:
+                self._pulling = False
 
     def finish(self, path: str) -> None:
-        keys = [k for k in self.hits if k not in self.shipped]
+        keys = [k for k in self.lacking if k not in self.shipped]
         if not keys:
             return
         with Store(path) as store:
@@ -180,7 +243,7 @@ class _Shipper:
         batch: list[list[Any]] = []
         size = 0
         for r in records:
-            n = 96 + len(r.key) + len(r.output or "") + len(r.error or "") + len(r.finish_reason or "")
+            n = _size(r)
             if batch and size + n > MAX_BYTES:
                 self.post({"records": batch, "bytes": size})
                 batch, size = [], 0
@@ -189,6 +252,39 @@ class _Shipper:
             self.shipped.add(r.key)
         if batch:
             self.post({"records": batch, "bytes": size})
+
+
+def _size(r: Record) -> int:
+    """About the bytes of a record in a message (its texts, its key, ~60 for the numbers)."""
+    out = r.output
+    return 64 + len(r.key) + (len(out) if out is not None else 0) + len(r.error or "") + len(r.finish_reason or "")
+
+
+def _ask(post: Any, keys: list[bytes]) -> list[Record] | None:
+    """The driver's ``ok`` records among ``keys`` (None if it did not answer within
+    :data:`PULL_TIMEOUT`): the keys go in messages of :data:`WANT_KEYS`, the records come
+    back in a ``distributed.Variable`` per message, deleted once read."""
+    from distributed import Variable
+
+    names = []
+    for start in range(0, len(keys), WANT_KEYS):
+        name = f"pandas-llm-answers-{uuid.uuid4().hex}"
+        post({"want": keys[start : start + WANT_KEYS], "reply": name})
+        names.append(name)
+    got: list[Record] = []
+    for name in names:
+        var = Variable(name)
+        try:
+            rows = var.get(timeout=PULL_TIMEOUT)
+        except TimeoutError:
+            logger.warning(
+                "the Dask driver did not say which answers it has within %g s; sending them all", PULL_TIMEOUT
+            )
+            return None
+        finally:
+            var.delete()
+        got.extend(Record(*fields) for fields in rows)
+    return got
 
 
 class on_worker:
@@ -222,8 +318,8 @@ class on_worker:
         if self._token is None:
             return
         observer.reset(self._token)
-        if kind is None and self.shipper is not None and self.path is not None:
-            self.shipper.finish(self.path)
+        if self.shipper is not None and self.path is not None:
+            self.shipper.finish(self.path)  # also after a failure: what this host has, the driver gets
 
 
 def _usable(path: str) -> bool:

@@ -36,6 +36,7 @@ def load_cached(store: Store, keys: Keys | Sequence[bytes], outcomes: Outcomes) 
     k = len(keys)
     if k == 0:
         return 0
+    store.want(keys)
     blob = getattr(keys, "blob", None)
     if blob is not None and k >= _SCAN_MIN_KEYS and store.count() <= _SCAN_RATIO * k:
         return _scan(store, blob, k, outcomes)

@@ -125,6 +125,7 @@ class Packer:
         if not len(todo):
             return
         wanted = [packed_key(plan.keys[u]) for u in todo.tolist()]
+        store.want(wanted)
         found = {r.key: r for r in store.lookup(wanted) if r.status == "ok"}
         if not found:
             return

@@ -85,14 +85,14 @@ WHERE results.status != 'ok'
 
 
 class Observer(Protocol):
-    """Told what a Store commits and finds (a Dask partition on another host than the driver
-    sends both to the driver's sidecar: _dask/records.py)."""
+    """Told what a Store commits, and asked for answers before a plan reads the file (a Dask
+    partition on another host than the driver's: _dask/records.py)."""
 
     def written(self, records: list[Record]) -> None:
         """``records`` were committed (called on the committing thread, after the commit)."""
 
-    def found(self, keys: list[bytes]) -> None:
-        """``ok`` answers for ``keys`` were read from the file (cache hits)."""
+    def wanted(self, store: Store, keys: Sequence[bytes]) -> None:
+        """A plan is about to look ``keys`` up in ``store``: write in what is known elsewhere."""
 
 
 #: The observer of the Stores built in this context (read when a Store is built): set by a Dask
@@ -233,20 +233,18 @@ class Store:
     def lookup(self, keys: Sequence[bytes]) -> Iterator[Record]:
         """Yield the stored records among ``keys`` (any order; missing keys are skipped)."""
         for _, rows in self.select_in(f"SELECT {', '.join(_COLUMNS)} FROM results WHERE key IN", keys):
-            if self.observer is not None:
-                self.observer.found([row[0] for row in rows if row[1] == "ok"])
             yield from map(Record._make, rows)
 
     def answers(self, keys: Sequence[bytes], step: int | None = None) -> Iterator[tuple[int, list[tuple]]]:
         """The ``ok`` answers among ``keys``, chunk by chunk: ``(offset of the chunk in keys,
         rows)``, each row holding the fields of :data:`ANSWER_FIELDS` (resume reads these)."""
-        chunks = self.select_in(f"SELECT {ANSWER_FIELDS} FROM results WHERE status = 'ok' AND key IN", keys, step)
-        return chunks if self.observer is None else self._found(chunks)
+        return self.select_in(f"SELECT {ANSWER_FIELDS} FROM results WHERE status = 'ok' AND key IN", keys, step)
 
-    def _found(self, chunks: Iterator[tuple[int, list[tuple]]]) -> Iterator[tuple[int, list[tuple]]]:
-        for start, rows in chunks:
-            self.observer.found([row[0] for row in rows])  # type: ignore[union-attr]
-            yield start, rows
+    def want(self, keys: Sequence[bytes]) -> None:
+        """A plan is about to look ``keys`` up: its observer may write in answers known
+        elsewhere first (the driver's, for a Dask partition on another host). No-op otherwise."""
+        if self.observer is not None and len(keys):
+            self.observer.wanted(self, keys)
 
     def all_answers(self, batch: int) -> Iterator[list[tuple]]:
         """Every ``ok`` answer in the file, ``batch`` rows at a time (fields of :data:`ANSWER_FIELDS`)."""
