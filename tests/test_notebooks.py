@@ -76,3 +76,7 @@ def test_dask_notebook_shows_what_it_claims(tmp_path_factory):
     assert "300 rows; 300 requests, 0 rate-limited (429)" in text
     assert "requests on the rerun: 0 | same answers: True" in text
     assert "requests: 0 | 300 rows, 300 distinct requests: 300 rows from cache" in text
+    assert (
+        "300 rows, 300 distinct requests: 0 rows from cache, 300 requests sent (300 ok)" in text
+    )  # last_run() of a compute
+    assert "left 'budget';" in text and "under the cap: True" in text

@@ -14,7 +14,9 @@ choosing batch): one Batch API job for the whole collection, run on the driver (
 
 Each partition runs the pandas engine on its worker with the settings in force on the
 driver when the verb was called (``configure()`` / ``with settings()`` / keywords), the
-cache path made absolute, and no progress display on the workers.
+cache path made absolute, and no progress display on the workers: the partitions report
+to the driver, which shows one display for the compute and makes ``last_run()`` its sum,
+and ``max_cost`` is one cap for all the partitions of the verb call (cluster.py).
 
 Registration: importing pandas_llm does not import Dask (it takes seconds); the accessor
 is registered as soon as ``dask.dataframe`` is imported, before or after pandas_llm.
@@ -33,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from .._config import Settings, _defaults, current_settings
-from .._errors import ConfigError
+from .cluster import open_call, partition_scope
 from .records import Home, home, on_worker
 
 __all__ = ["DaskLLMAccessor", "install"]
@@ -89,7 +91,9 @@ class DaskLLMAccessor:
 
     def _lazy(self, verb: str, template: Any, verb_kw: dict[str, Any], options: dict[str, Any]) -> Any:
         settings = _driver_settings(options)
-        meta_settings = dataclasses.replace(settings, cache=False, mode="realtime", max_cost=None)
+        meta_settings = dataclasses.replace(
+            settings, cache=False, mode="realtime"
+        )  # max_cost kept: its checks fail here
         meta = _partition(self._obj._meta, verb, template, verb_kw, meta_settings)
         if settings.mode != "realtime":
             from .batch import batch_answers
@@ -98,15 +102,11 @@ class DaskLLMAccessor:
             if out is not None:
                 return out
             settings = dataclasses.replace(settings, mode="realtime")  # mode="auto" chose realtime
-        if settings.max_cost is not None:
-            raise ConfigError(
-                "max_cost is not available on Dask yet: each partition would apply it on its own, so the "
-                "compute could spend the cap once per partition. Run ddf.llm.estimate(...) first, or compute "
-                "the frame and use the pandas accessor's max_cost."
-            )
         account = _cluster_limit(settings)
         where = home(settings.cache_path)  # the driver's sidecar, receiving what other hosts pay
-        return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, account, where, meta=meta)
+        call = open_call(self._obj.npartitions, options, settings, remote=account is not None)
+        return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, account, where, call,
+                                        meta=meta)  # fmt: skip
 
 
 def _is_series(obj: Any) -> bool:
@@ -138,13 +138,16 @@ def _priced(settings: Settings) -> Any:
 
 
 def _partition(part: Any, verb: str, template: Any, verb_kw: dict[str, Any], settings: Settings,
-               account: str | None = None, where: Home | None = None) -> Any:  # fmt: skip
+               account: str | None = None, where: Home | None = None, call: Any = None,
+               partition_info: Any = None) -> Any:  # fmt: skip
     """One partition's run, on its worker, with the driver's settings and the shared limit; on
-    another host than the driver's, with a local sidecar whose records go to the driver's (records.py)."""
+    another host than the driver's, with a local sidecar whose records go to the driver's (records.py);
+    the call's max_cost and progress reported to the driver (cluster.py)."""
     from .._accessor import LLMAccessor
     from .._run.run import limiter_wrapper
 
-    with on_worker(where if len(part) else None, settings) as settings:
+    with partition_scope(call, partition_info, settings) as settings, \
+            on_worker(where if len(part) else None, settings) as settings:  # fmt: skip
         token = _defaults.set(settings)
         wrap = limiter_wrapper.set(_shared_limit(settings, account) if len(part) else None)
         try:

@@ -15,9 +15,10 @@ from distributed import get_worker
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import sync
 
+from .budget import Purse
 from .limit import Coordinator
 
-__all__ = ["LimitsPlugin", "ensure_plugin", "remote_coordinator"]
+__all__ = ["LimitsPlugin", "ensure_plugin", "remote_coordinator", "remote_purse"]
 
 NAME = "pandas-llm-limits"
 
@@ -27,10 +28,12 @@ class LimitsPlugin(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.coordinators: dict[str, Coordinator] = {}
+        self.purses: dict[str, Purse] = {}  # a verb call's max_cost (budget.py), by call id
 
     async def start(self, scheduler: Any) -> None:
         scheduler.handlers["pandas_llm_grant"] = self.grant
         scheduler.handlers["pandas_llm_pause"] = self.pause
+        scheduler.handlers["pandas_llm_purse"] = self.purse
 
     def grant(self, account: str, tokens: int, rpm: float | None, tpm: float | None, known: bool) -> Any:
         coord = self.coordinators.setdefault(account, Coordinator())
@@ -38,6 +41,9 @@ class LimitsPlugin(SchedulerPlugin):
 
     def pause(self, account: str, seconds: float) -> None:
         self.coordinators.setdefault(account, Coordinator()).pause(seconds)
+
+    def purse(self, call: str, cap: float, args: list[Any]) -> Any:
+        return list(self.purses.setdefault(call, Purse(cap)).ask(*args))
 
 
 def ensure_plugin(client: Any) -> None:
@@ -64,3 +70,19 @@ def remote_coordinator(account: str) -> tuple[Callable[..., Any], Callable[[floa
         sync(loop, scheduler.pandas_llm_pause, account=account, seconds=seconds)
 
     return ask, pause
+
+
+def remote_purse(call: str, cap: float) -> Callable[..., tuple[str, float, float]] | None:
+    """``ask`` reaching the scheduler's purse of verb call ``call`` (budget.py) from this worker
+    (a blocking call, for any thread of the worker's process but its event loop's); None
+    outside a worker."""
+    try:
+        worker = get_worker()
+    except ValueError:
+        return None
+    scheduler, loop = worker.scheduler, worker.loop
+
+    def ask(*args: Any) -> tuple[str, float, float]:
+        return tuple(sync(loop, scheduler.pandas_llm_purse, call=call, cap=cap, args=list(args)))
+
+    return ask

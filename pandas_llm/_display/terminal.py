@@ -32,6 +32,8 @@ class TqdmObserver(ThrottledObserver):
 
     def draw(self, snap: Snapshot, *, final: bool) -> None:
         bar = self.bar
+        if bar.total != snap.total:  # a Dask compute learns its partitions' requests as they start
+            bar.total = snap.total
         bar.n = snap.done
         post: dict[str, Any] = {"failed": snap.n_failed, "cached": snap.cached}
         if snap.skipped:

@@ -193,6 +193,9 @@ class Budget:
             hold.held = await self.reserve(hold.amount)
         return hold.held
 
+    def close(self) -> None:
+        """The run ended (a budget shared with other processes hands back what it did not spend)."""
+
     def _show(self) -> None:
         if self.stats is not None:
             self.stats.reserved_cost = self.reserved

@@ -43,6 +43,9 @@ class RunWarning(UserWarning):
 #: Set by a Dask partition (pandas_llm._dask.accessor): wraps each run's Limiter so the cluster shares
 #: one account limit (shared_limit.py). Read when the Run is built, in the caller's thread.
 limiter_wrapper: ContextVar[Callable[[Limiter], Any] | None] = ContextVar("pandas_llm_limiter_wrapper", default=None)
+#: Set by a Dask partition: builds each run's Budget (``cap, meter, stats=``) so the partitions of one
+#: compute share one max_cost (_dask/budget.py). Read when the Run is built, in the caller's thread.
+budget_factory: ContextVar[Callable[..., Budget] | None] = ContextVar("pandas_llm_budget_factory", default=None)
 
 
 class Run:
@@ -106,7 +109,7 @@ class Run:
         if self.meter is not None and self.meter.price_unknown():
             self.stats.cost_known = False  # tokens are shown, dollars say "price unknown"
         self.budget = (
-            Budget(settings.max_cost, self.meter, stats=self.stats)
+            (budget_factory.get() or Budget)(settings.max_cost, self.meter, stats=self.stats)
             if settings.max_cost and self.meter is not None  # a cap always has a meter: see above
             else None
         )
@@ -163,6 +166,8 @@ class Run:
                 stats.unsent[unsent] += n_unsent
             if self.backend is not None:
                 await self.backend.aclose()
+            if self.budget is not None:
+                self.budget.close()
             observer.close(stats)
             inflight.close_run(self._token)
             self.store.close()

@@ -90,12 +90,6 @@ def test_bad_template_fails_when_the_verb_is_called():
         ddf.llm.map("Say: {nope}", base_url="http://127.0.0.1:9/v1", api_key="x")
 
 
-def test_max_cost_is_refused_with_advice():
-    ddf = dd.from_pandas(frame(4), npartitions=2)
-    with pytest.raises(pandas_llm.ConfigError, match="once per partition"):
-        ddf.llm.classify("{text}", labels=["a", "b"], max_cost=1.0, base_url="http://127.0.0.1:9/v1", api_key="x")
-
-
 def test_estimate_is_the_pandas_estimate(server, opts):
     df = pd.concat([frame(6), frame(6)])  # duplicates across partitions: dedup is over the whole frame
     est = dd.from_pandas(df, npartitions=3).llm.estimate("Say: {text}", **opts)

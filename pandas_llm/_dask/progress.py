@@ -1,0 +1,188 @@
+"""Progress and ``last_run()`` of a Dask compute, on the driver, from the partitions' figures.
+
+On the worker, a :class:`PartitionReporter` is the progress observer of the partition's
+runs (the ``progress`` setting there): it sends the figures of the partition's latest run
+(its ``RunStats``, as ``last_run()`` would report them on that worker) over the verb
+call's events channel (events.py) when the run starts, at most every :data:`INTERVAL`
+seconds while it runs, and once more, *final*, when the partition returns or fails.
+
+On the driver a :class:`Tally` receives them: the figures of each partition are kept by
+partition number, the last execution's winning (a partition Dask computes again, because
+its worker died, replaces its earlier figures instead of adding to them), and summed into
+one ``RunStats``. The driver's display (the same observers a pandas run uses: the tqdm bar
+or the notebook widget, as ``progress=`` says) opens at the first message and closes when
+every partition has sent its final figures (or one failed); ``last_run()`` is then one
+:class:`ClusterReport` of the whole compute, its ``elapsed`` the driver's wall time from
+the first message to the last. A later compute of the same lazy result starts a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from .._display.progress import make_observer
+from .._errors import ConfigError
+from .._stats import RunReport, RunStats, record_run
+from .events import send
+
+__all__ = ["ClusterReport", "PartitionReporter", "Tally"]
+
+#: A partition sends its figures at most this often while it runs (seconds), plus at start and end.
+INTERVAL = 0.5
+
+_SUMS = (
+    "total", "unique", "skipped", "cached", "cached_unique", "to_send", "sent_done", "ok", "in_flight", "retries",
+    "attempts", "rate_limited", "overloaded", "timeouts", "prompt_tokens", "completion_tokens", "reasoning_tokens",
+    "cached_tokens", "cost", "saved_cost", "reserved_cost", "lost_answers", "possibly_billed", "shared", "unsaved",
+)  # fmt: skip
+_ANY = ("budget_reached", "deadline_reached", "stopping")
+
+
+def figures(stats: RunStats | None, outcome: str | None = None) -> dict[str, Any]:
+    """``stats`` as a small msgpack-able dict (None: a partition that ran no run)."""
+    if stats is None:
+        return {"outcome": outcome or "done"}
+    out: dict[str, Any] = {k: getattr(stats, k) for k in _SUMS + _ANY}
+    out["failed"] = dict(stats.failed)
+    out["unsent"] = dict(stats.unsent)
+    out["cost_known"] = stats.cost_known
+    out["paused"] = max(0.0, stats.paused_until - time.monotonic())
+    out["note"] = stats.stop_note or stats.store_trouble
+    out["outcome"] = outcome or stats.outcome
+    return out
+
+
+class PartitionReporter:
+    """The observer of one partition's runs, on its worker: sends their figures to ``topic``."""
+
+    def __init__(self, topic: str, part: Any, execution: str, *, clock: Callable[[], float] = time.monotonic):
+        self.topic, self.part, self.execution = topic, part, execution
+        self.clock = clock
+        self.stats: RunStats | None = None
+        self._last = -math.inf
+
+    def _send(self, final: bool, outcome: str | None = None) -> None:
+        self._last = self.clock()
+        msg = {"p": self.part, "x": self.execution, "final": final, "s": figures(self.stats, outcome)}
+        send(self.topic, msg)
+
+    def start(self, stats: RunStats) -> None:
+        self.stats = stats
+        self._send(False)
+
+    def update(self, stats: RunStats) -> None:
+        self.stats = stats
+        if self.clock() - self._last >= INTERVAL:
+            self._send(False)
+
+    def close(self, stats: RunStats) -> None:
+        self.stats = stats  # the partition's final message says it (another run of the verb may follow)
+
+    def finish(self, failed: bool) -> None:
+        """The partition returned (or raised: ``failed``): its final figures."""
+        self._send(True, "failed" if failed else None)
+
+
+class ClusterReport(RunReport):
+    """``last_run()`` after a Dask compute: the partitions' figures summed (no per-row details)."""
+
+    @property
+    def details(self) -> Any:
+        raise ConfigError(
+            "last_run() of a Dask compute sums the partitions' figures; the per-row details stayed on the "
+            "workers. Pass details=True to the verb (ddf.llm.map(..., details=True)) to compute them as a "
+            "Dask DataFrame."
+        )
+
+    @property
+    def failures(self) -> Any:
+        return self.details
+
+
+class Tally:
+    """The driver's end: one display and one ``last_run()`` for a verb call's computes.
+    Call it with each message (the events channel's handler); messages come one at a time."""
+
+    def __init__(self, progress: Any, npartitions: int, max_cost: float | None):
+        self.progress, self.npartitions, self.max_cost = progress, npartitions, max_cost
+        self.parts: dict[Any, tuple[str, dict[str, Any], bool]] = {}  # part -> (execution, figures, final)
+        self.superseded: set[str] = set()
+        self.stats: RunStats | None = None
+        self.observer: Any = None
+        self.report: ClusterReport | None = None
+        self.closed = False
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        part, execution, final = msg["p"], msg["x"], bool(msg["final"])
+        if execution in self.superseded:
+            return  # an earlier execution of a partition computed again
+        held = self.parts.get(part)
+        if self.closed:
+            if held is None or held[0] == execution or not held[2]:
+                return  # a late message of the compute that ended
+            self._begin()  # a partition computed again after the compute ended: a new compute
+            held = None
+        elif self.stats is None:
+            self._begin()
+        if held is not None and held[0] != execution:
+            self.superseded.add(held[0])
+        if held is not None and held[0] == execution and held[2]:
+            return  # its final figures are in
+        self.parts[part] = (execution, msg["s"], final)
+        stats = self.stats
+        assert stats is not None
+        self._sum(stats)
+        done = len(self.parts) >= self.npartitions and all(f for _, _, f in self.parts.values())
+        if done or (final and msg["s"].get("outcome") != "done"):
+            self._end(stats)
+        elif self.observer is None:
+            self.observer = make_observer(self.progress)
+            self.observer.start(stats)
+        else:
+            self.observer.update(stats)
+
+    def _begin(self) -> None:
+        self.superseded.update(x for x, _, _ in self.parts.values())
+        self.parts = {}
+        self.closed = False
+        self.stats = RunStats(max_cost=self.max_cost)
+        self.observer = None
+        self.report = ClusterReport(self.stats, None)
+        record_run(self.report)
+
+    def _sum(self, stats: RunStats) -> None:
+        figs = [f for _, f, _ in self.parts.values()]
+        for k in _SUMS:
+            setattr(stats, k, sum(f.get(k, 0) for f in figs))
+        for k in _ANY:
+            setattr(stats, k, any(f.get(k, False) for f in figs))
+        stats.failed = sum((Counter(f.get("failed", {})) for f in figs), Counter())
+        stats.unsent = sum((Counter(f.get("unsent", {})) for f in figs), Counter())
+        stats.cost_known = all(f.get("cost_known", True) for f in figs)
+        stats.paused_until = time.monotonic() + max((f.get("paused", 0.0) for f in figs), default=0.0)
+        stats.stop_note = next((f["note"] for f in figs if f.get("note")), None)
+        outcomes = {f.get("outcome", "running") for f in figs}
+        stats.outcome = "failed" if "failed" in outcomes else "interrupted" if "interrupted" in outcomes else "running"
+
+    def _end(self, stats: RunStats) -> None:
+        stats.finished = time.monotonic()
+        if stats.outcome == "running":
+            stats.outcome = "done"
+        stats.in_flight = 0
+        if self.observer is None:
+            self.observer = make_observer(self.progress)
+            self.observer.start(stats)
+        self.observer.close(stats)
+        self.closed = True
+        assert self.report is not None
+        record_run(self.report)  # again: partitions run in this process (threads) record their own runs
+
+
+def reporter_settings(settings: Any, reporter: PartitionReporter) -> Any:
+    """The partition's settings with ``reporter`` as its progress display."""
+    return dataclasses.replace(settings, progress=reporter)

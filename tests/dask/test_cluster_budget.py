@@ -1,0 +1,173 @@
+"""One ``max_cost``, one progress display and one ``last_run()`` for a whole Dask compute
+(``_dask/budget.py``, ``_dask/progress.py``)."""
+
+from __future__ import annotations
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+import pytest
+from distributed import Client, LocalCluster
+
+import pandas_llm
+from helpers import billed, varied
+from pandas_llm._dask.budget import STALE, Purse
+from pandas_llm._dask.progress import Tally
+from pandas_llm.testing import LLMServer
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    cluster = LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                           worker_dashboard_address=None)  # fmt: skip
+    c = Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+
+
+def frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"t": [f"Tell me about item {i}" for i in range(n)]}, index=range(500, 500 + n))
+
+
+class Recorder:
+    """A progress display that keeps what it was shown."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.last = None
+
+    def start(self, stats):
+        self.calls.append("start")
+
+    def update(self, stats):
+        self.calls.append("update")
+
+    def close(self, stats):
+        self.calls.append("close")
+        self.last = stats
+
+
+# -- the purse -----------------------------------------------------------------------------
+def test_the_purse_grants_blocks_under_the_cap_then_waits_then_is_out():
+    p = Purse(10.0)
+    verdict, granted, _ = p.ask(0, "x0", "a", 0.0, 0.0, 0.1)
+    assert verdict == "grant" and granted == pytest.approx(1.6)  # a block of 16 worst cases
+    assert p.ask(1, "x1", "b", 0.0, 0.0, 4.0)[:2] == ("grant", 4.0)  # a quarter of what is left, at least the ask
+    assert p.committed <= 10.0
+    p.ask(2, "x2", "c", 0.0, 0.0, 3.0)
+    # nothing fits; 'a' still holds room it may hand back: wait
+    assert p.ask(2, "x2", "c", 0.0, 3.0, 3.0)[0] == "wait"
+    assert p.ask(0, "x0", "a", 0.5, 0.0, 0.0, done=True)[0] == "done"  # 'a' ended having spent 0.5
+    assert p.ask(1, "x1", "b", 4.0, 0.0, 0.0, done=True)[0] == "done"
+    verdict, granted, _ = p.ask(2, "x2", "c", 2.0, 0.0, 3.0)
+    assert verdict == "grant" and p.committed <= 10.0
+    assert p.ask(2, "x2", "c", 9.0, 0.0, 3.0)[0] == "out"  # nothing in flight anywhere: exhausted
+    assert p.ask(0, "x9", "d", 0.0, 0.0, 0.01)[0] == "out"  # for every run of the call
+
+
+def test_a_partition_computed_again_keeps_what_its_earlier_execution_held():
+    p = Purse(1.0)
+    assert p.ask(0, "old", "a", 0.0, 0.0, 0.05)[0] == "grant"  # then its worker dies
+    held = p.committed
+    assert p.ask(0, "new", "b", 0.0, 0.0, 0.05)[0] == "grant"
+    assert p.runs["a"].spent == held  # counted as spent: it may have been
+    assert p.ask(0, "old", "a", 0.0, 0.0, 0.05)[0] == "out"  # the earlier execution gets no more
+
+
+def test_a_run_silent_for_long_no_longer_holds_the_others_up():
+    now = [0.0]
+    p = Purse(1.0, clock=lambda: now[0])
+    p.ask(0, "x0", "a", 0.0, 0.0, 0.9)  # then its worker dies, its partition not computed again
+    assert p.ask(1, "x1", "b", 0.0, 0.0, 0.2)[0] == "wait"
+    now[0] = STALE + 1
+    assert p.ask(1, "x1", "b", 0.0, 0.0, 0.2)[0] == "out"
+
+
+# -- the driver's tally --------------------------------------------------------------------
+def _msg(part, execution, final, **figures):
+    return {"p": part, "x": execution, "final": final, "s": {"outcome": "done" if final else "running", **figures}}
+
+
+def test_a_partition_computed_again_replaces_its_figures():
+    shown = Recorder()
+    tally = Tally(shown, 2, None)
+    tally(_msg(0, "a", False, total=10, sent_done=3, cost=0.3))
+    tally(_msg(1, "b", True, total=5, sent_done=5, cost=0.5))
+    tally(_msg(0, "a2", False, total=10, sent_done=1, cost=0.1))  # its worker died: Dask runs it again
+    tally(_msg(0, "a", False, total=10, sent_done=4, cost=0.4))  # a late message of the dead one
+    tally(_msg(0, "a2", True, total=10, sent_done=10, cost=1.0))
+    report = pandas_llm.last_run()
+    assert (report.stats.total, report.stats.sent_done, report.stats.cost) == (15, 15, 1.5)
+    assert report.stats.outcome == "done" and shown.calls.count("start") == 1 and shown.calls[-1] == "close"
+    with pytest.raises(pandas_llm.ConfigError, match="details=True"):
+        _ = report.details
+    tally(_msg(0, "a3", True, total=10, cached=10))  # the lazy result computed a second time
+    tally(_msg(1, "b2", True, total=5, cached=5))
+    assert pandas_llm.last_run() is not report and pandas_llm.last_run().stats.cached == 15
+
+
+# -- in this process -----------------------------------------------------------------------
+def test_one_cap_for_the_partitions_of_a_threaded_compute():
+    df = frame(200)
+    cap = 0.0008  # one partition's 50 rows cost less: a cap per partition would answer every row
+    with LLMServer(answer=varied) as srv:
+        kw = dict(base_url=srv.base_url, api_key="x", cache=False, progress=False, max_tokens=80)
+        lazy = dd.from_pandas(df, npartitions=4).llm.map("{t}", max_cost=cap, **kw)
+        with dask.config.set(scheduler="threads"), pytest.warns(pandas_llm.RunWarning, match="max_cost"):
+            out = lazy.compute()
+        assert billed(srv) <= cap
+        report = pandas_llm.last_run()
+        assert report.stats.cost == pytest.approx(billed(srv), rel=1e-9)
+        assert report.stats.budget_reached and report.stats.unsent["budget"] == 200 - srv.completed
+        assert out.isna().sum() >= 200 - srv.completed > 0
+        # a second compute of the same lazy result shares the cap: what the first spent counts
+        spent = billed(srv)
+        srv.reset_counters()
+        with dask.config.set(scheduler="threads"), pytest.warns(pandas_llm.RunWarning, match="max_cost"):
+            lazy.compute()
+        assert billed(srv) <= cap - spent
+
+
+# -- worker processes ----------------------------------------------------------------------
+def test_one_cap_one_display_and_one_report_for_worker_processes(dask_client):
+    df = frame(300)
+    cap = 0.0012
+    shown = Recorder()
+    with LLMServer(answer=varied) as srv:
+        kw = dict(base_url=srv.base_url, api_key="x", cache=False, max_tokens=80)
+        lazy = dd.from_pandas(df, npartitions=6).llm.map("{t}", max_cost=cap, progress=shown, **kw)
+        out = dask_client.compute(lazy).result()
+        spent = billed(srv)
+        assert spent <= cap
+        s = pandas_llm.last_run().stats
+        assert s.budget_reached and s.outcome == "done"
+        assert (s.total, s.sent_done + s.unsent["budget"]) == (300, 300)
+        assert (s.attempts, s.sent_done) == (srv.requests, srv.completed)
+        assert (s.prompt_tokens, s.completion_tokens) == (srv.prompt_tokens, srv.completion_tokens)
+        assert s.cost == pytest.approx(spent, rel=1e-9)
+        assert out.notna().sum() <= srv.completed < 300
+        assert shown.calls.count("start") == 1 and shown.calls.count("close") == 1 and shown.last is s
+
+
+def test_without_max_cost_the_report_sums_the_partitions_and_a_rerun_reads_the_cache(dask_client, server, opts):
+    df = frame(120)
+    lazy = dd.from_pandas(df, npartitions=5).llm.map("{t}", **opts)
+    dask_client.compute(lazy).result()
+    s = pandas_llm.last_run().stats
+    assert (s.total, s.sent_done, s.ok, s.cached) == (120, server.completed, 120, 0)
+    assert s.prompt_tokens == server.prompt_tokens and s.rate_limited == s.overloaded == 0
+    assert "120 rows" in pandas_llm.last_run().summary()
+    lazy = dd.from_pandas(df, npartitions=5).llm.map("{t}", **opts)
+    dask_client.compute(lazy).result()
+    s = pandas_llm.last_run().stats
+    assert (s.total, s.sent_done, s.cached) == (120, 0, 120)  # the second call's compute alone
+
+
+def test_max_cost_with_an_unknown_price_fails_when_the_verb_is_called(server):
+    ddf = dd.from_pandas(frame(4), npartitions=2)
+    with pytest.raises(pandas_llm.ConfigError, match="price"):
+        ddf.llm.map("{t}", model="my-llama", max_cost=1.0, base_url=server.base_url, api_key="x", cache=False)
+    assert server.requests == 0
