@@ -97,6 +97,7 @@ class _Receiver:
         self.lock = threading.Lock()
         self.received = 0  # records, for the figures and the tests
         self.bytes = 0
+        self.messages = 0
         self.replied = 0  # records sent back to partitions that asked
         self.channel = Channel(self.handle)
 
@@ -105,6 +106,7 @@ class _Receiver:
             self._reply(msg["want"], msg["reply"])
             return
         records = [Record(*fields) for fields in msg["records"]]
+        self.messages += 1
         self.received += len(records)
         self.bytes += msg.get("bytes", 0)
         started = time.monotonic()

@@ -105,6 +105,7 @@ def test_a_worker_killed_on_another_host_costs_at_most_its_requests_in_flight(ho
     assert out.tolist() == [f"echo: Say: {t}" for t in df["text"]]
     assert len(ok_keys(path)) == 400
     paid_twice = sum(n - 1 for n in server.prompt_counts.values())
-    assert paid_twice <= 4, paid_twice  # what the killed worker had in flight
+    # what the killed worker had in flight (4), and at worst its last commit's message not yet sent
+    assert paid_twice <= 8, paid_twice
     server.reset_counters()
     assert df.llm.map("Say: {text}", cache=path, **opts).equals(out) and server.requests == 0
