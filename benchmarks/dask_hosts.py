@@ -42,7 +42,7 @@ def main() -> None:
     from pandas_llm.testing import LLMServer
 
     with tempfile.TemporaryDirectory() as tmp, LLMServer(latency=0.02) as srv:
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                worker_dashboard_address=None, env={records.HOST_ENV: os.path.join(tmp, "hosts")})  # fmt: skip
         client = Client(cluster)
         opts = {"base_url": srv.base_url, "api_key": "x", "progress": False, "cache": os.path.join(tmp, "d.sqlite")}

@@ -35,7 +35,7 @@ def test_partitions_in_this_process_reach_the_handler(scheduler):
 
 
 def test_worker_processes_reach_the_handler_before_compute_returns():
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                            worker_dashboard_address=None)  # fmt: skip
     client = Client(cluster)
     try:

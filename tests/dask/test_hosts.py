@@ -23,7 +23,7 @@ from pandas_llm._store.store import Store
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
     disks = tmp_path_factory.mktemp("hosts")
-    cluster = LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                            worker_dashboard_address=None, env={records.HOST_ENV: str(disks)})  # fmt: skip
     c = Client(cluster)
     try:
