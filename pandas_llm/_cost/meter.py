@@ -65,6 +65,12 @@ class Meter:
             self._price, self._pending = self._pending.result(), None
         return self._price
 
+    def pending(self) -> Future | None:
+        """The look-up of the price while it is under way (a ``concurrent.futures.Future``), else None:
+        an event loop awaits it (``asyncio.wrap_future``) rather than block on :attr:`price`."""
+        pending = self._pending
+        return pending if pending is not None and not pending.done() else None
+
     def price_unknown(self) -> bool:
         """True once the price is known to be unknown (False while it is being looked up)."""
         return self._pending is None and self._price is None
@@ -74,8 +80,10 @@ class Meter:
         """The meter for a run (``batch``: a Batch API job's, worst cases at batch rates);
         raises ConfigError if ``max_cost`` is set but cannot be enforced."""
         if settings.max_cost is None and not isinstance(settings.prices, Price):
-            # The price table takes ~0.3 s to import the first time: a run without max_cost
-            # needs the price only when the first answer arrives, so it is looked up meanwhile.
+            # The price table takes ~0.1-0.3 s to import the first time: a run without max_cost
+            # needs the price only when the first answer arrives, so it is looked up meanwhile,
+            # and an answer that comes first awaits it (the engine: ``pending``), never
+            # blocking the event loop of the requests in flight.
             return cls(settings.model, _look_up(settings.model, settings.prices), batch=batch)
         price = resolve_price(settings.model, settings.prices)
         meter = cls(settings.model, price, batch=batch)

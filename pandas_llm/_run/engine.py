@@ -22,6 +22,7 @@ import asyncio
 import operator
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from .._backends import Backend, Completion
@@ -55,6 +56,7 @@ class Engine(Sending):
         retry: RetryPolicy = _DEFAULT_RETRY,
         limiter: Limiter | None = None,
         cost: Callable[[Completion], float | None] = lambda c: None,
+        price_pending: Callable[[], Future | None] = lambda: None,
         reserve_tokens: Callable[[bytes], int] | None = None,  # default: the limiter's estimate
         on_result: Callable[[int, Record], None] = lambda u, r: None,
         on_commit: Callable[[Sequence[tuple[int | None, Record]]], None] | None = None,
@@ -80,6 +82,7 @@ class Engine(Sending):
         self.retry = retry
         self.limiter = limiter or Limiter(clock=clock, sleep=sleep)
         self.cost = cost
+        self.price_pending = price_pending  # the price look-up under way: answers await it, the loop runs on
         self.reserve_tokens = reserve_tokens
         self.on_result = on_result
         self.on_commit = on_commit  # every committed batch, stored-only records too (claimed.py)

@@ -245,6 +245,7 @@ class Run:
             model=s.model,
             **options,
             cost=meter.cost,
+            price_pending=meter.pending,
             budget=self.budget,
             worst_case=meter.lost,
             too_long=self._context.error if self._context is not None else None,

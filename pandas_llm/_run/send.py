@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import orjson
@@ -77,6 +78,7 @@ class Sending:
     retry: RetryPolicy
     limiter: Limiter
     cost: Callable[[Completion], float | None]
+    price_pending: Callable[[], Future | None]
     reserve_tokens: Callable[[bytes], int] | None
     model: str | None
     validate: Callable[[str | None], str | None] | None
@@ -121,6 +123,10 @@ class Sending:
             self._sending.add(task)  # type: ignore[arg-type]
             try:
                 completion = await self.backend.complete(body)
+                pending = self.price_pending()
+                if pending is not None:  # the price table is still loading (the first answers of a
+                    # process): wait for it, the loop runs on; a failed look-up raises in _record
+                    await asyncio.wait((asyncio.wrap_future(pending),))
             except RetryableError as exc:
                 limiter.release(reserved)
                 if exc.code == "connection":

@@ -324,3 +324,49 @@ def test_a_run_of_a_model_without_a_price_ends_saying_the_price_is_unknown(serve
     )
     stats = pandas_llm.last_run().stats
     assert stats.ok == 2 and not stats.cost_known
+
+
+async def test_answers_await_a_price_still_being_looked_up_and_the_loop_runs_on():
+    # the price table loads on a thread while the first requests fly; an answer arriving
+    # before it is ready waits for it without blocking the event loop (other answers,
+    # sends, the display go on), and every answer is priced once it is known
+    import threading
+    from concurrent.futures import Future
+
+    from helpers import VirtualTime
+    from pandas_llm._run.engine import Engine
+    from pandas_llm._store.store import Store
+
+    vt = VirtualTime()
+    pending: Future = Future()
+    safety = threading.Timer(10.0, lambda: pending.done() or pending.set_result(None))  # never hang
+    safety.start()
+    slow = Meter("gpt-4o-mini", pending)
+
+    class Backend:
+        calls = 0
+
+        async def complete(self, body: bytes) -> Completion:
+            Backend.calls += 1
+            await asyncio.sleep(0)
+            return Completion("ok", "stop", 3, 2)
+
+        async def aclose(self) -> None:
+            pass
+
+    stats = RunStats()
+    with Store(None) as store:
+        eng = Engine(
+            backend=Backend(), store=store, stats=stats, concurrency=4, cost=slow.cost,
+            price_pending=slow.pending, clock=vt.clock, sleep=vt.sleep,
+        )  # fmt: skip
+        run = asyncio.ensure_future(eng.run((u, bytes([u]) * 32, b"{}") for u in range(4)))
+        for _ in range(50):
+            await asyncio.sleep(0)  # the loop turns: nothing blocks it on the pending price
+        assert Backend.calls == 4 and stats.ok == 0 and not run.done()  # answered, waiting for their price
+        pending.set_result(Price.per_million(input=1.0, output=2.0))
+        await vt.run(run)
+    safety.cancel()
+    assert stats.ok == 4 and stats.cost_known
+    assert stats.cost == pytest.approx(4 * (3 * 1e-6 + 2 * 2e-6))
+    assert slow.pending() is None
