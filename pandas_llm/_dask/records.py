@@ -10,12 +10,14 @@ a worker writes where it runs:
   local sidecar: the driver's absolute path if it can be used on that host, else
   ``dask-<file name>`` in the user's cache folder (``$XDG_CACHE_HOME/pandas-llm``, by
   default ``~/.cache/pandas-llm``); never the driver's file through a shared folder.
-  Every record it commits is sent to the driver right after the commit, and the answers
-  it found in its local sidecar are sent when the partition ends; the driver writes them
-  into its sidecar through :meth:`Store.write` (by content key: an ``ok`` answer is
-  never replaced, an ``ok`` answer replaces an error). A killed worker loses what it
-  had in flight (and at worst the last commit's message); its answers of earlier
-  commits are already in the driver's sidecar.
+  Before its plan reads the local sidecar, the partition asks the driver which of its
+  requests it has answered and writes those answers in (so a rerun pays nothing the
+  driver holds, wherever the partition lands). Every record it commits is sent to the
+  driver right after the commit, and at its end the local answers the driver said it
+  lacked; the driver writes them into its sidecar through :meth:`Store.write` (by
+  content key: an ``ok`` answer is never replaced, an ``ok`` answer replaces an error).
+  A killed worker loses what it had in flight (and at worst the last commit's
+  message); its answers of earlier commits are already in the driver's sidecar.
 
 The messages ride :mod:`events` (the scheduler forwards a worker's structured event to
 the client before that task's result, so the driver's sidecar has every answer when
