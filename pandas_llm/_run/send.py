@@ -123,10 +123,6 @@ class Sending:
             self._sending.add(task)  # type: ignore[arg-type]
             try:
                 completion = await self.backend.complete(body)
-                pending = self.price_pending()
-                if pending is not None:  # the price table is still loading (the first answers of a
-                    # process): wait for it, the loop runs on; a failed look-up raises in _record
-                    await asyncio.wait((asyncio.wrap_future(pending),))
             except RetryableError as exc:
                 limiter.release(reserved)
                 if exc.code == "connection":
@@ -207,8 +203,25 @@ class Sending:
             self._heard += 1
             limiter.done(
                 reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers
-            )
+            )  # first: the limits its headers show let the requests waiting for them go now
+            pending = self.price_pending()
+            if pending is not None:
+                await self._priced(pending, task, body)
             return self._record(key, completion, reserved, attempts, body)
+
+    async def _priced(self, pending: Future, task: Any, body: bytes) -> None:
+        """An answer that came while the price table is still loading (the first answers of a
+        process) waits for it without blocking the loop. It counts as sending meanwhile (a stop
+        lets it finish); abandoned in that wait, it counts as possibly billed, as in flight."""
+        self._sending.add(task)
+        try:
+            await asyncio.wait((asyncio.wrap_future(pending),))  # a failed look-up raises in _record
+        except asyncio.CancelledError:
+            self.stats.lost_answers += 1
+            self.stats.possibly_billed += self.worst_case(body)
+            raise
+        finally:
+            self._sending.discard(task)
 
     async def _process_validated(self, job: Job, hold: Any = None) -> Record:
         """``_process``, then resend while the answer fails ``validate`` (bounded)."""

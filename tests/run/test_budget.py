@@ -329,12 +329,14 @@ def test_a_run_of_a_model_without_a_price_ends_saying_the_price_is_unknown(serve
 async def test_answers_await_a_price_still_being_looked_up_and_the_loop_runs_on():
     # the price table loads on a thread while the first requests fly; an answer arriving
     # before it is ready waits for it without blocking the event loop (other answers,
-    # sends, the display go on), and every answer is priced once it is known
+    # sends, the display go on), after the limiter has learned from it, and every answer
+    # is priced once the price is known
     import threading
     from concurrent.futures import Future
 
     from helpers import VirtualTime
     from pandas_llm._run.engine import Engine
+    from pandas_llm._run.limiter import Limiter
     from pandas_llm._store.store import Store
 
     vt = VirtualTime()
@@ -359,10 +361,12 @@ async def test_answers_await_a_price_still_being_looked_up_and_the_loop_runs_on(
         eng = Engine(
             backend=Backend(), store=store, stats=stats, concurrency=4, cost=slow.cost,
             price_pending=slow.pending, clock=vt.clock, sleep=vt.sleep,
+            limiter=Limiter(initial_burst=1, clock=vt.clock, sleep=vt.sleep),  # the rest wait for an answer
         )  # fmt: skip
         run = asyncio.ensure_future(eng.run((u, bytes([u]) * 32, b"{}") for u in range(4)))
         for _ in range(50):
             await asyncio.sleep(0)  # the loop turns: nothing blocks it on the pending price
+        # the first answer's headers (none: no limits) let the others go before its price is known
         assert Backend.calls == 4 and stats.ok == 0 and not run.done()  # answered, waiting for their price
         pending.set_result(Price.per_million(input=1.0, output=2.0))
         await vt.run(run)
@@ -370,3 +374,37 @@ async def test_answers_await_a_price_still_being_looked_up_and_the_loop_runs_on(
     assert stats.ok == 4 and stats.cost_known
     assert stats.cost == pytest.approx(4 * (3 * 1e-6 + 2 * 2e-6))
     assert slow.pending() is None
+
+
+async def test_an_answer_abandoned_while_awaiting_its_price_counts_as_possibly_billed():
+    from concurrent.futures import Future
+
+    from helpers import VirtualTime
+    from pandas_llm._run.engine import Engine
+    from pandas_llm._store.store import Store
+
+    vt = VirtualTime()
+    pending: Future = Future()
+
+    class Backend:
+        async def complete(self, body: bytes) -> Completion:
+            await asyncio.sleep(0)
+            return Completion("ok", "stop", 3, 2)
+
+        async def aclose(self) -> None:
+            pass
+
+    stats = RunStats()
+    with Store(None) as store:
+        eng = Engine(
+            backend=Backend(), store=store, stats=stats, concurrency=3, price_pending=lambda: pending,
+            worst_case=lambda body: 0.5, clock=vt.clock, sleep=vt.sleep,
+        )  # fmt: skip
+        run = asyncio.ensure_future(eng.run((u, bytes([u]) * 32, b"{}") for u in range(3)))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        run.cancel()  # a second interrupt: everything in hand is abandoned
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    pending.set_result(None)
+    assert stats.ok == 0 and stats.lost_answers == 3 and stats.possibly_billed == 1.5
