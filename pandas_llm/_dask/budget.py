@@ -18,7 +18,8 @@ free room: the budget is exhausted, and the runs leave the rows they did not sen
 by any run scales every run's later reservations.
 
 A partition computed again (its worker died, or the same lazy result is computed a second
-time) is a new *execution*: the runs of its earlier execution are counted at everything
+time) is a new *execution*, and a worker that leaves the cluster is seen by the scheduler
+plugin: the runs of the earlier execution (of the worker) are counted at everything
 they were allowed (what they spent is not known for sure), and they are refused any more.
 So the cap covers one verb call's collection, however many times it is computed: money
 spent by an earlier compute counts against it. Call the verb again for a new cap.
@@ -43,7 +44,8 @@ log = logging.getLogger("pandas_llm")
 #: A block of allowance is at most this many worst cases (one ask per ~16 requests).
 BLOCK_REQUESTS = 16
 #: A run that has not asked for this long (seconds) no longer makes the others wait for its room: a worker
-#: that died holding it, with its partition not yet computed again, must not hold the compute up for ever.
+#: that died holding it must not hold the compute up for ever. On a distributed cluster the scheduler
+#: says at once when a worker leaves (:meth:`Purse.worker_gone`); this is for what it cannot see.
 STALE = 120.0
 #: While the purse says wait, a run asks again after this many seconds (or when its own request settles).
 POLL = 0.1
@@ -51,10 +53,11 @@ _EPS = 1e-12
 
 
 class _Run:
-    __slots__ = ("allowance", "done", "execution", "seen", "spent")
+    __slots__ = ("allowance", "done", "execution", "seen", "spent", "where")
 
-    def __init__(self, execution: str):
+    def __init__(self, execution: str, where: str | None):
         self.execution = execution
+        self.where = where  # the worker's address (None: in this process)
         self.seen = 0.0
         self.allowance = 0.0  # dollars this run may have committed (spent + reserved + unused)
         self.spent = 0.0
@@ -79,8 +82,14 @@ class Purse:
         """Dollars the runs may have spent or may spend: the sum of their allowances."""
         return sum(r.allowance for r in self.runs.values())
 
+    def worker_gone(self, where: str) -> None:
+        """The worker at ``where`` left the cluster (it died): its runs keep all they held, as spent."""
+        for r in self.runs.values():
+            if r.where == where and not r.done:
+                r.spent, r.done = r.allowance, True
+
     def ask(self, part: Any, execution: str, run: str, spent: float, reserved: float, want: float,
-            overrun: float = 1.0, done: bool = False) -> tuple[str, float, float]:  # fmt: skip
+            overrun: float = 1.0, done: bool = False, *, where: str | None = None) -> tuple[str, float, float]:  # fmt: skip
         """A run of ``part``'s ``execution`` holds ``spent + reserved`` and wants ``want`` more
         (``done``: it ended, holding ``spent``). Returns ``(verdict, granted, overrun)``:
         ``"grant"`` (its allowance is now ``spent + reserved + granted``), ``"wait"`` (ask again
@@ -97,7 +106,9 @@ class Purse:
                     if r.execution == latest:
                         r.spent, r.done = r.allowance, True
             self.current[part] = execution
-        rec = self.runs.setdefault(run, _Run(execution))
+        rec = self.runs.setdefault(run, _Run(execution, where))
+        if rec.done and not done:
+            return "out", 0.0, self.overrun  # its worker was given up for dead
         rec.spent = spent
         now = rec.seen = self.clock()
         if done:

@@ -42,8 +42,12 @@ class LimitsPlugin(SchedulerPlugin):
     def pause(self, account: str, seconds: float) -> None:
         self.coordinators.setdefault(account, Coordinator()).pause(seconds)
 
-    def purse(self, call: str, cap: float, args: list[Any]) -> Any:
-        return list(self.purses.setdefault(call, Purse(cap)).ask(*args))
+    def purse(self, call: str, cap: float, args: list[Any], where: str | None = None) -> Any:
+        return list(self.purses.setdefault(call, Purse(cap)).ask(*args, where=where))
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        for purse in self.purses.values():  # its runs' room is not coming back: no one waits for it
+            purse.worker_gone(worker)
 
 
 def ensure_plugin(client: Any) -> None:
@@ -80,9 +84,9 @@ def remote_purse(call: str, cap: float) -> Callable[..., tuple[str, float, float
         worker = get_worker()
     except ValueError:
         return None
-    scheduler, loop = worker.scheduler, worker.loop
+    scheduler, loop, where = worker.scheduler, worker.loop, worker.address
 
     def ask(*args: Any) -> tuple[str, float, float]:
-        return tuple(sync(loop, scheduler.pandas_llm_purse, call=call, cap=cap, args=list(args)))
+        return tuple(sync(loop, scheduler.pandas_llm_purse, call=call, cap=cap, args=list(args), where=where))
 
     return ask

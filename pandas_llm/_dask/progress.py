@@ -9,7 +9,10 @@ seconds while it runs, and once more, *final*, when the partition returns or fai
 On the driver a :class:`Tally` receives them: the figures of each partition are kept by
 partition number, the last execution's winning (a partition Dask computes again, because
 its worker died, replaces its earlier figures instead of adding to them), and summed into
-one ``RunStats``. The driver's display (the same observers a pandas run uses: the tqdm bar
+one ``RunStats``. What the earlier execution had paid when it last reported (its cost,
+and its requests in flight at their worst case) is not lost: it is in
+``possibly_billed``, its requests in ``lost_answers`` (its answers may be in the cache:
+the rerun then counts them as cached). The driver's display (the same observers a pandas run uses: the tqdm bar
 or the notebook widget, as ``progress=`` says) opens at the first message and closes when
 every partition has sent its final figures (or one failed); ``last_run()`` is then one
 :class:`ClusterReport` of the whole compute, its ``elapsed`` the driver's wall time from
@@ -112,6 +115,7 @@ class Tally:
         self.progress, self.npartitions, self.max_cost = progress, npartitions, max_cost
         self.parts: dict[Any, tuple[str, dict[str, Any], bool]] = {}  # part -> (execution, figures, final)
         self.superseded: set[str] = set()
+        self.gone: list[dict[str, Any]] = []  # the last figures of executions computed again (a worker died)
         self.stats: RunStats | None = None
         self.observer: Any = None
         self.report: ClusterReport | None = None
@@ -131,6 +135,7 @@ class Tally:
             self._begin()
         if held is not None and held[0] != execution:
             self.superseded.add(held[0])
+            self.gone.append(held[1])
         if held is not None and held[0] == execution and held[2]:
             return  # its final figures are in
         self.parts[part] = (execution, msg["s"], final)
@@ -149,6 +154,7 @@ class Tally:
     def _begin(self) -> None:
         self.superseded.update(x for x, _, _ in self.parts.values())
         self.parts = {}
+        self.gone = []
         self.closed = False
         self.stats = RunStats(max_cost=self.max_cost)
         self.observer = None
@@ -167,6 +173,9 @@ class Tally:
         stats.paused_until = time.monotonic() + max((f.get("paused", 0.0) for f in figs), default=0.0)
         stats.stop_note = next((f["note"] for f in figs if f.get("note")), None)
         outcomes = {f.get("outcome", "running") for f in figs}
+        for f in self.gone:  # what a dead execution paid is not in its rerun's cost: counted as possibly billed
+            stats.lost_answers += f.get("sent_done", 0) + f.get("in_flight", 0) + f.get("lost_answers", 0)
+            stats.possibly_billed += f.get("cost", 0.0) + f.get("reserved_cost", 0.0) + f.get("possibly_billed", 0.0)
         stats.outcome = "failed" if "failed" in outcomes else "interrupted" if "interrupted" in outcomes else "running"
 
     def _end(self, stats: RunStats) -> None:

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+
 import dask
 import dask.dataframe as dd
 import pandas as pd
@@ -77,6 +81,16 @@ def test_a_partition_computed_again_keeps_what_its_earlier_execution_held():
     assert p.ask(0, "old", "a", 0.0, 0.0, 0.05)[0] == "out"  # the earlier execution gets no more
 
 
+def test_a_worker_that_left_the_cluster_no_longer_holds_the_others_up():
+    p = Purse(1.0)
+    p.ask(0, "x0", "a", 0.0, 0.0, 0.9, where="tcp://w1")
+    assert p.ask(1, "x1", "b", 0.0, 0.0, 0.2, where="tcp://w2")[0] == "wait"
+    p.worker_gone("tcp://w1")
+    assert p.runs["a"].spent == p.runs["a"].allowance  # all it held counts as spent
+    assert p.ask(1, "x1", "b", 0.0, 0.0, 0.2, where="tcp://w2")[0] == "out"
+    assert p.ask(0, "x0", "a", 0.0, 0.0, 0.1, where="tcp://w1")[0] == "out"
+
+
 def test_a_run_silent_for_long_no_longer_holds_the_others_up():
     now = [0.0]
     p = Purse(1.0, clock=lambda: now[0])
@@ -101,6 +115,7 @@ def test_a_partition_computed_again_replaces_its_figures():
     tally(_msg(0, "a2", True, total=10, sent_done=10, cost=1.0))
     report = pandas_llm.last_run()
     assert (report.stats.total, report.stats.sent_done, report.stats.cost) == (15, 15, 1.5)
+    assert (report.stats.lost_answers, report.stats.possibly_billed) == (3, 0.3)  # what the dead one had paid
     assert report.stats.outcome == "done" and shown.calls.count("start") == 1 and shown.calls[-1] == "close"
     with pytest.raises(pandas_llm.ConfigError, match="details=True"):
         _ = report.details
@@ -152,6 +167,14 @@ def test_one_cap_one_display_and_one_report_for_worker_processes(dask_client):
         assert shown.calls.count("start") == 1 and shown.calls.count("close") == 1 and shown.last is s
 
 
+def test_the_text_bar_is_drawn_on_the_driver_over_every_partition(dask_client, server, opts, capsys):
+    lazy = dd.from_pandas(frame(60), npartitions=3).llm.map("{t}", **{**opts, "progress": "text"})
+    dask_client.compute(lazy).result()
+    err = capsys.readouterr().err
+    last = err.rstrip().rsplit("\r", 1)[-1]
+    assert last.startswith("pandas-llm: 100%") and "60/60" in last  # its last draw: every partition's requests
+
+
 def test_without_max_cost_the_report_sums_the_partitions_and_a_rerun_reads_the_cache(dask_client, server, opts):
     df = frame(120)
     lazy = dd.from_pandas(df, npartitions=5).llm.map("{t}", **opts)
@@ -171,3 +194,23 @@ def test_max_cost_with_an_unknown_price_fails_when_the_verb_is_called(server):
     with pytest.raises(pandas_llm.ConfigError, match="price"):
         ddf.llm.map("{t}", model="my-llama", max_cost=1.0, base_url=server.base_url, api_key="x", cache=False)
     assert server.requests == 0
+
+
+def test_a_worker_killed_mid_compute_neither_breaks_the_cap_nor_counts_its_partition_twice(dask_client):
+    df = frame(400)
+    cap = 0.004
+    with LLMServer(answer=varied, latency=0.05) as srv:
+        kw = dict(base_url=srv.base_url, api_key="x", cache=False, progress=False, max_tokens=80, concurrency=4)
+        future = dask_client.compute(dd.from_pandas(df, npartitions=8).llm.map("{t}", max_cost=cap, **kw))
+        deadline = time.monotonic() + 60
+        while srv.requests < 60:
+            assert time.monotonic() < deadline and not future.done()
+            time.sleep(0.01)
+        victim = sorted(dask_client.scheduler_info()["workers"])[0]
+        with contextlib.suppress(Exception):
+            dask_client.run(os._exit, 1, workers=[victim])  # Dask computes its partitions again elsewhere
+        out = future.result(timeout=120)
+        assert billed(srv) <= cap  # what the dead worker paid counted against the cap
+        s = pandas_llm.last_run().stats
+        assert s.total == 400 and s.sent_done + s.unsent["budget"] == 400  # each partition once
+        assert s.sent_done == out.notna().sum() <= srv.completed
