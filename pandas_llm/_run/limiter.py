@@ -18,7 +18,12 @@ may go at once, ahead of the even pace: slowly at first, more while answers show
 of a minute, never again once the window shows itself quantized).
 
 Limits come from ``rpm=``/``tpm=`` or from the server (the lower wins). Until a first
-answer says what the limits are, at most ``initial_burst`` requests go out. A 429 pauses
+answer says what the limits are, at most ``initial_burst`` requests go out (a first call
+spends that round trip: ~0.1 s, 2-4% of a 5,000-row run at 100 ms latency, concurrency 200).
+Sending more blind does not pay: a whole wave of ``concurrency`` draws ~100 429s from a
+server counting 100 a second, and even 1,000 more a second until the first answer drew
+32-38 (1.1-1.3% of 3,000 rows, 91-94% of the limit); 500 a second kept that clean but
+saves at most ~20 ms at 100 ms latency, under the noise of the measure. A 429 pauses
 every worker for its ``retry-after`` (or a doubling backoff) when it is about the limit
 (:meth:`Limiter.is_limit`: a 429 whose headers show room left, or that says the server
 is overloaded, is retried by the engine for that request alone), then sending resumes on a ramp
