@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import heapq
 import inspect
 import os
@@ -243,3 +244,29 @@ def spy_writes(monkeypatch: Any) -> list[tuple[str, list[Any]]]:
 
     monkeypatch.setattr(Store, "write", write)
     return writes
+
+
+# -- Dask: a LocalCluster of worker processes, and a worker killed mid-compute ----------------
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int, **kwargs: Any) -> Any:
+    """A ``distributed.Client`` on a LocalCluster of ``n_workers`` single-thread worker
+    processes (its dashboard on a free port of 127.0.0.1), closed on exit."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                      worker_dashboard_address=None, **kwargs) as cluster, Client(cluster) as client:  # fmt: skip
+        yield client
+
+
+def kill_a_worker_when(client: Any, future: Any, sent: Callable[[], int], at: int = 60) -> None:
+    """Once ``sent()`` reaches ``at`` (within 60 s, ``future`` not done yet), kill one worker
+    process at once: its nanny starts another and Dask computes its tasks again."""
+    deadline = time.monotonic() + 60
+    while sent() < at:
+        assert time.monotonic() < deadline and not future.done()
+        time.sleep(0.01)
+    victim = sorted(client.scheduler_info()["workers"])[0]
+    with contextlib.suppress(Exception):
+        client.run(os._exit, 1, workers=[victim])

@@ -3,18 +3,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
-
 import dask
 import dask.dataframe as dd
 import pandas as pd
 import pytest
-from distributed import Client, LocalCluster
 
 import pandas_llm
-from helpers import billed, varied
+from helpers import billed, kill_a_worker_when, local_cluster, varied
 from pandas_llm._dask.budget import STALE, Purse
 from pandas_llm._dask.progress import Tally
 from pandas_llm.testing import LLMServer
@@ -22,14 +17,8 @@ from pandas_llm.testing import LLMServer
 
 @pytest.fixture(scope="module")
 def dask_client():
-    cluster = LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                           worker_dashboard_address=None)  # fmt: skip
-    c = Client(cluster)
-    try:
+    with local_cluster(3) as c:
         yield c
-    finally:
-        c.close()
-        cluster.close()
 
 
 def frame(n: int) -> pd.DataFrame:
@@ -202,13 +191,7 @@ def test_a_worker_killed_mid_compute_neither_breaks_the_cap_nor_counts_its_parti
     with LLMServer(answer=varied, latency=0.05) as srv:
         kw = dict(base_url=srv.base_url, api_key="x", cache=False, progress=False, max_tokens=80, concurrency=4)
         future = dask_client.compute(dd.from_pandas(df, npartitions=8).llm.map("{t}", max_cost=cap, **kw))
-        deadline = time.monotonic() + 60
-        while srv.requests < 60:
-            assert time.monotonic() < deadline and not future.done()
-            time.sleep(0.01)
-        victim = sorted(dask_client.scheduler_info()["workers"])[0]
-        with contextlib.suppress(Exception):
-            dask_client.run(os._exit, 1, workers=[victim])  # Dask computes its partitions again elsewhere
+        kill_a_worker_when(dask_client, future, lambda: srv.requests)  # Dask computes its partitions again
         out = future.result(timeout=120)
         assert billed(srv) <= cap  # what the dead worker paid counted against the cap
         s = pandas_llm.last_run().stats

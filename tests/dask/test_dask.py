@@ -6,18 +6,16 @@ the loopback server runs in the test process and the workers reach it on 127.0.0
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import time
 
 import dask.dataframe as dd
 import pandas as pd
 import pytest
-from distributed import Client, LocalCluster
 
 import pandas_llm
+from helpers import kill_a_worker_when, local_cluster
 from pandas_llm.testing import LLMServer
 
 REVIEW = {
@@ -29,14 +27,8 @@ REVIEW = {
 
 @pytest.fixture(scope="module")
 def dask_client():
-    cluster = LocalCluster(n_workers=4, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                           worker_dashboard_address=None)  # fmt: skip
-    c = Client(cluster)  # the default client: ddf.llm finds it to share the account limit
-    try:
+    with local_cluster(4) as c:  # the default client: ddf.llm finds it to share the account limit
         yield c
-    finally:
-        c.close()
-        cluster.close()
 
 
 def frame(n: int) -> pd.DataFrame:
@@ -144,13 +136,7 @@ def test_a_worker_killed_mid_compute_costs_at_most_its_requests_in_flight(dask_c
     df = frame(400)
     lazy = dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", concurrency=4, **opts)
     future = dask_client.compute(lazy)
-    deadline = time.monotonic() + 60
-    while server.requests < 60:
-        assert time.monotonic() < deadline and not future.done()
-        time.sleep(0.01)
-    victim = sorted(dask_client.scheduler_info()["workers"])[0]
-    with contextlib.suppress(Exception):
-        dask_client.run(os._exit, 1, workers=[victim])  # the nanny starts a new one; Dask reruns its tasks
+    kill_a_worker_when(dask_client, future, lambda: server.requests)  # Dask reruns its tasks on another
     out = future.result(timeout=120)
     assert out.tolist() == [f"echo: Say: {t}" for t in df["text"]]
     paid_twice = sum(n - 1 for n in server.prompt_counts.values())

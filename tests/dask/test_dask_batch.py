@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from helpers import kill_when
+from helpers import kill_when, local_cluster
 
 REVIEW = {
     "type": "object",
@@ -153,11 +153,9 @@ def test_a_driver_killed_mid_batch_reruns_without_submitting_again(server, batch
 
 
 def test_worker_processes_read_the_answers_from_the_graph(server, batch_opts):
-    from distributed import Client, LocalCluster
 
     df = frame(60, distinct=20)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                      worker_dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+    with local_cluster(2) as client:
         lazy = dd.from_pandas(df, npartitions=6).llm.map("Say: {text}", mode="batch", **batch_opts)
         held = client.has_what()  # scattered to both workers (the row hashes, the answers), not in the graph
         assert len(held) == 2 and all(len(keys) == 2 for keys in held.values())

@@ -6,8 +6,8 @@ import dask
 import dask.dataframe as dd
 import pandas as pd
 import pytest
-from distributed import Client, LocalCluster
 
+from helpers import local_cluster
 from pandas_llm._dask.events import Channel, send
 
 
@@ -35,19 +35,13 @@ def test_partitions_in_this_process_reach_the_handler(scheduler):
 
 
 def test_worker_processes_reach_the_handler_before_compute_returns():
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                           worker_dashboard_address=None)  # fmt: skip
-    client = Client(cluster)
-    try:
+    with local_cluster(2):
         ddf = dd.from_pandas(pd.DataFrame({"i": range(200)}), npartitions=8)
         for _ in range(3):
             channel, got = _received_all(200)
             ddf.map_partitions(_tell, channel.topic, meta=ddf._meta).compute()
             assert sorted(got) == list(range(200))  # every message, before the result
             channel.close()
-    finally:
-        client.close()
-        cluster.close()
 
 
 def test_no_topic_sends_nothing():

@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import time
 
 import dask.dataframe as dd
 import pandas as pd
 import pytest
-from distributed import Client, LocalCluster
 
+from helpers import kill_a_worker_when, local_cluster
 from pandas_llm._dask import records
 from pandas_llm._store.store import Store
 
@@ -23,14 +22,8 @@ from pandas_llm._store.store import Store
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
     disks = tmp_path_factory.mktemp("hosts")
-    cluster = LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                           worker_dashboard_address=None, env={records.HOST_ENV: str(disks)})  # fmt: skip
-    c = Client(cluster)
-    try:
+    with local_cluster(3, env={records.HOST_ENV: str(disks)}) as c:
         yield c, disks
-    finally:
-        c.close()
-        cluster.close()
 
 
 def frame(n: int) -> pd.DataFrame:
@@ -94,13 +87,7 @@ def test_a_worker_killed_on_another_host_costs_at_most_its_requests_in_flight(ho
     df = frame(400)
     lazy = dd.from_pandas(df, npartitions=8).llm.map("Say: {text}", concurrency=4, cache=path, **opts)
     future = client.compute(lazy)
-    deadline = time.monotonic() + 60
-    while server.requests < 60:
-        assert time.monotonic() < deadline and not future.done()
-        time.sleep(0.01)
-    victim = sorted(client.scheduler_info()["workers"])[0]
-    with contextlib.suppress(Exception):
-        client.run(os._exit, 1, workers=[victim])
+    kill_a_worker_when(client, future, lambda: server.requests)
     out = future.result(timeout=120)
     assert out.tolist() == [f"echo: Say: {t}" for t in df["text"]]
     assert len(ok_keys(path)) == 400
