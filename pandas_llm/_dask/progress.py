@@ -177,8 +177,15 @@ class Tally:
             stats.lost_answers += f.get("sent_done", 0) + f.get("in_flight", 0) + f.get("lost_answers", 0)
             stats.possibly_billed += f.get("cost", 0.0) + f.get("reserved_cost", 0.0) + f.get("possibly_billed", 0.0)
         stats.outcome = "failed" if "failed" in outcomes else "interrupted" if "interrupted" in outcomes else "running"
+        started = len(self.parts)
+        if 0 < started < self.npartitions and not self.closed:
+            # the rows of partitions not started yet are not known: the display's total is the
+            # started ones' rows scaled to every partition (so it does not reach 100% early)
+            stats.total = max(stats.total, round(stats.total * self.npartitions / started))
 
     def _end(self, stats: RunStats) -> None:
+        self.closed = True
+        self._sum(stats)  # the rows' real total, not the display's estimate
         stats.finished = time.monotonic()
         if stats.outcome == "running":
             stats.outcome = "done"

@@ -113,6 +113,26 @@ def test_a_partition_computed_again_replaces_its_figures():
     assert pandas_llm.last_run() is not report and pandas_llm.last_run().stats.cached == 15
 
 
+def test_the_total_counts_the_partitions_not_started_yet_until_they_start():
+    shown = Recorder()
+    tally = Tally(shown, 4, None)
+    tally(_msg(0, "a", False, total=50, sent_done=10))
+    assert tally.stats.total == 200  # 50 rows started of 4 partitions: not 10/50 done, 10/200
+    tally(_msg(0, "a", True, total=50, sent_done=50))
+    tally(_msg(1, "b", True, total=30, sent_done=30))
+    assert tally.stats.total == 160 and not tally.closed  # (50 + 30) / 2 started * 4
+    tally(_msg(2, "c", True, total=50, sent_done=50))
+    tally(_msg(3, "d", True, total=40, sent_done=40))
+    assert pandas_llm.last_run().stats.total == 170 and shown.last.total == 170  # the real total at the end
+
+
+def test_a_compute_that_fails_early_reports_the_rows_it_started():
+    tally = Tally(Recorder(), 4, None)
+    tally(_msg(0, "a", False, total=50, sent_done=10))
+    tally({"p": 1, "x": "b", "final": True, "s": {"outcome": "failed", "total": 50, "sent_done": 3}})
+    assert pandas_llm.last_run().stats.total == 100 and pandas_llm.last_run().stats.outcome == "failed"
+
+
 # -- in this process -----------------------------------------------------------------------
 def test_one_cap_for_the_partitions_of_a_threaded_compute():
     df = frame(200)
