@@ -36,6 +36,7 @@ import pandas as pd
 
 from .._config import Settings, _defaults, current_settings
 from .cluster import open_call, partition_scope
+from .events import current_client
 from .records import Home, home, on_worker
 
 __all__ = ["DaskLLMAccessor", "install"]
@@ -167,16 +168,11 @@ def _account(settings: Settings) -> tuple[str, str]:
 def _cluster_limit(settings: Settings) -> str | None:
     """The account's name for the coordinator on the driver's distributed scheduler (whose
     plugin is installed there once), or None without a distributed client."""
-    if "distributed" not in sys.modules:
-        return None  # no distributed client can exist: partitions share an in-process coordinator
-    from distributed import get_client
-
+    client = current_client()
+    if client is None:
+        return None  # partitions share an in-process coordinator
     from .coordinator import ensure_plugin
 
-    try:
-        client = get_client()
-    except ValueError:
-        return None
     ensure_plugin(client)
     return "\0".join(_account(settings))
 

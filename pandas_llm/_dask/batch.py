@@ -27,8 +27,6 @@ silent request nor a silent NA.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from typing import Any
 
 import pandas as pd
@@ -40,6 +38,7 @@ from .._plan.prompts import compile_template
 from .._run import loop as _runner
 from .._run.run import Run
 from .._verbs import prepare
+from .events import current_client
 
 __all__ = ["batch_answers", "template_data"]
 
@@ -89,13 +88,8 @@ def _shipped(answers: Any) -> Any:
     a worker lost later does not take it along."""
     import dask
 
-    client = None
-    if "distributed" in sys.modules:
-        from distributed import get_client
-
-        with contextlib.suppress(ValueError):  # no client: the threaded or process scheduler
-            client = get_client()
-    if client is None:
+    client = current_client()
+    if client is None:  # the threaded or process scheduler
         return dask.delayed(answers, pure=True)
     return dask.delayed(client.scatter(answers, broadcast=True))
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from distributed import get_worker
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import sync
 
 from .budget import Purse
+from .events import current_worker
 from .limit import Coordinator
 
 __all__ = ["LimitsPlugin", "ensure_plugin", "remote_coordinator", "remote_purse"]
@@ -60,9 +60,8 @@ def ensure_plugin(client: Any) -> None:
 def remote_coordinator(account: str) -> tuple[Callable[..., Any], Callable[[float], None]] | None:
     """``(ask, pause)`` reaching the scheduler's coordinator of ``account`` from this worker
     (blocking calls, for any thread of the worker's process); None outside a worker."""
-    try:
-        worker = get_worker()
-    except ValueError:
+    worker = current_worker()
+    if worker is None:
         return None
     scheduler, loop = worker.scheduler, worker.loop
 
@@ -80,9 +79,8 @@ def remote_purse(call: str, cap: float) -> Callable[..., tuple[str, float, float
     """``ask`` reaching the scheduler's purse of verb call ``call`` (budget.py) from this worker
     (a blocking call, for any thread of the worker's process but its event loop's); None
     outside a worker."""
-    try:
-        worker = get_worker()
-    except ValueError:
+    worker = current_worker()
+    if worker is None:
         return None
     scheduler, loop, where = worker.scheduler, worker.loop, worker.address
 

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Channel", "send"]
+__all__ = ["Channel", "current_client", "current_worker", "send"]
 
 _local: dict[str, Callable[[Any], None]] = {}
 _local_lock = threading.Lock()
@@ -41,7 +41,7 @@ class Channel:
         self._client: Any = None
         with _local_lock:
             _local[self.topic] = handler
-        client = _default_client()
+        client = current_client()
         if client is not None:
             client.subscribe_topic(self.topic, self._received)
             self._client = client
@@ -57,24 +57,24 @@ class Channel:
             client.unsubscribe_topic(self.topic)
 
 
-def _default_client() -> Any:
+def current_client() -> Any:
+    """The ``distributed`` client this process would compute with, or None (no client, or
+    ``distributed`` never imported: then none can exist, and it is not imported here)."""
+    return _current("get_client")
+
+
+def current_worker() -> Any:
+    """The ``distributed`` worker running this task, or None (threads, sync, no cluster)."""
+    return _current("get_worker")
+
+
+def _current(getter: str) -> Any:
     if "distributed" not in sys.modules:
         return None
-    from distributed import get_client
+    import distributed
 
     try:
-        return get_client()
-    except ValueError:
-        return None
-
-
-def _worker() -> Any:
-    if "distributed" not in sys.modules:
-        return None
-    from distributed import get_worker
-
-    try:
-        return get_worker()
+        return getattr(distributed, getter)()
     except ValueError:
         return None
 
@@ -83,7 +83,7 @@ def send(topic: str | None, msg: Any) -> None:
     """Send ``msg`` (msgpack-able: dicts, lists, str, numbers) to the driver's channel ``topic``."""
     if topic is None:
         return
-    worker = _worker()
+    worker = current_worker()
     if worker is not None:
         worker.log_event(topic, msg)
         return

@@ -43,7 +43,7 @@ from typing import Any
 
 from .._errors import ConfigError, StoreError
 from .._store.store import Record, Store, file_id_of, observer
-from .events import Channel, _worker, send
+from .events import Channel, current_client, current_worker, send
 
 __all__ = ["Home", "home", "on_worker", "MAX_BYTES"]
 
@@ -167,9 +167,7 @@ def home(path: str | None) -> Home | None:
     """The driver's sidecar at ``path`` (created if needed, as a run would), with the topic its
     partitions on other hosts send their records to (one per sidecar and client, reused);
     None without a cache file or a distributed client (the partitions run in this process)."""
-    from .events import _default_client
-
-    client = _default_client()
+    client = current_client()
     if path is None or client is None:
         return None
     with Store(path) as store:
@@ -186,9 +184,7 @@ def home(path: str | None) -> Home | None:
 
 def receiver(path: str) -> _Receiver | None:
     """The receiver of the default client for the sidecar at ``path`` (tests, figures)."""
-    from .events import _default_client
-
-    client = _default_client()
+    client = current_client()
     if client is None:
         return None
     file_id = file_id_of(path)
@@ -204,7 +200,7 @@ class _Shipper:
     records to the driver, and at the end the local answers the driver said it lacked."""
 
     def __init__(self, topic: str):
-        worker = _worker()  # found from the partition's thread only: commits come from another
+        worker = current_worker()  # found from the partition's thread only: commits come from another
         self.worker = worker
         self.post = (lambda msg: worker.log_event(topic, msg)) if worker is not None else (lambda msg: send(topic, msg))
         self.thread = threading.get_ident()
