@@ -326,6 +326,21 @@ def test_a_run_of_a_model_without_a_price_ends_saying_the_price_is_unknown(serve
     assert stats.ok == 2 and not stats.cost_known
 
 
+class Answering:
+    """A backend that answers every request at once ("ok", 3 prompt + 2 completion tokens),
+    counting the calls."""
+
+    calls = 0
+
+    async def complete(self, body: bytes) -> Completion:
+        self.calls += 1
+        await asyncio.sleep(0)
+        return Completion("ok", "stop", 3, 2)
+
+    async def aclose(self) -> None:
+        pass
+
+
 async def test_answers_await_a_price_still_being_looked_up_and_the_loop_runs_on():
     # the price table loads on a thread while the first requests fly; an answer arriving
     # before it is ready waits for it without blocking the event loop (other answers,
@@ -345,21 +360,10 @@ async def test_answers_await_a_price_still_being_looked_up_and_the_loop_runs_on(
     safety.start()
     slow = Meter("gpt-4o-mini", pending)
 
-    class Backend:
-        calls = 0
-
-        async def complete(self, body: bytes) -> Completion:
-            Backend.calls += 1
-            await asyncio.sleep(0)
-            return Completion("ok", "stop", 3, 2)
-
-        async def aclose(self) -> None:
-            pass
-
-    stats = RunStats()
+    stats, backend = RunStats(), Answering()
     with Store(None) as store:
         eng = Engine(
-            backend=Backend(), store=store, stats=stats, concurrency=4, cost=slow.cost,
+            backend=backend, store=store, stats=stats, concurrency=4, cost=slow.cost,
             price_pending=slow.pending, clock=vt.clock, sleep=vt.sleep,
             limiter=Limiter(initial_burst=1, clock=vt.clock, sleep=vt.sleep),  # the rest wait for an answer
         )  # fmt: skip
@@ -367,7 +371,7 @@ async def test_answers_await_a_price_still_being_looked_up_and_the_loop_runs_on(
         for _ in range(50):
             await asyncio.sleep(0)  # the loop turns: nothing blocks it on the pending price
         # the first answer's headers (none: no limits) let the others go before its price is known
-        assert Backend.calls == 4 and stats.ok == 0 and not run.done()  # answered, waiting for their price
+        assert backend.calls == 4 and stats.ok == 0 and not run.done()  # answered, waiting for their price
         pending.set_result(Price.per_million(input=1.0, output=2.0))
         await vt.run(run)
     safety.cancel()
@@ -386,18 +390,10 @@ async def test_an_answer_abandoned_while_awaiting_its_price_counts_as_possibly_b
     vt = VirtualTime()
     pending: Future = Future()
 
-    class Backend:
-        async def complete(self, body: bytes) -> Completion:
-            await asyncio.sleep(0)
-            return Completion("ok", "stop", 3, 2)
-
-        async def aclose(self) -> None:
-            pass
-
-    stats = RunStats()
+    stats, backend = RunStats(), Answering()
     with Store(None) as store:
         eng = Engine(
-            backend=Backend(), store=store, stats=stats, concurrency=3, price_pending=lambda: pending,
+            backend=backend, store=store, stats=stats, concurrency=3, price_pending=lambda: pending,
             worst_case=lambda body: 0.5, clock=vt.clock, sleep=vt.sleep,
         )  # fmt: skip
         run = asyncio.ensure_future(eng.run((u, bytes([u]) * 32, b"{}") for u in range(3)))
