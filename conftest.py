@@ -1,4 +1,5 @@
-"""What every test and every doctest shares: a private working directory and no OpenAI environment.
+"""What every test and every doctest shares: a private working directory, a private user cache
+folder (``XDG_CACHE_HOME``) and no OpenAI environment.
 
 pytest collects the package too (``--doctest-modules``, see pyproject.toml), so the ``>>>``
 examples run like the tests: each in its own temporary directory, so the default sidecar
@@ -25,6 +26,7 @@ def _private_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))  # learned limits, Dask's local sidecars
     yield tmp_path
 
 

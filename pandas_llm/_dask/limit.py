@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._run.limits import remembered_limits
+from .._run.learned import remembered_limits
 
 __all__ = ["Coordinator", "SharedLimiter", "local_coordinator"]
 

@@ -41,6 +41,7 @@ import time
 import uuid
 from typing import Any
 
+from .._config import user_cache_dir
 from .._errors import ConfigError, StoreError
 from .._store.store import Record, Store, file_id_of, observer
 from .events import Channel, current_client, current_worker, send
@@ -331,5 +332,4 @@ def _usable(path: str) -> bool:
 
 
 def _fallback(path: str, root: str) -> str:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(_local(cache, root), "pandas-llm", f"dask-{os.path.basename(path)}")
+    return os.path.join(_local(user_cache_dir(), root), "pandas-llm", f"dask-{os.path.basename(path)}")

@@ -18,7 +18,8 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .limits import _BOUNDLESS, OVERLOAD_WORDS, _number, limit_in_message, parse_duration, per_minute, remember
+from .learned import remember
+from .limits import _BOUNDLESS, OVERLOAD_WORDS, _number, limit_in_message, parse_duration, per_minute
 from .window import Credit
 
 __all__ = ["Pace", "LimitLearning"]
@@ -41,7 +42,7 @@ class LimitLearning:
 
     requests: Pace | None
     tokens: Pace | None
-    key: tuple[str, str] | None
+    key: tuple[str, ...] | None
     clock: Callable[[], float]
     headroom: float
     credit: Credit

@@ -17,8 +17,9 @@ limits.py parses; window.py decides when ``x-ratelimit-remaining-requests`` is c
 may go at once, ahead of the even pace: slowly at first, more while answers show a window
 of a minute, never again once the window shows itself quantized).
 
-Limits come from ``rpm=``/``tpm=`` or from the server (the lower wins). Until a first
-answer says what the limits are, at most ``initial_burst`` requests go out (a first call
+Limits come from ``rpm=``/``tpm=`` or from the server (the lower wins). Until an
+answer says what the limits are (in this run, or one before it for the same endpoint, model
+and account: learned.py), at most ``initial_burst`` requests go out (a first call ever
 spends that round trip: ~0.1 s, 2-4% of a 5,000-row run at 100 ms latency, concurrency 200).
 Sending more blind does not pay: a whole wave of ``concurrency`` draws ~100 429s from a
 server counting 100 a second, and even 1,000 more a second until the first answer drew
@@ -56,8 +57,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .learned import account, remembered_limits
 from .learning import LimitLearning, Pace
-from .limits import remembered_limits
 from .token_estimate import TokenEstimate
 from .window import Credit
 
@@ -82,7 +83,7 @@ class Limiter(LimitLearning):
         max_backoff: float = 60.0,
         observe_every: float = 0.01,
         tolerance: float = 0.005,
-        key: tuple[str, str] | None = None,
+        key: tuple[str, ...] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ):
@@ -121,13 +122,15 @@ class Limiter(LimitLearning):
 
     @classmethod
     def for_settings(cls, settings: Any, **options: Any) -> Limiter:
-        """The limiter for a run: the user's ``rpm``/``tpm``, else what this process learned."""
+        """The limiter for a run: the user's ``rpm``/``tpm``, else what was learned for this
+        endpoint, model and account (by this process or an earlier one: learned.py)."""
         params = settings.params
         max_tokens = params.get("max_completion_tokens") or params.get("max_tokens")
         client = settings.client
         if client is not None and not hasattr(client, "base_url"):
             options.setdefault("learn", False)  # a plain function sends no headers
-        key = (settings.endpoint, settings.model)
+        who = account(settings)
+        key = (settings.endpoint, settings.model, who) if who else (settings.endpoint, settings.model)
         lim = cls(settings.rpm, settings.tpm, max_tokens=max_tokens, key=key, **options)
         known = remembered_limits(*key)
         if known is not None:

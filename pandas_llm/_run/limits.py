@@ -7,20 +7,18 @@ what is left, ``-reset-*`` the time until the budget is whole again, written lik
 30 requests of 14,400). A reset longer than a minute cannot belong to a per-minute
 limit, so :func:`per_minute` refuses such a limit. A 429's body often names the limit
 it hit (``... on requests per min (RPM): Limit 500, Used 500, Requested 1``):
-:func:`limit_in_message` reads it. Limits learned from one run are remembered per
-endpoint and model for the next run in this process (never on disk), so it needs no
-first round trip to learn them again.
+:func:`limit_in_message` reads it. What a run learns is kept for the next one by
+learned.py.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import threading
 
 from .._backends.headers import parse_duration
 
-__all__ = ["parse_duration", "per_minute", "limit_in_message", "OVERLOAD_WORDS", "remembered_limits", "remember"]
+__all__ = ["parse_duration", "per_minute", "limit_in_message", "OVERLOAD_WORDS"]
 
 
 def per_minute(reset: str | None) -> bool:
@@ -91,20 +89,3 @@ def _number(text: str | None) -> float | None:
 #: Per-minute limits no client process can reach (``python -m pandas_llm.testing`` without
 #: limits reports 10M RPM / 10G TPM): pacing against them would only cost CPU.
 _BOUNDLESS = {"requests": 3e6, "tokens": 3e9}
-
-_registry: dict[tuple[str, str], list[float | None]] = {}
-_registry_lock = threading.Lock()
-
-
-def remember(key: tuple[str, str], rpm: float | None, tpm: float | None) -> None:
-    """Note what was learned for ``key`` = (endpoint, model); None: no limit to keep to."""
-    with _registry_lock:
-        _registry[key] = [rpm, tpm]
-
-
-def remembered_limits(endpoint: str, model: str) -> tuple[float | None, float | None] | None:
-    """The ``(rpm, tpm)`` this process last learned for ``endpoint`` and ``model`` (None in
-    a figure: no limit to keep to), or None if nothing was learned yet."""
-    with _registry_lock:
-        known = _registry.get((endpoint, model))
-    return None if known is None else (known[0], known[1])

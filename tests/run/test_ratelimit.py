@@ -8,8 +8,9 @@ import pytest
 
 from helpers import VirtualTime
 from pandas_llm._config import Settings
+from pandas_llm._run.learned import remembered_limits
 from pandas_llm._run.limiter import Limiter
-from pandas_llm._run.limits import parse_duration, remembered_limits
+from pandas_llm._run.limits import parse_duration
 
 
 def headers(rpm=None, tpm=None, rem_r=None, rem_t=None, reset_r="1s", reset_t="1s"):

@@ -1,0 +1,153 @@
+"""The rate limits learned from a server, kept for the next run: in this process, and on disk.
+
+A first call that knows nothing waits for the first answer's ``x-ratelimit-*`` headers
+before sending more than a few requests (limiter.py: one round trip, ~4% of a 5,000-row
+run at 100 ms latency and concurrency 200). What a run learns is kept per endpoint,
+model and account, so the next run needs no such round trip:
+
+- in this process (a notebook's second call);
+- in ``limits.json`` in the user's cache folder (``$XDG_CACHE_HOME/pandas-llm``, by
+  default ``~/.cache/pandas-llm``), so a restarted kernel or a new script starts at the
+  pace the server allowed last time. Entries older than :data:`FILE_TTL` are not used
+  (an account's limits change when its tier does), and the first answer's headers
+  correct any figure that changed since. The account is a hash of the API key (the
+  first 16 hex digits of its SHA-256), never the key.
+
+The file is a speed-up only: when it cannot be read or written, runs learn from the
+headers as before (a debug log line says why). A user's ``rpm=``/``tpm=`` is a ceiling
+that what is remembered never raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from typing import Any
+
+from .._config import user_cache_dir
+
+__all__ = ["account", "remember", "remembered_limits", "limits_file", "FILE_TTL"]
+
+log = logging.getLogger("pandas_llm")
+
+#: Seconds a figure in the file is used for: a week.
+FILE_TTL = 7 * 86400.0
+
+Key = tuple[str, ...]  # (endpoint, model) or (endpoint, model, account)
+
+_registry: dict[Key, list[float | None]] = {}
+_registry_lock = threading.Lock()
+_disk: dict[str, Any] | None = None  # the file's entries, read at the first miss of this process
+_disk_path: str | None = None  # the file they were read from
+
+
+def account(settings: Any) -> str:
+    """Which account a run's requests count against: a hash of its API key ('' when none).
+    The key is the user's ``client``'s, else ``api_key=``, else ``OPENAI_API_KEY``."""
+    client = settings.client
+    if client is not None:
+        key = getattr(client, "api_key", None)
+    else:
+        key = settings.api_key or os.environ.get("OPENAI_API_KEY")
+    if not isinstance(key, str) or not key:
+        return ""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def limits_file() -> str:
+    """Where the learned limits are kept between processes."""
+    return os.path.join(user_cache_dir(), "pandas-llm", "limits.json")
+
+
+def remember(key: Key, rpm: float | None, tpm: float | None) -> None:
+    """Note what was learned for ``key`` = (endpoint, model[, account]); None in a figure:
+    no limit to keep to. A figure that changed is also written to :func:`limits_file`, on
+    a thread of its own (the event loop never waits for the disk)."""
+    value = [rpm, tpm]
+    with _registry_lock:
+        if _registry.get(key) == value:
+            return
+        _registry[key] = value
+        entry = _load().get(_name(key))
+        if isinstance(entry, dict) and [entry.get("rpm"), entry.get("tpm")] == value and _fresh(entry, FILE_TTL / 7):
+            return  # the file says so already, written less than a day ago
+    threading.Thread(target=_write, args=(key, value), name="pandas-llm-limits", daemon=True).start()
+
+
+def remembered_limits(endpoint: str, model: str, account: str = "") -> tuple[float | None, float | None] | None:
+    """The ``(rpm, tpm)`` last learned for ``endpoint``, ``model`` and ``account`` (None in
+    a figure: no limit to keep to): by this process, else by an earlier one less than
+    :data:`FILE_TTL` seconds ago; None if nothing is known."""
+    key = (endpoint, model, account) if account else (endpoint, model)
+    with _registry_lock:
+        known = _registry.get(key)
+        if known is None:
+            entry = _load().get(_name(key))
+            if isinstance(entry, dict) and _fresh(entry, FILE_TTL):
+                known = _registry[key] = [_figure(entry.get("rpm")), _figure(entry.get("tpm"))]
+    return None if known is None else (known[0], known[1])
+
+
+def _name(key: Key) -> str:
+    return " ".join(key)
+
+
+def _fresh(entry: dict[str, Any], ttl: float) -> bool:
+    at = entry.get("at")
+    return isinstance(at, int | float) and 0 <= time.time() - at < ttl
+
+
+def _figure(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def _load() -> dict[str, Any]:
+    """The file's entries, read once per process and file (called under the lock)."""
+    global _disk, _disk_path
+    path = limits_file()
+    if _disk is None or _disk_path != path:
+        _disk, _disk_path = _read(path), path
+    return _disk
+
+
+def _read(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.debug("pandas-llm: learned limits not read from %s (%s)", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write(key: Key, value: list[float | None]) -> None:
+    """Merge one entry into the file (read, update, replace atomically). Two processes
+    writing at once may lose one's entry: the next run learns it again from the headers."""
+    path = limits_file()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = _read(path)
+        now = time.time()
+        data = {k: v for k, v in data.items() if isinstance(v, dict) and _fresh(v, FILE_TTL)}
+        data[_name(key)] = {"rpm": value[0], "tpm": value[1], "at": now}
+        fd, tmp = tempfile.mkstemp(prefix=".limits-", suffix=".json", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=0)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        log.debug("pandas-llm: learned limits not written to %s (%s)", path, exc)
+        return
+    global _disk, _disk_path
+    with _registry_lock:
+        _disk, _disk_path = data, path
