@@ -137,6 +137,7 @@ CLIENTS = {
     "pandas-llm": pandas_llm_client,
     "pandas-llm+rpm": pandas_llm_client,
     "pandas-llm+warm": pandas_llm_client,
+    "pandas-llm+restart": pandas_llm_client,
     "naive": naive_client,
     "floor": floor_client,
 }

@@ -12,8 +12,10 @@ server's own counters and CPU come from ``GET /_testing/stats``.
 Scenarios (``-s``): ``zero`` (latency 0, concurrency 50, 5,000 rows), ``latency`` (100 ms,
 concurrency 200, 5,000 rows), ``ratelimit`` (6,000 RPM in a 1 s window, 50 ms, 3,000 rows,
 concurrency 200), ``memory`` (1M rows, latency 0), ``resume`` (1M rows all in the cache).
-Clients: ``pandas-llm`` (a first call in a fresh process: limits learned from headers, one
-round trip spent learning them), ``pandas-llm+warm`` (a second call: limits already known),
+Clients: ``pandas-llm`` (a first call in a fresh process that never saw this server: limits
+learned from headers, one round trip spent learning them), ``pandas-llm+restart`` (a first
+call in a fresh process after an earlier process learned the limits: a restarted kernel),
+``pandas-llm+warm`` (a second call in the process: limits known, loop thread running),
 ``pandas-llm+rpm`` (told ``rpm=``),
 ``naive`` (``AsyncOpenAI`` + semaphore + ``asyncio.gather``, default ``max_retries``),
 ``floor`` (a bare aiohttp loop: no templates, no cache, no retries).
@@ -62,7 +64,7 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
             2_000 if quick else 5_000,
             200,
             latency_ms=100,
-            clients=("pandas-llm", "pandas-llm+warm", "naive", "floor"),
+            clients=("pandas-llm", "pandas-llm+restart", "pandas-llm+warm", "naive", "floor"),
         ),
         "ratelimit": Scenario(
             "ratelimit",
@@ -71,7 +73,7 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
             latency_ms=50,
             rpm=6000,
             window=1.0,
-            clients=("pandas-llm", "pandas-llm+warm", "pandas-llm+rpm", "naive"),
+            clients=("pandas-llm", "pandas-llm+restart", "pandas-llm+warm", "pandas-llm+rpm", "naive"),
         ),
         "memory": Scenario("memory", 100_000 if quick else k, 50, clients=("pandas-llm",)),
         "resume": Scenario("resume", 100_000 if quick else k, 50, clients=("pandas-llm",), prefill=True),
@@ -113,6 +115,20 @@ class ServerProcess:
 
 
 def run_client(name: str, sc: Scenario, base_url: str, cache: str | None) -> dict:
+    """Run one client in a fresh process pinned to CPU 1; pandas-llm's user cache folder
+    (learned limits) is a new empty one, shared with an earlier process for ``+restart``."""
+    with tempfile.TemporaryDirectory() as home:
+        env = dict(os.environ, XDG_CACHE_HOME=home)
+        if name.endswith("+restart"):
+            learn = (
+                "import pandas as pd, pandas_llm; pd.DataFrame({'text': ['warm-up']}).llm.map("
+                f"'{{text}}', model={MODEL!r}, base_url={base_url!r}, api_key='x', cache=False, progress=False)"
+            )
+            subprocess.run([sys.executable, "-c", learn], env=env, check=True)
+        return _run_client(name, sc, base_url, cache, env)
+
+
+def _run_client(name: str, sc: Scenario, base_url: str, cache: str | None, env: dict) -> dict:
     cmd = [
         sys.executable, os.path.abspath(__file__), "--client", name, "--base-url", base_url,
         "--rows", str(sc.rows), "--concurrency", str(sc.concurrency),
@@ -121,7 +137,7 @@ def run_client(name: str, sc: Scenario, base_url: str, cache: str | None) -> dic
         cmd += ["--rpm", str(sc.rpm)]
     if cache:
         cmd += ["--cache", cache]
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=_pin(1))
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=_pin(1), env=env)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode or not lines:
         raise RuntimeError(f"client {name} failed (exit {out.returncode}): {out.stdout[-2000:]}")
@@ -165,7 +181,7 @@ def run_scenario(sc: Scenario, clients: list[str] | None, server_path: str | Non
 
 def _line(r: dict) -> str:
     parts = [
-        f"{r['scenario']:<9} {r['client']:<15}",
+        f"{r['scenario']:<9} {r['client']:<18}",
         f"rows {r['ok']:>7}/{r['rows']:<7}",
         f"{r['rows_per_s']:>8.0f} rows/s",
         f"cpu {r['cpu_ms_per_row']:.3f} ms/row",
