@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._config import Settings, current_settings
-from .._run.run import budget_factory
+from .._run.run import budget_factory, unanswered_sink
 from .budget import ClusterBudget, local_purse
 from .events import Channel
 from .progress import PartitionReporter, Tally
@@ -63,11 +63,13 @@ def partition_scope(call: Call | None, partition_info: dict[str, Any] | None, se
             ask = remote_purse(call.id, call.max_cost)  # None: computed without a distributed worker
         ask = ask if ask is not None else local_purse(call.id, call.max_cost)
         token = budget_factory.set(functools.partial(ClusterBudget, ask=functools.partial(ask, part, execution)))
+    quiet = unanswered_sink.set(reporter.add_unanswered)  # the driver warns for the compute
     failed = True
     try:
         yield dataclasses.replace(settings, progress=reporter)
         failed = False
     finally:
+        unanswered_sink.reset(quiet)
         if token is not None:
             budget_factory.reset(token)
         reporter.finish(failed)

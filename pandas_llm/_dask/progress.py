@@ -24,12 +24,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from .._display.progress import make_observer
 from .._errors import ConfigError
+from .._pricing import money
+from .._run.run import RunWarning, unanswered_message
 from .._stats import RunReport, RunStats, record_run
 from .events import send
 
@@ -67,12 +70,19 @@ class PartitionReporter:
         self.topic, self.part, self.execution = topic, part, execution
         self.clock = clock
         self.stats: RunStats | None = None
+        self.unanswered: Counter[str] = Counter()  # rows without an answer, by status (the driver warns)
         self._last = -math.inf
 
     def _send(self, final: bool, outcome: str | None = None) -> None:
         self._last = self.clock()
-        msg = {"p": self.part, "x": self.execution, "final": final, "s": figures(self.stats, outcome)}
-        send(self.topic, msg)
+        figs = figures(self.stats, outcome)
+        if final and self.unanswered:
+            figs["unanswered"] = dict(self.unanswered)
+        send(self.topic, {"p": self.part, "x": self.execution, "final": final, "s": figs})
+
+    def add_unanswered(self, bad: dict[str, int]) -> None:
+        """A run's rows left without an answer (``run.unanswered_sink``): sent with the final figures."""
+        self.unanswered.update(bad)
 
     def start(self, stats: RunStats) -> None:
         self.stats = stats
@@ -197,6 +207,25 @@ class Tally:
         self.closed = True
         assert self.report is not None
         record_run(self.report)  # again: partitions run in this process (threads) record their own runs
+        self._warn(stats)
+
+    def _warn(self, stats: RunStats) -> None:
+        """One RunWarning for the compute's rows without an answer, here on the driver (the
+        partitions' own would stay in the workers' logs)."""
+        bad: Counter[str] = Counter()
+        for _, f, _ in self.parts.values():
+            bad.update(f.get("unanswered", {}))
+        if not bad:
+            return
+        budget = ""
+        if self.max_cost is not None:
+            budget = (f". max_cost={money(self.max_cost)} stopped the compute after {money(stats.cost)}"
+                      " (raise max_cost, or set max_tokens for a tighter worst case per request)")  # fmt: skip
+        deadline = f". deadline stopped the sending: {stats.stop_note.rstrip('.')}" if stats.stop_note else ""
+        see = "pass details=True to the verb for each row's status and error (last_run() sums the partitions)"
+        text = unanswered_message(dict(bad), stats.total, budget_note=budget, deadline_note=deadline, see=see,
+                                  again="Computing it again")  # fmt: skip
+        warnings.warn(text, RunWarning, stacklevel=2)
 
 
 def reporter_settings(settings: Any, reporter: PartitionReporter) -> Any:

@@ -12,7 +12,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from .._backends import make_backend
 from .._config import Settings
 from .._display.progress import make_observer
 from .._errors import find_stack_level
-from .._plan.outcomes import STATUS_MEANING, Unsent
+from .._plan.outcomes import STATUS_MEANING, RowStatus, Unsent
 from .._plan.planner import Plan, make_plan
 from .._pricing import money
 from .._stats import RunReport, RunStats, record_run
@@ -33,7 +33,7 @@ from .claimed import Claimed
 from .engine import Engine, RetryPolicy
 from .limiter import Limiter
 
-__all__ = ["Run", "RunWarning", "answers"]
+__all__ = ["Run", "RunWarning", "answers", "unanswered_message", "unanswered_sink"]
 
 
 class RunWarning(UserWarning):
@@ -46,6 +46,12 @@ limiter_wrapper: ContextVar[Callable[[Limiter], Any] | None] = ContextVar("panda
 #: Set by a Dask partition: builds each run's Budget (``cap, meter, stats=``) so the partitions of one
 #: compute share one max_cost (_dask/budget.py). Read when the Run is built, in the caller's thread.
 budget_factory: ContextVar[Callable[..., Budget] | None] = ContextVar("pandas_llm_budget_factory", default=None)
+#: Set by a Dask partition (_dask/cluster.py): takes the counts of the rows left without an answer
+#: (status -> rows) instead of a RunWarning on the worker, whose log the user does not see; the
+#: driver warns once for the whole compute (_dask/progress.py).
+unanswered_sink: ContextVar[Callable[[dict[str, int]], None] | None] = ContextVar(
+    "pandas_llm_unanswered_sink", default=None
+)
 
 
 class Run:
@@ -304,26 +310,40 @@ def answers(plan: Plan, name: Any, details: bool) -> pd.Series | pd.DataFrame:
 def warn_failures(
     plan: Plan, total: int, *, budget_note: str = "", resend: str = "retries", deadline_note: str = ""
 ) -> None:
-    """One RunWarning counting the rows without an answer by kind, pointing at the caller's line."""
+    """One RunWarning counting the rows without an answer by kind, pointing at the caller's line
+    (in a Dask partition the counts go to the driver instead: ``unanswered_sink``)."""
     counts = plan.outcomes.row_status_counts(plan.codes)
     bad = {k: v for k, v in counts.items() if k not in ("ok", "skipped")}
     if not bad:
         return
-    kinds = ", ".join(f"{n} {k} ({STATUS_MEANING.get(k, k)})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1]))
+    sink = unanswered_sink.get()
+    if sink is not None:
+        sink(bad)
+        return
+    warnings.warn(
+        unanswered_message(bad, total, budget_note=budget_note, deadline_note=deadline_note, resend=resend),
+        RunWarning,
+        stacklevel=find_stack_level(),
+    )
+
+
+def unanswered_message(
+    bad: dict[str, int], total: int, *, budget_note: str = "", deadline_note: str = "", resend: str = "retries",
+    see: str = "see pandas_llm.last_run().failures (or pass details=True)", again: str = "Running the same call again",
+) -> str:  # fmt: skip
+    """The RunWarning's text for ``bad`` (status -> rows without an answer) of ``total`` rows."""
+    kinds = ", ".join(
+        f"{n} {k} ({STATUS_MEANING.get(cast(RowStatus, k), k)})" for k, n in sorted(bad.items(), key=lambda kv: -kv[1])
+    )
     if "budget" in bad:
         kinds += budget_note
     if "deadline" in bad:
         kinds += deadline_note
-    again = f"Running the same call again {resend} only these rows; answered rows come from the cache."
+    rerun = f"{again} {resend} only these rows; answered rows come from the cache."
     if "too_long" in bad:  # a rerun cannot fix these
-        again = ("Rows too_long need a shorter input or a model with a larger context window; "
-                 + (f"running the same call again {resend} only the others." if len(bad) > 1 else "a rerun will not fix them."))  # fmt: skip
-    warnings.warn(
-        f"{sum(bad.values())} of {total} rows have no answer: {kinds}. Their values are NA; "
-        f"see pandas_llm.last_run().failures (or pass details=True). {again}",
-        RunWarning,
-        stacklevel=find_stack_level(),
-    )
+        rerun = ("Rows too_long need a shorter input or a model with a larger context window; "
+                 + (f"{again.lower()} {resend} only the others." if len(bad) > 1 else "a rerun will not fix them."))  # fmt: skip
+    return f"{sum(bad.values())} of {total} rows have no answer: {kinds}. Their values are NA; {see}. {rerun}"
 
 
 async def _tick(observer: Any, stats: RunStats, every: float = 0.25) -> None:

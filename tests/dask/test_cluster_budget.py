@@ -12,6 +12,7 @@ import pandas_llm
 from helpers import billed, kill_a_worker_when, local_cluster, varied
 from pandas_llm._dask.budget import STALE, Purse
 from pandas_llm._dask.progress import Tally
+from pandas_llm._pricing import money
 from pandas_llm.testing import LLMServer
 
 
@@ -140,8 +141,9 @@ def test_one_cap_for_the_partitions_of_a_threaded_compute():
     with LLMServer(answer=varied) as srv:
         kw = dict(base_url=srv.base_url, api_key="x", cache=False, progress=False, max_tokens=80)
         lazy = dd.from_pandas(df, npartitions=4).llm.map("{t}", max_cost=cap, **kw)
-        with dask.config.set(scheduler="threads"), pytest.warns(pandas_llm.RunWarning, match="max_cost"):
+        with dask.config.set(scheduler="threads"), pytest.warns(pandas_llm.RunWarning, match="max_cost") as caught:
             out = lazy.compute()
+        assert len(caught) == 1  # one for the compute, not one per partition
         assert billed(srv) <= cap
         report = pandas_llm.last_run()
         assert report.stats.cost == pytest.approx(billed(srv), rel=1e-9)
@@ -163,11 +165,17 @@ def test_one_cap_one_display_and_one_report_for_worker_processes(dask_client):
     with LLMServer(answer=varied) as srv:
         kw = dict(base_url=srv.base_url, api_key="x", cache=False, max_tokens=80)
         lazy = dd.from_pandas(df, npartitions=6).llm.map("{t}", max_cost=cap, progress=shown, **kw)
-        out = dask_client.compute(lazy).result()
+        with pytest.warns(pandas_llm.RunWarning) as caught:
+            out = dask_client.compute(lazy).result()
         spent = billed(srv)
         assert spent <= cap
         s = pandas_llm.last_run().stats
         assert s.budget_reached and s.outcome == "done"
+        # one warning, on the driver (the partitions' own would stay in the workers' logs)
+        [w] = [str(w.message) for w in caught]
+        assert w.startswith(f"{s.unsent['budget']} of 300 rows have no answer: {s.unsent['budget']} budget")
+        assert f"max_cost={money(cap)} stopped the compute after {money(s.cost)}" in w
+        assert "pass details=True" in w and "Computing it again" in w
         assert (s.total, s.sent_done + s.unsent["budget"]) == (300, 300)
         assert (s.attempts, s.sent_done) == (srv.requests, srv.completed)
         assert (s.prompt_tokens, s.completion_tokens) == (srv.prompt_tokens, srv.completion_tokens)
