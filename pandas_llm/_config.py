@@ -296,6 +296,12 @@ class Settings:
     __str__ = __repr__
 
     @property
+    def effective_api_key(self) -> str | None:
+        """The API key the library's own connections send: ``api_key``, else the
+        ``OPENAI_API_KEY`` environment variable (None: neither is set)."""
+        return self.api_key or os.environ.get("OPENAI_API_KEY")
+
+    @property
     def cache_path(self) -> str | None:
         """The sidecar file, or None when caching is off (an in-memory store is used)."""
         if self.cache is False or self.cache is None:

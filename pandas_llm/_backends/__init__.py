@@ -33,7 +33,7 @@ def make_backend(settings: Any, kind: Any = None) -> Backend:
     from .._errors import remember_secret
 
     client = settings.client
-    remember_secret(settings.api_key or os.environ.get("OPENAI_API_KEY"))
+    remember_secret(settings.effective_api_key)
     remember_secret(getattr(client, "api_key", None))  # a user's openai client
     route = {} if kind is None else {"path": kind.path, "read": kind.read}
     if client is None:

@@ -7,7 +7,6 @@ object models, no second retry layer (the scheduler owns retries).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import aiohttp
@@ -30,7 +29,7 @@ class HTTPBackend:
         self.endpoint = settings.endpoint
         self.model = settings.model
         self._read = read
-        api_key = settings.api_key or os.environ.get("OPENAI_API_KEY")
+        api_key = settings.effective_api_key
         if not api_key and _OPENAI_HOST in self.endpoint:
             raise ConfigError(
                 "no API key: pass api_key='sk-...' or set OPENAI_API_KEY "

@@ -190,7 +190,6 @@ class WireBackend:
     """POST /chat/completions over plain HTTP/1.1 keep-alive connections."""
 
     def __init__(self, settings: Any, *, path: str = "/chat/completions", read: Any = read_answer):
-        import os
 
         self.endpoint = settings.endpoint
         self.model = settings.model
@@ -199,7 +198,7 @@ class WireBackend:
         if url.scheme != "http" or not url.hostname:
             raise ConfigError(f"the plain-HTTP backend needs an http:// base_url, got {self.endpoint!r}")
         self._host, self._port = url.hostname, url.port or 80
-        api_key = settings.api_key or os.environ.get("OPENAI_API_KEY")
+        api_key = settings.effective_api_key
         head = (
             f"POST {url.path}{'?' + url.query if url.query else ''} HTTP/1.1\r\n"
             f"Host: {url.netloc}\r\nUser-Agent: pandas-llm\r\nAccept: application/json\r\n"

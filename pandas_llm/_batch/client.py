@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -121,7 +120,7 @@ class BatchAPI:
                 "mode='batch' needs the OpenAI Batch API: use base_url=/api_key= or client=openai.OpenAI(...) / "
                 "openai.AsyncOpenAI(...), not a plain function client or a Backend object (pandas_llm.testing.MockBackend)"
             )
-        api_key = settings.api_key or os.environ.get("OPENAI_API_KEY")
+        api_key = settings.effective_api_key
         if client is None and not api_key and _OPENAI_HOST in self.endpoint:
             raise ConfigError(
                 "no API key: pass api_key='sk-...' or set OPENAI_API_KEY "

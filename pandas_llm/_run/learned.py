@@ -53,7 +53,7 @@ def account(settings: Any) -> str:
     if client is not None:
         key = getattr(client, "api_key", None)
     else:
-        key = settings.api_key or os.environ.get("OPENAI_API_KEY")
+        key = settings.effective_api_key
     if not isinstance(key, str) or not key:
         return ""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
