@@ -289,6 +289,10 @@ class Store:
         row = self.conn.execute("SELECT value FROM meta WHERE name = 'file_id'").fetchone()
         return None if row is None else row[0]
 
+    def is_empty(self) -> bool:
+        """True when the results table has no row at all (one index step, whatever its size)."""
+        return self.conn.execute("SELECT 1 FROM results LIMIT 1").fetchone() is None
+
     def count(self, status: str | None = None) -> int:
         """Rows in the results table (with ``status``, if given)."""
         if status is None:
