@@ -33,25 +33,39 @@ if TYPE_CHECKING:
 __all__ = ["Meter"]
 
 
-def _look_up(model: str, prices: Any) -> Future:
-    """``resolve_price(model, prices)`` on a thread of its own."""
-    future: Future = Future()
+class _LookUp:
+    """``resolve_price(model, prices)`` on a thread of its own, from ``start()`` on (once)."""
 
-    def work() -> None:
+    def __init__(self, model: str, prices: Any):
+        self.future: Future = Future()
+        self._args = (model, prices)
+        self._lock = threading.Lock()
+        self.started = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self.started:
+                return
+            self.started = True
+        threading.Thread(target=self._work, name="pandas-llm-prices", daemon=True).start()
+
+    def _work(self) -> None:
         try:
-            future.set_result(resolve_price(model, prices))
+            self.future.set_result(resolve_price(*self._args))
         except BaseException as exc:  # handed to whoever reads the price
-            future.set_exception(exc)
-
-    threading.Thread(target=work, name="pandas-llm-prices", daemon=True).start()
-    return future
+            self.future.set_exception(exc)
 
 
 class Meter:
     """Prices one run's requests. ``price`` None means "price unknown": costs are None."""
 
-    def __init__(self, model: str, price: Price | None | Future, *, max_output: int | None = None, batch: bool = False):
+    def __init__(
+        self, model: str, price: Price | None | Future | _LookUp, *, max_output: int | None = None, batch: bool = False
+    ):
         self.model = model
+        self._lookup = price if isinstance(price, _LookUp) else None
+        if isinstance(price, _LookUp):
+            price = price.future
         self._price: Price | None = None if isinstance(price, Future) else price
         self._pending: Future | None = price if isinstance(price, Future) else None
         self.max_output = max_output
@@ -62,29 +76,45 @@ class Meter:
     def price(self) -> Price | None:
         """The price per token (None: unknown); waits for a look-up still under way."""
         if self._pending is not None:
+            self.look_up_now()
             self._price, self._pending = self._pending.result(), None
         return self._price
 
     def pending(self) -> Future | None:
         """The look-up of the price while it is under way (a ``concurrent.futures.Future``), else None:
-        an event loop awaits it (``asyncio.wrap_future``) rather than block on :attr:`price`."""
+        an event loop awaits it (``asyncio.wrap_future``) rather than block on :attr:`price`.
+        A deferred look-up not started yet starts now."""
         pending = self._pending
-        return pending if pending is not None and not pending.done() else None
+        if pending is None or pending.done():
+            return None
+        self.look_up_now()
+        return pending
+
+    def look_up_now(self) -> None:
+        """Start a deferred look-up of the price (``for_settings(defer=True)``); no-op otherwise."""
+        lookup = self._lookup
+        if lookup is not None and not lookup.started:
+            lookup.start()
 
     def price_unknown(self) -> bool:
         """True once the price is known to be unknown (False while it is being looked up)."""
         return self._pending is None and self._price is None
 
     @classmethod
-    def for_settings(cls, settings: Any, *, batch: bool = False) -> Meter:
+    def for_settings(cls, settings: Any, *, batch: bool = False, defer: bool = False) -> Meter:
         """The meter for a run (``batch``: a Batch API job's, worst cases at batch rates);
-        raises ConfigError if ``max_cost`` is set but cannot be enforced."""
+        raises ConfigError if ``max_cost`` is set but cannot be enforced. ``defer``: a price
+        looked up on a thread starts at :meth:`look_up_now` (or when it is first needed)."""
         if settings.max_cost is None and not isinstance(settings.prices, Price):
             # The price table takes ~0.1-0.3 s to import the first time: a run without max_cost
             # needs the price only when the first answer arrives, so it is looked up meanwhile,
             # and an answer that comes first awaits it (the engine: ``pending``), never
-            # blocking the event loop of the requests in flight.
-            return cls(settings.model, _look_up(settings.model, settings.prices), batch=batch)
+            # blocking the event loop of the requests in flight. A run defers the start until
+            # its first requests are out: the import holds the GIL, and would slow them.
+            lookup = _LookUp(settings.model, settings.prices)
+            if not defer:
+                lookup.start()
+            return cls(settings.model, lookup, batch=batch)
         price = resolve_price(settings.model, settings.prices)
         meter = cls(settings.model, price, batch=batch)
         if settings.max_cost is None:

@@ -1,6 +1,7 @@
 """The observer seam: what a run calls on its displays, and the displays every run has.
 
-The run calls ``start(stats)`` before the first request, ``update(stats)`` after each
+The run calls ``start(stats)`` once its first requests are out (drawing the first bar costs
+CPU they should not wait for; before any update in any case), ``update(stats)`` after each
 commit batch and from a 0.25 s ticker, and ``close(stats)`` once it has ended (done,
 interrupted, failed). ``ThrottledObserver`` draws a Snapshot at most once per
 ``min_interval`` (0.1 s by default, so at most ~10 draws a second however many answers

@@ -92,8 +92,10 @@ class Run:
             self.plan = plan
             if packing is not None:
                 packing.prepare(plan, self.store)  # packed answers from the cache; narrows plan.todo
-            meter = Meter.for_settings if kind is None else kind.meter
-            self.meter = meter(settings) if len(plan.todo) or settings.max_cost else None
+            if len(plan.todo) or settings.max_cost:  # a run's price look-up starts once its first requests are out
+                self.meter = Meter.for_settings(settings, defer=True) if kind is None else kind.meter(settings)
+            else:
+                self.meter = None
             self.backend = make_backend(settings, kind) if len(plan.todo) else None
         except BaseException:
             inflight.close_run(self._token)
@@ -132,9 +134,8 @@ class Run:
     async def execute(self, *, on_update: Callable[[RunStats], None] | None = None) -> None:
         stats = self.stats
         stats.started = time.monotonic()
-        observer = make_observer(self.settings.progress)
-        observer.start(stats)
-        updates = [observer.update] + ([on_update] if on_update else [])
+        display = _Display(make_observer(self.settings.progress), stats)
+        updates = [display.update] + ([on_update] if on_update else [])
         record_run(RunReport(stats, self.plan, self.packing and self.packing.report))
         try:
             if self.backend is not None:
@@ -152,11 +153,13 @@ class Run:
                     else:
                         await self.packing.send(self.plan, engine)
 
-                ticker = asyncio.ensure_future(_tick(observer, stats))
+                ticker = asyncio.ensure_future(self._tick(display))
                 try:
                     await self._until_stopped(asyncio.ensure_future(send()))
                 finally:
                     ticker.cancel()
+            else:
+                display.start()
             stats.outcome = "done"
         except asyncio.CancelledError:
             stats.outcome = "interrupted"
@@ -174,9 +177,21 @@ class Run:
                 await self.backend.aclose()
             if self.budget is not None:
                 self.budget.close()
-            observer.close(stats)
+            display.close(stats)
             inflight.close_run(self._token)
             self.store.close()
+
+    async def _tick(self, display: _Display, every: float = 0.25) -> None:
+        """Once the first requests are out: start the price look-up and the display (both
+        cost CPU, and the GIL, that the first requests should not wait for); then keep the
+        display moving (ETA, in-flight, pauses) when no answer arrives for a while."""
+        await _first_requests_out(self.stats)
+        if self.meter is not None:
+            self.meter.look_up_now()
+        display.start()
+        while True:
+            await asyncio.sleep(every)
+            display.update(self.stats)
 
     async def _until_stopped(self, task: asyncio.Future) -> None:
         """Await ``task``; the first cancel stops sending and lets the requests in flight
@@ -346,8 +361,38 @@ def unanswered_message(
     return f"{sum(bad.values())} of {total} rows have no answer: {kinds}. Their values are NA; {see}. {rerun}"
 
 
-async def _tick(observer: Any, stats: RunStats, every: float = 0.25) -> None:
-    """Keep the display moving (ETA, in-flight, pauses) when no answer arrives for a while."""
+class _Display:
+    """A run's observers, started once its first requests are out (``start``), or at the
+    first update or the close if those come first: every observer sees the whole run."""
+
+    def __init__(self, observer: Any, stats: RunStats):
+        self.observer = observer
+        self.stats = stats
+        self.started = False
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.observer.start(self.stats)
+
+    def update(self, stats: RunStats) -> None:
+        if not self.started:
+            self.start()
+        self.observer.update(stats)
+
+    def close(self, stats: RunStats) -> None:
+        self.start()
+        self.observer.close(stats)
+
+
+async def _first_requests_out(stats: RunStats, *, quiet: float = 0.002, most: float = 0.25) -> None:
+    """Return once requests are in flight and the event loop is idle (a ``quiet`` s timer fires
+    within half of it: the first requests are written, their answers not back), or after ``most`` s."""
+    clock = time.perf_counter
+    end = clock() + most
     while True:
-        await asyncio.sleep(every)
-        observer.update(stats)
+        before = clock()
+        await asyncio.sleep(quiet)
+        now = clock()
+        if now >= end or (stats.in_flight and now - before < 1.5 * quiet):
+            return

@@ -425,3 +425,43 @@ def test_timeouts_are_counted_and_shown(llm_server):
     assert s.timeouts == 2 and s.retries == 2
     assert "2 retries · 2 timeouts" in repr(obs)
     assert "; 2 timeouts;" in Snapshot.of(s, now=s.finished).summary()
+
+
+class Order:
+    """Records what a run calls on its display, with the requests in flight at ``start``."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.in_flight_at_start = None
+
+    def start(self, stats):
+        self.calls.append("start")
+        self.in_flight_at_start = stats.in_flight
+
+    def update(self, stats):
+        self.calls.append("update")
+
+    def close(self, stats):
+        self.calls.append("close")
+
+
+@pytest.mark.server(latency=0.3)
+def test_the_display_starts_once_the_first_requests_are_out_and_sees_the_whole_run(server):
+    # drawing the first bar costs CPU (tqdm's first import: ~10 ms) that the first requests
+    # should not wait for: it starts while they are in flight, before any update
+    shown = Order()
+    df = pd.DataFrame({"t": [f"r{i}" for i in range(20)]})
+    out = df.llm.map("{t}", base_url=server.base_url, api_key="x", cache=False, progress=shown, concurrency=4)
+    assert out.notna().all()
+    assert shown.calls[0] == "start" and shown.calls.count("start") == 1
+    assert shown.calls[-1] == "close" and shown.calls.count("close") == 1
+    assert shown.in_flight_at_start > 0
+
+
+def test_a_run_with_nothing_to_send_still_starts_and_closes_its_display(llm_server, tmp_path):
+    df = pd.DataFrame({"t": ["a", "b"]})
+    kw = dict(base_url=llm_server.base_url, api_key="x", cache=str(tmp_path / "c.sqlite"))
+    df.llm.map("{t}", progress=False, **kw)
+    shown = Order()
+    df.llm.map("{t}", progress=shown, **kw)  # every row from the cache
+    assert shown.calls == ["start", "close"]

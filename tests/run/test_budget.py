@@ -12,6 +12,7 @@ import pytest
 import pandas_llm
 from helpers import billed, varied
 from pandas_llm._backends import Completion
+from pandas_llm._config import Settings
 from pandas_llm._cost.tokens import count_message_tokens
 from pandas_llm._pricing import Price, cost, price_for
 from pandas_llm._run.budget import Budget, Meter, max_output_tokens
@@ -404,3 +405,15 @@ async def test_an_answer_abandoned_while_awaiting_its_price_counts_as_possibly_b
             await run
     pending.set_result(None)
     assert stats.ok == 0 and stats.lost_answers == 3 and stats.possibly_billed == 1.5
+
+
+def test_a_deferred_price_look_up_starts_when_asked_or_when_first_needed():
+    s = Settings(model="gpt-4o-mini", cache=False)
+    lazy = Meter.for_settings(s, defer=True)
+    assert not lazy._lookup.started and not lazy.price_unknown()
+    assert lazy.pending() is not None and lazy._lookup.started  # an answer that needs it starts it
+    assert lazy.price is not None and lazy.pending() is None
+    asked = Meter.for_settings(s, defer=True)
+    asked.look_up_now()
+    assert asked._lookup.started and asked.price == lazy.price
+    assert Meter.for_settings(s).price == lazy.price  # not deferred: started at once
