@@ -82,7 +82,8 @@ class Pacing:
 @dataclass(frozen=True)
 class Patience:
     """How long to wait: ``timeout`` seconds per request (None: 60, or a ``client=``'s own),
-    ``max_attempts`` sends of one request (retries included), ``deadline`` seconds for the
+    ``max_attempts`` sends of one request (retries included; a 429 at the account's rate
+    limit does not count: retried until the deadline), ``deadline`` seconds for the
     whole run (None: none)."""
 
     timeout: float | None

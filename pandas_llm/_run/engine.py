@@ -32,7 +32,7 @@ from .._store.committer import Committer
 from .._store.store import Record, Store
 from . import inflight
 from .limiter import Limiter
-from .retry import RetryPolicy
+from .retry import Health, RetryPolicy
 from .send import UNSENT, Job, Sending
 from .stopping import ShapeWatch
 
@@ -80,6 +80,7 @@ class Engine(Sending):
         self.stats = stats
         self.concurrency = concurrency
         self.retry = retry
+        self._health = Health()  # the server's recent failures: how far a row's backoff doubles
         self.limiter = limiter or Limiter(clock=clock, sleep=sleep)
         self.cost = cost
         self.price_pending = price_pending  # the price look-up under way: answers await it, the loop runs on

@@ -3,11 +3,23 @@
 One policy for the engine's requests and the Batch API's calls: ``max_attempts`` sends,
 a wait of ``retry-after`` when the server gave one (``retry-after-ms``, seconds or an
 HTTP date: read by the backends), else an exponential backoff with jitter,
-``min(cap, base * 2 ** (failures - 1) + uniform(0, jitter))`` seconds; ``deadline``
-(seconds from the start of a run) bounds the engine's retries. The engine's loop
-(send.py) also waits for the limiter and pauses every worker on a 429 at the account's
-limit, so it reads the policy itself; every other call goes through :func:`retrying`,
-which is tenacity's ``AsyncRetrying`` with this policy's stop and wait.
+``min(cap, base * 2 ** (failures - 1)) * (1 - uniform(0, jitter))`` seconds: 0.375-0.5,
+0.75-1, 1.5-2, 3-4 and 6-8 s for the default five retries. That is the OpenAI SDK's
+schedule (0.5 s doubling, up to a quarter off at random), which stops growing at 8 s;
+ours goes on to ``cap`` (30 s), for a ``max_attempts`` above 6 set to ride out a longer
+outage. ``deadline`` (seconds from the start of a run) bounds the engine's retries. The
+engine's loop (send.py) also waits for the limiter and pauses every worker on a 429 at
+the account's limit, so it reads the policy itself; every other call goes through
+:func:`retrying`, which is tenacity's ``AsyncRetrying`` with this policy's stop and wait.
+
+In the engine the backoff doubles with a request's failures only while the server is
+failing its other requests too (:class:`Health`): a 5xx or an overloaded 429 that strikes
+one request among answers to the rest is bad luck, not load, and a doubling wait would
+only keep the whole run waiting on that row (with 5% random faults, the unluckiest of
+600 rows added its 0.5 + 1 + 2 + 4 s to the run). Every failure still counts toward
+``max_attempts``, as in the OpenAI SDK and tenacity's ``stop_after_attempt``; only a
+429 at the account's limit does not (it clears when the window refills: retried until
+the deadline).
 
     >>> policy = RetryPolicy(jitter=0.0)
     >>> [policy.backoff(n, None) for n in (1, 2, 3, 8)]
@@ -29,7 +41,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from .._errors import RetryableError
 from .stopping import quota_stop
 
-__all__ = ["RetryPolicy", "retrying"]
+__all__ = ["RetryPolicy", "Health", "retrying"]
 
 T = TypeVar("T")
 
@@ -42,13 +54,56 @@ class RetryPolicy:
     deadline: float | None = None  # seconds from start; bounds rate-limit retries
     base: float = 0.5  # the first backoff, seconds (doubled on each failure)
     cap: float = 30.0  # the longest backoff, seconds
-    jitter: float = 0.5  # at most this many seconds added at random, so workers do not retry in step
+    jitter: float = 0.25  # at most this share of the wait taken off at random, so workers do not retry in step
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait after the ``attempt``-th failure; the server's ``retry_after`` if given."""
         if retry_after is not None:
             return retry_after
-        return min(self.cap, self.base * 2.0 ** (attempt - 1) + random.uniform(0.0, self.jitter))
+        return min(self.cap, self.base * 2.0 ** (attempt - 1)) * (1.0 - random.uniform(0.0, self.jitter))
+
+
+class Health:
+    """How the server has been answering the run: the share of failures among its latest
+    outcomes, and from it the backoff level of a request that just failed.
+
+    ``failing`` is an exponentially weighted share (each outcome weighs 1/16, so about
+    the last 16-30 count) of retryable failures (5xx, timeouts, overloaded 429s, lost
+    connections) among those and the answers. It starts at 1: until answers have shown
+    the server serving, every failure counts as the server's. A request's backoff level
+    (the ``attempt`` of :meth:`RetryPolicy.backoff`) goes up by one on each of its failures
+    while ``failing`` is at least ``busy`` (a quarter), and stays where it is otherwise
+    (at 1 after a first failure): a row that fails while most requests are answered is
+    sent again after the first backoff, not after a doubling one.
+
+        >>> h = Health()
+        >>> [h.failed(n) for n in (0, 1, 2)]  # nothing answered yet: the server's failures
+        [1, 2, 3]
+        >>> for _ in range(40):
+        ...     h.answered()
+        >>> levels = [0]
+        >>> for _ in range(6):  # then one row fails on its own, six times
+        ...     levels.append(h.failed(levels[-1]))
+        >>> levels[1:]
+        [1, 1, 1, 2, 3, 4]
+    """
+
+    __slots__ = ("failing", "busy")
+
+    WEIGHT = 1.0 / 16.0
+
+    def __init__(self, busy: float = 0.25) -> None:
+        self.failing = 1.0
+        self.busy = busy
+
+    def answered(self) -> None:
+        """A request was answered (the server served it)."""
+        self.failing -= self.failing * self.WEIGHT
+
+    def failed(self, level: int) -> int:
+        """A request at backoff ``level`` (0 before its first failure) failed: its new level."""
+        self.failing += (1.0 - self.failing) * self.WEIGHT
+        return level + 1 if level == 0 or self.failing >= self.busy else level
 
 
 async def retrying(

@@ -1,7 +1,8 @@
 """One request, sent until it is answered or fails: the limiter, retries, the deadline.
 
 Retries: 408/409/5xx, timeouts and connection errors up to ``max_attempts`` with
-exponential backoff and jitter (retry.py), honouring ``retry-after``. A 429
+exponential backoff and jitter (retry.py), honouring ``retry-after``; the backoff doubles
+only while the server fails other requests too (retry.Health). A 429
 at the account's limit pauses every worker through the limiter and is retried until the
 run's deadline, not a fixed small count; a 429 whose headers or message show the limit
 is not reached (the server is overloaded: ``Limiter.is_limit``) is retried like a 5xx,
@@ -55,7 +56,7 @@ from .._stats import RunStats
 from .._store.store import Record, Store
 from .judge import _TOOL_FINISH, completion_record
 from .limiter import Limiter
-from .retry import RetryPolicy
+from .retry import Health, RetryPolicy
 from .stopping import ShapeWatch, come_back, quota_stop, row_status
 
 __all__ = ["Sending", "DEAD_AFTER", "UNSENT", "Job"]
@@ -76,6 +77,7 @@ class Sending:
     store: Store
     stats: RunStats
     retry: RetryPolicy
+    _health: Health
     limiter: Limiter
     cost: Callable[[Completion], float | None]
     price_pending: Callable[[], Future | None]
@@ -101,7 +103,7 @@ class Sending:
         limiter = self.limiter
         reserve = self.reserve_tokens
         attempts = 0
-        failures = 0
+        failures = level = 0  # level: of the backoff (retry.Health)
         deadline = self.retry.deadline
         failure: RetryableError | None = None
         down, heard = 0, -1  # this request's connection failures in a row; self._heard at the last
@@ -160,7 +162,8 @@ class Sending:
                     stats.overloaded += 1
                 failures += 1
                 failure = exc
-                wait = self.retry.backoff(failures, exc.retry_after)
+                level = self._health.failed(level)
+                wait = self.retry.backoff(level, exc.retry_after)
                 again = failures < self.retry.max_attempts and not self._past_deadline(wait)
                 if exc.maybe_billed and not await self._lost(body, hold, again):
                     return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
@@ -201,6 +204,7 @@ class Sending:
                 stats.in_flight -= 1
                 self._sending.discard(task)
             self._heard += 1
+            self._health.answered()
             limiter.done(
                 reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers
             )  # first: the limits its headers show let the requests waiting for them go now

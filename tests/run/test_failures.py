@@ -42,6 +42,50 @@ def test_5xx_are_retried(server, opts, fast_retries):
     assert server.requests == 3 + 4
 
 
+@pytest.fixture
+def backoff_levels(monkeypatch):
+    """The backoff level of every retry the engine waits for (without waiting)."""
+    from pandas_llm._run.retry import RetryPolicy
+
+    levels: list[int] = []
+
+    def backoff(self, attempt, retry_after):
+        levels.append(attempt)
+        return 0.001
+
+    monkeypatch.setattr(RetryPolicy, "backoff", backoff)
+    return levels
+
+
+def test_a_row_failing_among_answered_ones_is_retried_without_a_doubling_backoff(server, opts, backoff_levels):
+    # 40 answers, then one row draws three 500s / overloaded 429s: bad luck, not load
+    server.inject(500, times=2, match="unlucky")
+    server.inject(429, times=1, match="unlucky")
+    df = pd.DataFrame({"text": [f"r{i}" for i in range(40)] + ["unlucky"]})
+    out = df.llm.map("{text}", concurrency=1, **opts)
+    assert out.notna().all()
+    assert backoff_levels == [1, 1, 1]
+    assert pandas_llm.last_run().details.loc[40, "attempts"] == 4  # each counted as an attempt
+
+
+def test_the_backoff_doubles_while_the_server_fails_every_request(server, opts, backoff_levels):
+    server.inject(503, times=3)  # nothing answered yet: the server's failures, not the row's
+    out = pd.DataFrame({"text": ["a"]}).llm.map("{text}", **opts)
+    assert out.notna().all()
+    assert backoff_levels == [1, 2, 3]
+
+
+def test_a_row_failing_every_attempt_among_answered_ones_still_fails_after_max_attempts(server, opts, backoff_levels):
+    server.inject(429, times=100, match="doomed")  # overloaded (headers show room): one attempt each
+    df = pd.DataFrame({"text": [f"r{i}" for i in range(40)] + ["doomed"]})
+    with pytest.warns(RunWarning, match="1 failed"):
+        out = df.llm.map("{text}", concurrency=1, max_attempts=6, **opts)
+    assert out.isna().tolist() == [False] * 40 + [True]
+    assert pandas_llm.last_run().details.loc[40, "attempts"] == 6
+    # alone, its failures make the server look busy: doubling again (the 6th is not waited)
+    assert backoff_levels == [1, 1, 1, 2, 3, 4]
+
+
 def test_a_hang_times_out_and_is_retried(server, opts, fast_retries):
     server.inject(200, hang=True, times=1, match="slow")
     out = pd.DataFrame({"text": ["slow one", "fast"]}).llm.map("{text}", timeout=0.3, **opts)
