@@ -106,7 +106,11 @@ class Keys(Sequence[bytes]):
 
     def __getitem__(self, u):
         if isinstance(u, slice):
-            return [self[i] for i in range(*u.indices(self._n))]
+            start, stop, step = u.indices(self._n)
+            blob = self.blob
+            if blob is not None and step == 1:  # a cache probe's chunk of keys
+                return [blob[i : i + KEY_SIZE] for i in range(start * KEY_SIZE, stop * KEY_SIZE, KEY_SIZE)]
+            return [self[i] for i in range(start, stop, step)]
         u = int(u)
         if u < 0:
             u += self._n
