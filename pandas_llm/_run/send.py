@@ -64,7 +64,7 @@ __all__ = ["Sending", "DEAD_AFTER", "UNSENT", "Job"]
 Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
 
 #: Connection failures in a row of one request, with no answer from the endpoint meanwhile,
-#: after which the endpoint counts as dead (about 4 s with the default backoff).
+#: after which the endpoint counts as dead (about 3 s with the default backoff).
 DEAD_AFTER = 4
 #: The status of a job the engine did not send (deadline passed, run stopping); never stored.
 UNSENT = "unsent"
