@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -103,7 +104,10 @@ def _fresh(entry: dict[str, Any], ttl: float) -> bool:
 
 
 def _figure(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and value > 0 else None
+    """A per-minute figure from the file; None (no limit) for anything not a finite number of
+    at least one (a damaged entry must not stall a run: the first answer's headers say)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 1
+    return float(value) if ok else None
 
 
 def _load() -> dict[str, Any]:

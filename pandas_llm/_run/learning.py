@@ -52,6 +52,11 @@ class LimitLearning:
     _first_sent: float | None
     _sent_unknown: int
     _known: asyncio.Event | None
+    _nudge: asyncio.Event | None
+    # what the server said of each budget ("requests", "tokens"): its per-minute limit, or
+    # None for no limit to keep to; only these are remembered (learned.py), never the user's
+    # rpm=/tpm= nor a figure guessed from a 429's timing
+    _heard: dict[str, float | None]
     reserve: Callable[[bytes], int]
 
     # -- server feedback -------------------------------------------------------------
@@ -71,9 +76,16 @@ class LimitLearning:
                 reset = get("x-ratelimit-reset-" + name)
                 if name in self._not_per_minute or not per_minute(reset):
                     self._not_minute(attr)
+                    self._heard.setdefault(attr, None)
                     continue  # a per-day figure paced as per minute would bring 429s: learn from them
+                if pace is None or not pace.told:
+                    self._heard[attr] = None if limit >= _BOUNDLESS[name] else limit
                 if limit >= _BOUNDLESS[name]:
-                    pass  # a budget no single process can reach: no pacing needed
+                    # a budget no single process can reach: no pacing needed (a pace remembered
+                    # from an earlier run is dropped; the user's rpm= stays)
+                    if pace is not None and not pace.user and not pace.told:
+                        setattr(self, attr, None)
+                        self._poke()
                 elif pace is None:
                     self._set_pace(attr, limit)
                 elif pace.user and limit / 60.0 >= pace.rate:
@@ -81,7 +93,7 @@ class LimitLearning:
                 elif pace.told:
                     pass  # a 429 named the per-minute limit; this header counts something else
                 elif abs(pace.rate * 60.0 - limit) > 1e-6:
-                    pace.rate = limit / 60.0
+                    self._set_rate(pace, limit)
                     if attr == "requests":
                         self._provisional = False
             remaining = get("x-ratelimit-remaining-" + name)
@@ -97,10 +109,24 @@ class LimitLearning:
             self._no_limits()
 
     def _remember(self) -> None:
+        """Keep what the server said for the next run (never the user's rpm=/tpm=)."""
         if self.key is not None:
-            rpm = self.requests.rate * 60 if self.requests is not None and not self._provisional else None
-            tpm = self.tokens.rate * 60 if self.tokens is not None else None
-            remember(self.key, rpm, tpm)
+            remember(self.key, self._heard.get("requests"), self._heard.get("tokens"))
+
+    def _set_rate(self, pace: Pace, limit: float) -> None:
+        """Pace at ``limit`` per minute from now. A faster rate also shortens what is already
+        booked at the slow one (a pace remembered from an earlier run, or the user's, that the
+        server now raises): the next request does not wait out a slot booked at the old rate."""
+        rate, now = limit / 60.0, self.clock()
+        if rate > pace.rate and pace.tat > now:
+            pace.tat = now + (pace.tat - now) * pace.rate / rate
+            self._poke()
+        pace.rate = rate
+
+    def _poke(self) -> None:
+        """Wake the request waiting for its slot: the budget may have room sooner."""
+        if self._nudge is not None:
+            self._nudge.set()
 
     def _set_pace(self, attr: str, limit: float) -> None:
         now = self.clock()
@@ -180,7 +206,9 @@ class LimitLearning:
             if pace is None:
                 pace = Pace(limit, False, self.clock(), told=True)
                 setattr(self, attr, pace)
-            pace.rate, pace.told = limit / 60.0, True
+            self._set_rate(pace, limit)
+            pace.told = True
+            self._heard[attr] = limit
             if attr == "requests":
                 self._provisional = False
             self._remember()

@@ -109,6 +109,7 @@ class Limiter(LimitLearning):
         self._slack, self._calm_from = 1.0, -math.inf  # extra margin after 429s at a known limit
         # budgets whose x-ratelimit-limit-* header is not a per-minute figure (a per-day one)
         self._not_per_minute: set[str] = set()
+        self._heard: dict[str, float | None] = {}  # what the server said of each budget (learning.py)
         self.credit = Credit()  # requests the headers allow beyond the even pace
         # Until some answer shows whether the server has limits, send at most initial_burst.
         self._unknown = learn and rpm is None and tpm is None

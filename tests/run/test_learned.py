@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers import VirtualTime
 from pandas_llm._config import Settings
 from pandas_llm._run import learned
 from pandas_llm._run.learned import FILE_TTL, account, limits_file, remember, remembered_limits
@@ -141,3 +143,55 @@ def test_an_unwritable_cache_folder_costs_only_the_speed_up(new_process, tmp_pat
     written()
     assert out.notna().all()
     assert "learned limits not written" in caplog.text
+
+
+def headers(rpm: int) -> dict[str, str]:
+    return {"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(rpm - 1),
+            "x-ratelimit-reset-requests": "20ms"}  # fmt: skip
+
+
+@pytest.mark.parametrize(("server_says", "kept"), [(10_000_000, None), (6000, 6000), (20, 20)])
+def test_the_users_rpm_is_never_remembered_only_what_the_server_said(new_process, server_says, kept):
+    # one run with rpm=30 must not slow every later run without it (a server with no
+    # reachable limit, 10M a minute, would never correct a remembered 30)
+    lim = Limiter.for_settings(Settings(model="m", base_url=URL, cache=False, rpm=30))
+    lim.observe(headers(server_says))
+    assert lim.requests.rate * 60 == min(30, server_says)  # this run keeps to the user's ceiling
+    new_process()
+    assert remembered_limits(URL, "m") == (kept, None)
+
+
+async def test_a_remembered_pace_the_server_raises_does_not_hold_the_next_request():
+    vt = VirtualTime()
+    remember((URL, "slow"), 6, None)  # an earlier run's figure: one request per 10 s
+    lim = Limiter.for_settings(Settings(model="slow", base_url=URL, cache=False), headroom=1.0,
+                               clock=vt.clock, sleep=vt.sleep)  # fmt: skip
+    await vt.run(lim.acquire())
+    waiting = asyncio.ensure_future(lim.acquire())
+    await vt.advance(0.05)
+    assert not waiting.done()  # booked 10 s ahead at the old pace
+    # the first answer: the server allows 100 a second now (no remaining: no credit to send on)
+    lim.done(0, 10, 1, 1, {"x-ratelimit-limit-requests": "6000", "x-ratelimit-reset-requests": "1s"})
+    await vt.run(waiting)
+    assert vt.now < 0.1  # not 10 s
+
+
+async def test_a_remembered_pace_is_dropped_when_the_server_has_no_reachable_limit():
+    vt = VirtualTime()
+    remember((URL, "freed"), 6, None)
+    lim = Limiter.for_settings(Settings(model="freed", base_url=URL, cache=False), clock=vt.clock, sleep=vt.sleep)
+    await vt.run(lim.acquire())
+    waiting = asyncio.ensure_future(lim.acquire())
+    await vt.settle()
+    lim.done(0, 10, 1, 1, headers(10_000_000))
+    await vt.run(waiting)
+    assert lim.requests is None and vt.now == 0.0
+    assert remembered_limits(URL, "freed") == (None, None)
+
+
+@pytest.mark.parametrize("figure", ["0.5", "0", "-3", "Infinity", "NaN", "1e-300", "true", '"600"'])
+def test_a_figure_no_server_sends_is_not_used(new_process, figure):
+    path = limits_file()
+    os.makedirs(os.path.dirname(path))
+    Path(path).write_text(f'{{"{URL} odd": {{"rpm": {figure}, "tpm": {figure}, "at": {time.time()}}}}}')
+    assert remembered_limits(URL, "odd") == (None, None)
