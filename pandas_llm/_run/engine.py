@@ -33,7 +33,7 @@ from .._store.store import Record, Store
 from . import inflight
 from .limiter import Limiter
 from .retry import Health, RetryPolicy
-from .send import UNSENT, Job, Sending
+from .send import CUT_SHORT, UNSENT, Job, Sending
 from .stopping import ShapeWatch
 
 __all__ = ["Engine", "Job", "RetryPolicy"]
@@ -139,7 +139,7 @@ class Engine(Sending):
         if self._stop:
             self.stop()
         try:
-            await asyncio.gather(*workers)
+            await self._settled(workers)
         except _STOPS:
             pass  # recorded in self._fatal; siblings cancelled below
         finally:
@@ -157,14 +157,38 @@ class Engine(Sending):
         if self._fatal is not None:
             raise self._fatal
 
+    async def _settled(self, workers: list[asyncio.Task[None]]) -> None:
+        """Wait for every worker; raise the first error one raises. A worker cancelled by
+        ``stop()`` or at the deadline is done, not cancelled: one cancelled before its first
+        step (a deadline of microseconds, a stop before the run began) never ran the code
+        that returns quietly, and gather would take it for a cancel of the whole run."""
+        pending: set[asyncio.Task[None]] = set(workers)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.cancelled():
+                    if self._fatal is None and (task in self._parked or self.stats.deadline_reached):
+                        continue
+                    raise asyncio.CancelledError
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+
     async def _worker(self, jobs: Iterator[Job]) -> None:
         try:
             await self._work(jobs)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._fatal is not None or not (task in self._parked or self.stats.deadline_reached):
+            if not self._stopped_quietly():
                 raise
-            task.uncancel()  # type: ignore[union-attr]  # stopped, or woken at the deadline: done
+
+    def _stopped_quietly(self) -> bool:
+        """In a worker that was just cancelled: True (and the cancel is consumed) if it was
+        cancelled by ``stop()`` or woken at the deadline, not by a cancel of the run."""
+        task = asyncio.current_task()
+        if self._fatal is not None or not (task in self._parked or self.stats.deadline_reached):
+            return False
+        task.uncancel()  # type: ignore[union-attr]
+        return True
 
     async def _work(self, jobs: Iterator[Job]) -> None:
         process = self._process if self.validate is None else self._process_validated
@@ -200,6 +224,14 @@ class Engine(Sending):
                     if self._fatal is not None:
                         raise self._fatal
                     return
+                if record.status in CUT_SHORT:  # its retry was not sent: never stored, a rerun sends it
+                    self.stats.unsent[record.status] += 1
+                    self.on_result(job[0], record)
+                    if self._fatal is not None:
+                        raise self._fatal
+                    if self._stop:
+                        return
+                    continue
             self.settle([(job[0], record)] if self.split is None else self.split(job, record))
             if self._fatal is not None:
                 raise self._fatal  # this job's record is kept; the siblings stop

@@ -102,5 +102,13 @@ def run_sync(make: Callable[[], Awaitable[T]]) -> T:
     if interrupts:
         raise KeyboardInterrupt
     if "error" in box:
-        raise box["error"]
+        error = box["error"]
+        if isinstance(error, asyncio.CancelledError):  # not the caller's interrupt: that is KeyboardInterrupt
+            # a BaseException out of a sync call breaks the caller's machinery (a Dask worker
+            # takes it for a cancel of its own and fails with an unrelated error)
+            raise PandasLLMError(
+                "pandas-llm's run was cancelled by something other than an interrupt (a bug: please report "
+                "it); answered rows are kept in the cache"
+            ) from error
+        raise error
     return box["result"]

@@ -308,7 +308,7 @@ class Run:
                 + " (raise max_cost, or set max_tokens for a tighter worst case per request)"
             )  # fmt: skip
         deadline = ""
-        if self.stats.deadline_reached:
+        if self.stats.deadline_reached or self.stats.unsent["deadline"]:  # or a retry it cut short
             deadline = f". deadline={self.settings.deadline:g} s stopped the sending" + (
                 f": {self.stats.stop_note.rstrip('.')}" if self.stats.stop_note else ""
             )

@@ -59,7 +59,7 @@ from .limiter import Limiter
 from .retry import Health, RetryPolicy
 from .stopping import ShapeWatch, come_back, quota_stop, row_status
 
-__all__ = ["Sending", "DEAD_AFTER", "UNSENT", "Job"]
+__all__ = ["Sending", "DEAD_AFTER", "UNSENT", "CUT_SHORT", "Job"]
 
 Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
 
@@ -68,6 +68,9 @@ Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
 DEAD_AFTER = 4
 #: The status of a job the engine did not send (deadline passed, run stopping); never stored.
 UNSENT = "unsent"
+#: The statuses of a job whose retry the deadline (or a stop) cut short: not a failure (its
+#: attempts were not used up), never stored; its row keeps the last error (engine._work).
+CUT_SHORT = ("deadline", "stopped")
 
 
 class Sending:
@@ -95,6 +98,8 @@ class Sending:
     _shape: ShapeWatch
     _workers: list[asyncio.Task[None]]
     _sending: set[asyncio.Task]
+    split: Any
+    _stopped_quietly: Callable[[], bool]
 
     async def _process(self, job: Job, hold: Any = None) -> Record:
         """Send ``job`` until it is answered or fails; ``hold``: its budget.Hold under max_cost."""
@@ -110,11 +115,16 @@ class Sending:
         while True:
             if self._stop or (deadline is not None and self._past_deadline(0)):
                 return self._unsent(key, attempts, failure)
-            if reserve is None:
-                ticket, reserved = await limiter.admit(body)
-            else:
-                reserved = reserve(body)
-                ticket = await limiter.acquire(reserved)
+            try:
+                if reserve is None:
+                    ticket, reserved = await limiter.admit(body)
+                else:
+                    reserved = reserve(body)
+                    ticket = await limiter.acquire(reserved)
+            except asyncio.CancelledError:  # woken at the deadline, or stopped, while waiting
+                if failure is None or not self._stopped_quietly():
+                    raise
+                return self._unsent(key, attempts, failure)
             if self._stop or (deadline is not None and self._past_deadline(0)):  # the wait may have crossed it
                 limiter.release(reserved)
                 return self._unsent(key, attempts, failure)
@@ -169,6 +179,9 @@ class Sending:
                     return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
                                   "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
                 if not again:
+                    if failures < self.retry.max_attempts and self.split is None:  # the deadline comes first
+                        return Record(key, "deadline", error=f"{exc} (after {attempts} attempts; not sent again: "
+                                      "the deadline passes before its retry)", attempts=attempts, model=self.model)  # fmt: skip
                     return Record(
                         key, "failed", error=f"{exc} (after {attempts} attempts)", attempts=attempts, model=self.model
                     )
@@ -178,7 +191,12 @@ class Sending:
                         stop, Record(key, "failed", error=str(exc), attempts=attempts, model=self.model)
                     )
                 stats.retries += 1
-                await self.sleep(wait)
+                try:
+                    await self.sleep(wait)
+                except asyncio.CancelledError:  # woken at the deadline, or stopped, in its backoff
+                    if not self._stopped_quietly():
+                        raise
+                    return self._unsent(key, attempts, failure)
                 continue
             except BadRequestError as exc:
                 limiter.release(reserved)
@@ -241,7 +259,7 @@ class Sending:
             rejected.append(record._replace(status="invalid", error=error))
             self.stats.retries += 1
             record = await self._process((job[0], job[1], _reseeded(job[2], len(rejected))), hold)
-            if record.status == UNSENT:  # the resend was not sent (deadline): keep the paid answer
+            if record.status == UNSENT or record.status in CUT_SHORT:  # the resend was not sent: keep the paid answer
                 record = rejected.pop()
         return _with_spent(record, rejected) if rejected else record
 
@@ -274,7 +292,8 @@ class Sending:
         if failure is None:
             return Record(key, UNSENT)  # never sent: the caller labels it (deadline, stopped)
         why = "the deadline passed" if self.stats.deadline_reached else "the run stopped"
-        return Record(key, "failed", error=f"{failure} (after {attempts} attempts; not sent again: {why})",
+        status = "failed" if self.split is not None else "deadline" if self.stats.deadline_reached else "stopped"
+        return Record(key, status, error=f"{failure} (after {attempts} attempts; not sent again: {why})",
                       attempts=attempts, model=self.model)  # fmt: skip
 
     def _refused_before(self, key: bytes, record: Record) -> bool:

@@ -1,0 +1,150 @@
+"""deadline=: whenever it passes, the run ends with the deadline outcome, never an exception;
+a row whose retry it cuts short is status "deadline" (with its last error), not "failed"."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+
+import pytest
+
+import pandas_llm
+from helpers import VirtualTime, frame
+from pandas_llm import RunWarning
+from pandas_llm._backends import Completion
+from pandas_llm._errors import RateLimitError, RetryableError
+from pandas_llm._run.engine import Engine, RetryPolicy
+from pandas_llm._run.limiter import Limiter
+from pandas_llm._stats import RunStats
+from pandas_llm._store.store import Store
+
+TINY = [1e-6, 1e-4, 1e-3, 0.01]
+
+
+def map_quietly(df, **kw):
+    """``df.llm.map`` with its RunWarnings recorded: (details, warnings' texts)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RunWarning)
+        d = df.llm.map("{text}", details=True, **kw)
+    return d, [str(w.message) for w in caught if issubclass(w.category, RunWarning)]
+
+
+def check_deadline_outcome(d, texts):
+    """Every row answered or ``deadline``; the warning and last_run() agree with the rows."""
+    counts = d["status"].value_counts().to_dict()
+    assert set(counts) <= {"ok", "deadline"}
+    stats = pandas_llm.last_run().stats
+    assert stats.outcome == "done"
+    assert stats.ok == counts.get("ok", 0) and not stats.failed
+    assert stats.unsent["deadline"] == counts.get("deadline", 0)
+    if counts.get("deadline"):
+        assert len(texts) == 1 and f"{counts['deadline']} deadline" in texts[0]
+    else:
+        assert not texts
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["no-cache", "cache-file"])
+@pytest.mark.parametrize("deadline", TINY)
+def test_a_tiny_deadline_ends_with_the_deadline_outcome_never_an_exception(server, opts, tmp_path, deadline, cache):
+    # 1e-6 s passes before the first worker runs: the engine woke (cancelled) workers not
+    # started yet, and that cancel escaped as asyncio.CancelledError
+    for i in range(3):
+        d, texts = map_quietly(
+            frame(8), deadline=deadline, cache=str(tmp_path / f"c{i}.sqlite") if cache else False, **opts
+        )
+        check_deadline_outcome(d, texts)
+
+
+@pytest.mark.parametrize("deadline", TINY)
+def test_a_tiny_deadline_in_a_threaded_dask_compute(server, opts, deadline):
+    dask = pytest.importorskip("dask")
+    dd = pytest.importorskip("dask.dataframe")
+    ddf = dd.from_pandas(frame(12), npartitions=3)
+    with dask.config.set(scheduler="threads"), warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", RunWarning)
+        d = ddf.llm.map("{text}", details=True, deadline=deadline, cache=False, **opts).compute()
+    assert len(d) == 12 and set(d["status"]) <= {"ok", "deadline"}
+
+
+@pytest.mark.server(error_rate={503: 1.0})
+def test_a_retry_the_deadline_cuts_short_is_deadline_with_its_last_error(server, opts, monkeypatch):
+    monkeypatch.setattr(RetryPolicy, "backoff", lambda self, attempt, retry_after: 3600.0)  # after the deadline
+    d, texts = map_quietly(frame(20), deadline=600, max_attempts=6, cache=False, **opts)
+    check_deadline_outcome(d, texts)
+    assert (d["status"] == "deadline").all() and (d["attempts"] == 1).all()
+    assert d["error"].str.contains("503").all() and d["error"].str.contains("deadline").all()
+    assert "deadline=600 s" in texts[0]
+
+
+@pytest.mark.server(error_rate={503: 1.0})
+def test_failed_still_means_every_attempt_was_used(server, opts, fast_retries):
+    with pytest.warns(RunWarning, match="20 failed"):
+        d = frame(20).llm.map("{text}", deadline=600, max_attempts=2, cache=False, details=True, **opts)
+    assert (d["status"] == "failed").all() and (d["attempts"] == 2).all()
+    stats = pandas_llm.last_run().stats
+    assert stats.failed["failed"] == 20 and not stats.unsent
+
+
+class Backend:
+    """Job 0 always fails with a 503; job 1 meets a 429 at the limit that clears in an hour
+    (which stops the sending: the deadline comes first); the others answer after 1 s."""
+
+    def __init__(self, vt: VirtualTime):
+        self.vt = vt
+
+    async def complete(self, body: bytes) -> Completion:
+        await self.vt.sleep(0.1)
+        if body == b'{"n":0}':
+            raise RetryableError("HTTP 503: overloaded", status=503)
+        if body == b'{"n":1}' and self.vt.now > 0.5:
+            raise RateLimitError("HTTP 429: rate limit reached", status=429, retry_after=3600.0)
+        await self.vt.sleep(0.9)
+        return Completion("ok", "stop", 3, 2)
+
+
+def engine(vt: VirtualTime, results: dict, *, deadline: float) -> tuple[Engine, RunStats]:
+    stats = RunStats()
+    stats.started = vt.now
+    limiter = Limiter(headroom=1.0, learn=False, clock=vt.clock, sleep=vt.sleep)
+    eng = Engine(backend=Backend(vt), store=Store(None), stats=stats, concurrency=2, limiter=limiter,
+                 retry=RetryPolicy(deadline=deadline, base=2.0, jitter=0.0), clock=vt.clock, sleep=vt.sleep,
+                 on_result=results.__setitem__)  # fmt: skip
+    return eng, stats
+
+
+async def test_a_row_in_its_backoff_when_the_sending_stops_is_deadline_with_its_error():
+    vt, results = VirtualTime(), {}
+    eng, stats = engine(vt, results, deadline=100.0)
+    jobs = ((u, bytes([u]) * 32, b'{"n":%d}' % u) for u in (0, 2, 1, 3))
+    await vt.run(eng.run(jobs))  # job 0 backs off; job 1's 429 (t=1.1) halts the sending meanwhile
+    eng.store.close()
+    assert stats.deadline_reached and vt.now < 100
+    assert results[0].status == "deadline" and "503" in results[0].error and results[0].attempts >= 1
+    assert stats.unsent["deadline"] == 1 and not stats.failed
+
+
+async def test_a_stop_during_a_backoff_keeps_the_rows_error_as_stopped():
+    vt, results = VirtualTime(), {}
+    eng, stats = engine(vt, results, deadline=None)  # type: ignore[arg-type]
+
+    async def stop_soon():
+        await vt.sleep(0.5)  # job 0 failed at 0.1 and waits 2 s
+        eng.stop()
+
+    jobs = ((u, bytes([u]) * 32, b'{"n":%d}' % u) for u in (0, 2))
+    stopper = asyncio.ensure_future(stop_soon())
+    await vt.run(eng.run(jobs))
+    await stopper
+    eng.store.close()
+    assert results[0].status == "stopped" and "503" in results[0].error
+    assert results[2].status == "ok"  # in flight at the stop: kept
+    assert stats.unsent["stopped"] == 1 and not stats.failed
+
+
+async def test_a_run_stopped_before_its_workers_began_ends_quietly():
+    vt, results = VirtualTime(), {}
+    eng, stats = engine(vt, results, deadline=None)  # type: ignore[arg-type]
+    eng.stop()
+    await vt.run(eng.run((u, bytes([u]) * 32, b'{"n":%d}' % u) for u in range(5)))
+    eng.store.close()
+    assert not results and stats.attempts == 0
