@@ -12,7 +12,7 @@ import pandas_llm
 from helpers import VirtualTime, frame
 from pandas_llm import RunWarning
 from pandas_llm._backends import Completion
-from pandas_llm._errors import RateLimitError, RetryableError
+from pandas_llm._errors import RetryableError
 from pandas_llm._run.engine import Engine, RetryPolicy
 from pandas_llm._run.limiter import Limiter
 from pandas_llm._stats import RunStats
@@ -86,8 +86,7 @@ def test_failed_still_means_every_attempt_was_used(server, opts, fast_retries):
 
 
 class Backend:
-    """Job 0 always fails with a 503; job 1 meets a 429 at the limit that clears in an hour
-    (which stops the sending: the deadline comes first); the others answer after 1 s."""
+    """Job 0 always fails with a 503; the others answer after 1 s."""
 
     def __init__(self, vt: VirtualTime):
         self.vt = vt
@@ -96,8 +95,6 @@ class Backend:
         await self.vt.sleep(0.1)
         if body == b'{"n":0}':
             raise RetryableError("HTTP 503: overloaded", status=503)
-        if body == b'{"n":1}' and self.vt.now > 0.5:
-            raise RateLimitError("HTTP 429: rate limit reached", status=429, retry_after=3600.0)
         await self.vt.sleep(0.9)
         return Completion("ok", "stop", 3, 2)
 
@@ -115,11 +112,18 @@ def engine(vt: VirtualTime, results: dict, *, deadline: float) -> tuple[Engine, 
 async def test_a_row_in_its_backoff_when_the_sending_stops_is_deadline_with_its_error():
     vt, results = VirtualTime(), {}
     eng, stats = engine(vt, results, deadline=100.0)
-    jobs = ((u, bytes([u]) * 32, b'{"n":%d}' % u) for u in (0, 2, 1, 3))
-    await vt.run(eng.run(jobs))  # job 0 backs off; job 1's 429 (t=1.1) halts the sending meanwhile
+
+    async def halt_soon():  # what the deadline's watcher (or a 429 clearing after it) does
+        await vt.sleep(0.5)  # job 0 failed at 0.1 and waits 2 s; job 2 is in flight
+        eng._halt(None)
+
+    halter = asyncio.ensure_future(halt_soon())
+    await vt.run(eng.run((u, bytes([u]) * 32, b'{"n":%d}' % u) for u in (0, 2, 3)))
+    await halter
     eng.store.close()
-    assert stats.deadline_reached and vt.now < 100
-    assert results[0].status == "deadline" and "503" in results[0].error and results[0].attempts >= 1
+    assert stats.deadline_reached
+    assert results[0].status == "deadline" and "503" in results[0].error and results[0].attempts == 1
+    assert results[2].status == "ok" and 3 not in results  # kept in flight; not sent after
     assert stats.unsent["deadline"] == 1 and not stats.failed
 
 
