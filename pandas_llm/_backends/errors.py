@@ -21,11 +21,10 @@ pass through, and an exception its table does not name propagates unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import re
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from .._errors import APIError, BadRequestError, FatalAPIError, QuotaError, RateLimitError, RetryableError, sentence
@@ -361,24 +360,32 @@ _TABLES: dict[str, Callable[[], dict[type[BaseException], Rule]]] = {
 }
 
 
-@contextlib.contextmanager
-def map_errors(via: Via, endpoint: str, model: str | None = None) -> Iterator[None]:
+class map_errors:  # noqa: N801 - used as a function: ``with map_errors(...)``
     """Run a backend's call, turning the failures of the library ``via`` into pandas_llm's errors.
+
+    A class, not a generator-based context manager: it wraps every request, and entering and
+    leaving it costs a few attribute look-ups instead of a generator's frames.
 
     >>> with map_errors("function", "http://localhost:8000/v1"):
     ...     raise KeyError("choices")
     Traceback (most recent call last):
     pandas_llm._errors.BadRequestError: KeyError: 'choices'
     """
-    try:
-        yield
-    except APIError:
-        raise
-    except Exception as exc:
-        for kind, rule in _TABLES[via]().items():
-            if isinstance(exc, kind):
-                mapped = rule(exc, endpoint, model)
+
+    __slots__ = ("via", "endpoint", "model")
+
+    def __init__(self, via: Via, endpoint: str, model: str | None = None):
+        self.via, self.endpoint, self.model = via, endpoint, model
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, APIError):
+            return  # no failure, a cancellation or interrupt, or already ours: it propagates as is
+        for cls, rule in _TABLES[self.via]().items():
+            if isinstance(exc, cls):
+                mapped = rule(exc, self.endpoint, self.model)
                 if mapped is None:
                     break
                 raise mapped from exc
-        raise
