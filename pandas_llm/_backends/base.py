@@ -115,6 +115,8 @@ def parse_completion(data: Mapping[str, Any], headers: Mapping[str, str] | None 
 
 def _count(value: Any) -> int:
     """A token count from a usage object: a non-negative int (0 for anything else)."""
+    if type(value) is int:  # what every server sends (not a bool): four of these per answer
+        return value if value >= 0 else 0
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         return 0
     return int(value)
