@@ -167,7 +167,7 @@ class Engine(Sending):
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 if task.cancelled():
-                    if self._fatal is None and (task in self._parked or self.stats.deadline_reached):
+                    if self._quiet(task):
                         continue
                     raise asyncio.CancelledError
                 exc = task.exception()
@@ -185,10 +185,14 @@ class Engine(Sending):
         """In a worker that was just cancelled: True (and the cancel is consumed) if it was
         cancelled by ``stop()`` or woken at the deadline, not by a cancel of the run."""
         task = asyncio.current_task()
-        if self._fatal is not None or not (task in self._parked or self.stats.deadline_reached):
+        if not self._quiet(task):
             return False
         task.uncancel()  # type: ignore[union-attr]
         return True
+
+    def _quiet(self, task: Any) -> bool:
+        """Whether a cancel of worker ``task`` is a stop (``stop()``, the deadline), not a cancel of the run."""
+        return self._fatal is None and (task in self._parked or self.stats.deadline_reached)
 
     async def _work(self, jobs: Iterator[Job]) -> None:
         process = self._process if self.validate is None else self._process_validated

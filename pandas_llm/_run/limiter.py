@@ -287,8 +287,8 @@ class Limiter(LimitLearning):
         tat = tok.tat + (used - reserved) / (tok.rate * self.headroom)
         floor = max(self.clock(), self.paused_until)
         tok.tat = tat if tat > floor else floor
-        if used < reserved and self._nudge is not None:
-            self._nudge.set()  # the request waiting for the budget may go sooner
+        if used < reserved:
+            self._poke()  # the request waiting for the budget may go sooner
 
     def rate_limited(
         self, ticket: int, retry_after: float | None, headers: Any = None, message: str | None = None
