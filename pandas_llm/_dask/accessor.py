@@ -105,7 +105,8 @@ class DaskLLMAccessor:
             settings = dataclasses.replace(settings, mode="realtime")  # mode="auto" chose realtime
         account = _cluster_limit(settings)
         where = home(settings.cache_path)  # the driver's sidecar, receiving what other hosts pay
-        call = open_call(self._obj.npartitions, options, settings, remote=account is not None)
+        call = open_call(self._obj.npartitions, options, settings, remote=account is not None, verb=verb,
+                         template=template)  # fmt: skip
         return self._obj.map_partitions(_partition, verb, template, verb_kw, settings, account, where, call,
                                         meta=meta)  # fmt: skip
 

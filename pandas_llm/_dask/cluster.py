@@ -20,7 +20,7 @@ from .._config import Settings, current_settings
 from .._run.run import budget_factory, unanswered_sink
 from .budget import ClusterBudget, local_purse
 from .events import Channel
-from .progress import PartitionReporter, Tally
+from .progress import PartitionReporter, Tally, call_label
 
 __all__ = ["Call", "open_call", "partition_scope"]
 
@@ -35,11 +35,13 @@ class Call:
     remote: bool  # the driver had a distributed client: the purse is on its scheduler
 
 
-def open_call(npartitions: int, options: dict[str, Any], settings: Settings, *, remote: bool) -> Call:
+def open_call(npartitions: int, options: dict[str, Any], settings: Settings, *, remote: bool,
+              verb: str, template: Any) -> Call:  # fmt: skip
     """On the driver, when the verb is called: the channel the partitions report to, its
-    display as ``progress=`` (the driver's setting: the workers show nothing) says."""
+    display as ``progress=`` (the driver's setting: the workers show nothing) says; its
+    warning names the call (``verb`` and ``template``)."""
     shown = current_settings().merged(**options).progress
-    channel = Channel(Tally(shown, npartitions, settings.max_cost))
+    channel = Channel(Tally(shown, npartitions, settings.max_cost, call_label(verb, template)))
     return Call(uuid.uuid4().hex, settings.max_cost, channel.topic, remote)
 
 

@@ -36,7 +36,7 @@ from .._run.run import RunWarning, unanswered_message
 from .._stats import RunReport, RunStats, record_run
 from .events import send
 
-__all__ = ["ClusterReport", "PartitionReporter", "Tally"]
+__all__ = ["ClusterReport", "PartitionReporter", "Tally", "call_label"]
 
 #: A partition sends its figures at most this often while it runs (seconds), plus at start and end.
 INTERVAL = 0.5
@@ -47,6 +47,15 @@ _SUMS = (
     "cached_tokens", "cost", "saved_cost", "reserved_cost", "lost_answers", "possibly_billed", "shared", "unsaved",
 )  # fmt: skip
 _ANY = ("budget_reached", "deadline_reached", "stopping")
+
+
+def call_label(verb: str, template: Any, *, width: int = 40) -> str:
+    """The verb call as its driver warning names it: ``map('Translate to French: {text}')``, a
+    long template cut to ``width`` characters, a function template by its name."""
+    if isinstance(template, str):
+        text = " ".join(template.split())
+        return f"{verb}({(text if len(text) <= width else text[: width - 1] + '…')!r})"
+    return f"{verb}({getattr(template, '__qualname__', None) or type(template).__name__})"
 
 
 def figures(stats: RunStats | None, outcome: str | None = None) -> dict[str, Any]:
@@ -119,10 +128,11 @@ class ClusterReport(RunReport):
 
 class Tally:
     """The driver's end: one display and one ``last_run()`` for a verb call's computes.
-    Call it with each message (the events channel's handler); messages come one at a time."""
+    Call it with each message (the events channel's handler); messages come one at a time.
+    ``label`` (:func:`call_label`) starts its warning: one compute may end several verb calls."""
 
-    def __init__(self, progress: Any, npartitions: int, max_cost: float | None):
-        self.progress, self.npartitions, self.max_cost = progress, npartitions, max_cost
+    def __init__(self, progress: Any, npartitions: int, max_cost: float | None, label: str | None = None):
+        self.progress, self.npartitions, self.max_cost, self.label = progress, npartitions, max_cost, label
         self.parts: dict[Any, tuple[str, dict[str, Any], bool]] = {}  # part -> (execution, figures, final)
         self.superseded: set[str] = set()
         self.gone: list[dict[str, Any]] = []  # the last figures of executions computed again (a worker died)
@@ -225,6 +235,8 @@ class Tally:
         see = "pass details=True to the verb for each row's status and error (last_run() sums the partitions)"
         text = unanswered_message(dict(bad), stats.total, budget_note=budget, deadline_note=deadline, see=see,
                                   again="Computing it again")  # fmt: skip
+        if self.label:
+            text = f"{self.label}: {text}"
         warnings.warn(text, RunWarning, stacklevel=2)
 
 

@@ -11,7 +11,7 @@ import pytest
 import pandas_llm
 from helpers import billed, kill_a_worker_when, local_cluster, varied
 from pandas_llm._dask.budget import STALE, Purse
-from pandas_llm._dask.progress import Tally
+from pandas_llm._dask.progress import Tally, call_label
 from pandas_llm._pricing import money
 from pandas_llm.testing import LLMServer
 
@@ -157,6 +157,32 @@ def test_one_cap_for_the_partitions_of_a_threaded_compute():
         assert billed(srv) <= cap - spent
 
 
+def test_a_call_is_named_by_its_verb_and_its_template_shortened():
+    def ask(row):
+        return row["t"]
+
+    assert call_label("map", "Translate to French:\n  {text}") == "map('Translate to French: {text}')"
+    assert call_label("classify", "x" * 50, width=10) == "classify('xxxxxxxxx…')"
+    assert call_label("map", ask).startswith("map(test_a_call_is_named") and call_label("map", ask).endswith(".ask)")
+
+
+def test_each_verb_of_one_compute_warns_naming_its_call():
+    df = frame(200)
+    cap = 0.0008  # less than either verb's rows cost: both leave rows without an answer
+    with LLMServer(answer=varied) as srv:
+        kw = dict(base_url=srv.base_url, api_key="x", cache=False, progress=False, max_tokens=80, max_cost=cap)
+        ddf = dd.from_pandas(df, npartitions=4)
+        first = ddf.llm.map("{t}", **kw)
+        second = ddf.llm.map("Summarise in one short line, for a busy reader: {t}", **kw)
+        with dask.config.set(scheduler="threads"), pytest.warns(pandas_llm.RunWarning) as caught:
+            dask.compute(first, second)
+    texts = sorted(str(w.message) for w in caught)
+    assert len(texts) == 2  # one per verb call, each saying which
+    assert texts[0].startswith("map('Summarise in one short line, for a busy…'): ")
+    assert texts[1].startswith("map('{t}'): ")
+    assert all("of 200 rows have no answer" in t and "max_cost=" in t for t in texts)
+
+
 # -- worker processes ----------------------------------------------------------------------
 def test_one_cap_one_display_and_one_report_for_worker_processes(dask_client):
     df = frame(300)
@@ -173,7 +199,9 @@ def test_one_cap_one_display_and_one_report_for_worker_processes(dask_client):
         assert s.budget_reached and s.outcome == "done"
         # one warning, on the driver (the partitions' own would stay in the workers' logs)
         [w] = [str(w.message) for w in caught]
-        assert w.startswith(f"{s.unsent['budget']} of 300 rows have no answer: {s.unsent['budget']} budget")
+        assert w.startswith(
+            f"map('{{t}}'): {s.unsent['budget']} of 300 rows have no answer: {s.unsent['budget']} budget"
+        )
         assert f"max_cost={money(cap)} stopped the compute after {money(s.cost)}" in w
         assert "pass details=True" in w and "Computing it again" in w
         assert (s.total, s.sent_done + s.unsent["budget"]) == (300, 300)
