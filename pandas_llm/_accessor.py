@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, cast
 import pandas as pd
 
 from ._run import loop as _runner
-from ._run.heap import frozen_heap
 from ._verbs import check_prompt_order, job_verb, prepare
 from ._verbs import estimate as _estimate
 from ._verbs.endpoints import prepare_embed, prepare_moderate
@@ -44,17 +43,15 @@ class LLMAccessor:
                **kw: Any) -> Any:  # fmt: skip
         if plan is prepare:
             check_prompt_order(template)
-        with frozen_heap():
-            job = plan(self._obj, template, options, **kw)
-            _runner.run_sync(job.wait)
-            return job.result(details=details)
+        job = plan(self._obj, template, options, **kw)
+        _runner.run_sync(job.wait)
+        return job.result(details=details)
 
     async def _avalue(self, plan: Callable[..., Any], details: bool, template: Any, options: dict[str, Any],
                       **kw: Any) -> Any:  # fmt: skip
-        with frozen_heap():
-            job = await self._aplan(plan, template, options, **kw)
-            await job.wait()
-            return job.result(details=details)
+        job = await self._aplan(plan, template, options, **kw)
+        await job.wait()
+        return job.result(details=details)
 
     async def _aplan(self, plan: Callable[..., Any], template: Any, options: dict[str, Any], **kw: Any) -> Any:
         import asyncio

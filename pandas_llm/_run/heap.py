@@ -7,14 +7,19 @@ the user's frames. Measured in a process that imported pandas: 27-32 ms, once in
 5,000-row call, during which no answer is read and no request goes out (about 1% of that
 call's wall time at 100 ms latency, concurrency 200).
 
-While a run lasts, :func:`frozen_heap` moves the objects that existed before it out of the
-collector's view (``gc.freeze()``). Collections still run, young and old, over what was made
-since; when the last run open at once ends, every object goes back to the oldest generation
-(``gc.unfreeze()``). The one difference a user can see: a garbage cycle made before the run
-is freed after it, not during it.
+While a realtime run of at least :data:`MIN_REQUESTS` requests sends, :func:`frozen_heap`
+moves the objects that existed before it out of the collector's view (``gc.freeze()``).
+Collections still run, young and old, over what was made since; when the last run open at
+once ends, every object goes back to the oldest generation (``gc.unfreeze()``). What a
+user can see: a garbage cycle made before the run is freed after it, not during it.
 
-Left alone: a process that froze its heap itself (``gc.get_freeze_count() > 0`` when the
-first run starts, as servers that fork after loading do), and ``PANDAS_LLM_FREEZE_GC=0``.
+Left alone:
+- a process that froze its heap itself (``gc.get_freeze_count() > 0`` when the first run
+  starts, as servers that fork after loading do), or that froze more while a run was open
+  (the run then leaves the heap frozen, as that process asked);
+- ``PANDAS_LLM_FREEZE_GC=0`` (only ``0``) turns it off;
+- a child forked during a run starts thawed.
+The Batch API's wait is never frozen (it sends one file, not one request per row).
 """
 
 from __future__ import annotations
@@ -25,28 +30,50 @@ import os
 import threading
 from collections.abc import Iterator
 
-__all__ = ["frozen_heap"]
+__all__ = ["frozen_heap", "MIN_REQUESTS"]
+
+#: Runs with fewer requests to send make too few objects to set off a full collection, and
+#: checking ``gc.get_freeze_count()`` walks the frozen objects (O(n) on CPython 3.11).
+MIN_REQUESTS = 500
 
 _lock = threading.Lock()
 _open = 0  # runs inside frozen_heap now
-_ours = False  # whether the freeze in force is ours to undo
+_frozen = -1  # objects frozen by our freeze (-1: the freeze in force, if any, is not ours)
 
 
 @contextlib.contextmanager
-def frozen_heap() -> Iterator[None]:
-    """Freeze the heap for the duration of a run (runs may nest and overlap across threads)."""
-    global _open, _ours
+def frozen_heap(requests: int) -> Iterator[None]:
+    """Freeze the heap while a run of ``requests`` requests lasts (runs may overlap across threads)."""
+    global _open, _frozen
+    if requests < MIN_REQUESTS or os.environ.get("PANDAS_LLM_FREEZE_GC", "1") == "0":
+        yield
+        return
     with _lock:
-        if _open == 0:
-            _ours = os.environ.get("PANDAS_LLM_FREEZE_GC", "1") != "0" and gc.get_freeze_count() == 0
-            if _ours:
-                gc.freeze()
+        if _open == 0 and gc.get_freeze_count() == 0:
+            gc.freeze()
+            _frozen = gc.get_freeze_count()
         _open += 1
     try:
         yield
     finally:
         with _lock:
             _open -= 1
-            if _open == 0 and _ours:
-                _ours = False
-                gc.unfreeze()
+            if _open == 0 and _frozen >= 0:
+                # objects only leave the frozen set when freed: more than we froze means
+                # the process froze its heap meanwhile, and that freeze is kept
+                if gc.get_freeze_count() <= _frozen:
+                    gc.unfreeze()
+                _frozen = -1
+
+
+def _thaw_in_child() -> None:
+    """A child forked during a run: that run is not the child's to end."""
+    global _lock, _open, _frozen
+    _lock = threading.Lock()
+    if _frozen >= 0:
+        gc.unfreeze()
+    _open, _frozen = 0, -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_thaw_in_child)

@@ -31,6 +31,7 @@ from . import inflight
 from .budget import Budget, ContextCheck, Meter
 from .claimed import Claimed
 from .engine import Engine, RetryPolicy
+from .heap import frozen_heap
 from .limiter import Limiter
 
 __all__ = ["Run", "RunWarning", "answers", "unanswered_message", "unanswered_sink"]
@@ -155,7 +156,8 @@ class Run:
 
                 ticker = asyncio.ensure_future(self._tick(display))
                 try:
-                    await self._until_stopped(asyncio.ensure_future(send()))
+                    with frozen_heap(stats.to_send):  # no full collection over the whole heap meanwhile
+                        await self._until_stopped(asyncio.ensure_future(send()))
                 finally:
                     ticker.cancel()
             else:

@@ -1,18 +1,22 @@
 """A run keeps full garbage collections over the whole heap off its hot path (``_run/heap.py``):
-the objects from before the run are frozen while it lasts, and given back after it, whatever
-way it ends; a process that froze its heap itself is left as it is."""
+the objects from before the run are frozen while it sends, and given back after it, whatever
+way it ends; a process that froze its heap itself, before or during the run, is left as it is;
+a child forked during a run starts thawed. (The threshold of requests is lowered to 1 here.)"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
+import warnings
 import weakref
 
 import pandas as pd
 import pytest
 
 import pandas_llm  # noqa: F401 - the accessor
+from pandas_llm._run import heap
 from pandas_llm._run.heap import frozen_heap
 
 
@@ -22,7 +26,8 @@ class Cycle:
 
 
 @pytest.fixture(autouse=True)
-def _thawed():
+def _thawed(monkeypatch):
+    monkeypatch.setattr(heap, "MIN_REQUESTS", 1)
     assert gc.get_freeze_count() == 0, "an earlier test left the heap frozen"
     yield
     gc.unfreeze()
@@ -105,7 +110,7 @@ def test_overlapping_runs_thaw_when_the_last_one_ends():
     first_in, release = threading.Event(), threading.Event()
 
     def hold():
-        with frozen_heap():
+        with frozen_heap(1):
             first_in.set()
             release.wait(5)
 
@@ -113,10 +118,47 @@ def test_overlapping_runs_thaw_when_the_last_one_ends():
     t.start()
     assert first_in.wait(5)
     try:
-        with frozen_heap():
+        with frozen_heap(1):
             assert gc.get_freeze_count() > 0
         assert gc.get_freeze_count() > 0, "the first run is still going"
     finally:
         release.set()
         t.join(5)
     assert gc.get_freeze_count() == 0
+
+
+def test_a_small_run_does_not_freeze(monkeypatch):
+    monkeypatch.setattr(heap, "MIN_REQUESTS", 4)
+    seen, _ = _seen_during_run()
+    assert seen == [0, 0, 0]
+
+
+def test_a_freeze_the_process_makes_during_the_run_is_kept():
+    seen = []
+
+    def client(messages, **params):
+        if messages[0]["content"] == "b":
+            keep = [[i] for i in range(20_000)]  # noqa: F841 - more objects than the run froze
+            gc.freeze()
+        seen.append(gc.get_freeze_count())
+        return "ok"
+
+    pd.DataFrame({"text": ["a", "b", "c"]}).llm.map("{text}", client=client, cache=False, progress=False, concurrency=1)
+    assert gc.get_freeze_count() > 0, "the process's own freeze was undone"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_child_forked_during_a_run_starts_thawed():
+    codes = []
+
+    def client(messages, **params):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running (3.12+)
+            pid = os.fork()
+        if pid == 0:
+            os._exit(0 if gc.get_freeze_count() == 0 else 3)
+        codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        return "ok"
+
+    pd.DataFrame({"text": ["a"]}).llm.map("{text}", client=client, cache=False, progress=False)
+    assert codes == [0]
