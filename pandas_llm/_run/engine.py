@@ -147,11 +147,20 @@ class Engine(Sending):
                 watch.cancel()
             for w in workers:
                 w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            again = False
+            try:
+                await asyncio.gather(*workers, return_exceptions=True)
+            except asyncio.CancelledError:
+                again = True  # a second Ctrl-C: the answers in hand are still committed
             self.flush()
-            await self._committer.drain()
+            try:
+                await self._committer.drain()  # holds a cancel until its writes are done
+            except asyncio.CancelledError:
+                again = True
             if own_token:
                 inflight.close_run(self._token)  # type: ignore[arg-type]
+            if again:
+                raise asyncio.CancelledError
         if self._committer.error is not None:
             raise self._committer.error
         if self._fatal is not None:

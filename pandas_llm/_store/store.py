@@ -300,7 +300,10 @@ class Store:
         return self.conn.execute("SELECT count(*) FROM results WHERE status = ?", (status,)).fetchone()[0]
 
     def close(self) -> None:
-        self.conn.close()
+        """Close the connection; waits for a write under way on the commit thread (closing
+        SQLite under it crashed the process: a second Ctrl-C at the wrong moment)."""
+        with self._write_lock:
+            self.conn.close()
 
     def __enter__(self) -> Store:
         return self

@@ -118,3 +118,20 @@ def test_begin_immediate_is_written_once():
         for _ in re.finditer(re.escape('execute("BEGIN IMMEDIATE'), p.read_text())
     ]
     assert hits == ["store.py"]
+
+
+def test_close_waits_for_a_write_under_way(tmp_path):
+    """The engine commits on its own thread; closing SQLite under a write crashed the process
+    (a second Ctrl-C landing between the run's end and its commit)."""
+    store = Store(str(tmp_path / "c.sqlite"))
+    release, holder = held_by_another_thread(store)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.3)
+    try:
+        assert closer.is_alive(), "close() did not wait for the transaction under way"
+    finally:
+        release.set()
+        holder.join(30)
+        closer.join(30)
+    assert not closer.is_alive()
