@@ -238,8 +238,10 @@ class Engine(Sending):
                         raise self._fatal
                     return
                 if record.status in CUT_SHORT:  # its retry was not sent: never stored, a rerun sends it
-                    self.stats.unsent[record.status] += 1
-                    self.on_result(job[0], record)
+                    for u, row in [(job[0], record)] if self.split is None else self.split(job, record):
+                        if u is not None:  # a pack's or a group's rows each keep its status and error
+                            self.stats.unsent[row.status] += 1
+                            self.on_result(u, row)
                     if self._fatal is not None:
                         raise self._fatal
                     if self._stop:

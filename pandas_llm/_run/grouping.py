@@ -10,7 +10,8 @@ A text over the model's token limit is that row's ``too_long`` error before anyt
 sent. A request the endpoint refuses (HTTP 400: OpenAI refuses the whole list for one
 bad text) is split and sent again: the text the error names (``input[i]``) alone and the
 rest together, or the two halves when it names none, so only the bad rows end as errors.
-Other failures (after the engine's retries) are every row's of that request.
+Other failures (after the engine's retries) are every row's of that request, a retry the
+deadline (or a stop) cut short too: every row is ``deadline`` (``stopped``), never stored.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ exactly once with a valid value. A row whose item is missing, duplicated, or fai
 validation (or whose whole pack failed: invalid JSON after the retries, cut off at
 max_tokens, an HTTP 400) is sent again on its own, automatically, after the packs. Rows
 that cannot be packed (a template function returning its own system message or several
-messages) are simply sent on their own.
+messages) are simply sent on their own. A pack whose retry the deadline (or a stop) cut
+short is not sent again, alone or packed: its rows are status ``deadline`` (``stopped``)
+with the pack's last error, as a single row's would be (send.CUT_SHORT).
 
 Every write goes through the engine's committer: the engine's ``split`` hook turns a
 pack's answer into its rows' records, committed in ONE transaction with the pack's own
@@ -43,6 +45,7 @@ from .._plan.requests import RequestBuilder
 from .._store.store import Record, Store
 from .._structured.packing import Envelope, _counter, _rf_tokens, envelope_error, packed_key, shares
 from .._structured.schema import Schema
+from .send import CUT_SHORT
 
 __all__ = ["Packer", "PackingReport", "Rows"]
 
@@ -210,7 +213,10 @@ class Packer:
     # -- answers -------------------------------------------------------------------------
     def split(self, job: tuple[int, bytes, bytes], record: Record) -> Rows:
         """The engine's hook: a pack's answer -> its rows' records, and the pack's own answer
-        (stored beside them in the same commit, not counted: its rows are)."""
+        (stored beside them in the same commit, not counted: its rows are); a pack whose retry
+        was cut short (``CUT_SHORT``, never stored) -> its rows' records alone."""
+        if record.status in CUT_SHORT:
+            return self.rows(job[0], record)
         return [*self.rows(job[0], record), (None, record)]
 
     def rows(self, pid: int, record: Record) -> Rows:
@@ -218,6 +224,8 @@ class Packer:
         members = self._members.pop(pid)
         plan = self._plan
         assert plan is not None
+        if record.status in CUT_SHORT:  # its retry was cut short: so are its rows' (never stored)
+            return [(u, record._replace(key=packed_key(plan.keys[u]))) for u in members]
         if record.status != "ok":
             for u in members:
                 self._fall_back(u, f"pack {record.status}")

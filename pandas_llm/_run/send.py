@@ -71,6 +71,8 @@ UNSENT = "unsent"
 #: The statuses of a job whose retry the deadline (or a stop) cut short: not a failure (its
 #: attempts were not used up), never stored; its row keeps the last error (engine._work).
 CUT_SHORT = ("deadline", "stopped")
+#: Why a job of each CUT_SHORT status was not sent again (the end of its error).
+_WHY_CUT = {"deadline": "its retry would come after the deadline", "stopped": "the run stopped"}
 
 
 class Sending:
@@ -179,9 +181,8 @@ class Sending:
                     return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
                                   "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
                 if not again:
-                    if failures < self.retry.max_attempts and self.split is None:  # the deadline comes first
-                        return Record(key, "deadline", error=f"{exc} (after {attempts} attempts; not sent again: "
-                                      "the deadline passes before its retry)", attempts=attempts, model=self.model)  # fmt: skip
+                    if failures < self.retry.max_attempts:  # the deadline comes first
+                        return self._cut_short(key, attempts, exc, "deadline")
                     return Record(
                         key, "failed", error=f"{exc} (after {attempts} attempts)", attempts=attempts, model=self.model
                     )
@@ -291,8 +292,13 @@ class Sending:
             self._halt(None)
         if failure is None:
             return Record(key, UNSENT)  # never sent: the caller labels it (deadline, stopped)
-        why = "the deadline passed" if self.stats.deadline_reached else "the run stopped"
-        status = "failed" if self.split is not None else "deadline" if self.stats.deadline_reached else "stopped"
+        return self._cut_short(key, attempts, failure, "deadline" if self.stats.deadline_reached else "stopped")
+
+    def _cut_short(self, key: bytes, attempts: int, failure: RetryableError, status: str) -> Record:
+        """The record of a job whose retry the deadline or a stop cut short (``CUT_SHORT``): the
+        one place its status and message are made, whether the deadline had passed or its retry
+        would have come after it. A packed or grouped request's rows take it too (engine._work)."""
+        why = _WHY_CUT[status]
         return Record(key, status, error=f"{failure} (after {attempts} attempts; not sent again: {why})",
                       attempts=attempts, model=self.model)  # fmt: skip
 

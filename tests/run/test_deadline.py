@@ -4,9 +4,12 @@ a row whose retry it cuts short is status "deadline" (with its last error), not 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import warnings
 
+import pandas as pd
 import pytest
+from pydantic import BaseModel
 
 import pandas_llm
 from helpers import VirtualTime, frame
@@ -83,6 +86,50 @@ def test_failed_still_means_every_attempt_was_used(server, opts, fast_retries):
     assert (d["status"] == "failed").all() and (d["attempts"] == 2).all()
     stats = pandas_llm.last_run().stats
     assert stats.failed["failed"] == 20 and not stats.unsent
+
+
+class Topic(BaseModel):
+    topic: str
+
+
+def many_rows_per_request(verb: str, **kw):
+    """``verb`` over 10 texts, 5 per request: packed (``rows_per_request``) or grouped (embed)."""
+    texts = pd.Series([f"ticket {i}" for i in range(10)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RunWarning)
+        if verb == "packed":
+            texts.to_frame("text").llm.extract("{text}", schema=Topic, rows_per_request=5, **kw)
+        else:
+            texts.llm.embed(dimensions=4, inputs_per_request=5, **kw)
+    return pandas_llm.last_run(), [str(w.message) for w in caught if issubclass(w.category, RunWarning)]
+
+
+@pytest.mark.server(error_rate={503: 1.0})
+@pytest.mark.parametrize("verb", ["packed", "grouped"])
+@pytest.mark.parametrize("cut", ["passed", "retry-after-it"])
+def test_a_packed_or_grouped_request_the_deadline_cuts_short_is_deadline_on_every_row(
+    server, opts, monkeypatch, tmp_path, verb, cut
+):
+    # they were "failed" (grouped: stored so) or sent alone after the deadline and left "deadline"
+    # without their error (packed): only single-row requests followed the rule
+    backoff = 0.001 if cut == "passed" else 3600.0  # the deadline passes during the retries, or before one
+    monkeypatch.setattr(RetryPolicy, "backoff", lambda self, attempt, retry_after: backoff)
+    deadline = 0.3 if cut == "passed" else 600
+    cache = tmp_path / "c.sqlite"
+    report, texts = many_rows_per_request(verb, deadline=deadline, max_attempts=100_000, cache=cache, **opts)
+    d = report.details
+    assert (d["status"] == "deadline").all() and (d["attempts"] >= 1).all()
+    assert d["error"].str.contains("503").all()
+    assert d["error"].str.endswith("not sent again: its retry would come after the deadline)").all()
+    stats = report.stats
+    assert stats.outcome == "done" and stats.unsent["deadline"] == 10 and not stats.failed and not stats.ok
+    assert len(texts) == 1 and "10 deadline" in texts[0]
+    if verb == "packed":
+        assert report.packing.fallback_rows == 0  # not sent alone after the pack's retry was cut short
+    assert server.completed == 0
+    db = sqlite3.connect(cache)  # never stored: a rerun sends them
+    assert db.execute("SELECT count(*) FROM results").fetchone() == (0,)
+    db.close()
 
 
 class Backend:
