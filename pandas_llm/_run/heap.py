@@ -14,10 +14,12 @@ once ends, every object goes back to the oldest generation (``gc.unfreeze()``). 
 user can see: a garbage cycle made before the run is freed after it, not during it.
 
 Left alone:
-- a process that froze its heap itself (``gc.get_freeze_count() > 0`` when the first run
-  starts, as servers that fork after loading do), or that froze more while a run was open
-  (the run then leaves the heap frozen, as that process asked);
-- ``PANDAS_LLM_FREEZE_GC=0`` (only ``0``) turns it off;
+- a process that froze its heap itself before the first run started
+  (``gc.get_freeze_count() > 0``, as servers that fork after loading do);
+- ``PANDAS_LLM_FREEZE_GC=0`` (only ``0``) turns it off: set it in a process that calls
+  ``gc.freeze()`` while a run may be open on another thread, since the run's
+  ``gc.unfreeze()`` would undo that freeze (telling it apart would mean counting the frozen
+  objects, ~4 ms per 70,000 on CPython 3.11, twice per run);
 - a child forked during a run starts thawed.
 The Batch API's wait is never frozen (it sends one file, not one request per row).
 """
@@ -38,41 +40,38 @@ MIN_REQUESTS = 500
 
 _lock = threading.Lock()
 _open = 0  # runs inside frozen_heap now
-_frozen = -1  # objects frozen by our freeze (-1: the freeze in force, if any, is not ours)
+_ours = False  # whether the freeze in force is ours to undo
 
 
 @contextlib.contextmanager
 def frozen_heap(requests: int) -> Iterator[None]:
     """Freeze the heap while a run of ``requests`` requests lasts (runs may overlap across threads)."""
-    global _open, _frozen
+    global _open, _ours
     if requests < MIN_REQUESTS or os.environ.get("PANDAS_LLM_FREEZE_GC", "1") == "0":
         yield
         return
     with _lock:
-        if _open == 0 and gc.get_freeze_count() == 0:
+        if _open == 0 and gc.get_freeze_count() == 0:  # an empty frozen list: no walk
             gc.freeze()
-            _frozen = gc.get_freeze_count()
+            _ours = True
         _open += 1
     try:
         yield
     finally:
         with _lock:
             _open -= 1
-            if _open == 0 and _frozen >= 0:
-                # objects only leave the frozen set when freed: more than we froze means
-                # the process froze its heap meanwhile, and that freeze is kept
-                if gc.get_freeze_count() <= _frozen:
-                    gc.unfreeze()
-                _frozen = -1
+            if _open == 0 and _ours:
+                gc.unfreeze()
+                _ours = False
 
 
 def _thaw_in_child() -> None:
     """A child forked during a run: that run is not the child's to end."""
-    global _lock, _open, _frozen
+    global _lock, _open, _ours
     _lock = threading.Lock()
-    if _frozen >= 0:
+    if _ours:
         gc.unfreeze()
-    _open, _frozen = 0, -1
+    _open, _ours = 0, False
 
 
 if hasattr(os, "register_at_fork"):
