@@ -352,12 +352,6 @@ class Settings:
         return dataclasses.replace(self, params=params, **direct)
 
 
-def user_cache_dir() -> str:
-    """The user's cache folder: ``$XDG_CACHE_HOME``, else ``~/.cache`` (pandas-llm keeps its
-    own files in a ``pandas-llm`` folder there: learned rate limits, Dask's local sidecars)."""
-    return os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-
-
 def mask_key(key: Any) -> str:
     """How an API key is shown: never the key itself.
 

@@ -19,6 +19,7 @@ ROOT = pathlib.Path(pandas_llm.__file__).parent
 FLOORS = {
     "_errors": 0,
     "_data": 0,
+    "_kept": 0,
     "_params": 1,
     "_pricing": 1,
     "_local": 1,

@@ -41,8 +41,8 @@ import time
 import uuid
 from typing import Any
 
-from .._config import user_cache_dir
 from .._errors import ConfigError, StoreError
+from .._kept import user_cache_dir
 from .._store.store import Record, Store, file_id_of, observer
 from .events import Channel, current_client, current_worker, send
 

@@ -13,38 +13,32 @@ model and account, so the next run needs no such round trip:
   correct any figure that changed since. The account is a hash of the API key (the
   first 16 hex digits of its SHA-256), never the key.
 
-The file is a speed-up only: when it cannot be read or written, runs learn from the
-headers as before (a debug log line says why). A user's ``rpm=``/``tpm=`` is a ceiling
+The file is a speed-up only (_kept.py): when it cannot be read or written, runs learn
+from the headers as before (a debug log line says why). A user's ``rpm=``/``tpm=`` is a ceiling
 that what is remembered never raises.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import math
-import os
-import tempfile
 import threading
-import time
 from typing import Any
 
-from .._config import user_cache_dir
+from .._kept import KeptFile
 
-__all__ = ["account", "remember", "remembered_limits", "limits_file", "FILE_TTL"]
-
-log = logging.getLogger("pandas_llm")
+__all__ = ["account", "remember", "remembered_limits", "limits_file", "FILE_TTL", "LIMITS"]
 
 #: Seconds a figure in the file is used for: a week.
 FILE_TTL = 7 * 86400.0
+
+#: The file (``limits.json``); entries ``{"rpm": ..., "tpm": ..., "at": ...}``.
+LIMITS = KeptFile("limits.json", ttl=FILE_TTL, what="learned limits", thread="pandas-llm-limits")
 
 Key = tuple[str, ...]  # (endpoint, model) or (endpoint, model, account)
 
 _registry: dict[Key, list[float | None]] = {}
 _registry_lock = threading.Lock()
-_disk: dict[str, Any] | None = None  # the file's entries, read at the first miss of this process
-_disk_path: str | None = None  # the file they were read from
 
 
 def account(settings: Any) -> str:
@@ -62,22 +56,20 @@ def account(settings: Any) -> str:
 
 def limits_file() -> str:
     """Where the learned limits are kept between processes."""
-    return os.path.join(user_cache_dir(), "pandas-llm", "limits.json")
+    return LIMITS.path
 
 
 def remember(key: Key, rpm: float | None, tpm: float | None) -> None:
     """Note what was learned for ``key`` = (endpoint, model[, account]); None in a figure:
     no limit to keep to. A figure that changed is also written to :func:`limits_file`, on
-    a thread of its own (the event loop never waits for the disk)."""
+    a thread of its own (the event loop never waits for the disk), unless the file says
+    so already, written less than a day ago."""
     value = [rpm, tpm]
     with _registry_lock:
         if _registry.get(key) == value:
             return
         _registry[key] = value
-        entry = _load().get(_name(key))
-        if isinstance(entry, dict) and [entry.get("rpm"), entry.get("tpm")] == value and _fresh(entry, FILE_TTL / 7):
-            return  # the file says so already, written less than a day ago
-    threading.Thread(target=_write, args=(key, value), name="pandas-llm-limits", daemon=True).start()
+    LIMITS.put(_name(key), {"rpm": rpm, "tpm": tpm})
 
 
 def remembered_limits(endpoint: str, model: str, account: str = "") -> tuple[float | None, float | None] | None:
@@ -88,8 +80,8 @@ def remembered_limits(endpoint: str, model: str, account: str = "") -> tuple[flo
     with _registry_lock:
         known = _registry.get(key)
         if known is None:
-            entry = _load().get(_name(key))
-            if isinstance(entry, dict) and _fresh(entry, FILE_TTL):
+            entry = LIMITS.get(_name(key))
+            if entry is not None:
                 known = _registry[key] = [_figure(entry.get("rpm")), _figure(entry.get("tpm"))]
     return None if known is None else (known[0], known[1])
 
@@ -98,60 +90,8 @@ def _name(key: Key) -> str:
     return " ".join(key)
 
 
-def _fresh(entry: dict[str, Any], ttl: float) -> bool:
-    at = entry.get("at")
-    return isinstance(at, int | float) and 0 <= time.time() - at < ttl
-
-
 def _figure(value: Any) -> float | None:
     """A per-minute figure from the file; None (no limit) for anything not a finite number of
     at least one (a damaged entry must not stall a run: the first answer's headers say)."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 1
     return float(value) if ok else None
-
-
-def _load() -> dict[str, Any]:
-    """The file's entries, read once per process and file (called under the lock)."""
-    global _disk, _disk_path
-    path = limits_file()
-    if _disk is None or _disk_path != path:
-        _disk, _disk_path = _read(path), path
-    return _disk
-
-
-def _read(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        log.debug("pandas-llm: learned limits not read from %s (%s)", path, exc)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write(key: Key, value: list[float | None]) -> None:
-    """Merge one entry into the file (read, update, replace atomically). Two processes
-    writing at once may lose one's entry: the next run learns it again from the headers."""
-    path = limits_file()
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        data = _read(path)
-        now = time.time()
-        data = {k: v for k, v in data.items() if isinstance(v, dict) and _fresh(v, FILE_TTL)}
-        data[_name(key)] = {"rpm": value[0], "tpm": value[1], "at": now}
-        fd, tmp = tempfile.mkstemp(prefix=".limits-", suffix=".json", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=0)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as exc:
-        log.debug("pandas-llm: learned limits not written to %s (%s)", path, exc)
-        return
-    global _disk, _disk_path
-    with _registry_lock:
-        _disk, _disk_path = data, path

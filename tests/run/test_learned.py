@@ -38,7 +38,7 @@ def new_process(monkeypatch):
     def forget() -> None:
         written()
         monkeypatch.setattr(learned, "_registry", {})
-        monkeypatch.setattr(learned, "_disk", None)
+        learned.LIMITS.forget()
 
     forget()
     return forget
