@@ -3,7 +3,10 @@
 Table prices come from the ``genai-prices`` package's bundled data (no network). It is
 imported on the first look-up, not with pandas_llm, because importing it takes
 ~0.15 s: the first ``price_for`` costs ~0.15 s, each new model after it ~0.3 ms, and a
-repeated model ~0.05 µs (lru_cache). Per-row arithmetic is ``cost`` (~0.2 µs).
+repeated model ~0.05 µs (lru_cache). What the table said is also kept in ``prices.json``
+in the user's cache folder (:data:`PRICES`, per model and table version), so a restarted
+kernel or a new script reads its prices there and never imports the table. Per-row
+arithmetic is ``cost`` (~0.2 µs).
 
 >>> price = price_for("gpt-4o-mini")
 >>> round(price.input * 1_000_000, 6), round(price.batch_output * 1_000_000, 6)
@@ -19,15 +22,19 @@ usage the endpoint reported, which may be odd); ``money`` the one way dollars ar
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from importlib import metadata
 from typing import Any
 
 from ._errors import ConfigError
+from ._kept import KeptFile
 
-__all__ = ["Price", "cost", "money", "price_for", "resolve_price", "usage_cost"]
+__all__ = ["PRICES", "Price", "cost", "money", "price_for", "resolve_price", "usage_cost"]
 
 _PER_MILLION = 1_000_000
 _BATCH_CONTEXT = {"processing": "batch"}
@@ -203,11 +210,59 @@ def price_for(model: str, *, provider: str | None = None) -> Price | None:
     rule), and other providers' models are charged the realtime price, so a budget is
     never under-estimated.
 
+    The answer, a price or None, is kept in :data:`PRICES` for the next process, under
+    the table's version: a process that has not imported the table yet reads it there
+    (~1 ms) instead of importing it. A new genai-prices release looks every model up again.
+
     >>> price_for("gpt-4o-mini").cached_input * 1_000_000
     0.075
     >>> price_for("no-such-model") is None
     True
     """
+    version = _table_version()
+    if version is None:
+        return _table_price(model, provider)
+    name = f"{version} {provider or ''} {model}"
+    if "genai_prices" not in sys.modules:  # once the table is imported, it answers in ~0.3 ms
+        entry = PRICES.get(name)
+        if entry is not None:
+            try:
+                return _kept_price(entry)
+            except (KeyError, ValueError):
+                pass  # a damaged entry: the table says
+    price = _table_price(model, provider)
+    PRICES.put(name, {"price": None if price is None else dataclasses.asdict(price)})
+    return price
+
+
+#: The prices :func:`price_for` looked up, kept between processes (``prices.json`` in the
+#: user's cache folder, _kept.py): entries ``{"price": {"input": ..., ...} or null, "at": ...}``
+#: named by the table's version, the provider and the model, used for 30 days.
+PRICES = KeptFile("prices.json", ttl=30 * 86400.0, what="table prices", thread="pandas-llm-prices-kept")
+
+
+@functools.lru_cache(maxsize=1)
+def _table_version() -> str | None:
+    """The installed genai-prices version (read from its metadata: no import); None if unknown."""
+    try:
+        return metadata.version("genai-prices")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _kept_price(entry: dict[str, Any]) -> Price | None:
+    """The Price of a kept entry (None: the table did not know the model); raises KeyError
+    or ValueError for an entry that is not one :func:`price_for` wrote."""
+    rates = entry["price"]
+    if rates is None:
+        return None
+    if not isinstance(rates, dict) or set(rates) != {f.name for f in fields(Price)}:
+        raise ValueError(f"not a price: {rates!r}")
+    return Price(**rates)  # ConfigError (a ValueError) for a rate that is not a finite number >= 0
+
+
+def _table_price(model: str, provider: str | None) -> Price | None:
+    """:func:`price_for` from the table itself."""
     from genai_prices import Usage, calc_price  # ~0.15 s to import, so only when needed
 
     if provider is None and model.lower().startswith("ft:"):

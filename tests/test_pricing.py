@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 from decimal import Decimal
+from pathlib import Path
 
 import genai_prices
 import pytest
@@ -256,3 +264,118 @@ def test_every_display_of_money_uses_the_one_formatter():
 
     report = RunReport(RunStats(cost=0.0000456, lost_answers=2, possibly_billed=0.25, started=0.0, finished=1.0), None)
     assert "$0.0000456 + up to $0.250 possibly billed" in report.summary()  # not "$0.0000 + up to $0.2500"
+
+
+# --- prices kept for the next process (prices.json): a restarted kernel never imports the table ---
+
+
+def run_python(code: str) -> str:
+    """``code`` in a new process with this test's cache folder (conftest: XDG_CACHE_HOME)."""
+    env = dict(os.environ, PYTHONWARNINGS="error")
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def kept_written() -> None:
+    for t in threading.enumerate():
+        if t.name == "pandas-llm-prices-kept":
+            t.join()
+
+
+def look_up_in_a_new_process(model: str) -> tuple[dict | None, bool]:
+    code = f"""
+        import sys, json, threading
+        from pandas_llm._pricing import price_for
+        price = price_for({model!r})
+        imported = "genai_prices" in sys.modules
+        for t in threading.enumerate():
+            if t.name == "pandas-llm-prices-kept":
+                t.join()
+        print(json.dumps([None if price is None else {{k: getattr(price, k) for k in price.__dataclass_fields__}}, imported]))
+    """
+    price, imported = json.loads(run_python(code))
+    return (None if price is None else Price(**price)), imported
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "no-such-model-xyz"])
+def test_a_new_process_reads_the_price_an_earlier_one_looked_up_without_importing_the_table(model):
+    first, imported = look_up_in_a_new_process(model)
+    assert imported  # nothing kept yet: the table said
+    assert first == price_for(model)
+    again, imported = look_up_in_a_new_process(model)
+    assert not imported  # read from prices.json
+    assert again == first
+
+
+def test_the_kept_prices_are_per_table_version(monkeypatch):
+    price_for("gpt-4o-mini")
+    kept_written()
+    entries = json.loads(Path(pricing.PRICES.path).read_text())
+    [name] = entries
+    version = name.split(" ")[0]
+    assert version == pricing._table_version()
+    assert name == f"{version}  gpt-4o-mini"
+    assert per_million(Price(**entries[name]["price"])) == per_million(price_for("gpt-4o-mini"))
+
+
+def with_kept_entry(monkeypatch, entry: object, *, version: str | None = None) -> None:
+    """prices.json holding ``entry`` for gpt-4o-mini, read by a process that has not imported the table."""
+    path = pricing.PRICES.path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    name = f"{version or pricing._table_version()}  gpt-4o-mini"
+    Path(path).write_text(json.dumps({name: {"price": entry, "at": time.time()}}))
+    pricing.PRICES.forget()
+    monkeypatch.delitem(sys.modules, "genai_prices")  # as in a new process; the look-up imports it again
+
+
+def test_a_kept_price_is_used_when_the_table_is_not_imported(monkeypatch):
+    mine = Price.per_million(input=7, output=8)
+    with_kept_entry(monkeypatch, {k: getattr(mine, k) for k in Price.__dataclass_fields__})
+    assert price_for("gpt-4o-mini") == mine  # what the file says: the table is not asked
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"input": 1e-6},  # a rate missing
+        {"input": -1, "output": 0, "cached_input": 0, "batch_input": 0, "batch_output": 0, "batch_cached_input": 0},
+        {"input": "1", "output": 0, "cached_input": 0, "batch_input": 0, "batch_output": 0, "batch_cached_input": 0},
+        [1, 2],
+        "free",
+    ],
+)
+def test_a_damaged_kept_price_is_looked_up_in_the_table(monkeypatch, entry):
+    with_kept_entry(monkeypatch, entry)
+    assert per_million(price_for("gpt-4o-mini"))["input"] == 0.15
+    kept_written()
+    pricing.PRICES.forget()
+    assert pricing.PRICES.get(f"{pricing._table_version()}  gpt-4o-mini")["price"]["input"] == pytest.approx(0.15 / M)
+
+
+def test_another_table_versions_price_is_not_used(monkeypatch):
+    with_kept_entry(monkeypatch, None, version="0.0.1")  # that release did not know the model
+    assert per_million(price_for("gpt-4o-mini"))["input"] == 0.15
+
+
+@pytest.mark.server(rpm=600, tpm=200_000)
+def test_a_restarted_process_runs_without_importing_the_table(server):
+    run = f"""
+        import sys, threading, pandas as pd, pandas_llm
+        df = pd.DataFrame({{"text": ["a", "b", "c"]}})
+        out = df.llm.map("{{text}}", model="gpt-4o-mini", base_url="{server.base_url}", api_key="sk-x",
+                         cache=False, progress=False)
+        assert out.notna().all()
+        report = pandas_llm.last_run()
+        assert report.stats.cost_known and report.stats.cost > 0, report.summary()
+        for t in threading.enumerate():
+            if t.name.startswith("pandas-llm-"):
+                t.join(5)
+        print("genai_prices" in sys.modules, report.stats.cost)
+    """
+    imported, cost_first = run_python(run).split()
+    assert imported == "True"
+    imported, cost_again = run_python(run).split()
+    assert imported == "False"  # the restarted process priced its answers from prices.json
+    assert cost_again == cost_first
