@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pandas as pd
 
 from ._run import loop as _runner
+from ._run.interrupt import sigint_stops
 from ._verbs import check_prompt_order, job_verb, prepare
 from ._verbs import estimate as _estimate
 from ._verbs.endpoints import prepare_embed, prepare_moderate
@@ -49,8 +50,9 @@ class LLMAccessor:
 
     async def _avalue(self, plan: Callable[..., Any], details: bool, template: Any, options: dict[str, Any],
                       **kw: Any) -> Any:  # fmt: skip
-        job = await self._aplan(plan, template, options, **kw)
-        await job.wait()
+        async with sigint_stops():  # Ctrl-C at a terminal's prompt stops the run (interrupt.py)
+            job = await self._aplan(plan, template, options, **kw)
+            await job.wait()
         return job.result(details=details)
 
     async def _aplan(self, plan: Callable[..., Any], template: Any, options: dict[str, Any], **kw: Any) -> Any:
@@ -143,8 +145,9 @@ class LLMAccessor:
                       reasons: bool = False, flatten: bool | str = False, **options: Any) -> Any:  # fmt: skip
         """The coroutine twin of :meth:`submit`."""
         verb = job_verb(schema, labels, multi=multi, reasons=reasons, flatten=flatten)
-        job = await self._aplan(prepare, template, {**options, "mode": "batch"}, **verb)
-        return await job.asubmit()
+        async with sigint_stops():
+            job = await self._aplan(prepare, template, {**options, "mode": "batch"}, **verb)
+            return await job.asubmit()
 
     async def amap(self, template: Any, *, schema: Any = None, details: bool = False, **options: Any) -> Any:
         """The coroutine twin of :meth:`map`, for code already inside an event loop."""

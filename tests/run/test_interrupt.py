@@ -172,3 +172,128 @@ def test_cancelling_amap_once_keeps_the_answers_in_flight(tmp_path):
         rerun(df, srv, cache)
         assert srv.completed - before == ROWS - stats.ok
         assert set(srv.prompt_counts.values()) == {1}
+
+
+# --- Ctrl-C on `await df.llm.amap(...)` in the main thread's own loop (terminal IPython, run_until_complete) ---
+
+AWAITED = {
+    # a script: the interrupt leaves run_until_complete; the same loop runs again later
+    "run_until_complete": """
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(df.llm.amap("Say {t}", **opts))
+        except KeyboardInterrupt:
+            report()
+        loop.run_until_complete(asyncio.sleep(1.5))  # the loop runs again: nothing more may be sent
+    """,
+    # terminal IPython: a cell awaits at the top level; the next cell awaits something else
+    "ipython": """
+        from IPython.core.interactiveshell import InteractiveShell
+        shell = InteractiveShell.instance()
+        shell.user_ns.update(df=df, opts=opts, report=report, asyncio=asyncio)
+        result = shell.run_cell("out = await df.llm.amap('Say {t}', **opts)")
+        assert isinstance(result.error_in_exec, KeyboardInterrupt), result
+        report()
+        assert shell.run_cell("await asyncio.sleep(1.5)").success
+    """,
+}
+
+
+@pytest.mark.parametrize("where", sorted(AWAITED))
+def test_one_sigint_on_an_awaited_amap_stops_it_and_nothing_is_sent_when_the_loop_runs_again(tmp_path, where):
+    cache = tmp_path / "cache.sqlite"
+    script = (
+        textwrap.dedent(
+            """
+        import asyncio, signal, sys
+        import pandas as pd, pandas_llm
+        base_url, cache = sys.argv[1], sys.argv[2]
+        df = pd.DataFrame({"t": [f"row {i}" for i in range(%d)]})
+        opts = dict(base_url=base_url, api_key="x", cache=cache, concurrency=%d, progress=False)
+        def report():
+            stats = pandas_llm.last_run().stats
+            print("OUTCOME", stats.outcome, stats.in_flight, stats.ok, stats.unsent["stopped"], flush=True)
+        """
+            % (ROWS, CONCURRENCY)
+        )
+        + textwrap.dedent(AWAITED[where])
+        + textwrap.dedent(
+            """
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+        print("AFTER", flush=True)
+        """
+        )
+    )
+    with LLMServer(latency=0.3) as srv:  # 8 requests in flight for 0.3 s each
+        env = dict(os.environ, PYTHONPATH=str(Path(pandas_llm.__file__).parents[1]))
+        proc = subprocess.Popen([sys.executable, "-c", script, srv.base_url, str(cache)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+        try:
+            wait_for_answers(proc, cache, 16)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 0, err
+        words = out[out.index("OUTCOME") :].split()  # after IPython's traceback of the KeyboardInterrupt
+        assert words[:3] == ["OUTCOME", "interrupted", "0"], (out, err)  # stopped, nothing left in flight
+        ok, unsent = int(words[3]), int(words[4])
+        assert unsent > 0 and ok + unsent == ROWS
+        assert words[5] == "AFTER"
+        assert committed(cache) == ok == srv.completed  # every billed answer on disk, none sent after the stop
+
+
+def test_the_handler_is_ours_only_while_a_verb_is_awaited_under_the_default_one():
+    from pandas_llm._run import interrupt
+
+    seen = []
+
+    async def verb() -> None:
+        async with interrupt.sigint_stops():
+            seen.append(signal.getsignal(signal.SIGINT))
+            async with interrupt.sigint_stops():  # two verbs at once (gather): one handler
+                seen.append(signal.getsignal(signal.SIGINT))
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(verb())
+    finally:
+        loop.close()
+    assert seen == [interrupt._on_sigint] * 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    seen.clear()
+    asyncio.run(verb())  # asyncio.run's own handler cancels the main task: left alone
+    assert interrupt._on_sigint not in seen and len(seen) == 3
+
+
+def test_the_first_sigint_cancels_the_verb_into_a_keyboardinterrupt_and_a_second_raises_at_once():
+    from pandas_llm._run import interrupt
+
+    tasks = []
+
+    async def verb(started: asyncio.Event) -> None:
+        async with interrupt.sigint_stops():
+            started.set()
+            await asyncio.sleep(30)
+
+    async def main() -> None:
+        started = asyncio.Event()
+        tasks.append(asyncio.ensure_future(verb(started)))
+        await started.wait()
+        interrupt._on_sigint(signal.SIGINT, None)  # the first: the verb is cancelled, nothing raised here
+        with pytest.raises(KeyboardInterrupt):  # the second: at once
+            interrupt._on_sigint(signal.SIGINT, None)
+        await tasks[0]
+
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(KeyboardInterrupt):  # out of the loop, as the default handler's would
+            loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert isinstance(tasks[0].exception(), KeyboardInterrupt)  # the user's interrupt, not a CancelledError
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
