@@ -78,8 +78,7 @@ class PackedBatchJob(BatchJob):
         self._pids = pids
         n = len(keys)
         packs = Plan(pd.RangeIndex(n), np.arange(n), keys, np.arange(n), np.arange(n), Outcomes(n),
-                     packer._builder, None, lambda i: (keys[i], bodies[i]))  # fmt: skip
-        packs.body_of = lambda u: bodies[u]  # type: ignore[method-assign]
+                     packer._builder, None, _bodies=list(bodies))  # fmt: skip
         super().__init__(packs, settings, name=name, validate=envelope_error, **kw)
         self.rows = rows  # the result is the rows', the batch lines are the packs
         self._collector.on_result = self._split
@@ -110,14 +109,14 @@ class PackedBatchJob(BatchJob):
         if not packs:
             return [], in_flight, set(in_flight)
         slot = {packed_key(rows.keys[u]): u for u in todo}
-        render, first, store = rows._render, rows.first_row, packer._store
+        store = packer._store
         report, out, used = packer.report, [], set(in_flight)
         for pack, entries in packs.items():
             found = [slot.get(row) for _, row, _ in sorted(entries)]
             members = [u for u in found if u is not None and u not in used]
             if len(members) < len(found):
                 continue  # not all its rows are ours to wait for: they are packed afresh
-            rendered = [packer.envelope.content(render(first[u])) for u in members]
+            rendered = [packer.envelope.content(rows.messages_of(u)) for u in members]
             contents = [c for c in rendered if c is not None]
             if len(contents) < len(rendered):
                 continue

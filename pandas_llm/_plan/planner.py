@@ -1,11 +1,20 @@
 """Planning: every stage before the first request — prompts, requests, dedup, cache lookup.
 
 Nothing here spends money, so every mistake in the arguments surfaces here, before any
-call. The plan keeps one int per row and one per distinct request, never the rendered
-prompts nor their keys: those are rendered again, lazily, for the requests that are sent.
-For ``str`` templates a row's key is hashed straight from the formatted text (the JSON
-around it is serialised once), ~1.2 µs a row; dedup and the cache look-up are in bulk
-(dedup.py, resume.py).
+call. For ``str`` templates the plan keeps one int per row and one per distinct request,
+never the rendered prompts nor their keys: those are pure, and rendered again, lazily,
+for the requests that are sent. A row's key is hashed straight from the formatted text
+(the JSON around it is serialised once), ~1.2 µs a row; dedup and the cache look-up are
+in bulk (dedup.py, lookup.py).
+
+A function template is called exactly once per row per plan, and its result is never
+rendered again: a function need not be pure (random examples, a timestamp, a paid
+look-up), and the body sent must be the body whose key was computed. So the plan keeps,
+per distinct request still to send, the encoded body as it was keyed (a ``bytes`` of the
+body's JSON: ~33 + ``len(body)`` bytes, plus an 8-byte slot per distinct request; ~140
+bytes a row for a 100-byte body), and the 32-byte keys (not released). While keying,
+every row's body is held until dedup and the cache look-up are done (the same per row);
+the bodies of rows answered from the cache are then dropped.
 """
 
 from __future__ import annotations
@@ -41,8 +50,10 @@ class Plan:
     todo: np.ndarray  # distinct requests not answered by the cache, in row order
     outcomes: Outcomes
     builder: RequestBuilder
-    _render: Any  # position -> messages
+    _render: Any  # position -> messages (str templates: pure, rendered again on demand; else None)
     _encode: Any = None  # position -> (key, body), the fast way when the template allows
+    #: per distinct request: its body as keyed, None once answered (function templates, packs)
+    _bodies: list[bytes | None] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -53,6 +64,14 @@ class Plan:
         return Sized(self._jobs(), len(self.todo))
 
     def _jobs(self) -> Iterator[tuple[int, bytes, bytes]]:
+        bodies = self._bodies
+        if bodies is not None:
+            keys = self.keys
+            for u in self.todo.tolist():
+                body = bodies[u]
+                assert body is not None, "a request answered from the cache is not sent"
+                yield u, keys[u], body
+            return
         encode = self._encode or (lambda i: self.builder.encode(self._render(i)))
         first = self.first_row
         for u in self.todo.tolist():
@@ -60,7 +79,26 @@ class Plan:
             yield u, key, body
 
     def body_of(self, u: int) -> bytes:
+        """The body of distinct request ``u`` (one in ``todo``), byte for byte as keyed."""
+        if self._bodies is not None:
+            body = self._bodies[u]
+            assert body is not None, "a request answered from the cache has no body kept"
+            return body
         return self.builder.encode(self._render(self.first_row[u]))[1]
+
+    def messages_of(self, u: int) -> list[dict[str, Any]]:
+        """The chat messages of distinct request ``u`` (one in ``todo``), as keyed: a function
+        template's are read back from the body it gave, never asked of the function again."""
+        if self._bodies is not None:
+            return orjson.loads(self.body_of(u))["messages"]
+        return self._render(self.first_row[u])
+
+    def answered(self, us: np.ndarray) -> None:
+        """Drop the kept bodies of distinct requests ``us``, answered without being sent."""
+        bodies = self._bodies
+        if bodies is not None:
+            for u in us.tolist():
+                bodies[u] = None
 
 
 def make_plan(
@@ -88,18 +126,28 @@ def make_plan(
     arrays = None if tmpl.is_callable else _values(frame, tmpl, settings)
     render = _renderer(frame, tmpl, settings, arrays)
     skip = _skip_mask(frame, tmpl, settings)
+    bodies: list[bytes | None] | None = None
+    encode: Any = None
     if tmpl.is_callable:
-        encode, keybuf, skip = _callable_keys(frame, builder, render, len(frame))
+        keybuf, skip, bodies = _callable_keys(builder, render, len(frame))
     else:
         encode, keybuf = _keys(tmpl, settings, builder, render, arrays, skip, len(frame), frame.index)
     codes, first, blob = dedup(keybuf, skip)
     del keybuf
-    keys = Keys(blob, lambda u: encode(first[u])[0])
+    if bodies is not None:
+        bodies = [bodies[i] for i in first.tolist()]  # the other rows' bodies are the same bytes
+        keys = Keys(blob)  # kept: a function is never called again to recompute one
+    else:
+        keys = Keys(blob, lambda u: encode(first[u])[0])
     outcomes = Outcomes(len(keys)) if kind is None else kind.outcomes(len(keys))
     load_cached(store, keys, outcomes)
-    keys.release()  # the engine gets each key with its body; 32 bytes a row saved
+    keys.release()  # str templates: the engine gets each key with its body; 32 bytes a row saved
     todo = np.flatnonzero(~outcomes.from_cache)
-    return Plan(frame.index, codes, keys, first, todo, outcomes, builder, render, encode)
+    if bodies is None:
+        return Plan(frame.index, codes, keys, first, todo, outcomes, builder, render, encode)
+    plan = Plan(frame.index, codes, keys, first, todo, outcomes, builder, None, None, bodies)  # no way to call it again
+    plan.answered(np.flatnonzero(outcomes.from_cache))
+    return plan
 
 
 _CHUNK = 1 << 16  # rows rendered at a time while keying (bounds the temporary strings)
@@ -115,22 +163,22 @@ def _check_duplicates(frame: pd.DataFrame, used: Sequence[Any]) -> None:
         )
 
 
-def _callable_keys(frame: pd.DataFrame, builder: RequestBuilder, render, n: int):
-    """``(encode, keybuf, skip)`` for a function template: each row rendered once; a row whose
-    function read an NA cell under ``na="skip"`` is skipped (``render`` returns None)."""
+def _callable_keys(builder: RequestBuilder, render, n: int):
+    """``(keybuf, skip, bodies)`` for a function template: each row rendered once, its body
+    kept as keyed (None for a skipped row: its function read an NA cell under ``na="skip"``,
+    ``render`` returned None)."""
     keybuf = bytearray(KEY_SIZE * n)
     skip = np.zeros(n, dtype=bool)
-
-    def encode(i: int) -> tuple[bytes, bytes]:
-        return builder.encode(render(i))
-
+    bodies: list[bytes | None] = [None] * n
+    encode = builder.encode
     for i in range(n):
         messages = render(i)
         if messages is None:
             skip[i] = True
             continue
-        keybuf[KEY_SIZE * i : KEY_SIZE * (i + 1)] = builder.encode(messages)[0]
-    return encode, keybuf, (skip if skip.any() else None)
+        key, bodies[i] = encode(messages)
+        keybuf[KEY_SIZE * i : KEY_SIZE * (i + 1)] = key
+    return keybuf, (skip if skip.any() else None), bodies
 
 
 def _format_failure(tmpl: Template, arrays, index: pd.Index, exc: Exception) -> TemplateError:

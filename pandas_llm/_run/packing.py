@@ -139,6 +139,7 @@ class Packer:
                 plan.outcomes.fill(u, record, from_cache=True)
                 keep[i] = False
         self.report.reused = int((~keep).sum())
+        plan.answered(todo[~keep])
         plan.todo = todo[keep]
 
     # -- sending -------------------------------------------------------------------------
@@ -158,7 +159,6 @@ class Packer:
     def jobs(self, plan: Plan, settle: Callable[[Rows], None]) -> Iterator[tuple[int, bytes, bytes]]:
         """The packs of ``plan.todo`` to send, ``(pack id, key, body)``; a pack answered before
         a crash (its answer on disk, its rows not) is not sent: its rows go to ``settle``."""
-        render, first = plan._render, plan.first_row
         store = self._store
         pid = 0
         todo = plan.todo.tolist()
@@ -166,7 +166,7 @@ class Packer:
             members: list[int] = []
             contents: list[str] = []
             for u in todo[start : start + self.k]:
-                content = self.envelope.content(render(first[u]))
+                content = self.envelope.content(plan.messages_of(u))
                 if content is None:
                     self._alone.add(u)
                     self._fall_back(u, "not packable")
@@ -192,11 +192,11 @@ class Packer:
     def layout(self, plan: Plan) -> Iterator[tuple[list[dict[str, Any]], int]]:
         """``(messages, rows)`` of every request a run of ``plan.todo`` would send first (packs,
         and rows that cannot be packed, alone), without sending: for estimates."""
-        render, first, todo = plan._render, plan.first_row, plan.todo.tolist()
+        todo = plan.todo.tolist()
         for start in range(0, len(todo), self.k):
             contents = []
             for u in todo[start : start + self.k]:
-                messages = render(first[u])
+                messages = plan.messages_of(u)
                 content = self.envelope.content(messages)
                 if content is None:
                     yield messages, 1
@@ -247,7 +247,7 @@ class Packer:
         self.report.fallback_reasons[reason] += 1
 
     def _single_tokens(self, plan: Plan, u: int) -> int:
-        return self._count(plan._render(plan.first_row[u])) + self._rf_single
+        return self._count(plan.messages_of(u)) + self._rf_single
 
 
 def _scaled(settings: Settings, k: int) -> Settings:

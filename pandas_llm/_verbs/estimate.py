@@ -133,7 +133,7 @@ def estimate(
         requests = list(packer.layout(plan))
         rf_single, rf_pack = packer.response_format_tokens
     else:
-        requests = [(plan._render(plan.first_row[u]), 1) for u in plan.todo.tolist()]
+        requests = [(plan.messages_of(u), 1) for u in plan.todo.tolist()]
         rf_single = rf_pack = _schema_tokens(rf, settings.model)
     params = settings.params
     limit = params.get("max_completion_tokens") or params.get("max_tokens")
@@ -305,12 +305,10 @@ def estimate_endpoint(data: Any, template: Any, options: Mapping[str, Any], verb
         store.close()
     exact = encoding_name_for(settings.model) is not None
     tokens = 0
-    encode = kind.builder(settings).encode
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for u in plan.todo.tolist():
-            text = encode(plan._render(plan.first_row[u]))[1]
-            text = orjson.loads(text)["input"]
+            text = orjson.loads(plan.body_of(u))["input"]
             tokens += count_text_tokens(text, settings.model) if exact else len(text) // 4 + 1
     return Estimate(
         model=settings.model,
