@@ -27,6 +27,7 @@ import pandas as pd
 from .._config import Settings
 from .._plan.outcomes import Outcomes
 from .._plan.planner import Plan
+from .._plan.requests import to_keep
 from .._run import run as _pipeline
 from .._run.packing import Packer, Rows
 from .._stats import RunReport, record_run
@@ -71,7 +72,7 @@ class PackedBatchJob(BatchJob):
             for pid, key, body in itertools.chain(held, packer.jobs(rows, settle)):
                 pids.append(pid)
                 keys.append(key)
-                bodies.append(body)
+                bodies.append(to_keep(body))  # held until the job ends
         finally:
             rows.todo = todo
         self._members_of = {keys[i]: packer._members[pid] for i, pid in enumerate(pids)}

@@ -28,7 +28,7 @@ import orjson
 from .._config import Settings
 from .._structured.schema import response_format_fragment
 
-__all__ = ["RequestBuilder", "TextCodec", "KEY_VERSION", "is_reasoning_model"]
+__all__ = ["RequestBuilder", "TextCodec", "KEY_VERSION", "is_reasoning_model", "to_keep"]
 
 #: Bumped only if the canonical form changes; old cache entries then stop matching.
 KEY_VERSION = b"pandas-llm/1\n"
@@ -46,6 +46,17 @@ def is_reasoning_model(model: str) -> bool:
     [True, True, True, True, False, False]
     """
     return bool(_REASONING.match(model))
+
+
+def to_keep(body: bytes) -> bytes:
+    """A right-sized copy of ``body``, for a body held beyond the request being sent: the
+    bytes ``orjson.dumps`` returns keep its whole write buffer, 4 KiB for a short body
+    (orjson 3.13: 4,120 bytes of RSS each for 60-byte bodies, 122 once copied).
+
+    >>> to_keep(b'{"a":1}')
+    b'{"a":1}'
+    """
+    return memoryview(body).tobytes()
 
 
 class RequestBuilder:

@@ -9,8 +9,10 @@ again, never answered with the answer to another prompt.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import sqlite3
+import tracemalloc
 from collections import Counter
 
 import pandas as pd
@@ -159,3 +161,24 @@ def test_bodies_of_rows_answered_from_the_cache_are_dropped(server, opts, tmp_pa
         plan = make_plan(df, Counting(), settings, store)
     assert plan.outcomes.from_cache.sum() == 2 and len(plan.todo) == 3
     assert sum(body is not None for body in plan._bodies) == 3  # the two answered are dropped
+
+
+def test_the_bodies_kept_are_their_own_size_not_a_serialiser_buffer(tmp_path):
+    """orjson's bytes keep its 4 KiB write buffer: 100k kept bodies would be 400 MB, not 17 MB."""
+    n = 2000
+    df = pd.DataFrame({"text": [f"review {i}: it was fine" for i in range(n)]})
+    tracemalloc.start()
+    try:
+        with Store(None) as store:
+            plan = make_plan(
+                df, lambda row: f"Summarise: {row.text}", Settings(base_url="http://127.0.0.1:9/v1"), store
+            )
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+        size = sum(len(body) for body in plan._bodies)
+        plan._bodies = None
+        gc.collect()
+        freed = held - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert freed < size + 64 * n  # the bytes and their headers and list slots, no more
