@@ -37,7 +37,7 @@ from .outcomes import Outcomes
 from .prompts import Row, Template, compile_template, render_column, to_messages
 from .requests import RequestBuilder, to_keep
 
-__all__ = ["Plan", "make_plan"]
+__all__ = ["Plan", "make_plan", "frame_of"]
 
 
 @dataclass
@@ -114,10 +114,7 @@ def make_plan(
     """Render, key, dedup and look up every row of ``data``; raise before spending on bad input.
 
     ``kind`` (endpoints.py): another endpoint's request builder and outcome slots."""
-    series = isinstance(data, pd.Series)
-    frame = data.to_frame(name="__value__") if series else data
-    columns = list(frame.columns)
-    names = ([data.name] if data.name is not None else []) if series else columns
+    series, frame, names = frame_of(data)
     tmpl = compile_template(template, names, series=series)
     if series and not tmpl.is_callable:
         tmpl = Template(tmpl.source, ("__value__",) * len(tmpl.columns), tmpl._fmt, tmpl.raw)
@@ -149,6 +146,15 @@ def make_plan(
     plan = Plan(frame.index, codes, keys, first, todo, outcomes, builder, None, None, bodies)  # no way to call it again
     plan.answered(np.flatnonzero(outcomes.from_cache))
     return plan
+
+
+def frame_of(data: pd.DataFrame | pd.Series) -> tuple[bool, pd.DataFrame, list[Any]]:
+    """``(series, frame, names)``: whether ``data`` is a Series, the frame its rows are read
+    from, and the names a template may use."""
+    series = isinstance(data, pd.Series)
+    frame = data.to_frame(name="__value__") if series else data
+    names = ([data.name] if data.name is not None else []) if series else list(frame.columns)
+    return series, frame, names
 
 
 _CHUNK = 1 << 16  # rows rendered at a time while keying (bounds the temporary strings)
@@ -299,7 +305,7 @@ def _renderer(frame: pd.DataFrame, tmpl: Template, settings: Settings, arrays: l
 
         def render_callable(i: int) -> list[dict] | None:
             """The row's messages; None under ``na="skip"`` when the function read an NA cell."""
-            row = _ReadRow(zip(names, (a[i] for a in cells)), na=na, ambiguous=dupes)
+            row = _ReadRow(zip(names, (a[i] for a in cells)), na=na, ambiguous=dupes, position=i)
             try:
                 out = tmpl.render_row(row)
             except PandasLLMError:
@@ -334,11 +340,12 @@ def _renderer(frame: pd.DataFrame, tmpl: Template, settings: Settings, arrays: l
 class _ReadRow(Row):
     """A function template's row that applies ``na=`` to the cells the function reads
     (``row["col"]``, ``row.col``, ``row.get("col")``; ``values()``/``items()`` read them all):
-    under ``"skip"`` reading an NA cell skips the row, under ``"empty"`` it reads as ""."""
+    under ``"skip"`` reading an NA cell skips the row, under ``"empty"`` it reads as "".
+    ``_position``: the row's position in the frame planned (replay.Replay finds its result by it)."""
 
-    def __init__(self, cells: Any, *, na: str, ambiguous: set[str]):
+    def __init__(self, cells: Any, *, na: str, ambiguous: set[str], position: int = -1):
         super().__init__(cells)
-        self._na, self._ambiguous, self._read_na = na, ambiguous, False
+        self._na, self._ambiguous, self._read_na, self._position = na, ambiguous, False, position
 
     def _seen(self, name: Any, value: Any) -> Any:
         if name in self._ambiguous:

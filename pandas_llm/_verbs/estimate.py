@@ -34,6 +34,7 @@ from .._cost.tokens import count_message_tokens, count_text_tokens, encoding_nam
 from .._errors import ConfigError
 from .._plan.endpoints import Embeddings, Moderations
 from .._plan.planner import make_plan
+from .._plan.replay import Replay
 from .._pricing import resolve_price
 from .._store.store import Store
 from .endpoints import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODERATION_MODEL, _settings, template_for
@@ -56,16 +57,18 @@ def estimate_call(data: pd.DataFrame | pd.Series, template: Any, options: dict[s
     settings = current_settings().merged(**options)
     verb = "classify" if labels is not None else "extract" if schema is not None else "map"
     kw = dict(schema=schema, labels=labels, multi=multi, reasons=reasons)
+    # a function template planned more than once (per model, for the sample) is called once a row
+    replays: list[Replay] | None = [] if _is_function(template) and (sample or models is not None) else None
 
     def one(s: Settings) -> Estimate:
-        def run_sample(subset: pd.DataFrame | pd.Series) -> pd.DataFrame:
+        def run_sample(subset: pd.DataFrame | pd.Series, template: Any) -> pd.DataFrame:
             o = {**options, "model": s.model}
             if verb == "classify":
                 return subset.llm.classify(template, labels, multi=multi, reasons=reasons, details=True, **o)
             return subset.llm.map(template, schema=schema, details=True, **o)
 
         return estimate(data, template, s, verb=verb, **kw, sample=sample, output_tokens=output_tokens, seed=seed,
-                        run_sample=run_sample)  # fmt: skip
+                        run_sample=run_sample, replays=replays)  # fmt: skip
 
     if models is not None:
         return compare_models(models, settings, one)
@@ -85,7 +88,8 @@ def estimate(
     sample: int | None = None,
     output_tokens: int | None = None,
     seed: int | None = None,
-    run_sample: Callable[[pd.DataFrame | pd.Series], pd.DataFrame] | None = None,
+    run_sample: Callable[[pd.DataFrame | pd.Series, Any], pd.DataFrame] | None = None,
+    replays: list[Replay] | None = None,
 ) -> Estimate:
     """Plan ``data`` like the verb would and price it; ``sample=k`` runs k prompts for real.
 
@@ -94,13 +98,25 @@ def estimate(
     system instruction and ``response_format``, billed as input), packed when
     ``settings.rows_per_request > 1`` (the packs' prompts and envelope schema), priced at
     Batch API rates when ``settings.mode == "batch"`` (see ``Estimate.expected_cost``).
-    ``run_sample(subset) -> details frame`` runs the sample (the accessor passes its own
-    verb with ``details=True`` and the same options). Raises ConfigError as the verb would.
+    ``run_sample(subset, template) -> details frame`` runs the sample (the accessor passes its
+    own verb with ``details=True`` and the same options). ``replays``: a function template is
+    called once per row of ``data`` (replay.Replay, kept there for the next estimate of the
+    same call), and every plan and the sample use those results; a function template with
+    ``sample=k`` is always called once per row. Raises ConfigError as the verb would,
+    before the function is called.
     """
     for name, value in (("sample", sample), ("output_tokens", output_tokens)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name} must be a whole number >= 1 or None, got {value!r}")
     sends = requests_for(settings, template, verb=verb, schema=schema, labels=labels, multi=multi, reasons=reasons)
+    if _is_function(template) and (sample or replays is not None):
+        if replays is None:
+            replays = []
+        if not replays:
+            replays.append(Replay.record(data, template, settings))
+        template = replays[0]
+        sends = requests_for(settings, template, verb=verb, schema=schema, labels=labels, multi=multi,
+                             reasons=reasons)  # fmt: skip
     price = resolve_price(settings.model, settings.prices)
     observed: np.ndarray | None = None
     sampled = 0
@@ -108,10 +124,12 @@ def estimate(
     if sample:
         if run_sample is None:
             raise ConfigError("estimate(sample=k) needs a way to run the sample")
-        subset = _pick(data, sends.template, sends.settings, sample, seed, sends.extra)
-        sampled = len(subset)
+        rows = _pick(data, sends.template, sends.settings, sample, seed, sends.extra)
+        sampled = len(rows)
         if sampled:
-            details = run_sample(subset)
+            details = run_sample(
+                data.iloc[rows], template.take(rows.tolist()) if isinstance(template, Replay) else template
+            )
             answered = details[details["status"].isin(["ok", "length"]) & (details["completion_tokens"] > 0)]
             observed = answered["completion_tokens"].to_numpy(dtype=float)
             fresh = details[~details["from_cache"]]
@@ -255,14 +273,17 @@ def _cacheable_prefix(requests: list[tuple[list[dict[str, Any]], int]], rf: Any,
     return tokens - tokens % _CACHE_STEP if tokens >= CACHE_MIN_TOKENS else 0
 
 
-def _pick(data: Any, template: Any, settings: Settings, k: int, seed: int | None, extra: Any = None) -> Any:
-    """k random rows asking distinct prompts (NA rows excluded), in frame order."""
+def _is_function(template: Any) -> bool:
+    return callable(template) and not isinstance(template, (str, Replay))
+
+
+def _pick(data: Any, template: Any, settings: Settings, k: int, seed: int | None, extra: Any = None) -> np.ndarray:
+    """The positions of k random rows asking distinct prompts (NA rows excluded), in frame order."""
     with Store(None) as scratch:
         plan = make_plan(data, template, settings, scratch, extra=extra)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(plan.keys), size=min(k, len(plan.keys)), replace=False)
-    rows = np.sort(plan.first_row[chosen])
-    return data.iloc[rows]
+    return np.sort(plan.first_row[chosen])
 
 
 def _output(n: int, observed: np.ndarray | None, limit: int | None, assumed: int | None) -> tuple[Range, str]:

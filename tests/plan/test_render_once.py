@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from pandas_llm import ConfigError
 from pandas_llm._config import Settings
 from pandas_llm._plan.planner import make_plan
 from pandas_llm._plan.requests import RequestBuilder
@@ -134,6 +135,23 @@ def test_estimate_calls_the_function_once_per_row(server, opts):
     df.llm.estimate(fn, rows_per_request=2, **opts)
     assert fn.total == len(df)
     assert server.requests == 0
+
+
+def test_estimate_with_a_sample_or_several_models_calls_the_function_once_per_row(server, opts):
+    df, fn = frame(), Counting(fresh=True)
+    est = df.llm.estimate(fn, sample=2, **opts)
+    assert fn.total == len(df) and server.completed == 2
+    assert est.to_send == len(df) - 2  # the prompts sampled are the ones priced: now cached
+    fn = Counting()
+    table = df.llm.estimate(fn, models=["gpt-4o-mini", "gpt-4.1-nano"], **opts)
+    assert fn.total == len(df) and len(table) == 2
+    fn = Counting()
+    table = df.llm.estimate(fn, models=["gpt-4o-mini", "gpt-4.1-nano"], labels=["a", "b"], sample=1, **opts)
+    assert fn.total == len(df)
+    for bad in ({"models": "gpt-4o-mini"}, {"sample": 0}, {"labels": ["only"], "sample": 1}):
+        with pytest.raises(ConfigError):
+            df.llm.estimate(fn, **bad, **opts)
+    assert fn.total == len(df)  # a bad argument is refused before the function is called
 
 
 def test_the_plan_sends_the_bodies_it_keyed_and_keeps_none_for_cached_rows(server, opts, tmp_path):
