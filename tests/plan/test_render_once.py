@@ -72,14 +72,15 @@ def frame(n: int = 6) -> pd.DataFrame:
     return pd.DataFrame({"text": [f"t{i % (n - 1)}" for i in range(n)]})  # one duplicate row
 
 
-@pytest.mark.parametrize("mode", ["realtime", "batch", "auto"])
-def test_the_function_is_called_once_per_row_per_call(server, batch_opts, mode):
+@pytest.mark.parametrize("mode, threshold", [("realtime", 1), ("batch", 1), ("auto", 1), ("auto", 10**6)])
+def test_the_function_is_called_once_per_row_per_call(server, batch_opts, mode, threshold):
     df, fn = frame(), Counting()
-    out = df.llm.map(fn, mode=mode, batch_threshold=1, **batch_opts)
+    out = df.llm.map(fn, mode=mode, batch_threshold=threshold, **batch_opts)
+    assert server.batches.batches_created == (threshold == 1 and mode != "realtime")
     assert out.tolist() == [f"echo: Say {t}" for t in df["text"]]
     assert fn.calls == Counter(df["text"])  # the duplicate row's text: twice, as it has two rows
     assert server.completed == 5  # the two equal prompts are one request
-    again = df.llm.map(fn, mode=mode, batch_threshold=1, **batch_opts)
+    again = df.llm.map(fn, mode=mode, batch_threshold=threshold, **batch_opts)
     assert again.tolist() == out.tolist() and server.completed == 5
     assert fn.total == 2 * len(df)  # a rerun renders each row once to find its key, and sends nothing
 
@@ -154,21 +155,33 @@ def test_estimate_with_a_sample_or_several_models_calls_the_function_once_per_ro
     assert fn.total == len(df)  # a bad argument is refused before the function is called
 
 
-def test_the_plan_sends_the_bodies_it_keyed_and_keeps_none_for_cached_rows(server, opts, tmp_path):
+def test_the_plan_sends_the_bodies_it_keyed(server, tmp_path):
     settings = Settings(base_url=server.base_url, cache=str(tmp_path / "c.sqlite"))
-    df = frame()
-    pd.DataFrame({"text": ["t0", "t1"]}).llm.map(Counting(), cache=settings.cache_path, **opts)
     fn = Counting(fresh=True)
     with Store(settings.cache_path) as store:
-        plan = make_plan(df, fn, settings, store)
-    assert fn.total == len(df)
+        plan = make_plan(frame(), fn, settings, store)
     jobs = list(plan.jobs())
-    assert fn.total == len(df)  # nothing rendered again to send
+    assert len(jobs) == 6 and fn.total == 6  # nothing rendered again to send
     builder = RequestBuilder(settings)
     for u, key, body in jobs:
         assert builder.key_of(body) == key == plan.keys[u] and plan.body_of(u) == body
-    assert len(jobs) == len(df)  # fresh prompts: none cached
-    assert fn.total == len(df)
+        assert builder.encode(plan.messages_of(u)) == (key, body)
+    assert fn.total == 6
+
+
+def test_rows_a_function_skips_for_na_stay_skipped_when_its_results_are_replayed(server, opts):
+    df = pd.DataFrame({"text": ["a", None, "b"]})
+    calls = []
+
+    def fn(row):
+        calls.append(1)
+        return f"Say {row.text}"
+
+    est = df.llm.estimate(fn, sample=1, models=["gpt-4o-mini", "gpt-4.1-nano"], **opts)
+    assert len(calls) == 3 and (est["input_tokens"] > 0).all()
+    one = df.llm.estimate(fn, sample=1, **opts)
+    assert (one.rows, one.skipped, one.unique) == (3, 1, 2) and len(calls) == 6
+    assert "Say None" not in server.prompt_counts
 
 
 def test_bodies_of_rows_answered_from_the_cache_are_dropped(server, opts, tmp_path):
