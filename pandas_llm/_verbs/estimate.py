@@ -108,6 +108,8 @@ def estimate(
     for name, value in (("sample", sample), ("output_tokens", output_tokens)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+    if sample and run_sample is None:
+        raise ConfigError("estimate(sample=k) needs a way to run the sample")
     sends = requests_for(settings, template, verb=verb, schema=schema, labels=labels, multi=multi, reasons=reasons)
     if _is_function(template) and (sample or replays is not None):
         if replays is None:
@@ -121,9 +123,7 @@ def estimate(
     observed: np.ndarray | None = None
     sampled = 0
     sample_cost: float | None = 0.0
-    if sample:
-        if run_sample is None:
-            raise ConfigError("estimate(sample=k) needs a way to run the sample")
+    if sample and run_sample is not None:
         rows = _pick(data, sends.template, sends.settings, sample, seed, sends.extra)
         sampled = len(rows)
         if sampled:
