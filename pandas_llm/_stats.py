@@ -21,7 +21,7 @@ import pandas as pd
 from ._errors import StoreError
 from ._pricing import money
 
-__all__ = ["RunOutcome", "RunStats", "RunReport", "last_run", "record_run", "cached_share"]
+__all__ = ["RunOutcome", "RunStats", "RunReport", "last_run", "record_run", "cached_share", "requests"]
 
 #: How a run (or a Batch API job) stands: under way, or how it ended.
 RunOutcome = Literal["running", "done", "interrupted", "failed"]
@@ -29,7 +29,39 @@ RunOutcome = Literal["running", "done", "interrupted", "failed"]
 
 @dataclass
 class RunStats:
-    """Live counters of one run; observers read them, the engine writes them."""
+    """Live counters of one run; observers read them, the engine (or a Batch API job) writes them.
+
+    The request counts are of distinct requests (``unique``; with ``rows_per_request>1`` or a
+    grouped endpoint each row's own request counts once, the pack or group it went in does not)
+    and keep these identities, whatever ended the run: done, ``deadline=`` (a 429's wait
+    ending past it included), ``max_cost`` reached, a stop (Jupyter's stop button, Ctrl-C,
+    a cancel), a fatal API error, a store error:
+
+    - ``unique == cached_unique + to_send``, always (a request another process answers during
+      the run moves from ``to_send`` to ``cached_unique``);
+    - ``sent_done == ok + sum(failed.values())``, always;
+    - once the run has ended (``outcome != "running"``) every request to send is in exactly one
+      of three counts: ``to_send == sent_done + sum(cut_short.values()) + sum(unsent.values())``
+      (while it runs, the difference is in flight or not taken yet).
+
+    ``sent_done``: settled, its record committed (ok, or failed after its attempts). All of them
+    were sent by this run except ``shared`` (answered by another run of this process, ok) and
+    ``failed["too_long"]`` (refused before sending). ``cut_short``: sent (one HTTP attempt
+    at least; for a row of a pack or group, or of a Batch API job, the request holding it),
+    no answer kept, by why: ``"deadline"``, ``"stopped"`` (a stop or a fatal error abandoned
+    it in flight or cut its retry short), ``"budget"``, and for a batch ``"expired"``,
+    ``"cancelled"``, ``"lost"``. ``unsent``: never sent, by why (``"deadline"``,
+    ``"stopped"``, ``"budget"``). So :attr:`sent` (requests this run sent) and
+    :attr:`not_sent` add up with the others:
+    ``cached_unique + sent + shared + not_sent == unique`` once the run has ended.
+    ``attempts`` counts HTTP attempts (each send and each retry; a pack or a group is one),
+    never requests.
+
+        >>> s = RunStats(unique=5, to_send=5, sent_done=1, ok=1, attempts=12,
+        ...              cut_short=Counter(deadline=2), unsent=Counter(deadline=2), outcome="done")
+        >>> s.sent, s.not_sent, s.cached_unique + s.sent + s.shared + s.not_sent
+        (3, 2, 5)
+    """
 
     total: int = 0  # rows in the frame
     unique: int = 0  # distinct requests among them
@@ -58,7 +90,8 @@ class RunStats:
     budget_reached: bool = False  # the next request could have gone over max_cost
     lost_answers: int = 0  # attempts sent whose answer was lost (timed out, dropped): maybe billed
     possibly_billed: float = 0.0  # their worst case, USD: counted in max_cost, not in cost
-    unsent: Counter = field(default_factory=Counter)  # distinct requests never sent, by status
+    cut_short: Counter = field(default_factory=Counter)  # distinct requests sent, no answer kept, by why
+    unsent: Counter = field(default_factory=Counter)  # distinct requests never sent, by why
     deadline_reached: bool = False  # the deadline passed (or a 429's wait ended after it): sending stopped
     stop_note: str | None = None  # why sending stopped early, for the failure warning (a 429's message)
     paused_until: float = 0.0
@@ -76,6 +109,16 @@ class RunStats:
     def done_rows(self) -> int:
         """Distinct requests settled: from cache plus finished sends."""
         return self.cached_unique + self.sent_done
+
+    @property
+    def sent(self) -> int:
+        """Distinct requests this run sent (settled or cut short); see the identities above."""
+        return self.sent_done - self.shared - self.failed["too_long"] + sum(self.cut_short.values())
+
+    @property
+    def not_sent(self) -> int:
+        """Distinct requests never sent: ``unsent`` and those refused before sending (too_long)."""
+        return sum(self.unsent.values()) + self.failed["too_long"]
 
     @property
     def elapsed(self) -> float:
@@ -102,6 +145,10 @@ class RunReport:
         return d[d["status"] != "ok"]
 
     def summary(self) -> str:
+        """One line: rows, distinct requests and where each went, tokens, cost, time. The request
+        counts add up to the distinct requests (``RunStats``' identities): from the cache, sent
+        (ok, failed, cut short by the deadline / a stop / max_cost; with the HTTP attempts when
+        retries made more), answered by another run of this process, not sent (by why)."""
         s = self.stats
         cost = money(s.cost if s.cost_known else None)
         if s.lost_answers:  # sent, answer lost: the provider may bill them
@@ -112,18 +159,65 @@ class RunReport:
                 else f" ({lost}, possibly billed)"
             )
         return (
-            (
-                f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache, "
-                f"{s.sent_done} requests sent ({s.ok} ok"
-                + (f", {s.attempts} HTTP attempts" if getattr(s, "attempts", 0) > s.sent_done else "")  # retries
-                + f"), {s.prompt_tokens} prompt{cached_share(s)} + "
-                f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"
-            )
+            f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache"
+            + (f" ({s.cached_unique} requests)" if s.cached_unique != s.cached else "")
+            + f", {requests(s)}, {s.prompt_tokens} prompt{cached_share(s)} + "
+            f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"
             + (f"; {self.packing}" if self.packing is not None else "")
         )
 
     def __repr__(self) -> str:
         return f"<RunReport {self.stats.outcome}: {self.summary()}>"
+
+
+#: How the summary says why a request sent was cut short (``RunStats.cut_short``' keys).
+CUT_BY = {
+    "deadline": "cut short by the deadline",
+    "stopped": "cut short by the stop",
+    "budget": "cut short at max_cost",
+    "expired": "in a batch that expired",
+    "cancelled": "in a batch cancelled",
+    "lost": "in a batch lost",
+}
+
+
+def requests(stats: RunStats) -> str:
+    """The requests to send, in counts that add up to them: ``3 requests sent (1 ok, 2 cut short
+    by the deadline, 12 HTTP attempts), 2 not sent (deadline)``.
+
+        >>> requests(RunStats(to_send=4, sent_done=3, ok=2, failed=Counter(failed=1), attempts=9,
+        ...                   unsent=Counter(budget=1), outcome="done"))
+        '3 requests sent (2 ok, 1 failed, 9 HTTP attempts), 1 not sent (budget)'
+    """
+    s = stats
+    sent = s.sent
+    parts = [f"{s.ok - s.shared} ok"]
+    failed = sum(s.failed.values()) - s.failed["too_long"]
+    if failed:
+        parts.append(f"{failed} failed")
+    for why, n in sorted(s.cut_short.items(), key=lambda kv: -kv[1]):
+        if n:
+            parts.append(f"{n} {CUT_BY.get(why, f'cut short ({why})')}")
+    if s.attempts > sent:  # retries
+        parts.append(f"{s.attempts} HTTP attempts")
+    text = f"{sent} requests sent ({', '.join(parts)})"
+    if s.shared:
+        text += f", {s.shared} answered by another run of this process"
+    not_sent = s.not_sent
+    if not_sent:
+        why = Counter(s.unsent)
+        why["too_long"] += s.failed["too_long"]
+        reasons = [(k, n) for k, n in sorted(why.items(), key=lambda kv: -kv[1]) if n]
+        text += (
+            f", {not_sent} not sent ("
+            + (reasons[0][0] if len(reasons) == 1 else ", ".join(f"{n} {k}" for k, n in reasons))
+            + ")"
+        )
+    if s.outcome == "running":
+        pending = s.to_send - s.sent_done - sum(s.cut_short.values()) - sum(s.unsent.values())
+        if pending > 0:
+            text += f", {pending} in flight or to send"
+    return text
 
 
 def cached_share(stats: RunStats) -> str:

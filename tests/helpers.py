@@ -270,3 +270,38 @@ def kill_a_worker_when(client: Any, future: Any, sent: Callable[[], int], at: in
     victim = sorted(client.scheduler_info()["workers"])[0]
     with contextlib.suppress(Exception):
         client.run(os._exit, 1, workers=[victim])
+
+
+def check_counts(report: Any) -> Any:
+    """RunStats' identities (``pandas_llm/_stats.py``) after a run, whatever ended it, and that
+    the per-request outcomes, the summary and the displays' snapshot say the same numbers:
+    each distinct request is from the cache, settled (ok or failed), cut short after being
+    sent (attempts > 0, no answer kept) or never sent (attempts 0). Returns the stats."""
+    import numpy as np
+
+    from pandas_llm._display.snapshot import Snapshot
+    from pandas_llm._stats import CUT_BY
+
+    s = report.stats
+    assert s.outcome != "running" and s.in_flight == 0
+    assert s.unique == s.cached_unique + s.to_send
+    assert s.sent_done == s.ok + sum(s.failed.values())
+    assert s.to_send == s.sent_done + sum(s.cut_short.values()) + sum(s.unsent.values())
+    assert s.cached_unique + s.sent + s.shared + s.not_sent == s.unique
+    assert all(n > 0 for n in (*s.cut_short.values(), *s.unsent.values()))
+    outcomes = report.plan.outcomes
+    assert int(outcomes.from_cache.sum()) == s.cached_unique
+    status = np.asarray(outcomes.status, dtype=object)
+    assert not any(st is None for st in status)  # every request has its outcome
+    for why in ("deadline", "stopped", "budget"):
+        mine = status == why
+        assert int((mine & (outcomes.attempts > 0)).sum()) == s.cut_short[why], why
+        assert int((mine & (outcomes.attempts == 0)).sum()) == s.unsent[why], why
+    text = report.summary()
+    assert f"{s.unique} distinct requests: " in text and f", {s.sent} requests sent (" in text
+    assert (f", {s.not_sent} not sent (" in text) == bool(s.not_sent)
+    for why, n in s.cut_short.items():
+        assert f"{n} {CUT_BY[why]}" in text
+    snap = Snapshot.of(s, s.finished)
+    assert (snap.sent, snap.n_cut_short, snap.n_unsent) == (s.sent, sum(s.cut_short.values()), sum(s.unsent.values()))
+    return s

@@ -20,6 +20,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from .._backends import Completion
 from .._plan.planner import Plan
 from .._pricing import Price, usage_cost
@@ -142,15 +144,29 @@ class Collector:
 
     def finish(self, store: Store, *, unsent: str) -> None:
         """Fill the slots other processes collected (from the cache); label the rest
-        ``expired`` / ``cancelled`` (their batch never ran them) or ``unsent``."""
-        plan, outcomes = self.plan, self.plan.outcomes
+        ``expired`` / ``cancelled`` (their batch never ran them) or ``unsent``. A plain job
+        counts them as RunStats' identities say: collected elsewhere as from the cache, in a
+        batch that never ran them as cut short, the others as unsent (a packed job's slots are
+        its packs: it counts its rows itself, packed.py)."""
+        plan, outcomes, stats = self.plan, self.plan.outcomes, self.stats
+        counted = self.on_result is None
         empty = [u for u in plan.todo.tolist() if outcomes.status[u] is None]
         if empty:
             slot_of = {plan.keys[u]: u for u in empty}
-            for record in store.lookup(list(slot_of)):
-                outcomes.fill(slot_of[record.key], record)
+            found = list(store.lookup(list(slot_of)))
+            rows_of = np.bincount(plan.codes[plan.codes >= 0], minlength=len(plan.keys)) if found and counted else None
+            for record in found:
+                u = slot_of[record.key]
+                outcomes.fill(u, record, from_cache=counted)
                 if self.on_result is not None:
-                    self.on_result(slot_of[record.key], record, store)
+                    self.on_result(u, record, store)
+                if rows_of is not None:
+                    stats.cached_unique += 1
+                    stats.cached += int(rows_of[u])
+                    stats.to_send -= 1
         for u in empty:
             if outcomes.status[u] is None:
-                outcomes.status[u] = self.unanswered.get(u, unsent)
+                why = self.unanswered.get(u)
+                outcomes.status[u] = why or unsent
+                if counted:
+                    (stats.unsent if why is None else stats.cut_short)[why or unsent] += 1

@@ -64,6 +64,7 @@ def figures(stats: RunStats | None, outcome: str | None = None) -> dict[str, Any
         return {"outcome": outcome or "done"}
     out: dict[str, Any] = {k: getattr(stats, k) for k in _SUMS + _ANY}
     out["failed"] = dict(stats.failed)
+    out["cut_short"] = dict(stats.cut_short)
     out["unsent"] = dict(stats.unsent)
     out["cost_known"] = stats.cost_known
     out["paused"] = max(0.0, stats.paused_until - time.monotonic())
@@ -188,6 +189,7 @@ class Tally:
         for k in _ANY:
             setattr(stats, k, any(f.get(k, False) for f in figs))
         stats.failed = sum((Counter(f.get("failed", {})) for f in figs), Counter())
+        stats.cut_short = sum((Counter(f.get("cut_short", {})) for f in figs), Counter())
         stats.unsent = sum((Counter(f.get("unsent", {})) for f in figs), Counter())
         stats.cost_known = all(f.get("cost_known", True) for f in figs)
         stats.paused_until = time.monotonic() + max((f.get("paused", 0.0) for f in figs), default=0.0)

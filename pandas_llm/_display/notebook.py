@@ -121,7 +121,7 @@ def _display_updatable(obj: Any) -> Any:
 def _final_style(snap: Snapshot) -> str:
     if snap.outcome != "done":
         return "danger"
-    if snap.n_failed or snap.unsent or snap.budget_reached:
+    if snap.n_failed or snap.unsent or snap.cut_short or snap.budget_reached or snap.deadline_reached:
         return "warning"
     return "success"
 

@@ -12,11 +12,11 @@ the terminal bar, the notebook widget and the log summary all read it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._plan.outcomes import STATUS_MEANING, Unsent
 from .._pricing import money
-from .._stats import RunOutcome, RunStats
+from .._stats import CUT_BY, RunOutcome, RunStats
 
 __all__ = ["Snapshot", "duration"]
 
@@ -30,7 +30,7 @@ class Snapshot:
     total: int  # distinct requests
     done: int  # distinct requests settled: from cache + sent and committed
     cached: int  # distinct requests answered by the cache
-    sent: int  # sent and committed (ok or failed)
+    settled: int  # sent and committed (ok or failed): RunStats.sent_done
     to_send: int
     ok: int  # answered, cache included
     failed: dict  # sent but failed, by status
@@ -58,26 +58,30 @@ class Snapshot:
     possibly_billed: float = 0.0  # their worst case, USD: not in ``cost``, counted in max_cost
     stopping: bool = False  # stopped by the user: finishing the requests in flight
     store_trouble: str | None = None  # commits are waiting (a lock held by another process, ...)
+    sent: int = 0  # requests this run sent: settled or cut short (RunStats.sent)
+    cut_short: dict = field(default_factory=dict)  # sent, no answer kept ("deadline", "stopped"), by why
 
     @classmethod
     def of(cls, stats: RunStats, now: float) -> Snapshot:
         end = stats.finished if stats.finished is not None else now
         elapsed = max(0.0, end - stats.started)
-        sent = stats.sent_done
-        remaining = max(0, stats.to_send - sent)
-        rate = sent / elapsed if sent and elapsed > 0 else None
+        settled = stats.sent_done
+        remaining = max(0, stats.to_send - settled)
+        rate = settled / elapsed if settled and elapsed > 0 else None
         eta = remaining / rate if rate else (0.0 if not remaining else None)
         cost = stats.cost if stats.cost_known else None
         projected = None
         if cost is not None:
-            projected = cost + remaining * (cost / sent) if sent else (cost if not remaining else None)
+            projected = cost + remaining * (cost / settled) if settled else (cost if not remaining else None)
         return cls(
             outcome=stats.outcome,
             rows=stats.total,
             total=stats.unique,
             done=stats.done_rows,
             cached=stats.cached_unique,
-            sent=sent,
+            settled=settled,
+            sent=stats.sent,
+            cut_short=dict(stats.cut_short),
             to_send=stats.to_send,
             ok=stats.cached_unique + stats.ok,
             failed=dict(stats.failed),
@@ -124,9 +128,19 @@ class Snapshot:
         eta = duration(self.eta) if self.eta is not None else "--:--"
         return f"{rate} · ETA {eta}"
 
+    @property
+    def n_cut_short(self) -> int:
+        return sum(self.cut_short.values())
+
+    @property
+    def n_unsent(self) -> int:
+        return sum(self.unsent.values())
+
     def counts(self) -> str:
         return (
             f"{self.ok:,} ok · {self.n_failed:,} failed · {self.cached:,} from cache"
+            + (f" · {self.n_cut_short:,} cut short" if self.n_cut_short else "")
+            + (f" · {self.n_unsent:,} not sent" if self.n_unsent else "")
             + (f" · {self.skipped:,} rows skipped (NA)" if self.skipped else "")
             + (f" · {self.in_flight:,} in flight" if self.outcome == "running" else "")
         )
@@ -139,7 +153,7 @@ class Snapshot:
             parts = [tokens, "price unknown"]
         else:
             parts = [tokens, f"{money(self.cost)} spent"]
-            if self.outcome == "running" and self.projected is not None and self.to_send > self.sent:
+            if self.outcome == "running" and self.projected is not None and self.to_send > self.settled:
                 parts.append(f"~{money(self.projected)} projected")
         if self.lost_answers:
             parts.append(self.lost())
@@ -185,6 +199,8 @@ class Snapshot:
         for status, n in sorted(self.failed.items(), key=lambda kv: -kv[1]):
             meaning = STATUS_MEANING.get(status)
             words.append(f"{n:,} {status}" + (f" ({meaning})" if meaning else ""))
+        for status, n in sorted(self.cut_short.items(), key=lambda kv: -kv[1]):
+            words.append(f"{n:,} sent, {CUT_BY.get(status, f'cut short ({status})')} (no answer)")
         for status, n in sorted(self.unsent.items(), key=lambda kv: -kv[1]):
             words.append(f"{n:,} not sent ({_UNSENT.get(status, status)})")
         return "; ".join(words) or None
@@ -221,6 +237,8 @@ class Snapshot:
         text = (
             f"pandas-llm run {self.outcome}: {self.rows:,} rows, {self.total:,} distinct requests, "
             f"{self.cached:,} from cache, {self.sent:,} sent, {self.ok:,} ok, {self.n_failed:,} failed"
+            + (f", {self.n_cut_short:,} cut short" if self.n_cut_short else "")
+            + (f", {self.n_unsent:,} not sent" if self.n_unsent else "")
             + (f", {self.skipped:,} rows skipped (NA cells, not sent)" if self.skipped else "")
             + "; "
             f"{self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion tokens, {cost}"

@@ -36,6 +36,10 @@ class TqdmObserver(ThrottledObserver):
             bar.total = snap.total
         bar.n = snap.done
         post: dict[str, Any] = {"failed": snap.n_failed, "cached": snap.cached}
+        if snap.n_cut_short:  # sent, no answer kept (the deadline, a stop)
+            post["cut_short"] = snap.n_cut_short
+        if snap.n_unsent:
+            post["not_sent"] = snap.n_unsent
         if snap.skipped:
             post["skipped_na"] = snap.skipped
         if not final:
@@ -47,7 +51,7 @@ class TqdmObserver(ThrottledObserver):
             post["cost"] = "unknown"
         else:
             post["cost"] = money(snap.cost)
-            if not final and snap.projected is not None and snap.to_send > snap.sent:
+            if not final and snap.projected is not None and snap.to_send > snap.settled:
                 post["projected"] = money(snap.projected)
         if snap.saved > 0:
             post["saved"] = money(snap.saved)
@@ -70,8 +74,10 @@ class TqdmObserver(ThrottledObserver):
         if snap.store_trouble:
             post["cache"] = snap.store_trouble
         bar.set_postfix(post, refresh=False)
-        if final and (snap.outcome != "done" or snap.budget_reached):
-            state = snap.outcome if snap.outcome != "done" else "max_cost reached"
+        if final and (snap.outcome != "done" or snap.budget_reached or snap.deadline_reached):
+            state = (
+                snap.outcome if snap.outcome != "done" else "max_cost reached" if snap.budget_reached else "deadline"
+            )
             bar.set_description(f"pandas-llm ({state})", refresh=False)
         bar.refresh()
 

@@ -47,8 +47,8 @@ STATUS_MEANING: dict[RowStatus, str] = {
     "budget": "not sent: it could have taken the run over max_cost",
     "too_long": "not sent: the prompt does not fit the model's context window",
     "token_limit": "its batch was refused over the account's enqueued-token limit: lower batch_limits={'enqueued_tokens': ...}",
-    "stopped": "not sent: the run was stopped (interrupt or fatal error)",
-    "deadline": "not sent: the run's deadline passed first",
+    "stopped": "not sent, or sent and left without an answer: the run was stopped (interrupt or fatal error)",
+    "deadline": "not sent (or its retry not sent): the run's deadline passed first",
     "expired": "its batch expired before answering it; a rerun submits it again",
     "cancelled": "its batch was cancelled before answering it; a rerun submits it again",
 }

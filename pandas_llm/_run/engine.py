@@ -238,10 +238,7 @@ class Engine(Sending):
                         raise self._fatal
                     return
                 if record.status in CUT_SHORT:  # its retry was not sent: never stored, a rerun sends it
-                    for u, row in [(job[0], record)] if self.split is None else self.split(job, record):
-                        if u is not None:  # a pack's or a group's rows each keep its status and error
-                            self.stats.unsent[row.status] += 1
-                            self.on_result(u, row)
+                    self._cut(job, record)
                     if self._fatal is not None:
                         raise self._fatal
                     if self._stop:
@@ -252,6 +249,15 @@ class Engine(Sending):
                 raise self._fatal  # this job's record is kept; the siblings stop
             if committer.backlog >= committer.max_pending:
                 await committer.wait_oldest()
+
+    def _cut(self, job: Job, record: Record) -> None:
+        """A job sent and left without an answer (``CUT_SHORT``: its retry not sent, or abandoned
+        in flight): its row (a pack's or a group's rows each) keeps ``record``'s status and
+        error, never stored, counted in ``stats.cut_short`` (sent, not settled)."""
+        for u, row in [(job[0], record)] if self.split is None else self.split(job, record):
+            if u is not None:
+                self.stats.cut_short[row.status] += 1
+                self.on_result(u, row)
 
     def settle(self, records: list[tuple[int | None, Record]]) -> None:
         """Hand ``records`` to the commit thread; each is counted done (and given to

@@ -27,6 +27,7 @@ import orjson
 from .._plan.endpoints import PER_TOKEN_LIST
 from .._plan.planner import Plan
 from .._store.store import Record, Store
+from .send import NOT_AGAIN
 from .stopping import ShapeWatch
 
 __all__ = ["Grouper", "GroupingReport"]
@@ -66,6 +67,7 @@ class Grouper:
         self._members: dict[int, list[tuple[int, bytes, str, int]]] = {}
         self._next: list[list[tuple[int, bytes, str, int]]] = []
         self._too_long: list[tuple[int, Record]] = []
+        self._refused: dict[int, Record] = {}  # rows of a request refused, to send again: row -> its record
         self._pid = 0
         self._shape = _OneInputShapeWatch()
         self._plan: Plan | None = None
@@ -143,6 +145,8 @@ class Grouper:
             got = len(outputs) if isinstance(outputs, list) else 0
             record = record._replace(status="error", output=None, error=f"the endpoint answered {got} results "
                                      f"for {len(group)} inputs")  # fmt: skip
+        if record.status == "error" and len(group) > 1:  # sent again, split: sent already if the run ends first
+            self._refused.update((m[0], record._replace(key=m[1], output=None)) for m in group)
         if record.status == "error" and len(group) > 1 and PER_TOKEN_LIST in (record.error or ""):
             self.k = 1  # this server cannot answer lists faithfully: one text per request from now on
             self._next.extend([m] for m in group)
@@ -185,6 +189,26 @@ class Grouper:
                 ),
             )  # fmt: skip
             for i, (m, out, t) in enumerate(zip(group, outputs, tokens))
+        ]
+
+    def unanswered(self, status: str) -> list[tuple[int, Record]]:
+        """The rows of a refused request that the run ended before sending again (``status``: why
+        it ended, ``deadline`` / ``stopped`` / ``budget``): each is cut short (sent, no answer
+        kept), with the refusal. Rows answered since are skipped."""
+        plan = self._plan
+        if plan is None:
+            return []
+        status_of = plan.outcomes.status
+        return [
+            (
+                u,
+                r._replace(
+                    status=status,
+                    error=f"{r.error} (its request of several inputs was refused; not sent again: {NOT_AGAIN[status]})",
+                ),
+            )  # fmt: skip
+            for u, r in self._refused.items()
+            if status_of[u] is None
         ]
 
     def _settle_too_long(self, settle: Callable[[list[tuple[int, Record]]], None]) -> None:

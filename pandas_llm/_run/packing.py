@@ -45,7 +45,7 @@ from .._plan.requests import RequestBuilder
 from .._store.store import Record, Store
 from .._structured.packing import Envelope, _counter, _rf_tokens, envelope_error, packed_key, shares
 from .._structured.schema import Schema
-from .send import CUT_SHORT
+from .send import CUT_SHORT, NOT_AGAIN
 
 __all__ = ["Packer", "PackingReport", "Rows"]
 
@@ -116,6 +116,7 @@ class Packer:
         self._rf_pack = _rf_tokens(self._builder.base["response_format"], self._count)
         self._members: dict[int, list[int]] = {}
         self._fallback: list[int] = []
+        self._sent: dict[int, tuple[str, int]] = {}  # fell back from a pack sent: row -> (why, its attempts)
         self._alone: set[int] = set()  # rows that could not be packed at all
         self._plan: Plan | None = None
         self._store: Store | None = None
@@ -228,23 +229,48 @@ class Packer:
             return [(u, record._replace(key=packed_key(plan.keys[u]))) for u in members]
         if record.status != "ok":
             for u in members:
-                self._fall_back(u, f"pack {record.status}")
+                self._fall_back(u, f"pack {record.status}", record.attempts)
             return []
         rows: Rows = []
         values = self.envelope.values(record.output, len(members))
         parts = shares(record.prompt_tokens, record.completion_tokens, record.cached_tokens, record.cost, len(members))
         for u, (output, why), (p, c, cached, cost) in zip(members, values, parts):
             if why is not None:
-                self._fall_back(u, why)
+                self._fall_back(u, why, record.attempts)
                 continue
             rows.append((u, Record(packed_key(plan.keys[u]), "ok", output, record.finish_reason, p, c, cached, cost,
                                    None, 1, record.model)))  # fmt: skip
         self.report.rows_packed += len(rows)
         return rows
 
-    def _fall_back(self, u: int, reason: str) -> None:
+    def _fall_back(self, u: int, reason: str, attempts: int = 0) -> None:
+        """Queue row ``u`` to be sent alone; ``attempts``: its pack's, when the pack was sent."""
         self._fallback.append(u)
+        if attempts:
+            self._sent[u] = (reason, attempts)
         self.report.fallback_reasons[reason] += 1
+
+    def unanswered(self, status: str) -> Rows:
+        """The rows sent in a pack that gave them no value and that the run ended before sending
+        alone (``status``: why it ended, ``deadline`` / ``stopped`` / ``budget``): each is cut
+        short (sent, no answer kept), with the pack's reason. Rows answered since are skipped."""
+        plan = self._plan
+        if plan is None:
+            return []
+        status_of = plan.outcomes.status
+        return [
+            (
+                u,
+                Record(
+                    plan.keys[u],
+                    status,
+                    error=f"its pack's answer had no value for it ({why}); not sent again alone: {NOT_AGAIN[status]}",
+                    attempts=attempts,
+                ),
+            )  # fmt: skip
+            for u, (why, attempts) in self._sent.items()
+            if status_of[u] is None
+        ]
 
     def _single_tokens(self, plan: Plan, u: int) -> int:
         return self._count(plan.messages_of(u)) + self._rf_single

@@ -172,6 +172,10 @@ class Run:
         finally:
             stats.finished = time.monotonic()
             unsent: Unsent = "budget" if stats.budget_reached else "deadline" if stats.deadline_reached else "stopped"
+            if self.packing is not None:  # rows sent in a pack or group, not sent again before the end
+                for u, record in self.packing.unanswered(unsent):
+                    self.plan.outcomes.fill(u, record)
+                    stats.cut_short[unsent] += 1
             n_unsent = self.plan.outcomes.mark_unsent(unsent)
             if n_unsent:
                 stats.unsent[unsent] += n_unsent
@@ -310,7 +314,7 @@ class Run:
                 + " (raise max_cost, or set max_tokens for a tighter worst case per request)"
             )  # fmt: skip
         deadline = ""
-        if self.stats.deadline_reached or self.stats.unsent["deadline"]:  # or a retry it cut short
+        if self.stats.deadline_reached or self.stats.cut_short["deadline"]:  # or a retry it cut short
             deadline = f". deadline={self.settings.deadline:g} s stopped the sending" + (
                 f": {self.stats.stop_note.rstrip('.')}" if self.stats.stop_note else ""
             )

@@ -59,7 +59,7 @@ from .limiter import Limiter
 from .retry import Health, RetryPolicy
 from .stopping import ShapeWatch, come_back, quota_stop, row_status
 
-__all__ = ["Sending", "DEAD_AFTER", "UNSENT", "CUT_SHORT", "Job"]
+__all__ = ["Sending", "DEAD_AFTER", "UNSENT", "CUT_SHORT", "NOT_AGAIN", "Job"]
 
 Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
 
@@ -73,6 +73,12 @@ UNSENT = "unsent"
 CUT_SHORT = ("deadline", "stopped")
 #: Why a job of each CUT_SHORT status was not sent again (the end of its error).
 _WHY_CUT = {"deadline": "its retry would come after the deadline", "stopped": "the run stopped"}
+#: Why a row sent in a pack or a group left without its value was not sent again, by the run's end.
+NOT_AGAIN = {
+    "deadline": "the deadline passed first",
+    "stopped": "the run stopped first",
+    "budget": "max_cost was reached",
+}
 
 
 class Sending:
@@ -102,6 +108,7 @@ class Sending:
     _sending: set[asyncio.Task]
     split: Any
     _stopped_quietly: Callable[[], bool]
+    _cut: Callable[[Job, Record], None]
 
     async def _process(self, job: Job, hold: Any = None) -> Record:
         """Send ``job`` until it is answered or fails; ``hold``: its budget.Hold under max_cost."""
@@ -114,123 +121,136 @@ class Sending:
         deadline = self.retry.deadline
         failure: RetryableError | None = None
         down, heard = 0, -1  # this request's connection failures in a row; self._heard at the last
-        while True:
-            if self._stop or (deadline is not None and self._past_deadline(0)):
-                return self._unsent(key, attempts, failure)
-            try:
-                if reserve is None:
-                    ticket, reserved = await limiter.admit(body)
-                else:
-                    reserved = reserve(body)
-                    ticket = await limiter.acquire(reserved)
-            except asyncio.CancelledError:  # woken at the deadline, or stopped, while waiting
-                if failure is None or not self._stopped_quietly():
-                    raise
-                return self._unsent(key, attempts, failure)
-            if self._stop or (deadline is not None and self._past_deadline(0)):  # the wait may have crossed it
-                limiter.release(reserved)
-                return self._unsent(key, attempts, failure)
-            attempts += 1
-            stats.attempts += 1
-            stats.in_flight += 1
-            task = asyncio.current_task()
-            self._sending.add(task)  # type: ignore[arg-type]
-            try:
-                completion = await self.backend.complete(body)
-            except RetryableError as exc:
-                limiter.release(reserved)
-                if exc.code == "connection":
-                    down = down + 1 if heard == self._heard else 1
-                    heard = self._heard
-                    stop = self._unreachable(exc, down)
-                    if stop is not None:
-                        if exc.maybe_billed:  # dropped after sending: counted as possibly billed
-                            await self._lost(body, hold, False)
-                        why = f"{exc} (after {attempts} attempts; not sent again: the endpoint is gone)"
-                        return self._stop_run(
-                            stop, Record(key, "failed", error=why, attempts=attempts, model=self.model)
-                        )
-                elif exc.status is not None:
-                    self._heard += 1
-                elif exc.code == "timeout":
-                    stats.timeouts += 1
-                if isinstance(exc, RateLimitError):
-                    if limiter.is_limit(exc.headers, str(exc), reserved):
-                        stats.rate_limited += 1
-                        wait = limiter.rate_limited(ticket, exc.retry_after, exc.headers, str(exc))
-                        stats.paused_until = limiter.paused_until
-                        stop = quota_stop(exc, wait, deadline)
-                        if stop is not None:
-                            return self._stop_run(stop, Record(key, UNSENT))
-                        if self._past_deadline(wait):  # no request can be sent before the deadline: stop sending
-                            self._halt(
-                                f"{sentence(str(exc))} The limit clears in {come_back(wait)}, after the deadline ({deadline:g} s)."
-                            )
-                            return Record(key, UNSENT)
-                        stats.retries += 1
-                        continue
-                    # the server is busy, the account's limit is not reached: retried like a
-                    # 5xx, this request alone after its retry-after or backoff; nobody pauses
-                    stats.overloaded += 1
-                failures += 1
-                failure = exc
-                level = self._health.failed(level)
-                wait = self.retry.backoff(level, exc.retry_after)
-                again = failures < self.retry.max_attempts and not self._past_deadline(wait)
-                if exc.maybe_billed and not await self._lost(body, hold, again):
-                    return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
-                                  "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
-                if not again:
-                    if failures < self.retry.max_attempts:  # the deadline comes first
-                        return self._cut_short(key, attempts, exc, "deadline")
-                    return Record(
-                        key, "failed", error=f"{exc} (after {attempts} attempts)", attempts=attempts, model=self.model
-                    )
-                stop = quota_stop(exc, wait, deadline)
-                if stop is not None:
-                    return self._stop_run(
-                        stop, Record(key, "failed", error=str(exc), attempts=attempts, model=self.model)
-                    )
-                stats.retries += 1
+        flying = False  # a request of this job is in flight (or its answer awaits the price table)
+        try:
+            while True:
+                if self._stop or (deadline is not None and self._past_deadline(0)):
+                    return self._unsent(key, attempts, failure)
                 try:
-                    await self.sleep(wait)
-                except asyncio.CancelledError:  # woken at the deadline, or stopped, in its backoff
-                    if not self._stopped_quietly():
+                    if reserve is None:
+                        ticket, reserved = await limiter.admit(body)
+                    else:
+                        reserved = reserve(body)
+                        ticket = await limiter.acquire(reserved)
+                except asyncio.CancelledError:  # woken at the deadline, or stopped, while waiting
+                    if failure is None or not self._stopped_quietly():
                         raise
                     return self._unsent(key, attempts, failure)
-                continue
-            except BadRequestError as exc:
-                limiter.release(reserved)
+                if self._stop or (deadline is not None and self._past_deadline(0)):  # the wait may have crossed it
+                    limiter.release(reserved)
+                    return self._unsent(key, attempts, failure)
+                attempts += 1
+                stats.attempts += 1
+                flying = True
+                stats.in_flight += 1
+                task = asyncio.current_task()
+                self._sending.add(task)  # type: ignore[arg-type]
+                try:
+                    completion = await self.backend.complete(body)
+                except RetryableError as exc:
+                    flying = False
+                    limiter.release(reserved)
+                    if exc.code == "connection":
+                        down = down + 1 if heard == self._heard else 1
+                        heard = self._heard
+                        stop = self._unreachable(exc, down)
+                        if stop is not None:
+                            if exc.maybe_billed:  # dropped after sending: counted as possibly billed
+                                await self._lost(body, hold, False)
+                            why = f"{exc} (after {attempts} attempts; not sent again: the endpoint is gone)"
+                            return self._stop_run(
+                                stop, Record(key, "failed", error=why, attempts=attempts, model=self.model)
+                            )
+                    elif exc.status is not None:
+                        self._heard += 1
+                    elif exc.code == "timeout":
+                        stats.timeouts += 1
+                    if isinstance(exc, RateLimitError):
+                        if limiter.is_limit(exc.headers, str(exc), reserved):
+                            stats.rate_limited += 1
+                            failure = exc  # sent once: a stop or the deadline from now on cuts it short
+                            wait = limiter.rate_limited(ticket, exc.retry_after, exc.headers, str(exc))
+                            stats.paused_until = limiter.paused_until
+                            stop = quota_stop(exc, wait, deadline)
+                            if stop is not None:
+                                return self._stop_run(stop, self._cut_short(key, attempts, exc, "stopped"))
+                            if self._past_deadline(wait):  # no request can be sent before the deadline: stop sending
+                                self._halt(
+                                    f"{sentence(str(exc))} The limit clears in {come_back(wait)}, after the deadline ({deadline:g} s)."
+                                )
+                                return self._cut_short(key, attempts, exc, "deadline")
+                            stats.retries += 1
+                            continue
+                        # the server is busy, the account's limit is not reached: retried like a
+                        # 5xx, this request alone after its retry-after or backoff; nobody pauses
+                        stats.overloaded += 1
+                    failures += 1
+                    failure = exc
+                    level = self._health.failed(level)
+                    wait = self.retry.backoff(level, exc.retry_after)
+                    again = failures < self.retry.max_attempts and not self._past_deadline(wait)
+                    if exc.maybe_billed and not await self._lost(body, hold, again):
+                        return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
+                                      "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
+                    if not again:
+                        if failures < self.retry.max_attempts:  # the deadline comes first
+                            return self._cut_short(key, attempts, exc, "deadline")
+                        return Record(
+                            key,
+                            "failed",
+                            error=f"{exc} (after {attempts} attempts)",
+                            attempts=attempts,
+                            model=self.model,
+                        )
+                    stop = quota_stop(exc, wait, deadline)
+                    if stop is not None:
+                        return self._stop_run(
+                            stop, Record(key, "failed", error=str(exc), attempts=attempts, model=self.model)
+                        )
+                    stats.retries += 1
+                    try:
+                        await self.sleep(wait)
+                    except asyncio.CancelledError:  # woken at the deadline, or stopped, in its backoff
+                        if not self._stopped_quietly():
+                            raise
+                        return self._unsent(key, attempts, failure)
+                    continue
+                except BadRequestError as exc:
+                    limiter.release(reserved)
+                    self._heard += 1
+                    record = Record(key, row_status(exc), error=str(exc), attempts=attempts, model=self.model)
+                    stop = None if self._refused_before(key, record) else self._shape.refused(exc, body)
+                    return record if stop is None else self._stop_run(stop, record)
+                except FatalAPIError as exc:
+                    self._fatal = self._fatal or exc
+                    self._stop = True
+                    raise
+                except asyncio.CancelledError:
+                    limiter.release(reserved)
+                    # abandoned in flight (the run stopped on another worker's fatal error, or a
+                    # second interrupt): the server may have run it and billed it, so count it
+                    stats.lost_answers += 1
+                    stats.possibly_billed += self.worst_case(body)
+                    raise
+                except BaseException:
+                    limiter.release(reserved)
+                    raise
+                finally:
+                    stats.in_flight -= 1
+                    self._sending.discard(task)
                 self._heard += 1
-                record = Record(key, row_status(exc), error=str(exc), attempts=attempts, model=self.model)
-                stop = None if self._refused_before(key, record) else self._shape.refused(exc, body)
-                return record if stop is None else self._stop_run(stop, record)
-            except FatalAPIError as exc:
-                self._fatal = self._fatal or exc
-                self._stop = True
-                raise
-            except asyncio.CancelledError:
-                limiter.release(reserved)
-                # abandoned in flight (the run stopped on another worker's fatal error, or a
-                # second interrupt): the server may have run it and billed it, so count it
-                stats.lost_answers += 1
-                stats.possibly_billed += self.worst_case(body)
-                raise
-            except BaseException:
-                limiter.release(reserved)
-                raise
-            finally:
-                stats.in_flight -= 1
-                self._sending.discard(task)
-            self._heard += 1
-            self._health.answered()
-            limiter.done(
-                reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers
-            )  # first: the limits its headers show let the requests waiting for them go now
-            pending = self.price_pending()
-            if pending is not None:
-                await self._priced(pending, task, body)
-            return self._record(key, completion, reserved, attempts, body)
+                self._health.answered()
+                limiter.done(
+                    reserved, len(body), completion.prompt_tokens, completion.completion_tokens, completion.headers
+                )  # first: the limits its headers show let the requests waiting for them go now
+                pending = self.price_pending()
+                if pending is not None:
+                    await self._priced(pending, task, body)
+                return self._record(key, completion, reserved, attempts, body)
+        except asyncio.CancelledError:  # the run was cancelled or stopped on a fatal error
+            if attempts:  # sent: it is cut short, not "never sent" (its rows say so)
+                self._cut(job, self._abandoned(key, attempts, None if flying else failure))
+            raise
 
     async def _priced(self, pending: Future, task: Any, body: bytes) -> None:
         """An answer that came while the price table is still loading (the first answers of a
@@ -301,6 +321,14 @@ class Sending:
         why = _WHY_CUT[status]
         return Record(key, status, error=f"{failure} (after {attempts} attempts; not sent again: {why})",
                       attempts=attempts, model=self.model)  # fmt: skip
+
+    def _abandoned(self, key: bytes, attempts: int, failure: RetryableError | None) -> Record:
+        """The record of a job sent and abandoned by a cancel of the run (a second interrupt, a
+        fatal error on another request): in flight (``failure`` None), or in its backoff."""
+        if failure is not None:
+            return self._cut_short(key, attempts, failure, "stopped")
+        return Record(key, "stopped", error=f"the run stopped with this request in flight (after {attempts} "
+                      "attempts): no answer, possibly billed", attempts=attempts, model=self.model)  # fmt: skip
 
     def _refused_before(self, key: bytes, record: Record) -> bool:
         """True if an earlier run stored this same refusal for ``key``: it does not count

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from helpers import billed, varied
+from helpers import billed, check_counts, varied
 from pandas_llm._backends import Completion
 from pandas_llm._config import Settings
 from pandas_llm._cost.tokens import count_message_tokens
@@ -184,6 +184,9 @@ def test_the_cap_is_never_exceeded_by_what_the_server_billed(concurrency):
         assert billed <= cap
         assert report.stats.cost == pytest.approx(billed, rel=1e-9)
         assert report.stats.budget_reached and report.stats.unsent["budget"] > 0
+        stats = check_counts(report)
+        assert f"{stats.sent} requests sent ({stats.ok} ok" in report.summary()
+        assert f"), {stats.unsent['budget']} not sent (budget), " in report.summary()
         # it stopped because the next worst case did not fit, not much earlier
         worst = (60 + 80) * price.input + 80 * price.output
         assert billed > cap - 2 * worst
@@ -241,6 +244,11 @@ def test_a_cap_below_one_request_sends_nothing(server):
             "{t}", max_cost=1e-9, max_tokens=10, base_url=server.base_url, api_key="x", cache=False, progress=False
         )
     assert out.isna().all() and server.requests == 0
+    report = pandas_llm.last_run()
+    assert check_counts(report).unsent == {"budget": 3}
+    assert "3 rows, 3 distinct requests: 0 rows from cache, 0 requests sent (0 ok), 3 not sent (budget)," in (
+        report.summary()
+    )
 
 
 # -- the cap with the schema verbs: resends of invalid answers, packed requests ------------
@@ -263,6 +271,7 @@ def test_the_cap_holds_when_invalid_answers_are_asked_again(server, opts):
     assert report.stats.cost == pytest.approx(billed(server), rel=1e-9)
     statuses = set(report.details["status"])
     assert {"ok", "budget", "invalid"} <= statuses
+    check_counts(report)
 
 
 def test_the_cap_holds_with_packed_requests(server, opts):
@@ -275,6 +284,7 @@ def test_the_cap_holds_with_packed_requests(server, opts):
     assert server.structured.packed_requests > 0
     assert 0 < billed(server) <= cap
     assert out["sentiment"].notna().sum() > 0 and out["sentiment"].isna().sum() > 0
+    check_counts(pandas_llm.last_run())
 
 
 # -- the Batch API: requests go into batch files only within the cap, at batch prices -------

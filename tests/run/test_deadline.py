@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 import pandas_llm
-from helpers import VirtualTime, frame
+from helpers import VirtualTime, check_counts, frame
 from pandas_llm import RunWarning
 from pandas_llm._backends import Completion
 from pandas_llm._errors import RetryableError
@@ -36,10 +36,10 @@ def check_deadline_outcome(d, texts):
     """Every row answered or ``deadline``; the warning and last_run() agree with the rows."""
     counts = d["status"].value_counts().to_dict()
     assert set(counts) <= {"ok", "deadline"}
-    stats = pandas_llm.last_run().stats
+    stats = check_counts(pandas_llm.last_run())
     assert stats.outcome == "done"
-    assert stats.ok == counts.get("ok", 0) and not stats.failed
-    assert stats.unsent["deadline"] == counts.get("deadline", 0)
+    assert stats.cached_unique + stats.ok == counts.get("ok", 0) and not stats.failed  # distinct rows
+    assert stats.cut_short["deadline"] + stats.unsent["deadline"] == counts.get("deadline", 0)
     if counts.get("deadline"):
         assert len(texts) == 1 and f"{counts['deadline']} deadline" in texts[0]
     else:
@@ -77,6 +77,12 @@ def test_a_retry_the_deadline_cuts_short_is_deadline_with_its_last_error(server,
     assert (d["status"] == "deadline").all() and (d["attempts"] == 1).all()
     assert d["error"].str.contains("503").all() and d["error"].str.contains("deadline").all()
     assert "deadline=600 s" in texts[0]
+    report = pandas_llm.last_run()
+    assert report.stats.cut_short == {"deadline": 20} and not report.stats.unsent  # sent, not "never sent"
+    assert (
+        "20 rows, 20 distinct requests: 0 rows from cache, 20 requests sent (0 ok, 20 cut short by the deadline),"
+        in (report.summary())
+    )
 
 
 @pytest.mark.server(error_rate={503: 1.0})
@@ -84,8 +90,9 @@ def test_failed_still_means_every_attempt_was_used(server, opts, fast_retries):
     with pytest.warns(RunWarning, match="20 failed"):
         d = frame(20).llm.map("{text}", deadline=600, max_attempts=2, cache=False, details=True, **opts)
     assert (d["status"] == "failed").all() and (d["attempts"] == 2).all()
-    stats = pandas_llm.last_run().stats
-    assert stats.failed["failed"] == 20 and not stats.unsent
+    stats = check_counts(pandas_llm.last_run())
+    assert stats.failed["failed"] == 20 and not stats.unsent and not stats.cut_short
+    assert "20 requests sent (0 ok, 20 failed, 40 HTTP attempts)," in pandas_llm.last_run().summary()
 
 
 class Topic(BaseModel):
@@ -121,8 +128,9 @@ def test_a_packed_or_grouped_request_the_deadline_cuts_short_is_deadline_on_ever
     assert (d["status"] == "deadline").all() and (d["attempts"] >= 1).all()
     assert d["error"].str.contains("503").all()
     assert d["error"].str.endswith("not sent again: its retry would come after the deadline)").all()
-    stats = report.stats
-    assert stats.outcome == "done" and stats.unsent["deadline"] == 10 and not stats.failed and not stats.ok
+    stats = check_counts(report)
+    assert stats.outcome == "done" and stats.cut_short["deadline"] == 10 and not stats.failed and not stats.ok
+    assert not stats.unsent and "10 requests sent (0 ok, 10 cut short by the deadline" in report.summary()
     assert len(texts) == 1 and "10 deadline" in texts[0]
     if verb == "packed":
         assert report.packing.fallback_rows == 0  # not sent alone after the pack's retry was cut short
@@ -171,7 +179,7 @@ async def test_a_row_in_its_backoff_when_the_sending_stops_is_deadline_with_its_
     assert stats.deadline_reached
     assert results[0].status == "deadline" and "503" in results[0].error and results[0].attempts == 1
     assert results[2].status == "ok" and 3 not in results  # kept in flight; not sent after
-    assert stats.unsent["deadline"] == 1 and not stats.failed
+    assert stats.cut_short["deadline"] == 1 and not stats.unsent and not stats.failed  # job 3: the caller labels it
 
 
 async def test_a_stop_during_a_backoff_keeps_the_rows_error_as_stopped():
@@ -189,7 +197,7 @@ async def test_a_stop_during_a_backoff_keeps_the_rows_error_as_stopped():
     eng.store.close()
     assert results[0].status == "stopped" and "503" in results[0].error
     assert results[2].status == "ok"  # in flight at the stop: kept
-    assert stats.unsent["stopped"] == 1 and not stats.failed
+    assert stats.cut_short["stopped"] == 1 and not stats.unsent and not stats.failed
 
 
 async def test_a_run_stopped_before_its_workers_began_ends_quietly():
@@ -199,3 +207,42 @@ async def test_a_run_stopped_before_its_workers_began_ends_quietly():
     await vt.run(eng.run((u, bytes([u]) * 32, b'{"n":%d}' % u) for u in range(5)))
     eng.store.close()
     assert not results and stats.attempts == 0
+
+
+LIMIT = "Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 10000, Used 10000, Requested 1."
+
+
+def test_the_summary_counts_a_request_a_429_left_past_the_deadline_as_sent_and_the_rest_as_not_sent(server, opts):
+    # the summary said "3 requests sent (3 ok, 4 HTTP attempts)" and nothing of the 17 others:
+    # row 3 was sent (its 429 is an HTTP attempt) and was counted "not sent" with the 16 never sent
+    body = {"error": {"message": LIMIT, "code": "rate_limit_exceeded"}}
+    server.inject(429, times=1000, match="row 3", retry_after=30, body=body)
+    d, texts = map_quietly(frame(20), concurrency=1, deadline=5, cache=False, **opts)
+    report = pandas_llm.last_run()
+    stats = check_counts(report)
+    assert (stats.ok, dict(stats.cut_short), dict(stats.unsent), stats.attempts) == (
+        3,
+        {"deadline": 1},
+        {"deadline": 16},
+        4,
+    )
+    assert d.loc[3, "status"] == "deadline" and d.loc[3, "attempts"] == 1 and "HTTP 429" in d.loc[3, "error"]
+    assert (d.loc[4:, "attempts"] == 0).all() and server.requests == 4
+    assert report.summary().startswith(
+        "20 rows, 20 distinct requests: 0 rows from cache, 4 requests sent (3 ok, 1 cut short by the deadline), "
+        "16 not sent (deadline), "
+    )
+    assert len(texts) == 1 and "17 deadline" in texts[0]
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["no-cache", "cache-file"])
+def test_a_deadline_passing_mid_run_keeps_the_identities(server, opts, tmp_path, cache):
+    server.latency = 0.05
+    server.inject(503, times=3)  # some retries: HTTP attempts beyond the requests
+    frame(5).llm.map("{text}", cache=str(tmp_path / "c.sqlite") if cache else False, **opts)  # 5 from the cache
+    d, texts = map_quietly(
+        frame(60), concurrency=4, deadline=0.3, cache=str(tmp_path / "c.sqlite") if cache else False, **opts
+    )
+    check_deadline_outcome(d, texts)
+    stats = pandas_llm.last_run().stats
+    assert stats.unsent["deadline"] > 0 and stats.cached_unique == (5 if cache else 0)

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from helpers import check_counts
 from pandas_llm._store.store import Store
 from pandas_llm.testing import LLMServer
 
@@ -38,8 +39,11 @@ SCRIPT = textwrap.dedent(
     try:
         df.llm.map("Say {t}", base_url=base_url, api_key="x", cache=cache, concurrency=%d, progress=True)
     except KeyboardInterrupt:
-        stats = pandas_llm.last_run().stats
-        print("OUTCOME", stats.outcome, stats.sent_done, stats.unsent["stopped"], flush=True)
+        report = pandas_llm.last_run()
+        stats = report.stats
+        print("OUTCOME", stats.outcome, stats.sent_done, stats.unsent["stopped"], stats.cut_short["stopped"],
+              stats.unique == stats.cached_unique + stats.sent + stats.shared + stats.not_sent, flush=True)
+        print("SUMMARY", report.summary(), flush=True)
         sys.exit(130)
     print("OUTCOME finished", flush=True)
     """
@@ -92,8 +96,9 @@ def test_one_sigint_finishes_the_requests_in_flight_and_keeps_every_paid_answer(
         assert proc.returncode == 130, err
         words = out.split()
         assert words[:2] == ["OUTCOME", "interrupted"], (out, err)
-        answered, unsent = int(words[2]), int(words[3])
-        assert unsent > 0 and answered + unsent == ROWS
+        answered, unsent, cut = int(words[2]), int(words[3]), int(words[4])
+        assert unsent > 0 and cut == 0 and answered + unsent == ROWS and words[5] == "True"
+        assert f"{answered} requests sent ({answered} ok), {unsent} not sent (stopped)" in out
         assert "finishing" in err and "pandas-llm (interrupted)" in err  # the bar said what it was doing
         kept = committed(cache)
         assert kept == answered == srv.completed  # every billed answer is on disk
@@ -130,7 +135,10 @@ def test_a_second_sigint_abandons_the_requests_in_flight(tmp_path):
         assert proc.returncode == 130, err
         words = out.split()
         assert words[:2] == ["OUTCOME", "interrupted"], (out, err)
-        answered = int(words[2])
+        answered, unsent, cut = int(words[2]), int(words[3]), int(words[4])
+        # the two hung requests were sent and abandoned: cut short, not "never sent"
+        assert cut == 2 and answered + unsent + cut == ROWS and words[5] == "True"
+        assert f"{answered + 2} requests sent ({answered} ok, 2 cut short by the stop" in out
         kept = committed(cache)
         assert kept == answered
         assert srv.completed == kept  # the hung ones were never answered, so never billed
@@ -165,8 +173,9 @@ def test_cancelling_amap_once_keeps_the_answers_in_flight(tmp_path):
 
     with LLMServer(latency=0.3) as srv:
         asyncio.run(main(srv))
-        stats = pandas_llm.last_run().stats
+        stats = check_counts(pandas_llm.last_run())
         assert stats.outcome == "interrupted" and stats.in_flight == 0
+        assert stats.unsent["stopped"] == ROWS - stats.ok and not stats.cut_short
         assert committed(cache) == stats.ok == srv.completed  # billed == committed
         before = srv.completed
         rerun(df, srv, cache)

@@ -266,7 +266,9 @@ async def test_workers_waiting_for_the_limiter_stop_at_the_deadline_not_after_th
 
 def test_rows_not_sent_by_the_deadline_say_so(server, opts):
     server.latency = 0.2
-    with pytest.warns(RunWarning, match=r"deadline \(not sent: the run's deadline passed first\)"):
+    with pytest.warns(
+        RunWarning, match=r"deadline \(not sent \(or its retry not sent\): the run's deadline passed first\)"
+    ):
         d = frame(40).llm.map("{text}", concurrency=2, deadline=0.3, details=True, **opts)
     assert "deadline" in set(d["status"]) <= {"ok", "deadline"} and server.requests < 40
     assert (d["status"] == "ok").sum() == server.completed  # every answer that left was kept
