@@ -148,7 +148,9 @@ class Sending:
                 try:
                     completion = await self.backend.complete(body)
                 except RetryableError as exc:
-                    flying = False
+                    flying = False  # no longer in flight: a stop or the deadline wakes it in its backoff
+                    stats.in_flight -= 1
+                    self._sending.discard(task)
                     limiter.release(reserved)
                     if exc.code == "connection":
                         down = down + 1 if heard == self._heard else 1
@@ -236,8 +238,9 @@ class Sending:
                     limiter.release(reserved)
                     raise
                 finally:
-                    stats.in_flight -= 1
-                    self._sending.discard(task)
+                    if flying:  # (a retryable failure left already, before its backoff)
+                        stats.in_flight -= 1
+                        self._sending.discard(task)
                 self._heard += 1
                 self._health.answered()
                 limiter.done(

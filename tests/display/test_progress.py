@@ -467,3 +467,68 @@ def test_a_run_with_nothing_to_send_still_starts_and_closes_its_display(llm_serv
     shown = Order()
     df.llm.map("{t}", progress=shown, **kw)  # every row from the cache
     assert shown.calls == ["start", "close"]
+
+
+# -- the displays and the summary agree after a run cut short -------------------------------
+def displays_of(s: RunStats) -> tuple[str, str, str]:
+    """What the tqdm bar, the widget and the log say of the ended run ``s``."""
+    out = io.StringIO()
+    bar = TqdmObserver(file=out, mininterval=0)
+    bar.start(s)
+    bar.close(s)
+    widget = WidgetObserver(display=lambda obj: None)
+    widget.start(s)
+    widget.close(s)
+    return out.getvalue(), widget.text, Snapshot.of(s, s.finished).summary()
+
+
+def agree(report) -> tuple[str, str, str]:
+    from helpers import check_counts
+
+    s = check_counts(report)
+    cut, unsent = sum(s.cut_short.values()), sum(s.unsent.values())
+    bar, widget, log = displays_of(s)
+    summary = report.summary()
+    assert f"{s.sent} requests sent" in summary and f"{s.sent} sent, " in log
+    assert f"{unsent} not sent" in summary and f"not_sent={unsent}" in bar and f"· {unsent} not sent" in widget
+    assert f"{cut} cut short" in summary and f"cut_short={cut}" in bar and f"· {cut} cut short" in widget
+    assert f", {cut} cut short, {unsent} not sent;" in log
+    return bar, widget, log
+
+
+def test_after_a_deadline_the_bar_the_widget_and_the_log_agree_with_the_summary(server, opts):
+    limit = "Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 10000, Used 10000, Requested 1."
+    server.inject(429, times=1000, match="row 3", retry_after=30, body={"error": {"message": limit}})
+    with pytest.warns(pandas_llm.RunWarning):
+        pd.DataFrame({"text": [f"row {i}" for i in range(20)]}).llm.map("{text}", concurrency=1, deadline=5, **opts)
+    bar, widget, log = agree(pandas_llm.last_run())
+    assert "4 sent, 3 ok, 0 failed, 1 cut short, 16 not sent;" in log
+    assert "pandas-llm (deadline)" in bar
+    assert "stopped at the deadline" in widget and "1 sent, cut short by the deadline (no answer)" in widget
+    assert "16 not sent (the deadline passed first)" in widget
+
+
+def test_after_a_stop_the_bar_the_widget_and_the_log_agree_with_the_summary(server, opts, monkeypatch):
+    import asyncio
+
+    from pandas_llm._run.retry import RetryPolicy
+
+    monkeypatch.setattr(RetryPolicy, "backoff", lambda self, attempt, retry_after: 30.0)
+    server.latency = 0.05
+    server.inject(503, times=1000, match="row 0")  # in its 30 s backoff when the stop comes
+
+    async def main() -> None:
+        df = pd.DataFrame({"text": [f"row {i}" for i in range(40)]})
+        task = asyncio.ensure_future(df.llm.amap("{text}", concurrency=2, **opts))
+        while server.completed < 5:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    report = pandas_llm.last_run()
+    assert report.stats.cut_short == {"stopped": 1}
+    bar, widget, log = agree(report)
+    assert "pandas-llm (interrupted)" in bar and "interrupted after" in widget
+    assert "1 sent, cut short by the stop (no answer)" in widget

@@ -183,11 +183,20 @@ async def test_a_row_in_its_backoff_when_the_sending_stops_is_deadline_with_its_
 
 
 async def test_a_stop_during_a_backoff_keeps_the_rows_error_as_stopped():
-    vt, results = VirtualTime(), {}
+    vt, at = VirtualTime(), {}
+
+    class Results(dict):  # when each job's record came
+        def __setitem__(self, u, record):
+            at[u] = vt.now
+            super().__setitem__(u, record)
+
+    results = Results()
     eng, stats = engine(vt, results, deadline=None)  # type: ignore[arg-type]
+    in_flight = []
 
     async def stop_soon():
-        await vt.sleep(0.5)  # job 0 failed at 0.1 and waits 2 s
+        await vt.sleep(0.5)  # job 0 failed at 0.1 and waits 2 s; job 2 is in flight
+        in_flight.append(stats.in_flight)
         eng.stop()
 
     jobs = ((u, bytes([u]) * 32, b'{"n":%d}' % u) for u in (0, 2))
@@ -198,6 +207,9 @@ async def test_a_stop_during_a_backoff_keeps_the_rows_error_as_stopped():
     assert results[0].status == "stopped" and "503" in results[0].error
     assert results[2].status == "ok"  # in flight at the stop: kept
     assert stats.cut_short["stopped"] == 1 and not stats.unsent and not stats.failed
+    # a row in its backoff is not in flight: the stop wakes it at once (it counted as in
+    # flight, and the stop waited for its backoff to end, up to 30 s)
+    assert in_flight == [1] and at[0] == 0.5
 
 
 async def test_a_run_stopped_before_its_workers_began_ends_quietly():
@@ -246,3 +258,44 @@ def test_a_deadline_passing_mid_run_keeps_the_identities(server, opts, tmp_path,
     check_deadline_outcome(d, texts)
     stats = pandas_llm.last_run().stats
     assert stats.unsent["deadline"] > 0 and stats.cached_unique == (5 if cache else 0)
+
+
+def test_rows_a_pack_answered_without_their_value_are_cut_short_when_the_deadline_comes_first(server, opts):
+    # the pack was sent and answered, the row's item was missing; its own request would come
+    # after the deadline: it was counted "not sent" though its pack was sent (and billed)
+    server.latency = 2.0  # the deadline passes with both packs in flight (they are kept)
+    server.structured.inject("drop", match="ticket 3")
+    texts = pd.Series([f"ticket {i}" for i in range(20)]).to_frame("text")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", RunWarning)
+        texts.llm.extract("{text}", schema=Topic, rows_per_request=10, deadline=1.0, cache=False, **opts)
+    report = pandas_llm.last_run()
+    stats = check_counts(report)
+    assert (stats.ok, dict(stats.cut_short), dict(stats.unsent), stats.attempts) == (19, {"deadline": 1}, {}, 2)
+    row = report.details.iloc[3]
+    assert row["status"] == "deadline" and row["attempts"] == 1
+    assert (
+        row["error"]
+        == "its pack's answer had no value for it (missing); not sent again alone: the deadline passed first"
+    )
+    assert report.summary().startswith(
+        "20 rows, 20 distinct requests: 0 rows from cache, 20 requests sent (19 ok, 1 cut short by the deadline), "
+    )
+
+
+def test_rows_of_a_refused_group_are_cut_short_when_the_deadline_comes_before_their_resend(server, opts):
+    server.latency = 2.0
+    texts = [f"t{i}" for i in range(10)]
+    texts[2] = "poison"
+    server.endpoints.refuse_input("poison")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always", RunWarning)
+        pd.Series(texts).llm.embed(dimensions=4, inputs_per_request=5, deadline=1.0, cache=False, **opts)
+    report = pandas_llm.last_run()
+    stats = check_counts(report)
+    assert (stats.ok, dict(stats.cut_short), dict(stats.unsent), stats.attempts) == (5, {"deadline": 5}, {}, 2)
+    refused = report.details.iloc[:5]
+    assert (refused["status"] == "deadline").all() and refused["error"].str.contains("input\\[2\\]").all()
+    assert report.summary().startswith(
+        "10 rows, 10 distinct requests: 0 rows from cache, 10 requests sent (5 ok, 5 cut short by the deadline), "
+    )

@@ -306,3 +306,35 @@ def test_the_first_sigint_cancels_the_verb_into_a_keyboardinterrupt_and_a_second
         loop.close()
     assert isinstance(tasks[0].exception(), KeyboardInterrupt)  # the user's interrupt, not a CancelledError
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_pack_abandoned_in_flight_by_a_second_cancel_is_cut_short_on_every_row(server, opts):
+    # its rows were counted "not sent (stopped)" though the pack was sent (and may be billed)
+    from pydantic import BaseModel
+
+    class Topic(BaseModel):
+        topic: str
+
+    server.inject(200, hang=True, match="ticket 3")  # the first pack never answers
+    df = pd.DataFrame({"text": [f"ticket {i}" for i in range(20)]})
+
+    async def main() -> None:
+        task = asyncio.ensure_future(
+            df.llm.aextract("{text}", schema=Topic, rows_per_request=10, concurrency=2, cache=False, **opts)
+        )
+        while server.completed < 1:
+            await asyncio.sleep(0.01)
+        task.cancel()  # stop: the hung pack is waited for
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        task.cancel()  # abandon it
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    report = pandas_llm.last_run()
+    stats = check_counts(report)
+    assert stats.outcome == "interrupted" and stats.lost_answers == 1
+    assert (stats.ok, dict(stats.cut_short), dict(stats.unsent), stats.attempts) == (10, {"stopped": 10}, {}, 2)
+    assert (report.details.iloc[:10]["attempts"] == 1).all()
+    assert "20 requests sent (10 ok, 10 cut short by the stop), " in report.summary()
