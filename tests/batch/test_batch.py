@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
-from helpers import echoes, frame, kill_when
+from helpers import check_counts, echoes, frame, kill_when
 from pandas_llm import ConfigError, RunWarning
 from pandas_llm._batch.client import BatchAPI
 from pandas_llm._errors import RetryableError
@@ -218,6 +218,9 @@ def test_expired_batch_keeps_its_answers_and_leaves_the_rest(server, batch_opts)
     with pytest.warns(RunWarning, match="30 expired"):
         d = df.llm.map("Say: {text}", mode="batch", details=True, **batch_opts)
     assert (d["status"] == "ok").sum() == 10 and (d["status"] == "expired").sum() == 30
+    report = pandas_llm.last_run()  # submitted, never run: sent, not "not sent"
+    assert check_counts(report).cut_short == {"expired": 30} and not report.stats.unsent
+    assert "40 requests sent (10 ok, 30 in a batch that expired)" in report.summary()
     with sqlite3.connect(batch_opts["cache"]) as conn:  # expired rows are not failures in the cache
         assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 10
     out = df.llm.map("Say: {text}", mode="batch", **batch_opts)
@@ -244,6 +247,13 @@ def test_cancel(server, batch_opts):
         d = job.result(details=True)
     answered = (d["status"] == "ok").sum()
     assert 0 < answered < 20 and (d["status"] == "cancelled").sum() == 40 - answered
+    stats = check_counts(pandas_llm.last_run())  # the second part was never submitted
+    n = stats.submitted  # the first batch's requests (under the enqueued-token budget)
+    assert (stats.ok, dict(stats.cut_short), dict(stats.unsent)) == (
+        answered,
+        {"cancelled": n - answered},
+        {"cancelled": 40 - n},
+    )
     assert server.batches.batches_created == 1
     server.batches.release()
     out = df.llm.map("Say: {text}", mode="batch", **batch_opts)
