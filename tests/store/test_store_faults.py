@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 
 import pandas_llm
+from helpers import check_counts
 from pandas_llm import ConfigError, RunWarning, StoreError
 from pandas_llm._store import committer as committer_module
 from pandas_llm._store.store import Record, Store
@@ -207,6 +208,9 @@ def test_a_lock_held_past_patience_returns_the_answers_with_a_warning(tmp_path, 
     assert out.notna().sum() == billed  # every answer paid for is in the result
     assert out.dropna().tolist() == [v for v in expected() if v in set(out.dropna())]
     assert out.isna().sum() == ROWS - billed  # the rest was never sent
+    report = pandas_llm.last_run()
+    check_counts(report)
+    assert f"{billed} requests sent ({billed} ok), {ROWS - billed} not sent (stopped)" in report.summary()
     with Store(path) as s:
         assert s.count("ok") == billed - stats.unsaved
 
