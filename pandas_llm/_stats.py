@@ -49,13 +49,15 @@ class RunStats:
     ``failed["too_long"]`` (refused before sending). ``cut_short``: sent (one HTTP attempt
     at least; for a row of a pack or group, or of a Batch API job, the request holding it),
     no answer kept, by why: ``"deadline"``, ``"stopped"`` (a stop or a fatal error abandoned
-    it in flight or cut its retry short), ``"budget"``, and for a batch ``"expired"``,
-    ``"cancelled"``, ``"lost"``. ``unsent``: never sent, by why (``"deadline"``,
-    ``"stopped"``, ``"budget"``). So :attr:`sent` (requests this run sent) and
-    :attr:`not_sent` add up with the others:
+    it in flight or cut its retry short), ``"budget"``, and for a batch whose batch never ran
+    them ``"expired"``, ``"cancelled"``. ``unsent``: never sent, by why (``"deadline"``,
+    ``"stopped"``, ``"budget"``; a batch job's ``"cancelled"`` too). So :attr:`sent` (requests
+    this run sent) and :attr:`not_sent` add up with the others:
     ``cached_unique + sent + shared + not_sent == unique`` once the run has ended.
     ``attempts`` counts HTTP attempts (each send and each retry; a pack or a group is one),
-    never requests.
+    never requests; a Batch API job makes none. Not kept yet: a packed Batch API job
+    (``mode="batch"`` with ``rows_per_request>1``) counts its packs in ``sent_done`` and
+    its rows elsewhere.
 
         >>> s = RunStats(unique=5, to_send=5, sent_done=1, ok=1, attempts=12,
         ...              cut_short=Counter(deadline=2), unsent=Counter(deadline=2), outcome="done")
@@ -177,7 +179,6 @@ CUT_BY = {
     "budget": "cut short at max_cost",
     "expired": "in a batch that expired",
     "cancelled": "in a batch cancelled",
-    "lost": "in a batch lost",
 }
 
 
