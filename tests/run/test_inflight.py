@@ -56,3 +56,25 @@ def test_four_threads_sharing_prompts_pay_once_per_distinct_prompt(tmp_path, cac
     assert billed == SHARED + THREADS * OWN  # exactly the distinct prompts
     assert set(counts.values()) == {1}
     assert not inflight._entries and not inflight._active  # nothing kept once the runs are over
+
+
+def test_a_request_held_by_a_run_whose_loop_stopped_is_sent_by_the_next_run(tmp_path):
+    # an amap left paused (its loop stopped: a second Ctrl-C at a terminal prompt, a loop
+    # stopped between two run_until_complete) holds 8 requests in flight; a sync map of the
+    # same rows must not wait for them for ever
+    import asyncio
+
+    df = pd.DataFrame({"t": [f"row {i}" for i in range(20)]})
+    with LLMServer(latency=0.5) as srv:
+        kw = dict(base_url=srv.base_url, api_key="x", cache=tmp_path / "c.sqlite", concurrency=8, progress=False)
+        loop = asyncio.new_event_loop()
+        loop.call_later(0.3, loop.stop)  # while its first 8 requests are in flight
+        with pytest.raises(RuntimeError, match="stopped before"):
+            loop.run_until_complete(df.llm.amap("Say {t}", **kw))
+        box: dict = {}
+        worker = threading.Thread(target=lambda: box.update(out=df.llm.map("Say {t}", **kw)), daemon=True)
+        worker.start()
+        worker.join(60)  # a hang guard: it took ~1.5 s
+        assert "out" in box, "the map waited for the paused run's requests"
+        assert box["out"].tolist() == [f"echo: Say row {i}" for i in range(20)]
+        loop.close()
