@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -232,7 +234,23 @@ _last: RunReport | None = None
 
 
 def last_run() -> RunReport | None:
-    """The report of the most recent run in this process (``None`` before the first)."""
+    """The report of the most recent run in this process (``None`` before the first).
+
+    After a Dask compute of a ``ddf.llm`` verb's result returns on the driver
+    (``.compute()``, ``dask.compute()``, ``client.compute(...).result()``, ``persist()``
+    once its futures are done), it is a ``ClusterReport`` of that compute: the figures of
+    every partition it computed, each once, summed (``partitions`` says how many, of
+    ``npartitions``), ``outcome`` ``"done"`` or ``"failed"``, never one still running.
+    While a compute runs (another thread, a pending future), it is that compute's live
+    figures. Calling a verb on a Dask collection runs nothing and leaves it as it was.
+
+    >>> last_run() is None or isinstance(last_run(), RunReport)
+    True
+    """
+    report = _last
+    settle = getattr(report, "_settle", None)
+    if settle is not None:
+        settle()  # a Dask compute of some partitions only ends its report here (_dask/progress.py)
     return _last
 
 
@@ -240,3 +258,14 @@ def record_run(report: RunReport) -> None:
     """Make ``report`` what :func:`last_run` returns (the Batch API's jobs report here too)."""
     global _last
     _last = report
+
+
+@contextmanager
+def unrecorded() -> Iterator[None]:
+    """Runs inside leave :func:`last_run` as it was (the empty run that gives a Dask verb its meta)."""
+    global _last
+    before = _last
+    try:
+        yield
+    finally:
+        _last = before

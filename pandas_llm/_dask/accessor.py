@@ -35,8 +35,11 @@ from typing import Any
 import pandas as pd
 
 from .._config import Settings, _defaults, current_settings
+from .._stats import unrecorded
 from .cluster import open_call, partition_scope
+from .computes import watch
 from .events import current_client
+from .progress import settle
 from .records import Home, home, on_worker
 
 __all__ = ["DaskLLMAccessor", "install"]
@@ -95,7 +98,8 @@ class DaskLLMAccessor:
         meta_settings = dataclasses.replace(
             settings, cache=False, mode="realtime"
         )  # max_cost kept: its checks fail here
-        meta = _partition(self._obj._meta, verb, template, verb_kw, meta_settings)
+        with unrecorded():  # an empty run: last_run() stays the last real one
+            meta = _partition(self._obj._meta, verb, template, verb_kw, meta_settings)
         if settings.mode != "realtime":
             from .batch import batch_answers
 
@@ -103,6 +107,7 @@ class DaskLLMAccessor:
             if out is not None:
                 return out
             settings = dataclasses.replace(settings, mode="realtime")  # mode="auto" chose realtime
+        watch(settle)  # where a local compute ends (computes.py): its reports end there
         account = _cluster_limit(settings)
         where = home(settings.cache_path)  # the driver's sidecar, receiving what other hosts pay
         call = open_call(self._obj.npartitions, options, settings, remote=account is not None, verb=verb,

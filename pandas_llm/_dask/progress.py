@@ -17,14 +17,24 @@ or the notebook widget, as ``progress=`` says) opens at the first message and cl
 every partition has sent its final figures (or one failed); ``last_run()`` is then one
 :class:`ClusterReport` of the whole compute, its ``elapsed`` the driver's wall time from
 the first message to the last. A later compute of the same lazy result starts a new one.
+
+Every message of a compute reaches the driver before the compute returns (events.py), but
+the driver does not see where a compute ends when it computes some partitions only
+(``head()``, ``.partitions[i]``, a ``.loc`` Dask prunes): :func:`settle` ends such a report
+once no compute runs (computes.py says when), with the partitions it computed, so
+``last_run()`` is never a report still "running" after its compute, and the next compute
+of the same lazy result starts a new one instead of taking the earlier partitions as its own.
+The report's ``total`` is always the computed partitions' rows; only the display scales it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -34,9 +44,10 @@ from .._errors import ConfigError
 from .._pricing import money
 from .._run.run import RunWarning, unanswered_message
 from .._stats import RunReport, RunStats, record_run
+from . import computes
 from .events import send
 
-__all__ = ["ClusterReport", "PartitionReporter", "Tally", "call_label"]
+__all__ = ["ClusterReport", "PartitionReporter", "Tally", "call_label", "settle"]
 
 #: A partition sends its figures at most this often while it runs (seconds), plus at start and end.
 INTERVAL = 0.5
@@ -112,7 +123,21 @@ class PartitionReporter:
 
 
 class ClusterReport(RunReport):
-    """``last_run()`` after a Dask compute: the partitions' figures summed (no per-row details)."""
+    """``last_run()`` after a Dask compute: the partitions' figures summed (no per-row details).
+
+    ``partitions`` (int): how many partitions' figures it sums, each once (a partition Dask
+    computed again counts its last execution); ``npartitions`` (int): how many the verb's
+    result has. They differ after a compute of some partitions only (``head()``,
+    ``.partitions[i]``), or while the compute runs."""
+
+    partitions: int = 0
+    npartitions: int = 0
+    _tally: Tally | None = None
+
+    def _settle(self) -> None:
+        """Called by ``last_run()``: end this report if its compute is over (see :func:`settle`)."""
+        if self._tally is not None:
+            self._tally.settle()
 
     @property
     def details(self) -> Any:
@@ -141,15 +166,23 @@ class Tally:
         self.observer: Any = None
         self.report: ClusterReport | None = None
         self.closed = False
+        self.failed = False  # the compute ended at a partition's failure (others may still send)
+        self._lock = threading.RLock()  # messages come on the client's loop, settle() on the caller's thread
 
     def __call__(self, msg: dict[str, Any]) -> None:
+        with self._lock:
+            self._take(msg)
+
+    def _take(self, msg: dict[str, Any]) -> None:
         part, execution, final = msg["p"], msg["x"], bool(msg["final"])
         if execution in self.superseded:
             return  # an earlier execution of a partition computed again
         held = self.parts.get(part)
         if self.closed:
-            if held is None or held[0] == execution or not held[2]:
+            if held is not None and (held[0] == execution or not held[2]):
                 return  # a late message of the compute that ended
+            if held is None and self.failed:
+                return  # a partition of the failed compute still running (Dask raised at the first failure)
             self._begin()  # a partition computed again after the compute ended: a new compute
             held = None
         elif self.stats is None:
@@ -168,18 +201,34 @@ class Tally:
             self._end(stats)
         elif self.observer is None:
             self.observer = make_observer(self.progress)
-            self.observer.start(stats)
+            self.observer.start(self._shown(stats))
         else:
-            self.observer.update(stats)
+            self.observer.update(self._shown(stats))
+
+    def settle(self) -> None:
+        """End the report if its compute is over but not every partition was computed
+        (``head()``, ``.partitions[i]``): once no compute runs in this process (computes.py)
+        and every partition it heard from has sent its final figures."""
+        with self._lock:
+            if self.closed or self.stats is None or not all(f for _, _, f in self.parts.values()):
+                return
+        if computes.computing():
+            return
+        with self._lock:
+            if not self.closed and self.stats is not None and all(f for _, _, f in self.parts.values()):
+                self._end(self.stats)
 
     def _begin(self) -> None:
         self.superseded.update(x for x, _, _ in self.parts.values())
         self.parts = {}
         self.gone = []
-        self.closed = False
+        self.closed = self.failed = False
         self.stats = RunStats(max_cost=self.max_cost)
         self.observer = None
         self.report = ClusterReport(self.stats, None)
+        self.report.npartitions = self.npartitions
+        self.report._tally = self
+        _open.add(self)
         record_run(self.report)
 
     def _sum(self, stats: RunStats) -> None:
@@ -199,15 +248,23 @@ class Tally:
             stats.lost_answers += f.get("sent_done", 0) + f.get("in_flight", 0) + f.get("lost_answers", 0)
             stats.possibly_billed += f.get("cost", 0.0) + f.get("reserved_cost", 0.0) + f.get("possibly_billed", 0.0)
         stats.outcome = "failed" if "failed" in outcomes else "interrupted" if "interrupted" in outcomes else "running"
+        if self.report is not None:
+            self.report.partitions = len(self.parts)
+
+    def _shown(self, stats: RunStats) -> RunStats:
+        """What the display shows while the compute runs: the rows of partitions not started
+        yet are not known, so its total is the started ones' rows scaled to every partition
+        (so it does not reach 100% early). The report keeps the rows counted."""
         started = len(self.parts)
-        if 0 < started < self.npartitions and not self.closed:
-            # the rows of partitions not started yet are not known: the display's total is the
-            # started ones' rows scaled to every partition (so it does not reach 100% early)
-            stats.total = max(stats.total, round(stats.total * self.npartitions / started))
+        if not 0 < started < self.npartitions:
+            return stats
+        return dataclasses.replace(stats, total=max(stats.total, round(stats.total * self.npartitions / started)))
 
     def _end(self, stats: RunStats) -> None:
         self.closed = True
-        self._sum(stats)  # the rows' real total, not the display's estimate
+        _open.discard(self)
+        self._sum(stats)
+        self.failed = stats.outcome == "failed"
         stats.finished = time.monotonic()
         if stats.outcome == "running":
             stats.outcome = "done"
@@ -240,6 +297,16 @@ class Tally:
         if self.label:
             text = f"{self.label}: {text}"
         warnings.warn(text, RunWarning, stacklevel=2)
+
+
+_open: weakref.WeakSet[Tally] = weakref.WeakSet()  # tallies with a compute begun and not ended
+
+
+def settle() -> None:
+    """End the reports of computes that are over (no compute runs in this process): see
+    :meth:`Tally.settle`. Called when a local compute ends, and by ``last_run()``."""
+    for tally in list(_open):
+        tally.settle()
 
 
 def reporter_settings(settings: Any, reporter: PartitionReporter) -> Any:

@@ -11,7 +11,7 @@ import pytest
 import pandas_llm
 from helpers import billed, kill_a_worker_when, local_cluster, varied
 from pandas_llm._dask.budget import STALE, Purse
-from pandas_llm._dask.progress import Tally, call_label
+from pandas_llm._dask.progress import ClusterReport, Tally, call_label
 from pandas_llm._pricing import money
 from pandas_llm.testing import LLMServer
 
@@ -32,12 +32,15 @@ class Recorder:
     def __init__(self):
         self.calls: list[str] = []
         self.last = None
+        self.seen = None
 
     def start(self, stats):
         self.calls.append("start")
+        self.seen = stats
 
     def update(self, stats):
         self.calls.append("update")
+        self.seen = stats
 
     def close(self, stats):
         self.calls.append("close")
@@ -118,10 +121,11 @@ def test_the_total_counts_the_partitions_not_started_yet_until_they_start():
     shown = Recorder()
     tally = Tally(shown, 4, None)
     tally(_msg(0, "a", False, total=50, sent_done=10))
-    assert tally.stats.total == 200  # 50 rows started of 4 partitions: not 10/50 done, 10/200
+    assert shown.seen.total == 200  # 50 rows started of 4 partitions: not 10/50 done, 10/200
+    assert pandas_llm.last_run().stats.total == 50  # the report counts the rows it has figures for
     tally(_msg(0, "a", True, total=50, sent_done=50))
     tally(_msg(1, "b", True, total=30, sent_done=30))
-    assert tally.stats.total == 160 and not tally.closed  # (50 + 30) / 2 started * 4
+    assert shown.seen.total == 160 and not tally.closed  # (50 + 30) / 2 started * 4
     tally(_msg(2, "c", True, total=50, sent_done=50))
     tally(_msg(3, "d", True, total=40, sent_done=40))
     assert pandas_llm.last_run().stats.total == 170 and shown.last.total == 170  # the real total at the end
@@ -132,6 +136,38 @@ def test_a_compute_that_fails_early_reports_the_rows_it_started():
     tally(_msg(0, "a", False, total=50, sent_done=10))
     tally({"p": 1, "x": "b", "final": True, "s": {"outcome": "failed", "total": 50, "sent_done": 3}})
     assert pandas_llm.last_run().stats.total == 100 and pandas_llm.last_run().stats.outcome == "failed"
+
+
+def test_a_compute_of_some_partitions_ends_its_report_once_no_compute_runs(monkeypatch):
+    from pandas_llm._dask import computes
+
+    running = [True]
+    monkeypatch.setattr(computes, "computing", lambda: running[0])
+    tally = Tally(Recorder(), 4, None)
+    tally(_msg(0, "a", False, total=10, sent_done=4))
+    tally(_msg(0, "a", True, total=10, sent_done=10, cost=0.1))  # head(): partition 0 only
+    assert pandas_llm.last_run().stats.outcome == "running"  # a compute runs: maybe more partitions
+    running[0] = False
+    report = pandas_llm.last_run()  # the compute is over: its report ends with what it computed
+    assert isinstance(report, ClusterReport) and (report.partitions, report.npartitions) == (1, 4)
+    assert (report.stats.total, report.stats.sent_done, report.stats.outcome) == (10, 10, "done")
+    for part in range(4):  # then the whole result: a new compute, partition 0 again from the cache
+        tally(_msg(part, f"b{part}", True, total=10, sent_done=0 if part == 0 else 10, cached=10 if part == 0 else 0))
+    again = pandas_llm.last_run()
+    assert again is not report and (again.partitions, again.stats.total, again.stats.outcome) == (4, 40, "done")
+    assert (again.stats.sent_done, again.stats.cached, again.stats.lost_answers, again.stats.possibly_billed) == (
+        30,
+        10,
+        0,
+        0.0,
+    )  # not the head()'s partition 0 taken for a dead execution
+
+
+def test_a_partition_still_running_keeps_the_report_open():
+    tally = Tally(Recorder(), 2, None)
+    tally(_msg(0, "a", True, total=10, sent_done=10))
+    tally(_msg(1, "b", False, total=10, sent_done=3))  # its final figures not in yet
+    assert pandas_llm.last_run().stats.outcome == "running" and not tally.closed
 
 
 # -- in this process -----------------------------------------------------------------------
@@ -224,14 +260,38 @@ def test_without_max_cost_the_report_sums_the_partitions_and_a_rerun_reads_the_c
     df = frame(120)
     lazy = dd.from_pandas(df, npartitions=5).llm.map("{t}", **opts)
     dask_client.compute(lazy).result()
-    s = pandas_llm.last_run().stats
+    first = pandas_llm.last_run()
+    # which report it is, first: a failure then says what went wrong (not a compute's report, partitions missing)
+    assert isinstance(first, ClusterReport) and (first.partitions, first.stats.outcome) == (5, "done")
+    s = first.stats
     assert (s.total, s.sent_done, s.ok, s.cached) == (120, server.completed, 120, 0)
     assert s.prompt_tokens == server.prompt_tokens and s.rate_limited == s.overloaded == 0
     assert "120 rows" in pandas_llm.last_run().summary()
     lazy = dd.from_pandas(df, npartitions=5).llm.map("{t}", **opts)
+    assert pandas_llm.last_run() is first  # calling the verb runs nothing
     dask_client.compute(lazy).result()
-    s = pandas_llm.last_run().stats
+    second = pandas_llm.last_run()
+    assert isinstance(second, ClusterReport) and second is not first
+    assert (second.partitions, second.stats.outcome) == (5, "done")
+    s = second.stats
     assert (s.total, s.sent_done, s.cached) == (120, 0, 120)  # the second call's compute alone
+
+
+@pytest.mark.parametrize("where", ["threads", "distributed"])
+def test_head_then_the_whole_result_make_two_reports_each_of_its_compute(where, request, server, opts):
+    """head() computes partition 0 only: its report ends with it; the compute after it is a new one."""
+    scheduler = "threads" if where == "threads" else request.getfixturevalue("dask_client")
+    lazy = dd.from_pandas(frame(40), npartitions=4).llm.map("{t}", **opts)
+    lazy.head(3, compute=False).compute(scheduler=scheduler)
+    head = pandas_llm.last_run()
+    assert isinstance(head, ClusterReport) and (head.partitions, head.npartitions) == (1, 4)
+    assert (head.stats.total, head.stats.sent_done, head.stats.outcome) == (10, 10, "done")
+    lazy.compute(scheduler=scheduler)
+    whole = pandas_llm.last_run()
+    assert isinstance(whole, ClusterReport) and whole is not head and whole.partitions == 4
+    s = whole.stats
+    assert (s.total, s.sent_done, s.cached, s.outcome) == (40, 30, 10, "done")
+    assert (s.lost_answers, s.possibly_billed) == (0, 0.0) and server.completed == 40
 
 
 def test_max_cost_with_an_unknown_price_fails_when_the_verb_is_called(server):
