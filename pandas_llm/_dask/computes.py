@@ -8,7 +8,9 @@ compute of some partitions only (``head()``, ``.partitions[i]``) never sends the
   the end of the last one running, the reports of computes that are over end.
 - A ``distributed`` client's compute is running while the client holds a future that is
   not done yet (``.compute()`` and ``.result()`` return once the result is in; ``persist()``
-  returns at once, its futures pending until the partitions end).
+  returns at once, its futures pending until the partitions end). A partition's final
+  figures come while its compute's futures are pending: when the same partition starts
+  again once they are all done, it is a new compute (not a worker's death).
 
 Two local computes run from two threads at once: Dask calls the callbacks of the first
 only, so the second is not seen (a head() ending meanwhile may end a report too early).
@@ -22,7 +24,7 @@ from typing import Any
 
 from .events import current_client
 
-__all__ = ["computing", "watch"]
+__all__ = ["computing", "pending_futures", "watch"]
 
 _lock = threading.Lock()
 _running = 0
@@ -41,6 +43,15 @@ def computing() -> bool:
         return any(st.status == "pending" for st in list(client.futures.values()))
     except RuntimeError:  # the client's loop changed the dict meanwhile: say running, ask again later
         return True
+
+
+def pending_futures() -> frozenset[Any]:
+    """The keys of the ``distributed`` client's futures not done yet (empty without a client).
+    Call it on the client's event loop (an event handler), where the futures change."""
+    client = current_client()
+    if client is None:
+        return frozenset()
+    return frozenset(k for k, st in list(client.futures.items()) if st.status == "pending")
 
 
 def watch(idle: Callable[[], None]) -> None:

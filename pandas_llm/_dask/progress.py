@@ -167,6 +167,7 @@ class Tally:
         self.report: ClusterReport | None = None
         self.closed = False
         self.failed = False  # the compute ended at a partition's failure (others may still send)
+        self.futures_at: dict[Any, frozenset[Any]] = {}  # part -> the client's pending futures at its final figures
         self._lock = threading.RLock()  # messages come on the client's loop, settle() on the caller's thread
 
     def __call__(self, msg: dict[str, Any]) -> None:
@@ -178,6 +179,8 @@ class Tally:
         if execution in self.superseded:
             return  # an earlier execution of a partition computed again
         held = self.parts.get(part)
+        if self.stats is not None and not self.closed and self._over():
+            self._end(self.stats)  # the compute the others' final figures came in is over: this one is new
         if self.closed:
             if held is not None and (held[0] == execution or not held[2]):
                 return  # a late message of the compute that ended
@@ -193,6 +196,8 @@ class Tally:
         if held is not None and held[0] == execution and held[2]:
             return  # its final figures are in
         self.parts[part] = (execution, msg["s"], final)
+        if final and msg.get("worker") is not None:  # from a distributed worker: its compute's futures
+            self.futures_at[part] = computes.pending_futures()
         stats = self.stats
         assert stats is not None
         self._sum(stats)
@@ -204,6 +209,16 @@ class Tally:
             self.observer.start(self._shown(stats))
         else:
             self.observer.update(self._shown(stats))
+
+    def _over(self) -> bool:
+        """Whether the compute every partition heard from sent its final figures in is over
+        (distributed: none of the client's futures pending then is pending now), so the next
+        message is a new compute's, not Dask computing a partition again after a worker died.
+        False when it cannot be told (threads: computes.py ends their reports)."""
+        if not self.parts or any(not f for _, _, f in self.parts.values()) or len(self.futures_at) < len(self.parts):
+            return False
+        keys = frozenset().union(*self.futures_at.values())
+        return bool(keys) and not (keys & computes.pending_futures())
 
     def settle(self) -> None:
         """End the report if its compute is over but not every partition was computed
@@ -221,6 +236,7 @@ class Tally:
     def _begin(self) -> None:
         self.superseded.update(x for x, _, _ in self.parts.values())
         self.parts = {}
+        self.futures_at = {}
         self.gone = []
         self.closed = self.failed = False
         self.stats = RunStats(max_cost=self.max_cost)
