@@ -51,6 +51,9 @@ __all__ = ["ClusterReport", "PartitionReporter", "Tally", "call_label", "settle"
 
 #: A partition sends its figures at most this often while it runs (seconds), plus at start and end.
 INTERVAL = 0.5
+#: Seconds ``last_run()`` waits, once per compute, for the final figures of partitions that started
+#: once the compute is over (they come before its result: a safeguard, not a delay).
+FINAL_WAIT = 5.0
 
 _SUMS = (
     "total", "unique", "skipped", "cached", "cached_unique", "to_send", "sent_done", "ok", "in_flight", "retries",
@@ -169,10 +172,14 @@ class Tally:
         self.failed = False  # the compute ended at a partition's failure (others may still send)
         self.futures_at: dict[Any, frozenset[Any]] = {}  # part -> the client's pending futures at its final figures
         self._lock = threading.RLock()  # messages come on the client's loop, settle() on the caller's thread
+        self._changed = threading.Condition(self._lock)
+        self._waited = False  # settle() waited for final figures in this compute (it does not again)
+        self.remote = False  # messages came from distributed workers (through the scheduler)
 
     def __call__(self, msg: dict[str, Any]) -> None:
         with self._lock:
             self._take(msg)
+            self._changed.notify_all()
 
     def _take(self, msg: dict[str, Any]) -> None:
         part, execution, final = msg["p"], msg["x"], bool(msg["final"])
@@ -196,6 +203,7 @@ class Tally:
         if held is not None and held[0] == execution and held[2]:
             return  # its final figures are in
         self.parts[part] = (execution, msg["s"], final)
+        self.remote = self.remote or msg.get("worker") is not None
         if final and msg.get("worker") is not None:  # from a distributed worker: its compute's futures
             self.futures_at[part] = computes.pending_futures()
         stats = self.stats
@@ -223,22 +231,32 @@ class Tally:
     def settle(self) -> None:
         """End the report if its compute is over but not every partition was computed
         (``head()``, ``.partitions[i]``): once no compute runs in this process (computes.py)
-        and every partition it heard from has sent its final figures."""
+        and every partition it heard from has sent its final figures. A partition that
+        started and whose final figures are not in yet (they come before the compute's
+        result: events.py) is waited for, up to :data:`FINAL_WAIT` seconds, once."""
         with self._lock:
-            if self.closed or self.stats is None or not all(f for _, _, f in self.parts.values()):
+            if self.closed or self.stats is None:
                 return
         if computes.computing():
             return
         with self._lock:
-            if not self.closed and self.stats is not None and all(f for _, _, f in self.parts.values()):
+            waits = self.remote and not self._waited  # in this process (threads) every message is in
+            deadline = time.monotonic() + (FINAL_WAIT if waits else 0.0)
+            while not self.closed and not self._all_final() and (left := deadline - time.monotonic()) > 0:
+                self._waited = True
+                self._changed.wait(left)
+            if not self.closed and self.stats is not None and self._all_final():
                 self._end(self.stats)
+
+    def _all_final(self) -> bool:
+        return all(f for _, _, f in self.parts.values())
 
     def _begin(self) -> None:
         self.superseded.update(x for x, _, _ in self.parts.values())
         self.parts = {}
         self.futures_at = {}
         self.gone = []
-        self.closed = self.failed = False
+        self.closed = self.failed = self._waited = self.remote = False
         self.stats = RunStats(max_cost=self.max_cost)
         self.observer = None
         self.report = ClusterReport(self.stats, None)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import dask
 import dask.dataframe as dd
 import pandas as pd
@@ -275,6 +277,30 @@ def test_without_max_cost_the_report_sums_the_partitions_and_a_rerun_reads_the_c
     assert (second.partitions, second.stats.outcome) == (5, "done")
     s = second.stats
     assert (s.total, s.sent_done, s.cached) == (120, 0, 120)  # the second call's compute alone
+
+
+def test_last_run_after_the_result_waits_for_final_figures_delivered_late(dask_client, server, opts, monkeypatch):
+    """They come before the result (events.py); were they late, last_run() still has them all."""
+    from pandas_llm._dask.events import Channel
+
+    received = Channel._received
+    timers = []
+
+    def late(self, event):
+        if event[1].get("final"):  # the partitions' final figures reach the driver's handler 0.5 s late
+            timers.append(threading.Timer(0.5, received, (self, event)))
+            timers[-1].start()
+        else:
+            received(self, event)
+
+    monkeypatch.setattr(Channel, "_received", late)
+    lazy = dd.from_pandas(frame(120), npartitions=5).llm.map("{t}", **opts)
+    dask_client.compute(lazy).result()
+    report = pandas_llm.last_run()
+    assert timers and isinstance(report, ClusterReport) and (report.partitions, report.stats.outcome) == (5, "done")
+    assert (report.stats.total, report.stats.sent_done, report.stats.ok) == (120, server.completed, 120)
+    for t in timers:
+        t.join()
 
 
 @pytest.mark.parametrize("read", [True, False], ids=["read-between", "not-read"])
