@@ -339,9 +339,15 @@ def _renderer(frame: pd.DataFrame, tmpl: Template, settings: Settings, arrays: l
 
 class _ReadRow(Row):
     """A function template's row that applies ``na=`` to the cells the function reads
-    (``row["col"]``, ``row.col``, ``row.get("col")``; ``values()``/``items()`` read them all):
-    under ``"skip"`` reading an NA cell skips the row, under ``"empty"`` it reads as "".
-    ``_position``: the row's position in the frame planned (replay.Replay finds its result by it)."""
+    (``row["col"]``, ``row.col``, ``row.get("col")``; ``values()``/``items()``, ``dict(row)``,
+    ``str(row)`` and f-strings of the row read them all): under ``"skip"`` reading an NA
+    cell skips the row, under ``"empty"`` it reads as "".
+
+    ``row.<name>`` is the column when the frame has one of that name, even where a dict has a
+    method of that name (``row.items``, ``row.values``, ``row.count``); iterating the row is a
+    TemplateError, since a dict gives its column names and a pandas row (``df.apply``) its values:
+    each would silently make other prompts than meant. ``_position``: the row's position in the
+    frame planned (replay.Replay finds its result by it)."""
 
     def __init__(self, cells: Any, *, na: str, ambiguous: set[str], position: int = -1):
         super().__init__(cells)
@@ -359,7 +365,12 @@ class _ReadRow(Row):
         return value
 
     def __getitem__(self, name: Any) -> Any:
-        return self._seen(name, super().__getitem__(name))
+        return self._seen(name, dict.__getitem__(self, name))
+
+    def __getattribute__(self, name: str) -> Any:
+        if name[:1] != "_" and dict.__contains__(self, name):  # a column wins over a dict method
+            return self[name]
+        return super().__getattribute__(name)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
@@ -369,14 +380,31 @@ class _ReadRow(Row):
         except KeyError:
             raise AttributeError(name) from None
 
+    def __iter__(self) -> Any:
+        raise TemplateError(
+            "the template function iterates over its row, which is ambiguous (a dict gives the column "
+            "names, a pandas row its values): use row.keys() for the names or row.values() for the cells"
+        )
+
     def get(self, name: Any, default: Any = None) -> Any:
-        return self[name] if name in self else default
+        return self[name] if dict.__contains__(self, name) else default
 
-    def values(self):
-        return [self[k] for k in self]
+    def keys(self) -> Any:
+        return list(dict.keys(self))
 
-    def items(self):
-        return [(k, self[k]) for k in self]
+    def values(self) -> Any:
+        return [self[k] for k in dict.keys(self)]
+
+    def items(self) -> Any:
+        return [(k, self[k]) for k in dict.keys(self)]
+
+    def __repr__(self) -> str:
+        return repr({k: self[k] for k in dict.keys(self)})
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return format(repr(self), spec)
 
 
 def _is_na(value: Any) -> bool:

@@ -142,6 +142,32 @@ def test_function_templates_skip_rows_whose_cells_they_read_are_na(server, opts)
     assert both["status"].tolist() == ["skipped", "skipped", "skipped"]
 
 
+def test_a_function_template_row_reads_every_cell_through_na_however_it_is_read(server, opts):
+    df = pd.DataFrame({"title": ["Dune", "Emma"], "author": ["Herbert", None]})
+    for read in (lambda row: f"Describe {row}", lambda row: str(dict(row)), lambda row: repr(row.values())):
+        out = df.llm.map(read, **opts, details=True)
+        assert out["status"].tolist() == ["ok", "skipped"]  # the NA author is never sent as 'nan'
+    empty = df.llm.map(lambda row: f"{row}", **opts, na="empty")
+    assert empty.iloc[1] == "echo: {'title': 'Emma', 'author': ''}"
+
+
+def test_iterating_a_function_template_row_is_an_error_before_anything_is_sent(server, opts):
+    # a dict gives its column names, a pandas row its values: " by ".join(row) would make every
+    # prompt "title by author", one request whose answer lands on every row
+    df = pd.DataFrame({"title": ["Dune", "Emma"], "author": ["Herbert", "Austen"]})
+    with pytest.raises(TemplateError, match=r"row.keys\(\) for the names or row.values\(\)"):
+        df.llm.map(lambda row: " by ".join(map(str, row)), **opts)
+    assert server.requests == 0
+    out = df.llm.map(lambda row: " by ".join(map(str, row.values())), **opts)
+    assert out.tolist() == ["echo: Dune by Herbert", "echo: Emma by Austen"]
+
+
+def test_a_column_named_like_a_dict_method_is_the_column_as_an_attribute(server, opts):
+    df = pd.DataFrame({"items": ["pen", "ink"], "values": [1, 2], "count": [3, 4]})
+    out = df.llm.map(lambda row: f"{row.items} {row.values} {row.count}", **opts)
+    assert out.tolist() == ["echo: pen 1 3", "echo: ink 2 4"]  # not "<bound method ...>"
+
+
 def test_rows_skipped_for_na_are_in_the_run_summary(server, opts, caplog):
     df = pd.DataFrame({"text": ["a", None, None, "b"]})
     with caplog.at_level(logging.INFO, logger="pandas_llm"):
