@@ -94,6 +94,14 @@ def _on_sigint(signum: int, frame: Any) -> None:
         loop.call_soon_threadsafe(task.cancel)  # wakes the loop from its wait for the network
 
 
+def _forget_stale() -> None:
+    """Drop the verbs that can never end (their task is done or their loop closed: a loop
+    stopped and closed while one was paused), and put the default handler back if none is left."""
+    _open[:] = [(task, loop) for task, loop in _open if not task.done() and not loop.is_closed()]
+    if not _open and signal.getsignal(signal.SIGINT) is _on_sigint:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextlib.asynccontextmanager
 async def sigint_stops() -> AsyncIterator[None]:
     """Around the part of an async verb that plans and sends: a Ctrl-C stops the run
@@ -102,6 +110,7 @@ async def sigint_stops() -> AsyncIterator[None]:
     task = asyncio.current_task()
     ours = task is not None and threading.current_thread() is threading.main_thread()
     if ours:
+        _forget_stale()
         handler = signal.getsignal(signal.SIGINT)
         ours = handler is signal.default_int_handler or (handler is _on_sigint and bool(_open))
     if not ours or task is None:

@@ -77,4 +77,8 @@ def test_a_request_held_by_a_run_whose_loop_stopped_is_sent_by_the_next_run(tmp_
         worker.join(60)  # a hang guard: it took ~1.5 s
         assert "out" in box, "the map waited for the paused run's requests"
         assert box["out"].tolist() == [f"echo: Say row {i}" for i in range(20)]
+        paused = asyncio.all_tasks(loop)
+        for task in paused:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*paused, return_exceptions=True))  # the paused run ends
         loop.close()
