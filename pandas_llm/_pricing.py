@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from importlib import metadata
 from typing import Any
 
-from ._errors import ConfigError
+from ._errors import ConfigError, PandasLLMError
 from ._kept import KeptFile
 
 __all__ = ["PRICES", "Price", "cost", "money", "price_for", "resolve_price", "usage_cost"]
@@ -68,7 +68,11 @@ class Price:
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"Price.{field.name} must be a number, not {value!r}")
-            if not math.isfinite(value) or value < 0:
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an int too big for a float
+                finite = False
+            if not finite or value < 0:
                 raise ConfigError(f"Price.{field.name} must be finite and >= 0, not {value!r}")
 
     @classmethod
@@ -213,6 +217,8 @@ def price_for(model: str, *, provider: str | None = None) -> Price | None:
     The answer, a price or None, is kept in :data:`PRICES` for the next process, under
     the table's version: a process that has not imported the table yet reads it there
     (~1 ms) instead of importing it. A new genai-prices release looks every model up again.
+    A damaged kept entry is ignored (the table is asked). Raises ConfigError if the table
+    cannot be read (a broken genai-prices install), with how to pass ``prices=`` instead.
 
     >>> price_for("gpt-4o-mini").cached_input * 1_000_000
     0.075
@@ -228,8 +234,8 @@ def price_for(model: str, *, provider: str | None = None) -> Price | None:
         if entry is not None:
             try:
                 return _kept_price(entry)
-            except (KeyError, ValueError):
-                pass  # a damaged entry: the table says
+            except Exception:  # a damaged entry of any kind (a rate too big, of the wrong type, ...): the table says
+                pass
     price = _table_price(model, provider)
     PRICES.put(name, {"price": None if price is None else dataclasses.asdict(price)})
     return price
@@ -262,7 +268,21 @@ def _kept_price(entry: dict[str, Any]) -> Price | None:
 
 
 def _table_price(model: str, provider: str | None) -> Price | None:
-    """:func:`price_for` from the table itself."""
+    """:func:`price_for` from the table itself; ConfigError if the table cannot be read
+    (a broken genai-prices install, data it cannot parse), saying how to price the run instead."""
+    try:
+        return _read_table(model, provider)
+    except PandasLLMError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"The price of {model!r} could not be looked up: the price table (genai-prices) failed with "
+            f"{type(exc).__name__}: {exc}. Pass prices=pandas_llm.Price.per_million(input=..., output=...) "
+            "(USD per million tokens), or reinstall genai-prices."
+        ) from exc
+
+
+def _read_table(model: str, provider: str | None) -> Price | None:
     from genai_prices import Usage, calc_price  # ~0.15 s to import, so only when needed
 
     if provider is None and model.lower().startswith("ft:"):
@@ -302,7 +322,8 @@ def resolve_price(
     """The price to charge ``model`` at: the caller's if given, else the table's.
 
     ``prices`` is one Price for every model, or a mapping from model name to Price
-    (models missing from it fall back to the table). None means "price unknown".
+    (models missing from it fall back to the table). None means "price unknown". Raises
+    ConfigError if the table must be asked and cannot be read (:func:`price_for`).
 
     >>> mine = Price.per_million(input=1.0, output=2.0)
     >>> resolve_price("my-local-model", {"my-local-model": mine}) is mine

@@ -167,7 +167,14 @@ def test_per_million_rejects_bad_discounts(bad):
 
 @pytest.mark.parametrize(
     ("value", "error"),
-    [(-1e-7, ConfigError), (math.nan, ConfigError), (math.inf, ConfigError), ("0.1", ConfigError), (True, ConfigError)],
+    [
+        (-1e-7, ConfigError),
+        (math.nan, ConfigError),
+        (math.inf, ConfigError),
+        ("0.1", ConfigError),
+        (True, ConfigError),
+        (10**400, ConfigError),  # an int too big for a float
+    ],
 )
 def test_price_rejects_bad_values(value, error):
     with pytest.raises(error, match="output"):
@@ -344,6 +351,9 @@ def test_a_kept_price_is_used_when_the_table_is_not_imported(monkeypatch):
         {"input": "1", "output": 0, "cached_input": 0, "batch_input": 0, "batch_output": 0, "batch_cached_input": 0},
         [1, 2],
         "free",
+        {**dict.fromkeys(Price.__dataclass_fields__, 0), "output": 10**400},  # an int too big for a float
+        {**dict.fromkeys(Price.__dataclass_fields__, 0), "input": [1]},
+        {**dict.fromkeys(Price.__dataclass_fields__, 0), "input": {"a": 1}},
     ],
 )
 def test_a_damaged_kept_price_is_looked_up_in_the_table(monkeypatch, entry):
@@ -379,3 +389,12 @@ def test_a_restarted_process_runs_without_importing_the_table(server):
     imported, cost_again = run_python(run).split()
     assert imported == "False"  # the restarted process priced its answers from prices.json
     assert cost_again == cost_first
+
+
+def test_a_broken_price_table_is_a_config_error_that_says_how_to_price_the_run(monkeypatch):
+    monkeypatch.setitem(sys.modules, "genai_prices", None)  # a broken install: ImportError on import
+    with pytest.raises(
+        ConfigError, match=r"genai-prices\) failed with ModuleNotFoundError.*prices=pandas_llm\.Price\.per_million"
+    ):
+        price_for("gpt-4o-mini")
+    assert resolve_price("gpt-4o-mini", Price.per_million(input=1, output=1)).input == 1e-6  # not asked

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .._errors import ConfigError
+from .._errors import ConfigError, PandasLLMError, sentence
 from .._pricing import Price, resolve_price, usage_cost
 from .models import max_output_tokens
 from .tokens import count_message_tokens, encoding_name_for
@@ -34,13 +34,17 @@ __all__ = ["Meter"]
 
 
 class _LookUp:
-    """``resolve_price(model, prices)`` on a thread of its own, from ``start()`` on (once)."""
+    """``resolve_price(model, prices)`` on a thread of its own, from ``start()`` on (once).
+
+    It runs while requests are out, so it never fails: a look-up that raises (a broken price
+    table, whatever it raises) makes the price unknown (None) and says why in ``note``."""
 
     def __init__(self, model: str, prices: Any):
         self.future: Future = Future()
         self._args = (model, prices)
         self._lock = threading.Lock()
         self.started = False
+        self.note: str | None = None  # why the look-up failed, for the run's warning
 
     def start(self) -> None:
         with self._lock:
@@ -51,9 +55,21 @@ class _LookUp:
 
     def _work(self) -> None:
         try:
-            self.future.set_result(resolve_price(*self._args))
-        except BaseException as exc:  # handed to whoever reads the price
-            self.future.set_exception(exc)
+            price = resolve_price(*self._args)
+        except BaseException as exc:  # answers are arriving: they are kept, priced "unknown"
+            self.note = _failed(self._args[0], exc) + " This run's costs are unknown (price unknown)."
+            price = None
+        self.future.set_result(price)
+
+
+def _failed(model: str, exc: BaseException) -> str:
+    """What to say when the price of ``model`` could not be looked up (``exc``)."""
+    if isinstance(exc, PandasLLMError):
+        return sentence(str(exc))  # says what to do already
+    return (
+        f"The price of {model!r} could not be looked up ({type(exc).__name__}: {exc}). Pass "
+        "prices=pandas_llm.Price.per_million(input=..., output=...) (USD per million tokens)."
+    )
 
 
 class Meter:
@@ -96,6 +112,11 @@ class Meter:
         if lookup is not None and not lookup.started:
             lookup.start()
 
+    @property
+    def note(self) -> str | None:
+        """Why the price is unknown when its look-up failed (a warning for the user), else None."""
+        return None if self._lookup is None else self._lookup.note
+
     def price_unknown(self) -> bool:
         """True once the price is known to be unknown (False while it is being looked up)."""
         return self._pending is None and self._price is None
@@ -115,7 +136,12 @@ class Meter:
             if not defer:
                 lookup.start()
             return cls(settings.model, lookup, batch=batch)
-        price = resolve_price(settings.model, settings.prices)
+        try:
+            price = resolve_price(settings.model, settings.prices)
+        except ConfigError:
+            raise
+        except Exception as exc:  # before anything is sent: say so, and how to price the run
+            raise ConfigError(_failed(settings.model, exc)) from exc
         meter = cls(settings.model, price, batch=batch)
         if settings.max_cost is None:
             return meter

@@ -297,6 +297,8 @@ class Run:
         stats = self.stats
         for note in stats.store_notes:
             warnings.warn(note, RunWarning, stacklevel=find_stack_level())
+        if self.meter is not None and self.meter.note is not None:  # the price look-up failed
+            warnings.warn(self.meter.note, RunWarning, stacklevel=find_stack_level())
         if stats.store_error is not None:
             warnings.warn(
                 f"{stats.unsaved:,} answers are in this result but NOT in the cache file: "
