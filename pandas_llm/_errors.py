@@ -114,7 +114,14 @@ class TemplateError(ConfigError):
 
 
 class APIError(PandasLLMError):
-    """A request to the model endpoint failed."""
+    """A request to the model endpoint failed.
+
+    ``usage``: the tokens the endpoint reported for it (billed although no answer came: a
+    200 with ``choices: []``, an error object with ``usage``), a ``Completion`` with no
+    text, or None; the run counts them in its tokens, cost and ``max_cost``.
+    """
+
+    usage: Any = None
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None, param: str | None = None):
         super().__init__(redact(message))

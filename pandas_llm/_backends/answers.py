@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from .._errors import BadRequestError, FatalAPIError
-from .base import Completion, content_text, parse_completion
+from .base import Completion, billed_usage, content_text, parse_completion
 from .errors import error_in_answer
 
 __all__ = ["read_answer", "judge"]
@@ -57,15 +57,19 @@ def judge(data: Any, headers: Mapping[str, str] | None, *, endpoint: str, model:
             except (KeyError, IndexError, TypeError, AttributeError):
                 pass
         elif isinstance(choices, list):
-            raise BadRequestError(f"HTTP 200 from {_where(endpoint, model)} answered with no choices: {_clip(data)}",
-                               code="no_choices")  # fmt: skip
-    raise FatalAPIError(
+            empty = BadRequestError(f"HTTP 200 from {_where(endpoint, model)} answered with no choices: "
+                                    f"{_clip(data)}", code="no_choices")  # fmt: skip
+            empty.usage = billed_usage(data, headers)  # billed all the same
+            raise empty
+    stop = FatalAPIError(
         f"HTTP 200 from {_where(endpoint, model)} is not a chat completion: {_clip(data)}. Check that base_url "
         f"({endpoint}) is an OpenAI-compatible endpoint (it usually ends in /v1). The run stopped rather than "
         "resend: the server may bill every attempt.",
         status=200,
         code="bad_response",
     )
+    stop.usage = billed_usage(data, headers)
+    raise stop
 
 
 def _from_stream(raw: bytes, where: str) -> dict[str, Any]:
@@ -103,9 +107,9 @@ def _from_stream(raw: bytes, where: str) -> dict[str, Any]:
             raise _stream_error(where, f"has an unreadable event: {data[:200]!r}") from None
         if not isinstance(chunk, dict):
             raise _stream_error(where, f"has an unreadable event: {data[:200]!r}")
-        if chunk.get("error") or chunk.get("object") == "error":
-            return chunk  # judged as the error object it is
         usage = chunk.get("usage") or usage
+        if chunk.get("error") or chunk.get("object") == "error":
+            return {**chunk, "usage": usage} if usage else chunk  # judged as the error object it is, billed so far
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Backend", "Completion", "content_text", "describe_content", "parse_completion"]
+__all__ = ["Backend", "Completion", "billed_usage", "content_text", "describe_content", "parse_completion"]
 
 
 class Completion(NamedTuple):
@@ -78,25 +78,14 @@ _REASONS = {r: r for r in ("stop", "length", "content_filter", "tool_calls", "fu
 
 
 def parse_completion(data: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Completion:
-    """Read an OpenAI-shaped chat.completion body (judging it is ``answers.judge``'s job).
-
-    Reasoning tokens (``usage.completion_tokens_details.reasoning_tokens``) are part of
-    ``completion_tokens`` in OpenAI's usage; a provider whose ``total_tokens`` shows it
-    counted them apart (total = prompt + completion + reasoning) has them added, so they
-    are priced as the output tokens they are, once.
-    """
+    """Read an OpenAI-shaped chat.completion body (judging it is ``answers.judge``'s job);
+    its usage as :func:`_usage` reads it."""
     choice = data["choices"][0]
     message = choice.get("message") or {}
-    usage = data.get("usage") or {}
-    details = usage.get("prompt_tokens_details") or {}
+    prompt, completion, cached, reasoning = _usage(data.get("usage") or {})
     reason = choice.get("finish_reason")
     if reason is not None and not isinstance(reason, str):  # judged as the unknown reason it is
         reason = str(reason)[:80]
-    prompt = _count(usage.get("prompt_tokens"))
-    completion = _count(usage.get("completion_tokens"))
-    reasoning = _count((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
-    if reasoning and _count(usage.get("total_tokens")) >= prompt + completion + reasoning:
-        completion += reasoning
     error = choice.get("error")
     if error is not None:
         error = str(error.get("message") or error) if isinstance(error, Mapping) else str(error)
@@ -105,12 +94,50 @@ def parse_completion(data: Mapping[str, Any], headers: Mapping[str, str] | None 
         _REASONS.get(reason, reason),  # one shared str, not one per answer (53 bytes a row at 1M rows)
         prompt,
         completion,
-        _count(details.get("cached_tokens")),
+        cached,
         headers,
         _text(message.get("refusal")),
         reasoning,
         error,
     )
+
+
+def billed_usage(body: Any, headers: Mapping[str, str] | None = None) -> Completion | None:
+    """The usage a body without an answer reports (a 200 with ``choices: []``, an error
+    object with ``usage``), as a Completion with no text; None if it reports no tokens.
+    Those tokens were billed: the engine counts them (stats, the row's record, ``max_cost``).
+
+    >>> billed_usage({"choices": [], "usage": {"prompt_tokens": 5000, "completion_tokens": 0}}).prompt_tokens
+    5000
+    >>> billed_usage({"error": {"message": "no"}}) is None
+    True
+    """
+    usage = body.get("usage") if isinstance(body, Mapping) else None
+    if not isinstance(usage, Mapping):
+        return None
+    try:
+        prompt, completion, cached, reasoning = _usage(usage)
+    except AttributeError:  # a details field that is not an object
+        return None
+    if not (prompt or completion):
+        return None
+    return Completion(None, None, prompt, completion, cached, headers, reasoning_tokens=reasoning)
+
+
+def _usage(usage: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """(prompt, completion, cached, reasoning) tokens of a usage object.
+
+    Reasoning tokens (``usage.completion_tokens_details.reasoning_tokens``) are part of
+    ``completion_tokens`` in OpenAI's usage; a provider whose ``total_tokens`` shows it
+    counted them apart (total = prompt + completion + reasoning) has them added, so they
+    are priced as the output tokens they are, once."""
+    details = usage.get("prompt_tokens_details") or {}
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    reasoning = _count((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
+    if reasoning and _count(usage.get("total_tokens")) >= prompt + completion + reasoning:
+        completion += reasoning
+    return prompt, completion, _count(details.get("cached_tokens")), reasoning
 
 
 def _count(value: Any) -> int:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from .._errors import APIError, BadRequestError, FatalAPIError, QuotaError, RateLimitError, RetryableError, sentence
+from .base import billed_usage
 from .headers import hinted_wait, retry_after
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600)) - {501}  # 501: not implemented, ever
@@ -76,7 +77,16 @@ def error_for_status(
     endpoint: str,
     model: str | None,
 ) -> APIError:
-    """The pandas-llm error for an HTTP error answer."""
+    """The pandas-llm error for an HTTP error answer; the tokens its body reports billed, if
+    any, in its ``usage``."""
+    exc = _for_status(status, body, headers, endpoint=endpoint, model=model)
+    exc.usage = billed_usage(body, headers)
+    return exc
+
+
+def _for_status(
+    status: int, body: Any, headers: Mapping[str, str] | None, *, endpoint: str, model: str | None
+) -> APIError:
     detail, code, param = _error_detail(body)
     where = f"{endpoint} (model {model!r})" if model else endpoint
     if status == 402 or (status == 429 and code == "insufficient_quota"):
@@ -236,10 +246,12 @@ def error_in_answer(body: Mapping[str, Any], headers: Mapping[str, str] | None, 
     if status is None:
         detail, code, param = _error_detail(body)
         where = f"{endpoint} (model {model!r})" if model else endpoint
-        return BadRequestError(
+        refused = BadRequestError(
             f"HTTP 200 from {where} carried an error instead of an answer: {detail}",
             code=code if isinstance(code, str) else "error_in_answer", param=param,
         )  # fmt: skip
+        refused.usage = billed_usage(body, headers)
+        return refused
     exc = error_for_status(status, body, headers, endpoint=endpoint, model=model)
     message = str(exc).replace(f"HTTP {status}", f"HTTP 200 with an error object (code {status})", 1)
     exc.args = (message,)

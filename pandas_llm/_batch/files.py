@@ -130,7 +130,7 @@ def parse_line(
             if c.outputs is not None and len(c.outputs) != 1:
                 raise BadRequestError(f"{len(c.outputs)} results for one input", code="bad_response")
         except APIError as exc:
-            return key, _refused(key, exc, model), None
+            return key, _refused(key, exc, model, cost), None
         if c.outputs is not None:  # a list-input endpoint (endpoints.py): one input per line
             return key, Record(key, "ok", c.outputs[0], None, c.prompt_tokens, 0, 0, cost(c), None, 1, model), None
         return key, completion_record(key, c, cost(c), 1, model, tools=tools), None
@@ -142,16 +142,21 @@ def parse_line(
         return key, Record(key, "failed", error=f"batch error {code}: {message}", model=model), None
     status = (response or {}).get("status_code") or 500
     refused = error_for_status(status, (response or {}).get("body"), None, endpoint=endpoint, model=model)
-    return key, _refused(key, refused, model), None
+    return key, _refused(key, refused, model, cost), None
 
 
-def _refused(key: bytes, exc: APIError, model: str | None) -> Record:
+def _refused(key: bytes, exc: APIError, model: str | None, cost: Callable[[Any], float | None]) -> Record:
     """A batch line's error as its row's record: retryable -> "failed" (sent again on the
-    next run), a 400 -> its row status, anything else -> "error"."""
+    next run), a 400 -> its row status, anything else -> "error". The tokens its body
+    reported (``exc.usage``) were billed: they are on the record, with their cost."""
     if isinstance(exc, RetryableError):
         kind = "failed"
     elif isinstance(exc, BadRequestError):
         kind = row_status(exc)
     else:
         kind = "error"
-    return Record(key, kind, error=f"{exc} (in a batch)", model=model)
+    u = exc.usage
+    if u is None:
+        return Record(key, kind, error=f"{exc} (in a batch)", model=model)
+    return Record(key, kind, None, None, u.prompt_tokens, u.completion_tokens, u.cached_tokens, cost(u),
+                  f"{exc} (in a batch)", 1, model)  # fmt: skip

@@ -50,13 +50,16 @@ __all__ = ["Budget", "ContextCheck", "Hold", "Meter", "context_window", "max_out
 
 
 class Hold:
-    """One job's reservation: ``amount`` USD, ``held`` while it counts in ``Budget.reserved``."""
+    """One job's reservation: ``amount`` USD, ``held`` while it counts in ``Budget.reserved``;
+    ``charged``: what its failed attempts that reported usage were charged already (their
+    cost is in the job's record too, so the final settle does not charge it twice)."""
 
-    __slots__ = ("amount", "held")
+    __slots__ = ("amount", "held", "charged")
 
     def __init__(self, amount: float):
         self.amount = amount
         self.held = False
+        self.charged = 0.0
 
 
 class ContextCheck:
@@ -181,7 +184,10 @@ class Budget:
             return record
         finally:
             if hold.held:
-                self.settle(hold.amount, self.actual(hold.amount, record))
+                actual = self.actual(hold.amount, record)
+                if record is not None:  # its cost includes what its billed failures were charged already
+                    actual = max(0.0, actual - hold.charged)
+                self.settle(hold.amount, actual)
 
     async def lost(self, hold: Hold, billed: float, *, again: bool = True) -> bool:
         """An attempt of the job holding ``hold`` was sent and its answer lost: charge ``billed``

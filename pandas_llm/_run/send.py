@@ -111,7 +111,13 @@ class Sending:
     _cut: Callable[[Job, Record], None]
 
     async def _process(self, job: Job, hold: Any = None) -> Record:
-        """Send ``job`` until it is answered or fails; ``hold``: its budget.Hold under max_cost."""
+        """Send ``job`` until it is answered or fails; ``hold``: its budget.Hold under max_cost.
+        The tokens and cost of its failed attempts that reported usage are added to its record."""
+        spent: list[tuple[Completion, float | None]] = []
+        record = await self._attempts(job, hold, spent)
+        return _plus_spent(record, spent) if spent and record.status != UNSENT else record
+
+    async def _attempts(self, job: Job, hold: Any, spent: list[tuple[Completion, float | None]]) -> Record:
         _, key, body = job
         stats = self.stats
         limiter = self.limiter
@@ -152,12 +158,15 @@ class Sending:
                     stats.in_flight -= 1
                     self._sending.discard(task)
                     limiter.release(reserved)
+                    if exc.usage is not None and not await self._billed(exc.usage, task, body, hold, spent):
+                        return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
+                                      "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
                     if exc.code == "connection":
                         down = down + 1 if heard == self._heard else 1
                         heard = self._heard
                         stop = self._unreachable(exc, down)
                         if stop is not None:
-                            if exc.maybe_billed:  # dropped after sending: counted as possibly billed
+                            if exc.maybe_billed and exc.usage is None:  # dropped after sending: possibly billed
                                 await self._lost(body, hold, False)
                             why = f"{exc} (after {attempts} attempts; not sent again: the endpoint is gone)"
                             return self._stop_run(
@@ -191,7 +200,7 @@ class Sending:
                     level = self._health.failed(level)
                     wait = self.retry.backoff(level, exc.retry_after)
                     again = failures < self.retry.max_attempts and not self._past_deadline(wait)
-                    if exc.maybe_billed and not await self._lost(body, hold, again):
+                    if exc.maybe_billed and exc.usage is None and not await self._lost(body, hold, again):
                         return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
                                       "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
                     if not again:
@@ -220,12 +229,16 @@ class Sending:
                 except BadRequestError as exc:
                     limiter.release(reserved)
                     self._heard += 1
+                    if exc.usage is not None:  # billed all the same: charged with its record
+                        await self._billed(exc.usage, task, body, None, spent)
                     record = Record(key, row_status(exc), error=str(exc), attempts=attempts, model=self.model)
                     stop = None if self._refused_before(key, record) else self._shape.refused(exc, body)
                     return record if stop is None else self._stop_run(stop, record)
                 except FatalAPIError as exc:
                     self._fatal = self._fatal or exc
                     self._stop = True
+                    if exc.usage is not None:  # billed: counted, though the run stops
+                        self._count_usage(exc.usage, None if self.price_pending() is not None else self.cost(exc.usage))
                     raise
                 except asyncio.CancelledError:
                     limiter.release(reserved)
@@ -254,6 +267,35 @@ class Sending:
             if attempts:  # sent: it is cut short, not "never sent" (its rows say so)
                 self._cut(job, self._abandoned(key, attempts, None if flying else failure))
             raise
+
+    async def _billed(
+        self, usage: Completion, task: Any, body: bytes, hold: Any, spent: list[tuple[Completion, float | None]]
+    ) -> bool:
+        """A failed attempt whose answer reported ``usage`` (billed although no answer came):
+        count its tokens and cost, keep them for the job's record (``spent``), and with a
+        ``hold`` (its retry may follow) charge them to max_cost now and reserve anew for the
+        retry. False if that retry no longer fits under the cap."""
+        pending = self.price_pending()
+        if pending is not None:
+            await self._priced(pending, task, body)
+        cost = self.cost(usage)
+        self._count_usage(usage, cost)
+        spent.append((usage, cost))
+        if hold is None or cost is None:
+            return True
+        hold.charged += cost
+        return await self.budget.lost(hold, cost, again=True)
+
+    def _count_usage(self, usage: Completion, cost: float | None) -> None:
+        stats = self.stats
+        stats.prompt_tokens += usage.prompt_tokens
+        stats.completion_tokens += usage.completion_tokens
+        stats.reasoning_tokens += usage.reasoning_tokens
+        stats.cached_tokens += usage.cached_tokens
+        if cost is None:
+            stats.cost_known = False
+        else:
+            stats.cost += cost
 
     async def _priced(self, pending: Future, task: Any, body: bytes) -> None:
         """An answer that came while the price table is still loading (the first answers of a
@@ -405,6 +447,20 @@ def _reseeded(body: bytes, n: int) -> bytes:
     seed = data.get("seed")
     data["seed"] = (seed if isinstance(seed, int) else 0) + n
     return orjson.dumps(data)
+
+
+def _plus_spent(record: Record, spent: list[tuple[Completion, float | None]]) -> Record:
+    """``record`` with the tokens and cost of the job's failed attempts that reported usage.
+    Its cost is None (unknown) when a part of it with tokens has no price."""
+    costs = [cost for _, cost in spent]
+    if record.cost is not None or record.prompt_tokens or record.completion_tokens:
+        costs.append(record.cost)
+    return record._replace(
+        prompt_tokens=record.prompt_tokens + sum(u.prompt_tokens for u, _ in spent),
+        completion_tokens=record.completion_tokens + sum(u.completion_tokens for u, _ in spent),
+        cached_tokens=record.cached_tokens + sum(u.cached_tokens for u, _ in spent),
+        cost=None if any(c is None for c in costs) else sum(c for c in costs if c is not None),
+    )
 
 
 def _with_spent(record: Record, rejected: list[Record]) -> Record:
