@@ -165,7 +165,7 @@ class Budget:
         if record.cost is not None:
             return record.cost
         answered = record.prompt_tokens or record.completion_tokens or record.output is not None
-        return held if answered else 0.0  # an HTTP error costs nothing
+        return held if answered else 0.0  # a failure that reported no usage costs nothing
 
     async def spend(self, job: tuple[int, bytes, bytes], send: Any, sends: int = 1) -> Record | None:
         """Run ``send(job, hold)`` inside a reservation; None (not sent) once the budget is exhausted.
