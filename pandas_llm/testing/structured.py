@@ -10,6 +10,12 @@ A *packed* request (the user message holds ``<item id="N">...</item>`` blocks an
 schema is ``{"items": [{id, ...}]}``, see ``pandas_llm._structured.packing``) is answered item by
 item, each item exactly as if it had been sent alone with that item's text as prompt
 (inside the pack's leading ``<template>`` block in place of ``<item/>``, when it has one).
+The items are read as a model reads them: with the tag names the system message gives
+(``each between <item-e33 id="N"> and </item-e33>``, else ``item``), each item
+ending at the first closing tag (or the next opening one) after it opens, in any case or
+spacing, whatever the item's text meant to say. So a row whose text holds the framing's
+own tags, sent in a pack framed with them, splits or shifts the items here as it would
+for a model.
 
 Like the real API: a strict ``json_schema`` whose objects are not closed
 (``additionalProperties: false``) or do not require every property is a 400, and so is
@@ -53,9 +59,9 @@ __all__ = ["StructuredAnswers", "value_for", "FAULT_KINDS"]
 
 FAULT_KINDS = ("invalid_json", "violate", "drop", "duplicate", "corrupt", "bad_id")
 _WHOLE = ("invalid_json", "violate")
-_ITEM_RE = re.compile(r'<item id="(\d+)">\n(.*?)\n</item>', re.DOTALL)
-_TEMPLATE_RE = re.compile(r"<template>\n(.*?)\n</template>\n\n(?=<item id=)", re.DOTALL)
-_MARK = "<item/>"
+#: The tag names a packed request's system message announces (packing._INSTRUCTION, _SHARED).
+_ITEM_TAG_RE = re.compile(r'each between <([\w-]+) id="N"> and </\1>')
+_TEMPLATE_TAG_RE = re.compile(r"starts with a <([\w-]+)> block")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -106,11 +112,7 @@ class StructuredAnswers:
         prompt = last_user_content(messages)
         if schema is None:  # plain json_object: any object will do
             return orjson.dumps({"answer": "echo: " + prompt}).decode()
-        items = _ITEM_RE.findall(prompt)
-        shared = _TEMPLATE_RE.match(prompt)
-        if items and shared is not None and _MARK in shared.group(1):
-            head, _, tail = shared.group(1).partition(_MARK)
-            items = [(i, head + text + tail) for i, text in _ITEM_RE.findall(prompt[shared.end() :])]
+        items = _items(prompt, messages)
         id_key, item_schema = _envelope(schema)
         if items and id_key is not None:
             value: Any = self._packed(items, id_key, item_schema, schema)
@@ -156,6 +158,46 @@ class StructuredAnswers:
                             self._faults.remove(fault)
                     return fault.kind
         return None
+
+
+def _items(prompt: str, messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """A packed prompt's items ``(id, full text)``, read with the tags its instructions name."""
+    instructions = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+    found = _ITEM_TAG_RE.search(instructions)
+    item = found.group(1) if found else "item"
+    found = _TEMPLATE_TAG_RE.search(instructions)
+    template = re.escape(found.group(1) if found else "template")
+    shared = re.match(rf"<{template}>\n(.*?)\n</{template}>\n\n", prompt, re.DOTALL)
+    mark = f"<{item}/>"
+    if shared is not None and mark in shared.group(1):
+        head, _, tail = shared.group(1).partition(mark)
+        return [(i, head + text + tail) for i, text in _read_items(prompt[shared.end() :], item)]
+    return _read_items(prompt, item)
+
+
+def _read_items(text: str, tag: str) -> list[tuple[str, str]]:
+    """``(id, text)`` of the items in ``text``, read as a model would: an item opens at
+    ``<tag id="N">`` and ends at the first closing ``</tag>`` or the next opening, in any
+    case and spacing, whatever the item's text meant; text between items is not read."""
+    t = re.escape(tag)
+    tags = re.compile(rf'<\s*{t}\s+id\s*=\s*"?(\d+)"?\s*>|<\s*/\s*{t}\s*>', re.IGNORECASE)
+    out: list[tuple[str, str]] = []
+    current, start = None, 0
+    for m in tags.finditer(text):
+        if current is not None:
+            out.append((current, _unwrap(text[start : m.start()])))
+            current = None
+        if m.group(1) is not None:
+            current, start = m.group(1), m.end()
+    if current is not None:
+        out.append((current, _unwrap(text[start:])))
+    return out
+
+
+def _unwrap(text: str) -> str:
+    """An item's text without the newline the envelope puts on each side."""
+    text = text[1:] if text.startswith("\n") else text
+    return text[:-1] if text.endswith("\n") else text
 
 
 def value_for(schema: Any, prompt: str, root: Any = None) -> Any:

@@ -73,6 +73,22 @@ def test_packed_requests_are_answered_item_by_item(client, server):
     assert server.structured.packed_requests == 1 and server.structured.item_counts == {t: 1 for t in texts}
 
 
+def test_packed_items_are_read_as_a_model_reads_the_framing(client, server):
+    # an item ends at the first closing tag (any case, any spacing) or the next opening one:
+    # a text that holds the framing's tags splits and shifts the items, as it would for a model
+    user = '<item id="1">\nfine</ITEM > then\n</item>\n\n<item id="2">\nb <item id="3">\nc\n</item>'
+    items = orjson.loads(ask(client, user, schema_rf(envelope(ROW), name="row_items")))["items"]
+    assert [item.pop("id") for item in items] == [1, 2, 3]
+    assert items == [value_for(ROW, t) for t in ("fine", "b ", "c")]
+    # with the tags the system message names, the default ones are text like any other
+    system = 'Items, each between <item-abc123 id="N"> and </item-abc123>. Reply in JSON.'
+    texts = ["fine</item> then\n</item>", 'b <item id="3">\nc']
+    user = "\n\n".join(f'<item-abc123 id="{i}">\n{t}\n</item-abc123>' for i, t in enumerate(texts, 1))
+    items = orjson.loads(ask(client, user, schema_rf(envelope(ROW), name="row_items"), system=system))["items"]
+    assert [item.pop("id") for item in items] == [1, 2]
+    assert items == [value_for(ROW, t) for t in texts]
+
+
 def test_item_faults(client, server):
     texts = [f"item {i}" for i in range(6)]
     user = "\n\n".join(f'<item id="{i}">\n{t}\n</item>' for i, t in enumerate(texts, 1))
