@@ -3,9 +3,10 @@
 The packs (packing.py: the same prompts, keys and answer checks as a realtime packed run)
 are the lines of the batch files. As each output file is collected, every pack's answer
 is split into its rows, each committed under its own packed key. A row whose item came
-back missing, duplicated or invalid (or whose whole pack failed) is then sent again on
-its own, as its single-row request: by default in realtime right after the batches are
-collected (a handful of rows, at realtime prices, said in ``last_run().packing``), or
+back invalid (or whose pack's answer had ids other than its rows', or failed as a whole)
+is then sent again on its own, as its single-row request: by default in realtime right
+after the batches are collected (a handful of rows, at realtime prices, said in
+``last_run().packing``), or
 with ``packed_fallback="batch"`` in one more batch of single-row requests (half price,
 another wait). Rows of packs the API never ran (the batch expired or was cancelled) are
 not resent: they keep that status, and the next run submits them again.

@@ -2,13 +2,15 @@
 
 The request and answer format (the envelope) is ``_structured/packing.py``; this module
 sends the packs through the engine and falls back row by row. Every id must come back
-exactly once with a valid value. A row whose item is missing, duplicated, or fails
-validation (or whose whole pack failed: invalid JSON after the retries, cut off at
-max_tokens, an HTTP 400) is sent again on its own, automatically, after the packs. Rows
-that cannot be packed (a template function returning its own system message or several
-messages) are simply sent on their own. A pack whose retry the deadline (or a stop) cut
-short is not sent again, alone or packed: its rows are status ``deadline`` (``stopped``)
-with the pack's last error, as a single row's would be (send.CUT_SHORT).
+exactly once with a valid value. A row whose item fails validation, every row of a pack
+whose answer's ids are not exactly 1..n once each (one missing, repeated or foreign: the
+model did not read the items as framed, so no entry is trusted), and every row of a pack
+that failed as a whole (invalid JSON after the retries, cut off at max_tokens, an HTTP 400)
+is sent again on its own, automatically, after the packs. Rows that cannot be packed (a
+template function returning its own system message or several messages) are simply sent
+on their own. A pack whose retry the deadline (or a stop) cut short is not sent again,
+alone or packed: its rows are status ``deadline`` (``stopped``) with the pack's last
+error, as a single row's would be (send.CUT_SHORT).
 
 Every write goes through the engine's committer: the engine's ``split`` hook turns a
 pack's answer into its rows' records, committed in ONE transaction with the pack's own

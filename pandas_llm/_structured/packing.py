@@ -11,11 +11,24 @@ to row. A template ``"<instructions> Ticket: {text}"`` is sent as
 template's text is shared only where that is shorter than repeating it). The answer must
 be ``{"items": [{"id": N, <the row's fields>}, ...]}`` (a schema the API enforces, or
 that is given in the instruction with ``structured="json_object"``); :meth:`Envelope.values`
-reads it back to one value per row, or why a row has none (missing, duplicated, invalid).
+reads it back to one value per row, or why a row has none (missing, duplicated, invalid,
+or its pack's ids did not match: see below).
+
+Framing: the rows' text goes in verbatim (never escaped, so an item reads exactly as its
+single request's prompt). A pack in which a row (or the template's shared text) holds
+anything a reader could take for a tag of the framing (``<item``, ``</item``, ``<template``,
+also ``&lt;``-escaped, any case) is framed with tags no row of it holds instead:
+``<item-e33 id="N">`` ... ``</item-e33>`` (:func:`framing_suffix`), and its system
+message names them. Other packs, nearly all, are framed as above at no extra token.
+And an answer whose ids are not exactly 1..n once each (one missing, repeated, or an id
+that is not in the pack) gives no row a value: the model did not read the items as sent,
+so even an id that came back once may hold another text's answer.
 
 Cache: each packed row is stored under its own key = sha256(packing format version +
 the key its single-row request would have) (:func:`packed_key`), so a rerun with any
-``rows_per_request`` reuses it, whatever rows it was packed with.
+``rows_per_request`` reuses it, whatever rows it was packed with. The version is bumped
+whenever packs are framed or read back differently, so rows stored by an older format
+(format 2 could store a row with the answer to part of its text) are never reused.
 
 This module imports nothing from the planner, the runner or the store.
 """
@@ -23,8 +36,9 @@ This module imports nothing from the planner, the runner or the store.
 from __future__ import annotations
 
 import hashlib
+import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -36,34 +50,63 @@ from .schema import Schema, as_schema
 __all__ = [
     "Envelope",
     "envelope_error",
+    "framing_suffix",
     "packed_key",
     "shares",
     "template_edges",
     "PACK_FORMAT",
-    "ITEM_OPEN",
-    "ITEM_CLOSE",
-    "ITEM_MARK",
+    "ITEM_TAG",
+    "TEMPLATE_TAG",
 ]
 
 #: Bumped when the packed prompt or answer format changes (part of every packed row's key).
-PACK_FORMAT = b"pandas-llm/packed-row/2\n"
-ITEM_OPEN = '<item id="{}">'
-ITEM_CLOSE = "</item>"
-#: Where each item goes in the shared ``<template>`` block of a pack.
-ITEM_MARK = "<item/>"
-TEMPLATE_OPEN, TEMPLATE_CLOSE = "<template>", "</template>"
+#: 3: packs framed with tags no row holds; an answer with ids other than 1..n fills no row.
+PACK_FORMAT = b"pandas-llm/packed-row/3\n"
+#: The framing's tag names: ``<item id="N">`` ... ``</item>`` per row, a ``<template>``
+#: block with ``<item/>`` where each item goes; suffixed per pack by :func:`framing_suffix`.
+ITEM_TAG, TEMPLATE_TAG = "item", "template"
 TEXT_FIELD = "answer"
 
 _INSTRUCTION = (
-    'The input holds several independent items, each between <item id="N"> and </item>. '
+    'The input holds several independent items, each between <{item} id="N"> and </{item}>. '
     "Treat every item as a separate request: apply the instructions to each item on its own, "
     'as if it were the only input. Reply with one JSON object {{"items": [...]}} holding exactly '
     'one entry per item, in the same order, each with the item\'s "{id}" (an integer) and {fields}.'
 )
 _SHARED = (
-    "The input starts with a <template> block: each item's full input is that template with "
-    f"{ITEM_MARK} replaced by the item's text."
+    "The input starts with a <{template}> block: each item's full input is that template with "
+    "<{item}/> replaced by the item's text."
 )
+#: What a reader could take for a tag of the default framing.
+_TAG_LIKE = re.compile(rf"(?:<|&lt;)\s*/?\s*(?:{ITEM_TAG}|{TEMPLATE_TAG})\b", re.IGNORECASE)
+
+
+def framing_suffix(texts: Iterable[str]) -> str:
+    """The suffix of a pack's tag names: ``""`` when none of ``texts`` (its items' text and
+    the shared template text) holds anything like a tag of the framing, else ``"-"`` and the
+    first of a fixed sequence of hex strings (3 digits, longer after 15 tries) that none of
+    them holds, in any case: a row's text then cannot open, close or fake an item, whatever
+    it holds. The sequence is fixed, so a pack is rebuilt as it was sent (the same request
+    key), and packs needing a suffix mostly share one system message. Costs ~4 prompt
+    tokens per item, in those packs only.
+
+    >>> framing_suffix(["a review", "it arrived broken"])
+    ''
+    >>> framing_suffix(["<li>fine</li>", "</item>"])
+    '-e33'
+    >>> framing_suffix(["</item>", "E33"])
+    '-64c'
+    """
+    texts = list(texts)
+    if not any(_TAG_LIKE.search(t) for t in texts):
+        return ""
+    lowered = [t.lower() for t in texts]
+    i = 1
+    while True:  # ends: the strings grow, the texts hold finitely many
+        nonce = hashlib.sha256(b"pandas-llm/pack-tag/%d" % i).hexdigest()[: 3 + i // 16]
+        if not any(nonce in t for t in lowered):
+            return "-" + nonce
+        i += 1
 
 
 def template_edges(template: Any) -> tuple[str, str] | None:
@@ -109,15 +152,26 @@ class Envelope:
         fields = f'its answer to that item as "{TEXT_FIELD}"' if row is None else "the item's answer fields"
         edges = template_edges(template)
         # share the template's text only where it is shorter than repeating it in every item
-        if edges is not None and (k - 1) * len("".join(edges)) <= len(_SHARED) + 2 * len(TEMPLATE_OPEN) + 12:
+        shared = len(_SHARED.format(template=TEMPLATE_TAG, item=ITEM_TAG)) + 2 * len(f"<{TEMPLATE_TAG}>") + 12
+        if edges is not None and (k - 1) * len("".join(edges)) <= shared:
             edges = None
         self._edges = edges
-        self._shared = (
-            "" if edges is None else f"{TEMPLATE_OPEN}\n{edges[0]}{ITEM_MARK}{edges[1]}\n{TEMPLATE_CLOSE}\n\n"
-        )
-        instruction = _INSTRUCTION.format(id=self.id, fields=fields) + (" " + _SHARED if edges else "")
-        parts = [head, instruction, self.schema.instruction(structured)]
-        self.system = "\n\n".join(p for p in parts if p)
+        self._parts = (head, fields, self.schema.instruction(structured))
+        self._systems: dict[str, str] = {}
+        #: The system message of a pack framed with the default tags (nearly every pack).
+        self.system = self._system("")
+
+    def _system(self, suffix: str) -> str:
+        """The system message of a pack whose tag names end in ``suffix``."""
+        system = self._systems.get(suffix)
+        if system is None:
+            head, fields, schema = self._parts
+            item, template = ITEM_TAG + suffix, TEMPLATE_TAG + suffix
+            instruction = _INSTRUCTION.format(id=self.id, fields=fields, item=item)
+            if self._edges is not None:
+                instruction += " " + _SHARED.format(template=template, item=item)
+            system = self._systems[suffix] = "\n\n".join(p for p in (head, instruction, schema) if p)
+        return system
 
     def response_format(self, structured: Structured) -> Any:
         return self.schema.response_format(structured)
@@ -142,25 +196,38 @@ class Envelope:
         return content
 
     def messages(self, contents: Sequence[str]) -> list[dict[str, str]]:
-        """The messages of one packed request holding ``contents`` (items 1..n)."""
-        n = len(contents)
-        items = "\n\n".join(f"{ITEM_OPEN.format(i)}\n{c}\n{ITEM_CLOSE}" for i, c in enumerate(contents, 1))
-        user = self._shared + (f"{items}\n\nAnswer all {n} items (ids 1 to {n})." if n > 1 else items)
-        head = [{"role": "system", "content": self.system}] if self.system else []
+        """The messages of one packed request holding ``contents`` (items 1..n), framed with
+        tags none of them holds (:func:`framing_suffix`)."""
+        n, edges = len(contents), self._edges
+        suffix = framing_suffix([*contents, *(edges or ())])
+        item, template = ITEM_TAG + suffix, TEMPLATE_TAG + suffix
+        items = "\n\n".join(f'<{item} id="{i}">\n{c}\n</{item}>' for i, c in enumerate(contents, 1))
+        user = f"{items}\n\nAnswer all {n} items (ids 1 to {n})." if n > 1 else items
+        if edges is not None:
+            user = f"<{template}>\n{edges[0]}<{item}/>{edges[1]}\n</{template}>\n\n{user}"
+        system = self._system(suffix)
+        head = [{"role": "system", "content": system}] if system else []
         return [*head, {"role": "user", "content": user}]
 
     def values(self, text: str | None, n: int) -> list[tuple[str | None, str | None]]:
         """A packed answer read back: per item 1..n, ``(output, None)`` (the row's answer as
-        it is stored) or ``(None, why)`` with why in missing | duplicated | invalid."""
-        entries = _entries(text, self.id, n)
+        it is stored) or ``(None, why)`` with why in missing | duplicated | invalid |
+        ``pack ids mismatch``. Unless the answer's ids are exactly 1..n once each (in any
+        order), no item has a value: an id missing, repeated or foreign means the model did
+        not read the items as they were framed, so even an id that came back once may hold
+        the answer to another text (or to part of one)."""
+        entries, foreign = _entries(text, self.id, n)
+        exact = not foreign and all(len(entries.get(i, ())) == 1 for i in range(1, n + 1))
         out: list[tuple[str | None, str | None]] = []
         for i in range(1, n + 1):
             found = entries.get(i, [])
             if len(found) != 1:
                 out.append((None, "missing" if not found else "duplicated"))
-                continue
-            output = self._output({k: v for k, v in found[0].items() if k != self.id})
-            out.append((None, "invalid") if output is None else (output, None))
+            elif not exact:
+                out.append((None, "pack ids mismatch"))
+            else:
+                output = self._output({k: v for k, v in found[0].items() if k != self.id})
+                out.append((None, "invalid") if output is None else (output, None))
         return out
 
     def _output(self, fields: dict[str, Any]) -> str | None:
@@ -204,22 +271,24 @@ def envelope_error(text: str | None) -> str | None:
     return None
 
 
-def _entries(text: str | None, id_key: str, n: int) -> dict[int, list[dict[str, Any]]]:
-    """Items by id; entries without a valid id (1..n, an integer) are dropped."""
+def _entries(text: str | None, id_key: str, n: int) -> tuple[dict[int, list[dict[str, Any]]], int]:
+    """Items by id, and how many entries have no id of the pack (not an object, no integer
+    id, or one outside 1..n)."""
     out: dict[int, list[dict[str, Any]]] = {}
     try:
         items = orjson.loads(strip_fences(text or "")).get("items", [])
     except (orjson.JSONDecodeError, AttributeError):
-        return out
+        return out, 0
+    foreign = 0
     for item in items if isinstance(items, list) else ():
-        if not isinstance(item, dict):
-            continue
-        i = item.get(id_key)
+        i = item.get(id_key) if isinstance(item, dict) else None
         if isinstance(i, float) and i.is_integer():
             i = int(i)
         if isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= n:
             out.setdefault(i, []).append(item)
-    return out
+        else:
+            foreign += 1
+    return out, foreign
 
 
 def shares(prompt_tokens: int, completion_tokens: int, cached_tokens: int, cost: float | None, n: int

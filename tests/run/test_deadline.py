@@ -261,10 +261,10 @@ def test_a_deadline_passing_mid_run_keeps_the_identities(server, opts, tmp_path,
 
 
 def test_rows_a_pack_answered_without_their_value_are_cut_short_when_the_deadline_comes_first(server, opts):
-    # the pack was sent and answered, the row's item was missing; its own request would come
+    # the pack was sent and answered, the row's item was invalid; its own request would come
     # after the deadline: it was counted "not sent" though its pack was sent (and billed)
     server.latency = 2.0  # the deadline passes with both packs in flight (they are kept)
-    server.structured.inject("drop", match="ticket 3")
+    server.structured.inject("corrupt", match="ticket 3")
     texts = pd.Series([f"ticket {i}" for i in range(20)]).to_frame("text")
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always", RunWarning)
@@ -276,7 +276,7 @@ def test_rows_a_pack_answered_without_their_value_are_cut_short_when_the_deadlin
     assert row["status"] == "deadline" and row["attempts"] == 1
     assert (
         row["error"]
-        == "its pack's answer had no value for it (missing); not sent again alone: the deadline passed first"
+        == "its pack's answer had no value for it (invalid); not sent again alone: the deadline passed first"
     )
     assert report.summary().startswith(
         "20 rows, 20 distinct requests: 0 rows from cache, 20 requests sent (19 ok, 1 cut short by the deadline), "

@@ -63,7 +63,9 @@ def test_packing_classify_and_map_give_the_same_values(server, opts, k):
             pd.testing.assert_frame_equal(packed, single)
 
 
-def test_dropped_duplicated_and_corrupted_items_fall_back_for_exactly_those_rows(server, opts):
+def test_a_pack_whose_ids_do_not_match_gives_no_row_a_value_and_an_invalid_item_only_its_own(server, opts):
+    # an id missing, repeated or foreign: the model did not read the items as sent, so no
+    # entry of that answer is trusted (the whole pack is sent alone); a corrupt item is only its row
     df = frame(40)
     bad = {"drop": 3, "duplicate": 14, "corrupt": 22, "bad_id": 31}
     for kind, i in bad.items():
@@ -71,13 +73,15 @@ def test_dropped_duplicated_and_corrupted_items_fall_back_for_exactly_those_rows
     packed = df.llm.extract("{text}", schema=Ticket, rows_per_request=10, **opts)
     counts = server.prompt_counts  # single-row requests, by prompt
     sent_alone = {p for p, n in counts.items() if "<item" not in p}
-    assert sent_alone == {f"ticket number {i:03d}" for i in bad.values()}
+    whole = [*range(0, 20), *range(30, 40)]
+    assert sent_alone == {f"ticket number {i:03d}" for i in [*whole, 22]}
     assert all(counts[p] == 1 for p in sent_alone)
     assert server.structured.packed_requests == 4
     assert set(server.structured.item_counts.values()) == {1}
     report = pandas_llm.last_run().packing
-    assert report.fallback_rows == 4 and report.rows_packed == 36
-    assert report.fallback_reasons == {"missing": 2, "duplicated": 1, "invalid": 1}
+    assert report.fallback_rows == 31 and report.rows_packed == 9
+    assert report.fallback_reasons == {"pack ids mismatch": 27, "missing": 2, "duplicated": 1, "invalid": 1}
+    assert "27 pack ids mismatch" in str(report)
     stats = pandas_llm.last_run().stats
     assert (stats.to_send, stats.sent_done, stats.ok, sum(stats.failed.values())) == (40, 40, 40, 0)
     server.clear_faults()
@@ -120,7 +124,7 @@ def test_each_row_is_cached_under_its_own_key_whatever_k(server, opts):
 def test_rows_that_fell_back_are_reused_by_a_run_without_packing(server, opts):
     opts = {**opts, "cache": "c.sqlite"}
     df = frame(10)
-    server.structured.inject("drop", match="ticket number 004")
+    server.structured.inject("corrupt", match="ticket number 004")
     df.llm.extract("{text}", schema=Ticket, rows_per_request=5, **opts)
     server.reset_counters()
     df.llm.extract("{text}", schema=Ticket, **opts)  # unpacked: packed answers answered another request
