@@ -80,8 +80,14 @@ def _from_stream(raw: bytes, where: str) -> dict[str, Any]:
         try:
             obj, end = json.JSONDecoder().raw_decode(head)
         except ValueError:
-            obj, end = None, 0
-        events = _events(head[end:]) if obj is not None else None
+            raise FatalAPIError(  # not a stream at all: a body cut short, or a server's broken JSON
+                f"HTTP 200 from {where} is not complete JSON ({len(raw):,} bytes, ending {head[-80:]!r}): the "
+                "server, or a proxy in front of it, cut the answer short or wrote invalid JSON. The run stopped "
+                "rather than resend, since each attempt may be billed; answered rows are kept.",
+                status=200,
+                code="bad_response",
+            ) from None
+        events = _events(head[end:])
         if isinstance(obj, dict) and events is not None and all(e.strip() == "[DONE]" for e in events):
             return obj
         raise _stream_error(where, "is not one JSON object: " + repr(head[:200]))

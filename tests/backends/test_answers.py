@@ -116,6 +116,13 @@ def test_a_200_that_is_not_a_chat_completion_stops_the_run(server, run, body):
         assert "is not a chat completion" in str(err.value) and "event stream (text/event-stream)" not in str(err.value)
 
 
+def test_a_200_cut_short_in_its_json_says_so_not_that_it_is_an_event_stream(server, run):
+    server.inject(200, times=100, body=b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "mess')
+    with pytest.raises(FatalAPIError, match="not complete JSON") as err:
+        run(frame(30), concurrency=2)
+    assert err.value.code == "bad_response" and "event stream" not in str(err.value)
+
+
 def test_no_choices_is_that_rows_error(server, run):
     server.inject(200, match="row 1", body={"id": "x", "object": "chat.completion", "choices": []})
     with pytest.warns(RunWarning):
