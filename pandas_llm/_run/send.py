@@ -330,16 +330,8 @@ class Sending:
         return _with_spent(record, rejected) if rejected else record
 
     def _record(self, key: bytes, c: Completion, reserved: int, attempts: int, body: bytes) -> Record:
-        stats = self.stats
         cost = self.cost(c)
-        stats.prompt_tokens += c.prompt_tokens
-        stats.completion_tokens += c.completion_tokens
-        stats.reasoning_tokens += c.reasoning_tokens
-        stats.cached_tokens += c.cached_tokens
-        if cost is None:
-            stats.cost_known = False
-        else:
-            stats.cost += cost
+        self._count_usage(c, cost)
         if c.outputs is not None:  # many inputs in one request: the split hook makes the rows' records
             self._shape.answered = True
             return Record(

@@ -58,15 +58,29 @@ def committed(path: Path) -> int:
         return store.count("ok")
 
 
-def start(srv: LLMServer, cache: Path) -> subprocess.Popen:
+def run_script(script: str, *args: str) -> subprocess.Popen:
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(Path(pandas_llm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
     )
     return subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, srv.base_url, str(cache)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def start(srv: LLMServer, cache: Path) -> subprocess.Popen:
+    return run_script(SCRIPT, srv.base_url, str(cache))
+
+
+def sigint_once(proc: subprocess.Popen, cache: Path, *, answers: int = 16, timeout: float = 60) -> tuple[str, str]:
+    """One SIGINT once ``answers`` are committed to ``cache``; the process's output when it ends."""
+    try:
+        wait_for_answers(proc, cache, answers)
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def wait_for_answers(proc: subprocess.Popen, cache: Path, n: int) -> None:
@@ -86,13 +100,7 @@ def test_one_sigint_finishes_the_requests_in_flight_and_keeps_every_paid_answer(
     df = pd.DataFrame({"t": [f"row {i}" for i in range(ROWS)]})
     with LLMServer(latency=0.3) as srv:  # 8 requests in flight for 0.3 s each
         proc = start(srv, cache)
-        try:
-            wait_for_answers(proc, cache, 16)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=30)
-        finally:
-            proc.kill()
-            proc.wait()
+        out, err = sigint_once(proc, cache, timeout=30)
         assert proc.returncode == 130, err
         words = out.split()
         assert words[:2] == ["OUTCOME", "interrupted"], (out, err)
@@ -234,16 +242,8 @@ def test_one_sigint_on_an_awaited_amap_stops_it_and_nothing_is_sent_when_the_loo
         )
     )
     with LLMServer(latency=0.3) as srv:  # 8 requests in flight for 0.3 s each
-        env = dict(os.environ, PYTHONPATH=str(Path(pandas_llm.__file__).parents[1]))
-        proc = subprocess.Popen([sys.executable, "-c", script, srv.base_url, str(cache)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-        try:
-            wait_for_answers(proc, cache, 16)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            proc.kill()
-            proc.wait()
+        proc = run_script(script, srv.base_url, str(cache))
+        out, err = sigint_once(proc, cache)
         assert proc.returncode == 0, err
         words = out[out.index("OUTCOME") :].split()  # after IPython's traceback of the KeyboardInterrupt
         assert words[:3] == ["OUTCOME", "interrupted", "0"], (out, err)  # stopped, nothing left in flight
@@ -340,17 +340,8 @@ def test_one_sigint_on_gathered_amaps_keeps_every_paid_answer_of_each_and_raises
         % ROWS
     )
     with LLMServer(latency=0.05) as fast, LLMServer(latency=3.0) as slow:
-        env = dict(os.environ, PYTHONPATH=str(Path(pandas_llm.__file__).parents[1]))
-        proc = subprocess.Popen([sys.executable, "-c", script, fast.base_url, slow.base_url, str(fast_cache),
-                                 str(slow_cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-        try:
-            wait_for_answers(proc, fast_cache, 16)
-            assert committed(slow_cache) == 0  # the slow run's first 8 are in flight (3 s each)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            proc.kill()
-            proc.wait()
+        proc = run_script(script, fast.base_url, slow.base_url, str(fast_cache), str(slow_cache))
+        out, err = sigint_once(proc, fast_cache)  # the slow run's first 8 are in flight then (3 s each)
         assert proc.returncode == 0, err
         assert out.split() == ["INTERRUPTED", "AFTER"], (out, err)
         assert committed(slow_cache) == slow.completed == 8  # the slow run's answers in flight were kept
