@@ -139,7 +139,15 @@ class RunReport:
 
     @property
     def details(self) -> pd.DataFrame:
-        """Per row: output, status, error, finish_reason, tokens, cost, attempts, from_cache."""
+        """Per row, aligned to the input: output, status, error, finish_reason (string),
+        prompt_tokens, completion_tokens, cached_tokens (Int64), cost, saved_cost (Float64,
+        USD), attempts (Int64), from_cache (bool).
+
+        Additive: ``details[col].sum()`` is ``stats.<col>`` for the tokens, ``cost`` and
+        ``saved_cost``. Duplicate rows (one request) each show an equal share of their
+        request (integer tokens adding up exactly, the remainder on the first rows); a row
+        answered from the cache shows 0 tokens and cost, and in ``saved_cost`` its share of
+        what the answer cost when it was paid for. ``attempts`` is the request's."""
         return self.plan.outcomes.details(self.plan.codes, self.plan.index)
 
     @property

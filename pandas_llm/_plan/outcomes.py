@@ -68,6 +68,7 @@ class Outcomes:
         self.cost = np.full(n, np.nan)
         self.attempts = np.zeros(n, dtype=np.int64)
         self.from_cache = np.zeros(n, dtype=bool)
+        self.elsewhere = np.zeros(n, dtype=bool)  # answered by another run of this process, which paid
 
     def fill(self, u: int, r: Record, *, from_cache: bool = False) -> None:
         self.output[u] = r.output
@@ -80,6 +81,12 @@ class Outcomes:
         self.cost[u] = np.nan if r.cost is None else r.cost
         self.attempts[u] = r.attempts
         self.from_cache[u] = from_cache
+        self.elsewhere[u] = False
+
+    def paid_elsewhere(self, u: int) -> None:
+        """Slot ``u`` was answered by another run of this process (``RunStats.shared``): its
+        tokens and cost are that run's figures, so its rows show 0 in this run's details."""
+        self.elsewhere[u] = True
 
     def records(self, keys: Any, model: str | None = None) -> list[Record]:
         """A Record for every slot with an outcome from the endpoint or the cache (not the
@@ -113,17 +120,44 @@ class Outcomes:
         return pd.Series(pd.array(values, dtype="string"), index=index, name=name, copy=False)
 
     def details(self, codes: np.ndarray, index: pd.Index) -> pd.DataFrame:
-        """Per-row status, error, finish_reason, tokens, cost, attempts and from_cache."""
+        """Per row (aligned to ``index``): ``output`` and ``status`` / ``error`` / ``finish_reason``
+        (string), ``prompt_tokens`` / ``completion_tokens`` / ``cached_tokens`` (Int64),
+        ``cost`` and ``saved_cost`` (Float64, USD), ``attempts`` (Int64), ``from_cache`` (bool).
+
+        The figures are additive: summed over the rows they give the run's own (``RunStats``'
+        ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``, ``cost`` and ``saved_cost``).
+        Rows with the same request (duplicates, sent once) each show an equal share of it, integer
+        tokens split so they add up exactly (the remainder on the first rows, in input order), as
+        the rows of a pack share their pack's. A row answered from the cache shows 0 tokens and 0
+        cost (this run paid nothing); ``saved_cost`` is its share of what its answer cost when it
+        was paid for (0 on the other rows). A row another run of this process answered while
+        both ran (``RunStats.shared``) shows 0 too: that run counts it. ``cost`` is NA where the price is unknown or nothing
+        was billed for a row that got no answer; ``attempts`` is its request's HTTP attempts."""
+        n = len(self.status)
+        rows = np.bincount(codes[codes >= 0], minlength=n) if n else np.zeros(0, dtype=np.int64)
+        rank = _rank(codes)
+        fresh = ~self.from_cache & ~self.elsewhere
+
+        def tokens(per_request: np.ndarray) -> pd.arrays.IntegerArray:
+            due = _take(np.where(fresh, per_request, 0), codes, 0).astype(np.int64)
+            q, r = np.divmod(due, np.maximum(_take(rows, codes, 1).astype(np.int64), 1))
+            return pd.array(q + (rank < r), dtype="Int64")
+
+        def money(per_request: np.ndarray) -> pd.arrays.FloatingArray:
+            each = per_request / np.maximum(rows, 1)
+            return pd.array(_take(each, codes, np.nan).astype(float), dtype="Float64")
+
         frame = pd.DataFrame(
             {
                 "output": pd.array(_take(self._answers(), codes, None), dtype="string"),
                 "status": pd.array(_take(self.status, codes, "skipped"), dtype="string"),
                 "error": pd.array(_take(self.error, codes, None), dtype="string"),
                 "finish_reason": pd.array(_take(self.finish_reason, codes, None), dtype="string"),
-                "prompt_tokens": pd.array(_take(self.prompt_tokens, codes, 0), dtype="Int64"),
-                "completion_tokens": pd.array(_take(self.completion_tokens, codes, 0), dtype="Int64"),
-                "cached_tokens": pd.array(_take(self.cached_tokens, codes, 0), dtype="Int64"),
-                "cost": pd.array(_take(self.cost, codes, np.nan), dtype="Float64"),
+                "prompt_tokens": tokens(self.prompt_tokens),
+                "completion_tokens": tokens(self.completion_tokens),
+                "cached_tokens": tokens(self.cached_tokens),
+                "cost": money(np.where(fresh, self.cost, 0.0)),
+                "saved_cost": money(np.where(self.from_cache, self.cost, 0.0)),
                 "attempts": pd.array(_take(self.attempts, codes, 0), dtype="Int64"),
                 "from_cache": _take(self.from_cache, codes, False).astype(bool),
             },
@@ -134,6 +168,21 @@ class Outcomes:
     def row_status_counts(self, codes: np.ndarray) -> Counter:
         statuses = _take(self.status, codes, "skipped")
         return Counter(statuses.tolist())
+
+
+def _rank(codes: np.ndarray) -> np.ndarray:
+    """Each row's position among the rows with the same code, in input order (0 for the first).
+
+    >>> _rank(np.array([2, 0, 2, -1, 2, 0])).tolist()
+    [0, 0, 1, 0, 2, 1]
+    """
+    order = np.argsort(codes, kind="stable")
+    ordered = codes[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(codes) else np.zeros(0, np.int64)
+    first = np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
+    rank = np.empty(len(codes), dtype=np.int64)
+    rank[order] = np.arange(len(codes)) - first
+    return rank
 
 
 def _take(per_unique: np.ndarray, codes: np.ndarray, fill: Any) -> np.ndarray:

@@ -59,6 +59,7 @@ class Engine(Sending):
         price_pending: Callable[[], Future | None] = lambda: None,
         reserve_tokens: Callable[[bytes], int] | None = None,  # default: the limiter's estimate
         on_result: Callable[[int, Record], None] = lambda u, r: None,
+        on_shared: Callable[[int], None] = lambda u: None,
         on_commit: Callable[[Sequence[tuple[int | None, Record]]], None] | None = None,
         on_update: Callable[[RunStats], None] = lambda s: None,
         model: str | None = None,
@@ -86,6 +87,9 @@ class Engine(Sending):
         self.price_pending = price_pending  # the price look-up under way: answers await it, the loop runs on
         self.reserve_tokens = reserve_tokens
         self.on_result = on_result
+        # after on_result, for a row another run of this process paid for (inflight.py)
+        self.on_shared = on_shared
+        self._shared: set[bytes] = set()  # keys of those rows, until committed
         self.on_commit = on_commit  # every committed batch, stored-only records too (claimed.py)
         self.on_update = on_update
         self.model = model
@@ -216,10 +220,12 @@ class Engine(Sending):
             key = job[1]
             error = None if too_long is None else too_long(job[2])
             shared = None if error is not None else inflight.claim(key, self._token)  # type: ignore[arg-type]
+            paid_elsewhere = False
             while shared is not None:  # another run of this process is asking: wait for its answer
                 record = await inflight.wait(shared)
                 if record is not None:
                     self.stats.shared += 1
+                    paid_elsewhere = True
                     break
                 shared = inflight.claim(key, self._token)  # type: ignore[arg-type]
             else:
@@ -244,7 +250,10 @@ class Engine(Sending):
                     if self._stop:
                         return
                     continue
-            self.settle([(job[0], record)] if self.split is None else self.split(job, record))
+            rows = [(job[0], record)] if self.split is None else self.split(job, record)
+            if paid_elsewhere:  # its tokens and cost are that run's, not this one's
+                self._shared.update(r.key for u, r in rows if u is not None)
+            self.settle(rows)
             if self._fatal is not None:
                 raise self._fatal  # this job's record is kept; the siblings stop
             if committer.backlog >= committer.max_pending:
@@ -298,6 +307,9 @@ class Engine(Sending):
             else:
                 stats.failed[record.status] += 1
             self.on_result(u, record)
+            if self._shared and record.key in self._shared:
+                self._shared.discard(record.key)
+                self.on_shared(u)
         self.on_update(stats)
 
     def _not_on_disk(self, batch: Sequence[tuple[int | None, Record]], exc: StoreError) -> None:

@@ -253,7 +253,10 @@ class Run:
         s = self.settings
         outcomes = self.plan.outcomes
         options: dict[str, Any] = dict(
-            on_result=outcomes.fill, validate=self.validate, invalid_retries=s.invalid_retries
+            on_result=outcomes.fill,
+            on_shared=outcomes.paid_elsewhere,
+            validate=self.validate,
+            invalid_retries=s.invalid_retries,
         )
         options.update(overrides)
         if self._limiter is None:

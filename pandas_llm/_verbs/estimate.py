@@ -36,6 +36,7 @@ from .._plan.endpoints import Embeddings, Moderations
 from .._plan.planner import make_plan
 from .._plan.replay import Replay
 from .._pricing import resolve_price
+from .._stats import last_run
 from .._store.store import Store
 from .endpoints import DEFAULT_EMBEDDING_MODEL, DEFAULT_MODERATION_MODEL, _settings, template_for
 from .figures import DEFAULT_OUTPUT_TOKENS, Estimate, Range, plan_counts
@@ -130,8 +131,7 @@ def estimate(
             details = run_sample(
                 data.iloc[rows], template.take(rows.tolist()) if isinstance(template, Replay) else template
             )
-            answered = details[details["status"].isin(["ok", "length"]) & (details["completion_tokens"] > 0)]
-            observed = answered["completion_tokens"].to_numpy(dtype=float)
+            observed = _observed(details)
             fresh = details[~details["from_cache"]]
             sample_cost = None if fresh["cost"].isna().any() and len(fresh) else float(fresh["cost"].sum())
 
@@ -284,6 +284,20 @@ def _pick(data: Any, template: Any, settings: Settings, k: int, seed: int | None
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(plan.keys), size=min(k, len(plan.keys)), replace=False)
     return np.sort(plan.first_row[chosen])
+
+
+def _observed(details: pd.DataFrame) -> np.ndarray:
+    """The completion tokens of the sample's answers, one per request, cached ones included: read
+    from the run's per-request outcomes (``details`` shows a duplicate's share, and 0 for a row
+    from the cache, so that its rows add up to the run's figures); ``details`` if that run is
+    not the sample's."""
+    plan: Any = getattr(last_run(), "plan", None)
+    outcomes = getattr(plan, "outcomes", None)
+    if outcomes is not None and plan.index.equals(details.index):
+        answered = np.isin(outcomes.status, ["ok", "length"]) & (outcomes.completion_tokens > 0)
+        return outcomes.completion_tokens[answered].astype(float)
+    answered = details[details["status"].isin(["ok", "length"]) & (details["completion_tokens"] > 0)]
+    return answered["completion_tokens"].to_numpy(dtype=float)
 
 
 def _output(n: int, observed: np.ndarray | None, limit: int | None, assumed: int | None) -> tuple[Range, str]:

@@ -68,9 +68,13 @@ def test_extract_classify_details_and_series_are_the_pandas_batch_values(server,
         meta = pd.DataFrame(lazy._meta) if isinstance(lazy._meta, pd.Series) else lazy._meta
         assert meta.dtypes.astype(str).tolist() == pd.DataFrame(out).dtypes.astype(str).tolist(), name
         want = call(df, mode="batch", **batch_opts)  # the same requests: from the cache
-        if name == "details":  # the Dask job paid; the pandas call read the cache
+        if name == "details":  # the Dask job paid; the pandas call read the cache: its rows show 0, and what it saved
             assert not out["from_cache"].any() and want["from_cache"].all()
-            out, want = out.drop(columns="from_cache"), want.drop(columns="from_cache")
+            assert (want[["prompt_tokens", "completion_tokens", "cost"]] == 0).all().all()
+            assert (out["saved_cost"] == 0).all() and out["cost"].sum() > 0
+            pd.testing.assert_series_equal(want["saved_cost"], out["cost"], check_names=False)
+            paid = ["from_cache", "prompt_tokens", "completion_tokens", "cached_tokens", "cost", "saved_cost"]
+            out, want = out.drop(columns=paid), want.drop(columns=paid)
         pd.testing.assert_frame_equal(pd.DataFrame(out), pd.DataFrame(want), obj=name)
     # 3 jobs: the Series' "Say: {}" renders the very prompts of "Say: {text}", answered by the details job
     assert server.batches.batches_created == 3 and server.requests == 0

@@ -354,7 +354,8 @@ def test_cost_is_summed_stored_and_saved_by_the_cache(llm_server, tmp_path):
     second = pandas_llm.last_run().stats
     assert second.cost == 0 and second.sent_done == 0
     assert second.saved_cost == pytest.approx(billed, rel=1e-12)
-    assert again["cost"].tolist() == details["cost"].tolist()  # cost per row is stored with the answer
+    # cost per row is stored with the answer: a rerun shows it as saved, and 0 spent
+    assert again["saved_cost"].tolist() == details["cost"].tolist() and (again["cost"] == 0).all()
     assert again["from_cache"].all()
 
 
