@@ -124,3 +124,17 @@ def test_rows_another_run_of_this_process_answered_show_zero(tmp_path, cache):
     assert int(both["prompt_tokens"].sum()) == srv.prompt_tokens
     assert int(both["completion_tokens"].sum()) == srv.completion_tokens
     assert (both["cost"] > 0).sum() == 6 and not both["from_cache"].any()
+
+
+def test_rows_that_fall_back_from_a_pack_carry_their_share_of_it(server, opts):
+    # a dropped item and a pack whose answer stays invalid: the run paid those packs, and the
+    # rows sent alone afterwards show their share on top of their own request's
+    server.structured.inject("drop", match="ticket 3")
+    server.structured.inject("invalid_json", match="ticket 9", times=3)
+    df = pd.DataFrame({"text": [f"ticket {i}" for i in range(12)]})
+    df.llm.extract("{text}", schema=Answer, rows_per_request=4, model="gpt-4o-mini", cache=False, **opts)
+    report = pandas_llm.last_run()
+    assert report.packing.fallback_rows == 5
+    d = check_sums(report)
+    assert int(d["prompt_tokens"].sum()) == server.prompt_tokens
+    assert int(d["completion_tokens"].sum()) == server.completion_tokens

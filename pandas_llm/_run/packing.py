@@ -119,6 +119,9 @@ class Packer:
         self._members: dict[int, list[int]] = {}
         self._fallback: list[int] = []
         self._sent: dict[int, tuple[str, int]] = {}  # fell back from a pack sent: row -> (why, its attempts)
+        # fell back from a pack answered: row -> its share of the pack's tokens and cost, which the
+        # row's own outcome carries (the run paid it: details add up to RunStats)
+        self._spent: dict[int, tuple[int, int, int, float | None]] = {}
         self._alone: set[int] = set()  # rows that could not be packed at all
         self._plan: Plan | None = None
         self._store: Store | None = None
@@ -157,7 +160,9 @@ class Packer:
             for u in rows:
                 if u not in alone:  # rows never packed would have been sent alone anyway
                     self.report.prompt_tokens_sent += self._single_tokens(plan, u)
-            await engine().run(Sized(((u, plan.keys[u], plan.body_of(u)) for u in rows), len(rows)))
+            fill = plan.outcomes.fill
+            alone_run = engine(on_result=lambda u, record: fill(u, self.charged(u, record)))
+            await alone_run.run(Sized(((u, plan.keys[u], plan.body_of(u)) for u in rows), len(rows)))
 
     def jobs(self, plan: Plan, settle: Callable[[Rows], None]) -> Iterator[tuple[int, bytes, bytes]]:
         """The packs of ``plan.todo`` to send, ``(pack id, key, body)``; a pack answered before
@@ -229,21 +234,37 @@ class Packer:
         assert plan is not None
         if record.status in CUT_SHORT:  # its retry was cut short: so are its rows' (never stored)
             return [(u, record._replace(key=packed_key(plan.keys[u]))) for u in members]
+        parts = shares(record.prompt_tokens, record.completion_tokens, record.cached_tokens, record.cost, len(members))
         if record.status != "ok":
-            for u in members:
+            for u, part in zip(members, parts):
+                self._spent[u] = part
                 self._fall_back(u, f"pack {record.status}", record.attempts)
             return []
         rows: Rows = []
         values = self.envelope.values(record.output, len(members))
-        parts = shares(record.prompt_tokens, record.completion_tokens, record.cached_tokens, record.cost, len(members))
         for u, (output, why), (p, c, cached, cost) in zip(members, values, parts):
             if why is not None:
+                self._spent[u] = (p, c, cached, cost)
                 self._fall_back(u, why, record.attempts)
                 continue
             rows.append((u, Record(packed_key(plan.keys[u]), "ok", output, record.finish_reason, p, c, cached, cost,
                                    None, 1, record.model)))  # fmt: skip
         self.report.rows_packed += len(rows)
         return rows
+
+    def charged(self, u: int, record: Record) -> Record:
+        """Row ``u``'s own outcome, plus its share of the pack it fell back from (for the run's
+        details only: the stored answer keeps what its own request cost)."""
+        spent = self._spent.pop(u, None)
+        if spent is None:
+            return record
+        p, c, cached, cost = spent
+        return record._replace(
+            prompt_tokens=record.prompt_tokens + p,
+            completion_tokens=record.completion_tokens + c,
+            cached_tokens=record.cached_tokens + cached,
+            cost=None if record.cost is None and cost is None else (record.cost or 0.0) + (cost or 0.0),
+        )
 
     def _fall_back(self, u: int, reason: str, attempts: int = 0) -> None:
         """Queue row ``u`` to be sent alone; ``attempts``: its pack's, when the pack was sent."""
@@ -263,11 +284,14 @@ class Packer:
         return [
             (
                 u,
-                Record(
-                    plan.keys[u],
-                    status,
-                    error=f"its pack's answer had no value for it ({why}); not sent again alone: {NOT_AGAIN[status]}",
-                    attempts=attempts,
+                self.charged(
+                    u,
+                    Record(
+                        plan.keys[u],
+                        status,
+                        error=f"its pack's answer had no value for it ({why}); not sent again alone: {NOT_AGAIN[status]}",
+                        attempts=attempts,
+                    ),
                 ),
             )  # fmt: skip
             for u, (why, attempts) in self._sent.items()
