@@ -157,7 +157,8 @@ class RunReport:
         return d[d["status"] != "ok"]
 
     def summary(self) -> str:
-        """One line: rows, distinct requests and where each went, tokens, cost, time. The request
+        """One line: rows (and how many were skipped for an NA cell), distinct requests and where
+        each went, tokens, cost, time. The request
         counts add up to the distinct requests (``RunStats``' identities): from the cache, sent
         (ok, failed, cut short by the deadline / a stop / max_cost; with the HTTP attempts when
         retries made more), answered by another run of this process, not sent (by why)."""
@@ -171,7 +172,9 @@ class RunReport:
                 else f" ({lost}, possibly billed)"
             )
         return (
-            f"{s.total} rows, {s.unique} distinct requests: {s.cached} rows from cache"
+            f"{s.total} rows, "
+            + (f"{s.skipped} skipped (NA), " if s.skipped else "")
+            + f"{s.unique} distinct requests: {s.cached} rows from cache"
             + (f" ({s.cached_unique} requests)" if s.cached_unique != s.cached else "")
             + f", {requests(s)}, {s.prompt_tokens} prompt{cached_share(s)} + "
             f"{s.completion_tokens} completion tokens, {cost}, {s.elapsed:.1f}s"

@@ -88,6 +88,10 @@ def test_na_cells_skip_the_row_without_a_call(server, opts):
     details = df.llm.map("{text}", details=True, **opts)
     assert details["status"].tolist() == ["ok", "skipped", "skipped", "ok", "skipped"]
     assert details["from_cache"].tolist() == [True, False, False, True, False]
+    summary = pandas_llm.last_run().summary()
+    assert summary.startswith("5 rows, 3 skipped (NA), 2 distinct requests: "), summary
+    df.dropna().llm.map("{text}", **opts)
+    assert "skipped" not in pandas_llm.last_run().summary()
 
 
 def test_na_cells_can_render_empty(server, opts):
