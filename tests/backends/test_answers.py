@@ -11,6 +11,7 @@ import pandas_llm
 from helpers import frame
 from pandas_llm import FatalAPIError, RunWarning
 from pandas_llm._backends import Completion, parse_completion
+from pandas_llm._backends.answers import judge
 from pandas_llm._batch.files import parse_line
 from pandas_llm._run.judge import completion_record
 
@@ -167,3 +168,19 @@ def test_reasoning_tokens_are_read_and_counted_once():
     for usage in (openai_usage, apart):  # included in completion_tokens, or counted apart (total_tokens says so)
         c = parse_completion({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}], "usage": usage})
         assert (c.completion_tokens, c.reasoning_tokens) == (110, 100)
+
+
+def test_the_answer_is_the_choice_with_index_0_wherever_the_list_puts_it(server, run):
+    body = chat("the answer", "stop")
+    body["choices"] = [
+        {"index": 1, "message": {"role": "assistant", "content": "another sample"}, "finish_reason": "length"},
+        body["choices"][0],
+    ]
+    server.inject(200, match="row 1", body=body)
+    d = run(frame(3), details=True)
+    assert d["output"].tolist() == ["echo: row 0", "the answer", "echo: row 2"]
+    assert d["status"].tolist() == ["ok"] * 3 and d.loc[1, "finish_reason"] == "stop"
+    assert parse_completion(body).text == "the answer"
+    del body["choices"][1]  # no choice with index 0: not a completion to read, never another choice
+    with pytest.raises(FatalAPIError, match="not a chat completion"):
+        judge(body, None, endpoint="http://127.0.0.1/v1", model="m")
