@@ -281,3 +281,19 @@ def test_failure_warnings_point_at_the_callers_line(opts, verb):
             s.llm.embed(**kw)
     assert [w.category for w in caught] == [pandas_llm.RunWarning], [str(w.message) for w in caught]
     assert caught[0].filename == __file__ and "too_long" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("template", ["", "  \n", "{text}", " {text} ", lambda row: " ", "{blank}{text}"])
+def test_a_template_that_asks_nothing_is_refused_before_anything_is_sent(server, opts, template):
+    df = pd.DataFrame({"text": ["", "  ", "\t", None], "blank": ["", "", " ", ""]})
+    with pytest.raises(pandas_llm.TemplateError, match="empty"):
+        df.llm.map(template, system="Be brief.", **opts)
+    assert server.requests == 0
+    with pytest.raises(pandas_llm.TemplateError, match="empty"):
+        df["text"].llm.map("", **opts)
+    assert server.requests == 0
+
+
+def test_blank_rows_among_others_are_sent(server, opts):
+    out = pd.DataFrame({"text": ["", "a"]}).llm.map("{text}", **opts)
+    assert out.tolist() == [expected(""), expected("a")] and server.requests == 2

@@ -134,6 +134,9 @@ def make_plan(
     del keybuf
     if bodies is not None:
         bodies = [bodies[i] for i in first.tolist()]  # the other rows' bodies are the same bytes
+    if kind is None:
+        _refuse_blank(len(first), (lambda u: orjson.loads(bodies[u] or b"{\"messages\": []}")["messages"]) if bodies is not None
+                      else (lambda u: render(first[u])), template)  # fmt: skip
         keys = Keys(blob)  # kept: a function is never called again to recompute one
     else:
         keys = Keys(blob, lambda u: encode(first[u])[0])
@@ -146,6 +149,22 @@ def make_plan(
     plan = Plan(frame.index, codes, keys, first, todo, outcomes, builder, None, None, bodies)  # no way to call it again
     plan.answered(np.flatnonzero(outcomes.from_cache))
     return plan
+
+
+def _refuse_blank(n: int, messages_of: Any, template: Any) -> None:
+    """Raise TemplateError when every one of the ``n`` distinct requests asks nothing (its user
+    messages empty or whitespace): nothing is sent. Stops at the first one that asks something
+    (one render on a usual run)."""
+
+    def blank(messages: list[dict[str, Any]]) -> bool:
+        users = [m.get("content") for m in messages if m.get("role") == "user"]
+        return bool(users) and all(isinstance(c, str) and not c.strip() for c in users)
+
+    if n and all(blank(messages_of(u)) for u in range(n)):
+        raise TemplateError(
+            f"the template {template!r} renders an empty prompt (only whitespace) for every row: nothing "
+            "was sent. Name the column(s) to send in it, e.g. '{text}', and check that they hold text."
+        )
 
 
 def frame_of(data: pd.DataFrame | pd.Series) -> tuple[bool, pd.DataFrame, list[Any]]:

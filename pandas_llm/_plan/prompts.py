@@ -104,6 +104,11 @@ def compile_template(template: Any, columns: Sequence[Any], *, series: bool = Fa
             f"template must be a str with {{column}} placeholders or a callable row -> str, "
             f"got {type(template).__name__}"
         )
+    if not template.strip():
+        raise TemplateError(
+            f"the template is empty ({template!r}): every prompt would be empty. Write what to ask, with "
+            f"{{column}} placeholders for the values, e.g. 'Summarise: {{{_first(columns) if not series else ''}}}'"
+        )
     by_name = {str(c): c for c in columns}
     used: list[Any] = []
     parts: list[str] = []
