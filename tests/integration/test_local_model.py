@@ -40,10 +40,11 @@ def test_usage_is_recorded(options):
     assert (details["prompt_tokens"] > 20).all() and (details["completion_tokens"] > 0).all()
     assert report.stats.prompt_tokens == details["prompt_tokens"].sum()
     assert report.stats.completion_tokens == details["completion_tokens"].sum()
-    # The cache keeps them: a rerun reports the same figures per row, from the cache.
+    # The cache keeps them: a rerun spends nothing, and shows what each row cost when paid as saved.
     again = df.llm.map("{word}", system=TRANSLATE, details=True, **options)
     assert again["from_cache"].all()
-    assert again["prompt_tokens"].tolist() == details["prompt_tokens"].tolist()
+    assert (again["prompt_tokens"] == 0).all() and (again["cost"] == 0).all()
+    pd.testing.assert_series_equal(again["saved_cost"], details["cost"], check_names=False)
 
 
 def test_rerun_is_served_from_the_cache_with_zero_requests(options, served):
