@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from .._errors import BadRequestError, FatalAPIError
-from .base import Completion, billed_usage, content_text, parse_completion
+from .base import Completion, billed_usage, content_text, first_choice, parse_completion
 from .errors import error_in_answer
 
 __all__ = ["read_answer", "judge"]
@@ -52,10 +52,11 @@ def judge(data: Any, headers: Mapping[str, str] | None, *, endpoint: str, model:
             raise error_in_answer(data, headers, endpoint=endpoint, model=model)
         choices = data.get("choices")
         if isinstance(choices, list) and choices:
-            try:
-                return parse_completion(data, headers)
-            except (KeyError, IndexError, TypeError, AttributeError):
-                pass
+            if first_choice(choices) is not None:  # else not a completion: no answer at index 0
+                try:
+                    return parse_completion(data, headers)
+                except (KeyError, IndexError, TypeError, AttributeError):
+                    pass
         elif isinstance(choices, list):
             empty = BadRequestError(f"HTTP 200 from {_where(endpoint, model)} answered with no choices: "
                                     f"{_clip(data)}", code="no_choices")  # fmt: skip

@@ -79,7 +79,7 @@ _REASONS = {r: r for r in ("stop", "length", "content_filter", "tool_calls", "fu
 
 def first_choice(choices: list[Any]) -> Any:
     """The choice with ``index`` 0 (the answer), wherever the list puts it; ``choices[0]`` when
-    the choices carry no index. KeyError when none is index 0 (not a completion we can read).
+    the choices carry no index. None when none is index 0 (``answers.judge``: not a completion).
 
     >>> first_choice([{"index": 1, "message": "b"}, {"index": 0, "message": "a"}])["message"]
     'a'
@@ -87,13 +87,13 @@ def first_choice(choices: list[Any]) -> Any:
     for choice in choices:
         if isinstance(choice, Mapping) and choice.get("index", 0) == 0:
             return choice
-    raise KeyError("no choice with index 0")
+    return None
 
 
 def parse_completion(data: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Completion:
     """Read an OpenAI-shaped chat.completion body (judging it is ``answers.judge``'s job);
     its usage as :func:`_usage` reads it."""
-    choice = first_choice(data["choices"])
+    choice: Any = first_choice(data["choices"]) or {}  # judge refuses a body without one first
     message = choice.get("message") or {}
     prompt, completion, cached, reasoning = _usage(data.get("usage") or {})
     reason = choice.get("finish_reason")
