@@ -138,3 +138,17 @@ def test_rows_that_fall_back_from_a_pack_carry_their_share_of_it(server, opts):
     d = check_sums(report)
     assert int(d["prompt_tokens"].sum()) == server.prompt_tokens
     assert int(d["completion_tokens"].sum()) == server.completion_tokens
+
+
+def test_a_packed_batch_job_with_duplicates_and_a_row_that_falls_back(server, batch_opts):
+    server.structured.inject("drop", match="ticket 3")
+    df = pd.DataFrame({"text": [f"ticket {i % 7}" for i in range(12)]})
+    kw = {"schema": Answer, "rows_per_request": 4, "mode": "batch", "model": "gpt-4o-mini", **batch_opts}
+    df.llm.extract("{text}", **kw)
+    report = pandas_llm.last_run()
+    assert report.packing.fallback_rows == 1
+    d = check_sums(report)
+    assert int(d["prompt_tokens"].sum()) == server.prompt_tokens and report.stats.cost > 0
+    df.llm.extract("{text}", **kw)  # from the cache: nothing spent, what the first run paid for them saved
+    d = check_sums(pandas_llm.last_run())
+    assert d["from_cache"].all() and (d["cost"] == 0).all() and d["saved_cost"].sum() > 0

@@ -163,7 +163,14 @@ class PackedBatchJob(BatchJob):
         record_run(RunReport(self.stats, self.rows, self.packer.report))
 
     async def _resend(self) -> None:
-        """Label the rows of packs never answered; send the rows that need their own request."""
+        """Label the rows of packs never answered; send the rows that need their own request;
+        then give each row that fell back from a pack its share of that pack (details add up)."""
+        try:
+            await self._resend_rows()
+        finally:
+            self.packer.charge_rest(self.rows.outcomes)
+
+    async def _resend_rows(self) -> None:
         rows, packer, packs = self.rows, self.packer, self.plan
         for u, pid in enumerate(self._pids):
             members = packer._members.pop(pid, None)

@@ -266,6 +266,17 @@ class Packer:
             cost=None if record.cost is None and cost is None else (record.cost or 0.0) + (cost or 0.0),
         )
 
+    def charge_rest(self, outcomes: Any) -> None:
+        """Add to ``outcomes`` the pack shares no row's own outcome took (``charged``): the
+        Batch API's packed jobs fill their fallback rows elsewhere (_batch/packed.py)."""
+        for u, (p, c, cached, cost) in self._spent.items():
+            outcomes.prompt_tokens[u] += p
+            outcomes.completion_tokens[u] += c
+            outcomes.cached_tokens[u] += cached
+            if cost is not None:
+                outcomes.cost[u] = cost if np.isnan(outcomes.cost[u]) else outcomes.cost[u] + cost
+        self._spent.clear()
+
     def _fall_back(self, u: int, reason: str, attempts: int = 0) -> None:
         """Queue row ``u`` to be sent alone; ``attempts``: its pack's, when the pack was sent."""
         self._fallback.append(u)
