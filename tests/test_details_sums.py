@@ -134,7 +134,7 @@ def test_rows_that_fall_back_from_a_pack_carry_their_share_of_it(server, opts):
     df = pd.DataFrame({"text": [f"ticket {i}" for i in range(12)]})
     df.llm.extract("{text}", schema=Answer, rows_per_request=4, model="gpt-4o-mini", cache=False, **opts)
     report = pandas_llm.last_run()
-    assert report.packing.fallback_rows == 5
+    assert report.packing.fallback_rows == 8  # the dropped item's whole pack, and the invalid one
     d = check_sums(report)
     assert int(d["prompt_tokens"].sum()) == server.prompt_tokens
     assert int(d["completion_tokens"].sum()) == server.completion_tokens
@@ -146,7 +146,7 @@ def test_a_packed_batch_job_with_duplicates_and_a_row_that_falls_back(server, ba
     kw = {"schema": Answer, "rows_per_request": 4, "mode": "batch", "model": "gpt-4o-mini", **batch_opts}
     df.llm.extract("{text}", **kw)
     report = pandas_llm.last_run()
-    assert report.packing.fallback_rows == 1
+    assert report.packing.fallback_rows == 4  # the dropped item's whole pack
     d = check_sums(report)
     assert int(d["prompt_tokens"].sum()) == server.prompt_tokens and report.stats.cost > 0
     df.llm.extract("{text}", **kw)  # from the cache: nothing spent, what the first run paid for them saved
