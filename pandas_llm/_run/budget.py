@@ -54,10 +54,11 @@ class Hold:
     ``charged``: what its failed attempts that reported usage were charged already (their
     cost is in the job's record too, so the final settle does not charge it twice)."""
 
-    __slots__ = ("amount", "held", "charged")
+    __slots__ = ("amount", "held", "charged", "base")
 
-    def __init__(self, amount: float):
-        self.amount = amount
+    def __init__(self, base: float, overrun: float = 1.0):
+        self.base = base  # the job's worst case at the prices and token counts known before sending
+        self.amount = base * overrun
         self.held = False
         self.charged = 0.0
 
@@ -174,7 +175,7 @@ class Budget:
         schema is asked again): each of them is reserved at the worst case. ``send`` passes
         ``hold`` to :meth:`lost` when an attempt's answer is lost.
         """
-        hold = Hold(self.meter.worst_case(job[2]) * sends * self.overrun)
+        hold = Hold(self.meter.worst_case(job[2]) * sends, self.overrun)
         if not await self.reserve(hold.amount):
             return None
         hold.held = True
@@ -195,7 +196,8 @@ class Budget:
         retry does not fit under the cap (the job is not sent again)."""
         self.settle(hold.amount, billed)
         hold.held = False
-        if again:
+        if again:  # at the overrun learned so far, this attempt's included: the cap holds for the retry too
+            hold.amount = max(hold.amount, hold.base * self.overrun)
             hold.held = await self.reserve(hold.amount)
         return hold.held
 

@@ -68,11 +68,15 @@ Job = tuple[int, bytes, bytes]  # (unique index, key, canonical request body)
 DEAD_AFTER = 4
 #: The status of a job the engine did not send (deadline passed, run stopping); never stored.
 UNSENT = "unsent"
-#: The statuses of a job whose retry the deadline (or a stop) cut short: not a failure (its
-#: attempts were not used up), never stored; its row keeps the last error (engine._work).
-CUT_SHORT = ("deadline", "stopped")
+#: The statuses of a job whose retry the deadline, a stop or max_cost cut short: not a failure
+#: (its attempts were not used up), never stored; its row keeps the last error (engine._work).
+CUT_SHORT = ("deadline", "stopped", "budget")
 #: Why a job of each CUT_SHORT status was not sent again (the end of its error).
-_WHY_CUT = {"deadline": "its retry would come after the deadline", "stopped": "the run stopped"}
+_WHY_CUT = {
+    "deadline": "its retry would come after the deadline",
+    "stopped": "the run stopped",
+    "budget": "its worst case would exceed max_cost",
+}
 #: Why a row sent in a pack or a group left without its value was not sent again, by the run's end.
 NOT_AGAIN = {
     "deadline": "the deadline passed first",
@@ -159,8 +163,7 @@ class Sending:
                     self._sending.discard(task)
                     limiter.release(reserved)
                     if exc.usage is not None and not await self._billed(exc.usage, task, body, hold, spent):
-                        return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
-                                      "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
+                        return self._cut_short(key, attempts, exc, "budget")
                     if exc.code == "connection":
                         down = down + 1 if heard == self._heard else 1
                         heard = self._heard
@@ -201,8 +204,7 @@ class Sending:
                     wait = self.retry.backoff(level, exc.retry_after)
                     again = failures < self.retry.max_attempts and not self._past_deadline(wait)
                     if exc.maybe_billed and exc.usage is None and not await self._lost(body, hold, again):
-                        return Record(key, "failed", error=f"{exc} (after {attempts} attempts; not sent again: its "
-                                      "worst case would exceed max_cost)", attempts=attempts, model=self.model)  # fmt: skip
+                        return self._cut_short(key, attempts, exc, "budget")
                     if not again:
                         if failures < self.retry.max_attempts:  # the deadline comes first
                             return self._cut_short(key, attempts, exc, "deadline")

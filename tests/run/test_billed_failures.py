@@ -76,9 +76,27 @@ def test_max_cost_stops_retrying_when_the_billed_failures_leave_no_room(server, 
         pd.DataFrame({"a": ["A"]}).llm.map("{a}", cache=False, model="gpt-4o-mini", prices=PRICE,
                                            max_cost=0.008, max_tokens=10, **opts)  # fmt: skip
     run = pandas_llm.last_run()
-    assert server.requests == 2  # the second billed failure leaves no room for a third attempt
-    assert run.stats.cost == pytest.approx(0.01) and run.details["cost"].iloc[0] == pytest.approx(0.01)
+    # the first attempt billed 250 times its worst case (an overrun no cap can foresee); its
+    # retry is reserved at that overrun, $0.005, which no longer fits under $0.008: not sent
+    assert server.requests == 1
+    assert run.stats.cost == pytest.approx(0.005) and run.details["cost"].iloc[0] == pytest.approx(0.005)
+    assert run.details["status"].iloc[0] == "budget" and run.stats.cut_short["budget"] == 1  # not "failed"
     assert "exceed max_cost" in run.details["error"].iloc[0]
+
+
+@pytest.mark.parametrize("rows", [1, 10])
+def test_a_retried_billed_failure_never_takes_the_run_over_max_cost(server, opts, fast_retries, rows):
+    body = {"error": {"message": "boom", "type": "server_error"},
+            "usage": {"prompt_tokens": 10_000, "completion_tokens": 0, "total_tokens": 10_000}}  # fmt: skip
+    server.inject(500, times=1000, body=body)
+    for cap in (0.015, 0.025, 0.035):
+        with pytest.warns(pandas_llm.RunWarning):
+            pd.DataFrame({"a": [f"q{i}" for i in range(rows)]}).llm.map(
+                "{a}", cache=False, model="gpt-4o-mini", prices=PRICE, max_cost=cap, max_tokens=10, concurrency=1,
+                **opts)  # fmt: skip
+        run = pandas_llm.last_run()
+        assert run.stats.cost <= cap  # each billed attempt is $0.01: the retries stop before the cap
+        assert set(run.details["status"]) <= {"budget"}
 
 
 @pytest.mark.parametrize("body", [NO_CHOICES, ERROR_OBJECT])
