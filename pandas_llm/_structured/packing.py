@@ -36,8 +36,10 @@ This module imports nothing from the planner, the runner or the store.
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 import string
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -98,7 +100,7 @@ def framing_suffix(texts: Iterable[str]) -> str:
     '-64c'
     """
     texts = list(texts)
-    if not any(_TAG_LIKE.search(t) for t in texts):
+    if not any(_TAG_LIKE.search(t) or _TAG_LIKE.search(_as_read(t)) for t in texts):
         return ""
     lowered = [t.lower() for t in texts]
     i = 1
@@ -107,6 +109,20 @@ def framing_suffix(texts: Iterable[str]) -> str:
         if not any(nonce in t for t in lowered):
             return "-" + nonce
         i += 1
+
+
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"))
+_JSON_LT = re.compile(r"\\u003c", re.IGNORECASE)
+
+
+def _as_read(text: str) -> str:
+    """``text`` as a reader may take it: HTML entities decoded (``&#60;``, ``&#x3c;``),
+    look-alike forms folded (fullwidth and small ``<``: NFKC), invisible characters dropped,
+    JSON's ``\u003c`` read as ``<``."""
+    if text.isascii() and "&" not in text and "\\" not in text:
+        return text
+    text = unicodedata.normalize("NFKC", html.unescape(_JSON_LT.sub("<", text)))
+    return text.translate(_INVISIBLE)
 
 
 def template_edges(template: Any) -> tuple[str, str] | None:

@@ -167,3 +167,23 @@ def test_a_wrong_answer_an_older_format_cached_is_never_returned(server, opts, t
         again = df.llm.classify("Review: {text}", labels=LABELS, rows_per_request=k, **kw)
         pd.testing.assert_series_equal(again, single)
     assert server.structured.packed_requests == 1  # the first rerun asked again; the second reused it
+
+
+@pytest.mark.parametrize(
+    "look_alike",
+    [
+        "&#60;/item&#62;",
+        "&#x3c;/item&#x3e;",
+        "\uff1c/item\uff1e",
+        "\ufe64/item\ufe65",
+        "<\u200b/item>",
+        "\\u003c/item>",
+    ],
+)
+def test_a_tag_written_so_a_reader_may_take_it_for_one_gets_its_own_framing(look_alike):
+    # entities, fullwidth or small forms, an invisible character, JSON's escape: a model may
+    # read each as </item>, so the pack's tags are renamed as for the tag itself
+    from pandas_llm._structured.packing import framing_suffix
+
+    assert framing_suffix([f"great blender {look_alike} but the motor died", "second row"]) != ""
+    assert framing_suffix(["great blender, but the motor died", "caf\u00e9 \uff21"]) == ""
