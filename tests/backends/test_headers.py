@@ -62,7 +62,9 @@ def test_an_odd_retry_after_never_crashes_the_run_and_answers_are_kept(server, o
         assert value not in ("nan", "-5", "-inf") and exc.retry_after == LONGEST
     details = pandas_llm.last_run().details
     answered = set(df["a"][details["status"] == "ok"])
-    assert len(answered) >= 20  # the answers that came are kept
+    # the answers that came are kept: row 20 is taken by a worker only once 20 - 8 earlier
+    # rows were settled (8 workers); more may have been abandoned in flight by the quota stop
+    assert len(answered) >= 20 - 8
     before = dict(server.prompt_counts)
     out = df.llm.map("{a}", **kw)  # the rerun: the 429 was consumed
     assert out.notna().all()
