@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -72,10 +73,15 @@ def start(srv: LLMServer, cache: Path) -> subprocess.Popen:
     return run_script(SCRIPT, srv.base_url, str(cache))
 
 
-def sigint_once(proc: subprocess.Popen, cache: Path, *, answers: int = 16, timeout: float = 60) -> tuple[str, str]:
-    """One SIGINT once ``answers`` are committed to ``cache``; the process's output when it ends."""
+def sigint_once(proc: subprocess.Popen, cache: Path, *, answers: int = 16, timeout: float = 60,
+                ready: Callable[[], bool] = lambda: True) -> tuple[str, str]:  # fmt: skip
+    """One SIGINT once ``answers`` are committed to ``cache`` and ``ready()``; the process's output when it ends."""
     try:
         wait_for_answers(proc, cache, answers)
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         return proc.communicate(timeout=timeout)
     finally:
@@ -341,7 +347,7 @@ def test_one_sigint_on_gathered_amaps_keeps_every_paid_answer_of_each_and_raises
     )
     with LLMServer(latency=0.05) as fast, LLMServer(latency=3.0) as slow:
         proc = run_script(script, fast.base_url, slow.base_url, str(fast_cache), str(slow_cache))
-        out, err = sigint_once(proc, fast_cache)  # the slow run's first 8 are in flight then (3 s each)
+        out, err = sigint_once(proc, fast_cache, ready=lambda: slow.completed == 8)  # in flight, 3 s each
         assert proc.returncode == 0, err
         assert out.split() == ["INTERRUPTED", "AFTER"], (out, err)
         assert committed(slow_cache) == slow.completed == 8  # the slow run's answers in flight were kept
