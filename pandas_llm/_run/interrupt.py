@@ -105,7 +105,8 @@ def _forget_stale() -> None:
 @contextlib.asynccontextmanager
 async def sigint_stops() -> AsyncIterator[None]:
     """Around the part of an async verb that plans and sends: a Ctrl-C stops the run
-    gracefully, then the verb raises KeyboardInterrupt (see the module's docstring).
+    gracefully, then KeyboardInterrupt leaves the loop and the verb ends cancelled (see the
+    module's docstring).
     Does nothing outside the main thread or under a SIGINT handler other than Python's default."""
     task = asyncio.current_task()
     ours = task is not None and threading.current_thread() is threading.main_thread()
@@ -137,5 +138,4 @@ async def sigint_stops() -> AsyncIterator[None]:
     finally:
         if entry in _open:
             _open.remove(entry)
-        if not _open and signal.getsignal(signal.SIGINT) is _on_sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        _forget_stale()
